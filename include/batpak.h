@@ -1,0 +1,17 @@
+/*
+ * batpak.h - batpak for C, an embedded event store.
+ *
+ * This umbrella header includes one header per layer. A function that does not
+ * appear in these headers is not part of the published API.
+ *
+ *   batpak/core.h   status codes, ids, kinds, coordinates, regions, positions,
+ *                   headers, hashing
+ *   batpak/wire.h   JSON <-> MessagePack payload helpers
+ */
+#ifndef BATPAK_H
+#define BATPAK_H
+
+#include "batpak/core.h"
+#include "batpak/wire.h"
+
+#endif /* BATPAK_H */

@@ -1,0 +1,86 @@
+/*
+ * internal.h - helpers shared by every part of the library. Not installed.
+ *
+ * Naming: bp_ is public, bp__ is internal but visible across files, plain
+ * names are static to one file.
+ */
+#ifndef BATPAK_INTERNAL_H
+#define BATPAK_INTERNAL_H
+
+#include "batpak/core.h"
+
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__) || defined(__clang__)
+#  define BP__PRINTF(f, a) __attribute__((format(printf, f, a)))
+#  define BP__LIKELY(x) __builtin_expect(!!(x), 1)
+#  define BP__UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#  define BP__PRINTF(f, a)
+#  define BP__LIKELY(x) (x)
+#  define BP__UNLIKELY(x) (x)
+#endif
+
+/* Records a failure for bp_last_error() on this thread and returns code, so
+ * that `return bp__fail(BP_EINVAL, "...")` reads as one step. */
+bp_status bp__fail(bp_status code, const char *fmt, ...) BP__PRINTF(2, 3);
+/* The same with the errno of a failed OS call, which is appended to the message. */
+bp_status bp__fail_errno(bp_status code, int err, const char *fmt, ...) BP__PRINTF(3, 4);
+/* Prefixes the current thread's error message with context ("segment 3: ...")
+ * and returns its code. */
+bp_status bp__fail_context(const char *fmt, ...) BP__PRINTF(1, 2);
+
+/* ---- a growable byte buffer ---- */
+typedef struct bp__buf {
+  uint8_t *data;
+  size_t len, cap;
+  bool oom;            /* a growth failed: contents are incomplete */
+} bp__buf;
+
+void bp__buf_init(bp__buf *b);
+void bp__buf_free(bp__buf *b);
+/* Makes room for n more bytes; false (and oom set) when memory runs out. */
+bool bp__buf_reserve(bp__buf *b, size_t n);
+void bp__buf_append(bp__buf *b, const void *src, size_t n);
+
+static inline void bp__buf_put1(bp__buf *b, uint8_t v) {
+  if (BP__LIKELY(b->len < b->cap) || bp__buf_reserve(b, 1)) b->data[b->len++] = v;
+}
+
+/* ---- fixed-width integers ---- */
+static inline void bp__put_be16(uint8_t *p, uint16_t v) {
+  p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v;
+}
+static inline void bp__put_be32(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+static inline void bp__put_be64(uint8_t *p, uint64_t v) {
+  bp__put_be32(p, (uint32_t)(v >> 32)); bp__put_be32(p + 4, (uint32_t)v);
+}
+static inline uint16_t bp__get_be16(const uint8_t *p) {
+  return (uint16_t)((p[0] << 8) | p[1]);
+}
+static inline uint32_t bp__get_be32(const uint8_t *p) {
+  return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+static inline uint64_t bp__get_be64(const uint8_t *p) {
+  return ((uint64_t)bp__get_be32(p) << 32) | bp__get_be32(p + 4);
+}
+static inline void bp__put_le16(uint8_t *p, uint16_t v) { p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); }
+static inline void bp__put_le32(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)v; p[1] = (uint8_t)(v >> 8); p[2] = (uint8_t)(v >> 16); p[3] = (uint8_t)(v >> 24);
+}
+static inline void bp__put_le64(uint8_t *p, uint64_t v) {
+  bp__put_le32(p, (uint32_t)v); bp__put_le32(p + 4, (uint32_t)(v >> 32));
+}
+static inline uint16_t bp__get_le16(const uint8_t *p) { return (uint16_t)(p[0] | (p[1] << 8)); }
+static inline uint32_t bp__get_le32(const uint8_t *p) {
+  return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+static inline uint64_t bp__get_le64(const uint8_t *p) {
+  return (uint64_t)bp__get_le32(p) | ((uint64_t)bp__get_le32(p + 4) << 32);
+}
+
+#endif /* BATPAK_INTERNAL_H */

@@ -1,0 +1,229 @@
+/*
+ * json.c - payload conversion between JSON text and MessagePack, through
+ * json-c (the parser and the serializer are json-c's; this file only walks
+ * the trees).
+ */
+#include "wire/msgpack.h"
+#include "batpak/wire.h"
+
+#include <json-c/json.h>
+#include <math.h>
+#include <stdio.h>
+
+/* ------------------------------------------------------- JSON -> msgpack */
+
+static void line_col(const char *text, size_t offset, size_t *line, size_t *col) {
+  *line = 1;
+  *col = 1;
+  for (size_t i = 0; i < offset; i++) {
+    if (text[i] == '\n') { (*line)++; *col = 1; }
+    else (*col)++;
+  }
+}
+
+static bp_status emit_json_value(bp__buf *b, struct json_object *o, int depth);
+
+static bp_status emit_json_value(bp__buf *b, struct json_object *o, int depth) {
+  if (depth > BP_JSON_MAX_DEPTH)
+    return bp__fail(BP_ELIMIT, "json: nesting deeper than %d", BP_JSON_MAX_DEPTH);
+  switch (json_object_get_type(o)) {
+    case json_type_null: bp__mp_put_nil(b); break;
+    case json_type_boolean: bp__mp_put_bool(b, json_object_get_boolean(o)); break;
+    case json_type_int: {
+      /* json-c keeps either an int64 or a uint64; get_int64 clamps large
+       * unsigned values to INT64_MAX, get_uint64 clamps negatives to 0. */
+      int64_t s = json_object_get_int64(o);
+      if (s < 0) bp__mp_put_int(b, s);
+      else bp__mp_put_uint(b, json_object_get_uint64(o));
+      break;
+    }
+    case json_type_double: bp__mp_put_f64(b, json_object_get_double(o)); break;
+    case json_type_string:
+      bp__mp_put_str(b, json_object_get_string(o), (size_t)json_object_get_string_len(o));
+      break;
+    case json_type_array: {
+      size_t n = json_object_array_length(o);
+      bp__mp_put_array(b, (uint32_t)n);
+      for (size_t i = 0; i < n; i++) {
+        bp_status st = emit_json_value(b, json_object_array_get_idx(o, i), depth + 1);
+        if (st) return st;
+      }
+      break;
+    }
+    case json_type_object: {
+      bp__mp_put_map(b, (uint32_t)json_object_object_length(o));
+      json_object_object_foreach(o, key, val) {
+        bp__mp_put_cstr(b, key);
+        bp_status st = emit_json_value(b, val, depth + 1);
+        if (st) return st;
+      }
+      break;
+    }
+  }
+  if (b->oom) return bp__fail(BP_ENOMEM, "json: out of memory");
+  return BP_OK;
+}
+
+bp_status bp_json_to_msgpack(const char *json, size_t len, uint8_t **out, size_t *out_len) {
+  if (out) *out = NULL;
+  if (!json || !out || !out_len) return bp__fail(BP_EINVAL, "bp_json_to_msgpack: NULL argument");
+  if (len > INT32_MAX) return bp__fail(BP_ELIMIT, "json: text of %zu bytes is too long", len);
+
+  struct json_tokener *tok = json_tokener_new_ex(BP_JSON_MAX_DEPTH);
+  if (!tok) return bp__fail(BP_ENOMEM, "json: out of memory");
+  json_tokener_set_flags(tok, JSON_TOKENER_STRICT | JSON_TOKENER_VALIDATE_UTF8);
+  struct json_object *root = json_tokener_parse_ex(tok, json, (int)len);
+  enum json_tokener_error jerr = json_tokener_get_error(tok);
+  size_t consumed = json_tokener_get_parse_end(tok);
+  bp_status st = BP_OK;
+
+  if (jerr == json_tokener_continue || (!root && jerr == json_tokener_success)) {
+    st = bp__fail(BP_EJSON, "json: unexpected end of input");
+  } else if (jerr != json_tokener_success) {
+    size_t line, col;
+    line_col(json, consumed < len ? consumed : len, &line, &col);
+    st = bp__fail(jerr == json_tokener_error_depth ? BP_ELIMIT : BP_EJSON,
+                  "json: %s at line %zu column %zu", json_tokener_error_desc(jerr), line, col);
+  } else {
+    while (consumed < len && (json[consumed] == ' ' || json[consumed] == '\t' ||
+                              json[consumed] == '\n' || json[consumed] == '\r'))
+      consumed++;
+    if (consumed < len) {
+      size_t line, col;
+      line_col(json, consumed, &line, &col);
+      st = bp__fail(BP_EJSON, "json: unexpected text after the value at line %zu column %zu", line,
+                    col);
+    }
+  }
+
+  if (!st) {
+    bp__buf b;
+    bp__buf_init(&b);
+    st = emit_json_value(&b, root, 0);
+    if (!st && b.len == 0) st = bp__fail(BP_EJSON, "json: empty document");
+    if (st) {
+      bp__buf_free(&b);
+    } else {
+      *out = b.data;
+      *out_len = b.len;
+    }
+  }
+  json_object_put(root);
+  json_tokener_free(tok);
+  return st;
+}
+
+/* ------------------------------------------------------- msgpack -> JSON */
+
+/* The shortest "%.*g" rendering that reads back as the same double. */
+static void shortest_double(double d, char *buf, size_t size) {
+  for (int prec = 1; prec <= 17; prec++) {
+    snprintf(buf, size, "%.*g", prec, d);
+    if (strtod(buf, NULL) == d) break;
+  }
+  /* Keep it a JSON number that still reads as floating point. */
+  if (!strpbrk(buf, ".eEn")) strncat(buf, ".0", size - strlen(buf) - 1);
+}
+
+static bp_status to_json(bp__mp_reader *r, int depth, struct json_object **out);
+
+static struct json_object *bytes_array(const uint8_t *p, uint32_t n) {
+  struct json_object *a = json_object_new_array_ext((int)n);
+  if (!a) return NULL;
+  for (uint32_t i = 0; i < n; i++) json_object_array_add(a, json_object_new_int(p[i]));
+  return a;
+}
+
+static bp_status to_json(bp__mp_reader *r, int depth, struct json_object **out) {
+  if (depth > BP_JSON_MAX_DEPTH)
+    return bp__fail(BP_ELIMIT, "msgpack: nesting deeper than %d", BP_JSON_MAX_DEPTH);
+  bp__mp_value v;
+  bp_status st = bp__mp_next(r, &v);
+  if (st) return st;
+  struct json_object *o = NULL;
+  switch (v.type) {
+    case BP__MP_NIL: *out = NULL; return BP_OK;
+    case BP__MP_BOOL: o = json_object_new_boolean(v.b); break;
+    case BP__MP_UINT: o = json_object_new_uint64(v.u); break;
+    case BP__MP_INT: o = json_object_new_int64(v.i); break;
+    case BP__MP_FLOAT:
+      if (!isfinite(v.f)) { *out = NULL; return BP_OK; }
+      {
+        char buf[40];
+        shortest_double(v.f, buf, sizeof buf);
+        o = json_object_new_double_s(v.f, buf);
+      }
+      break;
+    case BP__MP_STR: o = json_object_new_string_len((const char *)v.ptr, (int)v.len); break;
+    case BP__MP_BIN: o = bytes_array(v.ptr, v.len); break;
+    case BP__MP_EXT:
+      o = json_object_new_object();
+      if (o) {
+        json_object_object_add(o, "ext_type", json_object_new_int(v.ext_type));
+        json_object_object_add(o, "data", bytes_array(v.ptr, v.len));
+      }
+      break;
+    case BP__MP_ARRAY:
+      if (v.len > bp__mp_remaining(r))
+        return bp__fail(BP_ESERIAL, "msgpack: array of %u items at offset %zu is longer than its input",
+                        v.len, bp__mp_offset(r));
+      o = json_object_new_array_ext((int)v.len);
+      for (uint32_t i = 0; o && i < v.len; i++) {
+        struct json_object *item;
+        if ((st = to_json(r, depth + 1, &item))) { json_object_put(o); return st; }
+        json_object_array_add(o, item);
+      }
+      break;
+    case BP__MP_MAP:
+      if (v.len > bp__mp_remaining(r) / 2)
+        return bp__fail(BP_ESERIAL, "msgpack: map of %u pairs at offset %zu is longer than its input",
+                        v.len, bp__mp_offset(r));
+      o = json_object_new_object();
+      for (uint32_t i = 0; o && i < v.len; i++) {
+        struct json_object *key, *val;
+        char *keytext;
+        if (r->p < r->end && ((*r->p & 0xe0) == 0xa0 || (*r->p >= 0xd9 && *r->p <= 0xdb))) {
+          const char *s;
+          uint32_t n;
+          if ((st = bp__mp_read_str(r, &s, &n))) { json_object_put(o); return st; }
+          keytext = malloc((size_t)n + 1);
+          if (keytext) { memcpy(keytext, s, n); keytext[n] = '\0'; }
+        } else {
+          /* A non-string key is rendered as the JSON text of the key. */
+          if ((st = to_json(r, depth + 1, &key))) { json_object_put(o); return st; }
+          const char *t = json_object_to_json_string_ext(key, JSON_C_TO_STRING_PLAIN);
+          keytext = strdup(t ? t : "null");
+          json_object_put(key);
+        }
+        if (!keytext) { json_object_put(o); return bp__fail(BP_ENOMEM, "out of memory"); }
+        if ((st = to_json(r, depth + 1, &val))) { free(keytext); json_object_put(o); return st; }
+        json_object_object_add(o, keytext, val);
+        free(keytext);
+      }
+      break;
+  }
+  if (!o) return bp__fail(BP_ENOMEM, "msgpack: out of memory building JSON");
+  *out = o;
+  return BP_OK;
+}
+
+bp_status bp_msgpack_to_json(const void *msgpack, size_t len, char **out) {
+  if (out) *out = NULL;
+  if (!msgpack || !out) return bp__fail(BP_EINVAL, "bp_msgpack_to_json: NULL argument");
+  bp__mp_reader r;
+  bp__mp_reader_init(&r, msgpack, len);
+  struct json_object *root = NULL;
+  bp_status st = to_json(&r, 0, &root);
+  if (!st && bp__mp_remaining(&r) != 0)
+    st = bp__fail(BP_ESERIAL, "msgpack: %zu trailing bytes after the document at offset %zu",
+                  bp__mp_remaining(&r), bp__mp_offset(&r));
+  if (!st) {
+    const char *text = root ? json_object_to_json_string_ext(
+                                  root, JSON_C_TO_STRING_PLAIN | JSON_C_TO_STRING_NOSLASHESCAPE)
+                            : "null";
+    *out = strdup(text ? text : "null");
+    if (!*out) st = bp__fail(BP_ENOMEM, "out of memory");
+  }
+  json_object_put(root);
+  return st;
+}

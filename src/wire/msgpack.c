@@ -1,0 +1,381 @@
+/* msgpack.c - MessagePack writer and bounds-checked reader (see msgpack.h). */
+#include "wire/msgpack.h"
+
+/* ------------------------------------------------------------------ writer */
+
+static inline void put_tag_be(bp__buf *b, uint8_t tag, uint64_t v, int bytes) {
+  if (!bp__buf_reserve(b, 1 + (size_t)bytes)) return;
+  uint8_t *p = b->data + b->len;
+  p[0] = tag;
+  for (int i = 0; i < bytes; i++) p[1 + i] = (uint8_t)(v >> (8 * (bytes - 1 - i)));
+  b->len += 1 + (size_t)bytes;
+}
+
+void bp__mp_put_nil(bp__buf *b) { bp__buf_put1(b, 0xc0); }
+void bp__mp_put_bool(bp__buf *b, bool v) { bp__buf_put1(b, v ? 0xc3 : 0xc2); }
+
+void bp__mp_put_uint(bp__buf *b, uint64_t v) {
+  if (v <= 0x7f) bp__buf_put1(b, (uint8_t)v);
+  else if (v <= 0xff) put_tag_be(b, 0xcc, v, 1);
+  else if (v <= 0xffff) put_tag_be(b, 0xcd, v, 2);
+  else if (v <= 0xffffffffu) put_tag_be(b, 0xce, v, 4);
+  else put_tag_be(b, 0xcf, v, 8);
+}
+
+void bp__mp_put_int(bp__buf *b, int64_t v) {
+  if (v >= 0) bp__mp_put_uint(b, (uint64_t)v);
+  else if (v >= -32) bp__buf_put1(b, (uint8_t)(int8_t)v);
+  else if (v >= INT8_MIN) put_tag_be(b, 0xd0, (uint64_t)v, 1);
+  else if (v >= INT16_MIN) put_tag_be(b, 0xd1, (uint64_t)v, 2);
+  else if (v >= INT32_MIN) put_tag_be(b, 0xd2, (uint64_t)v, 4);
+  else put_tag_be(b, 0xd3, (uint64_t)v, 8);
+}
+
+void bp__mp_put_f32(bp__buf *b, float v) {
+  uint32_t bits;
+  memcpy(&bits, &v, 4);
+  put_tag_be(b, 0xca, bits, 4);
+}
+
+void bp__mp_put_f64(bp__buf *b, double v) {
+  uint64_t bits;
+  memcpy(&bits, &v, 8);
+  put_tag_be(b, 0xcb, bits, 8);
+}
+
+void bp__mp_put_str(bp__buf *b, const char *s, size_t len) {
+  if (len < 32) bp__buf_put1(b, (uint8_t)(0xa0 | len));
+  else if (len <= 0xff) put_tag_be(b, 0xd9, len, 1);
+  else if (len <= 0xffff) put_tag_be(b, 0xda, len, 2);
+  else put_tag_be(b, 0xdb, len, 4);
+  bp__buf_append(b, s, len);
+}
+
+void bp__mp_put_cstr(bp__buf *b, const char *s) { bp__mp_put_str(b, s, strlen(s)); }
+
+void bp__mp_put_bin(bp__buf *b, const void *p, size_t len) {
+  if (len <= 0xff) put_tag_be(b, 0xc4, len, 1);
+  else if (len <= 0xffff) put_tag_be(b, 0xc5, len, 2);
+  else put_tag_be(b, 0xc6, len, 4);
+  bp__buf_append(b, p, len);
+}
+
+void bp__mp_put_array(bp__buf *b, uint32_t n) {
+  if (n < 16) bp__buf_put1(b, (uint8_t)(0x90 | n));
+  else if (n <= 0xffff) put_tag_be(b, 0xdc, n, 2);
+  else put_tag_be(b, 0xdd, n, 4);
+}
+
+void bp__mp_put_map(bp__buf *b, uint32_t n) {
+  if (n < 16) bp__buf_put1(b, (uint8_t)(0x80 | n));
+  else if (n <= 0xffff) put_tag_be(b, 0xde, n, 2);
+  else put_tag_be(b, 0xdf, n, 4);
+}
+
+void bp__mp_put_byte_array(bp__buf *b, const uint8_t *p, size_t len) {
+  bp__mp_put_array(b, (uint32_t)len);
+  /* Worst case two bytes per element; reserve once, then write directly. */
+  if (!bp__buf_reserve(b, 2 * len)) return;
+  uint8_t *o = b->data + b->len;
+  for (size_t i = 0; i < len; i++) {
+    uint8_t c = p[i];
+    if (c >= 0x80) *o++ = 0xcc;
+    *o++ = c;
+  }
+  b->len = (size_t)(o - b->data);
+}
+
+void bp__mp_put_id(bp__buf *b, bp_id id) {
+  uint8_t raw[18] = {0xc4, 16};
+  bp_id_to_bytes(id, raw + 2);
+  bp__buf_append(b, raw, sizeof raw);
+}
+
+/* ------------------------------------------------------------------ reader */
+
+void bp__mp_reader_init(bp__mp_reader *r, const void *data, size_t len) {
+  r->start = r->p = data;
+  r->end = r->start + len;
+}
+
+static bp_status truncated(const bp__mp_reader *r, size_t need) {
+  return bp__fail(BP_ESERIAL, "msgpack: truncated at offset %zu (need %zu more bytes, %zu left)",
+                  bp__mp_offset(r), need, bp__mp_remaining(r));
+}
+
+static bp_status wrong_type(const bp__mp_reader *r, size_t at, const char *want,
+                            const bp__mp_value *v) {
+  static const char *names[] = {"nil", "bool", "integer", "negative integer", "float",
+                                "string", "binary", "array", "map", "extension"};
+  (void)r;
+  return bp__fail(BP_ESERIAL, "msgpack: expected %s at offset %zu, found %s", want, at,
+                  names[v->type]);
+}
+
+static inline uint64_t read_be(const uint8_t *p, int n) {
+  uint64_t v = 0;
+  for (int i = 0; i < n; i++) v = (v << 8) | p[i];
+  return v;
+}
+
+bp_status bp__mp_next(bp__mp_reader *r, bp__mp_value *v) {
+  if (r->p >= r->end) return truncated(r, 1);
+  uint8_t t = *r->p;
+  size_t left = bp__mp_remaining(r) - 1;
+  const uint8_t *q = r->p + 1;
+  int width = 0;          /* bytes of the length or value field after the tag */
+  memset(v, 0, sizeof *v);
+
+  if (t <= 0x7f) { v->type = BP__MP_UINT; v->u = t; r->p = q; return BP_OK; }
+  if (t >= 0xe0) { v->type = BP__MP_INT; v->i = (int8_t)t; r->p = q; return BP_OK; }
+  if ((t & 0xf0) == 0x80) { v->type = BP__MP_MAP; v->len = t & 0x0f; r->p = q; return BP_OK; }
+  if ((t & 0xf0) == 0x90) { v->type = BP__MP_ARRAY; v->len = t & 0x0f; r->p = q; return BP_OK; }
+  if ((t & 0xe0) == 0xa0) { v->type = BP__MP_STR; v->len = t & 0x1f; goto payload; }
+
+  switch (t) {
+    case 0xc0: v->type = BP__MP_NIL; r->p = q; return BP_OK;
+    case 0xc2: case 0xc3: v->type = BP__MP_BOOL; v->b = (t == 0xc3); r->p = q; return BP_OK;
+    case 0xc4: case 0xc5: case 0xc6:
+      v->type = BP__MP_BIN; width = 1 << (t - 0xc4); goto length;
+    case 0xd9: case 0xda: case 0xdb:
+      v->type = BP__MP_STR; width = 1 << (t - 0xd9); goto length;
+    case 0xdc: case 0xdd:
+      v->type = BP__MP_ARRAY; width = (t == 0xdc) ? 2 : 4; goto count;
+    case 0xde: case 0xdf:
+      v->type = BP__MP_MAP; width = (t == 0xde) ? 2 : 4; goto count;
+    case 0xcc: case 0xcd: case 0xce: case 0xcf:
+      width = 1 << (t - 0xcc);
+      if (left < (size_t)width) return truncated(r, (size_t)width + 1);
+      v->type = BP__MP_UINT; v->u = read_be(q, width);
+      r->p = q + width; return BP_OK;
+    case 0xd0: case 0xd1: case 0xd2: case 0xd3: {
+      width = 1 << (t - 0xd0);
+      if (left < (size_t)width) return truncated(r, (size_t)width + 1);
+      uint64_t raw = read_be(q, width);
+      int64_t s;
+      if (width == 1) s = (int8_t)raw;
+      else if (width == 2) s = (int16_t)raw;
+      else if (width == 4) s = (int32_t)raw;
+      else memcpy(&s, &raw, 8);
+      if (s >= 0) { v->type = BP__MP_UINT; v->u = (uint64_t)s; }
+      else { v->type = BP__MP_INT; v->i = s; }
+      r->p = q + width; return BP_OK;
+    }
+    case 0xca: {
+      if (left < 4) return truncated(r, 5);
+      uint32_t bits = (uint32_t)read_be(q, 4);
+      float f;
+      memcpy(&f, &bits, 4);
+      v->type = BP__MP_FLOAT; v->f = f; v->is_f32 = true;
+      r->p = q + 4; return BP_OK;
+    }
+    case 0xcb: {
+      if (left < 8) return truncated(r, 9);
+      uint64_t bits = read_be(q, 8);
+      memcpy(&v->f, &bits, 8);
+      v->type = BP__MP_FLOAT;
+      r->p = q + 8; return BP_OK;
+    }
+    case 0xd4: case 0xd5: case 0xd6: case 0xd7: case 0xd8:
+      /* fixext 1, 2, 4, 8, 16 */
+      if (left < 1) return truncated(r, 2);
+      v->type = BP__MP_EXT; v->ext_type = (int8_t)q[0]; v->len = 1u << (t - 0xd4);
+      q += 1; left -= 1;
+      if (left < v->len) return truncated(r, v->len);
+      v->ptr = q; r->p = q + v->len; return BP_OK;
+    case 0xc7: case 0xc8: case 0xc9:
+      width = 1 << (t - 0xc7);
+      if (left < (size_t)width + 1) return truncated(r, (size_t)width + 2);
+      v->type = BP__MP_EXT; v->len = (uint32_t)read_be(q, width);
+      v->ext_type = (int8_t)q[width];
+      q += width + 1; left -= (size_t)width + 1;
+      if (left < v->len) return truncated(r, v->len);
+      v->ptr = q; r->p = q + v->len; return BP_OK;
+    default:  /* 0xc1 is never used */
+      return bp__fail(BP_ESERIAL, "msgpack: invalid type byte 0x%02x at offset %zu", t,
+                      bp__mp_offset(r));
+  }
+
+length:
+  if (left < (size_t)width) return truncated(r, (size_t)width + 1);
+  v->len = (uint32_t)read_be(q, width);
+  q += width;
+  left -= (size_t)width;
+payload:
+  if (left < v->len) return truncated(r, v->len);
+  v->ptr = q;
+  r->p = q + v->len;
+  return BP_OK;
+
+count:
+  if (left < (size_t)width) return truncated(r, (size_t)width + 1);
+  v->len = (uint32_t)read_be(q, width);
+  r->p = q + width;
+  return BP_OK;
+}
+
+bp_status bp__mp_skip(bp__mp_reader *r) {
+  /* Items still to skip. Every item takes at least one byte, so a count larger
+   * than the bytes left is malformed; this also bounds the loop. */
+  uint64_t pending = 1;
+  bp__mp_value v;
+  while (pending > 0) {
+    bp_status st = bp__mp_next(r, &v);
+    if (st) return st;
+    pending--;
+    if (v.type == BP__MP_ARRAY) pending += v.len;
+    else if (v.type == BP__MP_MAP) pending += 2ull * v.len;
+    if (pending > bp__mp_remaining(r))
+      return bp__fail(BP_ESERIAL, "msgpack: container at offset %zu claims %llu items, only %zu bytes left",
+                      bp__mp_offset(r), (unsigned long long)pending, bp__mp_remaining(r));
+  }
+  return BP_OK;
+}
+
+static bp_status expect(bp__mp_reader *r, bp__mp_type type, const char *want, bp__mp_value *v) {
+  size_t at = bp__mp_offset(r);
+  bp_status st = bp__mp_next(r, v);
+  if (st) return st;
+  if (v->type != type) return wrong_type(r, at, want, v);
+  return BP_OK;
+}
+
+bp_status bp__mp_read_map(bp__mp_reader *r, uint32_t *pairs) {
+  bp__mp_value v;
+  bp_status st = expect(r, BP__MP_MAP, "map", &v);
+  if (!st) *pairs = v.len;
+  return st;
+}
+
+bp_status bp__mp_read_array(bp__mp_reader *r, uint32_t *items) {
+  bp__mp_value v;
+  bp_status st = expect(r, BP__MP_ARRAY, "array", &v);
+  if (!st) *items = v.len;
+  return st;
+}
+
+bp_status bp__mp_read_str(bp__mp_reader *r, const char **s, uint32_t *len) {
+  bp__mp_value v;
+  bp_status st = expect(r, BP__MP_STR, "string", &v);
+  if (!st) { *s = (const char *)v.ptr; *len = v.len; }
+  return st;
+}
+
+static bp_status read_unsigned(bp__mp_reader *r, uint64_t max, const char *what, uint64_t *out) {
+  size_t at = bp__mp_offset(r);
+  bp__mp_value v;
+  bp_status st = bp__mp_next(r, &v);
+  if (st) return st;
+  if (v.type != BP__MP_UINT) return wrong_type(r, at, what, &v);
+  if (v.u > max)
+    return bp__fail(BP_ESERIAL, "msgpack: %s at offset %zu out of range (%llu)", what, at,
+                    (unsigned long long)v.u);
+  *out = v.u;
+  return BP_OK;
+}
+
+bp_status bp__mp_read_u64(bp__mp_reader *r, uint64_t *out) {
+  return read_unsigned(r, UINT64_MAX, "u64", out);
+}
+
+#define DEFINE_READ_UNSIGNED(name, type, max, what)          \
+  bp_status name(bp__mp_reader *r, type *out) {              \
+    uint64_t v;                                              \
+    bp_status st = read_unsigned(r, max, what, &v);          \
+    if (!st) *out = (type)v;                                 \
+    return st;                                               \
+  }
+DEFINE_READ_UNSIGNED(bp__mp_read_u32, uint32_t, UINT32_MAX, "u32")
+DEFINE_READ_UNSIGNED(bp__mp_read_u16, uint16_t, UINT16_MAX, "u16")
+DEFINE_READ_UNSIGNED(bp__mp_read_u8, uint8_t, UINT8_MAX, "u8")
+
+bp_status bp__mp_read_i64(bp__mp_reader *r, int64_t *out) {
+  size_t at = bp__mp_offset(r);
+  bp__mp_value v;
+  bp_status st = bp__mp_next(r, &v);
+  if (st) return st;
+  if (v.type == BP__MP_INT) { *out = v.i; return BP_OK; }
+  if (v.type != BP__MP_UINT) return wrong_type(r, at, "i64", &v);
+  if (v.u > (uint64_t)INT64_MAX)
+    return bp__fail(BP_ESERIAL, "msgpack: i64 at offset %zu out of range", at);
+  *out = (int64_t)v.u;
+  return BP_OK;
+}
+
+bp_status bp__mp_read_nil_or(bp__mp_reader *r, bool *present) {
+  if (r->p >= r->end) return truncated(r, 1);
+  if (*r->p == 0xc0) { r->p++; *present = false; }
+  else *present = true;
+  return BP_OK;
+}
+
+/* Reads the elements of an integer array into out (n elements, each 0..255). */
+static bp_status read_int_bytes(bp__mp_reader *r, uint8_t *out, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    /* Fast path for the common encodings: positive fixint and cc xx. */
+    if (r->p < r->end && *r->p <= 0x7f) { out[i] = *r->p++; continue; }
+    if (r->end - r->p >= 2 && *r->p == 0xcc) { out[i] = r->p[1]; r->p += 2; continue; }
+    bp_status st = bp__mp_read_u8(r, &out[i]);
+    if (st) return st;
+  }
+  return BP_OK;
+}
+
+bp_status bp__mp_read_fixed_bytes(bp__mp_reader *r, uint8_t *out, size_t n) {
+  size_t at = bp__mp_offset(r);
+  bp__mp_value v;
+  bp_status st = bp__mp_next(r, &v);
+  if (st) return st;
+  if (v.type == BP__MP_BIN) {
+    if (v.len != n)
+      return bp__fail(BP_ESERIAL, "msgpack: expected %zu bytes at offset %zu, found %u", n, at, v.len);
+    memcpy(out, v.ptr, n);
+    return BP_OK;
+  }
+  if (v.type != BP__MP_ARRAY) return wrong_type(r, at, "byte array", &v);
+  if (v.len != n)
+    return bp__fail(BP_ESERIAL, "msgpack: expected %zu-element array at offset %zu, found %u", n,
+                    at, v.len);
+  return read_int_bytes(r, out, n);
+}
+
+bp_status bp__mp_read_id(bp__mp_reader *r, bp_id *out) {
+  uint8_t raw[16];
+  bp_status st = bp__mp_read_fixed_bytes(r, raw, 16);
+  if (!st) *out = bp_id_from_bytes(raw);
+  return st;
+}
+
+bp_status bp__mp_read_bytes(bp__mp_reader *r, bp__buf *scratch, const uint8_t **ptr, size_t *len) {
+  size_t at = bp__mp_offset(r);
+  bp__mp_value v;
+  bp_status st = bp__mp_next(r, &v);
+  if (st) return st;
+  if (v.type == BP__MP_BIN) {
+    *ptr = v.ptr;
+    *len = v.len;
+    return BP_OK;
+  }
+  if (v.type != BP__MP_ARRAY) return wrong_type(r, at, "byte array", &v);
+  if (v.len > bp__mp_remaining(r)) return truncated(r, v.len);
+  *len = v.len;
+  if (!scratch) {
+    *ptr = NULL;
+    uint8_t sink[256];
+    for (size_t done = 0; done < v.len;) {
+      size_t n = v.len - done < sizeof sink ? v.len - done : sizeof sink;
+      st = read_int_bytes(r, sink, n);
+      if (st) return st;
+      done += n;
+    }
+    return BP_OK;
+  }
+  scratch->len = 0;
+  if (!bp__buf_reserve(scratch, v.len ? v.len : 1))
+    return bp__fail(BP_ENOMEM, "msgpack: out of memory for %u bytes", v.len);
+  st = read_int_bytes(r, scratch->data, v.len);
+  if (st) return st;
+  scratch->len = v.len;
+  *ptr = scratch->data;
+  return BP_OK;
+}

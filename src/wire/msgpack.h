@@ -1,0 +1,99 @@
+/*
+ * msgpack.h - the internal MessagePack writer and reader.
+ *
+ * The writer emits what the Rust crate's serializer (rmp-serde, named fields)
+ * emits, so that re-encoding a record gives the same bytes:
+ *   - every integer in its smallest form; non-negative signed values use the
+ *     unsigned forms (fixint, cc, cd, ce, cf), negative ones e0..ff, d0..d3;
+ *   - strings as fixstr / str8 / str16 / str32 by length;
+ *   - arrays as fixarray / array16 / array32, maps as fixmap / map16 / map32;
+ *   - byte strings as bin8 / bin16 / bin32.
+ *
+ * The reader is a pull parser over a bounded buffer. Every read checks the
+ * bytes it needs against the end of the buffer first, so no input, however
+ * hostile, makes it read outside [start, end). Failures are BP_ESERIAL with
+ * the offset in the message.
+ */
+#ifndef BATPAK_WIRE_MSGPACK_H
+#define BATPAK_WIRE_MSGPACK_H
+
+#include "internal.h"
+
+/* ---- writer ---- */
+void bp__mp_put_nil(bp__buf *b);
+void bp__mp_put_bool(bp__buf *b, bool v);
+void bp__mp_put_uint(bp__buf *b, uint64_t v);
+void bp__mp_put_int(bp__buf *b, int64_t v);
+void bp__mp_put_f32(bp__buf *b, float v);
+void bp__mp_put_f64(bp__buf *b, double v);
+void bp__mp_put_str(bp__buf *b, const char *s, size_t len);
+void bp__mp_put_cstr(bp__buf *b, const char *s);
+void bp__mp_put_bin(bp__buf *b, const void *p, size_t len);
+void bp__mp_put_array(bp__buf *b, uint32_t n);
+void bp__mp_put_map(bp__buf *b, uint32_t n);
+/* A byte sequence the way serde writes a Vec<u8> or [u8; N]: an array with
+ * one integer per byte. */
+void bp__mp_put_byte_array(bp__buf *b, const uint8_t *p, size_t len);
+/* A u128 the way the crate's u128_bytes helper writes it: bin8 of 16 BE bytes. */
+void bp__mp_put_id(bp__buf *b, bp_id id);
+
+/* ---- reader ---- */
+typedef enum bp__mp_type {
+  BP__MP_NIL, BP__MP_BOOL, BP__MP_UINT, BP__MP_INT, BP__MP_FLOAT,
+  BP__MP_STR, BP__MP_BIN, BP__MP_ARRAY, BP__MP_MAP, BP__MP_EXT
+} bp__mp_type;
+
+typedef struct bp__mp_value {
+  bp__mp_type type;
+  bool b;                 /* BOOL */
+  uint64_t u;             /* UINT (and non-negative values of any integer form) */
+  int64_t i;              /* INT: a negative integer */
+  double f;               /* FLOAT (float32 widened) */
+  bool is_f32;
+  const uint8_t *ptr;     /* STR, BIN, EXT: the bytes, inside the input */
+  uint32_t len;           /* STR, BIN, EXT length; ARRAY items; MAP pairs */
+  int8_t ext_type;
+} bp__mp_value;
+
+typedef struct bp__mp_reader {
+  const uint8_t *start, *p, *end;
+} bp__mp_reader;
+
+void bp__mp_reader_init(bp__mp_reader *r, const void *data, size_t len);
+static inline size_t bp__mp_offset(const bp__mp_reader *r) { return (size_t)(r->p - r->start); }
+static inline size_t bp__mp_remaining(const bp__mp_reader *r) { return (size_t)(r->end - r->p); }
+
+/* Reads one token. For arrays and maps only the header is consumed; len says
+ * how many items (or pairs) follow. */
+bp_status bp__mp_next(bp__mp_reader *r, bp__mp_value *v);
+/* Skips one complete value, nested containers included. */
+bp_status bp__mp_skip(bp__mp_reader *r);
+
+/* Typed reads: each fails BP_ESERIAL when the next value is of another type or
+ * does not fit the destination. */
+bp_status bp__mp_read_map(bp__mp_reader *r, uint32_t *pairs);
+bp_status bp__mp_read_array(bp__mp_reader *r, uint32_t *items);
+bp_status bp__mp_read_str(bp__mp_reader *r, const char **s, uint32_t *len);
+bp_status bp__mp_read_u64(bp__mp_reader *r, uint64_t *out);
+bp_status bp__mp_read_u32(bp__mp_reader *r, uint32_t *out);
+bp_status bp__mp_read_u16(bp__mp_reader *r, uint16_t *out);
+bp_status bp__mp_read_u8(bp__mp_reader *r, uint8_t *out);
+bp_status bp__mp_read_i64(bp__mp_reader *r, int64_t *out);
+/* nil -> false; returns true in *present when a non-nil value follows (not consumed). */
+bp_status bp__mp_read_nil_or(bp__mp_reader *r, bool *present);
+/* A fixed-size byte string written as bin or as an array of integers 0..255. */
+bp_status bp__mp_read_fixed_bytes(bp__mp_reader *r, uint8_t *out, size_t n);
+/* A u128 id: bin of 16 bytes or an array of 16 integers. */
+bp_status bp__mp_read_id(bp__mp_reader *r, bp_id *out);
+/* A byte string of any length, as bin (pointing into the input, *copied false)
+ * or as an array of integers (decoded into scratch). scratch may be NULL to
+ * only validate and skip: then *ptr is NULL and *len the length. */
+bp_status bp__mp_read_bytes(bp__mp_reader *r, bp__buf *scratch, const uint8_t **ptr, size_t *len);
+
+/* Compares a key just read with a NUL-terminated literal. */
+static inline bool bp__mp_key_is(const char *key, uint32_t len, const char *lit) {
+  size_t n = strlen(lit);
+  return n == len && memcmp(key, lit, n) == 0;
+}
+
+#endif /* BATPAK_WIRE_MSGPACK_H */

@@ -1,0 +1,683 @@
+/* records.c - segment header, frame, coordinate and policy record codecs. */
+#include "wire/records.h"
+
+#include <zlib.h>
+
+uint32_t bp__crc32(const void *data, size_t len) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  const Bytef *p = data;
+  while (len > 0) {
+    uInt chunk = len > 0x40000000u ? 0x40000000u : (uInt)len;
+    crc = crc32(crc, p, chunk);
+    p += chunk;
+    len -= chunk;
+  }
+  return (uint32_t)crc;
+}
+
+/* Reads a map key; every record here has string keys. */
+static bp_status read_key(bp__mp_reader *r, const char **k, uint32_t *klen) {
+  return bp__mp_read_str(r, k, klen);
+}
+
+/* Fails naming the first field whose bit is missing from seen. */
+static bp_status require_fields(unsigned seen, unsigned required, const char *const *names,
+                                const char *record) {
+  unsigned missing = required & ~seen;
+  if (!missing) return BP_OK;
+  unsigned i = 0;
+  while (!(missing & (1u << i))) i++;
+  return bp__fail(BP_ESERIAL, "%s: missing field \"%s\"", record, names[i]);
+}
+
+/* Looks key up in names; returns its index or -1. */
+static int field_index(const char *key, uint32_t klen, const char *const *names, int n) {
+  for (int i = 0; i < n; i++)
+    if (bp__mp_key_is(key, klen, names[i])) return i;
+  return -1;
+}
+
+/* A bit for a field seen twice, which serde rejects as a duplicate field. */
+static bp_status mark_seen(unsigned *seen, int idx, const char *const *names, const char *record) {
+  if (*seen & (1u << idx)) return bp__fail(BP_ESERIAL, "%s: duplicate field \"%s\"", record, names[idx]);
+  *seen |= 1u << idx;
+  return BP_OK;
+}
+
+static bp_status check_end(const bp__mp_reader *r, const char *record) {
+  if (bp__mp_remaining(r) != 0)
+    return bp__fail(BP_ESERIAL, "%s: %zu trailing bytes after offset %zu", record,
+                    bp__mp_remaining(r), bp__mp_offset(r));
+  return BP_OK;
+}
+
+/* ------------------------------------------------------------------ frame */
+
+static void put_key(bp__buf *b, const char *k) { bp__mp_put_cstr(b, k); }
+
+void bp__frame_encode_body(bp__buf *b, const bp__frame *f) {
+  const bp_header *h = &f->header;
+  /* Most of the body is fixed-size; one reservation up front avoids regrowth. */
+  bp__buf_reserve(b, 420 + 2 * f->payload_len + f->entity_len + f->scope_len);
+  bp__mp_put_map(b, 3);
+  put_key(b, "event");
+  bp__mp_put_map(b, 3);
+  put_key(b, "header");
+  bp__mp_put_map(b, 9);
+  put_key(b, "event_id");
+  bp__mp_put_id(b, h->event_id);
+  put_key(b, "correlation_id");
+  bp__mp_put_id(b, h->correlation_id);
+  put_key(b, "causation_id");
+  if (bp_id_is_nil(h->causation_id)) bp__mp_put_nil(b);
+  else bp__mp_put_id(b, h->causation_id);
+  put_key(b, "timestamp_us");
+  bp__mp_put_int(b, h->timestamp_us);
+  put_key(b, "position");
+  bp__mp_put_map(b, 5);
+  put_key(b, "wall_ms");
+  bp__mp_put_uint(b, h->position.wall_ms);
+  put_key(b, "counter");
+  bp__mp_put_uint(b, h->position.counter);
+  put_key(b, "depth");
+  bp__mp_put_uint(b, h->position.depth);
+  put_key(b, "lane");
+  bp__mp_put_uint(b, h->position.lane);
+  put_key(b, "sequence");
+  bp__mp_put_uint(b, h->position.sequence);
+  put_key(b, "payload_size");
+  bp__mp_put_uint(b, h->payload_size);
+  put_key(b, "event_kind");
+  bp__mp_put_uint(b, h->kind);
+  put_key(b, "flags");
+  bp__mp_put_uint(b, h->flags);
+  put_key(b, "content_hash");
+  bp__mp_put_byte_array(b, h->content_hash, 32);
+  put_key(b, "payload");
+  bp__mp_put_byte_array(b, f->payload, f->payload_len);
+  put_key(b, "hash_chain");
+  if (f->has_chain) {
+    bp__mp_put_map(b, 2);
+    put_key(b, "prev_hash");
+    bp__mp_put_byte_array(b, f->chain.prev_hash, 32);
+    put_key(b, "event_hash");
+    bp__mp_put_byte_array(b, f->chain.event_hash, 32);
+  } else {
+    bp__mp_put_nil(b);
+  }
+  put_key(b, "entity");
+  bp__mp_put_str(b, f->entity, f->entity_len);
+  put_key(b, "scope");
+  bp__mp_put_str(b, f->scope, f->scope_len);
+}
+
+bp_status bp__frame_encode(bp__buf *b, const bp__frame *f) {
+  size_t start = b->len;
+  uint8_t prefix[BP__FRAME_PREFIX] = {0};
+  bp__buf_append(b, prefix, sizeof prefix);
+  bp__frame_encode_body(b, f);
+  if (b->oom) {
+    b->len = start;
+    b->oom = false;
+    return bp__fail(BP_ENOMEM, "frame: out of memory encoding a %zu-byte payload", f->payload_len);
+  }
+  size_t body_len = b->len - start - BP__FRAME_PREFIX;
+  if (body_len > UINT32_MAX) {
+    b->len = start;
+    return bp__fail(BP_ELIMIT, "frame: body of %zu bytes exceeds the u32 frame limit", body_len);
+  }
+  uint8_t *p = b->data + start;
+  bp__put_be32(p, (uint32_t)body_len);
+  bp__put_be32(p + 4, bp__crc32(p + BP__FRAME_PREFIX, body_len));
+  return BP_OK;
+}
+
+static const char *const position_fields[] = {"wall_ms", "counter", "depth", "lane", "sequence"};
+
+static bp_status decode_position(bp__mp_reader *r, bp_position *p) {
+  uint32_t n;
+  bp_status st = bp__mp_read_map(r, &n);
+  unsigned seen = 0;
+  for (uint32_t i = 0; !st && i < n; i++) {
+    const char *k;
+    uint32_t kl;
+    if ((st = read_key(r, &k, &kl))) break;
+    int idx = field_index(k, kl, position_fields, 5);
+    if (idx >= 0 && (st = mark_seen(&seen, idx, position_fields, "position"))) break;
+    switch (idx) {
+      case 0: st = bp__mp_read_u64(r, &p->wall_ms); break;
+      case 1: st = bp__mp_read_u16(r, &p->counter); break;
+      case 2: st = bp__mp_read_u32(r, &p->depth); break;
+      case 3: st = bp__mp_read_u32(r, &p->lane); break;
+      case 4: st = bp__mp_read_u32(r, &p->sequence); break;
+      default: st = bp__mp_skip(r); break;
+    }
+  }
+  if (!st) st = require_fields(seen, 0x1f, position_fields, "position");
+  return st;
+}
+
+static const char *const header_fields[] = {
+    "event_id", "correlation_id", "causation_id", "timestamp_us", "position",
+    "payload_size", "event_kind", "flags", "content_hash"};
+
+static bp_status decode_header(bp__mp_reader *r, bp_header *h) {
+  uint32_t n;
+  bp_status st = bp__mp_read_map(r, &n);
+  unsigned seen = 0;
+  memset(h, 0, sizeof *h);
+  for (uint32_t i = 0; !st && i < n; i++) {
+    const char *k;
+    uint32_t kl;
+    bool present;
+    if ((st = read_key(r, &k, &kl))) break;
+    int idx = field_index(k, kl, header_fields, 9);
+    if (idx >= 0 && (st = mark_seen(&seen, idx, header_fields, "header"))) break;
+    switch (idx) {
+      case 0: st = bp__mp_read_id(r, &h->event_id); break;
+      case 1: st = bp__mp_read_id(r, &h->correlation_id); break;
+      case 2:
+        st = bp__mp_read_nil_or(r, &present);
+        if (!st && present) st = bp__mp_read_id(r, &h->causation_id);
+        break;
+      case 3: st = bp__mp_read_i64(r, &h->timestamp_us); break;
+      case 4: st = decode_position(r, &h->position); break;
+      case 5: st = bp__mp_read_u32(r, &h->payload_size); break;
+      case 6: st = bp__mp_read_u16(r, &h->kind); break;
+      case 7: st = bp__mp_read_u8(r, &h->flags); break;
+      case 8: st = bp__mp_read_fixed_bytes(r, h->content_hash, 32); break;
+      default: st = bp__mp_skip(r); break;
+    }
+  }
+  /* content_hash has a serde default; every other field is required. */
+  if (!st) st = require_fields(seen, 0xff, header_fields, "header");
+  return st;
+}
+
+static const char *const chain_fields[] = {"prev_hash", "event_hash"};
+
+static bp_status decode_chain(bp__mp_reader *r, bp_hash_chain *c) {
+  uint32_t n;
+  bp_status st = bp__mp_read_map(r, &n);
+  unsigned seen = 0;
+  for (uint32_t i = 0; !st && i < n; i++) {
+    const char *k;
+    uint32_t kl;
+    if ((st = read_key(r, &k, &kl))) break;
+    int idx = field_index(k, kl, chain_fields, 2);
+    if (idx >= 0 && (st = mark_seen(&seen, idx, chain_fields, "hash_chain"))) break;
+    if (idx == 0) st = bp__mp_read_fixed_bytes(r, c->prev_hash, 32);
+    else if (idx == 1) st = bp__mp_read_fixed_bytes(r, c->event_hash, 32);
+    else st = bp__mp_skip(r);
+  }
+  if (!st) st = require_fields(seen, 0x3, chain_fields, "hash_chain");
+  return st;
+}
+
+static const char *const event_fields[] = {"header", "payload", "hash_chain"};
+
+static bp_status decode_event(bp__mp_reader *r, bp__buf *scratch, bp__frame *f) {
+  uint32_t n;
+  bp_status st = bp__mp_read_map(r, &n);
+  unsigned seen = 0;
+  for (uint32_t i = 0; !st && i < n; i++) {
+    const char *k;
+    uint32_t kl;
+    bool present;
+    if ((st = read_key(r, &k, &kl))) break;
+    int idx = field_index(k, kl, event_fields, 3);
+    if (idx >= 0 && (st = mark_seen(&seen, idx, event_fields, "event"))) break;
+    switch (idx) {
+      case 0: st = decode_header(r, &f->header); break;
+      case 1: st = bp__mp_read_bytes(r, scratch, &f->payload, &f->payload_len); break;
+      case 2:
+        st = bp__mp_read_nil_or(r, &present);
+        f->has_chain = present;
+        if (!st && present) st = decode_chain(r, &f->chain);
+        break;
+      default: st = bp__mp_skip(r); break;
+    }
+  }
+  /* hash_chain is an Option: absent means none. */
+  if (!st) st = require_fields(seen, 0x3, event_fields, "event");
+  return st;
+}
+
+static const char *const frame_fields[] = {"event", "entity", "scope"};
+
+bp_status bp__frame_decode_body(const uint8_t *body, size_t len, bp__buf *scratch, bp__frame *f) {
+  bp__mp_reader r;
+  bp__mp_reader_init(&r, body, len);
+  memset(f, 0, sizeof *f);
+  uint32_t n;
+  bp_status st = bp__mp_read_map(&r, &n);
+  unsigned seen = 0;
+  for (uint32_t i = 0; !st && i < n; i++) {
+    const char *k;
+    uint32_t kl, sl;
+    if ((st = read_key(&r, &k, &kl))) break;
+    int idx = field_index(k, kl, frame_fields, 3);
+    if (idx >= 0 && (st = mark_seen(&seen, idx, frame_fields, "frame"))) break;
+    switch (idx) {
+      case 0: st = decode_event(&r, scratch, f); break;
+      case 1: st = bp__mp_read_str(&r, &f->entity, &sl); f->entity_len = sl; break;
+      case 2: st = bp__mp_read_str(&r, &f->scope, &sl); f->scope_len = sl; break;
+      default: st = bp__mp_skip(&r); break;
+    }
+  }
+  if (!st) st = require_fields(seen, 0x7, frame_fields, "frame");
+  if (!st) st = check_end(&r, "frame");
+  if (!st && f->payload_len != f->header.payload_size)
+    st = bp__fail(BP_ESERIAL, "frame: payload has %zu bytes but payload_size says %u",
+                  f->payload_len, f->header.payload_size);
+  return st;
+}
+
+/* --------------------------------------------------------- segment header */
+
+void bp__segment_header_encode(bp__buf *b, const bp__segment_header *h) {
+  bp__buf_append(b, BP__SEGMENT_MAGIC, 4);
+  size_t len_at = b->len;
+  uint8_t zero[4] = {0};
+  bp__buf_append(b, zero, 4);
+  size_t start = b->len;
+  bp__mp_put_map(b, 4);
+  put_key(b, "version");
+  bp__mp_put_uint(b, h->version);
+  put_key(b, "flags");
+  bp__mp_put_uint(b, h->flags);
+  put_key(b, "created_ns");
+  bp__mp_put_int(b, h->created_ns);
+  put_key(b, "segment_id");
+  bp__mp_put_uint(b, h->segment_id);
+  if (!b->oom) bp__put_be32(b->data + len_at, (uint32_t)(b->len - start));
+}
+
+static const char *const segment_fields[] = {"version", "flags", "created_ns", "segment_id"};
+
+bp_status bp__segment_header_decode(const uint8_t *data, size_t len, bp__segment_header *h,
+                                    size_t *consumed) {
+  if (len < 8) return bp__fail(BP_ECORRUPT, "segment header: file has only %zu bytes", len);
+  if (memcmp(data, BP__SEGMENT_MAGIC, 4) != 0)
+    return bp__fail(BP_ECORRUPT, "segment header: bad magic (not an FBAT segment)");
+  uint32_t hlen = bp__get_be32(data + 4);
+  if (hlen > len - 8)
+    return bp__fail(BP_ECORRUPT, "segment header: header_len %u runs past the end of the file", hlen);
+  bp__mp_reader r;
+  bp__mp_reader_init(&r, data + 8, hlen);
+  memset(h, 0, sizeof *h);
+  uint32_t n;
+  bp_status st = bp__mp_read_map(&r, &n);
+  unsigned seen = 0;
+  for (uint32_t i = 0; !st && i < n; i++) {
+    const char *k;
+    uint32_t kl;
+    if ((st = read_key(&r, &k, &kl))) break;
+    int idx = field_index(k, kl, segment_fields, 4);
+    if (idx >= 0 && (st = mark_seen(&seen, idx, segment_fields, "segment header"))) break;
+    switch (idx) {
+      case 0: st = bp__mp_read_u32(&r, &h->version); break;
+      case 1: st = bp__mp_read_u32(&r, &h->flags); break;
+      case 2: st = bp__mp_read_i64(&r, &h->created_ns); break;
+      case 3: st = bp__mp_read_u64(&r, &h->segment_id); break;
+      default: st = bp__mp_skip(&r); break;
+    }
+  }
+  if (!st) st = require_fields(seen, 0xf, segment_fields, "segment header");
+  if (!st) st = check_end(&r, "segment header");
+  if (st) return bp__fail(BP_ECORRUPT, "segment header: %s", bp_last_error()->message);
+  if (h->version != BP__SEGMENT_VERSION)
+    return bp__fail(BP_ECORRUPT, "segment header: unsupported version %u", h->version);
+  *consumed = 8 + (size_t)hlen;
+  return BP_OK;
+}
+
+/* ------------------------------------------------------------- coordinate */
+
+void bp__coord_encode(bp__buf *b, const char *entity, size_t elen, const char *scope, size_t slen) {
+  bp__mp_put_map(b, 2);
+  put_key(b, "entity");
+  bp__mp_put_str(b, entity, elen);
+  put_key(b, "scope");
+  bp__mp_put_str(b, scope, slen);
+}
+
+static const char *const coord_fields[] = {"entity", "scope"};
+
+bp_status bp__coord_decode(const uint8_t *data, size_t len, const char **entity, size_t *elen,
+                           const char **scope, size_t *slen) {
+  bp__mp_reader r;
+  bp__mp_reader_init(&r, data, len);
+  uint32_t n, sl;
+  bp_status st = bp__mp_read_map(&r, &n);
+  unsigned seen = 0;
+  for (uint32_t i = 0; !st && i < n; i++) {
+    const char *k;
+    uint32_t kl;
+    if ((st = read_key(&r, &k, &kl))) break;
+    int idx = field_index(k, kl, coord_fields, 2);
+    if (idx >= 0 && (st = mark_seen(&seen, idx, coord_fields, "coordinate"))) break;
+    if (idx == 0) { st = bp__mp_read_str(&r, entity, &sl); *elen = sl; }
+    else if (idx == 1) { st = bp__mp_read_str(&r, scope, &sl); *slen = sl; }
+    else st = bp__mp_skip(&r);
+  }
+  if (!st) st = require_fields(seen, 0x3, coord_fields, "coordinate");
+  if (!st) st = check_end(&r, "coordinate");
+  return st;
+}
+
+/* -------------------------------------------------------------- committed */
+
+void bp__committed_encode(bp__buf *b, const bp__committed *c) {
+  bp__mp_put_map(b, 4);
+  put_key(b, "payload");
+  bp__buf_append(b, c->payload, c->payload_len);
+  put_key(b, "event_id");
+  bp__mp_put_id(b, c->event_id);
+  put_key(b, "sequence");
+  bp__mp_put_uint(b, c->sequence);
+  put_key(b, "hash");
+  bp__mp_put_byte_array(b, c->hash, 32);
+}
+
+static const char *const committed_fields[] = {"payload", "event_id", "sequence", "hash"};
+
+bp_status bp__committed_decode(const uint8_t *data, size_t len, bp__committed *c) {
+  bp__mp_reader r;
+  bp__mp_reader_init(&r, data, len);
+  memset(c, 0, sizeof *c);
+  uint32_t n;
+  bp_status st = bp__mp_read_map(&r, &n);
+  unsigned seen = 0;
+  for (uint32_t i = 0; !st && i < n; i++) {
+    const char *k;
+    uint32_t kl;
+    if ((st = read_key(&r, &k, &kl))) break;
+    int idx = field_index(k, kl, committed_fields, 4);
+    if (idx >= 0 && (st = mark_seen(&seen, idx, committed_fields, "committed"))) break;
+    switch (idx) {
+      case 0: {
+        const uint8_t *at = r.p;
+        st = bp__mp_skip(&r);
+        c->payload = at;
+        c->payload_len = (size_t)(r.p - at);
+        break;
+      }
+      case 1: st = bp__mp_read_id(&r, &c->event_id); break;
+      case 2: st = bp__mp_read_u64(&r, &c->sequence); break;
+      case 3: st = bp__mp_read_fixed_bytes(&r, c->hash, 32); break;
+      default: st = bp__mp_skip(&r); break;
+    }
+  }
+  if (!st) st = require_fields(seen, 0xf, committed_fields, "committed");
+  if (!st) st = check_end(&r, "committed");
+  return st;
+}
+
+/* ------------------------------------------------------------ byte vectors */
+
+/* Reads a Vec<u8> into a fresh allocation. */
+static bp_status read_owned_bytes(bp__mp_reader *r, uint8_t **out, size_t *len) {
+  bp__buf scratch;
+  bp__buf_init(&scratch);
+  const uint8_t *p;
+  bp_status st = bp__mp_read_bytes(r, &scratch, &p, len);
+  if (st) { bp__buf_free(&scratch); return st; }
+  *out = malloc(*len ? *len : 1);
+  if (!*out) { bp__buf_free(&scratch); return bp__fail(BP_ENOMEM, "out of memory"); }
+  if (*len) memcpy(*out, p, *len);
+  bp__buf_free(&scratch);
+  return BP_OK;
+}
+
+static bp_status read_owned_str(bp__mp_reader *r, char **out) {
+  const char *s;
+  uint32_t n;
+  bp_status st = bp__mp_read_str(r, &s, &n);
+  if (st) return st;
+  *out = malloc((size_t)n + 1);
+  if (!*out) return bp__fail(BP_ENOMEM, "out of memory");
+  memcpy(*out, s, n);
+  (*out)[n] = '\0';
+  return BP_OK;
+}
+
+/* A Vec<u128> as the crate's vec_u128_bytes writes it: an array of 16-integer arrays. */
+static void put_id_vec(bp__buf *b, const bp_id *ids, size_t n) {
+  bp__mp_put_array(b, (uint32_t)n);
+  for (size_t i = 0; i < n; i++) {
+    uint8_t raw[16];
+    bp_id_to_bytes(ids[i], raw);
+    bp__mp_put_byte_array(b, raw, 16);
+  }
+}
+
+static bp_status read_id_vec(bp__mp_reader *r, bp_id **ids, size_t *n) {
+  uint32_t count;
+  bp_status st = bp__mp_read_array(r, &count);
+  if (st) return st;
+  if (count > bp__mp_remaining(r))
+    return bp__fail(BP_ESERIAL, "id list of %u items is longer than its input", count);
+  *ids = calloc(count ? count : 1, sizeof **ids);
+  if (!*ids) return bp__fail(BP_ENOMEM, "out of memory");
+  *n = count;
+  for (uint32_t i = 0; !st && i < count; i++) st = bp__mp_read_id(r, &(*ids)[i]);
+  return st;
+}
+
+/* An externally tagged enum variant: a one-entry map {name: value}. */
+static bp_status read_variant(bp__mp_reader *r, const char *const *names, int n, int *which,
+                              const char *record) {
+  uint32_t pairs;
+  bp_status st = bp__mp_read_map(r, &pairs);
+  if (st) return st;
+  if (pairs != 1) return bp__fail(BP_ESERIAL, "%s: variant map has %u entries, expected 1", record, pairs);
+  const char *k;
+  uint32_t kl;
+  if ((st = read_key(r, &k, &kl))) return st;
+  *which = field_index(k, kl, names, n);
+  if (*which < 0) return bp__fail(BP_ESERIAL, "%s: unknown variant \"%.*s\"", record, (int)kl, k);
+  return BP_OK;
+}
+
+/* --------------------------------------------------------- wait condition */
+
+static const char *const wait_variants[] = {"Timeout", "Event", "All", "Any", "Custom"};
+
+void bp__wait_encode(bp__buf *b, const bp__wait *w) {
+  bp__mp_put_map(b, 1);
+  put_key(b, wait_variants[w->kind]);
+  switch (w->kind) {
+    case BP__WAIT_TIMEOUT:
+      bp__mp_put_map(b, 1);
+      put_key(b, "resume_at_ms");
+      bp__mp_put_uint(b, w->resume_at_ms);
+      break;
+    case BP__WAIT_EVENT:
+      bp__mp_put_map(b, 1);
+      put_key(b, "event_id");
+      bp__mp_put_id(b, w->event_id);
+      break;
+    case BP__WAIT_ALL:
+    case BP__WAIT_ANY:
+      bp__mp_put_array(b, (uint32_t)w->n_children);
+      for (size_t i = 0; i < w->n_children; i++) bp__wait_encode(b, &w->children[i]);
+      break;
+    case BP__WAIT_CUSTOM:
+      bp__mp_put_map(b, 2);
+      put_key(b, "tag");
+      bp__mp_put_uint(b, w->tag);
+      put_key(b, "data");
+      bp__mp_put_byte_array(b, w->data, w->data_len);
+      break;
+  }
+}
+
+#define WAIT_MAX_DEPTH 64
+
+static bp_status decode_fields_map(bp__mp_reader *r, const char *const *names, int n,
+                                   unsigned required, const char *record,
+                                   bp_status (*field)(bp__mp_reader *, int, void *), void *ctx) {
+  uint32_t pairs;
+  bp_status st = bp__mp_read_map(r, &pairs);
+  unsigned seen = 0;
+  for (uint32_t i = 0; !st && i < pairs; i++) {
+    const char *k;
+    uint32_t kl;
+    if ((st = read_key(r, &k, &kl))) break;
+    int idx = field_index(k, kl, names, n);
+    if (idx >= 0 && (st = mark_seen(&seen, idx, names, record))) break;
+    st = idx >= 0 ? field(r, idx, ctx) : bp__mp_skip(r);
+  }
+  if (!st) st = require_fields(seen, required, names, record);
+  return st;
+}
+
+static const char *const timeout_fields[] = {"resume_at_ms"};
+static const char *const event_id_fields[] = {"event_id"};
+static const char *const wait_custom_fields[] = {"tag", "data"};
+
+static bp_status wait_field(bp__mp_reader *r, int idx, void *ctx) {
+  bp__wait *w = ctx;
+  switch (w->kind) {
+    case BP__WAIT_TIMEOUT: return bp__mp_read_u64(r, &w->resume_at_ms);
+    case BP__WAIT_EVENT: return bp__mp_read_id(r, &w->event_id);
+    default:
+      if (idx == 0) return bp__mp_read_u16(r, &w->tag);
+      free(w->data);
+      w->data = NULL;
+      return read_owned_bytes(r, &w->data, &w->data_len);
+  }
+}
+
+static bp_status decode_wait(bp__mp_reader *r, bp__wait *w, int depth) {
+  if (depth > WAIT_MAX_DEPTH)
+    return bp__fail(BP_ESERIAL, "wait condition: nested deeper than %d", WAIT_MAX_DEPTH);
+  int which;
+  bp_status st = read_variant(r, wait_variants, 5, &which, "wait condition");
+  if (st) return st;
+  w->kind = (bp__wait_kind)which;
+  switch (w->kind) {
+    case BP__WAIT_TIMEOUT:
+      return decode_fields_map(r, timeout_fields, 1, 1, "Timeout", wait_field, w);
+    case BP__WAIT_EVENT:
+      return decode_fields_map(r, event_id_fields, 1, 1, "Event", wait_field, w);
+    case BP__WAIT_CUSTOM:
+      return decode_fields_map(r, wait_custom_fields, 2, 3, "Custom", wait_field, w);
+    default: {
+      uint32_t count;
+      if ((st = bp__mp_read_array(r, &count))) return st;
+      if (count > bp__mp_remaining(r))
+        return bp__fail(BP_ESERIAL, "wait condition: %u children, input too short", count);
+      w->children = calloc(count ? count : 1, sizeof *w->children);
+      if (!w->children) return bp__fail(BP_ENOMEM, "out of memory");
+      w->n_children = count;
+      for (uint32_t i = 0; !st && i < count; i++) st = decode_wait(r, &w->children[i], depth + 1);
+      return st;
+    }
+  }
+}
+
+bp_status bp__wait_decode(const uint8_t *data, size_t len, bp__wait *w) {
+  bp__mp_reader r;
+  bp__mp_reader_init(&r, data, len);
+  memset(w, 0, sizeof *w);
+  bp_status st = decode_wait(&r, w, 0);
+  if (!st) st = check_end(&r, "wait condition");
+  if (st) bp__wait_free(w);
+  return st;
+}
+
+void bp__wait_free(bp__wait *w) {
+  if (!w) return;
+  for (size_t i = 0; i < w->n_children; i++) bp__wait_free(&w->children[i]);
+  free(w->children);
+  free(w->data);
+  memset(w, 0, sizeof *w);
+}
+
+/* ----------------------------------------------------- compensation action */
+
+static const char *const comp_variants[] = {"Rollback", "Notify", "Release", "Custom"};
+static const char *const rollback_fields[] = {"event_ids"};
+static const char *const notify_fields[] = {"target_id", "message"};
+static const char *const release_fields[] = {"resource_ids"};
+static const char *const comp_custom_fields[] = {"action_type", "data"};
+
+void bp__compensation_encode(bp__buf *b, const bp__compensation *c) {
+  bp__mp_put_map(b, 1);
+  put_key(b, comp_variants[c->kind]);
+  switch (c->kind) {
+    case BP__COMP_ROLLBACK:
+    case BP__COMP_RELEASE:
+      bp__mp_put_map(b, 1);
+      put_key(b, c->kind == BP__COMP_ROLLBACK ? "event_ids" : "resource_ids");
+      put_id_vec(b, c->ids, c->n_ids);
+      break;
+    case BP__COMP_NOTIFY:
+      bp__mp_put_map(b, 2);
+      put_key(b, "target_id");
+      bp__mp_put_id(b, c->target_id);
+      put_key(b, "message");
+      bp__mp_put_cstr(b, c->text ? c->text : "");
+      break;
+    case BP__COMP_CUSTOM:
+      bp__mp_put_map(b, 2);
+      put_key(b, "action_type");
+      bp__mp_put_cstr(b, c->text ? c->text : "");
+      put_key(b, "data");
+      bp__mp_put_byte_array(b, c->data, c->data_len);
+      break;
+  }
+}
+
+static bp_status comp_field(bp__mp_reader *r, int idx, void *ctx) {
+  bp__compensation *c = ctx;
+  switch (c->kind) {
+    case BP__COMP_ROLLBACK:
+    case BP__COMP_RELEASE:
+      return read_id_vec(r, &c->ids, &c->n_ids);
+    case BP__COMP_NOTIFY:
+      if (idx == 0) return bp__mp_read_id(r, &c->target_id);
+      return read_owned_str(r, &c->text);
+    default:
+      if (idx == 0) return read_owned_str(r, &c->text);
+      return read_owned_bytes(r, &c->data, &c->data_len);
+  }
+}
+
+bp_status bp__compensation_decode(const uint8_t *data, size_t len, bp__compensation *c) {
+  bp__mp_reader r;
+  bp__mp_reader_init(&r, data, len);
+  memset(c, 0, sizeof *c);
+  int which;
+  bp_status st = read_variant(&r, comp_variants, 4, &which, "compensation action");
+  if (!st) {
+    c->kind = (bp__comp_kind)which;
+    switch (c->kind) {
+      case BP__COMP_ROLLBACK:
+        st = decode_fields_map(&r, rollback_fields, 1, 1, "Rollback", comp_field, c);
+        break;
+      case BP__COMP_RELEASE:
+        st = decode_fields_map(&r, release_fields, 1, 1, "Release", comp_field, c);
+        break;
+      case BP__COMP_NOTIFY:
+        st = decode_fields_map(&r, notify_fields, 2, 3, "Notify", comp_field, c);
+        break;
+      case BP__COMP_CUSTOM:
+        st = decode_fields_map(&r, comp_custom_fields, 2, 3, "Custom", comp_field, c);
+        break;
+    }
+  }
+  if (!st) st = check_end(&r, "compensation action");
+  if (st) bp__compensation_free(c);
+  return st;
+}
+
+void bp__compensation_free(bp__compensation *c) {
+  if (!c) return;
+  free(c->ids);
+  free(c->text);
+  free(c->data);
+  memset(c, 0, sizeof *c);
+}

@@ -1,0 +1,108 @@
+/* testutil.c - helpers shared by the tests. */
+#define _GNU_SOURCE
+#include "testutil.h"
+
+#include <dirent.h>
+#include <ftw.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+static void hex_dump(char *out, size_t outsz, const uint8_t *p, size_t n) {
+  size_t o = 0;
+  for (size_t i = 0; i < n && o + 3 < outsz; i++) o += (size_t)snprintf(out + o, outsz - o, "%02x", p[i]);
+  if (o + 3 >= outsz && outsz > 4) memcpy(out + outsz - 4, "...", 4);
+}
+
+void tu_assert_bytes_eq(const void *got, size_t got_len, const void *want, size_t want_len,
+                        const char *what) {
+  if (got_len == want_len && (got_len == 0 || memcmp(got, want, got_len) == 0)) return;
+  size_t first = 0;
+  while (first < got_len && first < want_len && ((const uint8_t *)got)[first] == ((const uint8_t *)want)[first])
+    first++;
+  char g[1024], w[1024];
+  hex_dump(g, sizeof g, (const uint8_t *)got + first, got_len - first);
+  hex_dump(w, sizeof w, (const uint8_t *)want + first, want_len - first);
+  fail_msg("%s: %zu bytes vs %zu expected, first difference at %zu\n  got:  ...%s\n  want: ...%s",
+           what, got_len, want_len, first, g, w);
+}
+
+static int hexv(int c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+uint8_t *tu_from_hex(const char *hex, size_t *len) {
+  size_t n = strlen(hex);
+  uint8_t *out = malloc(n / 2 + 1);
+  size_t o = 0;
+  int hi = -1;
+  for (size_t i = 0; i < n; i++) {
+    int v = hexv(hex[i]);
+    if (v < 0) continue;
+    if (hi < 0) hi = v;
+    else { out[o++] = (uint8_t)(hi << 4 | v); hi = -1; }
+  }
+  *len = o;
+  return out;
+}
+
+uint8_t *tu_read_file(const char *path, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  fseek(f, 0, SEEK_END);
+  long n = ftell(f);
+  fseek(f, 0, SEEK_SET);
+  uint8_t *buf = malloc((size_t)n + 1);
+  if (fread(buf, 1, (size_t)n, f) != (size_t)n) { free(buf); fclose(f); return NULL; }
+  buf[n] = 0;
+  fclose(f);
+  *len = (size_t)n;
+  return buf;
+}
+
+uint8_t *tu_read_data(const char *rel, size_t *len) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s", BATPAK_TEST_DATA_DIR, rel);
+  uint8_t *p = tu_read_file(path, len);
+  if (!p) fail_msg("cannot read test data %s", path);
+  return p;
+}
+
+char *tu_make_temp_dir(const char *tag) {
+  const char *base = getenv("TMPDIR");
+  char tmpl[4096];
+  snprintf(tmpl, sizeof tmpl, "%s/batpak-%s-XXXXXX", base && *base ? base : "/tmp", tag);
+  char *d = mkdtemp(tmpl);
+  if (!d) fail_msg("mkdtemp failed for %s", tmpl);
+  return strdup(d);
+}
+
+static int rm_entry(const char *path, const struct stat *sb, int flag, struct FTW *ftw) {
+  (void)sb; (void)flag; (void)ftw;
+  return remove(path);
+}
+
+void tu_remove_tree(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
+
+void tu_copy_dir(const char *src, const char *dst) {
+  mkdir(dst, 0700);
+  DIR *d = opendir(src);
+  if (!d) fail_msg("cannot open %s", src);
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.') continue;
+    char from[4096], to[4096];
+    snprintf(from, sizeof from, "%s/%s", src, e->d_name);
+    snprintf(to, sizeof to, "%s/%s", dst, e->d_name);
+    size_t n;
+    uint8_t *buf = tu_read_file(from, &n);
+    if (!buf) continue;
+    FILE *f = fopen(to, "wb");
+    if (!f || fwrite(buf, 1, n, f) != n) fail_msg("cannot write %s", to);
+    fclose(f);
+    free(buf);
+  }
+  closedir(d);
+}

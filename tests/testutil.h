@@ -1,0 +1,57 @@
+/*
+ * testutil.h - helpers shared by the tests: cmocka, hex, files, fixtures.
+ */
+#ifndef BATPAK_TESTUTIL_H
+#define BATPAK_TESTUTIL_H
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "batpak.h"
+
+#ifndef BATPAK_TEST_DATA_DIR
+#error "BATPAK_TEST_DATA_DIR must point at tests/data"
+#endif
+
+/* Asserts a call returned BP_OK, printing the code and message when not. */
+#define assert_ok(expr)                                                                   \
+  do {                                                                                    \
+    bp_status st_ = (expr);                                                               \
+    if (st_ != BP_OK)                                                                     \
+      fail_msg("%s returned %s: %s", #expr, bp_status_name(st_), bp_last_error()->message); \
+  } while (0)
+
+/* Asserts a call failed with the given code, printing both when not. */
+#define assert_status(expr, want)                                                   \
+  do {                                                                              \
+    bp_status st_ = (expr);                                                         \
+    if (st_ != (want))                                                              \
+      fail_msg("%s returned %s, expected %s (%s)", #expr, bp_status_name(st_),      \
+               bp_status_name(want), bp_last_error()->message);                     \
+  } while (0)
+
+/* Asserts two byte strings are equal, printing both as hex when not. */
+void tu_assert_bytes_eq(const void *got, size_t got_len, const void *want, size_t want_len,
+                        const char *what);
+
+/* Decodes hex text (whitespace ignored) into a malloc'd buffer. */
+uint8_t *tu_from_hex(const char *hex, size_t *len);
+/* Reads a whole file; NULL on error. */
+uint8_t *tu_read_file(const char *path, size_t *len);
+/* Reads a file under tests/data (path relative to it). Fails the test when absent. */
+uint8_t *tu_read_data(const char *rel, size_t *len);
+/* A fresh empty directory under the system temporary directory. Caller frees. */
+char *tu_make_temp_dir(const char *tag);
+/* Removes a directory tree. */
+void tu_remove_tree(const char *path);
+/* Copies every regular file of src into dst (created if missing). */
+void tu_copy_dir(const char *src, const char *dst);
+
+#endif
