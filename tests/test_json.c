@@ -1,1 +1,150 @@
-int main(void){return 0;}
+/* test_json.c - JSON text <-> MessagePack payload conversion. */
+#include "testutil.h"
+
+#include <json-c/json.h>
+
+static void json_to_hex(const char *json, const char *want_hex) {
+  uint8_t *mp;
+  size_t n;
+  assert_ok(bp_json_to_msgpack(json, strlen(json), &mp, &n));
+  size_t wn;
+  uint8_t *want = tu_from_hex(want_hex, &wn);
+  tu_assert_bytes_eq(mp, n, want, wn, json);
+  free(want);
+  bp_free(mp);
+}
+
+static void round_trip(const char *json, const char *want_json) {
+  uint8_t *mp;
+  size_t n;
+  assert_ok(bp_json_to_msgpack(json, strlen(json), &mp, &n));
+  char *back;
+  assert_ok(bp_msgpack_to_json(mp, n, &back));
+  if (strcmp(back, want_json) != 0) fail_msg("round trip of %s gave %s, expected %s", json, back, want_json);
+  bp_free(back);
+  bp_free(mp);
+}
+
+/* Every payload of the basic fixture, converted from its JSON, gives the
+ * exact MessagePack bytes the Rust crate stored. */
+static void fixture_payloads_convert_to_the_crate_bytes(void **state) {
+  (void)state;
+  struct json_object *m = tu_manifest("basic");
+  struct json_object *events = tu_field(m, "events");
+  for (size_t i = 0; i < json_object_array_length(events); i++) {
+    struct json_object *e = json_object_array_get_idx(events, i);
+    const char *text = json_object_to_json_string_ext(tu_field(e, "payload"), JSON_C_TO_STRING_PLAIN);
+    json_to_hex(text, tu_str(e, "payload_msgpack_hex"));
+  }
+  json_object_put(m);
+}
+
+static void integers_keep_their_exact_64_bit_value(void **state) {
+  (void)state;
+  json_to_hex("18446744073709551615", "cfffffffffffffffff");
+  json_to_hex("-9223372036854775808", "d38000000000000000");
+  json_to_hex("9223372036854775807", "cf7fffffffffffffff");
+  json_to_hex("-1", "ff");
+  json_to_hex("[0,127,128,-33]", "94007fcc80d0df");
+  round_trip("[18446744073709551615,-9223372036854775808,0]", "[18446744073709551615,-9223372036854775808,0]");
+}
+
+static void floats_unicode_and_nesting_survive(void **state) {
+  (void)state;
+  json_to_hex("1.5", "cb3ff8000000000000");
+  round_trip("[0.1,1.5,-2.0,1e+300,3.0]", "[0.1,1.5,-2.0,1e+300,3.0]");
+  json_to_hex("\"\\u00e9\"", "a2c3a9");
+  json_to_hex("\"\\ud83d\\ude00\"", "a4f09f9880"); /* a surrogate pair */
+  round_trip("{\"name\":\"caf\\u00e9 \\ud83d\\ude00\",\"nested\":{\"a\":[1,[2,[3]]],\"b\":null,\"c\":true}}",
+             "{\"name\":\"café 😀\",\"nested\":{\"a\":[1,[2,[3]]],\"b\":null,\"c\":true}}");
+  round_trip("{\"z\":1,\"a\":2}", "{\"z\":1,\"a\":2}"); /* key order is kept */
+  round_trip("\"quote \\\" backslash \\\\ newline \\n\"", "\"quote \\\" backslash \\\\ newline \\n\"");
+  round_trip("{}", "{}");
+  round_trip("[]", "[]");
+}
+
+static void malformed_json_is_rejected_with_a_position(void **state) {
+  (void)state;
+  const char *bad[] = {"", "{", "[1,2", "{\"a\":}", "tru", "[1,]", "{'a':1}", "01x", "[1] [2]",
+                       "\"unterminated", "\"bad utf8 \xff\"", "NaN"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    uint8_t *mp = (uint8_t *)"sentinel";
+    size_t n;
+    bp_status st = bp_json_to_msgpack(bad[i], strlen(bad[i]), &mp, &n);
+    if (st != BP_EJSON) fail_msg("\"%s\" gave %s, expected BP_EJSON", bad[i], bp_status_name(st));
+    assert_null(mp);
+  }
+  uint8_t *mp;
+  size_t n;
+  assert_status(bp_json_to_msgpack("{\n  \"a\": ]\n}", 12, &mp, &n), BP_EJSON);
+  assert_non_null(strstr(bp_last_error()->message, "line 2"));
+}
+
+static void json_nesting_deeper_than_the_limit_is_rejected(void **state) {
+  (void)state;
+  size_t depth = BP_JSON_MAX_DEPTH + 10;
+  char *text = malloc(depth * 2 + 1);
+  memset(text, '[', depth);
+  memset(text + depth, ']', depth);
+  text[depth * 2] = '\0';
+  uint8_t *mp;
+  size_t n;
+  assert_status(bp_json_to_msgpack(text, depth * 2, &mp, &n), BP_ELIMIT);
+  free(text);
+}
+
+static void msgpack_to_json_renders_bin_ext_and_non_string_keys(void **state) {
+  (void)state;
+  size_t n;
+  uint8_t *mp = tu_from_hex("83" "01" "a178" "c4020aff" "a165" "c0" "ca3fc00000", &n);
+  /* {1: "x", bin [10, 255]: "e", nil: 1.5f} */
+  char *json;
+  assert_ok(bp_msgpack_to_json(mp, n, &json));
+  assert_string_equal(json, "{\"1\":\"x\",\"[10,255]\":\"e\",\"null\":1.5}");
+  bp_free(json);
+  free(mp);
+  mp = tu_from_hex("d5070102", &n);
+  assert_ok(bp_msgpack_to_json(mp, n, &json));
+  assert_string_equal(json, "{\"ext_type\":7,\"data\":[1,2]}");
+  bp_free(json);
+  free(mp);
+}
+
+static void malformed_msgpack_is_rejected(void **state) {
+  (void)state;
+  const char *bad[] = {"", "c1", "92 01", "a5 6162", "dc ffff", "01 02", "cb 3ff0"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    size_t n;
+    uint8_t *mp = tu_from_hex(bad[i], &n);
+    char *json = (char *)"sentinel";
+    bp_status st = bp_msgpack_to_json(mp, n, &json);
+    if (st != BP_ESERIAL) fail_msg("\"%s\" gave %s, expected BP_ESERIAL", bad[i], bp_status_name(st));
+    assert_null(json);
+    free(mp);
+  }
+}
+
+static void msgpack_nesting_deeper_than_the_limit_is_rejected(void **state) {
+  (void)state;
+  size_t depth = BP_JSON_MAX_DEPTH + 10;
+  uint8_t *mp = malloc(depth + 1);
+  memset(mp, 0x91, depth);
+  mp[depth] = 0xc0;
+  char *json;
+  assert_status(bp_msgpack_to_json(mp, depth + 1, &json), BP_ELIMIT);
+  free(mp);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(fixture_payloads_convert_to_the_crate_bytes),
+      cmocka_unit_test(integers_keep_their_exact_64_bit_value),
+      cmocka_unit_test(floats_unicode_and_nesting_survive),
+      cmocka_unit_test(malformed_json_is_rejected_with_a_position),
+      cmocka_unit_test(json_nesting_deeper_than_the_limit_is_rejected),
+      cmocka_unit_test(msgpack_to_json_renders_bin_ext_and_non_string_keys),
+      cmocka_unit_test(malformed_msgpack_is_rejected),
+      cmocka_unit_test(msgpack_nesting_deeper_than_the_limit_is_rejected),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,1 +1,215 @@
-int main(void){return 0;}
+/* test_msgpack.c - the MessagePack writer's forms and the reader's bounds. */
+#include "testutil.h"
+#include "wire/msgpack.h"
+
+static void expect_hex(bp__buf *b, const char *hex, const char *what) {
+  size_t n;
+  uint8_t *want = tu_from_hex(hex, &n);
+  tu_assert_bytes_eq(b->data, b->len, want, n, what);
+  free(want);
+  b->len = 0;
+}
+
+static void integers_take_their_smallest_form(void **state) {
+  (void)state;
+  bp__buf b;
+  bp__buf_init(&b);
+  bp__mp_put_uint(&b, 0); expect_hex(&b, "00", "0");
+  bp__mp_put_uint(&b, 127); expect_hex(&b, "7f", "127");
+  bp__mp_put_uint(&b, 128); expect_hex(&b, "cc80", "128");
+  bp__mp_put_uint(&b, 255); expect_hex(&b, "ccff", "255");
+  bp__mp_put_uint(&b, 256); expect_hex(&b, "cd0100", "256");
+  bp__mp_put_uint(&b, 65535); expect_hex(&b, "cdffff", "65535");
+  bp__mp_put_uint(&b, 65536); expect_hex(&b, "ce00010000", "65536");
+  bp__mp_put_uint(&b, 4294967295u); expect_hex(&b, "ceffffffff", "u32 max");
+  bp__mp_put_uint(&b, 4294967296ull); expect_hex(&b, "cf0000000100000000", "2^32");
+  bp__mp_put_uint(&b, UINT64_MAX); expect_hex(&b, "cfffffffffffffffff", "u64 max");
+  bp__mp_put_int(&b, 5); expect_hex(&b, "05", "+5 as unsigned");
+  bp__mp_put_int(&b, 1700000000000000); expect_hex(&b, "cf00060a24181e4000", "i64 positive");
+  bp__mp_put_int(&b, -1); expect_hex(&b, "ff", "-1");
+  bp__mp_put_int(&b, -32); expect_hex(&b, "e0", "-32");
+  bp__mp_put_int(&b, -33); expect_hex(&b, "d0df", "-33");
+  bp__mp_put_int(&b, -128); expect_hex(&b, "d080", "-128");
+  bp__mp_put_int(&b, -129); expect_hex(&b, "d1ff7f", "-129");
+  bp__mp_put_int(&b, -32768); expect_hex(&b, "d18000", "-32768");
+  bp__mp_put_int(&b, -32769); expect_hex(&b, "d2ffff7fff", "-32769");
+  bp__mp_put_int(&b, INT32_MIN); expect_hex(&b, "d280000000", "i32 min");
+  bp__mp_put_int(&b, (int64_t)INT32_MIN - 1); expect_hex(&b, "d3ffffffff7fffffff", "i32 min - 1");
+  bp__mp_put_int(&b, INT64_MIN); expect_hex(&b, "d38000000000000000", "i64 min");
+  bp__buf_free(&b);
+}
+
+static void lengths_take_their_smallest_form(void **state) {
+  (void)state;
+  bp__buf b;
+  bp__buf_init(&b);
+  char s[70000];
+  memset(s, 'a', sizeof s);
+  bp__mp_put_str(&b, s, 31); assert_int_equal(b.data[0], 0xbf); assert_int_equal(b.len, 32); b.len = 0;
+  bp__mp_put_str(&b, s, 32); assert_int_equal(b.data[0], 0xd9); assert_int_equal(b.data[1], 32); b.len = 0;
+  bp__mp_put_str(&b, s, 256); assert_int_equal(b.data[0], 0xda); b.len = 0;
+  bp__mp_put_str(&b, s, 65536); assert_int_equal(b.data[0], 0xdb); b.len = 0;
+  bp__mp_put_bin(&b, s, 3); expect_hex(&b, "c403616161", "bin8");
+  bp__mp_put_bin(&b, s, 256); assert_int_equal(b.data[0], 0xc5); b.len = 0;
+  bp__mp_put_array(&b, 15); expect_hex(&b, "9f", "fixarray");
+  bp__mp_put_array(&b, 16); expect_hex(&b, "dc0010", "array16");
+  bp__mp_put_array(&b, 65536); expect_hex(&b, "dd00010000", "array32");
+  bp__mp_put_map(&b, 15); expect_hex(&b, "8f", "fixmap");
+  bp__mp_put_map(&b, 16); expect_hex(&b, "de0010", "map16");
+  bp__mp_put_map(&b, 70000); expect_hex(&b, "df00011170", "map32");
+  const uint8_t bytes[] = {0, 0x7f, 0x80, 0xff};
+  bp__mp_put_byte_array(&b, bytes, 4); expect_hex(&b, "94007fcc80ccff", "byte array");
+  bp__mp_put_nil(&b); bp__mp_put_bool(&b, true); bp__mp_put_bool(&b, false);
+  expect_hex(&b, "c0c3c2", "nil true false");
+  bp__mp_put_f64(&b, 1.5); expect_hex(&b, "cb3ff8000000000000", "f64");
+  bp__mp_put_f32(&b, 1.5f); expect_hex(&b, "ca3fc00000", "f32");
+  bp__buf_free(&b);
+}
+
+static void reader_round_trips_every_form(void **state) {
+  (void)state;
+  bp__buf b;
+  bp__buf_init(&b);
+  uint64_t us[] = {0, 127, 128, 255, 256, 65535, 65536, 4294967295u, 4294967296ull, UINT64_MAX};
+  int64_t is[] = {-1, -32, -33, -128, -129, -32768, -32769, INT32_MIN, (int64_t)INT32_MIN - 1, INT64_MIN};
+  for (int i = 0; i < 10; i++) bp__mp_put_uint(&b, us[i]);
+  for (int i = 0; i < 10; i++) bp__mp_put_int(&b, is[i]);
+  bp__mp_put_str(&b, "hello", 5);
+  bp__mp_put_f64(&b, -2.25);
+  bp__mp_reader r;
+  bp__mp_reader_init(&r, b.data, b.len);
+  for (int i = 0; i < 10; i++) {
+    uint64_t v;
+    assert_ok(bp__mp_read_u64(&r, &v));
+    assert_true(v == us[i]);
+  }
+  for (int i = 0; i < 10; i++) {
+    int64_t v;
+    assert_ok(bp__mp_read_i64(&r, &v));
+    assert_true(v == is[i]);
+  }
+  const char *s;
+  uint32_t sl;
+  assert_ok(bp__mp_read_str(&r, &s, &sl));
+  assert_int_equal(sl, 5);
+  bp__mp_value v;
+  assert_ok(bp__mp_next(&r, &v));
+  assert_int_equal(v.type, BP__MP_FLOAT);
+  assert_true(v.f == -2.25);
+  assert_int_equal(bp__mp_remaining(&r), 0);
+  bp__buf_free(&b);
+}
+
+static void typed_reads_reject_out_of_range_and_wrong_types(void **state) {
+  (void)state;
+  const uint8_t big[] = {0xcd, 0x01, 0x00}; /* 256 */
+  bp__mp_reader r;
+  uint8_t u8;
+  bp__mp_reader_init(&r, big, sizeof big);
+  assert_status(bp__mp_read_u8(&r, &u8), BP_ESERIAL);
+  const uint8_t neg[] = {0xff};
+  uint32_t u32;
+  bp__mp_reader_init(&r, neg, 1);
+  assert_status(bp__mp_read_u32(&r, &u32), BP_ESERIAL);
+  const uint8_t str[] = {0xa1, 'x'};
+  bp__mp_reader_init(&r, str, 2);
+  assert_status(bp__mp_read_u32(&r, &u32), BP_ESERIAL);
+  assert_non_null(strstr(bp_last_error()->message, "string"));
+  const uint8_t huge[] = {0xcf, 0x80, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i64;
+  bp__mp_reader_init(&r, huge, sizeof huge);
+  assert_status(bp__mp_read_i64(&r, &i64), BP_ESERIAL);
+  /* Signed forms holding non-negative values read as unsigned. */
+  const uint8_t pos_signed[] = {0xd0, 0x05};
+  bp__mp_reader_init(&r, pos_signed, 2);
+  assert_ok(bp__mp_read_u8(&r, &u8));
+  assert_int_equal(u8, 5);
+}
+
+static void reserved_type_byte_is_rejected(void **state) {
+  (void)state;
+  const uint8_t c1[] = {0xc1};
+  bp__mp_reader r;
+  bp__mp_value v;
+  bp__mp_reader_init(&r, c1, 1);
+  assert_status(bp__mp_next(&r, &v), BP_ESERIAL);
+  assert_non_null(strstr(bp_last_error()->message, "0xc1"));
+}
+
+/* Every proper prefix of a valid document fails to skip as a whole, and never
+ * reads outside the prefix (ASan checks the bound, the copy makes it exact). */
+static void every_truncation_is_detected(void **state) {
+  (void)state;
+  bp__buf b;
+  bp__buf_init(&b);
+  bp__mp_put_map(&b, 3);
+  bp__mp_put_cstr(&b, "a"); bp__mp_put_uint(&b, 1ull << 40);
+  bp__mp_put_cstr(&b, "long key that takes str8 form....."); bp__mp_put_bin(&b, "xyz", 3);
+  bp__mp_put_cstr(&b, "c"); bp__mp_put_array(&b, 2); bp__mp_put_f64(&b, 3.5); bp__mp_put_int(&b, -300);
+  for (size_t cut = 0; cut < b.len; cut++) {
+    uint8_t *copy = malloc(cut ? cut : 1);
+    memcpy(copy, b.data, cut);
+    bp__mp_reader r;
+    bp__mp_reader_init(&r, copy, cut);
+    if (bp__mp_skip(&r) != BP_ESERIAL) fail_msg("prefix of %zu bytes was accepted", cut);
+    free(copy);
+  }
+  bp__mp_reader r;
+  bp__mp_reader_init(&r, b.data, b.len);
+  assert_ok(bp__mp_skip(&r));
+  assert_int_equal(bp__mp_remaining(&r), 0);
+  bp__buf_free(&b);
+}
+
+static void container_counts_larger_than_the_input_are_rejected(void **state) {
+  (void)state;
+  const uint8_t arr[] = {0xdd, 0xff, 0xff, 0xff, 0xff, 0x01};  /* 4G items, one byte */
+  bp__mp_reader r;
+  bp__mp_reader_init(&r, arr, sizeof arr);
+  assert_status(bp__mp_skip(&r), BP_ESERIAL);
+  const uint8_t map[] = {0xdf, 0x7f, 0xff, 0xff, 0xff};
+  bp__mp_reader_init(&r, map, sizeof map);
+  assert_status(bp__mp_skip(&r), BP_ESERIAL);
+  const uint8_t bytes[] = {0xdc, 0x00, 0x05, 1, 2};           /* 5 bytes claimed, 2 present */
+  const uint8_t *p;
+  size_t n;
+  bp__buf scratch;
+  bp__buf_init(&scratch);
+  bp__mp_reader_init(&r, bytes, sizeof bytes);
+  assert_status(bp__mp_read_bytes(&r, &scratch, &p, &n), BP_ESERIAL);
+  bp__buf_free(&scratch);
+}
+
+static void byte_arrays_read_from_bin_or_integer_arrays(void **state) {
+  (void)state;
+  uint8_t out[4];
+  const uint8_t as_array[] = {0x94, 0x01, 0xcc, 0x80, 0xd0, 0x05, 0xcd, 0x00, 0xff};
+  bp__mp_reader r;
+  bp__mp_reader_init(&r, as_array, sizeof as_array);
+  assert_ok(bp__mp_read_fixed_bytes(&r, out, 4));
+  assert_memory_equal(out, "\x01\x80\x05\xff", 4);
+  const uint8_t as_bin[] = {0xc4, 0x04, 9, 8, 7, 6};
+  bp__mp_reader_init(&r, as_bin, sizeof as_bin);
+  assert_ok(bp__mp_read_fixed_bytes(&r, out, 4));
+  assert_memory_equal(out, "\x09\x08\x07\x06", 4);
+  const uint8_t wrong_len[] = {0x93, 1, 2, 3};
+  bp__mp_reader_init(&r, wrong_len, sizeof wrong_len);
+  assert_status(bp__mp_read_fixed_bytes(&r, out, 4), BP_ESERIAL);
+  const uint8_t over_255[] = {0x92, 0x01, 0xcd, 0x01, 0x00};
+  bp__mp_reader_init(&r, over_255, sizeof over_255);
+  assert_status(bp__mp_read_fixed_bytes(&r, out, 2), BP_ESERIAL);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(integers_take_their_smallest_form),
+      cmocka_unit_test(lengths_take_their_smallest_form),
+      cmocka_unit_test(reader_round_trips_every_form),
+      cmocka_unit_test(typed_reads_reject_out_of_range_and_wrong_types),
+      cmocka_unit_test(reserved_type_byte_is_rejected),
+      cmocka_unit_test(every_truncation_is_detected),
+      cmocka_unit_test(container_counts_larger_than_the_input_are_rejected),
+      cmocka_unit_test(byte_arrays_read_from_bin_or_integer_arrays),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

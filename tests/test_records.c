@@ -1,1 +1,310 @@
-int main(void){return 0;}
+/* test_records.c - frame, segment header and policy record decoders: the
+ * forms they accept and the malformed inputs they reject. */
+#include "testutil.h"
+#include "wire/records.h"
+
+static bp__frame sample_frame(void) {
+  static const uint8_t payload[] = {0x81, 0xa1, 'i', 0xcc, 0xc8};
+  bp__frame f;
+  memset(&f, 0, sizeof f);
+  f.header.event_id = (bp_id){0x01a214b556387ddbull, 0xbb27743e201c2348ull};
+  f.header.correlation_id = f.header.event_id;
+  f.header.causation_id = (bp_id){1, 2};
+  f.header.timestamp_us = 1767225600000000;
+  f.header.position = bp_position_child_at(3, 1767225600000ull, 0);
+  f.header.payload_size = sizeof payload;
+  f.header.kind = 0xF07A;
+  f.header.flags = BP_FLAG_TRANSACTIONAL;
+  bp_compute_hash(payload, sizeof payload, f.header.content_hash);
+  f.payload = payload;
+  f.payload_len = sizeof payload;
+  f.has_chain = true;
+  memset(f.chain.prev_hash, 0x11, 32);
+  memcpy(f.chain.event_hash, f.header.content_hash, 32);
+  f.entity = "order:42";
+  f.entity_len = 8;
+  f.scope = "scope:beta";
+  f.scope_len = 10;
+  return f;
+}
+
+static void frame_round_trips_with_causation_and_chain(void **state) {
+  (void)state;
+  bp__frame f = sample_frame(), d;
+  bp__buf b, scratch;
+  bp__buf_init(&b);
+  bp__buf_init(&scratch);
+  assert_ok(bp__frame_encode(&b, &f));
+  assert_int_equal(bp__get_be32(b.data), b.len - 8);
+  assert_int_equal(bp__get_be32(b.data + 4), bp__crc32(b.data + 8, b.len - 8));
+  assert_ok(bp__frame_decode_body(b.data + 8, b.len - 8, &scratch, &d));
+  assert_true(bp_id_eq(d.header.causation_id, f.header.causation_id));
+  assert_int_equal(d.header.flags, BP_FLAG_TRANSACTIONAL);
+  assert_int_equal(d.header.position.sequence, 3);
+  tu_assert_bytes_eq(d.payload, d.payload_len, f.payload, f.payload_len, "payload");
+  assert_memory_equal(d.chain.prev_hash, f.chain.prev_hash, 32);
+  /* Without scratch the payload is validated and skipped. */
+  assert_ok(bp__frame_decode_body(b.data + 8, b.len - 8, NULL, &d));
+  assert_null(d.payload);
+  assert_int_equal(d.payload_len, 5);
+  bp__buf_free(&b);
+  bp__buf_free(&scratch);
+}
+
+/* A hand-built body: fields in another order, an unknown field, bin payload,
+ * bin content hash, no hash_chain key at all. */
+static void frame_decoder_accepts_any_valid_shape(void **state) {
+  (void)state;
+  bp__buf b;
+  bp__buf_init(&b);
+  bp__mp_put_map(&b, 4);
+  bp__mp_put_cstr(&b, "scope"); bp__mp_put_cstr(&b, "s");
+  bp__mp_put_cstr(&b, "future_field"); bp__mp_put_array(&b, 2); bp__mp_put_nil(&b); bp__mp_put_uint(&b, 9);
+  bp__mp_put_cstr(&b, "entity"); bp__mp_put_cstr(&b, "e");
+  bp__mp_put_cstr(&b, "event");
+  bp__mp_put_map(&b, 2);
+  bp__mp_put_cstr(&b, "payload"); bp__mp_put_bin(&b, "\xc0", 1);
+  bp__mp_put_cstr(&b, "header");
+  bp__mp_put_map(&b, 9);
+  bp__mp_put_cstr(&b, "flags"); bp__mp_put_uint(&b, 8);
+  bp__mp_put_cstr(&b, "event_kind"); bp__mp_put_uint(&b, 0x1001);
+  bp__mp_put_cstr(&b, "payload_size"); bp__mp_put_uint(&b, 1);
+  bp__mp_put_cstr(&b, "content_hash"); { uint8_t h[32] = {7}; bp__mp_put_bin(&b, h, 32); }
+  bp__mp_put_cstr(&b, "position"); bp__mp_put_map(&b, 5);
+  const char *pf[] = {"sequence", "lane", "depth", "counter", "wall_ms"};
+  for (int i = 0; i < 5; i++) { bp__mp_put_cstr(&b, pf[i]); bp__mp_put_uint(&b, (uint64_t)i); }
+  bp__mp_put_cstr(&b, "timestamp_us"); bp__mp_put_int(&b, -5);
+  bp__mp_put_cstr(&b, "causation_id"); bp__mp_put_nil(&b);
+  bp__mp_put_cstr(&b, "correlation_id"); bp__mp_put_id(&b, (bp_id){3, 4});
+  bp__mp_put_cstr(&b, "event_id"); bp__mp_put_id(&b, (bp_id){5, 6});
+  bp__frame d;
+  bp__buf scratch;
+  bp__buf_init(&scratch);
+  assert_ok(bp__frame_decode_body(b.data, b.len, &scratch, &d));
+  assert_int_equal(d.header.flags, 8);
+  assert_int_equal(d.header.timestamp_us, -5);
+  assert_int_equal(d.header.position.wall_ms, 4);
+  assert_int_equal(d.header.position.sequence, 0);
+  assert_int_equal(d.header.content_hash[0], 7);
+  assert_false(d.has_chain);
+  assert_true(bp_id_is_nil(d.header.causation_id));
+  assert_int_equal(d.payload_len, 1);
+  assert_int_equal(d.payload[0], 0xc0);
+  bp__buf_free(&b);
+  bp__buf_free(&scratch);
+}
+
+static bp__buf encoded_body(void) {
+  bp__frame f = sample_frame();
+  bp__buf b;
+  bp__buf_init(&b);
+  bp__frame_encode_body(&b, &f);
+  return b;
+}
+
+static void frame_body_truncated_anywhere_is_rejected(void **state) {
+  (void)state;
+  bp__buf b = encoded_body();
+  bp__frame d;
+  for (size_t cut = 0; cut < b.len; cut++) {
+    uint8_t *copy = malloc(cut ? cut : 1);
+    memcpy(copy, b.data, cut);
+    if (bp__frame_decode_body(copy, cut, NULL, &d) != BP_ESERIAL)
+      fail_msg("a body cut to %zu of %zu bytes was accepted", cut, b.len);
+    free(copy);
+  }
+  bp__buf_free(&b);
+}
+
+static void frame_with_trailing_bytes_is_rejected(void **state) {
+  (void)state;
+  bp__buf b = encoded_body();
+  bp__buf_put1(&b, 0x00);
+  bp__frame d;
+  assert_status(bp__frame_decode_body(b.data, b.len, NULL, &d), BP_ESERIAL);
+  assert_non_null(strstr(bp_last_error()->message, "trailing"));
+  bp__buf_free(&b);
+}
+
+static void frame_with_wrong_payload_size_is_rejected(void **state) {
+  (void)state;
+  bp__frame f = sample_frame(), d;
+  f.header.payload_size = 4;
+  bp__buf b;
+  bp__buf_init(&b);
+  bp__frame_encode_body(&b, &f);
+  assert_status(bp__frame_decode_body(b.data, b.len, NULL, &d), BP_ESERIAL);
+  assert_non_null(strstr(bp_last_error()->message, "payload_size"));
+  bp__buf_free(&b);
+}
+
+static void frame_missing_or_duplicate_field_is_rejected(void **state) {
+  (void)state;
+  bp__buf b;
+  bp__buf_init(&b);
+  bp__mp_put_map(&b, 2);
+  bp__mp_put_cstr(&b, "entity"); bp__mp_put_cstr(&b, "e");
+  bp__mp_put_cstr(&b, "scope"); bp__mp_put_cstr(&b, "s");
+  bp__frame d;
+  assert_status(bp__frame_decode_body(b.data, b.len, NULL, &d), BP_ESERIAL);
+  assert_non_null(strstr(bp_last_error()->message, "\"event\""));
+  b.len = 0;
+  bp__mp_put_map(&b, 2);
+  bp__mp_put_cstr(&b, "entity"); bp__mp_put_cstr(&b, "e");
+  bp__mp_put_cstr(&b, "entity"); bp__mp_put_cstr(&b, "f");
+  assert_status(bp__frame_decode_body(b.data, b.len, NULL, &d), BP_ESERIAL);
+  assert_non_null(strstr(bp_last_error()->message, "duplicate"));
+  bp__buf_free(&b);
+}
+
+static void frame_with_wrong_types_is_rejected(void **state) {
+  (void)state;
+  bp__buf b;
+  bp__buf_init(&b);
+  bp__mp_put_array(&b, 3); /* a frame is a map */
+  bp__frame d;
+  assert_status(bp__frame_decode_body(b.data, b.len, NULL, &d), BP_ESERIAL);
+  b.len = 0;
+  bp__mp_put_map(&b, 1);
+  bp__mp_put_uint(&b, 1); /* non-string key */
+  bp__mp_put_uint(&b, 1);
+  assert_status(bp__frame_decode_body(b.data, b.len, NULL, &d), BP_ESERIAL);
+  bp__buf_free(&b);
+}
+
+static void segment_header_rejects_bad_magic_version_and_length(void **state) {
+  (void)state;
+  bp__segment_header h = {1, 0, 123456789, 7}, d;
+  bp__buf b;
+  bp__buf_init(&b);
+  bp__segment_header_encode(&b, &h);
+  size_t consumed;
+  assert_ok(bp__segment_header_decode(b.data, b.len, &d, &consumed));
+  assert_int_equal(d.segment_id, 7);
+  assert_int_equal(consumed, b.len);
+
+  b.data[0] = 'X';
+  assert_status(bp__segment_header_decode(b.data, b.len, &d, &consumed), BP_ECORRUPT);
+  assert_non_null(strstr(bp_last_error()->message, "magic"));
+  b.data[0] = 'F';
+  assert_status(bp__segment_header_decode(b.data, b.len - 1, &d, &consumed), BP_ECORRUPT);
+  assert_status(bp__segment_header_decode(b.data, 5, &d, &consumed), BP_ECORRUPT);
+  bp__buf_free(&b);
+
+  h.version = 2;
+  bp__buf_init(&b);
+  bp__segment_header_encode(&b, &h);
+  assert_status(bp__segment_header_decode(b.data, b.len, &d, &consumed), BP_ECORRUPT);
+  assert_non_null(strstr(bp_last_error()->message, "version 2"));
+  bp__buf_free(&b);
+}
+
+static void wait_condition_trees_round_trip(void **state) {
+  (void)state;
+  uint8_t data[] = {1, 2, 250};
+  bp__wait leaves[3];
+  memset(leaves, 0, sizeof leaves);
+  leaves[0].kind = BP__WAIT_TIMEOUT;
+  leaves[0].resume_at_ms = 1767225600000ull;
+  leaves[1].kind = BP__WAIT_CUSTOM;
+  leaves[1].tag = 513;
+  leaves[1].data = data;
+  leaves[1].data_len = 3;
+  leaves[2].kind = BP__WAIT_EVENT;
+  leaves[2].event_id = (bp_id){9, 9};
+  bp__wait any = {.kind = BP__WAIT_ANY, .children = leaves + 1, .n_children = 2};
+  bp__wait all_children[2] = {leaves[0], any};
+  bp__wait all = {.kind = BP__WAIT_ALL, .children = all_children, .n_children = 2};
+  bp__buf b, again;
+  bp__buf_init(&b);
+  bp__buf_init(&again);
+  bp__wait_encode(&b, &all);
+  bp__wait d;
+  assert_ok(bp__wait_decode(b.data, b.len, &d));
+  assert_int_equal(d.kind, BP__WAIT_ALL);
+  assert_int_equal(d.n_children, 2);
+  assert_int_equal(d.children[0].resume_at_ms, 1767225600000ull);
+  assert_int_equal(d.children[1].children[0].tag, 513);
+  assert_memory_equal(d.children[1].children[0].data, data, 3);
+  bp__wait_encode(&again, &d);
+  tu_assert_bytes_eq(again.data, again.len, b.data, b.len, "wait re-encoded");
+  bp__wait_free(&d);
+  bp__buf_free(&b);
+  bp__buf_free(&again);
+}
+
+static void wait_condition_rejects_unknown_variant_and_deep_nesting(void **state) {
+  (void)state;
+  bp__buf b;
+  bp__buf_init(&b);
+  bp__mp_put_map(&b, 1);
+  bp__mp_put_cstr(&b, "Sometime");
+  bp__mp_put_nil(&b);
+  bp__wait d;
+  assert_status(bp__wait_decode(b.data, b.len, &d), BP_ESERIAL);
+  assert_non_null(strstr(bp_last_error()->message, "Sometime"));
+  b.len = 0;
+  for (int i = 0; i < 200; i++) {
+    bp__mp_put_map(&b, 1);
+    bp__mp_put_cstr(&b, "All");
+    bp__mp_put_array(&b, 1);
+  }
+  assert_status(bp__wait_decode(b.data, b.len, &d), BP_ESERIAL);
+  bp__buf_free(&b);
+}
+
+static void compensation_variants_round_trip(void **state) {
+  (void)state;
+  bp_id ids[3] = {{1, 2}, {3, 4}, {5, 6}};
+  uint8_t data[] = {0xde, 0xad};
+  bp__compensation cases[3] = {
+      {.kind = BP__COMP_NOTIFY, .target_id = {7, 8}, .text = "stock low"},
+      {.kind = BP__COMP_RELEASE, .ids = ids, .n_ids = 3},
+      {.kind = BP__COMP_CUSTOM, .text = "refund", .data = data, .data_len = 2},
+  };
+  for (int i = 0; i < 3; i++) {
+    bp__buf b, again;
+    bp__buf_init(&b);
+    bp__buf_init(&again);
+    bp__compensation_encode(&b, &cases[i]);
+    bp__compensation d;
+    assert_ok(bp__compensation_decode(b.data, b.len, &d));
+    assert_int_equal(d.kind, cases[i].kind);
+    bp__compensation_encode(&again, &d);
+    tu_assert_bytes_eq(again.data, again.len, b.data, b.len, "compensation re-encoded");
+    bp__compensation_free(&d);
+    bp__buf_free(&b);
+    bp__buf_free(&again);
+  }
+}
+
+static void committed_rejects_missing_fields(void **state) {
+  (void)state;
+  bp__buf b;
+  bp__buf_init(&b);
+  bp__mp_put_map(&b, 1);
+  bp__mp_put_cstr(&b, "payload");
+  bp__mp_put_nil(&b);
+  bp__committed c;
+  assert_status(bp__committed_decode(b.data, b.len, &c), BP_ESERIAL);
+  assert_non_null(strstr(bp_last_error()->message, "event_id"));
+  bp__buf_free(&b);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(frame_round_trips_with_causation_and_chain),
+      cmocka_unit_test(frame_decoder_accepts_any_valid_shape),
+      cmocka_unit_test(frame_body_truncated_anywhere_is_rejected),
+      cmocka_unit_test(frame_with_trailing_bytes_is_rejected),
+      cmocka_unit_test(frame_with_wrong_payload_size_is_rejected),
+      cmocka_unit_test(frame_missing_or_duplicate_field_is_rejected),
+      cmocka_unit_test(frame_with_wrong_types_is_rejected),
+      cmocka_unit_test(segment_header_rejects_bad_magic_version_and_length),
+      cmocka_unit_test(wait_condition_trees_round_trip),
+      cmocka_unit_test(wait_condition_rejects_unknown_variant_and_deep_nesting),
+      cmocka_unit_test(compensation_variants_round_trip),
+      cmocka_unit_test(committed_rejects_missing_fields),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}

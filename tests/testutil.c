@@ -106,3 +106,49 @@ void tu_copy_dir(const char *src, const char *dst) {
   }
   closedir(d);
 }
+
+#include <json-c/json.h>
+
+const char *tu_fixture_path(const char *fixture, const char *file, char *buf, size_t size) {
+  snprintf(buf, size, "%s/fixtures/%s/%s", BATPAK_TEST_DATA_DIR, fixture, file);
+  return buf;
+}
+
+struct json_object *tu_manifest(const char *fixture) {
+  char path[4096];
+  tu_fixture_path(fixture, "manifest.json", path, sizeof path);
+  struct json_object *m = json_object_from_file(path);
+  if (!m) fail_msg("cannot parse %s", path);
+  return m;
+}
+
+struct json_object *tu_field(struct json_object *o, const char *key) {
+  struct json_object *v;
+  if (!json_object_object_get_ex(o, key, &v)) fail_msg("manifest field %s missing", key);
+  return v;
+}
+
+uint64_t tu_u64(struct json_object *o, const char *key) {
+  return json_object_get_uint64(tu_field(o, key));
+}
+
+const char *tu_str(struct json_object *o, const char *key) {
+  return json_object_get_string(tu_field(o, key));
+}
+
+bp_id tu_id(struct json_object *o, const char *key) {
+  struct json_object *v = tu_field(o, key);
+  if (json_object_is_type(v, json_type_null)) return BP_ID_NIL;
+  bp_id id;
+  if (bp_id_from_hex(json_object_get_string(v), &id) != BP_OK)
+    fail_msg("manifest field %s is not a hex id: %s", key, json_object_get_string(v));
+  return id;
+}
+
+void tu_hash(struct json_object *o, const char *key, uint8_t out[32]) {
+  size_t n;
+  uint8_t *raw = tu_from_hex(tu_str(o, key), &n);
+  if (n != 32) fail_msg("manifest field %s is not a 32-byte hash", key);
+  memcpy(out, raw, 32);
+  free(raw);
+}

@@ -55,3 +55,18 @@ void tu_remove_tree(const char *path);
 void tu_copy_dir(const char *src, const char *dst);
 
 #endif
+
+/* ---- fixture manifests (json-c) ---- */
+struct json_object;
+/* Parses tests/data/fixtures/<name>/manifest.json. Free with json_object_put. */
+struct json_object *tu_manifest(const char *fixture);
+/* Path of a file of a fixture, into buf. */
+const char *tu_fixture_path(const char *fixture, const char *file, char *buf, size_t size);
+/* Field accessors that fail the test when the field is missing. */
+struct json_object *tu_field(struct json_object *o, const char *key);
+uint64_t tu_u64(struct json_object *o, const char *key);
+const char *tu_str(struct json_object *o, const char *key);
+/* A hex id field (32 digits) or nil when the field is null. */
+bp_id tu_id(struct json_object *o, const char *key);
+/* A 64-digit hex hash field into out. */
+void tu_hash(struct json_object *o, const char *key, uint8_t out[32]);

@@ -37,7 +37,14 @@ static bp_status emit_json_value(bp__buf *b, struct json_object *o, int depth) {
       else bp__mp_put_uint(b, json_object_get_uint64(o));
       break;
     }
-    case json_type_double: bp__mp_put_f64(b, json_object_get_double(o)); break;
+    case json_type_double: {
+      /* json-c reads NaN, Infinity and out-of-range exponents; JSON has no such numbers. */
+      double d = json_object_get_double(o);
+      if (!isfinite(d))
+        return bp__fail(BP_EJSON, "json: number %s is not finite", json_object_get_string(o));
+      bp__mp_put_f64(b, d);
+      break;
+    }
     case json_type_string:
       bp__mp_put_str(b, json_object_get_string(o), (size_t)json_object_get_string_len(o));
       break;
@@ -64,6 +71,25 @@ static bp_status emit_json_value(bp__buf *b, struct json_object *o, int depth) {
   return BP_OK;
 }
 
+/* json-c accepts single-quoted object keys even in strict mode; JSON has no
+ * such thing. Returns the offset of the first quote character outside a
+ * double-quoted string, or len when there is none. */
+static size_t find_single_quote(const char *text, size_t len) {
+  bool in_string = false;
+  for (size_t i = 0; i < len; i++) {
+    char c = text[i];
+    if (in_string) {
+      if (c == '\\') i++;
+      else if (c == '"') in_string = false;
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '\'') {
+      return i;
+    }
+  }
+  return len;
+}
+
 bp_status bp_json_to_msgpack(const char *json, size_t len, uint8_t **out, size_t *out_len) {
   if (out) *out = NULL;
   if (!json || !out || !out_len) return bp__fail(BP_EINVAL, "bp_json_to_msgpack: NULL argument");
@@ -75,9 +101,25 @@ bp_status bp_json_to_msgpack(const char *json, size_t len, uint8_t **out, size_t
   struct json_object *root = json_tokener_parse_ex(tok, json, (int)len);
   enum json_tokener_error jerr = json_tokener_get_error(tok);
   size_t consumed = json_tokener_get_parse_end(tok);
+  if (jerr == json_tokener_continue) {
+    /* A top-level number may still be growing: a NUL tells json-c the text ended. */
+    root = json_tokener_parse_ex(tok, "", 1);
+    jerr = json_tokener_get_error(tok);
+    if (jerr != json_tokener_success) consumed = len;
+  }
+  size_t quote = find_single_quote(json, len);
   bp_status st = BP_OK;
 
-  if (jerr == json_tokener_continue || (!root && jerr == json_tokener_success)) {
+  size_t first = 0;
+  while (first < len && (json[first] == ' ' || json[first] == '\t' || json[first] == '\n' ||
+                         json[first] == '\r'))
+    first++;
+
+  if (jerr == json_tokener_success && quote < len) {
+    size_t line, col;
+    line_col(json, quote, &line, &col);
+    st = bp__fail(BP_EJSON, "json: single-quoted string at line %zu column %zu", line, col);
+  } else if (jerr == json_tokener_continue || first == len) {
     st = bp__fail(BP_EJSON, "json: unexpected end of input");
   } else if (jerr != json_tokener_success) {
     size_t line, col;
@@ -100,7 +142,6 @@ bp_status bp_json_to_msgpack(const char *json, size_t len, uint8_t **out, size_t
     bp__buf b;
     bp__buf_init(&b);
     st = emit_json_value(&b, root, 0);
-    if (!st && b.len == 0) st = bp__fail(BP_EJSON, "json: empty document");
     if (st) {
       bp__buf_free(&b);
     } else {
