@@ -49,7 +49,7 @@ const char *bp_strerror(bp_status code) {
 
 const bp_error *bp_last_error(void) { return &last_error; }
 
-static bp_status record(bp_status code, int err, const char *fmt, va_list ap) {
+BP__PRINTF(3, 0) static bp_status record(bp_status code, int err, const char *fmt, va_list ap) {
   last_error.code = code;
   last_error.sys_errno = err;
   int n = vsnprintf(last_error.message, sizeof last_error.message, fmt, ap);

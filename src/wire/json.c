@@ -208,7 +208,8 @@ static bp_status to_json(bp__mp_reader *r, int depth, struct json_object **out) 
       if (v.len > bp__mp_remaining(r))
         return bp__fail(BP_ESERIAL, "msgpack: array of %u items at offset %zu is longer than its input",
                         v.len, bp__mp_offset(r));
-      o = json_object_new_array_ext((int)v.len);
+      /* Grow as items arrive: a claimed length is not trusted for allocation. */
+      o = json_object_new_array_ext(v.len < 16 ? (int)v.len : 16);
       for (uint32_t i = 0; o && i < v.len; i++) {
         struct json_object *item;
         if ((st = to_json(r, depth + 1, &item))) { json_object_put(o); return st; }

@@ -169,7 +169,7 @@ static bp_status decode_header(bp__mp_reader *r, bp_header *h) {
   for (uint32_t i = 0; !st && i < n; i++) {
     const char *k;
     uint32_t kl;
-    bool present;
+    bool present = false;
     if ((st = read_key(r, &k, &kl))) break;
     int idx = field_index(k, kl, header_fields, 9);
     if (idx >= 0 && (st = mark_seen(&seen, idx, header_fields, "header"))) break;
@@ -223,7 +223,7 @@ static bp_status decode_event(bp__mp_reader *r, bp__buf *scratch, bp__frame *f) 
   for (uint32_t i = 0; !st && i < n; i++) {
     const char *k;
     uint32_t kl;
-    bool present;
+    bool present = false;
     if ((st = read_key(r, &k, &kl))) break;
     int idx = field_index(k, kl, event_fields, 3);
     if (idx >= 0 && (st = mark_seen(&seen, idx, event_fields, "event"))) break;
