@@ -7,11 +7,13 @@
  *   batpak/core.h   status codes, ids, kinds, coordinates, regions, positions,
  *                   headers, hashing
  *   batpak/wire.h   JSON <-> MessagePack payload helpers
+ *   batpak/store.h  the store: open, append, read, query, maintain
  */
 #ifndef BATPAK_H
 #define BATPAK_H
 
 #include "batpak/core.h"
 #include "batpak/wire.h"
+#include "batpak/store.h"
 
 #endif /* BATPAK_H */

@@ -32,6 +32,9 @@ bp_status bp__fail_errno(bp_status code, int err, const char *fmt, ...) BP__PRIN
  * and returns its code. */
 bp_status bp__fail_context(const char *fmt, ...) BP__PRINTF(1, 2);
 
+/* Restores an error captured on another thread as this thread's last error. */
+void bp__set_error(const bp_error *err);
+
 /* ---- a growable byte buffer ---- */
 typedef struct bp__buf {
   uint8_t *data;

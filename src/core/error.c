@@ -138,3 +138,5 @@ void bp__buf_append(bp__buf *b, const void *src, size_t n) {
   memcpy(b->data + b->len, src, n);
   b->len += n;
 }
+
+void bp__set_error(const bp_error *err) { last_error = *err; }

@@ -1,0 +1,270 @@
+/*
+ * batpak/store.h - the store: configuration, lifecycle, appends, reads,
+ * queries and maintenance.
+ *
+ * Threads: every function taking a bp_store is safe to call from any thread
+ * at the same time as any other, except bp_close, which must be the last call
+ * on the handle (no call may be running or start after it begins).
+ *
+ * Durability (sync_every_n_events, sync_mode): an append returns after its
+ * frame was handed to the operating system (write returned). With
+ * sync_every_n_events = N > 1, a power loss may lose up to the last N-1
+ * acknowledged appends but never corrupts the store; a process crash loses
+ * nothing that was acknowledged. With N = 1 every append is on stable storage
+ * before it returns.
+ */
+#ifndef BATPAK_STORE_H
+#define BATPAK_STORE_H
+
+#include "batpak/core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct bp_store bp_store;
+typedef struct bp_cache bp_cache;
+
+/* ------------------------------------------------------------ configuration */
+
+typedef enum bp_sync_mode {
+  BP_SYNC_ALL = 0,    /* fsync: data and metadata */
+  BP_SYNC_DATA = 1    /* fdatasync: data, and metadata only where needed to read it */
+} bp_sync_mode;
+
+typedef enum bp_index_layout {
+  BP_INDEX_AOS = 0, BP_INDEX_SOA, BP_INDEX_AOSOA8, BP_INDEX_AOSOA16, BP_INDEX_AOSOA64,
+  BP_INDEX_SOAOS
+} bp_index_layout;
+
+typedef enum bp_restart_kind {
+  BP_RESTART_ONCE = 0,     /* one restart on a fresh segment per open store */
+  BP_RESTART_BOUNDED = 1   /* at most max_restarts within any within_ms window */
+} bp_restart_kind;
+
+typedef struct bp_restart_policy {
+  bp_restart_kind kind;
+  uint32_t max_restarts;
+  uint64_t within_ms;
+} bp_restart_policy;
+
+enum { BP_LOG_ERROR = 0, BP_LOG_WARN = 1, BP_LOG_INFO = 2, BP_LOG_DEBUG = 3 };
+
+/* Every field, its default and its unit are in docs/TUNING.md. */
+typedef struct bp_config {
+  const char *data_dir;              /* the store directory (created if missing) */
+  uint64_t segment_max_bytes;        /* rotate once a segment reaches this size: 256 MiB */
+  uint32_t sync_every_n_events;      /* fsync after this many appends: 1000 */
+  uint32_t fd_budget;                /* read descriptors kept open: 64 */
+  uint32_t writer_queue_capacity;    /* appends that may wait for the writer: 4096 */
+  uint32_t broadcast_capacity;       /* per-subscription queue length: 8192 */
+  uint64_t cache_map_size_bytes;     /* LMDB cache map size: 1 GiB */
+  bp_restart_policy restart_policy;  /* BP_RESTART_ONCE */
+  uint32_t shutdown_drain_limit;     /* queued appends written by bp_close: 1024 */
+  size_t writer_stack_size;          /* stack of threads the store starts: 1 MiB */
+  int64_t (*clock)(void *ctx);       /* NULL: the system clock (microseconds since 1970) */
+  void *clock_ctx;
+  bp_sync_mode sync_mode;            /* BP_SYNC_ALL */
+  uint32_t group_commit_max_batch;   /* appends per write+fsync, 0 = all waiting: 1 */
+  bp_index_layout index_layout;      /* BP_INDEX_AOS */
+  bool incremental_projection;       /* false */
+  bool enable_checkpoint;            /* true */
+  uint64_t max_payload_bytes;        /* 64 MiB */
+  bool salvage;                      /* open a damaged sealed segment, keep what precedes: false */
+  void (*log_fn)(int level, const char *message, void *ctx);   /* NULL: silent */
+  void *log_ctx;
+} bp_config;
+
+/* Fills cfg with the defaults above. data_dir is borrowed: it must outlive bp_open. */
+BP_API void bp_config_init(bp_config *cfg, const char *data_dir);
+
+/* ------------------------------------------------------------ lifecycle */
+
+/* Opens (creating if needed) the store in cfg->data_dir, takes its exclusive
+ * lock and rebuilds the index: from the checkpoint, then SIDX footers, then
+ * frame scans (docs/FORMAT.md, "Opening a store").
+ * Errors: BP_ECONFIG (a field is invalid; the message names it; nothing was
+ * created), BP_ELOCKED (another bp_store, in this or another process, holds
+ * the directory), BP_ECORRUPT (a sealed segment is damaged and cfg->salvage is
+ * off; the message names segment and offset), BP_EIO, BP_ENOMEM.
+ * Ownership: cfg is only read during the call. *out is freed by bp_close. */
+BP_API bp_status bp_open(const bp_config *cfg, bp_store **out);
+/* Opens for reading only: no lock, no new segment, nothing written, appends
+ * fail BP_EREADONLY. Sees the events present when it was opened. */
+BP_API bp_status bp_open_readonly(const bp_config *cfg, bp_store **out);
+/* Drains queued appends (up to shutdown_drain_limit; the rest fail
+ * BP_ESHUTDOWN), writes the SIDX footer, fsyncs, writes the checkpoint and
+ * frees the store. Accepts NULL. Returns the first error met; the store is
+ * freed in every case. */
+BP_API bp_status bp_close(bp_store *store);
+
+/* ------------------------------------------------------------ appends */
+
+#define BP_EXPECT_ANY 0u
+#define BP_EXPECT_EMPTY 1u
+#define BP_EXPECT_SEQUENCE 2u
+
+/* Flags bits reserved by the library: set on the frames of a batch but its
+ * last, so that recovery can drop a batch that a crash cut short. */
+#define BP_FLAG_BATCH_MEMBER 0x10u
+
+typedef struct bp_disk_pos {
+  uint64_t segment_id, offset;
+  uint32_t length;              /* the whole frame, prefix included */
+} bp_disk_pos;
+
+typedef struct bp_append_receipt {
+  bp_id event_id;
+  uint64_t sequence;            /* the global sequence */
+  bp_disk_pos disk_pos;
+} bp_append_receipt;
+
+typedef struct bp_append_options {  /* all-zero = a plain append */
+  uint32_t expect;                  /* BP_EXPECT_ANY, _EMPTY or _SEQUENCE */
+  uint32_t expected_sequence;       /* with BP_EXPECT_SEQUENCE: the entity's latest clock */
+  bp_id idempotency_key;            /* nil: none; else it becomes the event id */
+  bp_id correlation_id;             /* nil: the event's own id */
+  bp_id causation_id;               /* nil: a root cause */
+  uint8_t flags;                    /* BP_FLAG_REQUIRES_ACK, _TRANSACTIONAL, _REPLAY */
+} bp_append_options;
+
+typedef struct bp_event_in {
+  bp_coord coord;
+  bp_kind kind;
+  const void *payload;
+  size_t len;
+  bp_append_options opts;
+} bp_event_in;
+
+/* Appends one event. payload (len bytes, may be NULL when len is 0) is copied.
+ * Errors: BP_ECOORD, BP_ELIMIT (payload over max_payload_bytes), BP_EINVAL,
+ * BP_ESEQUENCE (CAS; the message has expected and actual), BP_EIDEMPOTENCY_REQUIRED
+ * (group commit without a key), BP_EIO (the write or fsync failed; nothing
+ * was acknowledged), BP_EWRITER (failed for good), BP_ESHUTDOWN, BP_EREADONLY.
+ * On error nothing was written. Blocks while writer_queue_capacity appends wait. */
+BP_API bp_status bp_append(bp_store *store, const bp_coord *coord, bp_kind kind,
+                           const void *payload, size_t len, bp_append_receipt *out);
+/* Converts JSON text (NUL-terminated) to MessagePack and appends it. Also BP_EJSON. */
+BP_API bp_status bp_append_json(bp_store *store, const bp_coord *coord, bp_kind kind,
+                                const char *json, bp_append_receipt *out);
+/* Appends an event caused by another: correlation_id and causation_id as given. */
+BP_API bp_status bp_append_reaction(bp_store *store, const bp_coord *coord, bp_kind kind,
+                                    const void *payload, size_t len, bp_id correlation_id,
+                                    bp_id causation_id, bp_append_receipt *out);
+/* Appends with options (opts may be NULL). With an idempotency key already in
+ * the store, returns the original receipt and writes nothing. */
+BP_API bp_status bp_append_with(bp_store *store, const bp_coord *coord, bp_kind kind,
+                                const void *payload, size_t len, const bp_append_options *opts,
+                                bp_append_receipt *out);
+/* Appends n events atomically: every check (coordinates, limits, CAS against
+ * the store and against earlier events of the batch) passes before anything is
+ * written; the events become visible together; after a crash they are all
+ * present or all absent. outs (n receipts) may be NULL. */
+BP_API bp_status bp_append_batch(bp_store *store, const bp_event_in *events, size_t n,
+                                 bp_append_receipt *outs);
+
+/* ------------------------------------------------------------ reads */
+
+/* An index entry (the crate's IndexEntry). */
+typedef struct bp_entry {
+  bp_id event_id, correlation_id, causation_id;   /* causation nil = root cause */
+  const char *entity, *scope;                     /* interned: valid until bp_close */
+  bp_kind kind;
+  uint64_t wall_ms;
+  uint32_t clock;
+  bp_hash_chain hash_chain;
+  bp_disk_pos disk_pos;
+  uint64_t global_sequence;
+} bp_entry;
+
+typedef struct bp_entries {
+  bp_entry *items;
+  size_t len;
+} bp_entries;
+
+/* A whole stored event (the crate's StoredEvent). */
+typedef struct bp_event {
+  bp_header header;
+  const char *entity, *scope;       /* owned by the event */
+  bool has_hash_chain;
+  bp_hash_chain hash_chain;
+  const uint8_t *payload;           /* owned by the event */
+  size_t payload_len;
+} bp_event;
+
+typedef struct bp_events {
+  bp_event **items;
+  size_t len;
+} bp_events;
+
+/* Reads one event by id, checking its frame's CRC.
+ * Errors: BP_ENOTFOUND, BP_ECRC (segment id and offset in the message),
+ * BP_ECORRUPT, BP_EIO, BP_ENOMEM. Ownership: free *out with bp_event_free. */
+BP_API bp_status bp_get(bp_store *store, bp_id id, bp_event **out);
+BP_API void bp_event_free(bp_event *ev);
+/* The payload as JSON text, or NULL when it is not one MessagePack document.
+ * Ownership: free with bp_free. */
+BP_API char *bp_event_payload_json(const bp_event *ev);
+/* Looks an entry up by event id without reading the log. Errors: BP_ENOTFOUND. */
+BP_API bp_status bp_get_entry(bp_store *store, bp_id id, bp_entry *out);
+
+/* Entries matching a region, in global-sequence order. Free with bp_entries_free. */
+BP_API bp_status bp_query(bp_store *store, const bp_region *region, bp_entries *out);
+/* Calls visit for each matching entry in global-sequence order until it returns false.
+ * The entry is valid during the call. */
+BP_API bp_status bp_query_each(bp_store *store, const bp_region *region,
+                               bool (*visit)(const bp_entry *entry, void *ctx), void *ctx);
+/* The events of exactly this entity, in clock order. */
+BP_API bp_status bp_stream(bp_store *store, const char *entity, bp_entries *out);
+BP_API bp_status bp_by_scope(bp_store *store, const char *scope, bp_entries *out);
+BP_API bp_status bp_by_fact(bp_store *store, bp_kind kind, bp_entries *out);
+BP_API void bp_entries_free(bp_entries *entries);
+BP_API void bp_events_free(bp_events *events);
+
+BP_API bool bp_entry_is_correlated(const bp_entry *a, const bp_entry *b);
+BP_API bool bp_entry_is_caused_by(const bp_entry *e, const bp_entry *cause);
+BP_API bool bp_entry_is_root_cause(const bp_entry *e);
+
+/* ------------------------------------------------------------ maintenance */
+
+/* Forces an fsync (per sync_mode) of everything written so far.
+ * Errors: BP_EIO, BP_EWRITER, BP_EREADONLY. */
+BP_API bp_status bp_sync(bp_store *store);
+
+typedef struct bp_store_stats {
+  uint64_t event_count;         /* visible events */
+  uint64_t global_sequence;     /* the sequence the next event will get */
+} bp_store_stats;
+BP_API void bp_stats(bp_store *store, bp_store_stats *out);
+
+typedef enum bp_open_path {
+  BP_OPEN_EMPTY = 0,            /* no events */
+  BP_OPEN_CHECKPOINT = 1,       /* index.ckpt, then the segments after its watermark */
+  BP_OPEN_SIDX = 2,             /* SIDX footers (and scans of unsealed segments) */
+  BP_OPEN_SCAN = 3              /* frame scans only */
+} bp_open_path;
+
+typedef struct bp_store_diagnostics {
+  uint64_t event_count;
+  uint64_t global_head;          /* next global sequence */
+  uint64_t durable_sequence;     /* events below this were fsynced */
+  uint64_t segment_count;
+  uint64_t active_segment_id;    /* 0 before the first append */
+  uint64_t torn_bytes_dropped;   /* bytes of torn tails ignored at open */
+  uint64_t batch_frames_dropped; /* frames of interrupted batches ignored at open */
+  bp_open_path open_path;
+  uint32_t segments_from_sidx, segments_scanned;
+  uint32_t writer_restarts;
+  bool writer_failed;
+  bool read_only;
+  bp_index_layout index_layout;
+  uint64_t index_tiles;          /* tiles of the scan indexes (tiled layouts) */
+  uint64_t entity_count, scope_count;
+} bp_store_diagnostics;
+BP_API void bp_diagnostics(bp_store *store, bp_store_diagnostics *out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* BATPAK_STORE_H */

@@ -1,0 +1,274 @@
+/*
+ * checkpoint.c - index.ckpt, a snapshot of the index for fast reopen.
+ *
+ *   +----------+---------------+-------------------+--------------------+
+ *   | "FBATCK" | version u16LE | crc32 u32LE(body) | body (MessagePack) |
+ *   +----------+---------------+-------------------+--------------------+
+ *   body = {global_sequence, watermark_segment_id, watermark_offset,
+ *           interner_strings: [str] (index 0 is ""),
+ *           entries: [{event_id, correlation_id, causation_id, entity_id,
+ *                      scope_id, kind, wall_ms, clock, prev_hash, event_hash,
+ *                      segment_id, offset, length, global_sequence}]}
+ *
+ * Written to index.ckpt.tmp, fsynced, renamed over index.ckpt, and the
+ * directory fsynced: a crash leaves the old checkpoint or the new one. A
+ * checkpoint that fails any check is ignored (the caller rebuilds), never an
+ * error that stops the store from opening.
+ */
+#include "store/store_impl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#define CKPT_MAGIC "FBATCK"
+#define CKPT_VERSION 2
+#define CKPT_HEADER 12
+
+static void put_entry(bp__buf *b, const bp__ientry *e, uint64_t seq) {
+  bp__mp_put_map(b, 14);
+  bp__mp_put_cstr(b, "event_id");
+  bp__mp_put_id(b, e->event_id);
+  bp__mp_put_cstr(b, "correlation_id");
+  bp__mp_put_id(b, e->correlation_id);
+  bp__mp_put_cstr(b, "causation_id");
+  if (bp_id_is_nil(e->causation_id)) bp__mp_put_nil(b);
+  else bp__mp_put_id(b, e->causation_id);
+  bp__mp_put_cstr(b, "entity_id");
+  bp__mp_put_uint(b, e->entity);
+  bp__mp_put_cstr(b, "scope_id");
+  bp__mp_put_uint(b, e->scope);
+  bp__mp_put_cstr(b, "kind");
+  bp__mp_put_uint(b, e->kind);
+  bp__mp_put_cstr(b, "wall_ms");
+  bp__mp_put_uint(b, e->wall_ms);
+  bp__mp_put_cstr(b, "clock");
+  bp__mp_put_uint(b, e->clock);
+  bp__mp_put_cstr(b, "prev_hash");
+  bp__mp_put_byte_array(b, e->prev_hash, 32);
+  bp__mp_put_cstr(b, "event_hash");
+  bp__mp_put_byte_array(b, e->event_hash, 32);
+  bp__mp_put_cstr(b, "segment_id");
+  bp__mp_put_uint(b, e->segment_id);
+  bp__mp_put_cstr(b, "offset");
+  bp__mp_put_uint(b, e->offset);
+  bp__mp_put_cstr(b, "length");
+  bp__mp_put_uint(b, e->length);
+  bp__mp_put_cstr(b, "global_sequence");
+  bp__mp_put_uint(b, seq);
+}
+
+bp_status bp__checkpoint_write(bp_store *s) {
+  uint64_t n = bp__index_visible(&s->ix);
+  if (n == 0 || s->nsegs == 0) return BP_OK;
+  const bp__segment *last = &s->segs[s->nsegs - 1];
+
+  bp__buf b;
+  bp__buf_init(&b);
+  uint8_t header[CKPT_HEADER] = {0};
+  bp__buf_append(&b, header, sizeof header);
+  bp__mp_put_map(&b, 5);
+  bp__mp_put_cstr(&b, "global_sequence");
+  bp__mp_put_uint(&b, n);
+  bp__mp_put_cstr(&b, "watermark_segment_id");
+  bp__mp_put_uint(&b, last->id);
+  bp__mp_put_cstr(&b, "watermark_offset");
+  bp__mp_put_uint(&b, last->size);
+  bp__mp_put_cstr(&b, "interner_strings");
+  uint32_t names = bp__index_name_count(&s->ix);
+  bp__mp_put_array(&b, names);
+  for (uint32_t i = 0; i < names; i++) {
+    const bp__name *nm = bp__index_name(&s->ix, i);
+    bp__mp_put_str(&b, nm->str, nm->len);
+  }
+  bp__mp_put_cstr(&b, "entries");
+  bp__mp_put_array(&b, (uint32_t)n);
+  for (uint64_t seq = 0; seq < n && !b.oom; seq++) put_entry(&b, bp__index_at(&s->ix, seq), seq);
+  if (b.oom) {
+    bp__buf_free(&b);
+    return bp__fail(BP_ENOMEM, "checkpoint: out of memory");
+  }
+  memcpy(b.data, CKPT_MAGIC, 6);
+  bp__put_le16(b.data + 6, CKPT_VERSION);
+  bp__put_le32(b.data + 8, bp__crc32(b.data + CKPT_HEADER, b.len - CKPT_HEADER));
+
+  char tmp[4096], path[4096];
+  snprintf(tmp, sizeof tmp, "%s/%s", s->dir, BP__CHECKPOINT_TMP);
+  snprintf(path, sizeof path, "%s/%s", s->dir, BP__CHECKPOINT_FILE);
+  bp_status st = BP_OK;
+  int fd = bp__os_table.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    st = bp__fail_errno(BP_EIO, errno, "checkpoint: create %s", tmp);
+  } else {
+    struct iovec iov = {b.data, b.len};
+    int rc = bp__os_write_all(fd, &iov, 1, 0);
+    if (!rc) rc = bp__os_sync(fd, 0);
+    if (rc) st = bp__fail_errno(BP_EIO, rc, "checkpoint: write %s", tmp);
+    bp__os_table.close(fd);
+    if (!st && bp__os_table.rename(tmp, path) != 0)
+      st = bp__fail_errno(BP_EIO, errno, "checkpoint: rename %s", tmp);
+    if (!st) bp__os_sync_dir(s->dir);
+    if (st) bp__os_table.unlink(tmp);
+  }
+  bp__buf_free(&b);
+  return st;
+}
+
+/* ------------------------------------------------------------------ load */
+
+static const char *const entry_fields[] = {
+    "event_id", "correlation_id", "causation_id", "entity_id", "scope_id", "kind", "wall_ms",
+    "clock", "prev_hash", "event_hash", "segment_id", "offset", "length", "global_sequence"};
+
+static bp_status read_entry(bp__mp_reader *r, bp__ientry *e, uint64_t *seq) {
+  uint32_t n;
+  bp_status st = bp__mp_read_map(r, &n);
+  unsigned seen = 0;
+  memset(e, 0, sizeof *e);
+  for (uint32_t i = 0; !st && i < n; i++) {
+    const char *k;
+    uint32_t kl;
+    bool present = false;
+    uint64_t v = 0;
+    if ((st = bp__mp_read_str(r, &k, &kl))) break;
+    int idx = -1;
+    for (int f = 0; f < 14; f++)
+      if (bp__mp_key_is(k, kl, entry_fields[f])) idx = f;
+    if (idx >= 0) {
+      if (seen & (1u << idx)) return bp__fail(BP_ESERIAL, "checkpoint entry: duplicate field");
+      seen |= 1u << idx;
+    }
+    switch (idx) {
+      case 0: st = bp__mp_read_id(r, &e->event_id); break;
+      case 1: st = bp__mp_read_id(r, &e->correlation_id); break;
+      case 2:
+        st = bp__mp_read_nil_or(r, &present);
+        if (!st && present) st = bp__mp_read_id(r, &e->causation_id);
+        break;
+      case 3: st = bp__mp_read_u32(r, &e->entity); break;
+      case 4: st = bp__mp_read_u32(r, &e->scope); break;
+      case 5: st = bp__mp_read_u16(r, &e->kind); break;
+      case 6: st = bp__mp_read_u64(r, &e->wall_ms); break;
+      case 7: st = bp__mp_read_u32(r, &e->clock); break;
+      case 8: st = bp__mp_read_fixed_bytes(r, e->prev_hash, 32); break;
+      case 9: st = bp__mp_read_fixed_bytes(r, e->event_hash, 32); break;
+      case 10:
+        st = bp__mp_read_u64(r, &v);
+        if (!st && v > UINT32_MAX) st = bp__fail(BP_ESERIAL, "checkpoint entry: segment id too large");
+        e->segment_id = (uint32_t)v;
+        break;
+      case 11: st = bp__mp_read_u64(r, &e->offset); break;
+      case 12: st = bp__mp_read_u32(r, &e->length); break;
+      case 13: st = bp__mp_read_u64(r, seq); break;
+      default: st = bp__mp_skip(r); break;
+    }
+  }
+  if (!st && seen != 0x3fff) st = bp__fail(BP_ESERIAL, "checkpoint entry: missing fields");
+  return st;
+}
+
+static const bp__segment *segment_of(const bp_store *s, uint64_t id) {
+  for (size_t i = 0; i < s->nsegs; i++)
+    if (s->segs[i].id == id) return &s->segs[i];
+  return NULL;
+}
+
+bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/%s", s->dir, BP__CHECKPOINT_FILE);
+  int fd = bp__os_table.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+  if (fd < 0) return bp__fail_errno(BP_ENOTFOUND, errno, "checkpoint: open %s", path);
+  struct stat st_;
+  uint8_t *data = NULL;
+  int rc = bp__os_table.fstat(fd, &st_) == 0 ? 0 : errno;
+  size_t size = rc ? 0 : (size_t)st_.st_size;
+  if (!rc && size < CKPT_HEADER) rc = -1;
+  if (!rc && !(data = malloc(size))) rc = ENOMEM;
+  if (!rc) rc = bp__os_read_all(fd, data, size, 0);
+  bp__os_table.close(fd);
+  if (rc) {
+    free(data);
+    return bp__fail(BP_ECORRUPT, "checkpoint: cannot read %s (%s)", path,
+                    rc == -1 ? "too short" : strerror(rc));
+  }
+
+  bp_status st = BP_OK;
+  uint64_t gseq = 0, n_entries = 0;
+  bool have[5] = {false};
+  uint32_t *idmap = NULL, nstr = 0;
+  bp__mp_reader r;
+  if (memcmp(data, CKPT_MAGIC, 6) != 0) st = bp__fail(BP_ECORRUPT, "checkpoint: bad magic");
+  else if (bp__get_le16(data + 6) != CKPT_VERSION)
+    st = bp__fail(BP_ECORRUPT, "checkpoint: unsupported version %u", bp__get_le16(data + 6));
+  else if (bp__crc32(data + CKPT_HEADER, size - CKPT_HEADER) != bp__get_le32(data + 8))
+    st = bp__fail(BP_ECORRUPT, "checkpoint: CRC mismatch");
+  if (st) goto out;
+
+  bp__mp_reader_init(&r, data + CKPT_HEADER, size - CKPT_HEADER);
+  uint32_t pairs;
+  if ((st = bp__mp_read_map(&r, &pairs))) goto out;
+  for (uint32_t i = 0; !st && i < pairs; i++) {
+    const char *k;
+    uint32_t kl;
+    if ((st = bp__mp_read_str(&r, &k, &kl))) break;
+    if (bp__mp_key_is(k, kl, "global_sequence")) { st = bp__mp_read_u64(&r, &gseq); have[0] = true; }
+    else if (bp__mp_key_is(k, kl, "watermark_segment_id")) { st = bp__mp_read_u64(&r, wm_seg); have[1] = true; }
+    else if (bp__mp_key_is(k, kl, "watermark_offset")) { st = bp__mp_read_u64(&r, wm_off); have[2] = true; }
+    else if (bp__mp_key_is(k, kl, "interner_strings")) {
+      if ((st = bp__mp_read_array(&r, &nstr))) break;
+      if (nstr > bp__mp_remaining(&r) || !(idmap = malloc(sizeof *idmap * (nstr ? nstr : 1)))) {
+        st = bp__fail(BP_ECORRUPT, "checkpoint: bad interner table");
+        break;
+      }
+      for (uint32_t j = 0; !st && j < nstr; j++) {
+        const char *str;
+        uint32_t len;
+        bp__name *nm;
+        if (!(st = bp__mp_read_str(&r, &str, &len)) && !(st = bp__index_intern(&s->ix, str, len, &nm)))
+          idmap[j] = nm->id;
+      }
+      have[3] = true;
+    } else if (bp__mp_key_is(k, kl, "entries")) {
+      /* Entries refer to interner ids: the table must come first (it does in every writer). */
+      if (!have[3]) { st = bp__fail(BP_ECORRUPT, "checkpoint: entries before interner_strings"); break; }
+      uint32_t cnt;
+      if ((st = bp__mp_read_array(&r, &cnt))) break;
+      for (uint32_t j = 0; !st && j < cnt; j++) {
+        bp__ientry e;
+        uint64_t seq;
+        if ((st = read_entry(&r, &e, &seq))) break;
+        const bp__segment *g = segment_of(s, e.segment_id);
+        if (seq != j) st = bp__fail(BP_ECORRUPT, "checkpoint: entry %u has global sequence %" PRIu64, j, seq);
+        else if (e.entity >= nstr || e.scope >= nstr) st = bp__fail(BP_ECORRUPT, "checkpoint: entry %u: bad string id", j);
+        else if (!g || e.offset + e.length > g->size)
+          st = bp__fail(BP_ECORRUPT, "checkpoint: entry %u points outside segment %u", j, e.segment_id);
+        if (st) break;
+        e.entity = idmap[e.entity];
+        e.scope = idmap[e.scope];
+        st = bp__recover_entry(s, &e);
+      }
+      n_entries = cnt;
+      have[4] = true;
+    } else {
+      st = bp__mp_skip(&r);
+    }
+  }
+  if (!st && (!have[0] || !have[1] || !have[2] || !have[3] || !have[4]))
+    st = bp__fail(BP_ECORRUPT, "checkpoint: missing fields");
+  if (!st && gseq != n_entries)
+    st = bp__fail(BP_ECORRUPT, "checkpoint: global_sequence %" PRIu64 " but %" PRIu64 " entries", gseq, n_entries);
+  if (!st) {
+    const bp__segment *g = segment_of(s, *wm_seg);
+    if (!g) st = bp__fail(BP_ECORRUPT, "checkpoint: watermark segment %" PRIu64 " is missing", *wm_seg);
+    else if (*wm_off > g->size)
+      st = bp__fail(BP_ECORRUPT, "checkpoint: watermark offset %" PRIu64 " past the end of segment %" PRIu64,
+                    *wm_off, *wm_seg);
+  }
+  if (st && st != BP_ENOMEM) st = BP_ECORRUPT;
+out:
+  free(idmap);
+  free(data);
+  return st;
+}

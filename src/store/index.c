@@ -1,0 +1,303 @@
+/* index.c - the in-memory index (see the concurrency essay in index.h). */
+#include "store/index.h"
+
+static void retire(bp__index *ix, void *ptr) {
+  if (!ptr) return;
+  bp__retired *r = malloc(sizeof *r);
+  if (!r) return; /* leak rather than free memory a reader may hold */
+  r->ptr = ptr;
+  r->next = ix->retired;
+  ix->retired = r;
+}
+
+static uint32_t hash_bytes(const char *s, size_t len) {
+  /* FNV-1a, then a final mix so that the low bits spread. */
+  uint32_t h = 2166136261u;
+  for (size_t i = 0; i < len; i++) h = (h ^ (uint8_t)s[i]) * 16777619u;
+  h ^= h >> 16;
+  h *= 0x7feb352d;
+  h ^= h >> 15;
+  return h;
+}
+
+static uint64_t hash_id(bp_id id) {
+  uint64_t x = id.hi ^ (id.lo * 0x9E3779B97F4A7C15ull);
+  x ^= x >> 31;
+  x *= 0xBF58476D1CE4E5B9ull;
+  x ^= x >> 29;
+  return x;
+}
+
+/* ---- seqvec ---- */
+
+static bool seqvec_push(bp__index *ix, bp__seqvec *v, uint32_t seq) {
+  uint32_t len = atomic_load_explicit(&v->len, memory_order_relaxed);
+  uint32_t *d = atomic_load_explicit(&v->data, memory_order_relaxed);
+  if (len == v->cap) {
+    uint32_t cap = v->cap ? v->cap * 2 : 4;
+    if (cap < v->cap) return false;
+    uint32_t *nd = malloc((size_t)cap * sizeof *nd);
+    if (!nd) return false;
+    if (len) memcpy(nd, d, (size_t)len * sizeof *nd);
+    atomic_store_explicit(&v->data, nd, memory_order_release);
+    retire(ix, d);
+    d = nd;
+    v->cap = cap;
+  }
+  d[len] = seq;
+  atomic_store_explicit(&v->len, len + 1, memory_order_release);
+  return true;
+}
+
+/* Removes trailing items at or above seq (they were never visible). */
+static void seqvec_truncate(bp__seqvec *v, uint32_t seq) {
+  uint32_t len = atomic_load_explicit(&v->len, memory_order_relaxed);
+  const uint32_t *d = atomic_load_explicit(&v->data, memory_order_relaxed);
+  while (len > 0 && d[len - 1] >= seq) len--;
+  atomic_store_explicit(&v->len, len, memory_order_release);
+}
+
+static void seqvec_free(bp__seqvec *v) { free(atomic_load(&v->data)); }
+
+/* ---- init / free ---- */
+
+static bool name_table_resize(bp__index *ix, uint32_t slots);
+static bool id_table_resize(bp__index *ix, uint64_t slots);
+
+bp_status bp__index_init(bp__index *ix) {
+  memset(ix, 0, sizeof *ix);
+  ix->chunks = calloc(BP__MAX_CHUNKS, sizeof *ix->chunks);
+  ix->name_cap = 64;
+  bp__name **names = calloc(ix->name_cap, sizeof *names);
+  atomic_store(&ix->names, names);
+  if (!ix->chunks || !names || !name_table_resize(ix, 128) || !id_table_resize(ix, 1024)) {
+    bp__index_free(ix);
+    return bp__fail(BP_ENOMEM, "index: out of memory");
+  }
+  bp__name *empty;
+  if (bp__index_intern(ix, "", 0, &empty) != BP_OK) {
+    bp__index_free(ix);
+    return BP_ENOMEM;
+  }
+  return BP_OK;
+}
+
+void bp__index_free(bp__index *ix) {
+  if (ix->chunks) {
+    for (uint32_t i = 0; i < BP__MAX_CHUNKS; i++) {
+      bp__ientry *c = atomic_load(&ix->chunks[i]);
+      if (!c) break;
+      free(c);
+    }
+    free(ix->chunks);
+  }
+  bp__name **names = atomic_load(&ix->names);
+  uint32_t n = atomic_load(&ix->name_count);
+  for (uint32_t i = 0; names && i < n; i++) {
+    seqvec_free(&names[i]->as_entity);
+    seqvec_free(&names[i]->as_scope);
+    free(names[i]->str);
+    free(names[i]);
+  }
+  free(names);
+  free(atomic_load(&ix->name_slots));
+  free(atomic_load(&ix->id_slots));
+  for (unsigned k = 0; k < 65536; k++) {
+    bp__seqvec *v = atomic_load(&ix->kinds[k]);
+    if (v) { seqvec_free(v); free(v); }
+  }
+  for (int c = 0; c < 16; c++) seqvec_free(&ix->categories[c]);
+  while (ix->retired) {
+    bp__retired *r = ix->retired;
+    ix->retired = r->next;
+    free(r->ptr);
+    free(r);
+  }
+  memset(ix, 0, sizeof *ix);
+}
+
+/* ---- names ---- */
+
+static bool name_table_resize(bp__index *ix, uint32_t slots) {
+  uint32_t *t = calloc(slots, sizeof *t);
+  if (!t) return false;
+  uint32_t mask = slots - 1;
+  bp__name **names = atomic_load_explicit(&ix->names, memory_order_relaxed);
+  uint32_t n = atomic_load_explicit(&ix->name_count, memory_order_relaxed);
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t h = names[i]->hash & mask;
+    while (t[h]) h = (h + 1) & mask;
+    t[h] = i + 1;
+  }
+  uint32_t *old = atomic_load_explicit(&ix->name_slots, memory_order_relaxed);
+  /* Readers load the mask, then the table: publish the table first so that any
+   * mask a reader sees fits the table it then loads. */
+  if (old && slots > atomic_load_explicit(&ix->name_mask, memory_order_relaxed) + 1) {
+    atomic_store_explicit(&ix->name_slots, t, memory_order_release);
+    atomic_store_explicit(&ix->name_mask, mask, memory_order_release);
+  } else {
+    atomic_store_explicit(&ix->name_mask, mask, memory_order_release);
+    atomic_store_explicit(&ix->name_slots, t, memory_order_release);
+  }
+  retire(ix, old);
+  return true;
+}
+
+bp__name *bp__index_find_name(const bp__index *ix, const char *s, size_t len) {
+  uint32_t mask = atomic_load_explicit(&ix->name_mask, memory_order_acquire);
+  const uint32_t *t = atomic_load_explicit(&ix->name_slots, memory_order_acquire);
+  bp__name **names = atomic_load_explicit(&ix->names, memory_order_acquire);
+  uint32_t h = hash_bytes(s, len);
+  for (uint32_t i = h & mask;; i = (i + 1) & mask) {
+    uint32_t slot = atomic_load_explicit((_Atomic uint32_t *)&t[i], memory_order_acquire);
+    if (!slot) return NULL;
+    bp__name *nm = names[slot - 1];
+    if (nm->hash == h && nm->len == len && memcmp(nm->str, s, len) == 0) return nm;
+  }
+}
+
+bp_status bp__index_intern(bp__index *ix, const char *s, size_t len, bp__name **out) {
+  bp__name *found = bp__index_find_name(ix, s, len);
+  if (found) { *out = found; return BP_OK; }
+
+  uint32_t n = atomic_load_explicit(&ix->name_count, memory_order_relaxed);
+  if ((uint64_t)(n + 1) * 2 > (uint64_t)atomic_load(&ix->name_mask) + 1 &&
+      !name_table_resize(ix, (atomic_load(&ix->name_mask) + 1) * 2))
+    return bp__fail(BP_ENOMEM, "index: out of memory growing the name table");
+  bp__name **names = atomic_load_explicit(&ix->names, memory_order_relaxed);
+  if (n == ix->name_cap) {
+    bp__name **nn = malloc(sizeof *nn * ix->name_cap * 2);
+    if (!nn) return bp__fail(BP_ENOMEM, "index: out of memory growing the names");
+    memcpy(nn, names, sizeof *nn * n);
+    atomic_store_explicit(&ix->names, nn, memory_order_release);
+    retire(ix, names);
+    names = nn;
+    ix->name_cap *= 2;
+  }
+  bp__name *nm = calloc(1, sizeof *nm);
+  char *str = malloc(len + 1);
+  if (!nm || !str) {
+    free(nm);
+    free(str);
+    return bp__fail(BP_ENOMEM, "index: out of memory interning a name");
+  }
+  memcpy(str, s, len);
+  str[len] = '\0';
+  nm->str = str;
+  nm->len = (uint32_t)len;
+  nm->hash = hash_bytes(s, len);
+  nm->id = n;
+  names[n] = nm;
+  atomic_store_explicit(&ix->name_count, n + 1, memory_order_release);
+  uint32_t mask = atomic_load_explicit(&ix->name_mask, memory_order_relaxed);
+  uint32_t *t = atomic_load_explicit(&ix->name_slots, memory_order_relaxed);
+  uint32_t h = nm->hash & mask;
+  while (t[h]) h = (h + 1) & mask;
+  atomic_store_explicit((_Atomic uint32_t *)&t[h], n + 1, memory_order_release);
+  *out = nm;
+  return BP_OK;
+}
+
+/* ---- ids ---- */
+
+static bool id_table_resize(bp__index *ix, uint64_t slots) {
+  uint32_t *t = calloc(slots, sizeof *t);
+  if (!t) return false;
+  uint64_t mask = slots - 1;
+  uint32_t *old = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
+  uint64_t old_slots = old ? atomic_load(&ix->id_mask) + 1 : 0;
+  uint64_t used = 0;
+  for (uint64_t i = 0; i < old_slots; i++) {
+    uint32_t v = old[i];
+    if (!v || v - 1 >= ix->count) continue;  /* drop slots of rolled-back entries */
+    uint64_t h = hash_id(bp__index_at(ix, v - 1)->event_id) & mask;
+    while (t[h]) h = (h + 1) & mask;
+    t[h] = v;
+    used++;
+  }
+  if (old && slots > old_slots) {
+    atomic_store_explicit(&ix->id_slots, t, memory_order_release);
+    atomic_store_explicit(&ix->id_mask, mask, memory_order_release);
+  } else {
+    atomic_store_explicit(&ix->id_mask, mask, memory_order_release);
+    atomic_store_explicit(&ix->id_slots, t, memory_order_release);
+  }
+  ix->id_used = used;
+  retire(ix, old);
+  return true;
+}
+
+bool bp__index_find_id(const bp__index *ix, bp_id id, uint64_t limit, uint64_t *seq) {
+  uint64_t mask = atomic_load_explicit(&ix->id_mask, memory_order_acquire);
+  const uint32_t *t = atomic_load_explicit(&ix->id_slots, memory_order_acquire);
+  for (uint64_t i = hash_id(id) & mask;; i = (i + 1) & mask) {
+    uint32_t v = atomic_load_explicit((_Atomic uint32_t *)&t[i], memory_order_acquire);
+    if (!v) return false;
+    if (v - 1 < limit && bp_id_eq(bp__index_at(ix, v - 1)->event_id, id)) {
+      *seq = v - 1;
+      return true;
+    }
+  }
+}
+
+/* ---- entries ---- */
+
+bp_status bp__index_push(bp__index *ix, const bp__ientry *e) {
+  uint64_t seq = ix->count;
+  if (seq >= (uint64_t)BP__MAX_CHUNKS * BP__CHUNK_SIZE - 1)
+    return bp__fail(BP_ELIMIT, "index: the store holds the maximum of %llu events",
+                    (unsigned long long)seq);
+  uint32_t ci = (uint32_t)(seq >> BP__CHUNK_SHIFT);
+  bp__ientry *chunk = atomic_load_explicit(&ix->chunks[ci], memory_order_relaxed);
+  if (!chunk) {
+    chunk = malloc(sizeof *chunk * BP__CHUNK_SIZE);
+    if (!chunk) return bp__fail(BP_ENOMEM, "index: out of memory for entries");
+    atomic_store_explicit(&ix->chunks[ci], chunk, memory_order_release);
+  }
+  if ((ix->id_used + 1) * 2 > atomic_load(&ix->id_mask) + 1 &&
+      !id_table_resize(ix, (atomic_load(&ix->id_mask) + 1) * 2))
+    return bp__fail(BP_ENOMEM, "index: out of memory growing the id table");
+
+  bp__name **names = atomic_load_explicit(&ix->names, memory_order_relaxed);
+  bp__seqvec *kind = atomic_load_explicit(&ix->kinds[e->kind], memory_order_relaxed);
+  if (!kind) {
+    kind = calloc(1, sizeof *kind);
+    if (!kind) return bp__fail(BP_ENOMEM, "index: out of memory");
+    atomic_store_explicit(&ix->kinds[e->kind], kind, memory_order_release);
+  }
+  chunk[seq & (BP__CHUNK_SIZE - 1)] = *e;
+  ix->count = seq + 1;
+  uint32_t s = (uint32_t)seq;
+  if (!seqvec_push(ix, &names[e->entity]->as_entity, s) ||
+      !seqvec_push(ix, &names[e->scope]->as_scope, s) || !seqvec_push(ix, kind, s) ||
+      !seqvec_push(ix, &ix->categories[bp_kind_category(e->kind)], s)) {
+    bp__index_rollback(ix, seq);
+    return bp__fail(BP_ENOMEM, "index: out of memory growing a stream");
+  }
+
+  uint64_t mask = atomic_load_explicit(&ix->id_mask, memory_order_relaxed);
+  uint32_t *t = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
+  uint64_t h = hash_id(e->event_id) & mask;
+  while (t[h]) h = (h + 1) & mask;
+  atomic_store_explicit((_Atomic uint32_t *)&t[h], s + 1, memory_order_release);
+  ix->id_used++;
+  return BP_OK;
+}
+
+void bp__index_publish(bp__index *ix) {
+  atomic_store_explicit(&ix->visible, ix->count, memory_order_release);
+}
+
+void bp__index_rollback(bp__index *ix, uint64_t to_count) {
+  for (uint64_t seq = to_count; seq < ix->count; seq++) {
+    const bp__ientry *e = bp__index_at(ix, seq);
+    bp__name **names = atomic_load_explicit(&ix->names, memory_order_relaxed);
+    seqvec_truncate(&names[e->entity]->as_entity, (uint32_t)to_count);
+    seqvec_truncate(&names[e->scope]->as_scope, (uint32_t)to_count);
+    bp__seqvec *k = atomic_load_explicit(&ix->kinds[e->kind], memory_order_relaxed);
+    if (k) seqvec_truncate(k, (uint32_t)to_count);
+    seqvec_truncate(&ix->categories[bp_kind_category(e->kind)], (uint32_t)to_count);
+  }
+  /* Stale id slots stay: lookups check the entry they point at. */
+  if (to_count < ix->count) ix->count = to_count;
+}

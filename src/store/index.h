@@ -1,0 +1,149 @@
+/*
+ * index.h - the in-memory index.
+ *
+ * Concurrency essay
+ * -----------------
+ * One writer (whoever holds the store's commit lock) mutates the index; any
+ * number of readers read it without taking a lock. Every structure is
+ * append-only while the store is open, and readers find their way in through
+ * atomic loads:
+ *
+ *  1. Entries live in fixed-size chunks found through a directory allocated
+ *     once at its full size, so an entry never moves. Entry n is written
+ *     completely before `visible` is raised past n (release), and a reader
+ *     loads `visible` (acquire) before touching entries below it.
+ *  2. Growable arrays (streams of global sequences, the name table, the hash
+ *     tables) grow by copying into a larger array and publishing the new
+ *     pointer with a release store. The old array is kept (on a retired list)
+ *     until bp_close, so a reader still holding it reads valid memory. The
+ *     writer publishes a new array before it publishes a length that needs it;
+ *     readers load the length first, then the pointer.
+ *  3. Streams hold global sequences in increasing order. A stream may already
+ *     hold sequences that are not visible yet (the writer appends to streams
+ *     before raising `visible`): readers stop at the first sequence at or
+ *     above the `visible` they loaded. That is what makes every reader see a
+ *     gap-free prefix of the log, and a batch appear all at once.
+ *  4. Names (entities and scopes) are interned: a name's string is allocated
+ *     once and freed at close, so `const char *` handed to callers stays valid.
+ */
+#ifndef BATPAK_STORE_INDEX_H
+#define BATPAK_STORE_INDEX_H
+
+#include "internal.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+
+/* One event in the index; its global sequence is its position. 152 bytes. */
+typedef struct bp__ientry {
+  bp_id event_id, correlation_id, causation_id;
+  uint8_t prev_hash[32], event_hash[32];
+  uint64_t wall_ms;
+  uint64_t offset;
+  uint32_t length;
+  uint32_t segment_id;
+  uint32_t entity;          /* name id */
+  uint32_t scope;           /* name id */
+  uint32_t clock;
+  bp_kind kind;
+  uint8_t flags;
+} bp__ientry;
+
+/* An append-only array of global sequences with lock-free reads. */
+typedef struct bp__seqvec {
+  _Atomic(uint32_t *) data;
+  _Atomic uint32_t len;
+  uint32_t cap;             /* writer only */
+} bp__seqvec;
+
+/* An interned string and the per-name state. */
+typedef struct bp__name {
+  char *str;
+  uint32_t len;
+  uint32_t hash;
+  uint32_t id;
+  bp__seqvec as_entity;     /* events whose entity is this name */
+  bp__seqvec as_scope;      /* events whose scope is this name */
+  /* Chain head of the entity, writer only (valid when next_clock > 0). */
+  uint32_t next_clock;
+  uint64_t last_wall_ms;
+  uint8_t last_hash[32];
+} bp__name;
+
+#define BP__CHUNK_SHIFT 13
+#define BP__CHUNK_SIZE (1u << BP__CHUNK_SHIFT)
+#define BP__MAX_CHUNKS (1u << 19)   /* 2^32 events */
+
+typedef struct bp__retired {
+  struct bp__retired *next;
+  void *ptr;
+} bp__retired;
+
+typedef struct bp__index {
+  _Atomic(bp__ientry *) *chunks;      /* BP__MAX_CHUNKS slots */
+  _Atomic uint64_t visible;           /* entries below are complete and visible */
+  uint64_t count;                     /* writer: entries written (>= visible) */
+
+  _Atomic(bp__name **) names;         /* by id; id 0 is "" */
+  _Atomic uint32_t name_count;
+  uint32_t name_cap;
+  _Atomic(uint32_t *) name_slots;     /* hash table of id+1, open addressing */
+  _Atomic uint32_t name_mask;
+
+  _Atomic(uint32_t *) id_slots;       /* hash table event id -> seq+1 */
+  _Atomic uint64_t id_mask;
+  uint64_t id_used;
+
+  _Atomic(bp__seqvec *) kinds[65536]; /* by exact kind, allocated on first use */
+  bp__seqvec categories[16];
+
+  bp__retired *retired;               /* arrays replaced while readers may hold them */
+} bp__index;
+
+bp_status bp__index_init(bp__index *ix);
+void bp__index_free(bp__index *ix);
+
+/* ---- writer side (caller holds the commit lock) ---- */
+/* Interns a name (creating it if new). Errors: BP_ENOMEM. */
+bp_status bp__index_intern(bp__index *ix, const char *s, size_t len, bp__name **out);
+/* Appends an entry at sequence ix->count (not yet visible). Errors: BP_ENOMEM, BP_ELIMIT. */
+bp_status bp__index_push(bp__index *ix, const bp__ientry *e);
+/* Makes every pushed entry visible. */
+void bp__index_publish(bp__index *ix);
+/* Drops pushed entries that were not published (a failed write). Streams and
+ * the id table forget them too. */
+void bp__index_rollback(bp__index *ix, uint64_t to_count);
+
+/* ---- reader side (any thread) ---- */
+static inline uint64_t bp__index_visible(const bp__index *ix) {
+  return atomic_load_explicit(&ix->visible, memory_order_acquire);
+}
+static inline bp__ientry *bp__index_at(const bp__index *ix, uint64_t seq) {
+  bp__ientry *chunk = atomic_load_explicit(&ix->chunks[seq >> BP__CHUNK_SHIFT], memory_order_acquire);
+  return &chunk[seq & (BP__CHUNK_SIZE - 1)];
+}
+static inline bp__name *bp__index_name(const bp__index *ix, uint32_t id) {
+  return atomic_load_explicit(&ix->names, memory_order_acquire)[id];
+}
+static inline uint32_t bp__index_name_count(const bp__index *ix) {
+  return atomic_load_explicit(&ix->name_count, memory_order_acquire);
+}
+/* Finds a name; NULL if unknown. */
+bp__name *bp__index_find_name(const bp__index *ix, const char *s, size_t len);
+/* Finds an event id among entries below limit; false if absent. */
+bool bp__index_find_id(const bp__index *ix, bp_id id, uint64_t limit, uint64_t *seq);
+/* A snapshot of a stream: its array and how many of its items are below limit. */
+static inline const uint32_t *bp__seqvec_view(const bp__seqvec *v, uint64_t limit, uint32_t *n) {
+  uint32_t len = atomic_load_explicit(&v->len, memory_order_acquire);
+  const uint32_t *d = atomic_load_explicit(&v->data, memory_order_acquire);
+  /* Items are increasing: drop the tail at or above limit. */
+  while (len > 0 && d[len - 1] >= limit) len--;
+  *n = len;
+  return d;
+}
+/* The stream of one exact kind, or NULL when the kind never occurred. */
+static inline bp__seqvec *bp__index_kind(const bp__index *ix, bp_kind k) {
+  return atomic_load_explicit(&ix->kinds[k], memory_order_acquire);
+}
+
+#endif

@@ -1,0 +1,108 @@
+/* os.c - the file-system call table and retrying helpers. */
+#include "store/os.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/file.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+static int os_open(const char *path, int flags, mode_t mode) { return open(path, flags, mode); }
+
+const bp__os bp__os_default = {
+    .open = os_open,
+    .close = close,
+    .pread = pread,
+    .pwritev = pwritev,
+    .fsync = fsync,
+    .fdatasync = fdatasync,
+    .ftruncate = ftruncate,
+    .rename = rename,
+    .unlink = unlink,
+    .mkdir = mkdir,
+    .fstat = fstat,
+    .mmap = mmap,
+    .munmap = munmap,
+    .flock = flock,
+};
+
+bp__os bp__os_table = {
+    .open = os_open,
+    .close = close,
+    .pread = pread,
+    .pwritev = pwritev,
+    .fsync = fsync,
+    .fdatasync = fdatasync,
+    .ftruncate = ftruncate,
+    .rename = rename,
+    .unlink = unlink,
+    .mkdir = mkdir,
+    .fstat = fstat,
+    .mmap = mmap,
+    .munmap = munmap,
+    .flock = flock,
+};
+
+#define MAX_IOV 64
+
+int bp__os_write_all(int fd, const struct iovec *iov, int cnt, uint64_t off) {
+  struct iovec local[MAX_IOV];
+  while (cnt > 0) {
+    int n = cnt < MAX_IOV ? cnt : MAX_IOV;
+    memcpy(local, iov, sizeof(struct iovec) * (size_t)n);
+    struct iovec *v = local;
+    int left = n;
+    while (left > 0) {
+      ssize_t w = bp__os_table.pwritev(fd, v, left, (off_t)off);
+      if (w < 0) {
+        if (errno == EINTR) continue;
+        return errno ? errno : EIO;
+      }
+      if (w == 0) return ENOSPC;
+      off += (uint64_t)w;
+      size_t done = (size_t)w;
+      while (left > 0 && done >= v->iov_len) {
+        done -= v->iov_len;
+        v++;
+        left--;
+      }
+      if (left > 0) {
+        v->iov_base = (char *)v->iov_base + done;
+        v->iov_len -= done;
+      }
+    }
+    iov += n;
+    cnt -= n;
+  }
+  return 0;
+}
+
+int bp__os_read_all(int fd, void *buf, size_t n, uint64_t off) {
+  uint8_t *p = buf;
+  while (n > 0) {
+    ssize_t r = bp__os_table.pread(fd, p, n, (off_t)off);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return errno ? errno : EIO;
+    }
+    if (r == 0) return -1;
+    p += r;
+    n -= (size_t)r;
+    off += (uint64_t)r;
+  }
+  return 0;
+}
+
+int bp__os_sync(int fd, int mode) {
+  int rc = mode == 1 ? bp__os_table.fdatasync(fd) : bp__os_table.fsync(fd);
+  return rc == 0 ? 0 : (errno ? errno : EIO);
+}
+
+int bp__os_sync_dir(const char *path) {
+  int fd = bp__os_table.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+  if (fd < 0) return errno;
+  int rc = bp__os_sync(fd, 0);
+  bp__os_table.close(fd);
+  return rc;
+}

@@ -1,0 +1,48 @@
+/*
+ * os.h - every file-system call the store makes goes through bp__os_table, so
+ * that tests can inject failures (EIO, ENOSPC, short writes, failed fsyncs,
+ * failed renames or mmaps) without touching the code under test.
+ */
+#ifndef BATPAK_STORE_OS_H
+#define BATPAK_STORE_OS_H
+
+#include "internal.h"
+
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+typedef struct bp__os {
+  int (*open)(const char *path, int flags, mode_t mode);
+  int (*close)(int fd);
+  ssize_t (*pread)(int fd, void *buf, size_t n, off_t off);
+  ssize_t (*pwritev)(int fd, const struct iovec *iov, int cnt, off_t off);
+  int (*fsync)(int fd);
+  int (*fdatasync)(int fd);
+  int (*ftruncate)(int fd, off_t len);
+  int (*rename)(const char *from, const char *to);
+  int (*unlink)(const char *path);
+  int (*mkdir)(const char *path, mode_t mode);
+  int (*fstat)(int fd, struct stat *st);
+  void *(*mmap)(void *addr, size_t len, int prot, int flags, int fd, off_t off);
+  int (*munmap)(void *addr, size_t len);
+  int (*flock)(int fd, int op);
+} bp__os;
+
+/* The table in use. Tests replace entries and restore them; the library never
+ * changes it. */
+extern bp__os bp__os_table;
+/* The real system calls, for restoring the table. */
+extern const bp__os bp__os_default;
+
+/* Writes every byte of iov at off, retrying short writes and EINTR.
+ * Returns 0, or an errno value (ENOSPC for a write that made no progress). */
+int bp__os_write_all(int fd, const struct iovec *iov, int cnt, uint64_t off);
+/* Reads exactly n bytes at off. Returns 0, an errno value, or -1 at end of file. */
+int bp__os_read_all(int fd, void *buf, size_t n, uint64_t off);
+/* fsync or fdatasync by mode (0 = all, 1 = data). Returns 0 or an errno value. */
+int bp__os_sync(int fd, int mode);
+/* fsyncs a directory so that creations and renames in it are durable. */
+int bp__os_sync_dir(const char *path);
+
+#endif

@@ -1,0 +1,302 @@
+/*
+ * reader.c - reading events and the index: get, queries, entry helpers.
+ *
+ * Every read first loads the index's visible count and ignores anything at
+ * or above it, so a reader sees a gap-free prefix of the log (index.h).
+ */
+#include "store/store_impl.h"
+#include "batpak/wire.h"
+
+#include <inttypes.h>
+
+void bp__entry_from_index(const bp_store *s, uint64_t seq, bp_entry *out) {
+  const bp__ientry *e = bp__index_at(&s->ix, seq);
+  out->event_id = e->event_id;
+  out->correlation_id = e->correlation_id;
+  out->causation_id = e->causation_id;
+  out->entity = bp__index_name(&s->ix, e->entity)->str;
+  out->scope = bp__index_name(&s->ix, e->scope)->str;
+  out->kind = e->kind;
+  out->wall_ms = e->wall_ms;
+  out->clock = e->clock;
+  memcpy(out->hash_chain.prev_hash, e->prev_hash, 32);
+  memcpy(out->hash_chain.event_hash, e->event_hash, 32);
+  out->disk_pos.segment_id = e->segment_id;
+  out->disk_pos.offset = e->offset;
+  out->disk_pos.length = e->length;
+  out->global_sequence = seq;
+}
+
+bp_status bp_get_entry(bp_store *s, bp_id id, bp_entry *out) {
+  if (!s || !out) return bp__fail(BP_EINVAL, "bp_get_entry: NULL argument");
+  uint64_t seq;
+  if (!bp__index_find_id(&s->ix, id, bp__index_visible(&s->ix), &seq)) {
+    char hex[33];
+    bp_id_to_hex(id, hex);
+    return bp__fail(BP_ENOTFOUND, "event %s is not in the store", hex);
+  }
+  bp__entry_from_index(s, seq, out);
+  return BP_OK;
+}
+
+bp_status bp_get(bp_store *s, bp_id id, bp_event **out) {
+  if (out) *out = NULL;
+  if (!s || !out) return bp__fail(BP_EINVAL, "bp_get: NULL argument");
+  bp_entry ent;
+  bp_status st = bp_get_entry(s, id, &ent);
+  if (st) return st;
+  uint32_t len = ent.disk_pos.length;
+  uint64_t seg = ent.disk_pos.segment_id, off = ent.disk_pos.offset;
+  if (len < BP__FRAME_PREFIX)
+    return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame length %u too short", seg, off, len);
+  uint8_t stackbuf[1024];
+  uint8_t *frame = len <= sizeof stackbuf ? stackbuf : malloc(len);
+  if (!frame) return bp__fail(BP_ENOMEM, "out of memory reading a %u-byte frame", len);
+  if ((st = bp__segment_read(s, seg, off, frame, len))) goto done;
+  if (bp__get_be32(frame) != len - BP__FRAME_PREFIX) {
+    st = bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame length %u, index says %u", seg,
+                  off, bp__get_be32(frame), len - BP__FRAME_PREFIX);
+    goto done;
+  }
+  if (bp__crc32(frame + BP__FRAME_PREFIX, len - BP__FRAME_PREFIX) != bp__get_be32(frame + 4)) {
+    st = bp__fail(BP_ECRC, "segment %06" PRIu64 " offset %" PRIu64 ": CRC mismatch", seg, off);
+    goto done;
+  }
+  bp__buf scratch;
+  bp__buf_init(&scratch);
+  bp__frame f;
+  st = bp__frame_decode_body(frame + BP__FRAME_PREFIX, len - BP__FRAME_PREFIX, &scratch, &f);
+  if (st) {
+    bp__fail_context("segment %06" PRIu64 " offset %" PRIu64, seg, off);
+    st = BP_ECORRUPT;
+  } else if (!bp_id_eq(f.header.event_id, id)) {
+    st = bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame holds another event", seg, off);
+  } else {
+    /* One allocation: the event, then entity, scope and payload. */
+    size_t total = sizeof(bp_event) + f.entity_len + 1 + f.scope_len + 1 + f.payload_len;
+    bp_event *ev = malloc(total);
+    if (!ev) {
+      st = bp__fail(BP_ENOMEM, "out of memory for an event");
+    } else {
+      char *p = (char *)(ev + 1);
+      ev->header = f.header;
+      memcpy(p, f.entity, f.entity_len);
+      p[f.entity_len] = '\0';
+      ev->entity = p;
+      p += f.entity_len + 1;
+      memcpy(p, f.scope, f.scope_len);
+      p[f.scope_len] = '\0';
+      ev->scope = p;
+      p += f.scope_len + 1;
+      if (f.payload_len) memcpy(p, f.payload, f.payload_len);
+      ev->payload = (const uint8_t *)p;
+      ev->payload_len = f.payload_len;
+      ev->has_hash_chain = f.has_chain;
+      ev->hash_chain = f.chain;
+      *out = ev;
+    }
+  }
+  bp__buf_free(&scratch);
+done:
+  if (frame != stackbuf) free(frame);
+  return st;
+}
+
+void bp_event_free(bp_event *ev) { free(ev); }
+
+char *bp_event_payload_json(const bp_event *ev) {
+  if (!ev) return NULL;
+  char *json = NULL;
+  if (bp_msgpack_to_json(ev->payload, ev->payload_len, &json) != BP_OK) return NULL;
+  return json;
+}
+
+void bp_entries_free(bp_entries *entries) {
+  if (!entries) return;
+  free(entries->items);
+  entries->items = NULL;
+  entries->len = 0;
+}
+
+void bp_events_free(bp_events *events) {
+  if (!events) return;
+  for (size_t i = 0; i < events->len; i++) bp_event_free(events->items[i]);
+  free(events->items);
+  events->items = NULL;
+  events->len = 0;
+}
+
+bool bp_entry_is_correlated(const bp_entry *a, const bp_entry *b) {
+  return bp_id_eq(a->correlation_id, b->correlation_id);
+}
+
+bool bp_entry_is_caused_by(const bp_entry *e, const bp_entry *cause) {
+  return !bp_id_is_nil(e->causation_id) && bp_id_eq(e->causation_id, cause->event_id);
+}
+
+bool bp_entry_is_root_cause(const bp_entry *e) { return bp_id_is_nil(e->causation_id); }
+
+/* ----------------------------------------------------------------- queries */
+
+typedef bool (*visit_fn)(const bp_entry *entry, void *ctx);
+
+static int cmp_u32(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return (x > y) - (x < y);
+}
+
+static bool emit(const bp_store *s, const bp_region *r, uint64_t seq, visit_fn visit, void *ctx,
+                 bool *stop) {
+  const bp__ientry *e = bp__index_at(&s->ix, seq);
+  if (r) {
+    if (r->has_clock_range && (e->clock < r->clock_min || e->clock > r->clock_max)) return true;
+    if (r->fact == BP_FACT_EXACT && e->kind != r->kind) return true;
+    if (r->fact == BP_FACT_CATEGORY && bp_kind_category(e->kind) != r->category) return true;
+    const bp__name *en = bp__index_name(&s->ix, e->entity);
+    if (r->entity_prefix && strncmp(en->str, r->entity_prefix, strlen(r->entity_prefix)) != 0) return true;
+    if (r->scope && strcmp(bp__index_name(&s->ix, e->scope)->str, r->scope) != 0) return true;
+  }
+  bp_entry out;
+  bp__entry_from_index(s, seq, &out);
+  if (!visit(&out, ctx)) *stop = true;
+  return true;
+}
+
+/* Runs visit over the entries matching r, in global-sequence order, reading
+ * the smallest index stream that can serve the region. exact_entity limits the
+ * result to one entity (bp_stream). */
+static bp_status run_query(bp_store *s, const bp_region *r, const char *exact_entity, visit_fn visit,
+                           void *ctx) {
+  uint64_t limit = bp__index_visible(&s->ix);
+  const uint32_t *best = NULL;
+  uint32_t best_n = UINT32_MAX;
+  bool have_source = false;
+  bool stop = false;
+
+  if (exact_entity) {
+    const bp__name *nm = bp__index_find_name(&s->ix, exact_entity, strlen(exact_entity));
+    if (!nm) return BP_OK;
+    best = bp__seqvec_view(&nm->as_entity, limit, &best_n);
+    have_source = true;
+  }
+  if (r && r->scope) {
+    const bp__name *nm = bp__index_find_name(&s->ix, r->scope, strlen(r->scope));
+    if (!nm) return BP_OK;
+    uint32_t n;
+    const uint32_t *v = bp__seqvec_view(&nm->as_scope, limit, &n);
+    if (!have_source || n < best_n) { best = v; best_n = n; }
+    have_source = true;
+  }
+  if (r && r->fact == BP_FACT_EXACT) {
+    bp__seqvec *kv = bp__index_kind(&s->ix, r->kind);
+    if (!kv) return BP_OK;
+    uint32_t n;
+    const uint32_t *v = bp__seqvec_view(kv, limit, &n);
+    if (!have_source || n < best_n) { best = v; best_n = n; }
+    have_source = true;
+  } else if (r && r->fact == BP_FACT_CATEGORY) {
+    if (r->category > 15) return BP_OK;
+    uint32_t n;
+    const uint32_t *v = bp__seqvec_view(&s->ix.categories[r->category], limit, &n);
+    if (!have_source || n < best_n) { best = v; best_n = n; }
+    have_source = true;
+  }
+
+  if (!exact_entity && r && r->entity_prefix) {
+    /* Gather the streams of every entity with the prefix, if together they are smaller. */
+    size_t plen = strlen(r->entity_prefix);
+    uint32_t names = bp__index_name_count(&s->ix);
+    uint64_t total = 0;
+    for (uint32_t i = 1; i < names; i++) {
+      const bp__name *nm = bp__index_name(&s->ix, i);
+      if (nm->len >= plen && memcmp(nm->str, r->entity_prefix, plen) == 0) {
+        uint32_t n;
+        bp__seqvec_view(&nm->as_entity, limit, &n);
+        total += n;
+      }
+    }
+    if (!have_source || total < best_n) {
+      uint32_t *seqs = malloc(sizeof *seqs * (total ? total : 1));
+      if (!seqs) return bp__fail(BP_ENOMEM, "query: out of memory");
+      uint64_t k = 0;
+      for (uint32_t i = 1; i < names && k < total; i++) {
+        const bp__name *nm = bp__index_name(&s->ix, i);
+        if (nm->len >= plen && memcmp(nm->str, r->entity_prefix, plen) == 0) {
+          uint32_t n;
+          const uint32_t *v = bp__seqvec_view(&nm->as_entity, limit, &n);
+          if (n > total - k) n = (uint32_t)(total - k);
+          memcpy(seqs + k, v, sizeof *seqs * n);
+          k += n;
+        }
+      }
+      qsort(seqs, k, sizeof *seqs, cmp_u32);
+      for (uint64_t i = 0; i < k && !stop; i++) emit(s, r, seqs[i], visit, ctx, &stop);
+      free(seqs);
+      return BP_OK;
+    }
+  }
+
+  if (have_source) {
+    for (uint32_t i = 0; i < best_n && !stop; i++) emit(s, r, best[i], visit, ctx, &stop);
+  } else {
+    for (uint64_t seq = 0; seq < limit && !stop; seq++) emit(s, r, seq, visit, ctx, &stop);
+  }
+  return BP_OK;
+}
+
+typedef struct collect_ctx {
+  bp_entries *out;
+  size_t cap;
+  bool oom;
+} collect_ctx;
+
+static bool collect(const bp_entry *e, void *ctx) {
+  collect_ctx *c = ctx;
+  if (c->out->len == c->cap) {
+    size_t cap = c->cap ? c->cap * 2 : 64;
+    bp_entry *n = realloc(c->out->items, cap * sizeof *n);
+    if (!n) { c->oom = true; return false; }
+    c->out->items = n;
+    c->cap = cap;
+  }
+  c->out->items[c->out->len++] = *e;
+  return true;
+}
+
+static bp_status collect_query(bp_store *s, const bp_region *r, const char *exact, bp_entries *out) {
+  if (!s || !out) return bp__fail(BP_EINVAL, "query: NULL argument");
+  out->items = NULL;
+  out->len = 0;
+  collect_ctx c = {out, 0, false};
+  bp_status st = run_query(s, r, exact, collect, &c);
+  if (!st && c.oom) st = bp__fail(BP_ENOMEM, "query: out of memory for results");
+  if (st) bp_entries_free(out);
+  return st;
+}
+
+bp_status bp_query(bp_store *s, const bp_region *region, bp_entries *out) {
+  if (!region) return bp__fail(BP_EINVAL, "bp_query: region is NULL");
+  return collect_query(s, region, NULL, out);
+}
+
+bp_status bp_query_each(bp_store *s, const bp_region *region, bool (*visit)(const bp_entry *, void *),
+                        void *ctx) {
+  if (!s || !region || !visit) return bp__fail(BP_EINVAL, "bp_query_each: NULL argument");
+  return run_query(s, region, NULL, visit, ctx);
+}
+
+bp_status bp_stream(bp_store *s, const char *entity, bp_entries *out) {
+  if (!entity) return bp__fail(BP_EINVAL, "bp_stream: entity is NULL");
+  return collect_query(s, NULL, entity, out);
+}
+
+bp_status bp_by_scope(bp_store *s, const char *scope, bp_entries *out) {
+  if (!scope) return bp__fail(BP_EINVAL, "bp_by_scope: scope is NULL");
+  bp_region r = bp_region_scope(scope);
+  return collect_query(s, &r, NULL, out);
+}
+
+bp_status bp_by_fact(bp_store *s, bp_kind kind, bp_entries *out) {
+  bp_region r = bp_region_with_kind(bp_region_all(), kind);
+  return collect_query(s, &r, NULL, out);
+}

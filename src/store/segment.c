@@ -1,0 +1,500 @@
+/*
+ * segment.c - segment files: names, the segment table and its read
+ * descriptors, SIDX footers, and loading a segment at open.
+ *
+ * SIDX footer of a sealed segment (integers little-endian):
+ *
+ *   +------------------+--------------------------+------------------------------+
+ *   | string table     | N entries of 154 bytes   | trailer (16 bytes)           |
+ *   | msgpack [str...] |                          | st_off u64 | N u32 | "SIDX"  |
+ *   +------------------+--------------------------+------------------------------+
+ *   ^ st_off = where the frames end
+ *
+ *   entry: event_id u128 | entity_idx u32 | scope_idx u32 | kind u16 |
+ *          wall_ms u64 | clock u32 | prev_hash 32 | event_hash 32 |
+ *          frame_offset u64 | frame_length u32 | global_sequence u64 |
+ *          correlation_id u128 | causation_id u128 (0 = none)
+ */
+#include "store/store_impl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+void bp__segment_path(const bp_store *s, uint64_t id, char *buf, size_t size) {
+  snprintf(buf, size, "%s/%06" PRIu64 ".fbat", s->dir, id);
+}
+
+bool bp__segment_parse_name(const char *name, uint64_t *id) {
+  size_t n = strlen(name), digits = 0;
+  while (digits < n && name[digits] >= '0' && name[digits] <= '9') digits++;
+  if (digits < 6 || digits > 19 || strcmp(name + digits, ".fbat") != 0) return false;
+  uint64_t v = 0;
+  for (size_t i = 0; i < digits; i++) v = v * 10 + (uint64_t)(name[i] - '0');
+  if (v == 0) return false;
+  *id = v;
+  return true;
+}
+
+/* ---------------------------------------------------------- segment table */
+
+static bp__segment *find_locked(bp_store *s, uint64_t id) {
+  size_t lo = 0, hi = s->nsegs;
+  while (lo < hi) {
+    size_t mid = (lo + hi) / 2;
+    if (s->segs[mid].id < id) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < s->nsegs && s->segs[lo].id == id ? &s->segs[lo] : NULL;
+}
+
+bp_status bp__segment_add(bp_store *s, uint64_t id, bool sealed, uint64_t size) {
+  pthread_mutex_lock(&s->seg_lock);
+  if (s->nsegs == s->segcap) {
+    size_t cap = s->segcap ? s->segcap * 2 : 16;
+    bp__segment *n = realloc(s->segs, cap * sizeof *n);
+    if (!n) {
+      pthread_mutex_unlock(&s->seg_lock);
+      return bp__fail(BP_ENOMEM, "out of memory for the segment table");
+    }
+    s->segs = n;
+    s->segcap = cap;
+  }
+  /* Ids arrive in increasing order. */
+  bp__segment *g = &s->segs[s->nsegs++];
+  memset(g, 0, sizeof *g);
+  g->id = id;
+  g->sealed = sealed;
+  g->size = size;
+  g->rfd = -1;
+  pthread_mutex_unlock(&s->seg_lock);
+  return BP_OK;
+}
+
+void bp__segment_sealed(bp_store *s, uint64_t id, uint64_t size) {
+  pthread_mutex_lock(&s->seg_lock);
+  bp__segment *g = find_locked(s, id);
+  if (g) {
+    g->sealed = true;
+    g->size = size;
+  }
+  pthread_mutex_unlock(&s->seg_lock);
+}
+
+/* Closes the least recently used idle descriptor while over budget. */
+static void evict_locked(bp_store *s) {
+  while (s->open_rfds >= s->cfg.fd_budget) {
+    bp__segment *victim = NULL;
+    for (size_t i = 0; i < s->nsegs; i++) {
+      bp__segment *g = &s->segs[i];
+      if (g->rfd >= 0 && g->refs == 0 && (!victim || g->last_use < victim->last_use)) victim = g;
+    }
+    if (!victim) return;
+    bp__os_table.close(victim->rfd);
+    victim->rfd = -1;
+    s->open_rfds--;
+  }
+}
+
+bp_status bp__segment_read(bp_store *s, uint64_t id, uint64_t off, void *buf, size_t len) {
+  pthread_mutex_lock(&s->seg_lock);
+  bp__segment *g = find_locked(s, id);
+  if (!g) {
+    pthread_mutex_unlock(&s->seg_lock);
+    return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " is not in the store", id);
+  }
+  if (g->sealed && !g->map && g->size > 0) {
+    /* Sealed segments never change: map them once, for the life of the store. */
+    int fd = g->rfd;
+    bool opened = false;
+    if (fd < 0) {
+      char path[4096];
+      bp__segment_path(s, id, path, sizeof path);
+      fd = bp__os_table.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+      opened = fd >= 0;
+    }
+    if (fd >= 0) {
+      void *m = bp__os_table.mmap(NULL, g->size, PROT_READ, MAP_SHARED, fd, 0);
+      if (m != MAP_FAILED) {
+        g->map = m;
+        g->map_len = g->size;
+      }
+      if (opened) bp__os_table.close(fd);
+    }
+  }
+  if (g->map && off + len <= g->map_len) {
+    memcpy(buf, g->map + off, len);
+    pthread_mutex_unlock(&s->seg_lock);
+    return BP_OK;
+  }
+  if (g->rfd < 0) {
+    evict_locked(s);
+    char path[4096];
+    bp__segment_path(s, id, path, sizeof path);
+    g->rfd = bp__os_table.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+    if (g->rfd < 0) {
+      int err = errno;
+      pthread_mutex_unlock(&s->seg_lock);
+      return bp__fail_errno(BP_EIO, err, "open %s", path);
+    }
+    s->open_rfds++;
+  }
+  g->refs++;
+  g->last_use = ++s->lru_tick;
+  int fd = g->rfd;
+  pthread_mutex_unlock(&s->seg_lock);
+
+  int rc = bp__os_read_all(fd, buf, len, off);
+
+  pthread_mutex_lock(&s->seg_lock);
+  g = find_locked(s, id);
+  g->refs--;
+  pthread_mutex_unlock(&s->seg_lock);
+  if (rc == -1)
+    return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 ": frame at offset %" PRIu64 " runs past the end of the file",
+                    id, off);
+  if (rc) return bp__fail_errno(BP_EIO, rc, "read segment %06" PRIu64 " at offset %" PRIu64, id, off);
+  return BP_OK;
+}
+
+void bp__segments_free(bp_store *s) {
+  for (size_t i = 0; i < s->nsegs; i++) {
+    if (s->segs[i].map) bp__os_table.munmap(s->segs[i].map, s->segs[i].map_len);
+    if (s->segs[i].rfd >= 0) bp__os_table.close(s->segs[i].rfd);
+  }
+  free(s->segs);
+  s->segs = NULL;
+  s->nsegs = s->segcap = 0;
+}
+
+/* ------------------------------------------------------------ SIDX footer */
+
+bp_status bp__sidx_encode(const bp__index *ix, uint64_t first, uint64_t end, uint64_t frames_end,
+                          bp__buf *b) {
+  /* Local string indexes in first-use order. */
+  uint32_t names = bp__index_name_count(ix);
+  uint32_t *local = malloc(sizeof *local * names);
+  uint32_t *order = malloc(sizeof *order * names);
+  if (!local || !order) {
+    free(local);
+    free(order);
+    return bp__fail(BP_ENOMEM, "out of memory for a SIDX footer");
+  }
+  memset(local, 0xff, sizeof *local * names);
+  uint32_t used = 0;
+  for (uint64_t seq = first; seq < end; seq++) {
+    const bp__ientry *e = bp__index_at(ix, seq);
+    uint32_t ids[2] = {e->entity, e->scope};
+    for (int k = 0; k < 2; k++)
+      if (local[ids[k]] == UINT32_MAX) {
+        local[ids[k]] = used;
+        order[used++] = ids[k];
+      }
+  }
+  bp__mp_put_array(b, used);
+  for (uint32_t i = 0; i < used; i++) {
+    const bp__name *nm = bp__index_name(ix, order[i]);
+    bp__mp_put_str(b, nm->str, nm->len);
+  }
+  uint64_t count = end - first;
+  if (bp__buf_reserve(b, count * BP__SIDX_ENTRY_SIZE + BP__SIDX_TRAILER_SIZE)) {
+    for (uint64_t seq = first; seq < end; seq++) {
+      const bp__ientry *e = bp__index_at(ix, seq);
+      uint8_t *p = b->data + b->len;
+      bp__put_le64(p, e->event_id.lo);
+      bp__put_le64(p + 8, e->event_id.hi);
+      bp__put_le32(p + 16, local[e->entity]);
+      bp__put_le32(p + 20, local[e->scope]);
+      bp__put_le16(p + 24, e->kind);
+      bp__put_le64(p + 26, e->wall_ms);
+      bp__put_le32(p + 34, e->clock);
+      memcpy(p + 38, e->prev_hash, 32);
+      memcpy(p + 70, e->event_hash, 32);
+      bp__put_le64(p + 102, e->offset);
+      bp__put_le32(p + 110, e->length);
+      bp__put_le64(p + 114, seq);
+      bp__put_le64(p + 122, e->correlation_id.lo);
+      bp__put_le64(p + 130, e->correlation_id.hi);
+      bp__put_le64(p + 138, e->causation_id.lo);
+      bp__put_le64(p + 146, e->causation_id.hi);
+      b->len += BP__SIDX_ENTRY_SIZE;
+    }
+    uint8_t *t = b->data + b->len;
+    bp__put_le64(t, frames_end);
+    bp__put_le32(t + 8, (uint32_t)count);
+    memcpy(t + 12, "SIDX", 4);
+    b->len += BP__SIDX_TRAILER_SIZE;
+  }
+  free(local);
+  free(order);
+  if (b->oom) return bp__fail(BP_ENOMEM, "out of memory for a SIDX footer");
+  return BP_OK;
+}
+
+/* ----------------------------------------------------------- loading */
+
+bp_status bp__segfile_open(bp_store *s, uint64_t id, bp__segfile *f) {
+  memset(f, 0, sizeof *f);
+  f->id = id;
+  char path[4096];
+  bp__segment_path(s, id, path, sizeof path);
+  int fd = bp__os_table.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+  if (fd < 0) return bp__fail_errno(BP_EIO, errno, "open %s", path);
+  struct stat st;
+  if (bp__os_table.fstat(fd, &st) != 0) {
+    int err = errno;
+    bp__os_table.close(fd);
+    return bp__fail_errno(BP_EIO, err, "stat %s", path);
+  }
+  if (!S_ISREG(st.st_mode)) {
+    bp__os_table.close(fd);
+    return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " is not a regular file", id);
+  }
+  size_t size = (size_t)st.st_size;
+  if (size == 0) {
+    bp__os_table.close(fd);
+    return BP_OK;
+  }
+  void *m = bp__os_table.mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  if (m != MAP_FAILED) {
+    f->data = m;
+    f->mapped = true;
+  } else {
+    uint8_t *buf = malloc(size);
+    int rc = buf ? bp__os_read_all(fd, buf, size, 0) : ENOMEM;
+    if (rc) {
+      free(buf);
+      bp__os_table.close(fd);
+      return bp__fail_errno(rc == ENOMEM ? BP_ENOMEM : BP_EIO, rc > 0 ? rc : EIO, "read %s", path);
+    }
+    f->data = buf;
+  }
+  bp__os_table.close(fd);
+  f->size = size;
+  f->has_trailer = size >= 4 && memcmp(f->data + size - 4, "SIDX", 4) == 0;
+
+  bp__segment_header h;
+  size_t consumed;
+  if (memcmp(f->data, BP__SEGMENT_MAGIC, size < 4 ? size : 4) != 0) {
+    bp__fail(BP_ECORRUPT, "bad magic (not an FBAT segment)");
+    goto bad;
+  }
+  if (!f->has_trailer && (size < 8 || (size_t)bp__get_be32(f->data + 4) > size - 8)) {
+    /* Cut short while its header was being written: an empty segment. */
+    bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": header incomplete (%zu bytes); treated as empty", id,
+            size);
+    s->torn_bytes += size;
+    bp__segfile_close(f);
+    f->id = id;
+    return BP_OK;
+  }
+  if (bp__segment_header_decode(f->data, size, &h, &consumed) != BP_OK) goto bad;
+  if (h.segment_id != id)
+    bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": header says segment %" PRIu64, id, h.segment_id);
+  f->frames_start = consumed;
+  return BP_OK;
+
+bad:;
+  char why[sizeof(bp_last_error()->message)];
+  memcpy(why, bp_last_error()->message, sizeof why);
+  bp__segfile_close(f);
+  return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 ": %s", id, why);
+}
+
+void bp__segfile_close(bp__segfile *f) {
+  if (f->data) {
+    if (f->mapped) bp__os_table.munmap((void *)f->data, f->size);
+    else free((void *)f->data);
+  }
+  memset(f, 0, sizeof *f);
+}
+
+bp_status bp__recover_entry(bp_store *s, bp__ientry *e) {
+  bp_status st = bp__index_push(&s->ix, e);
+  if (st) return st;
+  bp__name *nm = bp__index_name(&s->ix, e->entity);
+  nm->next_clock = e->clock + 1;
+  if (e->wall_ms > nm->last_wall_ms) nm->last_wall_ms = e->wall_ms;
+  memcpy(nm->last_hash, e->event_hash, 32);
+  return BP_OK;
+}
+
+/* Reads the footer into entries; false (with a log line saying why) when it
+ * is inconsistent with the file. */
+static bool load_sidx(bp_store *s, const bp__segfile *f) {
+  const uint8_t *d = f->data;
+  size_t size = f->size;
+  if (size < f->frames_start + BP__SIDX_TRAILER_SIZE) return false;
+  const uint8_t *t = d + size - BP__SIDX_TRAILER_SIZE;
+  uint64_t st_off = bp__get_le64(t);
+  uint64_t count = bp__get_le32(t + 8);
+  const char *why = NULL;
+  uint64_t entries_at = 0;
+  if (st_off < f->frames_start || st_off > size - BP__SIDX_TRAILER_SIZE) why = "string table offset out of range";
+  else if (count * BP__SIDX_ENTRY_SIZE > size - BP__SIDX_TRAILER_SIZE - st_off) why = "entry count too large";
+  if (why) goto reject;
+  entries_at = size - BP__SIDX_TRAILER_SIZE - count * BP__SIDX_ENTRY_SIZE;
+
+  bp__mp_reader r;
+  bp__mp_reader_init(&r, d + st_off, entries_at - st_off);
+  uint32_t nstr;
+  if (bp__mp_read_array(&r, &nstr) != BP_OK || nstr > bp__mp_remaining(&r)) {
+    why = "string table is not a MessagePack array";
+    goto reject;
+  }
+  uint32_t *ids = malloc(sizeof *ids * (nstr ? nstr : 1));
+  if (!ids) { why = "out of memory"; goto reject; }
+  for (uint32_t i = 0; i < nstr; i++) {
+    const char *str;
+    uint32_t len;
+    bp__name *nm;
+    if (bp__mp_read_str(&r, &str, &len) != BP_OK) { why = "string table entry is not a string"; break; }
+    if (bp__index_intern(&s->ix, str, len, &nm) != BP_OK) { why = "out of memory"; break; }
+    ids[i] = nm->id;
+  }
+  if (!why && bp__mp_remaining(&r) != 0) why = "string table does not end where the entries begin";
+
+  /* Check every entry before adding any: frames must tile [frames_start, st_off). */
+  uint64_t expect = f->frames_start;
+  for (uint64_t i = 0; !why && i < count; i++) {
+    const uint8_t *p = d + entries_at + i * BP__SIDX_ENTRY_SIZE;
+    uint64_t off = bp__get_le64(p + 102);
+    uint32_t len = bp__get_le32(p + 110);
+    if (bp__get_le32(p + 16) >= nstr || bp__get_le32(p + 20) >= nstr) why = "string index out of range";
+    else if (off != expect || len < BP__FRAME_PREFIX || off + len > st_off) why = "frame positions do not tile the segment";
+    else if (bp__get_be32(d + off) != len - BP__FRAME_PREFIX) why = "frame length disagrees with the frame";
+    expect = off + len;
+  }
+  if (!why && expect != st_off) why = "frames do not end at the string table";
+  if (why) {
+    free(ids);
+    goto reject;
+  }
+  for (uint64_t i = 0; i < count; i++) {
+    const uint8_t *p = d + entries_at + i * BP__SIDX_ENTRY_SIZE;
+    bp__ientry e;
+    memset(&e, 0, sizeof e);
+    e.event_id = (bp_id){bp__get_le64(p + 8), bp__get_le64(p)};
+    e.entity = ids[bp__get_le32(p + 16)];
+    e.scope = ids[bp__get_le32(p + 20)];
+    e.kind = bp__get_le16(p + 24);
+    e.wall_ms = bp__get_le64(p + 26);
+    e.clock = bp__get_le32(p + 34);
+    memcpy(e.prev_hash, p + 38, 32);
+    memcpy(e.event_hash, p + 70, 32);
+    e.offset = bp__get_le64(p + 102);
+    e.length = bp__get_le32(p + 110);
+    e.correlation_id = (bp_id){bp__get_le64(p + 130), bp__get_le64(p + 122)};
+    e.causation_id = (bp_id){bp__get_le64(p + 146), bp__get_le64(p + 138)};
+    e.segment_id = (uint32_t)f->id;
+    if (bp__recover_entry(s, &e) != BP_OK) {
+      free(ids);
+      return false; /* out of memory: the caller's scan will fail the same way */
+    }
+  }
+  free(ids);
+  return true;
+
+reject:
+  bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": SIDX footer ignored (%s); scanning frames", f->id, why);
+  return false;
+}
+
+/* Fills an index entry from a decoded frame. */
+static void entry_from_frame(bp__ientry *e, const bp__frame *fr, uint32_t entity, uint32_t scope,
+                             uint64_t seg, uint64_t off, uint32_t len) {
+  memset(e, 0, sizeof *e);
+  e->event_id = fr->header.event_id;
+  e->correlation_id = fr->header.correlation_id;
+  e->causation_id = fr->header.causation_id;
+  if (fr->has_chain) {
+    memcpy(e->prev_hash, fr->chain.prev_hash, 32);
+    memcpy(e->event_hash, fr->chain.event_hash, 32);
+  } else {
+    memcpy(e->event_hash, fr->header.content_hash, 32);
+  }
+  e->wall_ms = fr->header.position.wall_ms;
+  e->clock = fr->header.position.sequence;
+  e->kind = fr->header.kind;
+  e->flags = fr->header.flags;
+  e->entity = entity;
+  e->scope = scope;
+  e->segment_id = (uint32_t)seg;
+  e->offset = off;
+  e->length = len;
+}
+
+bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bool *used_sidx) {
+  *used_sidx = false;
+  if (!f->data) return BP_OK;
+  uint64_t count_before = s->ix.count;
+  if (f->has_trailer && from_offset <= f->frames_start && load_sidx(s, f)) {
+    *used_sidx = true;
+    return BP_OK;
+  }
+  if (s->ix.count != count_before) bp__index_rollback(&s->ix, count_before);
+
+  /* Where the frames end, if the (ignored) footer still says so plausibly. */
+  size_t end = f->size, known_end = 0;
+  if (f->has_trailer && f->size >= f->frames_start + BP__SIDX_TRAILER_SIZE) {
+    uint64_t st_off = bp__get_le64(f->data + f->size - BP__SIDX_TRAILER_SIZE);
+    if (st_off >= f->frames_start && st_off <= f->size - BP__SIDX_TRAILER_SIZE) known_end = end = st_off;
+  }
+  size_t off = from_offset > f->frames_start ? from_offset : f->frames_start;
+  bp_status st = BP_OK;
+  const char *damage = NULL;
+  uint64_t last_closed = s->ix.count;  /* index count after the last frame outside a batch */
+  while (off < end) {
+    if (end - off < BP__FRAME_PREFIX) { damage = "truncated frame header"; break; }
+    uint32_t len = bp__get_be32(f->data + off);
+    uint32_t crc = bp__get_be32(f->data + off + 4);
+    if (len > end - off - BP__FRAME_PREFIX) { damage = "frame runs past the end"; break; }
+    const uint8_t *body = f->data + off + BP__FRAME_PREFIX;
+    if (bp__crc32(body, len) != crc) { damage = "CRC mismatch"; break; }
+    bp__frame fr;
+    if (bp__frame_decode_body(body, len, NULL, &fr) != BP_OK) { damage = "undecodable frame"; break; }
+    bp__name *ent, *scp;
+    if ((st = bp__index_intern(&s->ix, fr.entity, fr.entity_len, &ent)) ||
+        (st = bp__index_intern(&s->ix, fr.scope, fr.scope_len, &scp)))
+      return st;
+    bp__ientry e;
+    entry_from_frame(&e, &fr, ent->id, scp->id, f->id, off, len + BP__FRAME_PREFIX);
+    if ((st = bp__recover_entry(s, &e))) return st;
+    if (!(fr.header.flags & BP_FLAG_BATCH_MEMBER)) last_closed = s->ix.count;
+    off += BP__FRAME_PREFIX + (size_t)len;
+  }
+
+  if (damage && f->has_trailer && !s->cfg.salvage) {
+    /* A sealed segment must be intact. */
+    bp__index_rollback(&s->ix, count_before);
+    return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " at offset %zu: %s in a sealed segment "
+                    "(open with salvage to keep the events before it)", f->id, off, damage);
+  }
+  if (damage) {
+    size_t dropped = (known_end ? known_end : f->size) - off;
+    s->torn_bytes += dropped;
+    bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": %s at offset %zu; %zu bytes dropped", f->id, damage,
+            off, dropped);
+  }
+  if (!f->has_trailer && last_closed < s->ix.count) {
+    /* A batch the crash cut short: its frames have no closing frame. */
+    uint64_t n = s->ix.count - last_closed;
+    s->batch_frames_dropped += n;
+    bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": %" PRIu64 " frames of an interrupted batch dropped",
+            f->id, n);
+    bp__index_rollback(&s->ix, last_closed);
+    /* Chain heads were advanced by the dropped frames: rebuild them. */
+    for (uint32_t i = 0; i < bp__index_name_count(&s->ix); i++) bp__index_name(&s->ix, i)->next_clock = 0;
+    for (uint64_t seq = 0; seq < s->ix.count; seq++) {
+      const bp__ientry *e = bp__index_at(&s->ix, seq);
+      bp__name *nm = bp__index_name(&s->ix, e->entity);
+      nm->next_clock = e->clock + 1;
+      if (e->wall_ms > nm->last_wall_ms) nm->last_wall_ms = e->wall_ms;
+      memcpy(nm->last_hash, e->event_hash, 32);
+    }
+  }
+  return BP_OK;
+}

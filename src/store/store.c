@@ -1,0 +1,338 @@
+/*
+ * store.c - configuration, opening (with recovery), closing, statistics.
+ *
+ * Opening a store, in order:
+ *   1. validate the configuration (nothing is created before this passes);
+ *   2. create the directory (0700) and take the lock file (flock, exclusive);
+ *   3. list the NNNNNN.fbat segments; anything else is left alone (logged);
+ *   4. restore the index from index.ckpt when it is enabled and valid, then
+ *      load the segments after its watermark; otherwise load every segment
+ *      (its SIDX footer when present and consistent, else a frame scan);
+ *   5. the writer starts a new segment, id = highest + 1, at the first append.
+ */
+#include "store/store_impl.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <sys/file.h>
+#include <time.h>
+#include <unistd.h>
+
+void bp_config_init(bp_config *cfg, const char *data_dir) {
+  memset(cfg, 0, sizeof *cfg);
+  cfg->data_dir = data_dir;
+  cfg->segment_max_bytes = 256ull << 20;
+  cfg->sync_every_n_events = 1000;
+  cfg->fd_budget = 64;
+  cfg->writer_queue_capacity = 4096;
+  cfg->broadcast_capacity = 8192;
+  cfg->cache_map_size_bytes = 1ull << 30;
+  cfg->restart_policy.kind = BP_RESTART_ONCE;
+  cfg->restart_policy.max_restarts = 1;
+  cfg->shutdown_drain_limit = 1024;
+  cfg->writer_stack_size = 1u << 20;
+  cfg->sync_mode = BP_SYNC_ALL;
+  cfg->group_commit_max_batch = 1;
+  cfg->index_layout = BP_INDEX_AOS;
+  cfg->enable_checkpoint = true;
+  cfg->max_payload_bytes = 64ull << 20;
+}
+
+static bp_status validate(const bp_config *c) {
+  if (!c) return bp__fail(BP_ECONFIG, "config: NULL");
+  if (!c->data_dir || !*c->data_dir) return bp__fail(BP_ECONFIG, "config: data_dir is empty");
+  if (strlen(c->data_dir) > 3800) return bp__fail(BP_ECONFIG, "config: data_dir is too long");
+  if (c->segment_max_bytes == 0) return bp__fail(BP_ECONFIG, "config: segment_max_bytes must be above 0");
+  if (c->sync_every_n_events == 0) return bp__fail(BP_ECONFIG, "config: sync_every_n_events must be above 0");
+  if (c->writer_queue_capacity == 0) return bp__fail(BP_ECONFIG, "config: writer_queue_capacity must be above 0");
+  if (c->fd_budget == 0) return bp__fail(BP_ECONFIG, "config: fd_budget must be above 0");
+  if (c->broadcast_capacity == 0) return bp__fail(BP_ECONFIG, "config: broadcast_capacity must be above 0");
+  if (c->max_payload_bytes == 0 || c->max_payload_bytes > UINT32_MAX - 1024)
+    return bp__fail(BP_ECONFIG, "config: max_payload_bytes must be between 1 and the u32 frame limit");
+  if (c->sync_mode != BP_SYNC_ALL && c->sync_mode != BP_SYNC_DATA)
+    return bp__fail(BP_ECONFIG, "config: sync_mode is not BP_SYNC_ALL or BP_SYNC_DATA");
+  if ((unsigned)c->index_layout > BP_INDEX_SOAOS) return bp__fail(BP_ECONFIG, "config: unknown index_layout");
+  if (c->restart_policy.kind != BP_RESTART_ONCE && c->restart_policy.kind != BP_RESTART_BOUNDED)
+    return bp__fail(BP_ECONFIG, "config: unknown restart_policy kind");
+  if (c->restart_policy.kind == BP_RESTART_BOUNDED && c->restart_policy.within_ms == 0)
+    return bp__fail(BP_ECONFIG, "config: restart_policy.within_ms must be above 0 for BP_RESTART_BOUNDED");
+  return BP_OK;
+}
+
+void bp__log(bp_store *s, int level, const char *fmt, ...) {
+  if (!s->cfg.log_fn) return;
+  char msg[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  s->cfg.log_fn(level, msg, s->cfg.log_ctx);
+}
+
+int64_t bp__now_us(const bp_store *s) {
+  if (s->cfg.clock) return s->cfg.clock(s->cfg.clock_ctx);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+/* ---------------------------------------------------------------- open */
+
+static int cmp_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* Lists segment ids, sorted. */
+static bp_status list_segments(bp_store *s, uint64_t **ids, size_t *n) {
+  DIR *d = opendir(s->dir);
+  if (!d) return bp__fail_errno(BP_EIO, errno, "open directory %s", s->dir);
+  size_t cap = 16, len = 0;
+  uint64_t *v = malloc(cap * sizeof *v);
+  struct dirent *e;
+  while (v && (e = readdir(d))) {
+    uint64_t id;
+    if (bp__segment_parse_name(e->d_name, &id)) {
+      if (len == cap) {
+        uint64_t *nv = realloc(v, (cap *= 2) * sizeof *v);
+        if (!nv) { free(v); v = NULL; break; }
+        v = nv;
+      }
+      v[len++] = id;
+    } else if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && strcmp(e->d_name, BP__LOCK_FILE) &&
+               strcmp(e->d_name, BP__CHECKPOINT_FILE) && strcmp(e->d_name, BP__CHECKPOINT_TMP) &&
+               strcmp(e->d_name, "cursors")) {
+      bp__log(s, BP_LOG_INFO, "ignoring %s/%s: not a store file", s->dir, e->d_name);
+    }
+  }
+  closedir(d);
+  if (!v) return bp__fail(BP_ENOMEM, "out of memory listing %s", s->dir);
+  qsort(v, len, sizeof *v, cmp_u64);
+  *ids = v;
+  *n = len;
+  return BP_OK;
+}
+
+static bp_status segment_size(bp_store *s, uint64_t id, uint64_t *size) {
+  char path[4096];
+  bp__segment_path(s, id, path, sizeof path);
+  struct stat st;
+  if (lstat(path, &st) != 0) return bp__fail_errno(BP_EIO, errno, "stat %s", path);
+  if (!S_ISREG(st.st_mode))
+    return bp__fail(BP_ECORRUPT, "%s is not a regular file (symbolic links are not followed)", path);
+  *size = (uint64_t)st.st_size;
+  return BP_OK;
+}
+
+/* Loads segments[from..] (the first from watermark offset wm_off). */
+static bp_status load_segments(bp_store *s, const uint64_t *ids, size_t n, size_t from, uint64_t wm_off) {
+  for (size_t i = from; i < n; i++) {
+    bp__segfile f;
+    bp_status st = bp__segfile_open(s, ids[i], &f);
+    if (st) return st;
+    bool sidx;
+    st = bp__segment_load(s, &f, i == from ? wm_off : 0, &sidx);
+    bp__segfile_close(&f);
+    if (st) return st;
+    if (sidx) s->from_sidx++;
+    else s->scanned++;
+  }
+  return BP_OK;
+}
+
+static bp_status recover(bp_store *s) {
+  uint64_t *ids = NULL;
+  size_t n = 0;
+  bp_status st = list_segments(s, &ids, &n);
+  if (st) return st;
+  for (size_t i = 0; i < n && !st; i++) {
+    uint64_t size;
+    if (!(st = segment_size(s, ids[i], &size))) st = bp__segment_add(s, ids[i], true, size);
+  }
+  if (!st) s->next_segment_id = n ? ids[n - 1] + 1 : 1;
+
+  bool restored = false;
+  if (!st && s->cfg.enable_checkpoint && n > 0) {
+    uint64_t wm_seg = 0, wm_off = 0;
+    bp_status ck = bp__checkpoint_load(s, &wm_seg, &wm_off);
+    if (ck == BP_OK) {
+      size_t from = 0;
+      while (from < n && ids[from] < wm_seg) from++;
+      st = load_segments(s, ids, n, from, wm_off);
+      restored = (st == BP_OK);
+      if (restored) s->open_path = BP_OPEN_CHECKPOINT;
+    } else if (ck != BP_ENOTFOUND || bp_last_error()->sys_errno != ENOENT) {
+      bp__log(s, BP_LOG_WARN, "checkpoint ignored, rebuilding the index: %s", bp_last_error()->message);
+    }
+    if (!restored && st == BP_OK) {
+      /* Start over from an empty index. */
+      bp__index_free(&s->ix);
+      st = bp__index_init(&s->ix);
+      s->from_sidx = s->scanned = 0;
+      s->torn_bytes = s->batch_frames_dropped = 0;
+    }
+  }
+  if (!st && !restored) {
+    st = load_segments(s, ids, n, 0, 0);
+    s->open_path = s->from_sidx ? BP_OPEN_SIDX : (s->scanned ? BP_OPEN_SCAN : BP_OPEN_EMPTY);
+    if (s->ix.count == 0) s->open_path = BP_OPEN_EMPTY;
+  }
+  if (!st) {
+    bp__index_publish(&s->ix);
+    atomic_store(&s->durable, s->ix.count);
+    bp__log(s, BP_LOG_INFO, "opened %s: %" PRIu64 " events in %zu segments", s->dir, s->ix.count, n);
+  }
+  free(ids);
+  return st;
+}
+
+static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly, bp_store **out) {
+  if (out) *out = NULL;
+  bp_status st = validate(cfg);
+  if (st) return st;
+  if (!out) return bp__fail(BP_EINVAL, "bp_open: out is NULL");
+  bp_store *s = calloc(1, sizeof *s);
+  if (!s) return bp__fail(BP_ENOMEM, "out of memory for the store");
+  s->cfg = *cfg;
+  s->dir = strdup(cfg->data_dir);
+  s->readonly = readonly;
+  s->lock_fd = -1;
+  s->wfd = -1;
+  s->cache = cache;
+  pthread_mutex_init(&s->seg_lock, NULL);
+  pthread_mutex_init(&s->qlock, NULL);
+  pthread_mutex_init(&s->wlock, NULL);
+  pthread_cond_init(&s->qspace, NULL);
+  pthread_cond_init(&s->qidle, NULL);
+  bp__buf_init(&s->wbuf);
+  if (!s->dir) { st = bp__fail(BP_ENOMEM, "out of memory"); goto fail; }
+  if ((st = bp__index_init(&s->ix))) goto fail;
+
+  if (!readonly) {
+    if (bp__os_table.mkdir(s->dir, 0700) != 0 && errno != EEXIST) {
+      st = bp__fail_errno(BP_EIO, errno, "create directory %s", s->dir);
+      goto fail;
+    }
+    char lock[4096];
+    snprintf(lock, sizeof lock, "%s/%s", s->dir, BP__LOCK_FILE);
+    s->lock_fd = bp__os_table.open(lock, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (s->lock_fd < 0) {
+      st = bp__fail_errno(BP_EIO, errno, "open lock file %s", lock);
+      goto fail;
+    }
+    if (bp__os_table.flock(s->lock_fd, LOCK_EX | LOCK_NB) != 0) {
+      int err = errno;
+      st = err == EWOULDBLOCK ? bp__fail(BP_ELOCKED, "%s is locked by another open store", s->dir)
+                              : bp__fail_errno(BP_EIO, err, "lock %s", lock);
+      goto fail;
+    }
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s/%s", s->dir, BP__CHECKPOINT_TMP);
+    bp__os_table.unlink(tmp); /* a checkpoint write that a crash interrupted */
+  } else {
+    struct stat sb;
+    if (stat(s->dir, &sb) != 0 || !S_ISDIR(sb.st_mode)) {
+      st = bp__fail_errno(BP_EIO, errno ? errno : ENOTDIR, "open %s read-only", s->dir);
+      goto fail;
+    }
+  }
+  if ((st = recover(s))) goto fail;
+  *out = s;
+  return BP_OK;
+
+fail:;
+  bp_error saved = *bp_last_error();
+  s->cache = NULL; /* bp_open_with_cache frees it below */
+  bp__segments_free(s);
+  if (s->ix.chunks) bp__index_free(&s->ix);
+  if (s->lock_fd >= 0) bp__os_table.close(s->lock_fd);
+  bp__buf_free(&s->wbuf);
+  free(s->dir);
+  free(s);
+  bp__set_error(&saved);
+  return st;
+}
+
+bp_status bp_open(const bp_config *cfg, bp_store **out) { return open_store(cfg, NULL, false, out); }
+
+bp_status bp_open_readonly(const bp_config *cfg, bp_store **out) {
+  return open_store(cfg, NULL, true, out);
+}
+
+
+/* ---------------------------------------------------------------- close */
+
+bp_status bp_close(bp_store *s) {
+  if (!s) return BP_OK;
+  bp_status st = BP_OK;
+  if (!s->readonly) {
+    pthread_mutex_lock(&s->qlock);
+    s->closing = true;
+    pthread_cond_broadcast(&s->qspace);
+    while (s->leader || s->qhead) pthread_cond_wait(&s->qidle, &s->qlock);
+    pthread_mutex_unlock(&s->qlock);
+
+    pthread_mutex_lock(&s->wlock);
+    if (s->wfd >= 0) st = bp__writer_seal(s);
+    pthread_mutex_unlock(&s->wlock);
+    if (s->cfg.enable_checkpoint) {
+      bp_status ck = bp__checkpoint_write(s);
+      if (ck) bp__log(s, BP_LOG_WARN, "checkpoint not written: %s", bp_last_error()->message);
+      if (!st) st = ck;
+    }
+  }
+  bp_error saved = *bp_last_error();
+  bp__writer_free(s);
+  bp__segments_free(s);
+  bp__index_free(&s->ix);
+  if (s->lock_fd >= 0) bp__os_table.close(s->lock_fd);
+  pthread_mutex_destroy(&s->seg_lock);
+  pthread_mutex_destroy(&s->qlock);
+  pthread_mutex_destroy(&s->wlock);
+  pthread_cond_destroy(&s->qspace);
+  pthread_cond_destroy(&s->qidle);
+  free(s->dir);
+  free(s);
+  if (st) bp__set_error(&saved);
+  return st;
+}
+
+/* ---------------------------------------------------------------- stats */
+
+void bp_stats(bp_store *s, bp_store_stats *out) {
+  uint64_t n = bp__index_visible(&s->ix);
+  out->event_count = n;
+  out->global_sequence = n;
+}
+
+void bp_diagnostics(bp_store *s, bp_store_diagnostics *out) {
+  memset(out, 0, sizeof *out);
+  uint64_t n = bp__index_visible(&s->ix);
+  out->event_count = n;
+  out->global_head = n;
+  out->durable_sequence = atomic_load(&s->durable);
+  pthread_mutex_lock(&s->seg_lock);
+  out->segment_count = s->nsegs;
+  pthread_mutex_unlock(&s->seg_lock);
+  pthread_mutex_lock(&s->wlock);
+  out->active_segment_id = s->wfd >= 0 ? s->wseg : 0;
+  out->writer_restarts = s->restarts;
+  out->writer_failed = s->failed;
+  pthread_mutex_unlock(&s->wlock);
+  out->torn_bytes_dropped = s->torn_bytes;
+  out->batch_frames_dropped = s->batch_frames_dropped;
+  out->open_path = s->open_path;
+  out->segments_from_sidx = s->from_sidx;
+  out->segments_scanned = s->scanned;
+  out->read_only = s->readonly;
+  out->index_layout = s->cfg.index_layout;
+  uint32_t names = bp__index_name_count(&s->ix);
+  for (uint32_t i = 1; i < names; i++) {
+    const bp__name *nm = bp__index_name(&s->ix, i);
+    if (atomic_load(&nm->as_entity.len)) out->entity_count++;
+    if (atomic_load(&nm->as_scope.len)) out->scope_count++;
+  }
+}

@@ -1,0 +1,160 @@
+/*
+ * store_impl.h - the bp_store structure and what its files share.
+ *
+ * Files: store.c (configuration, open, recovery, close), writer.c (the commit
+ * path), reader.c (get, queries), segment.c (segment files, SIDX footers,
+ * frame scans), checkpoint.c (index.ckpt), index.c, os.c.
+ *
+ * Locks, always taken in this order when nested:
+ *   qlock      the append queue (the waiting appends, leader election, closing)
+ *   wlock      the writer: active segment, entity chain heads, index mutation
+ *   seg_lock   the segment table and the read descriptor cache
+ * Readers take only seg_lock, briefly, to find a segment's mapping or
+ * descriptor; the index itself is read without locks (index.h).
+ */
+#ifndef BATPAK_STORE_IMPL_H
+#define BATPAK_STORE_IMPL_H
+
+#include "batpak/store.h"
+#include "store/index.h"
+#include "store/os.h"
+#include "wire/records.h"
+
+#include <pthread.h>
+
+#define BP__LOCK_FILE "batpak.lock"
+#define BP__CHECKPOINT_FILE "index.ckpt"
+#define BP__CHECKPOINT_TMP "index.ckpt.tmp"
+#define BP__SIDX_ENTRY_SIZE 154u
+#define BP__SIDX_TRAILER_SIZE 16u
+
+typedef struct bp__segment {
+  uint64_t id;
+  bool sealed;              /* immutable: has (or will only ever have) its footer */
+  uint64_t size;            /* bytes in the file */
+  uint8_t *map;             /* whole-file mapping of a sealed segment, or NULL */
+  size_t map_len;
+  int rfd;                  /* read descriptor, -1 when closed */
+  uint32_t refs;            /* reads using rfd right now */
+  uint64_t last_use;        /* LRU tick for the descriptor cache */
+} bp__segment;
+
+/* One append call waiting in the queue (a single event or a batch). */
+typedef struct bp__req {
+  struct bp__req *next;
+  const bp_event_in *events;
+  size_t n;
+  uint8_t (*hashes)[32];    /* content hashes, computed before queueing */
+  bp_append_receipt *outs;
+  bool is_batch;
+  bp_status status;
+  bp_error err;             /* the failure, copied back to the caller's thread */
+  bool done;
+  pthread_cond_t cv;
+} bp__req;
+
+struct bp_store {
+  bp_config cfg;
+  char *dir;
+  bool readonly;
+  int lock_fd;
+  bp_cache *cache;
+  bp__index ix;
+
+  /* segments (seg_lock) */
+  pthread_mutex_t seg_lock;
+  bp__segment *segs;
+  size_t nsegs, segcap;
+  uint32_t open_rfds;
+  uint64_t lru_tick;
+
+  /* the queue (qlock) */
+  pthread_mutex_t qlock;
+  pthread_cond_t qspace;    /* signalled when the queue shrinks */
+  pthread_cond_t qidle;     /* signalled when a leader finishes */
+  bp__req *qhead, *qtail;
+  size_t qlen;
+  bool leader;
+  bool closing;
+  uint32_t drained;         /* appends committed after closing began */
+
+  /* the writer (wlock) */
+  pthread_mutex_t wlock;
+  int wfd;                  /* active segment, -1 when none */
+  uint64_t wseg;            /* its id */
+  uint64_t wsize;           /* bytes written to it */
+  uint64_t wseg_first;      /* global sequence of its first event */
+  uint64_t next_segment_id;
+  uint32_t unsynced;        /* appends since the last fsync */
+  bool failed;              /* failed for good: BP_EWRITER */
+  uint32_t restarts;
+  uint64_t *restart_times;  /* ms of recent restarts (bounded policy) */
+  bp__buf wbuf;             /* frames of the group being committed */
+
+  /* diagnostics */
+  _Atomic uint64_t durable;
+  uint64_t torn_bytes, batch_frames_dropped;
+  bp_open_path open_path;
+  uint32_t from_sidx, scanned;
+};
+
+/* ---- logging ---- */
+void bp__log(bp_store *s, int level, const char *fmt, ...) BP__PRINTF(3, 4);
+int64_t bp__now_us(const bp_store *s);
+
+/* ---- segments (segment.c) ---- */
+void bp__segment_path(const bp_store *s, uint64_t id, char *buf, size_t size);
+/* Parses "NNNNNN.fbat" (six or more digits); false for any other name. */
+bool bp__segment_parse_name(const char *name, uint64_t *id);
+/* Registers a segment in the table (seg_lock taken inside). */
+bp_status bp__segment_add(bp_store *s, uint64_t id, bool sealed, uint64_t size);
+/* Marks a segment sealed with its final size. */
+void bp__segment_sealed(bp_store *s, uint64_t id, uint64_t size);
+/* Reads len bytes at off of segment id into buf. Errors: BP_EIO, BP_ECORRUPT. */
+bp_status bp__segment_read(bp_store *s, uint64_t id, uint64_t off, void *buf, size_t len);
+/* Unmaps and closes everything. */
+void bp__segments_free(bp_store *s);
+
+/* Appends the SIDX footer of entries [first, end) (all in one segment whose
+ * frames end at frames_end) to b. Errors: BP_ENOMEM. */
+bp_status bp__sidx_encode(const bp__index *ix, uint64_t first, uint64_t end, uint64_t frames_end,
+                          bp__buf *b);
+
+/* A loaded segment file. */
+typedef struct bp__segfile {
+  uint64_t id;
+  const uint8_t *data;      /* the whole file */
+  size_t size;
+  bool mapped;
+  size_t frames_start;      /* offset of the first frame */
+  bool has_trailer;         /* ends in "SIDX" */
+} bp__segfile;
+/* Loads segment id for recovery. A file too short to hold its header is
+ * reported as empty (data NULL, size 0) rather than an error.
+ * Errors: BP_ECORRUPT (bad magic or version, with the segment id), BP_EIO. */
+bp_status bp__segfile_open(bp_store *s, uint64_t id, bp__segfile *f);
+void bp__segfile_close(bp__segfile *f);
+/* Adds the segment's events to the index: from its SIDX footer when that is
+ * present, consistent and from_offset is the first frame; else by scanning
+ * frames from from_offset. Torn tails of unsealed segments and interrupted
+ * batches are dropped (counted in the store's diagnostics).
+ * Errors: BP_ECORRUPT (a damaged sealed segment without cfg.salvage). */
+bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bool *used_sidx);
+/* Adds one recovered entry to the index and the entity's chain head. */
+bp_status bp__recover_entry(bp_store *s, bp__ientry *e);
+
+/* ---- checkpoint (checkpoint.c) ---- */
+/* Writes index.ckpt atomically (temporary file, fsync, rename, directory fsync). */
+bp_status bp__checkpoint_write(bp_store *s);
+/* Restores the index from index.ckpt. On success *wm_seg and *wm_off hold the
+ * watermark. Any problem returns an error (the caller rebuilds instead). */
+bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off);
+
+/* ---- writer (writer.c) ---- */
+bp_status bp__writer_seal(bp_store *s);
+void bp__writer_free(bp_store *s);
+
+/* ---- reader (reader.c) ---- */
+void bp__entry_from_index(const bp_store *s, uint64_t seq, bp_entry *out);
+
+#endif

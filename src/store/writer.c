@@ -1,0 +1,597 @@
+/*
+ * writer.c - the commit path.
+ *
+ * Concurrency essay
+ * -----------------
+ * There is no writer thread. An append validates its input and hashes its
+ * payload on the caller's thread, then joins the queue (qlock). If no leader
+ * is committing, the caller becomes the leader: it takes the queued appends
+ * (up to group_commit_max_batch, 0 = all) as a group and commits them under
+ * wlock with one write (and at most one fsync), then wakes their callers, and
+ * repeats until the queue is empty. An uncontended append therefore never
+ * waits for another thread; under contention, appends that arrive while a
+ * group is being written form the next group (the write-group idea). The
+ * queue holds at most writer_queue_capacity appends; further callers block.
+ *
+ * Committing a group (commit_group), under wlock:
+ *   1. seal the active segment if it reached segment_max_bytes; start one if
+ *      there is none (writer_ensure_segment);
+ *   2. for each append in order (plan_request): idempotency (a known key
+ *      returns the original receipt), CAS against the entity's chain head,
+ *      event id, correlation, prev_hash, per-entity clock, HLC wall_ms, frame
+ *      encoding into wbuf, and the entry pushed to the index (not yet visible);
+ *      an append that fails here is rolled back alone;
+ *   3. one positioned write of wbuf at the end of the segment, then fsync if
+ *      sync_every_n_events appends have accumulated;
+ *   4. publish: the index's visible count moves past the whole group at once.
+ * If step 3 fails, every append of the group fails BP_EIO, the index and the
+ * chain heads are rolled back, the segment is truncated back and abandoned,
+ * and restart_policy decides whether the next group starts a fresh segment or
+ * the writer has failed for good (BP_EWRITER until reopen).
+ *
+ * Acknowledgement: an append returns after step 3 (write returned, and fsync
+ * when due); events it wrote are visible to readers from step 4 on.
+ */
+#include "store/store_impl.h"
+#include "batpak/wire.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <time.h>
+#include <unistd.h>
+
+/* Saved chain head of an entity, to undo a failed plan. */
+typedef struct undo_rec {
+  bp__name *name;
+  uint32_t next_clock;
+  uint64_t last_wall_ms;
+  uint8_t last_hash[32];
+} undo_rec;
+
+typedef struct undo_log {
+  undo_rec *items;
+  size_t len, cap;
+} undo_log;
+
+static bool undo_push(undo_log *u, bp__name *nm) {
+  if (u->len == u->cap) {
+    size_t cap = u->cap ? u->cap * 2 : 16;
+    undo_rec *n = realloc(u->items, cap * sizeof *n);
+    if (!n) return false;
+    u->items = n;
+    u->cap = cap;
+  }
+  undo_rec *r = &u->items[u->len++];
+  r->name = nm;
+  r->next_clock = nm->next_clock;
+  r->last_wall_ms = nm->last_wall_ms;
+  memcpy(r->last_hash, nm->last_hash, 32);
+  return true;
+}
+
+static void undo_to(undo_log *u, size_t mark) {
+  while (u->len > mark) {
+    undo_rec *r = &u->items[--u->len];
+    r->name->next_clock = r->next_clock;
+    r->name->last_wall_ms = r->last_wall_ms;
+    memcpy(r->name->last_hash, r->last_hash, 32);
+  }
+}
+
+static uint64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000 + (uint64_t)ts.tv_nsec / 1000000;
+}
+
+/* ------------------------------------------------------------- segments */
+
+static bp_status writer_open_segment(bp_store *s) {
+  uint64_t id = s->next_segment_id;
+  char path[4096];
+  bp__segment_path(s, id, path, sizeof path);
+  int fd = bp__os_table.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return bp__fail_errno(BP_EIO, errno, "create segment %s", path);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  bp__segment_header h = {BP__SEGMENT_VERSION, 0, (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec, id};
+  bp__buf b;
+  bp__buf_init(&b);
+  bp__segment_header_encode(&b, &h);
+  struct iovec iov = {b.data, b.len};
+  int rc = b.oom ? ENOMEM : bp__os_write_all(fd, &iov, 1, 0);
+  uint64_t size = b.len;
+  bp__buf_free(&b);
+  if (!rc) rc = bp__os_sync_dir(s->dir);
+  bp_status st = rc ? bp__fail_errno(BP_EIO, rc, "write header of segment %s", path) : BP_OK;
+  if (!st) st = bp__segment_add(s, id, false, size);
+  if (st) {
+    bp__os_table.close(fd);
+    bp__os_table.unlink(path);
+    return st;
+  }
+  s->next_segment_id = id + 1;
+  s->wfd = fd;
+  s->wseg = id;
+  s->wsize = size;
+  s->wseg_first = s->ix.count;
+  bp__log(s, BP_LOG_DEBUG, "segment %06" PRIu64 " started", id);
+  return BP_OK;
+}
+
+/* Counts a writer failure against restart_policy; true if the writer may go on. */
+static bool allow_restart(bp_store *s) {
+  const bp_restart_policy *p = &s->cfg.restart_policy;
+  if (p->kind == BP_RESTART_ONCE) {
+    if (s->restarts >= 1) return false;
+    s->restarts++;
+    return true;
+  }
+  uint64_t now = mono_ms();
+  if (!s->restart_times) {
+    s->restart_times = calloc(p->max_restarts ? p->max_restarts : 1, sizeof *s->restart_times);
+    if (!s->restart_times) return false;
+  }
+  uint32_t recent = 0;
+  for (uint32_t i = 0; i < p->max_restarts; i++)
+    if (s->restart_times[i] && now - s->restart_times[i] < p->within_ms) recent++;
+  if (recent >= p->max_restarts) return false;
+  for (uint32_t i = 0; i < p->max_restarts; i++)
+    if (!s->restart_times[i] || now - s->restart_times[i] >= p->within_ms) {
+      s->restart_times[i] = now ? now : 1;
+      break;
+    }
+  s->restarts++;
+  return true;
+}
+
+/* The active segment is unusable: abandon it (a later open scans it) and
+ * decide, by policy, whether the writer goes on. keep_from is the size to
+ * truncate back to (the bytes after it were never acknowledged). */
+static void writer_failed(bp_store *s, uint64_t keep_from, const char *what) {
+  if (s->wfd >= 0) {
+    bp__os_table.ftruncate(s->wfd, (off_t)keep_from);
+    bp__os_table.close(s->wfd);
+    s->wfd = -1;
+  }
+  bool go_on = allow_restart(s);
+  if (!go_on) s->failed = true;
+  bp__log(s, go_on ? BP_LOG_WARN : BP_LOG_ERROR, "writer: %s; %s", what,
+          go_on ? "restarting on a fresh segment" : "restart budget spent, the writer has failed");
+}
+
+bp_status bp__writer_seal(bp_store *s) {
+  bp__buf b;
+  bp__buf_init(&b);
+  bp_status st = bp__sidx_encode(&s->ix, s->wseg_first, s->ix.count, s->wsize, &b);
+  int rc = 0;
+  if (!st) {
+    struct iovec iov = {b.data, b.len};
+    rc = bp__os_write_all(s->wfd, &iov, 1, s->wsize);
+    if (!rc) rc = bp__os_sync(s->wfd, s->cfg.sync_mode);
+    if (rc) st = bp__fail_errno(BP_EIO, rc, "seal segment %06" PRIu64, s->wseg);
+  }
+  if (st) {
+    /* The frames were written (and acknowledged): keep them, drop the partial footer. */
+    writer_failed(s, s->wsize, bp_last_error()->message);
+    bp__buf_free(&b);
+    return st;
+  }
+  bp__os_table.close(s->wfd);
+  s->wfd = -1;
+  bp__segment_sealed(s, s->wseg, s->wsize + b.len);
+  atomic_store(&s->durable, s->ix.count);
+  s->unsynced = 0;
+  bp__log(s, BP_LOG_DEBUG, "segment %06" PRIu64 " sealed with %" PRIu64 " events", s->wseg,
+          s->ix.count - s->wseg_first);
+  bp__buf_free(&b);
+  return BP_OK;
+}
+
+static bp_status writer_ensure_segment(bp_store *s) {
+  if (s->failed) return bp__fail(BP_EWRITER, "the writer has failed; reopen the store");
+  if (s->wfd >= 0 && s->wsize >= s->cfg.segment_max_bytes) {
+    bp_status st = bp__writer_seal(s);
+    if (st) return st;
+  }
+  if (s->wfd < 0) {
+    bp_status st = writer_open_segment(s);
+    if (st) {
+      bool go_on = allow_restart(s);
+      if (!go_on) s->failed = true;
+      return st;
+    }
+  }
+  return BP_OK;
+}
+
+void bp__writer_free(bp_store *s) {
+  if (s->wfd >= 0) bp__os_table.close(s->wfd);
+  s->wfd = -1;
+  bp__buf_free(&s->wbuf);
+  free(s->restart_times);
+  s->restart_times = NULL;
+}
+
+/* ------------------------------------------------------------- planning */
+
+static bool key_seen_before(const bp_event_in *ev, size_t i) {
+  for (size_t j = 0; j < i; j++)
+    if (bp_id_eq(ev[j].opts.idempotency_key, ev[i].opts.idempotency_key)) return true;
+  return false;
+}
+
+/* Plans every event of one append call into wbuf and the index. */
+static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
+  int64_t ts = bp__now_us(s);
+  uint64_t ts_ms = ts < 0 ? 0 : (uint64_t)ts / 1000;
+  size_t n = req->n;
+
+  /* Which events are repeats of a known idempotency key. */
+  bool stack_dup[1];
+  bool *dup = n == 1 ? stack_dup : calloc(n, sizeof *dup);
+  if (!dup) return bp__fail(BP_ENOMEM, "out of memory planning a batch");
+  size_t last_new = SIZE_MAX;
+  for (size_t i = 0; i < n; i++) {
+    const bp_event_in *ev = &req->events[i];
+    uint64_t seq;
+    dup[i] = !bp_id_is_nil(ev->opts.idempotency_key) &&
+             (bp__index_find_id(&s->ix, ev->opts.idempotency_key, s->ix.count, &seq) ||
+              key_seen_before(req->events, i));
+    if (!dup[i]) last_new = i;
+  }
+
+  bp_status st = BP_OK;
+  for (size_t i = 0; i < n && !st; i++) {
+    const bp_event_in *ev = &req->events[i];
+    const bp_append_options *o = &ev->opts;
+    bp_append_receipt *rcpt = req->outs ? &req->outs[i] : NULL;
+    if (dup[i]) {
+      uint64_t seq;
+      if (bp__index_find_id(&s->ix, o->idempotency_key, s->ix.count, &seq) && rcpt) {
+        const bp__ientry *e = bp__index_at(&s->ix, seq);
+        rcpt->event_id = e->event_id;
+        rcpt->sequence = seq;
+        rcpt->disk_pos = (bp_disk_pos){e->segment_id, e->offset, e->length};
+      }
+      continue;
+    }
+    bp__name *ent, *scp;
+    if ((st = bp__index_intern(&s->ix, ev->coord.entity, strlen(ev->coord.entity), &ent)) ||
+        (st = bp__index_intern(&s->ix, ev->coord.scope, strlen(ev->coord.scope), &scp)))
+      break;
+    if (o->expect == BP_EXPECT_EMPTY && ent->next_clock != 0) {
+      st = bp__fail(BP_ESEQUENCE, "entity %s: expected no events, found %" PRIu32 " (latest clock %" PRIu32 ")",
+                    ent->str, ent->next_clock, ent->next_clock - 1);
+      break;
+    }
+    if (o->expect == BP_EXPECT_SEQUENCE && (ent->next_clock == 0 || ent->next_clock - 1 != o->expected_sequence)) {
+      if (ent->next_clock == 0)
+        st = bp__fail(BP_ESEQUENCE, "entity %s: expected sequence %" PRIu32 ", actual: no events", ent->str,
+                      o->expected_sequence);
+      else
+        st = bp__fail(BP_ESEQUENCE, "entity %s: expected sequence %" PRIu32 ", actual %" PRIu32, ent->str,
+                      o->expected_sequence, ent->next_clock - 1);
+      break;
+    }
+    if (ent->next_clock == UINT32_MAX) {
+      st = bp__fail(BP_ELIMIT, "entity %s: per-entity clock exhausted", ent->str);
+      break;
+    }
+
+    bp__frame f;
+    memset(&f, 0, sizeof f);
+    bp_header *h = &f.header;
+    h->event_id = bp_id_is_nil(o->idempotency_key) ? bp_id_v7() : o->idempotency_key;
+    h->correlation_id = bp_id_is_nil(o->correlation_id) ? h->event_id : o->correlation_id;
+    h->causation_id = o->causation_id;
+    h->timestamp_us = ts;
+    uint64_t wall = ts_ms > ent->last_wall_ms ? ts_ms : ent->last_wall_ms;
+    h->position = bp_position_child_at(ent->next_clock, wall, 0);
+    h->payload_size = (uint32_t)ev->len;
+    h->kind = ev->kind;
+    h->flags = o->flags;
+    if (req->is_batch && i != last_new) h->flags |= BP_FLAG_TRANSACTIONAL | BP_FLAG_BATCH_MEMBER;
+    memcpy(h->content_hash, req->hashes[i], 32);
+    f.entity = ent->str;
+    f.entity_len = ent->len;
+    f.scope = scp->str;
+    f.scope_len = scp->len;
+    f.payload = ev->payload;
+    f.payload_len = ev->len;
+    f.has_chain = true;
+    if (ent->next_clock > 0) memcpy(f.chain.prev_hash, ent->last_hash, 32);
+    memcpy(f.chain.event_hash, req->hashes[i], 32);
+
+    size_t frame_at = s->wbuf.len;
+    if ((st = bp__frame_encode(&s->wbuf, &f))) break;
+    bp__ientry e;
+    memset(&e, 0, sizeof e);
+    e.event_id = h->event_id;
+    e.correlation_id = h->correlation_id;
+    e.causation_id = h->causation_id;
+    memcpy(e.prev_hash, f.chain.prev_hash, 32);
+    memcpy(e.event_hash, f.chain.event_hash, 32);
+    e.wall_ms = wall;
+    e.offset = s->wsize + frame_at;
+    e.length = (uint32_t)(s->wbuf.len - frame_at);
+    e.segment_id = (uint32_t)s->wseg;
+    e.entity = ent->id;
+    e.scope = scp->id;
+    e.clock = ent->next_clock;
+    e.kind = ev->kind;
+    e.flags = h->flags;
+    uint64_t seq = s->ix.count;
+    if (!undo_push(undo, ent)) {
+      st = bp__fail(BP_ENOMEM, "out of memory planning an append");
+      break;
+    }
+    if ((st = bp__index_push(&s->ix, &e))) break;
+    ent->next_clock++;
+    ent->last_wall_ms = wall;
+    memcpy(ent->last_hash, f.chain.event_hash, 32);
+    if (rcpt) {
+      rcpt->event_id = e.event_id;
+      rcpt->sequence = seq;
+      rcpt->disk_pos = (bp_disk_pos){e.segment_id, e.offset, e.length};
+    }
+  }
+  if (dup != stack_dup) free(dup);
+  return st;
+}
+
+static void finish(bp__req *r, bp_status st) {
+  r->status = st;
+  if (st) r->err = *bp_last_error();
+}
+
+/* Whether any event of the group will be written (not only idempotent repeats). */
+static bool group_writes(const bp_store *s, bp__req **group, size_t ng) {
+  for (size_t i = 0; i < ng; i++)
+    for (size_t j = 0; j < group[i]->n; j++) {
+      uint64_t seq;
+      bp_id key = group[i]->events[j].opts.idempotency_key;
+      if (bp_id_is_nil(key) || !bp__index_find_id(&s->ix, key, s->ix.count, &seq)) return true;
+    }
+  return false;
+}
+
+static void commit_group(bp_store *s, bp__req **group, size_t ng) {
+  /* A group of pure idempotent repeats touches no segment (no rotation, no new file). */
+  bp_status st = group_writes(s, group, ng) ? writer_ensure_segment(s)
+                 : s->failed ? bp__fail(BP_EWRITER, "the writer has failed; reopen the store") : BP_OK;
+  if (st) {
+    for (size_t i = 0; i < ng; i++) finish(group[i], st);
+    return;
+  }
+  uint64_t count0 = s->ix.count;
+  uint32_t new_events = 0;
+  undo_log undo = {0};
+  s->wbuf.len = 0;
+  s->wbuf.oom = false;
+  for (size_t i = 0; i < ng; i++) {
+    bp__req *r = group[i];
+    size_t undo_mark = undo.len, buf_mark = s->wbuf.len;
+    uint64_t ix_mark = s->ix.count;
+    st = plan_request(s, r, &undo);
+    if (st) {
+      bp__index_rollback(&s->ix, ix_mark);
+      undo_to(&undo, undo_mark);
+      s->wbuf.len = buf_mark;
+      s->wbuf.oom = false;
+    }
+    finish(r, st);
+  }
+  new_events = (uint32_t)(s->ix.count - count0);
+
+  if (s->wbuf.len > 0) {
+    uint64_t at = s->wsize;
+    struct iovec iov = {s->wbuf.data, s->wbuf.len};
+    int rc = bp__os_write_all(s->wfd, &iov, 1, at);
+    const char *what = "write";
+    bool sync_now = !rc && s->unsynced + new_events >= s->cfg.sync_every_n_events;
+    if (sync_now) {
+      rc = bp__os_sync(s->wfd, s->cfg.sync_mode);
+      what = s->cfg.sync_mode == BP_SYNC_DATA ? "fdatasync" : "fsync";
+    }
+    if (rc) {
+      st = bp__fail_errno(BP_EIO, rc, "%s to segment %06" PRIu64 " at offset %" PRIu64 " failed", what,
+                          s->wseg, at);
+      bp_error err = *bp_last_error();
+      bp__index_rollback(&s->ix, count0);
+      undo_to(&undo, 0);
+      writer_failed(s, at, err.message);
+      for (size_t i = 0; i < ng; i++)
+        if (group[i]->status == BP_OK) {
+          group[i]->status = BP_EIO;
+          group[i]->err = err;
+        }
+    } else {
+      s->wsize += s->wbuf.len;
+      s->unsynced = sync_now ? 0 : s->unsynced + new_events;
+      bp__index_publish(&s->ix);
+      if (sync_now) atomic_store(&s->durable, s->ix.count);
+    }
+  }
+  free(undo.items);
+}
+
+/* ------------------------------------------------------------- the queue */
+
+static bp_status submit(bp_store *s, const bp_event_in *events, size_t n, bool is_batch,
+                        bp_append_receipt *outs) {
+  if (s->readonly) return bp__fail(BP_EREADONLY, "the store was opened read-only");
+  if (n == 0) return BP_OK;
+  for (size_t i = 0; i < n; i++) {
+    const bp_event_in *ev = &events[i];
+    bp_status st = bp_coord_validate(&ev->coord);
+    if (st) return is_batch ? bp__fail_context("batch event %zu", i) : st;
+    if (!ev->payload && ev->len > 0) return bp__fail(BP_EINVAL, "append: payload is NULL but len is %zu", ev->len);
+    if (ev->len > s->cfg.max_payload_bytes)
+      return bp__fail(BP_ELIMIT, "append: payload of %zu bytes exceeds max_payload_bytes (%" PRIu64 ")%s",
+                      ev->len, s->cfg.max_payload_bytes, is_batch ? " in a batch" : "");
+    if (ev->opts.expect > BP_EXPECT_SEQUENCE)
+      return bp__fail(BP_EINVAL, "append: unknown expect mode %u", ev->opts.expect);
+    if (ev->opts.flags & BP_FLAG_BATCH_MEMBER)
+      return bp__fail(BP_EINVAL, "append: flag 0x10 (BP_FLAG_BATCH_MEMBER) is reserved for batches");
+    if (s->cfg.group_commit_max_batch != 1 && bp_id_is_nil(ev->opts.idempotency_key))
+      return bp__fail(BP_EIDEMPOTENCY_REQUIRED,
+                      "append: group_commit_max_batch is %u, so every append needs an idempotency key",
+                      s->cfg.group_commit_max_batch);
+  }
+  uint8_t one_hash[1][32];
+  uint8_t (*hashes)[32] = n == 1 ? one_hash : malloc(n * sizeof *hashes);
+  if (!hashes) return bp__fail(BP_ENOMEM, "out of memory hashing a batch");
+  for (size_t i = 0; i < n; i++) bp_compute_hash(events[i].payload, events[i].len, hashes[i]);
+
+  bp__req req;
+  memset(&req, 0, sizeof req);
+  req.events = events;
+  req.n = n;
+  req.hashes = hashes;
+  req.outs = outs;
+  req.is_batch = is_batch;
+
+  pthread_mutex_lock(&s->qlock);
+  while (!s->closing && s->qlen >= s->cfg.writer_queue_capacity) pthread_cond_wait(&s->qspace, &s->qlock);
+  if (s->closing) {
+    pthread_mutex_unlock(&s->qlock);
+    if (hashes != one_hash) free(hashes);
+    return bp__fail(BP_ESHUTDOWN, "append: the store is closing");
+  }
+  if (s->qtail) s->qtail->next = &req;
+  else s->qhead = &req;
+  s->qtail = &req;
+  s->qlen++;
+
+  if (s->leader) {
+    pthread_cond_init(&req.cv, NULL);
+    while (!req.done) pthread_cond_wait(&req.cv, &s->qlock);
+    pthread_mutex_unlock(&s->qlock);
+    pthread_cond_destroy(&req.cv);
+  } else {
+    s->leader = true;
+    size_t max = s->cfg.group_commit_max_batch ? s->cfg.group_commit_max_batch : SIZE_MAX;
+    bp__req *stack_group[16];
+    bp__req **group = stack_group;
+    size_t group_cap = 16;
+    while (s->qhead) {
+      size_t ng = 0;
+      while (s->qhead && ng < max) {
+        if (ng == group_cap) {
+          size_t cap = group_cap * 2;
+          bp__req **ngp = group == stack_group ? malloc(cap * sizeof *ngp) : realloc(group, cap * sizeof *ngp);
+          if (!ngp) break;
+          if (group == stack_group) memcpy(ngp, stack_group, sizeof stack_group);
+          group = ngp;
+          group_cap = cap;
+        }
+        bp__req *r = s->qhead;
+        s->qhead = r->next;
+        if (!s->qhead) s->qtail = NULL;
+        s->qlen--;
+        group[ng++] = r;
+      }
+      /* Appends drained by bp_close beyond its limit are refused. */
+      size_t refused_from = ng;
+      if (s->closing) {
+        uint32_t left = s->cfg.shutdown_drain_limit > s->drained ? s->cfg.shutdown_drain_limit - s->drained : 0;
+        if (ng > left) refused_from = left;
+        s->drained += (uint32_t)(refused_from);
+      }
+      pthread_cond_broadcast(&s->qspace);
+      pthread_mutex_unlock(&s->qlock);
+
+      for (size_t i = refused_from; i < ng; i++) {
+        bp__fail(BP_ESHUTDOWN, "append: the store closed before this append was written");
+        finish(group[i], BP_ESHUTDOWN);
+      }
+      pthread_mutex_lock(&s->wlock);
+      commit_group(s, group, refused_from);
+      pthread_mutex_unlock(&s->wlock);
+
+      pthread_mutex_lock(&s->qlock);
+      for (size_t i = 0; i < ng; i++) {
+        group[i]->done = true;
+        if (group[i] != &req) pthread_cond_signal(&group[i]->cv);
+      }
+    }
+    if (group != stack_group) free(group);
+    s->leader = false;
+    pthread_cond_broadcast(&s->qidle);
+    pthread_mutex_unlock(&s->qlock);
+  }
+  if (hashes != one_hash) free(hashes);
+  if (req.status) bp__set_error(&req.err);
+  return req.status;
+}
+
+/* ------------------------------------------------------------- the API */
+
+bp_status bp_append_with(bp_store *s, const bp_coord *coord, bp_kind kind, const void *payload,
+                         size_t len, const bp_append_options *opts, bp_append_receipt *out) {
+  if (!s || !coord) return bp__fail(BP_EINVAL, "append: NULL store or coordinate");
+  bp_event_in ev;
+  memset(&ev, 0, sizeof ev);
+  ev.coord = *coord;
+  ev.kind = kind;
+  ev.payload = payload;
+  ev.len = len;
+  if (opts) ev.opts = *opts;
+  return submit(s, &ev, 1, false, out);
+}
+
+bp_status bp_append(bp_store *s, const bp_coord *coord, bp_kind kind, const void *payload, size_t len,
+                    bp_append_receipt *out) {
+  return bp_append_with(s, coord, kind, payload, len, NULL, out);
+}
+
+bp_status bp_append_reaction(bp_store *s, const bp_coord *coord, bp_kind kind, const void *payload,
+                             size_t len, bp_id correlation_id, bp_id causation_id, bp_append_receipt *out) {
+  bp_append_options o;
+  memset(&o, 0, sizeof o);
+  o.correlation_id = correlation_id;
+  o.causation_id = causation_id;
+  return bp_append_with(s, coord, kind, payload, len, &o, out);
+}
+
+bp_status bp_append_json(bp_store *s, const bp_coord *coord, bp_kind kind, const char *json,
+                         bp_append_receipt *out) {
+  if (!json) return bp__fail(BP_EINVAL, "append: JSON text is NULL");
+  uint8_t *mp;
+  size_t len;
+  bp_status st = bp_json_to_msgpack(json, strlen(json), &mp, &len);
+  if (st) return st;
+  st = bp_append(s, coord, kind, mp, len, out);
+  bp_free(mp);
+  return st;
+}
+
+bp_status bp_append_batch(bp_store *s, const bp_event_in *events, size_t n, bp_append_receipt *outs) {
+  if (!s || (!events && n)) return bp__fail(BP_EINVAL, "append batch: NULL argument");
+  return submit(s, events, n, true, outs);
+}
+
+bp_status bp_sync(bp_store *s) {
+  if (!s) return bp__fail(BP_EINVAL, "bp_sync: NULL store");
+  if (s->readonly) return bp__fail(BP_EREADONLY, "the store was opened read-only");
+  pthread_mutex_lock(&s->wlock);
+  bp_status st = BP_OK;
+  if (s->failed) {
+    st = bp__fail(BP_EWRITER, "the writer has failed; reopen the store");
+  } else if (s->wfd >= 0) {
+    int rc = bp__os_sync(s->wfd, s->cfg.sync_mode);
+    if (rc) {
+      st = bp__fail_errno(BP_EIO, rc, "bp_sync: fsync of segment %06" PRIu64 " failed", s->wseg);
+      /* Acknowledged frames stay; the segment is abandoned for a fresh one. */
+      writer_failed(s, s->wsize, bp_last_error()->message);
+    } else {
+      s->unsynced = 0;
+      atomic_store(&s->durable, s->ix.count);
+    }
+  }
+  pthread_mutex_unlock(&s->wlock);
+  return st;
+}
