@@ -63,7 +63,14 @@ static void put_entry(bp__buf *b, const bp__ientry *e, uint64_t seq) {
 bp_status bp__checkpoint_write(bp_store *s) {
   uint64_t n = bp__index_visible(&s->ix);
   if (n == 0 || s->nsegs == 0) return BP_OK;
-  const bp__segment *last = &s->segs[s->nsegs - 1];
+  /* The watermark is the end of the last segment as it is on disk now (an
+   * abandoned or still-open segment's size is not tracked in the table). */
+  uint64_t wm_seg = s->segs[s->nsegs - 1].id, wm_off;
+  char seg_path[4096];
+  bp__segment_path(s, wm_seg, seg_path, sizeof seg_path);
+  struct stat sb;
+  if (lstat(seg_path, &sb) != 0) return bp__fail_errno(BP_EIO, errno, "checkpoint: stat %s", seg_path);
+  wm_off = (uint64_t)sb.st_size;
 
   bp__buf b;
   bp__buf_init(&b);
@@ -73,9 +80,9 @@ bp_status bp__checkpoint_write(bp_store *s) {
   bp__mp_put_cstr(&b, "global_sequence");
   bp__mp_put_uint(&b, n);
   bp__mp_put_cstr(&b, "watermark_segment_id");
-  bp__mp_put_uint(&b, last->id);
+  bp__mp_put_uint(&b, wm_seg);
   bp__mp_put_cstr(&b, "watermark_offset");
-  bp__mp_put_uint(&b, last->size);
+  bp__mp_put_uint(&b, wm_off);
   bp__mp_put_cstr(&b, "interner_strings");
   uint32_t names = bp__index_name_count(&s->ix);
   bp__mp_put_array(&b, names);

@@ -1,0 +1,991 @@
+/*
+ * test_store.c - the store's lifecycle, appends, reads and reopen, and one
+ * named test per kind of bad input: each says what it proves and checks that
+ * the store is left as it was.
+ */
+#include "testutil.h"
+#include "store/os.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef struct fixture {
+  char *tmp;
+  char dir[4096];
+  bp_config cfg;
+} fixture;
+
+static int setup(void **state) {
+  fixture *f = calloc(1, sizeof *f);
+  f->tmp = tu_make_temp_dir("store");
+  snprintf(f->dir, sizeof f->dir, "%s/data", f->tmp);
+  bp_config_init(&f->cfg, f->dir);
+  *state = f;
+  return 0;
+}
+
+static int teardown(void **state) {
+  fixture *f = *state;
+  bp__os_table = bp__os_default;
+  tu_remove_tree(f->tmp);
+  free(f->tmp);
+  free(f);
+  return 0;
+}
+
+static bp_store *open_ok(fixture *f) {
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  return s;
+}
+
+static const bp_coord ALICE = {"user:alice", "scope:test"};
+
+static bp_append_receipt append_text(bp_store *s, const bp_coord *c, const char *text) {
+  bp_append_receipt r;
+  assert_ok(bp_append(s, c, 0x1001, text, strlen(text), &r));
+  return r;
+}
+
+static uint64_t count_of(bp_store *s) {
+  bp_store_stats st;
+  bp_stats(s, &st);
+  return st.event_count;
+}
+
+static off_t file_size(const char *dir, const char *name) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/%s", dir, name);
+  struct stat sb;
+  return stat(p, &sb) == 0 ? sb.st_size : -1;
+}
+
+/* ------------------------------------------------------------ lifecycle */
+
+static void config_defaults_are_documented_values(void **state) {
+  (void)state;
+  bp_config c;
+  bp_config_init(&c, "x");
+  assert_int_equal(c.segment_max_bytes, 256u << 20);
+  assert_int_equal(c.sync_every_n_events, 1000);
+  assert_int_equal(c.max_payload_bytes, 64u << 20);
+  assert_int_equal(c.group_commit_max_batch, 1);
+  assert_true(c.enable_checkpoint);
+  assert_int_equal(c.index_layout, BP_INDEX_AOS);
+  assert_int_equal(c.sync_mode, BP_SYNC_ALL);
+}
+
+static void config_zero_fields_fail_naming_the_field_and_create_nothing(void **state) {
+  fixture *f = *state;
+  struct { size_t off; size_t size; const char *name; } fields[] = {
+      {offsetof(bp_config, segment_max_bytes), 8, "segment_max_bytes"},
+      {offsetof(bp_config, writer_queue_capacity), 4, "writer_queue_capacity"},
+      {offsetof(bp_config, fd_budget), 4, "fd_budget"},
+      {offsetof(bp_config, broadcast_capacity), 4, "broadcast_capacity"},
+      {offsetof(bp_config, sync_every_n_events), 4, "sync_every_n_events"},
+  };
+  for (size_t i = 0; i < sizeof fields / sizeof fields[0]; i++) {
+    bp_config c = f->cfg;
+    memset((char *)&c + fields[i].off, 0, fields[i].size);
+    bp_store *s = (bp_store *)1;
+    assert_status(bp_open(&c, &s), BP_ECONFIG);
+    assert_null(s);
+    if (!strstr(bp_last_error()->message, fields[i].name))
+      fail_msg("message \"%s\" does not name %s", bp_last_error()->message, fields[i].name);
+    struct stat sb;
+    assert_int_not_equal(stat(f->dir, &sb), 0);
+  }
+}
+
+static void empty_store_opens_and_closes_without_files(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  assert_int_equal(count_of(s), 0);
+  assert_ok(bp_close(s));
+  /* No segment is created until the first append. */
+  assert_int_equal(file_size(f->dir, "000001.fbat"), -1);
+  struct stat sb;
+  assert_int_equal(stat(f->dir, &sb), 0);
+  assert_int_equal(sb.st_mode & 0777, 0700);
+}
+
+static void second_open_in_the_same_process_is_locked(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f), *t = NULL;
+  assert_status(bp_open(&f->cfg, &t), BP_ELOCKED);
+  assert_null(t);
+  assert_ok(bp_close(s));
+  t = open_ok(f);
+  assert_ok(bp_close(t));
+}
+
+static void open_from_another_process_is_locked(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  pid_t pid = fork();
+  if (pid == 0) {
+    bp_store *t;
+    _exit(bp_open(&f->cfg, &t) == BP_ELOCKED ? 0 : 1);
+  }
+  int status;
+  waitpid(pid, &status, 0);
+  assert_true(WIFEXITED(status));
+  assert_int_equal(WEXITSTATUS(status), 0);
+  assert_ok(bp_close(s));
+}
+
+static void append_then_get_returns_every_field(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  bp_append_receipt r1 = append_text(s, &ALICE, "first");
+  bp_append_receipt r2 = append_text(s, &ALICE, "second");
+  assert_int_equal(r1.sequence, 0);
+  assert_int_equal(r2.sequence, 1);
+  assert_int_equal(bp_id_version(r1.event_id), 7);
+  bp_event *ev;
+  assert_ok(bp_get(s, r2.event_id, &ev));
+  assert_string_equal(ev->entity, "user:alice");
+  assert_string_equal(ev->scope, "scope:test");
+  assert_int_equal(ev->header.kind, 0x1001);
+  assert_int_equal(ev->header.position.sequence, 1);
+  assert_int_equal(ev->payload_len, 6);
+  assert_memory_equal(ev->payload, "second", 6);
+  assert_true(bp_id_eq(ev->header.correlation_id, r2.event_id));
+  assert_true(bp_id_is_nil(ev->header.causation_id));
+  /* The chain links to the first event. */
+  bp_event *first;
+  assert_ok(bp_get(s, r1.event_id, &first));
+  assert_memory_equal(ev->hash_chain.prev_hash, first->hash_chain.event_hash, 32);
+  assert_true(bp_verify_chain(ev->payload, ev->payload_len, &ev->hash_chain, first->hash_chain.event_hash));
+  bp_event_free(first);
+  bp_event_free(ev);
+  bp_id missing = bp_id_v7();
+  assert_status(bp_get(s, missing, &ev), BP_ENOTFOUND);
+  assert_null(ev);
+  assert_ok(bp_close(s));
+}
+
+static void append_json_stores_msgpack_and_reads_back_json(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  bp_append_receipt r;
+  assert_ok(bp_append_json(s, &ALICE, 0x1002, "{\"amount\": 18446744073709551615, \"memo\": \"caf\\u00e9\"}", &r));
+  bp_event *ev;
+  assert_ok(bp_get(s, r.event_id, &ev));
+  char *json = bp_event_payload_json(ev);
+  assert_string_equal(json, "{\"amount\":18446744073709551615,\"memo\":\"café\"}");
+  bp_free(json);
+  bp_event_free(ev);
+  uint64_t before = count_of(s);
+  assert_status(bp_append_json(s, &ALICE, 0x1002, "{\"amount\": }", &r), BP_EJSON);
+  assert_int_equal(count_of(s), before);
+  assert_ok(bp_close(s));
+}
+
+static void reaction_carries_correlation_and_causation(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  bp_append_receipt cause = append_text(s, &ALICE, "order placed");
+  bp_coord mail = {"mailer:1", "scope:test"};
+  bp_append_receipt r;
+  assert_ok(bp_append_reaction(s, &mail, 0x1003, "x", 1, cause.event_id, cause.event_id, &r));
+  bp_entry a, b;
+  assert_ok(bp_get_entry(s, cause.event_id, &a));
+  assert_ok(bp_get_entry(s, r.event_id, &b));
+  assert_true(bp_entry_is_correlated(&a, &b));
+  assert_true(bp_entry_is_caused_by(&b, &a));
+  assert_true(bp_entry_is_root_cause(&a));
+  assert_false(bp_entry_is_root_cause(&b));
+  assert_ok(bp_close(s));
+}
+
+/* Reopen by each path gives the same events, clocks and chain heads. */
+static void reopen_by_checkpoint_sidx_and_scan_gives_the_same_store(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 600;
+  bp_store *s = open_ok(f);
+  bp_coord bob = {"user:bob", "scope:other"};
+  bp_id ids[30];
+  for (int i = 0; i < 30; i++) {
+    char text[32];
+    snprintf(text, sizeof text, "event %d", i);
+    ids[i] = append_text(s, i % 3 ? &ALICE : &bob, text).event_id;
+  }
+  assert_ok(bp_close(s));
+  bp_open_path paths[] = {BP_OPEN_CHECKPOINT, BP_OPEN_SIDX};
+  for (int round = 0; round < 2; round++) {
+    f->cfg.enable_checkpoint = round == 0;
+    s = open_ok(f);
+    bp_store_diagnostics d;
+    bp_diagnostics(s, &d);
+    assert_int_equal(d.open_path, paths[round]);
+    assert_true(d.segment_count > 3);
+    assert_int_equal(count_of(s), 30 + round);
+    for (int i = 0; i < 30; i++) {
+      bp_entry e;
+      assert_ok(bp_get_entry(s, ids[i], &e));
+      assert_int_equal(e.global_sequence, i);
+    }
+    /* Appends continue the chains. */
+    bp_append_receipt r = append_text(s, &ALICE, "after reopen");
+    bp_entries st;
+    assert_ok(bp_stream(s, "user:alice", &st));
+    assert_int_equal(st.len, 21 + round);
+    assert_int_equal(st.items[st.len - 1].clock, st.len - 1);
+    assert_true(bp_id_eq(st.items[st.len - 1].event_id, r.event_id));
+    assert_memory_equal(st.items[st.len - 1].hash_chain.prev_hash, st.items[st.len - 2].hash_chain.event_hash, 32);
+    bp_entries_free(&st);
+    assert_ok(bp_close(s));
+  }
+}
+
+/* A process that dies without bp_close leaves an unsealed segment: the next
+ * open scans it and keeps every acknowledged append. */
+static void process_exit_without_close_loses_nothing(void **state) {
+  fixture *f = *state;
+  pid_t pid = fork();
+  if (pid == 0) {
+    bp_store *s;
+    if (bp_open(&f->cfg, &s)) _exit(2);
+    for (int i = 0; i < 100; i++) {
+      bp_append_receipt r;
+      if (bp_append(s, &ALICE, 0x1001, "x", 1, &r)) _exit(3);
+    }
+    _exit(0); /* no close: no footer, no checkpoint */
+  }
+  int status;
+  waitpid(pid, &status, 0);
+  assert_int_equal(WEXITSTATUS(status), 0);
+  bp_store *s = open_ok(f);
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.open_path, BP_OPEN_SCAN);
+  assert_int_equal(count_of(s), 100);
+  assert_ok(bp_close(s));
+}
+
+static void rotation_seals_segments_at_the_size_limit(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 1024;
+  bp_store *s = open_ok(f);
+  for (int i = 0; i < 20; i++) append_text(s, &ALICE, "payload payload payload");
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_true(d.segment_count >= 4);
+  assert_ok(bp_close(s));
+  /* Every sealed segment ends with a SIDX trailer. */
+  for (uint64_t id = 1; id <= d.segment_count; id++) {
+    char name[32], path[4200];
+    snprintf(name, sizeof name, "%06llu.fbat", (unsigned long long)id);
+    snprintf(path, sizeof path, "%s/%s", f->dir, name);
+    size_t n;
+    uint8_t *data = tu_read_file(path, &n);
+    assert_non_null(data);
+    assert_memory_equal(data + n - 4, "SIDX", 4);
+    free(data);
+  }
+}
+
+/* ------------------------------------------------------------ bad input */
+
+static void oversized_payload_fails_elimit_and_writes_nothing(void **state) {
+  fixture *f = *state;
+  f->cfg.max_payload_bytes = 100;
+  bp_store *s = open_ok(f);
+  append_text(s, &ALICE, "ok");
+  off_t size = file_size(f->dir, "000001.fbat");
+  char big[101];
+  memset(big, 'x', sizeof big);
+  bp_append_receipt r;
+  assert_status(bp_append(s, &ALICE, 0x1001, big, 101, &r), BP_ELIMIT);
+  assert_non_null(strstr(bp_last_error()->message, "max_payload_bytes"));
+  assert_ok(bp_append(s, &ALICE, 0x1001, big, 100, &r)); /* exactly the limit is fine */
+  assert_int_equal(count_of(s), 2);
+  assert_true(file_size(f->dir, "000001.fbat") > size);
+  assert_ok(bp_close(s));
+}
+
+static void empty_or_oversized_coordinates_fail_ecoord(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  bp_append_receipt r;
+  bp_coord no_entity = {"", "s"}, no_scope = {"e", ""}, null_entity = {NULL, "s"};
+  assert_status(bp_append(s, &no_entity, 0x1001, "x", 1, &r), BP_ECOORD);
+  assert_status(bp_append(s, &no_scope, 0x1001, "x", 1, &r), BP_ECOORD);
+  assert_status(bp_append(s, &null_entity, 0x1001, "x", 1, &r), BP_ECOORD);
+  char *big = malloc(BP_MAX_COORD_LEN + 2);
+  memset(big, 'e', BP_MAX_COORD_LEN + 1);
+  big[BP_MAX_COORD_LEN + 1] = '\0';
+  bp_coord long_entity = {big, "s"};
+  assert_status(bp_append(s, &long_entity, 0x1001, "x", 1, &r), BP_ECOORD);
+  free(big);
+  assert_int_equal(count_of(s), 0);
+  assert_int_equal(file_size(f->dir, "000001.fbat"), -1);
+  assert_ok(bp_close(s));
+}
+
+static void null_payload_with_length_fails_einval(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  bp_append_receipt r;
+  assert_status(bp_append(s, &ALICE, 0x1001, NULL, 5, &r), BP_EINVAL);
+  assert_ok(bp_append(s, &ALICE, 0x1001, NULL, 0, &r)); /* an empty payload is fine */
+  bp_append_options o;
+  memset(&o, 0, sizeof o);
+  o.flags = BP_FLAG_BATCH_MEMBER;
+  assert_status(bp_append_with(s, &ALICE, 0x1001, "x", 1, &o, &r), BP_EINVAL);
+  o.flags = 0;
+  o.expect = 7;
+  assert_status(bp_append_with(s, &ALICE, 0x1001, "x", 1, &o, &r), BP_EINVAL);
+  assert_int_equal(count_of(s), 1);
+  assert_ok(bp_close(s));
+}
+
+static void cas_modes_check_the_entity_sequence(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  bp_append_options o;
+  memset(&o, 0, sizeof o);
+  bp_append_receipt r;
+  o.expect = BP_EXPECT_SEQUENCE;
+  o.expected_sequence = 0;
+  assert_status(bp_append_with(s, &ALICE, 0x1001, "x", 1, &o, &r), BP_ESEQUENCE); /* empty never matches */
+  assert_non_null(strstr(bp_last_error()->message, "no events"));
+  o.expect = BP_EXPECT_EMPTY;
+  assert_ok(bp_append_with(s, &ALICE, 0x1001, "x", 1, &o, &r));
+  assert_status(bp_append_with(s, &ALICE, 0x1001, "x", 1, &o, &r), BP_ESEQUENCE);
+  o.expect = BP_EXPECT_SEQUENCE;
+  o.expected_sequence = 0;
+  assert_ok(bp_append_with(s, &ALICE, 0x1001, "x", 1, &o, &r));
+  assert_status(bp_append_with(s, &ALICE, 0x1001, "x", 1, &o, &r), BP_ESEQUENCE);
+  const char *msg = bp_last_error()->message;
+  if (!strstr(msg, "expected sequence 0") || !strstr(msg, "actual 1")) fail_msg("message: %s", msg);
+  o.expected_sequence = 1;
+  assert_ok(bp_append_with(s, &ALICE, 0x1001, "x", 1, &o, &r));
+  o.expect = BP_EXPECT_ANY;
+  assert_ok(bp_append_with(s, &ALICE, 0x1001, "x", 1, &o, &r));
+  assert_int_equal(count_of(s), 4);
+  assert_ok(bp_close(s));
+}
+
+static void idempotency_key_returns_the_original_receipt_and_writes_nothing(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  bp_append_options o;
+  memset(&o, 0, sizeof o);
+  o.idempotency_key = bp_id_v7();
+  bp_append_receipt a, b;
+  assert_ok(bp_append_with(s, &ALICE, 0x1001, "one", 3, &o, &a));
+  assert_true(bp_id_eq(a.event_id, o.idempotency_key));
+  off_t size = file_size(f->dir, "000001.fbat");
+  assert_ok(bp_append_with(s, &ALICE, 0x1001, "different", 9, &o, &b));
+  assert_true(bp_id_eq(a.event_id, b.event_id));
+  assert_int_equal(a.sequence, b.sequence);
+  assert_int_equal(a.disk_pos.offset, b.disk_pos.offset);
+  assert_int_equal(file_size(f->dir, "000001.fbat"), size);
+  assert_int_equal(count_of(s), 1);
+  assert_ok(bp_close(s));
+  /* Also after reopen. */
+  s = open_ok(f);
+  assert_ok(bp_append_with(s, &ALICE, 0x1001, "again", 5, &o, &b));
+  assert_int_equal(b.sequence, 0);
+  assert_int_equal(count_of(s), 1);
+  assert_ok(bp_close(s));
+}
+
+static void group_commit_requires_idempotency_keys(void **state) {
+  fixture *f = *state;
+  f->cfg.group_commit_max_batch = 8;
+  bp_store *s = open_ok(f);
+  bp_append_receipt r;
+  assert_status(bp_append(s, &ALICE, 0x1001, "x", 1, &r), BP_EIDEMPOTENCY_REQUIRED);
+  bp_append_options o;
+  memset(&o, 0, sizeof o);
+  o.idempotency_key = bp_id_v7();
+  assert_ok(bp_append_with(s, &ALICE, 0x1001, "x", 1, &o, &r));
+  assert_int_equal(count_of(s), 1);
+  assert_ok(bp_close(s));
+}
+
+static void batch_is_all_or_nothing_on_a_failed_check(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  append_text(s, &ALICE, "existing");
+  bp_coord bob = {"user:bob", "scope:test"};
+  bp_event_in evs[3];
+  memset(evs, 0, sizeof evs);
+  for (int i = 0; i < 3; i++) {
+    evs[i].coord = i == 1 ? bob : ALICE;
+    evs[i].kind = 0x1001;
+    evs[i].payload = "b";
+    evs[i].len = 1;
+  }
+  /* The third event expects alice at clock 1: the first event of the batch
+   * makes it so, which the batch's own CAS must see. */
+  evs[2].opts.expect = BP_EXPECT_SEQUENCE;
+  evs[2].opts.expected_sequence = 1;
+  bp_append_receipt outs[3];
+  assert_ok(bp_append_batch(s, evs, 3, outs));
+  assert_int_equal(outs[0].sequence, 1);
+  assert_int_equal(outs[2].sequence, 3);
+  /* Now a batch whose last check fails: none of it is written. */
+  off_t size = file_size(f->dir, "000001.fbat");
+  evs[2].opts.expected_sequence = 99;
+  assert_status(bp_append_batch(s, evs, 3, outs), BP_ESEQUENCE);
+  assert_int_equal(count_of(s), 4);
+  assert_int_equal(file_size(f->dir, "000001.fbat"), size);
+  bp_entries st;
+  assert_ok(bp_stream(s, "user:bob", &st));
+  assert_int_equal(st.len, 1);
+  bp_entries_free(&st);
+  /* A batch with one oversized payload is refused before anything is written. */
+  evs[2].opts.expect = BP_EXPECT_ANY;
+  evs[1].len = f->cfg.max_payload_bytes + 1;
+  assert_status(bp_append_batch(s, evs, 3, outs), BP_ELIMIT);
+  assert_int_equal(count_of(s), 4);
+  assert_ok(bp_close(s));
+}
+
+static void batch_frames_carry_member_flags_except_the_last(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  bp_event_in evs[3];
+  memset(evs, 0, sizeof evs);
+  for (int i = 0; i < 3; i++) {
+    evs[i].coord = ALICE;
+    evs[i].kind = 0x1001;
+    evs[i].payload = "b";
+    evs[i].len = 1;
+    evs[i].opts.flags = BP_FLAG_REQUIRES_ACK;
+  }
+  bp_append_receipt outs[3];
+  assert_ok(bp_append_batch(s, evs, 3, outs));
+  for (int i = 0; i < 3; i++) {
+    bp_event *ev;
+    assert_ok(bp_get(s, outs[i].event_id, &ev));
+    uint8_t want = BP_FLAG_REQUIRES_ACK | (i < 2 ? BP_FLAG_TRANSACTIONAL | BP_FLAG_BATCH_MEMBER : 0);
+    assert_int_equal(ev->header.flags, want);
+    bp_event_free(ev);
+  }
+  assert_ok(bp_close(s));
+}
+
+/* A crash in the middle of writing a batch: after reopen the batch is absent,
+ * the events before it are present. */
+static void interrupted_batch_is_wholly_absent_after_reopen(void **state) {
+  fixture *f = *state;
+  pid_t pid = fork();
+  if (pid == 0) {
+    bp_store *s;
+    if (bp_open(&f->cfg, &s)) _exit(2);
+    bp_append_receipt r;
+    if (bp_append(s, &ALICE, 0x1001, "before", 6, &r)) _exit(3);
+    bp_event_in evs[4];
+    memset(evs, 0, sizeof evs);
+    for (int i = 0; i < 4; i++) {
+      evs[i].coord = ALICE;
+      evs[i].kind = 0x1002;
+      evs[i].payload = "batch";
+      evs[i].len = 5;
+    }
+    bp_append_receipt outs[4];
+    if (bp_append_batch(s, evs, 4, outs)) _exit(4);
+    /* Cut the segment inside the batch's last frame, as a crash mid-write would. */
+    char path[4200];
+    snprintf(path, sizeof path, "%s/000001.fbat", f->dir);
+    if (truncate(path, (off_t)(outs[3].disk_pos.offset + 10))) _exit(5);
+    _exit(0);
+  }
+  int status;
+  waitpid(pid, &status, 0);
+  assert_int_equal(WEXITSTATUS(status), 0);
+  bp_store *s = open_ok(f);
+  assert_int_equal(count_of(s), 1);
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.batch_frames_dropped, 3);
+  assert_true(d.torn_bytes_dropped > 0);
+  /* The chain continues from the surviving event. */
+  bp_append_receipt r = append_text(s, &ALICE, "after");
+  bp_entry e;
+  assert_ok(bp_get_entry(s, r.event_id, &e));
+  assert_int_equal(e.clock, 1);
+  assert_ok(bp_close(s));
+}
+
+static void foreign_file_in_the_directory_is_ignored(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  append_text(s, &ALICE, "x");
+  assert_ok(bp_close(s));
+  char p[4200];
+  snprintf(p, sizeof p, "%s/notes.txt", f->dir);
+  FILE *fp = fopen(p, "w");
+  fputs("hello", fp);
+  fclose(fp);
+  snprintf(p, sizeof p, "%s/12.fbat", f->dir); /* too few digits: not a segment */
+  fp = fopen(p, "w");
+  fputs("junk", fp);
+  fclose(fp);
+  s = open_ok(f);
+  assert_int_equal(count_of(s), 1);
+  assert_ok(bp_close(s));
+}
+
+static void write_file_byte(const char *dir, const char *name, long off, uint8_t value) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/%s", dir, name);
+  int fd = open(p, O_WRONLY);
+  assert_true(fd >= 0);
+  if (off < 0) off += lseek(fd, 0, SEEK_END);
+  assert_int_equal(pwrite(fd, &value, 1, off), 1);
+  close(fd);
+}
+
+static uint8_t read_file_byte(const char *dir, const char *name, long off) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/%s", dir, name);
+  int fd = open(p, O_RDONLY);
+  if (off < 0) off += lseek(fd, 0, SEEK_END);
+  uint8_t v = 0;
+  assert_int_equal(pread(fd, &v, 1, off), 1);
+  close(fd);
+  return v;
+}
+
+static void make_store(fixture *f, int events) {
+  bp_store *s = open_ok(f);
+  for (int i = 0; i < events; i++) append_text(s, &ALICE, "some payload");
+  assert_ok(bp_close(s));
+}
+
+static void segment_with_bad_magic_fails_ecorrupt(void **state) {
+  fixture *f = *state;
+  make_store(f, 3);
+  write_file_byte(f->dir, "000001.fbat", 0, 'X');
+  bp_store *s = NULL;
+  assert_status(bp_open(&f->cfg, &s), BP_ECORRUPT);
+  assert_non_null(strstr(bp_last_error()->message, "000001"));
+  assert_non_null(strstr(bp_last_error()->message, "magic"));
+  assert_null(s);
+}
+
+static void segment_with_unknown_version_fails_ecorrupt(void **state) {
+  fixture *f = *state;
+  make_store(f, 3);
+  /* The header map starts at offset 8: 84 a7 "version" 01 -> version 2. */
+  assert_int_equal(read_file_byte(f->dir, "000001.fbat", 17), 1);
+  write_file_byte(f->dir, "000001.fbat", 17, 2);
+  bp_store *s = NULL;
+  assert_status(bp_open(&f->cfg, &s), BP_ECORRUPT);
+  assert_non_null(strstr(bp_last_error()->message, "version 2"));
+}
+
+static void corrupt_checkpoint_is_rebuilt_not_fatal(void **state) {
+  fixture *f = *state;
+  make_store(f, 5);
+  write_file_byte(f->dir, "index.ckpt", 40, read_file_byte(f->dir, "index.ckpt", 40) ^ 0xff);
+  bp_store *s = open_ok(f);
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.open_path, BP_OPEN_SIDX);
+  assert_int_equal(count_of(s), 5);
+  assert_ok(bp_close(s));
+  /* Close wrote a good one again. */
+  s = open_ok(f);
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.open_path, BP_OPEN_CHECKPOINT);
+  assert_ok(bp_close(s));
+}
+
+static void truncated_checkpoint_is_rebuilt(void **state) {
+  fixture *f = *state;
+  make_store(f, 5);
+  char p[4200];
+  snprintf(p, sizeof p, "%s/index.ckpt", f->dir);
+  assert_int_equal(truncate(p, 30), 0);
+  bp_store *s = open_ok(f);
+  assert_int_equal(count_of(s), 5);
+  assert_ok(bp_close(s));
+}
+
+static void lying_sidx_footer_is_ignored_for_a_scan(void **state) {
+  fixture *f = *state;
+  f->cfg.enable_checkpoint = false;
+  make_store(f, 5);
+  /* The trailer's entry count (at size-8) claims one event more. */
+  uint8_t n = read_file_byte(f->dir, "000001.fbat", -8);
+  assert_int_equal(n, 5);
+  write_file_byte(f->dir, "000001.fbat", -8, 6);
+  bp_store *s = open_ok(f);
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.segments_scanned, 1);
+  assert_int_equal(count_of(s), 5);
+  assert_ok(bp_close(s));
+}
+
+static void truncated_sidx_footer_is_ignored_for_a_scan(void **state) {
+  fixture *f = *state;
+  f->cfg.enable_checkpoint = false;
+  make_store(f, 5);
+  char p[4200];
+  snprintf(p, sizeof p, "%s/000001.fbat", f->dir);
+  struct stat sb;
+  stat(p, &sb);
+  assert_int_equal(truncate(p, sb.st_size - 20), 0); /* trailer gone: an unsealed segment */
+  bp_store *s = open_ok(f);
+  assert_int_equal(count_of(s), 5);
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.segments_scanned, 1);
+  assert_ok(bp_close(s));
+}
+
+static void bad_frame_in_a_sealed_segment_fails_unless_salvaged(void **state) {
+  fixture *f = *state;
+  f->cfg.enable_checkpoint = false;
+  bp_store *s = open_ok(f);
+  bp_append_receipt r[5];
+  for (int i = 0; i < 5; i++) r[i] = append_text(s, &ALICE, "some payload");
+  assert_ok(bp_close(s));
+  /* Damage the third frame's body, and the footer's string table so that the
+   * footer cannot be used and the frames are scanned. */
+  long off = (long)r[2].disk_pos.offset + 20;
+  write_file_byte(f->dir, "000001.fbat", off, read_file_byte(f->dir, "000001.fbat", off) ^ 0x40);
+  long st_off = (long)r[4].disk_pos.offset + (long)r[4].disk_pos.length;
+  write_file_byte(f->dir, "000001.fbat", st_off, 0xc1);
+  s = NULL;
+  assert_status(bp_open(&f->cfg, &s), BP_ECORRUPT);
+  char want[64];
+  snprintf(want, sizeof want, "offset %llu", (unsigned long long)r[2].disk_pos.offset);
+  if (!strstr(bp_last_error()->message, "000001") || !strstr(bp_last_error()->message, want))
+    fail_msg("message \"%s\" does not name segment 000001 and %s", bp_last_error()->message, want);
+  f->cfg.salvage = true;
+  s = open_ok(f);
+  assert_int_equal(count_of(s), 2);
+  assert_ok(bp_close(s));
+}
+
+static void crc_mismatch_on_read_fails_ecrc(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  bp_append_receipt r = append_text(s, &ALICE, "to be damaged");
+  long off = (long)r.disk_pos.offset + (long)r.disk_pos.length - 3;
+  write_file_byte(f->dir, "000001.fbat", off, read_file_byte(f->dir, "000001.fbat", off) ^ 1);
+  bp_event *ev;
+  assert_status(bp_get(s, r.event_id, &ev), BP_ECRC);
+  assert_non_null(strstr(bp_last_error()->message, "000001"));
+  assert_ok(bp_close(s));
+}
+
+/* ------------------------------------------------------------ faults */
+
+static int fail_writes;     /* writes to fail, then succeed */
+static int fail_errno = EIO;
+
+static ssize_t failing_pwritev(int fd, const struct iovec *iov, int cnt, off_t off) {
+  if (fail_writes > 0) {
+    fail_writes--;
+    errno = fail_errno;
+    return -1;
+  }
+  return pwritev(fd, iov, cnt, off);
+}
+
+static int fail_syncs;
+static int failing_fsync(int fd) {
+  if (fail_syncs > 0) {
+    fail_syncs--;
+    errno = EIO;
+    return -1;
+  }
+  return fsync(fd);
+}
+
+static void failed_write_fails_eio_then_restarts_once(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  bp_append_receipt ok1 = append_text(s, &ALICE, "acknowledged");
+  bp__os_table.pwritev = failing_pwritev;
+  fail_writes = 1;
+  fail_errno = ENOSPC;
+  bp_append_receipt r;
+  assert_status(bp_append(s, &ALICE, 0x1001, "lost", 4, &r), BP_EIO);
+  assert_int_equal(bp_last_error()->sys_errno, ENOSPC);
+  assert_int_equal(count_of(s), 1);
+  /* The policy (once) restarts on a fresh segment. */
+  bp_append_receipt ok2 = append_text(s, &ALICE, "after restart");
+  assert_int_equal(ok2.disk_pos.segment_id, 2);
+  assert_int_equal(ok2.sequence, 1);
+  /* A second failure spends the budget: the writer has failed for good. */
+  fail_writes = 1;
+  fail_errno = EIO;
+  assert_status(bp_append(s, &ALICE, 0x1001, "lost", 4, &r), BP_EIO);
+  assert_status(bp_append(s, &ALICE, 0x1001, "refused", 7, &r), BP_EWRITER);
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_true(d.writer_failed);
+  bp_close(s);
+  bp__os_table = bp__os_default;
+  /* Nothing acknowledged was lost, nothing refused was kept. */
+  s = open_ok(f);
+  assert_int_equal(count_of(s), 2);
+  bp_entry e;
+  assert_ok(bp_get_entry(s, ok1.event_id, &e));
+  assert_ok(bp_get_entry(s, ok2.event_id, &e));
+  assert_int_equal(e.clock, 1);
+  assert_ok(bp_close(s));
+}
+
+static void bounded_restart_policy_allows_n_restarts(void **state) {
+  fixture *f = *state;
+  f->cfg.restart_policy = (bp_restart_policy){BP_RESTART_BOUNDED, 3, 60000};
+  bp_store *s = open_ok(f);
+  bp__os_table.pwritev = failing_pwritev;
+  fail_errno = EIO;
+  bp_append_receipt r;
+  for (int i = 0; i < 3; i++) {
+    fail_writes = 1;
+    assert_status(bp_append(s, &ALICE, 0x1001, "x", 1, &r), BP_EIO);
+    append_text(s, &ALICE, "fine");
+  }
+  fail_writes = 1;
+  assert_status(bp_append(s, &ALICE, 0x1001, "x", 1, &r), BP_EIO);
+  assert_status(bp_append(s, &ALICE, 0x1001, "x", 1, &r), BP_EWRITER);
+  bp_close(s);
+  bp__os_table = bp__os_default;
+  s = open_ok(f);
+  assert_int_equal(count_of(s), 3);
+  assert_ok(bp_close(s));
+}
+
+static void failed_fsync_fails_the_append_and_keeps_earlier_events(void **state) {
+  fixture *f = *state;
+  f->cfg.sync_every_n_events = 1;
+  bp_store *s = open_ok(f);
+  append_text(s, &ALICE, "durable");
+  bp__os_table.fsync = failing_fsync;
+  fail_syncs = 1;
+  bp_append_receipt r;
+  assert_status(bp_append(s, &ALICE, 0x1001, "not durable", 11, &r), BP_EIO);
+  assert_non_null(strstr(bp_last_error()->message, "fsync"));
+  assert_int_equal(count_of(s), 1);
+  append_text(s, &ALICE, "on a fresh segment");
+  assert_ok(bp_close(s));
+  bp__os_table = bp__os_default;
+  s = open_ok(f);
+  assert_int_equal(count_of(s), 2);
+  assert_ok(bp_close(s));
+}
+
+static void bp_sync_forces_durability(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  append_text(s, &ALICE, "x");
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.durable_sequence, 0);
+  assert_ok(bp_sync(s));
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.durable_sequence, 1);
+  assert_ok(bp_close(s));
+}
+
+/* ------------------------------------------------------------ misc */
+
+static void readonly_open_reads_and_refuses_appends(void **state) {
+  fixture *f = *state;
+  make_store(f, 3);
+  bp_store *w = open_ok(f); /* a writer holds the lock */
+  bp_store *s;
+  assert_ok(bp_open_readonly(&f->cfg, &s));
+  assert_int_equal(count_of(s), 3);
+  bp_append_receipt r;
+  assert_status(bp_append(s, &ALICE, 0x1001, "x", 1, &r), BP_EREADONLY);
+  assert_status(bp_sync(s), BP_EREADONLY);
+  assert_ok(bp_close(s));
+  assert_ok(bp_close(w));
+  bp_config c = f->cfg;
+  char missing[4200];
+  snprintf(missing, sizeof missing, "%s/nope", f->tmp);
+  c.data_dir = missing;
+  assert_status(bp_open_readonly(&c, &s), BP_EIO);
+}
+
+static int64_t backwards_clock(void *ctx) {
+  int *calls = ctx;
+  return 2000000000000000ll - 1000000ll * (*calls)++; /* one second earlier each call */
+}
+
+static void wall_clock_never_goes_backwards_for_an_entity(void **state) {
+  fixture *f = *state;
+  int calls = 0;
+  f->cfg.clock = backwards_clock;
+  f->cfg.clock_ctx = &calls;
+  bp_store *s = open_ok(f);
+  bp_append_receipt r[3];
+  for (int i = 0; i < 3; i++) r[i] = append_text(s, &ALICE, "t");
+  uint64_t prev = 0;
+  for (int i = 0; i < 3; i++) {
+    bp_entry e;
+    assert_ok(bp_get_entry(s, r[i].event_id, &e));
+    assert_true(e.wall_ms >= prev);
+    prev = e.wall_ms;
+    bp_event *ev;
+    assert_ok(bp_get(s, r[i].event_id, &ev));
+    assert_int_equal(ev->header.timestamp_us, 2000000000000000ll - 1000000ll * i);
+    bp_event_free(ev);
+  }
+  assert_int_equal(prev, 2000000000000ull);
+  assert_ok(bp_close(s));
+}
+
+typedef struct log_capture {
+  int warnings;
+  char last[512];
+} log_capture;
+
+static void capture_log(int level, const char *msg, void *ctx) {
+  log_capture *c = ctx;
+  if (level <= BP_LOG_WARN) c->warnings++;
+  snprintf(c->last, sizeof c->last, "%s", msg);
+}
+
+static void log_callback_reports_a_dropped_torn_tail(void **state) {
+  fixture *f = *state;
+  pid_t pid = fork();
+  if (pid == 0) {
+    bp_store *s;
+    if (bp_open(&f->cfg, &s)) _exit(2);
+    bp_append_receipt r;
+    bp_append(s, &ALICE, 0x1001, "one", 3, &r);
+    bp_append(s, &ALICE, 0x1001, "two", 3, &r);
+    char path[4200];
+    snprintf(path, sizeof path, "%s/000001.fbat", f->dir);
+    if (truncate(path, (off_t)(r.disk_pos.offset + r.disk_pos.length - 1))) _exit(3);
+    _exit(0);
+  }
+  int status;
+  waitpid(pid, &status, 0);
+  log_capture cap = {0};
+  f->cfg.log_fn = capture_log;
+  f->cfg.log_ctx = &cap;
+  bp_store *s = open_ok(f);
+  assert_int_equal(count_of(s), 1);
+  assert_true(cap.warnings >= 1);
+  assert_ok(bp_close(s));
+}
+
+#define THREADS 4
+#define PER_THREAD 500
+
+typedef struct thread_arg {
+  bp_store *s;
+  int t;
+  bp_append_receipt r[PER_THREAD];
+} thread_arg;
+
+static void *appender(void *p) {
+  thread_arg *a = p;
+  char entity[32];
+  snprintf(entity, sizeof entity, "thread:%d", a->t);
+  bp_coord c = {entity, "scope:mt"};
+  for (int i = 0; i < PER_THREAD; i++)
+    if (bp_append(a->s, &c, 0x1001, &i, sizeof i, &a->r[i]) != BP_OK) return (void *)1;
+  return NULL;
+}
+
+static void concurrent_appends_get_dense_sequences_and_clocks(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 64 * 1024;
+  bp_store *s = open_ok(f);
+  thread_arg *args = calloc(THREADS, sizeof *args);
+  pthread_t th[THREADS];
+  for (int t = 0; t < THREADS; t++) {
+    args[t].s = s;
+    args[t].t = t;
+    pthread_create(&th[t], NULL, appender, &args[t]);
+  }
+  for (int t = 0; t < THREADS; t++) {
+    void *rv;
+    pthread_join(th[t], &rv);
+    assert_null(rv);
+  }
+  uint8_t *seen = calloc(THREADS * PER_THREAD, 1);
+  for (int t = 0; t < THREADS; t++)
+    for (int i = 0; i < PER_THREAD; i++) {
+      uint64_t q = args[t].r[i].sequence;
+      assert_true(q < THREADS * PER_THREAD);
+      assert_false(seen[q]);
+      seen[q] = 1;
+      if (i) assert_true(q > args[t].r[i - 1].sequence);
+    }
+  assert_int_equal(count_of(s), THREADS * PER_THREAD);
+  assert_ok(bp_close(s));
+  s = open_ok(f);
+  for (int t = 0; t < THREADS; t++) {
+    char entity[32];
+    snprintf(entity, sizeof entity, "thread:%d", t);
+    bp_entries st;
+    assert_ok(bp_stream(s, entity, &st));
+    assert_int_equal(st.len, PER_THREAD);
+    for (size_t i = 0; i < st.len; i++) {
+      assert_int_equal(st.items[i].clock, i);
+      assert_int_equal(st.items[i].global_sequence, args[t].r[i].sequence);
+    }
+    bp_entries_free(&st);
+  }
+  assert_ok(bp_close(s));
+  free(seen);
+  free(args);
+}
+
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      T(config_defaults_are_documented_values),
+      T(config_zero_fields_fail_naming_the_field_and_create_nothing),
+      T(empty_store_opens_and_closes_without_files),
+      T(second_open_in_the_same_process_is_locked),
+      T(open_from_another_process_is_locked),
+      T(append_then_get_returns_every_field),
+      T(append_json_stores_msgpack_and_reads_back_json),
+      T(reaction_carries_correlation_and_causation),
+      T(reopen_by_checkpoint_sidx_and_scan_gives_the_same_store),
+      T(process_exit_without_close_loses_nothing),
+      T(rotation_seals_segments_at_the_size_limit),
+      T(oversized_payload_fails_elimit_and_writes_nothing),
+      T(empty_or_oversized_coordinates_fail_ecoord),
+      T(null_payload_with_length_fails_einval),
+      T(cas_modes_check_the_entity_sequence),
+      T(idempotency_key_returns_the_original_receipt_and_writes_nothing),
+      T(group_commit_requires_idempotency_keys),
+      T(batch_is_all_or_nothing_on_a_failed_check),
+      T(batch_frames_carry_member_flags_except_the_last),
+      T(interrupted_batch_is_wholly_absent_after_reopen),
+      T(foreign_file_in_the_directory_is_ignored),
+      T(segment_with_bad_magic_fails_ecorrupt),
+      T(segment_with_unknown_version_fails_ecorrupt),
+      T(corrupt_checkpoint_is_rebuilt_not_fatal),
+      T(truncated_checkpoint_is_rebuilt),
+      T(lying_sidx_footer_is_ignored_for_a_scan),
+      T(truncated_sidx_footer_is_ignored_for_a_scan),
+      T(bad_frame_in_a_sealed_segment_fails_unless_salvaged),
+      T(crc_mismatch_on_read_fails_ecrc),
+      T(failed_write_fails_eio_then_restarts_once),
+      T(bounded_restart_policy_allows_n_restarts),
+      T(failed_fsync_fails_the_append_and_keeps_earlier_events),
+      T(bp_sync_forces_durability),
+      T(readonly_open_reads_and_refuses_appends),
+      T(wall_clock_never_goes_backwards_for_an_entity),
+      T(log_callback_reports_a_dropped_torn_tail),
+      T(concurrent_appends_get_dense_sequences_and_clocks),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
