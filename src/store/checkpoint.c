@@ -21,6 +21,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #define CKPT_MAGIC "FBATCK"
@@ -125,9 +126,11 @@ bp_status bp__checkpoint_write(bp_store *s) {
 
 /* ------------------------------------------------------------------ load */
 
-static const char *const entry_fields[] = {
-    "event_id", "correlation_id", "causation_id", "entity_id", "scope_id", "kind", "wall_ms",
-    "clock", "prev_hash", "event_hash", "segment_id", "offset", "length", "global_sequence"};
+static const bp__field entry_fields[] = {
+    BP__FIELD("event_id"), BP__FIELD("correlation_id"), BP__FIELD("causation_id"),
+    BP__FIELD("entity_id"), BP__FIELD("scope_id"), BP__FIELD("kind"), BP__FIELD("wall_ms"),
+    BP__FIELD("clock"), BP__FIELD("prev_hash"), BP__FIELD("event_hash"), BP__FIELD("segment_id"),
+    BP__FIELD("offset"), BP__FIELD("length"), BP__FIELD("global_sequence")};
 
 static bp_status read_entry(bp__mp_reader *r, bp__ientry *e, uint64_t *seq) {
   uint32_t n;
@@ -140,9 +143,7 @@ static bp_status read_entry(bp__mp_reader *r, bp__ientry *e, uint64_t *seq) {
     bool present = false;
     uint64_t v = 0;
     if ((st = bp__mp_read_str(r, &k, &kl))) break;
-    int idx = -1;
-    for (int f = 0; f < 14; f++)
-      if (bp__mp_key_is(k, kl, entry_fields[f])) idx = f;
+    int idx = bp__field_find(entry_fields, 14, i, k, kl);
     if (idx >= 0) {
       if (seen & (1u << idx)) return bp__fail(BP_ESERIAL, "checkpoint entry: duplicate field");
       seen |= 1u << idx;
@@ -189,14 +190,24 @@ bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off) {
   if (fd < 0) return bp__fail_errno(BP_ENOTFOUND, errno, "checkpoint: open %s", path);
   struct stat st_;
   uint8_t *data = NULL;
+  bool mapped = false;
   int rc = bp__os_table.fstat(fd, &st_) == 0 ? 0 : errno;
   size_t size = rc ? 0 : (size_t)st_.st_size;
   if (!rc && size < CKPT_HEADER) rc = -1;
-  if (!rc && !(data = malloc(size))) rc = ENOMEM;
-  if (!rc) rc = bp__os_read_all(fd, data, size, 0);
+  if (!rc) {
+    void *m = bp__os_table.mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+    if (m != MAP_FAILED) {
+      data = m;
+      mapped = true;
+    } else if (!(data = malloc(size))) {
+      rc = ENOMEM;
+    } else {
+      rc = bp__os_read_all(fd, data, size, 0);
+    }
+  }
   bp__os_table.close(fd);
   if (rc) {
-    free(data);
+    if (!mapped) free(data);
     return bp__fail(BP_ECORRUPT, "checkpoint: cannot read %s (%s)", path,
                     rc == -1 ? "too short" : strerror(rc));
   }
@@ -242,6 +253,8 @@ bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off) {
       if (!have[3]) { st = bp__fail(BP_ECORRUPT, "checkpoint: entries before interner_strings"); break; }
       uint32_t cnt;
       if ((st = bp__mp_read_array(&r, &cnt))) break;
+      if (cnt > bp__mp_remaining(&r)) { st = bp__fail(BP_ECORRUPT, "checkpoint: entry count too large"); break; }
+      if ((st = bp__index_reserve(&s->ix, cnt))) break;
       for (uint32_t j = 0; !st && j < cnt; j++) {
         bp__ientry e;
         uint64_t seq;
@@ -276,6 +289,7 @@ bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off) {
   if (st && st != BP_ENOMEM) st = BP_ECORRUPT;
 out:
   free(idmap);
-  free(data);
+  if (mapped) bp__os_table.munmap(data, size);
+  else free(data);
   return st;
 }

@@ -284,6 +284,15 @@ bp_status bp__index_push(bp__index *ix, const bp__ientry *e) {
   return BP_OK;
 }
 
+bp_status bp__index_reserve(bp__index *ix, uint64_t more) {
+  uint64_t slots = atomic_load(&ix->id_mask) + 1, want = slots;
+  while ((ix->id_used + more + 1) * 2 > want) want *= 2;
+  if (want != slots && !id_table_resize(ix, want))
+    return bp__fail(BP_ENOMEM, "index: out of memory sizing the id table for %llu events",
+                    (unsigned long long)(ix->id_used + more));
+  return BP_OK;
+}
+
 void bp__index_publish(bp__index *ix) {
   atomic_store_explicit(&ix->visible, ix->count, memory_order_release);
 }

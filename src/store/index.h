@@ -108,6 +108,9 @@ void bp__index_free(bp__index *ix);
 bp_status bp__index_intern(bp__index *ix, const char *s, size_t len, bp__name **out);
 /* Appends an entry at sequence ix->count (not yet visible). Errors: BP_ENOMEM, BP_ELIMIT. */
 bp_status bp__index_push(bp__index *ix, const bp__ientry *e);
+/* Sizes the id table for `more` further entries, so that loading a known
+ * number of entries does not rehash on the way. Errors: BP_ENOMEM. */
+bp_status bp__index_reserve(bp__index *ix, uint64_t more);
 /* Makes every pushed entry visible. */
 void bp__index_publish(bp__index *ix);
 /* Drops pushed entries that were not published (a failed write). Streams and

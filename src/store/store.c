@@ -149,7 +149,7 @@ static bp_status recover(bp_store *s) {
   bp_status st = list_segments(s, &ids, &n);
   if (st) return st;
   for (size_t i = 0; i < n && !st; i++) {
-    uint64_t size;
+    uint64_t size = 0;
     if (!(st = segment_size(s, ids[i], &size))) st = bp__segment_add(s, ids[i], true, size);
   }
   if (!st) s->next_segment_id = n ? ids[n - 1] + 1 : 1;

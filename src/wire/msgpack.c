@@ -280,7 +280,7 @@ bp_status bp__mp_read_u64(bp__mp_reader *r, uint64_t *out) {
 
 #define DEFINE_READ_UNSIGNED(name, type, max, what)          \
   bp_status name(bp__mp_reader *r, type *out) {              \
-    uint64_t v;                                              \
+    uint64_t v = 0;                                          \
     bp_status st = read_unsigned(r, max, what, &v);          \
     if (!st) *out = (type)v;                                 \
     return st;                                               \

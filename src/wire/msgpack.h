@@ -90,6 +90,23 @@ bp_status bp__mp_read_id(bp__mp_reader *r, bp_id *out);
  * only validate and skip: then *ptr is NULL and *len the length. */
 bp_status bp__mp_read_bytes(bp__mp_reader *r, bp__buf *scratch, const uint8_t **ptr, size_t *len);
 
+/* A record's field names with their lengths, for fast key lookup. */
+typedef struct bp__field {
+  const char *name;
+  uint32_t len;
+} bp__field;
+#define BP__FIELD(lit) {lit, sizeof(lit) - 1}
+
+/* The index of key among n fields, or -1. Fields are usually written in
+ * declaration order, so the hint (the position of the key in its map) is
+ * tried first. */
+static inline int bp__field_find(const bp__field *f, int n, uint32_t hint, const char *key, uint32_t len) {
+  if (hint < (uint32_t)n && f[hint].len == len && memcmp(f[hint].name, key, len) == 0) return (int)hint;
+  for (int i = 0; i < n; i++)
+    if (f[i].len == len && memcmp(f[i].name, key, len) == 0) return i;
+  return -1;
+}
+
 /* Compares a key just read with a NUL-terminated literal. */
 static inline bool bp__mp_key_is(const char *key, uint32_t len, const char *lit) {
   size_t n = strlen(lit);

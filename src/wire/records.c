@@ -30,8 +30,12 @@ static bp_status require_fields(unsigned seen, unsigned required, const char *co
   return bp__fail(BP_ESERIAL, "%s: missing field \"%s\"", record, names[i]);
 }
 
-/* Looks key up in names; returns its index or -1. */
-static int field_index(const char *key, uint32_t klen, const char *const *names, int n) {
+/* Looks key up in names; returns its index or -1. Fields usually come in
+ * declaration order, so names[hint] (the key's position in its map) is tried
+ * first. */
+static int field_index(const char *key, uint32_t klen, const char *const *names, int n, uint32_t hint) {
+  if (hint < (uint32_t)n && strlen(names[hint]) == klen && memcmp(names[hint], key, klen) == 0)
+    return (int)hint;
   for (int i = 0; i < n; i++)
     if (bp__mp_key_is(key, klen, names[i])) return i;
   return -1;
@@ -142,7 +146,7 @@ static bp_status decode_position(bp__mp_reader *r, bp_position *p) {
     const char *k;
     uint32_t kl;
     if ((st = read_key(r, &k, &kl))) break;
-    int idx = field_index(k, kl, position_fields, 5);
+    int idx = field_index(k, kl, position_fields, 5, i);
     if (idx >= 0 && (st = mark_seen(&seen, idx, position_fields, "position"))) break;
     switch (idx) {
       case 0: st = bp__mp_read_u64(r, &p->wall_ms); break;
@@ -171,7 +175,7 @@ static bp_status decode_header(bp__mp_reader *r, bp_header *h) {
     uint32_t kl;
     bool present = false;
     if ((st = read_key(r, &k, &kl))) break;
-    int idx = field_index(k, kl, header_fields, 9);
+    int idx = field_index(k, kl, header_fields, 9, i);
     if (idx >= 0 && (st = mark_seen(&seen, idx, header_fields, "header"))) break;
     switch (idx) {
       case 0: st = bp__mp_read_id(r, &h->event_id); break;
@@ -204,7 +208,7 @@ static bp_status decode_chain(bp__mp_reader *r, bp_hash_chain *c) {
     const char *k;
     uint32_t kl;
     if ((st = read_key(r, &k, &kl))) break;
-    int idx = field_index(k, kl, chain_fields, 2);
+    int idx = field_index(k, kl, chain_fields, 2, i);
     if (idx >= 0 && (st = mark_seen(&seen, idx, chain_fields, "hash_chain"))) break;
     if (idx == 0) st = bp__mp_read_fixed_bytes(r, c->prev_hash, 32);
     else if (idx == 1) st = bp__mp_read_fixed_bytes(r, c->event_hash, 32);
@@ -225,7 +229,7 @@ static bp_status decode_event(bp__mp_reader *r, bp__buf *scratch, bp__frame *f) 
     uint32_t kl;
     bool present = false;
     if ((st = read_key(r, &k, &kl))) break;
-    int idx = field_index(k, kl, event_fields, 3);
+    int idx = field_index(k, kl, event_fields, 3, i);
     if (idx >= 0 && (st = mark_seen(&seen, idx, event_fields, "event"))) break;
     switch (idx) {
       case 0: st = decode_header(r, &f->header); break;
@@ -256,7 +260,7 @@ bp_status bp__frame_decode_body(const uint8_t *body, size_t len, bp__buf *scratc
     const char *k;
     uint32_t kl, sl;
     if ((st = read_key(&r, &k, &kl))) break;
-    int idx = field_index(k, kl, frame_fields, 3);
+    int idx = field_index(k, kl, frame_fields, 3, i);
     if (idx >= 0 && (st = mark_seen(&seen, idx, frame_fields, "frame"))) break;
     switch (idx) {
       case 0: st = decode_event(&r, scratch, f); break;
@@ -313,7 +317,7 @@ bp_status bp__segment_header_decode(const uint8_t *data, size_t len, bp__segment
     const char *k;
     uint32_t kl;
     if ((st = read_key(&r, &k, &kl))) break;
-    int idx = field_index(k, kl, segment_fields, 4);
+    int idx = field_index(k, kl, segment_fields, 4, i);
     if (idx >= 0 && (st = mark_seen(&seen, idx, segment_fields, "segment header"))) break;
     switch (idx) {
       case 0: st = bp__mp_read_u32(&r, &h->version); break;
@@ -355,7 +359,7 @@ bp_status bp__coord_decode(const uint8_t *data, size_t len, const char **entity,
     const char *k;
     uint32_t kl;
     if ((st = read_key(&r, &k, &kl))) break;
-    int idx = field_index(k, kl, coord_fields, 2);
+    int idx = field_index(k, kl, coord_fields, 2, i);
     if (idx >= 0 && (st = mark_seen(&seen, idx, coord_fields, "coordinate"))) break;
     if (idx == 0) { st = bp__mp_read_str(&r, entity, &sl); *elen = sl; }
     else if (idx == 1) { st = bp__mp_read_str(&r, scope, &sl); *slen = sl; }
@@ -393,7 +397,7 @@ bp_status bp__committed_decode(const uint8_t *data, size_t len, bp__committed *c
     const char *k;
     uint32_t kl;
     if ((st = read_key(&r, &k, &kl))) break;
-    int idx = field_index(k, kl, committed_fields, 4);
+    int idx = field_index(k, kl, committed_fields, 4, i);
     if (idx >= 0 && (st = mark_seen(&seen, idx, committed_fields, "committed"))) break;
     switch (idx) {
       case 0: {
@@ -475,7 +479,7 @@ static bp_status read_variant(bp__mp_reader *r, const char *const *names, int n,
   const char *k;
   uint32_t kl;
   if ((st = read_key(r, &k, &kl))) return st;
-  *which = field_index(k, kl, names, n);
+  *which = field_index(k, kl, names, n, 0);
   if (*which < 0) return bp__fail(BP_ESERIAL, "%s: unknown variant \"%.*s\"", record, (int)kl, k);
   return BP_OK;
 }
@@ -525,7 +529,7 @@ static bp_status decode_fields_map(bp__mp_reader *r, const char *const *names, i
     const char *k;
     uint32_t kl;
     if ((st = read_key(r, &k, &kl))) break;
-    int idx = field_index(k, kl, names, n);
+    int idx = field_index(k, kl, names, n, i);
     if (idx >= 0 && (st = mark_seen(&seen, idx, names, record))) break;
     st = idx >= 0 ? field(r, idx, ctx) : bp__mp_skip(r);
   }
