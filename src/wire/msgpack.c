@@ -124,7 +124,9 @@ bp_status bp__mp_next(bp__mp_reader *r, bp__mp_value *v) {
   size_t left = bp__mp_remaining(r) - 1;
   const uint8_t *q = r->p + 1;
   int width = 0;          /* bytes of the length or value field after the tag */
-  memset(v, 0, sizeof *v);
+  v->len = 0;
+  v->ptr = NULL;
+  v->is_f32 = false;
 
   if (t <= 0x7f) { v->type = BP__MP_UINT; v->u = t; r->p = q; return BP_OK; }
   if (t >= 0xe0) { v->type = BP__MP_INT; v->i = (int8_t)t; r->p = q; return BP_OK; }
@@ -311,6 +313,24 @@ bp_status bp__mp_read_nil_or(bp__mp_reader *r, bool *present) {
 
 /* Reads the elements of an integer array into out (n elements, each 0..255). */
 static bp_status read_int_bytes(bp__mp_reader *r, uint8_t *out, size_t n) {
+  /* Fast path: every element is a positive fixint or cc xx (what every writer
+   * emits), decoded without branches on the data; any other form falls back
+   * to the general path from the start. */
+  if ((size_t)(r->end - r->p) >= 2 * n) {
+    const uint8_t *p = r->p;
+    unsigned ok = 1;
+    for (size_t i = 0; i < n; i++) {
+      unsigned c = p[0];
+      unsigned cc = c == 0xcc;
+      ok &= (c <= 0x7f) | cc;
+      out[i] = p[cc];
+      p += 1 + cc;
+    }
+    if (ok) {
+      r->p = p;
+      return BP_OK;
+    }
+  }
   for (size_t i = 0; i < n; i++) {
     /* Fast path for the common encodings: positive fixint and cc xx. */
     if (r->p < r->end && *r->p <= 0x7f) { out[i] = *r->p++; continue; }
