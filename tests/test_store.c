@@ -9,6 +9,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -55,6 +56,14 @@ static uint64_t count_of(bp_store *s) {
   bp_store_stats st;
   bp_stats(s, &st);
   return st.event_count;
+}
+
+/* Bytes of frames in the active segment: what "nothing was written" is measured by
+ * (the file itself may be longer: space is allocated ahead of the frames). */
+static uint64_t frames_end(bp_store *s) {
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  return d.active_segment_bytes;
 }
 
 static off_t file_size(const char *dir, const char *name) {
@@ -297,7 +306,7 @@ static void oversized_payload_fails_elimit_and_writes_nothing(void **state) {
   f->cfg.max_payload_bytes = 100;
   bp_store *s = open_ok(f);
   append_text(s, &ALICE, "ok");
-  off_t size = file_size(f->dir, "000001.fbat");
+  uint64_t size = frames_end(s);
   char big[101];
   memset(big, 'x', sizeof big);
   bp_append_receipt r;
@@ -305,7 +314,7 @@ static void oversized_payload_fails_elimit_and_writes_nothing(void **state) {
   assert_non_null(strstr(bp_last_error()->message, "max_payload_bytes"));
   assert_ok(bp_append(s, &ALICE, 0x1001, big, 100, &r)); /* exactly the limit is fine */
   assert_int_equal(count_of(s), 2);
-  assert_true(file_size(f->dir, "000001.fbat") > size);
+  assert_true(frames_end(s) > size);
   assert_ok(bp_close(s));
 }
 
@@ -381,12 +390,12 @@ static void idempotency_key_returns_the_original_receipt_and_writes_nothing(void
   bp_append_receipt a, b;
   assert_ok(bp_append_with(s, &ALICE, 0x1001, "one", 3, &o, &a));
   assert_true(bp_id_eq(a.event_id, o.idempotency_key));
-  off_t size = file_size(f->dir, "000001.fbat");
+  uint64_t size = frames_end(s);
   assert_ok(bp_append_with(s, &ALICE, 0x1001, "different", 9, &o, &b));
   assert_true(bp_id_eq(a.event_id, b.event_id));
   assert_int_equal(a.sequence, b.sequence);
   assert_int_equal(a.disk_pos.offset, b.disk_pos.offset);
-  assert_int_equal(file_size(f->dir, "000001.fbat"), size);
+  assert_int_equal(frames_end(s), size);
   assert_int_equal(count_of(s), 1);
   assert_ok(bp_close(s));
   /* Also after reopen. */
@@ -433,11 +442,11 @@ static void batch_is_all_or_nothing_on_a_failed_check(void **state) {
   assert_int_equal(outs[0].sequence, 1);
   assert_int_equal(outs[2].sequence, 3);
   /* Now a batch whose last check fails: none of it is written. */
-  off_t size = file_size(f->dir, "000001.fbat");
+  uint64_t size = frames_end(s);
   evs[2].opts.expected_sequence = 99;
   assert_status(bp_append_batch(s, evs, 3, outs), BP_ESEQUENCE);
   assert_int_equal(count_of(s), 4);
-  assert_int_equal(file_size(f->dir, "000001.fbat"), size);
+  assert_int_equal(frames_end(s), size);
   bp_entries st;
   assert_ok(bp_stream(s, "user:bob", &st));
   assert_int_equal(st.len, 1);
@@ -707,8 +716,28 @@ static int failing_fsync(int fd) {
   return fsync(fd);
 }
 
+/* Refuses writable mappings, so that appends take the write() path. */
+static void *no_write_mapping(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+  if (prot & PROT_WRITE) {
+    errno = ENOMEM;
+    return MAP_FAILED;
+  }
+  return mmap(addr, len, prot, flags, fd, off);
+}
+
+static int fail_fallocates;
+static int failing_fallocate(int fd, int mode, off_t off, off_t len) {
+  if (fail_fallocates > 0) {
+    fail_fallocates--;
+    errno = ENOSPC;
+    return -1;
+  }
+  return fallocate(fd, mode, off, len);
+}
+
 static void failed_write_fails_eio_then_restarts_once(void **state) {
   fixture *f = *state;
+  bp__os_table.mmap = no_write_mapping;
   bp_store *s = open_ok(f);
   bp_append_receipt ok1 = append_text(s, &ALICE, "acknowledged");
   bp__os_table.pwritev = failing_pwritev;
@@ -745,6 +774,7 @@ static void failed_write_fails_eio_then_restarts_once(void **state) {
 static void bounded_restart_policy_allows_n_restarts(void **state) {
   fixture *f = *state;
   f->cfg.restart_policy = (bp_restart_policy){BP_RESTART_BOUNDED, 3, 60000};
+  bp__os_table.mmap = no_write_mapping;
   bp_store *s = open_ok(f);
   bp__os_table.pwritev = failing_pwritev;
   fail_errno = EIO;
@@ -780,6 +810,50 @@ static void failed_fsync_fails_the_append_and_keeps_earlier_events(void **state)
   bp__os_table = bp__os_default;
   s = open_ok(f);
   assert_int_equal(count_of(s), 2);
+  assert_ok(bp_close(s));
+}
+
+/* The mapped write path: running out of space is an error from the space
+ * reservation (fallocate), never a crash, and follows the restart policy. */
+static void failed_space_reservation_fails_eio_and_restarts(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  bp__os_table.fallocate = failing_fallocate;
+  fail_fallocates = 1;
+  bp_append_receipt r;
+  assert_status(bp_append(s, &ALICE, 0x1001, "x", 1, &r), BP_EIO);
+  assert_int_equal(bp_last_error()->sys_errno, ENOSPC);
+  bp_append_receipt ok = append_text(s, &ALICE, "after restart");
+  assert_int_equal(ok.sequence, 0);
+  assert_int_equal(ok.disk_pos.segment_id, 2);
+  assert_ok(bp_close(s));
+  bp__os_table = bp__os_default;
+  s = open_ok(f);
+  assert_int_equal(count_of(s), 1);
+  assert_ok(bp_close(s));
+}
+
+/* A crash leaves the space allocated ahead as zeros after the last frame: a
+ * reopen reads it as the end of the frames, not as damage. */
+static void space_allocated_ahead_is_not_a_torn_tail(void **state) {
+  fixture *f = *state;
+  pid_t pid = fork();
+  if (pid == 0) {
+    bp_store *s;
+    if (bp_open(&f->cfg, &s)) _exit(2);
+    bp_append_receipt r;
+    for (int i = 0; i < 10; i++)
+      if (bp_append(s, &ALICE, 0x1001, "x", 1, &r)) _exit(3);
+    _exit(0);
+  }
+  int status;
+  waitpid(pid, &status, 0);
+  assert_int_equal(WEXITSTATUS(status), 0);
+  bp_store *s = open_ok(f);
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(count_of(s), 10);
+  assert_int_equal(d.torn_bytes_dropped, 0);
   assert_ok(bp_close(s));
 }
 
@@ -981,6 +1055,8 @@ int main(void) {
       T(failed_write_fails_eio_then_restarts_once),
       T(bounded_restart_policy_allows_n_restarts),
       T(failed_fsync_fails_the_append_and_keeps_earlier_events),
+      T(failed_space_reservation_fails_eio_and_restarts),
+      T(space_allocated_ahead_is_not_a_torn_tail),
       T(bp_sync_forces_durability),
       T(readonly_open_reads_and_refuses_appends),
       T(wall_clock_never_goes_backwards_for_an_entity),

@@ -250,6 +250,7 @@ typedef struct bp_store_diagnostics {
   uint64_t durable_sequence;     /* events below this were fsynced */
   uint64_t segment_count;
   uint64_t active_segment_id;    /* 0 before the first append */
+  uint64_t active_segment_bytes; /* bytes of frames in the active segment */
   uint64_t torn_bytes_dropped;   /* bytes of torn tails ignored at open */
   uint64_t batch_frames_dropped; /* frames of interrupted batches ignored at open */
   bp_open_path open_path;

@@ -25,6 +25,7 @@ const bp__os bp__os_default = {
     .mmap = mmap,
     .munmap = munmap,
     .flock = flock,
+    .fallocate = fallocate,
 };
 
 bp__os bp__os_table = {
@@ -42,6 +43,7 @@ bp__os bp__os_table = {
     .mmap = mmap,
     .munmap = munmap,
     .flock = flock,
+    .fallocate = fallocate,
 };
 
 #define MAX_IOV 64

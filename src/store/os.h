@@ -27,6 +27,7 @@ typedef struct bp__os {
   void *(*mmap)(void *addr, size_t len, int prot, int flags, int fd, off_t off);
   int (*munmap)(void *addr, size_t len);
   int (*flock)(int fd, int op);
+  int (*fallocate)(int fd, int mode, off_t off, off_t len);
 } bp__os;
 
 /* The table in use. Tests replace entries and restore them; the library never

@@ -456,6 +456,12 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
     if (end - off < BP__FRAME_PREFIX) { damage = "truncated frame header"; break; }
     uint32_t len = bp__get_be32(f->data + off);
     uint32_t crc = bp__get_be32(f->data + off + 4);
+    if (len == 0 && crc == 0 && !f->has_trailer) {
+      /* Space the writer allocated ahead of its frames: the data ends here. */
+      bp__log(s, BP_LOG_DEBUG, "segment %06" PRIu64 ": frames end at %zu (%zu bytes allocated ahead)", f->id, off,
+              f->size - off);
+      break;
+    }
     if (len > end - off - BP__FRAME_PREFIX) { damage = "frame runs past the end"; break; }
     const uint8_t *body = f->data + off + BP__FRAME_PREFIX;
     if (bp__crc32(body, len) != crc) { damage = "CRC mismatch"; break; }

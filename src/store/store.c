@@ -272,7 +272,7 @@ bp_status bp_close(bp_store *s) {
     pthread_mutex_lock(&s->qlock);
     s->closing = true;
     pthread_cond_broadcast(&s->qspace);
-    while (s->leader || s->qhead) pthread_cond_wait(&s->qidle, &s->qlock);
+    while (s->leader || s->qhead || s->direct) pthread_cond_wait(&s->qidle, &s->qlock);
     pthread_mutex_unlock(&s->qlock);
 
     pthread_mutex_lock(&s->wlock);
@@ -319,6 +319,7 @@ void bp_diagnostics(bp_store *s, bp_store_diagnostics *out) {
   pthread_mutex_unlock(&s->seg_lock);
   pthread_mutex_lock(&s->wlock);
   out->active_segment_id = s->wfd >= 0 ? s->wseg : 0;
+  out->active_segment_bytes = s->wfd >= 0 ? s->wsize : 0;
   out->writer_restarts = s->restarts;
   out->writer_failed = s->failed;
   pthread_mutex_unlock(&s->wlock);

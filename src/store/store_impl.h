@@ -74,6 +74,7 @@ struct bp_store {
   pthread_cond_t qidle;     /* signalled when a leader finishes */
   bp__req *qhead, *qtail;
   size_t qlen;
+  uint32_t direct;          /* appends committing on their own thread (max batch 1) */
   bool leader;
   bool closing;
   uint32_t drained;         /* appends committed after closing began */
@@ -84,6 +85,9 @@ struct bp_store {
   uint64_t wseg;            /* its id */
   uint64_t wsize;           /* bytes written to it */
   uint64_t wseg_first;      /* global sequence of its first event */
+  uint8_t *wmap;            /* shared writable mapping of the active segment, or NULL */
+  size_t wmap_len;          /* bytes mapped */
+  uint64_t wcap;            /* the file's size: space allocated ahead of wsize */
   uint64_t next_segment_id;
   uint32_t unsynced;        /* appends since the last fsync */
   bool failed;              /* failed for good: BP_EWRITER */

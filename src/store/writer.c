@@ -39,6 +39,7 @@
 #include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
+#include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -88,11 +89,78 @@ static uint64_t mono_ms(void) {
 
 /* ------------------------------------------------------------- segments */
 
+/*
+ * The active segment is written through a shared writable mapping when the
+ * platform allows it: copying a frame into the mapping puts it in the page
+ * cache, which is what write() would do, without a system call per append.
+ * The file is extended ahead of the writes with fallocate (so that running
+ * out of disk space is an error from fallocate, never a SIGBUS from the
+ * mapping), BP__GROW_STEP at a time; a crash can therefore leave zero bytes
+ * after the last frame, which a scan recognises as unused space (a frame
+ * length of 0 is never valid). Sealing truncates the file to its frames and
+ * footer. Anything the mapping cannot take (a frame past the mapped window,
+ * a file system without fallocate, a failed mmap) goes through write().
+ */
+#define BP__GROW_STEP (4u << 20)
+#define BP__MAP_SLACK (16u << 20)
+
+static void unmap_segment(bp_store *s) {
+  if (s->wmap) bp__os_table.munmap(s->wmap, s->wmap_len);
+  s->wmap = NULL;
+  s->wmap_len = 0;
+}
+
+static void map_segment(bp_store *s) {
+  long page = sysconf(_SC_PAGESIZE);
+  uint64_t len = s->cfg.segment_max_bytes + BP__MAP_SLACK;
+  if (len > ((uint64_t)1 << 40)) return;  /* an absurd segment size: write() it is */
+  len = (len + (uint64_t)page - 1) / (uint64_t)page * (uint64_t)page;
+  void *m = bp__os_table.mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, s->wfd, 0);
+  if (m == MAP_FAILED) {
+    bp__log(s, BP_LOG_DEBUG, "segment %06" PRIu64 ": not mapped (%s); appends use write()", s->wseg,
+            strerror(errno));
+    return;
+  }
+  s->wmap = m;
+  s->wmap_len = (size_t)len;
+}
+
+/* Makes the file at least end bytes long (allocated), growing by BP__GROW_STEP.
+ * Returns 0, EOPNOTSUPP (no fallocate here: stop using the mapping) or an errno. */
+static int reserve_space(bp_store *s, uint64_t end) {
+  if (end <= s->wcap) return 0;
+  uint64_t cap = (end + BP__GROW_STEP - 1) / BP__GROW_STEP * BP__GROW_STEP;
+  if (cap > s->wmap_len) cap = s->wmap_len;
+  if (cap < end) return EOPNOTSUPP;
+  if (bp__os_table.fallocate(s->wfd, 0, (off_t)s->wcap, (off_t)(cap - s->wcap)) != 0)
+    return errno == ENOSYS ? EOPNOTSUPP : (errno ? errno : EIO);
+  s->wcap = cap;
+  return 0;
+}
+
+/* Hands len bytes at offset at of the active segment to the operating system. */
+static int segment_write(bp_store *s, const uint8_t *data, size_t len, uint64_t at) {
+  if (s->wmap && at + len <= s->wmap_len) {
+    int rc = reserve_space(s, at + len);
+    if (rc == 0) {
+      memcpy(s->wmap + at, data, len);
+      return 0;
+    }
+    if (rc != EOPNOTSUPP) return rc;
+    bp__log(s, BP_LOG_DEBUG, "segment %06" PRIu64 ": no fallocate; appends use write()", s->wseg);
+    unmap_segment(s);
+  }
+  struct iovec iov = {(void *)data, len};
+  int rc = bp__os_write_all(s->wfd, &iov, 1, at);
+  if (!rc && at + len > s->wcap) s->wcap = at + len;
+  return rc;
+}
+
 static bp_status writer_open_segment(bp_store *s) {
   uint64_t id = s->next_segment_id;
   char path[4096];
   bp__segment_path(s, id, path, sizeof path);
-  int fd = bp__os_table.open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  int fd = bp__os_table.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
   if (fd < 0) return bp__fail_errno(BP_EIO, errno, "create segment %s", path);
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -116,7 +184,9 @@ static bp_status writer_open_segment(bp_store *s) {
   s->wfd = fd;
   s->wseg = id;
   s->wsize = size;
+  s->wcap = size;
   s->wseg_first = s->ix.count;
+  map_segment(s);
   bp__log(s, BP_LOG_DEBUG, "segment %06" PRIu64 " started", id);
   return BP_OK;
 }
@@ -151,6 +221,7 @@ static bool allow_restart(bp_store *s) {
  * decide, by policy, whether the writer goes on. keep_from is the size to
  * truncate back to (the bytes after it were never acknowledged). */
 static void writer_failed(bp_store *s, uint64_t keep_from, const char *what) {
+  unmap_segment(s);
   if (s->wfd >= 0) {
     bp__os_table.ftruncate(s->wfd, (off_t)keep_from);
     bp__os_table.close(s->wfd);
@@ -168,8 +239,12 @@ bp_status bp__writer_seal(bp_store *s) {
   bp_status st = bp__sidx_encode(&s->ix, s->wseg_first, s->ix.count, s->wsize, &b);
   int rc = 0;
   if (!st) {
+    /* Footer after the last frame, then drop the space allocated ahead. */
+    unmap_segment(s);
     struct iovec iov = {b.data, b.len};
     rc = bp__os_write_all(s->wfd, &iov, 1, s->wsize);
+    if (!rc && s->wcap > s->wsize + b.len && bp__os_table.ftruncate(s->wfd, (off_t)(s->wsize + b.len)) != 0)
+      rc = errno ? errno : EIO;
     if (!rc) rc = bp__os_sync(s->wfd, s->cfg.sync_mode);
     if (rc) st = bp__fail_errno(BP_EIO, rc, "seal segment %06" PRIu64, s->wseg);
   }
@@ -208,6 +283,7 @@ static bp_status writer_ensure_segment(bp_store *s) {
 }
 
 void bp__writer_free(bp_store *s) {
+  unmap_segment(s);
   if (s->wfd >= 0) bp__os_table.close(s->wfd);
   s->wfd = -1;
   bp__buf_free(&s->wbuf);
@@ -388,8 +464,7 @@ static void commit_group(bp_store *s, bp__req **group, size_t ng) {
 
   if (s->wbuf.len > 0) {
     uint64_t at = s->wsize;
-    struct iovec iov = {s->wbuf.data, s->wbuf.len};
-    int rc = bp__os_write_all(s->wfd, &iov, 1, at);
+    int rc = segment_write(s, s->wbuf.data, s->wbuf.len, at);
     const char *what = "write";
     bool sync_now = !rc && s->unsynced + new_events >= s->cfg.sync_every_n_events;
     if (sync_now) {
@@ -453,6 +528,33 @@ static bp_status submit(bp_store *s, const bp_event_in *events, size_t n, bool i
   req.hashes = hashes;
   req.outs = outs;
   req.is_batch = is_batch;
+
+  if (s->cfg.group_commit_max_batch == 1) {
+    /* No group to form: the caller commits under the writer lock itself. */
+    pthread_mutex_lock(&s->qlock);
+    while (!s->closing && s->direct >= s->cfg.writer_queue_capacity) pthread_cond_wait(&s->qspace, &s->qlock);
+    bool refused = s->closing && s->drained >= s->cfg.shutdown_drain_limit;
+    if (!refused) {
+      s->direct++;
+      if (s->closing) s->drained++;
+    }
+    pthread_mutex_unlock(&s->qlock);
+    if (refused) {
+      if (hashes != one_hash) free(hashes);
+      return bp__fail(BP_ESHUTDOWN, "append: the store is closing");
+    }
+    pthread_mutex_lock(&s->wlock);
+    bp__req *self = &req;
+    commit_group(s, &self, 1);
+    pthread_mutex_unlock(&s->wlock);
+    pthread_mutex_lock(&s->qlock);
+    if (--s->direct == 0) pthread_cond_broadcast(&s->qidle);
+    pthread_cond_signal(&s->qspace);
+    pthread_mutex_unlock(&s->qlock);
+    if (hashes != one_hash) free(hashes);
+    if (req.status) bp__set_error(&req.err);
+    return req.status;
+  }
 
   pthread_mutex_lock(&s->qlock);
   while (!s->closing && s->qlen >= s->cfg.writer_queue_capacity) pthread_cond_wait(&s->qspace, &s->qlock);
