@@ -30,34 +30,34 @@
 
 static void put_entry(bp__buf *b, const bp__ientry *e, uint64_t seq) {
   bp__mp_put_map(b, 14);
-  bp__mp_put_cstr(b, "event_id");
+  bp__mp_put_lit(b, "event_id");
   bp__mp_put_id(b, e->event_id);
-  bp__mp_put_cstr(b, "correlation_id");
+  bp__mp_put_lit(b, "correlation_id");
   bp__mp_put_id(b, e->correlation_id);
-  bp__mp_put_cstr(b, "causation_id");
+  bp__mp_put_lit(b, "causation_id");
   if (bp_id_is_nil(e->causation_id)) bp__mp_put_nil(b);
   else bp__mp_put_id(b, e->causation_id);
-  bp__mp_put_cstr(b, "entity_id");
+  bp__mp_put_lit(b, "entity_id");
   bp__mp_put_uint(b, e->entity);
-  bp__mp_put_cstr(b, "scope_id");
+  bp__mp_put_lit(b, "scope_id");
   bp__mp_put_uint(b, e->scope);
-  bp__mp_put_cstr(b, "kind");
+  bp__mp_put_lit(b, "kind");
   bp__mp_put_uint(b, e->kind);
-  bp__mp_put_cstr(b, "wall_ms");
+  bp__mp_put_lit(b, "wall_ms");
   bp__mp_put_uint(b, e->wall_ms);
-  bp__mp_put_cstr(b, "clock");
+  bp__mp_put_lit(b, "clock");
   bp__mp_put_uint(b, e->clock);
-  bp__mp_put_cstr(b, "prev_hash");
+  bp__mp_put_lit(b, "prev_hash");
   bp__mp_put_byte_array(b, e->prev_hash, 32);
-  bp__mp_put_cstr(b, "event_hash");
+  bp__mp_put_lit(b, "event_hash");
   bp__mp_put_byte_array(b, e->event_hash, 32);
-  bp__mp_put_cstr(b, "segment_id");
+  bp__mp_put_lit(b, "segment_id");
   bp__mp_put_uint(b, e->segment_id);
-  bp__mp_put_cstr(b, "offset");
+  bp__mp_put_lit(b, "offset");
   bp__mp_put_uint(b, e->offset);
-  bp__mp_put_cstr(b, "length");
+  bp__mp_put_lit(b, "length");
   bp__mp_put_uint(b, e->length);
-  bp__mp_put_cstr(b, "global_sequence");
+  bp__mp_put_lit(b, "global_sequence");
   bp__mp_put_uint(b, seq);
 }
 
@@ -78,20 +78,20 @@ bp_status bp__checkpoint_write(bp_store *s) {
   uint8_t header[CKPT_HEADER] = {0};
   bp__buf_append(&b, header, sizeof header);
   bp__mp_put_map(&b, 5);
-  bp__mp_put_cstr(&b, "global_sequence");
+  bp__mp_put_lit(&b, "global_sequence");
   bp__mp_put_uint(&b, n);
-  bp__mp_put_cstr(&b, "watermark_segment_id");
+  bp__mp_put_lit(&b, "watermark_segment_id");
   bp__mp_put_uint(&b, wm_seg);
-  bp__mp_put_cstr(&b, "watermark_offset");
+  bp__mp_put_lit(&b, "watermark_offset");
   bp__mp_put_uint(&b, wm_off);
-  bp__mp_put_cstr(&b, "interner_strings");
+  bp__mp_put_lit(&b, "interner_strings");
   uint32_t names = bp__index_name_count(&s->ix);
   bp__mp_put_array(&b, names);
   for (uint32_t i = 0; i < names; i++) {
     const bp__name *nm = bp__index_name(&s->ix, i);
     bp__mp_put_str(&b, nm->str, nm->len);
   }
-  bp__mp_put_cstr(&b, "entries");
+  bp__mp_put_lit(&b, "entries");
   bp__mp_put_array(&b, (uint32_t)n);
   for (uint64_t seq = 0; seq < n && !b.oom; seq++) put_entry(&b, bp__index_at(&s->ix, seq), seq);
   if (b.oom) {

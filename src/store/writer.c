@@ -102,6 +102,11 @@ static uint64_t mono_ms(void) {
  * a file system without fallocate, a failed mmap) goes through write().
  */
 #define BP__GROW_STEP (4u << 20)
+#ifdef MADV_POPULATE_WRITE
+#  define BP__MADV_POPULATE_WRITE MADV_POPULATE_WRITE
+#else
+#  define BP__MADV_POPULATE_WRITE 23   /* Linux 5.14; older kernels answer EINVAL */
+#endif
 #define BP__MAP_SLACK (16u << 20)
 
 static void unmap_segment(bp_store *s) {
@@ -134,6 +139,11 @@ static int reserve_space(bp_store *s, uint64_t end) {
   if (cap < end) return EOPNOTSUPP;
   if (bp__os_table.fallocate(s->wfd, 0, (off_t)s->wcap, (off_t)(cap - s->wcap)) != 0)
     return errno == ENOSYS ? EOPNOTSUPP : (errno ? errno : EIO);
+  /* Fault the new range in writable now, in one call, rather than one page
+   * fault per page as frames arrive. Only a hint: errors are ignored. */
+  long page = sysconf(_SC_PAGESIZE);
+  uint64_t from = s->wcap / (uint64_t)page * (uint64_t)page;
+  madvise(s->wmap + from, (size_t)(cap - from), BP__MADV_POPULATE_WRITE);
   s->wcap = cap;
   return 0;
 }

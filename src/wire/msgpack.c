@@ -78,9 +78,12 @@ void bp__mp_put_byte_array(bp__buf *b, const uint8_t *p, size_t len) {
   if (!bp__buf_reserve(b, 2 * len)) return;
   uint8_t *o = b->data + b->len;
   for (size_t i = 0; i < len; i++) {
+    /* Without branches on the data: bytes >= 0x80 take the cc prefix. */
     uint8_t c = p[i];
-    if (c >= 0x80) *o++ = 0xcc;
-    *o++ = c;
+    size_t big = c >> 7;
+    o[0] = 0xcc;
+    o[big] = c;
+    o += 1 + big;
   }
   b->len = (size_t)(o - b->data);
 }

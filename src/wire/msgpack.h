@@ -28,6 +28,8 @@ void bp__mp_put_f32(bp__buf *b, float v);
 void bp__mp_put_f64(bp__buf *b, double v);
 void bp__mp_put_str(bp__buf *b, const char *s, size_t len);
 void bp__mp_put_cstr(bp__buf *b, const char *s);
+/* A string literal (a map key): its length is known at compile time. */
+#define bp__mp_put_lit(b, lit) bp__mp_put_str((b), (lit), sizeof(lit) - 1)
 void bp__mp_put_bin(bp__buf *b, const void *p, size_t len);
 void bp__mp_put_array(bp__buf *b, uint32_t n);
 void bp__mp_put_map(bp__buf *b, uint32_t n);

@@ -64,54 +64,54 @@ void bp__frame_encode_body(bp__buf *b, const bp__frame *f) {
   /* Most of the body is fixed-size; one reservation up front avoids regrowth. */
   bp__buf_reserve(b, 420 + 2 * f->payload_len + f->entity_len + f->scope_len);
   bp__mp_put_map(b, 3);
-  put_key(b, "event");
+  bp__mp_put_lit(b, "event");
   bp__mp_put_map(b, 3);
-  put_key(b, "header");
+  bp__mp_put_lit(b, "header");
   bp__mp_put_map(b, 9);
-  put_key(b, "event_id");
+  bp__mp_put_lit(b, "event_id");
   bp__mp_put_id(b, h->event_id);
-  put_key(b, "correlation_id");
+  bp__mp_put_lit(b, "correlation_id");
   bp__mp_put_id(b, h->correlation_id);
-  put_key(b, "causation_id");
+  bp__mp_put_lit(b, "causation_id");
   if (bp_id_is_nil(h->causation_id)) bp__mp_put_nil(b);
   else bp__mp_put_id(b, h->causation_id);
-  put_key(b, "timestamp_us");
+  bp__mp_put_lit(b, "timestamp_us");
   bp__mp_put_int(b, h->timestamp_us);
-  put_key(b, "position");
+  bp__mp_put_lit(b, "position");
   bp__mp_put_map(b, 5);
-  put_key(b, "wall_ms");
+  bp__mp_put_lit(b, "wall_ms");
   bp__mp_put_uint(b, h->position.wall_ms);
-  put_key(b, "counter");
+  bp__mp_put_lit(b, "counter");
   bp__mp_put_uint(b, h->position.counter);
-  put_key(b, "depth");
+  bp__mp_put_lit(b, "depth");
   bp__mp_put_uint(b, h->position.depth);
-  put_key(b, "lane");
+  bp__mp_put_lit(b, "lane");
   bp__mp_put_uint(b, h->position.lane);
-  put_key(b, "sequence");
+  bp__mp_put_lit(b, "sequence");
   bp__mp_put_uint(b, h->position.sequence);
-  put_key(b, "payload_size");
+  bp__mp_put_lit(b, "payload_size");
   bp__mp_put_uint(b, h->payload_size);
-  put_key(b, "event_kind");
+  bp__mp_put_lit(b, "event_kind");
   bp__mp_put_uint(b, h->kind);
-  put_key(b, "flags");
+  bp__mp_put_lit(b, "flags");
   bp__mp_put_uint(b, h->flags);
-  put_key(b, "content_hash");
+  bp__mp_put_lit(b, "content_hash");
   bp__mp_put_byte_array(b, h->content_hash, 32);
-  put_key(b, "payload");
+  bp__mp_put_lit(b, "payload");
   bp__mp_put_byte_array(b, f->payload, f->payload_len);
-  put_key(b, "hash_chain");
+  bp__mp_put_lit(b, "hash_chain");
   if (f->has_chain) {
     bp__mp_put_map(b, 2);
-    put_key(b, "prev_hash");
+    bp__mp_put_lit(b, "prev_hash");
     bp__mp_put_byte_array(b, f->chain.prev_hash, 32);
-    put_key(b, "event_hash");
+    bp__mp_put_lit(b, "event_hash");
     bp__mp_put_byte_array(b, f->chain.event_hash, 32);
   } else {
     bp__mp_put_nil(b);
   }
-  put_key(b, "entity");
+  bp__mp_put_lit(b, "entity");
   bp__mp_put_str(b, f->entity, f->entity_len);
-  put_key(b, "scope");
+  bp__mp_put_lit(b, "scope");
   bp__mp_put_str(b, f->scope, f->scope_len);
 }
 
@@ -286,13 +286,13 @@ void bp__segment_header_encode(bp__buf *b, const bp__segment_header *h) {
   bp__buf_append(b, zero, 4);
   size_t start = b->len;
   bp__mp_put_map(b, 4);
-  put_key(b, "version");
+  bp__mp_put_lit(b, "version");
   bp__mp_put_uint(b, h->version);
-  put_key(b, "flags");
+  bp__mp_put_lit(b, "flags");
   bp__mp_put_uint(b, h->flags);
-  put_key(b, "created_ns");
+  bp__mp_put_lit(b, "created_ns");
   bp__mp_put_int(b, h->created_ns);
-  put_key(b, "segment_id");
+  bp__mp_put_lit(b, "segment_id");
   bp__mp_put_uint(b, h->segment_id);
   if (!b->oom) bp__put_be32(b->data + len_at, (uint32_t)(b->len - start));
 }
@@ -340,9 +340,9 @@ bp_status bp__segment_header_decode(const uint8_t *data, size_t len, bp__segment
 
 void bp__coord_encode(bp__buf *b, const char *entity, size_t elen, const char *scope, size_t slen) {
   bp__mp_put_map(b, 2);
-  put_key(b, "entity");
+  bp__mp_put_lit(b, "entity");
   bp__mp_put_str(b, entity, elen);
-  put_key(b, "scope");
+  bp__mp_put_lit(b, "scope");
   bp__mp_put_str(b, scope, slen);
 }
 
@@ -374,13 +374,13 @@ bp_status bp__coord_decode(const uint8_t *data, size_t len, const char **entity,
 
 void bp__committed_encode(bp__buf *b, const bp__committed *c) {
   bp__mp_put_map(b, 4);
-  put_key(b, "payload");
+  bp__mp_put_lit(b, "payload");
   bp__buf_append(b, c->payload, c->payload_len);
-  put_key(b, "event_id");
+  bp__mp_put_lit(b, "event_id");
   bp__mp_put_id(b, c->event_id);
-  put_key(b, "sequence");
+  bp__mp_put_lit(b, "sequence");
   bp__mp_put_uint(b, c->sequence);
-  put_key(b, "hash");
+  bp__mp_put_lit(b, "hash");
   bp__mp_put_byte_array(b, c->hash, 32);
 }
 
@@ -494,12 +494,12 @@ void bp__wait_encode(bp__buf *b, const bp__wait *w) {
   switch (w->kind) {
     case BP__WAIT_TIMEOUT:
       bp__mp_put_map(b, 1);
-      put_key(b, "resume_at_ms");
+      bp__mp_put_lit(b, "resume_at_ms");
       bp__mp_put_uint(b, w->resume_at_ms);
       break;
     case BP__WAIT_EVENT:
       bp__mp_put_map(b, 1);
-      put_key(b, "event_id");
+      bp__mp_put_lit(b, "event_id");
       bp__mp_put_id(b, w->event_id);
       break;
     case BP__WAIT_ALL:
@@ -509,9 +509,9 @@ void bp__wait_encode(bp__buf *b, const bp__wait *w) {
       break;
     case BP__WAIT_CUSTOM:
       bp__mp_put_map(b, 2);
-      put_key(b, "tag");
+      bp__mp_put_lit(b, "tag");
       bp__mp_put_uint(b, w->tag);
-      put_key(b, "data");
+      bp__mp_put_lit(b, "data");
       bp__mp_put_byte_array(b, w->data, w->data_len);
       break;
   }
@@ -620,16 +620,16 @@ void bp__compensation_encode(bp__buf *b, const bp__compensation *c) {
       break;
     case BP__COMP_NOTIFY:
       bp__mp_put_map(b, 2);
-      put_key(b, "target_id");
+      bp__mp_put_lit(b, "target_id");
       bp__mp_put_id(b, c->target_id);
-      put_key(b, "message");
+      bp__mp_put_lit(b, "message");
       bp__mp_put_cstr(b, c->text ? c->text : "");
       break;
     case BP__COMP_CUSTOM:
       bp__mp_put_map(b, 2);
-      put_key(b, "action_type");
+      bp__mp_put_lit(b, "action_type");
       bp__mp_put_cstr(b, c->text ? c->text : "");
-      put_key(b, "data");
+      bp__mp_put_lit(b, "data");
       bp__mp_put_byte_array(b, c->data, c->data_len);
       break;
   }
