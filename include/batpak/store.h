@@ -225,6 +225,48 @@ BP_API bool bp_entry_is_correlated(const bp_entry *a, const bp_entry *b);
 BP_API bool bp_entry_is_caused_by(const bp_entry *e, const bp_entry *cause);
 BP_API bool bp_entry_is_root_cause(const bp_entry *e);
 
+/* Reads the event `id` and its entity's earlier events, newest first, up to
+ * `limit` events in all (the event itself included). The walk follows the
+ * entity's stream, not hashes (events with equal payloads have equal hashes),
+ * and checks every link: an event's prev_hash must be its predecessor's
+ * event_hash, and the first event's prev_hash must be zero.
+ * Errors: BP_ENOTFOUND, BP_ECORRUPT (a broken link, named), read errors of bp_get.
+ * Ownership: free *out with bp_events_free. */
+BP_API bp_status bp_walk_ancestors(bp_store *store, bp_id id, size_t limit, bp_events *out);
+
+/* ------------------------------------------------------------ cursors */
+
+/* A pull cursor over the events matching a region, in global-sequence order.
+ * It never skips an event: its position is the global sequence where the next
+ * poll starts looking (0 = the beginning). A poll costs O(log n + k) where k is
+ * the number of events it examines. A cursor is used by one thread at a time. */
+typedef struct bp_cursor bp_cursor;
+
+/* Opens a cursor at position 0. The region (and its strings) is copied.
+ * Returns NULL on failure (bp_last_error: BP_EINVAL, BP_ENOMEM). */
+BP_API bp_cursor *bp_cursor_open(bp_store *store, const bp_region *region);
+/* Opens a named durable cursor: its position is loaded from the store
+ * directory (cursors/NAME), where bp_cursor_commit saved it. A consumer that
+ * restarts resumes where it committed (at-least-once, never a skipped event).
+ * name: 1..128 characters of [A-Za-z0-9._-], not starting with '.'.
+ * Returns NULL on failure (BP_EINVAL for a bad name, BP_ECORRUPT for a damaged
+ * cursor file, BP_EIO, BP_EREADONLY when the store is read-only). */
+BP_API bp_cursor *bp_cursor_open_durable(bp_store *store, const char *name, const bp_region *region);
+/* The next matching entry. Errors: BP_ENOTFOUND when there is nothing new. */
+BP_API bp_status bp_cursor_poll(bp_cursor *cursor, bp_entry *out);
+/* Up to max matching entries (possibly none: out->len == 0). Free with bp_entries_free. */
+BP_API bp_status bp_cursor_poll_batch(bp_cursor *cursor, size_t max, bp_entries *out);
+BP_API uint64_t bp_cursor_position(const bp_cursor *cursor);
+BP_API void bp_cursor_seek(bp_cursor *cursor, uint64_t position);
+/* How many visible events lie at or after the cursor's position (its lag). */
+BP_API uint64_t bp_cursor_behind(const bp_cursor *cursor);
+/* Saves a durable cursor's position (write to a temporary file, fsync,
+ * rename). Errors: BP_EINVAL (not durable), BP_EIO. */
+BP_API bp_status bp_cursor_commit(bp_cursor *cursor);
+/* Frees the cursor (a durable one is not committed). Accepts NULL. Must be
+ * called before bp_close of its store. */
+BP_API void bp_cursor_close(bp_cursor *cursor);
+
 /* ------------------------------------------------------------ maintenance */
 
 /* Forces an fsync (per sync_mode) of everything written so far.

@@ -300,3 +300,54 @@ bp_status bp_by_fact(bp_store *s, bp_kind kind, bp_entries *out) {
   bp_region r = bp_region_with_kind(bp_region_all(), kind);
   return collect_query(s, &r, NULL, out);
 }
+
+/* --------------------------------------------------------------- ancestors */
+
+bp_status bp_walk_ancestors(bp_store *s, bp_id id, size_t limit, bp_events *out) {
+  if (!s || !out) return bp__fail(BP_EINVAL, "bp_walk_ancestors: NULL argument");
+  out->items = NULL;
+  out->len = 0;
+  uint64_t visible = bp__index_visible(&s->ix), seq;
+  if (!bp__index_find_id(&s->ix, id, visible, &seq)) {
+    char hex[33];
+    bp_id_to_hex(id, hex);
+    return bp__fail(BP_ENOTFOUND, "event %s is not in the store", hex);
+  }
+  if (limit == 0) return BP_OK;
+  const bp__ientry *start = bp__index_at(&s->ix, seq);
+  const bp__name *ent = bp__index_name(&s->ix, start->entity);
+  uint32_t n;
+  const uint32_t *v = bp__seqvec_view(&ent->as_entity, visible, &n);
+  /* The event's place in its entity's stream (sorted by global sequence). */
+  uint32_t lo = 0, hi = n;
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    if (v[mid] < seq) lo = mid + 1;
+    else hi = mid;
+  }
+  size_t count = (size_t)lo + 1 < limit ? (size_t)lo + 1 : limit;
+  bp_event **items = calloc(count, sizeof *items);
+  if (!items) return bp__fail(BP_ENOMEM, "out of memory for %zu ancestors", count);
+  bp_status st = BP_OK;
+  size_t got = 0;
+  for (size_t k = 0; k < count && !st; k++) {
+    uint64_t at = v[lo - k];
+    const bp__ientry *e = bp__index_at(&s->ix, at);
+    if ((st = bp_get(s, e->event_id, &items[got]))) break;
+    got++;
+    /* Each link: this event's prev_hash is the event_hash of the one before it. */
+    const uint8_t *prev = items[got - 1]->hash_chain.prev_hash;
+    static const uint8_t zero[32];
+    const uint8_t *want = lo - k > 0 ? bp__index_at(&s->ix, v[lo - k - 1])->event_hash : zero;
+    if (memcmp(prev, want, 32) != 0) {
+      char hex[33];
+      bp_id_to_hex(e->event_id, hex);
+      st = bp__fail(BP_ECORRUPT, "hash chain of %s broken at event %s (clock %u): prev_hash does not match %s",
+                    ent->str, hex, e->clock, lo - k > 0 ? "its predecessor's event_hash" : "genesis (zero)");
+    }
+  }
+  out->items = items;
+  out->len = got;
+  if (st) bp_events_free(out);
+  return st;
+}

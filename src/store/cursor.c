@@ -1,0 +1,278 @@
+/*
+ * cursor.c - pull cursors and durable named cursors.
+ *
+ * A cursor remembers the global sequence where its next poll starts. A poll
+ * picks the narrowest index stream that can serve the region (scope, exact
+ * kind or category), finds the position in it by binary search, and examines
+ * items from there; without such a stream it examines the log from the
+ * position. Every event in [position, visible) that is not in the chosen
+ * stream cannot match, so after a poll that found nothing the position moves
+ * to `visible`: no event is ever skipped, none is delivered twice.
+ *
+ * Durable cursor file, cursors/NAME (little-endian):
+ *   "BPCR" | crc32 u32 of the rest | position u64 | has_last u8 | last event id 16 (BE)
+ * written to NAME.tmp, fsynced, renamed, and the directory fsynced. The last
+ * delivered event's id lets a cursor re-anchor after a compaction renumbered
+ * global sequences.
+ */
+#include "store/store_impl.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+
+#define CURSOR_DIR "cursors"
+#define CURSOR_FILE_SIZE (4 + 4 + 8 + 1 + 16)
+
+struct bp_cursor {
+  bp_store *store;
+  bp_region region;
+  char *prefix, *scope;       /* owned copies of the region's strings */
+  uint64_t position;
+  char *path;                 /* durable: the cursor file */
+  bool has_last;
+  bp_id last_id;
+};
+
+static char *dup_or_null(const char *s, bool *oom) {
+  if (!s) return NULL;
+  char *d = strdup(s);
+  if (!d) *oom = true;
+  return d;
+}
+
+static bp_cursor *cursor_new(bp_store *s, const bp_region *r) {
+  if (!s || !r) {
+    bp__fail(BP_EINVAL, "bp_cursor_open: NULL argument");
+    return NULL;
+  }
+  bp_cursor *c = calloc(1, sizeof *c);
+  bool oom = !c;
+  if (c) {
+    c->store = s;
+    c->region = *r;
+    c->prefix = dup_or_null(r->entity_prefix, &oom);
+    c->scope = dup_or_null(r->scope, &oom);
+    c->region.entity_prefix = c->prefix;
+    c->region.scope = c->scope;
+  }
+  if (oom) {
+    bp_cursor_close(c);
+    bp__fail(BP_ENOMEM, "out of memory for a cursor");
+    return NULL;
+  }
+  return c;
+}
+
+bp_cursor *bp_cursor_open(bp_store *s, const bp_region *r) { return cursor_new(s, r); }
+
+void bp_cursor_close(bp_cursor *c) {
+  if (!c) return;
+  free(c->prefix);
+  free(c->scope);
+  free(c->path);
+  free(c);
+}
+
+uint64_t bp_cursor_position(const bp_cursor *c) { return c->position; }
+void bp_cursor_seek(bp_cursor *c, uint64_t position) { c->position = position; }
+
+uint64_t bp_cursor_behind(const bp_cursor *c) {
+  uint64_t v = bp__index_visible(&c->store->ix);
+  return v > c->position ? v - c->position : 0;
+}
+
+/* The stream that serves the region, or NULL to examine the log itself. An
+ * unknown scope or kind yields an empty stream (*empty). */
+static const uint32_t *source(const bp_cursor *c, uint64_t limit, uint32_t *n, bool *empty) {
+  const bp__index *ix = &c->store->ix;
+  const bp_region *r = &c->region;
+  const uint32_t *best = NULL;
+  uint32_t best_n = UINT32_MAX;
+  *empty = false;
+  if (r->scope) {
+    const bp__name *nm = bp__index_find_name(ix, r->scope, strlen(r->scope));
+    if (!nm) { *empty = true; return NULL; }
+    best = bp__seqvec_view(&nm->as_scope, limit, &best_n);
+  }
+  if (r->fact == BP_FACT_EXACT || r->fact == BP_FACT_CATEGORY) {
+    const bp__seqvec *v = NULL;
+    if (r->fact == BP_FACT_EXACT) v = bp__index_kind(ix, r->kind);
+    else if (r->category < 16) v = &ix->categories[r->category];
+    if (!v) { *empty = true; return NULL; }
+    uint32_t kn;
+    const uint32_t *k = bp__seqvec_view(v, limit, &kn);
+    if (!best || kn < best_n) { best = k; best_n = kn; }
+  }
+  *n = best ? best_n : 0;
+  return best;
+}
+
+static bool matches(const bp_cursor *c, uint64_t seq) {
+  const bp__index *ix = &c->store->ix;
+  const bp__ientry *e = bp__index_at(ix, seq);
+  return bp_region_matches(&c->region, bp__index_name(ix, e->entity)->str, bp__index_name(ix, e->scope)->str,
+                           e->kind, e->clock);
+}
+
+/* Finds up to max matching sequences from the cursor's position; advances it. */
+static size_t poll_seqs(bp_cursor *c, uint64_t *out, size_t max) {
+  uint64_t limit = bp__index_visible(&c->store->ix);
+  size_t got = 0;
+  if (c->position >= limit) return 0;
+  uint32_t n;
+  bool empty;
+  const uint32_t *v = source(c, limit, &n, &empty);
+  if (empty) {
+    c->position = limit;
+    return 0;
+  }
+  if (v) {
+    uint32_t lo = 0, hi = n;
+    while (lo < hi) {
+      uint32_t mid = lo + (hi - lo) / 2;
+      if (v[mid] < c->position) lo = mid + 1;
+      else hi = mid;
+    }
+    for (uint32_t i = lo; i < n && got < max; i++) {
+      if (matches(c, v[i])) out[got++] = v[i];
+      c->position = (uint64_t)v[i] + 1;
+    }
+    if (got < max) c->position = limit;
+  } else {
+    for (uint64_t seq = c->position; seq < limit && got < max; seq++) {
+      if (matches(c, seq)) out[got++] = seq;
+      c->position = seq + 1;
+    }
+  }
+  if (got > 0) {
+    c->has_last = true;
+    c->last_id = bp__index_at(&c->store->ix, out[got - 1])->event_id;
+  }
+  return got;
+}
+
+bp_status bp_cursor_poll(bp_cursor *c, bp_entry *out) {
+  if (!c || !out) return bp__fail(BP_EINVAL, "bp_cursor_poll: NULL argument");
+  uint64_t seq;
+  if (poll_seqs(c, &seq, 1) == 0) return bp__fail(BP_ENOTFOUND, "cursor: nothing new");
+  bp__entry_from_index(c->store, seq, out);
+  return BP_OK;
+}
+
+bp_status bp_cursor_poll_batch(bp_cursor *c, size_t max, bp_entries *out) {
+  if (!c || !out) return bp__fail(BP_EINVAL, "bp_cursor_poll_batch: NULL argument");
+  out->items = NULL;
+  out->len = 0;
+  if (max == 0) return BP_OK;
+  uint64_t behind = bp_cursor_behind(c);
+  size_t cap = max < behind ? max : (size_t)behind;
+  if (cap == 0) return BP_OK;
+  uint64_t *seqs = malloc(cap * sizeof *seqs);
+  bp_entry *items = malloc(cap * sizeof *items);
+  if (!seqs || !items) {
+    free(seqs);
+    free(items);
+    return bp__fail(BP_ENOMEM, "cursor: out of memory for %zu entries", cap);
+  }
+  size_t got = poll_seqs(c, seqs, cap);
+  for (size_t i = 0; i < got; i++) bp__entry_from_index(c->store, seqs[i], &items[i]);
+  free(seqs);
+  if (got == 0) {
+    free(items);
+    return BP_OK;
+  }
+  out->items = items;
+  out->len = got;
+  return BP_OK;
+}
+
+/* ---------------------------------------------------------------- durable */
+
+static bool valid_name(const char *name) {
+  size_t n = name ? strlen(name) : 0;
+  if (n == 0 || n > 128 || name[0] == '.') return false;
+  for (size_t i = 0; i < n; i++) {
+    char ch = name[i];
+    bool ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '.' ||
+              ch == '_' || ch == '-';
+    if (!ok) return false;
+  }
+  return true;
+}
+
+bp_cursor *bp_cursor_open_durable(bp_store *s, const char *name, const bp_region *r) {
+  if (!valid_name(name)) {
+    bp__fail(BP_EINVAL, "cursor name \"%s\" must be 1-128 characters of [A-Za-z0-9._-], not starting with '.'",
+             name ? name : "(null)");
+    return NULL;
+  }
+  if (s && s->readonly) {
+    bp__fail(BP_EREADONLY, "durable cursors need a writable store");
+    return NULL;
+  }
+  bp_cursor *c = cursor_new(s, r);
+  if (!c) return NULL;
+  size_t plen = strlen(s->dir) + strlen(CURSOR_DIR) + strlen(name) + 3;
+  c->path = malloc(plen);
+  if (!c->path) {
+    bp_cursor_close(c);
+    bp__fail(BP_ENOMEM, "out of memory for a cursor");
+    return NULL;
+  }
+  snprintf(c->path, plen, "%s/%s/%s", s->dir, CURSOR_DIR, name);
+
+  int fd = bp__os_table.open(c->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+  if (fd < 0) {
+    if (errno == ENOENT) return c; /* never committed: start at 0 */
+    bp__fail_errno(BP_EIO, errno, "open cursor file %s", c->path);
+    bp_cursor_close(c);
+    return NULL;
+  }
+  uint8_t buf[CURSOR_FILE_SIZE];
+  int rc = bp__os_read_all(fd, buf, sizeof buf, 0);
+  bp__os_table.close(fd);
+  if (rc != 0 || memcmp(buf, "BPCR", 4) != 0 ||
+      bp__crc32(buf + 8, CURSOR_FILE_SIZE - 8) != bp__get_le32(buf + 4)) {
+    bp__fail(BP_ECORRUPT, "cursor file %s is damaged", c->path);
+    bp_cursor_close(c);
+    return NULL;
+  }
+  c->position = bp__get_le64(buf + 8);
+  c->has_last = buf[16] != 0;
+  c->last_id = bp_id_from_bytes(buf + 17);
+  if (c->has_last) {
+    /* Re-anchor on the last delivered event: a compaction may have renumbered it. */
+    uint64_t seq;
+    if (bp__index_find_id(&s->ix, c->last_id, bp__index_visible(&s->ix), &seq)) c->position = seq + 1;
+  }
+  return c;
+}
+
+bp_status bp_cursor_commit(bp_cursor *c) {
+  if (!c) return bp__fail(BP_EINVAL, "bp_cursor_commit: NULL cursor");
+  if (!c->path) return bp__fail(BP_EINVAL, "bp_cursor_commit: the cursor is not durable");
+  char dir[4200], tmp[4300];
+  snprintf(dir, sizeof dir, "%s/%s", c->store->dir, CURSOR_DIR);
+  if (bp__os_table.mkdir(dir, 0700) != 0 && errno != EEXIST)
+    return bp__fail_errno(BP_EIO, errno, "create %s", dir);
+  snprintf(tmp, sizeof tmp, "%s.tmp", c->path);
+  uint8_t buf[CURSOR_FILE_SIZE] = {'B', 'P', 'C', 'R'};
+  bp__put_le64(buf + 8, c->position);
+  buf[16] = c->has_last ? 1 : 0;
+  bp_id_to_bytes(c->last_id, buf + 17);
+  bp__put_le32(buf + 4, bp__crc32(buf + 8, CURSOR_FILE_SIZE - 8));
+  int fd = bp__os_table.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return bp__fail_errno(BP_EIO, errno, "create %s", tmp);
+  struct iovec iov = {buf, sizeof buf};
+  int rc = bp__os_write_all(fd, &iov, 1, 0);
+  if (!rc) rc = bp__os_sync(fd, 0);
+  bp__os_table.close(fd);
+  if (!rc && bp__os_table.rename(tmp, c->path) != 0) rc = errno ? errno : EIO;
+  if (rc) {
+    bp__os_table.unlink(tmp);
+    return bp__fail_errno(BP_EIO, rc, "commit cursor %s", c->path);
+  }
+  bp__os_sync_dir(dir);
+  return BP_OK;
+}
