@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <sys/mman.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define CKPT_MAGIC "FBATCK"
 #define CKPT_VERSION 2
@@ -177,6 +178,33 @@ static bp_status read_entry(bp__mp_reader *r, bp__ientry *e, uint64_t *seq) {
   return st;
 }
 
+/* A mapped checkpoint is read twice, front to back (CRC, then decode). Pages
+ * already read are released as the reading moves on, so that the file does
+ * not add its whole size to the process's resident memory. */
+#define RELEASE_STEP (4u << 20)
+
+static void release_before(const uint8_t *base, size_t *released, size_t upto, bool mapped) {
+  if (!mapped) return;
+  long page = sysconf(_SC_PAGESIZE);
+  size_t end = upto / (size_t)page * (size_t)page;
+  if (end >= *released + RELEASE_STEP) {
+    madvise((void *)(base + *released), end - *released, MADV_DONTNEED);
+    *released = end;
+  }
+}
+
+static uint32_t checkpoint_crc(const uint8_t *data, size_t size, bool mapped) {
+  uLong crc = crc32(0L, Z_NULL, 0);
+  size_t released = 0;
+  for (size_t off = CKPT_HEADER; off < size;) {
+    size_t n = size - off < RELEASE_STEP ? size - off : RELEASE_STEP;
+    crc = crc32(crc, data + off, (uInt)n);
+    off += n;
+    release_before(data, &released, off, mapped);
+  }
+  return (uint32_t)crc;
+}
+
 static const bp__segment *segment_of(const bp_store *s, uint64_t id) {
   for (size_t i = 0; i < s->nsegs; i++)
     if (s->segs[i].id == id) return &s->segs[i];
@@ -220,7 +248,7 @@ bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off) {
   if (memcmp(data, CKPT_MAGIC, 6) != 0) st = bp__fail(BP_ECORRUPT, "checkpoint: bad magic");
   else if (bp__get_le16(data + 6) != CKPT_VERSION)
     st = bp__fail(BP_ECORRUPT, "checkpoint: unsupported version %u", bp__get_le16(data + 6));
-  else if (bp__crc32(data + CKPT_HEADER, size - CKPT_HEADER) != bp__get_le32(data + 8))
+  else if (checkpoint_crc(data, size, mapped) != bp__get_le32(data + 8))
     st = bp__fail(BP_ECORRUPT, "checkpoint: CRC mismatch");
   if (st) goto out;
 
@@ -255,9 +283,11 @@ bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off) {
       if ((st = bp__mp_read_array(&r, &cnt))) break;
       if (cnt > bp__mp_remaining(&r)) { st = bp__fail(BP_ECORRUPT, "checkpoint: entry count too large"); break; }
       if ((st = bp__index_reserve(&s->ix, cnt))) break;
+      size_t released = 0;
       for (uint32_t j = 0; !st && j < cnt; j++) {
         bp__ientry e;
         uint64_t seq;
+        if ((j & 1023) == 0) release_before(data, &released, (size_t)(r.p - data), mapped);
         if ((st = read_entry(&r, &e, &seq))) break;
         const bp__segment *g = segment_of(s, e.segment_id);
         if (seq != j) st = bp__fail(BP_ECORRUPT, "checkpoint: entry %u has global sequence %" PRIu64, j, seq);

@@ -239,6 +239,7 @@ bp_status bp__sidx_encode(const bp__index *ix, uint64_t first, uint64_t end, uin
 bp_status bp__segfile_open(bp_store *s, uint64_t id, bp__segfile *f) {
   memset(f, 0, sizeof *f);
   f->id = id;
+  f->fd = -1;
   char path[4096];
   bp__segment_path(s, id, path, sizeof path);
   int fd = bp__os_table.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
@@ -258,40 +259,39 @@ bp_status bp__segfile_open(bp_store *s, uint64_t id, bp__segfile *f) {
     bp__os_table.close(fd);
     return BP_OK;
   }
-  void *m = bp__os_table.mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  if (m != MAP_FAILED) {
-    f->data = m;
-    f->mapped = true;
-  } else {
-    uint8_t *buf = malloc(size);
-    int rc = buf ? bp__os_read_all(fd, buf, size, 0) : ENOMEM;
-    if (rc) {
-      free(buf);
-      bp__os_table.close(fd);
-      return bp__fail_errno(rc == ENOMEM ? BP_ENOMEM : BP_EIO, rc > 0 ? rc : EIO, "read %s", path);
-    }
-    f->data = buf;
-  }
-  bp__os_table.close(fd);
+  f->fd = fd;
   f->size = size;
-  f->has_trailer = size >= 4 && memcmp(f->data + size - 4, "SIDX", 4) == 0;
+  if (size >= BP__SIDX_TRAILER_SIZE &&
+      bp__os_read_all(fd, f->trailer, BP__SIDX_TRAILER_SIZE, size - BP__SIDX_TRAILER_SIZE) == 0)
+    f->has_trailer = memcmp(f->trailer + 12, "SIDX", 4) == 0;
 
+  /* The header: magic, length, and the map (read with pread, a page at most). */
+  uint8_t head[4096];
+  size_t have = size < sizeof head ? size : sizeof head;
+  int rc = bp__os_read_all(fd, head, have, 0);
+  if (rc) {
+    bp__segfile_close(f);
+    return bp__fail_errno(BP_EIO, rc > 0 ? rc : EIO, "read %s", path);
+  }
   bp__segment_header h;
   size_t consumed;
-  if (memcmp(f->data, BP__SEGMENT_MAGIC, size < 4 ? size : 4) != 0) {
+  if (memcmp(head, BP__SEGMENT_MAGIC, have < 4 ? have : 4) != 0) {
     bp__fail(BP_ECORRUPT, "bad magic (not an FBAT segment)");
     goto bad;
   }
-  if (!f->has_trailer && (size < 8 || (size_t)bp__get_be32(f->data + 4) > size - 8)) {
+  if (!f->has_trailer && (have < 8 || (size_t)bp__get_be32(head + 4) > size - 8)) {
     /* Cut short while its header was being written: an empty segment. */
-    bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": header incomplete (%zu bytes); treated as empty", id,
-            size);
+    bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": header incomplete (%zu bytes); treated as empty", id, size);
     s->torn_bytes += size;
     bp__segfile_close(f);
     f->id = id;
     return BP_OK;
   }
-  if (bp__segment_header_decode(f->data, size, &h, &consumed) != BP_OK) goto bad;
+  if (have < 8 || (size_t)bp__get_be32(head + 4) > have - 8) {
+    bp__fail(BP_ECORRUPT, "header length %u is not plausible", have >= 8 ? bp__get_be32(head + 4) : 0);
+    goto bad;
+  }
+  if (bp__segment_header_decode(head, have, &h, &consumed) != BP_OK) goto bad;
   if (h.segment_id != id)
     bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": header says segment %" PRIu64, id, h.segment_id);
   f->frames_start = consumed;
@@ -304,12 +304,36 @@ bad:;
   return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 ": %s", id, why);
 }
 
+/* Maps (or, failing that, reads) the whole file for a frame scan. */
+static bp_status segfile_map(bp_store *s, bp__segfile *f) {
+  (void)s;
+  if (f->data || f->fd < 0) return BP_OK;
+  void *m = bp__os_table.mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, f->fd, 0);
+  if (m != MAP_FAILED) {
+    f->data = m;
+    f->mapped = true;
+    madvise(m, f->size, MADV_SEQUENTIAL);
+    return BP_OK;
+  }
+  uint8_t *buf = malloc(f->size);
+  if (!buf) return bp__fail(BP_ENOMEM, "out of memory reading segment %06" PRIu64, f->id);
+  int rc = bp__os_read_all(f->fd, buf, f->size, 0);
+  if (rc) {
+    free(buf);
+    return bp__fail_errno(BP_EIO, rc > 0 ? rc : EIO, "read segment %06" PRIu64, f->id);
+  }
+  f->data = buf;
+  return BP_OK;
+}
+
 void bp__segfile_close(bp__segfile *f) {
   if (f->data) {
     if (f->mapped) bp__os_table.munmap((void *)f->data, f->size);
     else free((void *)f->data);
   }
+  if (f->fd >= 0) bp__os_table.close(f->fd);
   memset(f, 0, sizeof *f);
+  f->fd = -1;
 }
 
 bp_status bp__recover_entry(bp_store *s, bp__ientry *e) {
@@ -325,18 +349,25 @@ bp_status bp__recover_entry(bp_store *s, bp__ientry *e) {
 /* Reads the footer into entries; false (with a log line saying why) when it
  * is inconsistent with the file. */
 static bool load_sidx(bp_store *s, const bp__segfile *f) {
-  const uint8_t *d = f->data;
   size_t size = f->size;
   if (size < f->frames_start + BP__SIDX_TRAILER_SIZE) return false;
-  const uint8_t *t = d + size - BP__SIDX_TRAILER_SIZE;
+  const uint8_t *t = f->trailer;
   uint64_t st_off = bp__get_le64(t);
   uint64_t count = bp__get_le32(t + 8);
   const char *why = NULL;
   uint64_t entries_at = 0;
+  uint8_t *footer = NULL;
+  const uint8_t *d = NULL;   /* d[x] is file offset x, valid for x >= st_off */
+  uint32_t *ids = NULL;
   if (st_off < f->frames_start || st_off > size - BP__SIDX_TRAILER_SIZE) why = "string table offset out of range";
   else if (count * BP__SIDX_ENTRY_SIZE > size - BP__SIDX_TRAILER_SIZE - st_off) why = "entry count too large";
   if (why) goto reject;
   entries_at = size - BP__SIDX_TRAILER_SIZE - count * BP__SIDX_ENTRY_SIZE;
+  /* Only the footer is read: the frames stay on disk (and out of memory). */
+  footer = malloc(size - st_off);
+  if (!footer) { why = "out of memory"; goto reject; }
+  if (bp__os_read_all(f->fd, footer, size - st_off, st_off) != 0) { why = "cannot read the footer"; goto reject; }
+  d = footer - st_off;
 
   bp__mp_reader r;
   bp__mp_reader_init(&r, d + st_off, entries_at - st_off);
@@ -345,7 +376,7 @@ static bool load_sidx(bp_store *s, const bp__segfile *f) {
     why = "string table is not a MessagePack array";
     goto reject;
   }
-  uint32_t *ids = malloc(sizeof *ids * (nstr ? nstr : 1));
+  ids = malloc(sizeof *ids * (nstr ? nstr : 1));
   if (!ids) { why = "out of memory"; goto reject; }
   for (uint32_t i = 0; i < nstr; i++) {
     const char *str;
@@ -368,16 +399,16 @@ static bool load_sidx(bp_store *s, const bp__segfile *f) {
     uint32_t len = bp__get_le32(p + 110);
     if (bp__get_le32(p + 16) >= nstr || bp__get_le32(p + 20) >= nstr) why = "string index out of range";
     else if (off != expect || len < BP__FRAME_PREFIX || off + len > st_off) why = "frame positions do not tile the segment";
-    else if ((i % 64 == 0 || i + 1 == count) && bp__get_be32(d + off) != len - BP__FRAME_PREFIX)
-      why = "frame length disagrees with the frame";
+    else if (i % 64 == 0 || i + 1 == count) {
+      uint8_t prefix[4];
+      if (bp__os_read_all(f->fd, prefix, 4, off) != 0 || bp__get_be32(prefix) != len - BP__FRAME_PREFIX)
+        why = "frame length disagrees with the frame";
+    }
     expect = off + len;
   }
   if (!why && bp__index_reserve(&s->ix, count) != BP_OK) why = "out of memory";
   if (!why && expect != st_off) why = "frames do not end at the string table";
-  if (why) {
-    free(ids);
-    goto reject;
-  }
+  if (why) goto reject;
   for (uint64_t i = 0; i < count; i++) {
     const uint8_t *p = d + entries_at + i * BP__SIDX_ENTRY_SIZE;
     bp__ientry e;
@@ -397,13 +428,17 @@ static bool load_sidx(bp_store *s, const bp__segfile *f) {
     e.segment_id = (uint32_t)f->id;
     if (bp__recover_entry(s, &e) != BP_OK) {
       free(ids);
+      free(footer);
       return false; /* out of memory: the caller's scan will fail the same way */
     }
   }
   free(ids);
+  free(footer);
   return true;
 
 reject:
+  free(ids);
+  free(footer);
   bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": SIDX footer ignored (%s); scanning frames", f->id, why);
   return false;
 }
@@ -434,24 +469,27 @@ static void entry_from_frame(bp__ientry *e, const bp__frame *fr, uint32_t entity
 
 bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bool *used_sidx) {
   *used_sidx = false;
-  if (!f->data) return BP_OK;
+  if (f->fd < 0) return BP_OK;
   uint64_t count_before = s->ix.count;
   if (f->has_trailer && from_offset <= f->frames_start && load_sidx(s, f)) {
     *used_sidx = true;
     return BP_OK;
   }
   if (s->ix.count != count_before) bp__index_rollback(&s->ix, count_before);
+  bp_status mst = segfile_map(s, f);
+  if (mst) return mst;
 
   /* Where the frames end, if the (ignored) footer still says so plausibly. */
   size_t end = f->size, known_end = 0;
   if (f->has_trailer && f->size >= f->frames_start + BP__SIDX_TRAILER_SIZE) {
-    uint64_t st_off = bp__get_le64(f->data + f->size - BP__SIDX_TRAILER_SIZE);
+    uint64_t st_off = bp__get_le64(f->trailer);
     if (st_off >= f->frames_start && st_off <= f->size - BP__SIDX_TRAILER_SIZE) known_end = end = st_off;
   }
   size_t off = from_offset > f->frames_start ? from_offset : f->frames_start;
   bp_status st = BP_OK;
   const char *damage = NULL;
   uint64_t last_closed = s->ix.count;  /* index count after the last frame outside a batch */
+  size_t released = 0;                 /* pages of the mapping before this were released */
   while (off < end) {
     if (end - off < BP__FRAME_PREFIX) { damage = "truncated frame header"; break; }
     uint32_t len = bp__get_be32(f->data + off);
@@ -476,6 +514,12 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
     if ((st = bp__recover_entry(s, &e))) return st;
     if (!(fr.header.flags & BP_FLAG_BATCH_MEMBER)) last_closed = s->ix.count;
     off += BP__FRAME_PREFIX + (size_t)len;
+    if (f->mapped && off - released >= (8u << 20)) {
+      /* Frames behind the scan are not needed again: let their pages go. */
+      size_t upto = off / 4096 * 4096;
+      madvise((void *)(f->data + released), upto - released, MADV_DONTNEED);
+      released = upto;
+    }
   }
 
   if (damage && f->has_trailer && !s->cfg.salvage) {

@@ -124,17 +124,21 @@ void bp__segments_free(bp_store *s);
 bp_status bp__sidx_encode(const bp__index *ix, uint64_t first, uint64_t end, uint64_t frames_end,
                           bp__buf *b);
 
-/* A loaded segment file. */
+/* A segment file opened for recovery. Only its header and trailer are read at
+ * open; the footer is read with pread, and the whole file is mapped only when
+ * its frames must be scanned. */
 typedef struct bp__segfile {
   uint64_t id;
-  const uint8_t *data;      /* the whole file */
+  int fd;                   /* -1 for an empty segment */
   size_t size;
-  bool mapped;
   size_t frames_start;      /* offset of the first frame */
   bool has_trailer;         /* ends in "SIDX" */
+  uint8_t trailer[BP__SIDX_TRAILER_SIZE];
+  const uint8_t *data;      /* the whole file, once mapped (or read) for a scan */
+  bool mapped;
 } bp__segfile;
-/* Loads segment id for recovery. A file too short to hold its header is
- * reported as empty (data NULL, size 0) rather than an error.
+/* Opens segment id for recovery. A file too short to hold its header is
+ * reported as empty (fd -1, size 0) rather than an error.
  * Errors: BP_ECORRUPT (bad magic or version, with the segment id), BP_EIO. */
 bp_status bp__segfile_open(bp_store *s, uint64_t id, bp__segfile *f);
 void bp__segfile_close(bp__segfile *f);
