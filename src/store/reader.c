@@ -145,16 +145,50 @@ static int cmp_u32(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-static bool emit(const bp_store *s, const bp_region *r, uint64_t seq, visit_fn visit, void *ctx,
-                 bool *stop) {
+/* A region resolved against the index once per query: the scope as a name
+ * id, and which names have the entity prefix, so that testing an entry
+ * compares integers, not strings. */
+typedef struct qplan {
+  const bp_region *r;
+  bool any_scope;
+  uint32_t scope_id;
+  uint8_t *prefix_ok;       /* by name id; NULL: any entity */
+} qplan;
+
+static bp_status plan_region(const bp_store *s, const bp_region *r, qplan *p) {
+  memset(p, 0, sizeof *p);
+  p->r = r;
+  p->any_scope = true;
+  if (!r) return BP_OK;
+  /* Names referenced by visible entries were interned before they became
+   * visible: the caller loads `visible` before planning. */
+  uint32_t names = bp__index_name_count(&s->ix);
+  if (r->scope) {
+    const bp__name *nm = bp__index_find_name(&s->ix, r->scope, strlen(r->scope));
+    p->any_scope = false;
+    p->scope_id = nm ? nm->id : UINT32_MAX;
+  }
+  if (r->entity_prefix) {
+    p->prefix_ok = calloc(names ? names : 1, 1);
+    if (!p->prefix_ok) return bp__fail(BP_ENOMEM, "query: out of memory");
+    size_t plen = strlen(r->entity_prefix);
+    for (uint32_t i = 0; i < names; i++) {
+      const bp__name *nm = bp__index_name(&s->ix, i);
+      p->prefix_ok[i] = nm->len >= plen && memcmp(nm->str, r->entity_prefix, plen) == 0;
+    }
+  }
+  return BP_OK;
+}
+
+static bool emit(const bp_store *s, const qplan *p, uint64_t seq, visit_fn visit, void *ctx, bool *stop) {
   const bp__ientry *e = bp__index_at(&s->ix, seq);
+  const bp_region *r = p->r;
   if (r) {
     if (r->has_clock_range && (e->clock < r->clock_min || e->clock > r->clock_max)) return true;
     if (r->fact == BP_FACT_EXACT && e->kind != r->kind) return true;
     if (r->fact == BP_FACT_CATEGORY && bp_kind_category(e->kind) != r->category) return true;
-    const bp__name *en = bp__index_name(&s->ix, e->entity);
-    if (r->entity_prefix && strncmp(en->str, r->entity_prefix, strlen(r->entity_prefix)) != 0) return true;
-    if (r->scope && strcmp(bp__index_name(&s->ix, e->scope)->str, r->scope) != 0) return true;
+    if (p->prefix_ok && !p->prefix_ok[e->entity]) return true;
+    if (!p->any_scope && e->scope != p->scope_id) return true;
   }
   bp_entry out;
   bp__entry_from_index(s, seq, &out);
@@ -162,12 +196,26 @@ static bool emit(const bp_store *s, const bp_region *r, uint64_t seq, visit_fn v
   return true;
 }
 
+typedef struct collect_ctx {
+  bp_entries *out;
+  size_t cap;
+  bool oom;
+} collect_ctx;
+
+/* Sizes a collection for up to n results (a hint: it still grows if needed). */
+static void reserve(collect_ctx *c, uint64_t n) {
+  if (!c || n <= c->cap || n == 0) return;
+  bp_entry *items = realloc(c->out->items, (size_t)n * sizeof *items);
+  if (!items) return;
+  c->out->items = items;
+  c->cap = (size_t)n;
+}
+
 /* Runs visit over the entries matching r, in global-sequence order, reading
  * the smallest index stream that can serve the region. exact_entity limits the
  * result to one entity (bp_stream). */
-static bp_status run_query(bp_store *s, const bp_region *r, const char *exact_entity, visit_fn visit,
-                           void *ctx) {
-  uint64_t limit = bp__index_visible(&s->ix);
+static bp_status run_planned(bp_store *s, const bp_region *r, const char *exact_entity, visit_fn visit,
+                             void *ctx, collect_ctx *sizing, uint64_t limit, const qplan *p) {
   const uint32_t *best = NULL;
   uint32_t best_n = UINT32_MAX;
   bool have_source = false;
@@ -230,25 +278,23 @@ static bp_status run_query(bp_store *s, const bp_region *r, const char *exact_en
         }
       }
       qsort(seqs, k, sizeof *seqs, cmp_u32);
-      for (uint64_t i = 0; i < k && !stop; i++) emit(s, r, seqs[i], visit, ctx, &stop);
+      reserve(sizing, k);
+      for (uint64_t i = 0; i < k && !stop; i++) emit(s, p, seqs[i], visit, ctx, &stop);
       free(seqs);
       return BP_OK;
     }
   }
 
   if (have_source) {
-    for (uint32_t i = 0; i < best_n && !stop; i++) emit(s, r, best[i], visit, ctx, &stop);
+    reserve(sizing, best_n);
+    for (uint32_t i = 0; i < best_n && !stop; i++) emit(s, p, best[i], visit, ctx, &stop);
   } else {
-    for (uint64_t seq = 0; seq < limit && !stop; seq++) emit(s, r, seq, visit, ctx, &stop);
+    if (!r || (!r->entity_prefix && !r->scope && r->fact == BP_FACT_ANY && !r->has_clock_range)) reserve(sizing, limit);
+    for (uint64_t seq = 0; seq < limit && !stop; seq++) emit(s, p, seq, visit, ctx, &stop);
   }
   return BP_OK;
 }
 
-typedef struct collect_ctx {
-  bp_entries *out;
-  size_t cap;
-  bool oom;
-} collect_ctx;
 
 static bool collect(const bp_entry *e, void *ctx) {
   collect_ctx *c = ctx;
@@ -263,12 +309,22 @@ static bool collect(const bp_entry *e, void *ctx) {
   return true;
 }
 
+static bp_status run_query(bp_store *s, const bp_region *r, const char *exact_entity, visit_fn visit,
+                           void *ctx, collect_ctx *sizing) {
+  uint64_t limit = bp__index_visible(&s->ix);
+  qplan plan;
+  bp_status st = plan_region(s, r, &plan);
+  if (!st) st = run_planned(s, r, exact_entity, visit, ctx, sizing, limit, &plan);
+  free(plan.prefix_ok);
+  return st;
+}
+
 static bp_status collect_query(bp_store *s, const bp_region *r, const char *exact, bp_entries *out) {
   if (!s || !out) return bp__fail(BP_EINVAL, "query: NULL argument");
   out->items = NULL;
   out->len = 0;
   collect_ctx c = {out, 0, false};
-  bp_status st = run_query(s, r, exact, collect, &c);
+  bp_status st = run_query(s, r, exact, collect, &c, &c);
   if (!st && c.oom) st = bp__fail(BP_ENOMEM, "query: out of memory for results");
   if (st) bp_entries_free(out);
   return st;
@@ -282,7 +338,7 @@ bp_status bp_query(bp_store *s, const bp_region *region, bp_entries *out) {
 bp_status bp_query_each(bp_store *s, const bp_region *region, bool (*visit)(const bp_entry *, void *),
                         void *ctx) {
   if (!s || !region || !visit) return bp__fail(BP_EINVAL, "bp_query_each: NULL argument");
-  return run_query(s, region, NULL, visit, ctx);
+  return run_query(s, region, NULL, visit, ctx, NULL);
 }
 
 bp_status bp_stream(bp_store *s, const char *entity, bp_entries *out) {
