@@ -50,9 +50,14 @@ bp_status bp_get(bp_store *s, bp_id id, bp_event **out) {
   if (len < BP__FRAME_PREFIX)
     return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame length %u too short", seg, off, len);
   uint8_t stackbuf[1024];
-  uint8_t *frame = len <= sizeof stackbuf ? stackbuf : malloc(len);
-  if (!frame) return bp__fail(BP_ENOMEM, "out of memory reading a %u-byte frame", len);
-  if ((st = bp__segment_read(s, seg, off, frame, len))) goto done;
+  uint8_t *copy = NULL;
+  const uint8_t *frame = bp__segment_view(s, seg, off, len);
+  if (!frame) {
+    copy = len <= sizeof stackbuf ? stackbuf : malloc(len);
+    if (!copy) return bp__fail(BP_ENOMEM, "out of memory reading a %u-byte frame", len);
+    if ((st = bp__segment_read(s, seg, off, copy, len))) goto done;
+    frame = copy;
+  }
   if (bp__get_be32(frame) != len - BP__FRAME_PREFIX) {
     st = bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame length %u, index says %u", seg,
                   off, bp__get_be32(frame), len - BP__FRAME_PREFIX);
@@ -98,7 +103,7 @@ bp_status bp_get(bp_store *s, bp_id id, bp_event **out) {
   }
   bp__buf_free(&scratch);
 done:
-  if (frame != stackbuf) free(frame);
+  if (copy != stackbuf) free(copy);
   return st;
 }
 

@@ -99,6 +99,15 @@ static void evict_locked(bp_store *s) {
   }
 }
 
+const uint8_t *bp__segment_view(bp_store *s, uint64_t id, uint64_t off, size_t len) {
+  const uint8_t *p = NULL;
+  pthread_mutex_lock(&s->seg_lock);
+  bp__segment *g = find_locked(s, id);
+  if (g && g->map && off + len <= g->map_len) p = g->map + off;
+  pthread_mutex_unlock(&s->seg_lock);
+  return p;
+}
+
 bp_status bp__segment_read(bp_store *s, uint64_t id, uint64_t off, void *buf, size_t len) {
   pthread_mutex_lock(&s->seg_lock);
   bp__segment *g = find_locked(s, id);

@@ -116,6 +116,9 @@ bp_status bp__segment_add(bp_store *s, uint64_t id, bool sealed, uint64_t size);
 void bp__segment_sealed(bp_store *s, uint64_t id, uint64_t size);
 /* Reads len bytes at off of segment id into buf. Errors: BP_EIO, BP_ECORRUPT. */
 bp_status bp__segment_read(bp_store *s, uint64_t id, uint64_t off, void *buf, size_t len);
+/* A pointer to len bytes at off of a segment that is already mapped (sealed
+ * segments stay mapped until bp_close), or NULL: then use bp__segment_read. */
+const uint8_t *bp__segment_view(bp_store *s, uint64_t id, uint64_t off, size_t len);
 /* Unmaps and closes everything. */
 void bp__segments_free(bp_store *s);
 
