@@ -10,11 +10,14 @@ for target in fuzz_msgpack fuzz_frame fuzz_json; do
   work=$(mktemp -d)
   cp -r "$corpus"/. "$work"/
   echo "fuzz: $target for ${seconds}s on $(ls "$corpus" | wc -l) seeds"
+  status=0
   "$dir/$target" -max_total_time="$seconds" -print_final_stats=1 -artifact_prefix="$work/" "$work" \
-    2>&1 | grep -E "stat::number_of_executed_units|stat::new_units_added|ERROR|SUMMARY" || true
-  if ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* >/dev/null 2>&1; then
+    > "$work.log" 2>&1 || status=$?
+  grep -E "stat::number_of_executed_units|stat::new_units_added|ERROR|SUMMARY" "$work.log" || true
+  if [[ $status -ne 0 ]] || ls "$work"/crash-* "$work"/leak-* "$work"/timeout-* "$work"/oom-* >/dev/null 2>&1; then
+    tail -30 "$work.log" >&2
     echo "fuzz: $target found a failure; inputs kept in $work" >&2
     exit 1
   fi
-  rm -rf "$work"
+  rm -rf "$work" "$work.log"
 done

@@ -135,6 +135,22 @@ static void msgpack_nesting_deeper_than_the_limit_is_rejected(void **state) {
   free(mp);
 }
 
+/* Found by fuzz_msgpack: map keys that are maps, nested, are escaped again at
+ * every level, so their JSON text doubles per level. It must fail, not grow. */
+static void nested_non_string_keys_are_bounded(void **state) {
+  (void)state;
+  size_t depth = 40;
+  uint8_t *mp = malloc(2 * depth + 2);
+  size_t n = 0;
+  for (size_t i = 0; i < depth; i++) mp[n++] = 0x81;
+  mp[n++] = 0xa1;
+  mp[n++] = 'a';
+  for (size_t i = 0; i < depth; i++) mp[n++] = 0xc0;
+  char *json;
+  assert_status(bp_msgpack_to_json(mp, n, &json), BP_ELIMIT);
+  free(mp);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(fixture_payloads_convert_to_the_crate_bytes),
@@ -145,6 +161,7 @@ int main(void) {
       cmocka_unit_test(msgpack_to_json_renders_bin_ext_and_non_string_keys),
       cmocka_unit_test(malformed_msgpack_is_rejected),
       cmocka_unit_test(msgpack_nesting_deeper_than_the_limit_is_rejected),
+      cmocka_unit_test(nested_non_string_keys_are_bounded),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

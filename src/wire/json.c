@@ -168,6 +168,8 @@ static void shortest_double(double d, char *buf, size_t size) {
 
 static bp_status to_json(bp__mp_reader *r, int depth, struct json_object **out);
 
+#define MAX_KEY_TEXT 4096
+
 static struct json_object *bytes_array(const uint8_t *p, uint32_t n) {
   struct json_object *a = json_object_new_array_ext((int)n);
   if (!a) return NULL;
@@ -234,6 +236,14 @@ static bp_status to_json(bp__mp_reader *r, int depth, struct json_object **out) 
           /* A non-string key is rendered as the JSON text of the key. */
           if ((st = to_json(r, depth + 1, &key))) { json_object_put(o); return st; }
           const char *t = json_object_to_json_string_ext(key, JSON_C_TO_STRING_PLAIN);
+          /* Keys nested in keys are escaped again at every level: bound them,
+           * or a small input could grow without limit. */
+          if (t && strlen(t) > MAX_KEY_TEXT) {
+            json_object_put(key);
+            json_object_put(o);
+            return bp__fail(BP_ELIMIT, "msgpack: a non-string map key renders to more than %d bytes of JSON",
+                            MAX_KEY_TEXT);
+          }
           keytext = strdup(t ? t : "null");
           json_object_put(key);
         }
