@@ -124,7 +124,9 @@ static void report(result *r) {
     if (r->bn)
       printf(", \"baseline\": \"%s\", \"baseline_median\": %.6g, \"ratio\": %.4g", r->baseline, bmed, ratio);
     if (r->rss_bytes_per_event > 0) printf(", \"rss_bytes_per_event\": %.1f", r->rss_bytes_per_event);
-    printf(", \"params\": \"%s\"}\n", r->params);
+    printf(", \"params\": \"");
+    for (const char *c = r->params; *c; c++) printf(*c == '"' || *c == '\\' ? "\\%c" : "%c", *c);
+    printf("\"}\n");
   } else {
     printf("%-22s %12.4g %-9s [%10.4g .. %10.4g]", r->workload, med, r->unit, minv(r->v, r->n), maxv(r->v, r->n));
     if (r->bn) printf("  %-16s %12.4g  ratio %7.3g%s", r->baseline, bmed, ratio, r->higher_better ? "x" : "");

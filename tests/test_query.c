@@ -28,28 +28,9 @@ typedef struct model {
   size_t n, cap;
 } model;
 
-typedef struct fixture {
-  char *tmp;
-  char dir[4096];
-  bp_config cfg;
-} fixture;
-
-static int setup(void **state) {
-  fixture *f = calloc(1, sizeof *f);
-  f->tmp = tu_make_temp_dir("query");
-  snprintf(f->dir, sizeof f->dir, "%s/data", f->tmp);
-  bp_config_init(&f->cfg, f->dir);
-  *state = f;
-  return 0;
-}
-
-static int teardown(void **state) {
-  fixture *f = *state;
-  tu_remove_tree(f->tmp);
-  free(f->tmp);
-  free(f);
-  return 0;
-}
+typedef tu_store_fixture fixture;
+#define setup tu_store_setup
+#define teardown tu_store_teardown
 
 static uint64_t rng_state = 0x9E3779B97F4A7C15ull;
 static uint32_t rnd(uint32_t n) {

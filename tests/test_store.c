@@ -15,28 +15,13 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-typedef struct fixture {
-  char *tmp;
-  char dir[4096];
-  bp_config cfg;
-} fixture;
+typedef tu_store_fixture fixture;
 
-static int setup(void **state) {
-  fixture *f = calloc(1, sizeof *f);
-  f->tmp = tu_make_temp_dir("store");
-  snprintf(f->dir, sizeof f->dir, "%s/data", f->tmp);
-  bp_config_init(&f->cfg, f->dir);
-  *state = f;
-  return 0;
-}
+static int setup(void **state) { return tu_store_setup(state); }
 
 static int teardown(void **state) {
-  fixture *f = *state;
-  bp__os_table = bp__os_default;
-  tu_remove_tree(f->tmp);
-  free(f->tmp);
-  free(f);
-  return 0;
+  bp__os_table = bp__os_default; /* a failed test must not leave faults behind */
+  return tu_store_teardown(state);
 }
 
 static bp_store *open_ok(fixture *f) {

@@ -152,3 +152,20 @@ void tu_hash(struct json_object *o, const char *key, uint8_t out[32]) {
   memcpy(out, raw, 32);
   free(raw);
 }
+
+int tu_store_setup(void **state) {
+  tu_store_fixture *f = calloc(1, sizeof *f);
+  f->tmp = tu_make_temp_dir("store");
+  snprintf(f->dir, sizeof f->dir, "%s/data", f->tmp);
+  bp_config_init(&f->cfg, f->dir);
+  *state = f;
+  return 0;
+}
+
+int tu_store_teardown(void **state) {
+  tu_store_fixture *f = *state;
+  tu_remove_tree(f->tmp);
+  free(f->tmp);
+  free(f);
+  return 0;
+}

@@ -56,6 +56,15 @@ void tu_copy_dir(const char *src, const char *dst);
 
 #endif
 
+/* ---- a store in a fresh temporary directory, for cmocka setup/teardown ---- */
+typedef struct tu_store_fixture {
+  char *tmp;          /* the temporary directory (removed by teardown) */
+  char dir[4096];     /* tmp/data: the store directory, not yet created */
+  bp_config cfg;      /* bp_config_init(&cfg, dir) */
+} tu_store_fixture;
+int tu_store_setup(void **state);
+int tu_store_teardown(void **state);
+
 /* ---- fixture manifests (json-c) ---- */
 struct json_object;
 /* Parses tests/data/fixtures/<name>/manifest.json. Free with json_object_put. */

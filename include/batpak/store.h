@@ -298,6 +298,8 @@ typedef struct bp_store_diagnostics {
   bp_open_path open_path;
   uint32_t segments_from_sidx, segments_scanned;
   uint32_t writer_restarts;
+  uint64_t write_groups;         /* writes of one or more appends since open */
+  uint64_t fsyncs;               /* fsyncs (or fdatasyncs) of the active segment since open */
   bool writer_failed;
   bool read_only;
   bp_index_layout index_layout;

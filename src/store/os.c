@@ -10,41 +10,16 @@
 
 static int os_open(const char *path, int flags, mode_t mode) { return open(path, flags, mode); }
 
-const bp__os bp__os_default = {
-    .open = os_open,
-    .close = close,
-    .pread = pread,
-    .pwritev = pwritev,
-    .fsync = fsync,
-    .fdatasync = fdatasync,
-    .ftruncate = ftruncate,
-    .rename = rename,
-    .unlink = unlink,
-    .mkdir = mkdir,
-    .fstat = fstat,
-    .mmap = mmap,
-    .munmap = munmap,
-    .flock = flock,
-    .fallocate = fallocate,
-};
+#define OS_DEFAULTS                                                                          \
+  {                                                                                          \
+    .open = os_open, .close = close, .pread = pread, .pwritev = pwritev, .fsync = fsync,     \
+    .fdatasync = fdatasync, .ftruncate = ftruncate, .rename = rename, .unlink = unlink,       \
+    .mkdir = mkdir, .fstat = fstat, .mmap = mmap, .munmap = munmap, .flock = flock,          \
+    .fallocate = fallocate                                                                   \
+  }
 
-bp__os bp__os_table = {
-    .open = os_open,
-    .close = close,
-    .pread = pread,
-    .pwritev = pwritev,
-    .fsync = fsync,
-    .fdatasync = fdatasync,
-    .ftruncate = ftruncate,
-    .rename = rename,
-    .unlink = unlink,
-    .mkdir = mkdir,
-    .fstat = fstat,
-    .mmap = mmap,
-    .munmap = munmap,
-    .flock = flock,
-    .fallocate = fallocate,
-};
+const bp__os bp__os_default = OS_DEFAULTS;
+bp__os bp__os_table = OS_DEFAULTS;
 
 #define MAX_IOV 64
 

@@ -399,7 +399,7 @@ static bool load_sidx(bp_store *s, const bp__segfile *f) {
 
   /* Check every entry before adding any: frames must tile [frames_start, st_off)
    * exactly. The frames' own length fields are compared for the first, the
-   * last and every 64th entry: reading every frame would cost what the footer
+   * last and every 1024th entry: reading every frame would cost what the footer
    * is there to save (a full check is bp_verify's job; every read checks CRC). */
   uint64_t expect = f->frames_start;
   for (uint64_t i = 0; !why && i < count; i++) {
@@ -408,7 +408,7 @@ static bool load_sidx(bp_store *s, const bp__segfile *f) {
     uint32_t len = bp__get_le32(p + 110);
     if (bp__get_le32(p + 16) >= nstr || bp__get_le32(p + 20) >= nstr) why = "string index out of range";
     else if (off != expect || len < BP__FRAME_PREFIX || off + len > st_off) why = "frame positions do not tile the segment";
-    else if (i % 64 == 0 || i + 1 == count) {
+    else if (i % 1024 == 0 || i + 1 == count) {
       uint8_t prefix[4];
       if (bp__os_read_all(f->fd, prefix, 4, off) != 0 || bp__get_be32(prefix) != len - BP__FRAME_PREFIX)
         why = "frame length disagrees with the frame";

@@ -207,6 +207,11 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
   pthread_mutex_init(&s->wlock, NULL);
   pthread_cond_init(&s->qspace, NULL);
   pthread_cond_init(&s->qidle, NULL);
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&s->qarrive, &ca);
+  pthread_condattr_destroy(&ca);
   bp__buf_init(&s->wbuf);
   if (!s->dir) { st = bp__fail(BP_ENOMEM, "out of memory"); goto fail; }
   if ((st = bp__index_init(&s->ix))) goto fail;
@@ -294,6 +299,7 @@ bp_status bp_close(bp_store *s) {
   pthread_mutex_destroy(&s->wlock);
   pthread_cond_destroy(&s->qspace);
   pthread_cond_destroy(&s->qidle);
+  pthread_cond_destroy(&s->qarrive);
   free(s->dir);
   free(s);
   if (st) bp__set_error(&saved);
@@ -321,6 +327,8 @@ void bp_diagnostics(bp_store *s, bp_store_diagnostics *out) {
   out->active_segment_id = s->wfd >= 0 ? s->wseg : 0;
   out->active_segment_bytes = s->wfd >= 0 ? s->wsize : 0;
   out->writer_restarts = s->restarts;
+  out->write_groups = s->write_groups;
+  out->fsyncs = s->fsyncs;
   out->writer_failed = s->failed;
   pthread_mutex_unlock(&s->wlock);
   out->torn_bytes_dropped = s->torn_bytes;

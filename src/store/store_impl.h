@@ -72,6 +72,11 @@ struct bp_store {
   pthread_mutex_t qlock;
   pthread_cond_t qspace;    /* signalled when the queue shrinks */
   pthread_cond_t qidle;     /* signalled when a leader finishes */
+  pthread_cond_t qarrive;   /* signalled on an enqueue while a leader gathers a group */
+  bool gathering;
+  size_t last_group;        /* appends in the last group */
+  uint64_t last_sync_us;    /* duration of the last group's fsync */
+  uint64_t write_groups, fsyncs;
   bp__req *qhead, *qtail;
   size_t qlen;
   uint32_t direct;          /* appends committing on their own thread (max batch 1) */
