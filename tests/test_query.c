@@ -141,9 +141,10 @@ static void check_model(bp_store *s, const model *m, int regions) {
   }
 }
 
-static void random_regions_match_the_reference_model(void **state) {
-  fixture *f = *state;
+static void run_model(fixture *f, bp_index_layout layout) {
   f->cfg.segment_max_bytes = 4096;
+  f->cfg.index_layout = layout;
+  rng_state = 0x9E3779B97F4A7C15ull + (uint64_t)layout;
   bp_store *s;
   assert_ok(bp_open(&f->cfg, &s));
   model m = {0};
@@ -187,9 +188,22 @@ static void random_regions_match_the_reference_model(void **state) {
   for (size_t i = 600; i < 650; i++) m.ev[i].id = every.items[i].event_id;
   bp_entries_free(&every);
   check_model(s, &m, 150);
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.index_layout, layout);
+  uint64_t tile = layout == BP_INDEX_AOSOA8 ? 8 : layout == BP_INDEX_AOSOA16 ? 16 : layout == BP_INDEX_AOSOA64 ? 64 : 0;
+  assert_int_equal(d.index_tiles, tile ? (650 + tile - 1) / tile : 0);
   assert_ok(bp_close(s));
   free(m.ev);
 }
+
+/* The same model test for every index layout. */
+static void random_regions_match_the_model_aos(void **state) { run_model(*state, BP_INDEX_AOS); }
+static void random_regions_match_the_model_soa(void **state) { run_model(*state, BP_INDEX_SOA); }
+static void random_regions_match_the_model_aosoa8(void **state) { run_model(*state, BP_INDEX_AOSOA8); }
+static void random_regions_match_the_model_aosoa16(void **state) { run_model(*state, BP_INDEX_AOSOA16); }
+static void random_regions_match_the_model_aosoa64(void **state) { run_model(*state, BP_INDEX_AOSOA64); }
+static void random_regions_match_the_model_soaos(void **state) { run_model(*state, BP_INDEX_SOAOS); }
 
 static void stream_is_exact_while_region_entity_is_a_prefix(void **state) {
   fixture *f = *state;
@@ -447,7 +461,12 @@ static void fixture_ancestor_walks_return_the_full_chain(void **state) {
 
 int main(void) {
   const struct CMUnitTest tests[] = {
-      T(random_regions_match_the_reference_model),
+      T(random_regions_match_the_model_aos),
+      T(random_regions_match_the_model_soa),
+      T(random_regions_match_the_model_aosoa8),
+      T(random_regions_match_the_model_aosoa16),
+      T(random_regions_match_the_model_aosoa64),
+      T(random_regions_match_the_model_soaos),
       T(stream_is_exact_while_region_entity_is_a_prefix),
       T(query_each_stops_when_the_visitor_says_so),
       T(cursor_seek_and_position_resume_exactly),

@@ -140,9 +140,31 @@ static size_t poll_seqs(bp_cursor *c, uint64_t *out, size_t max) {
     }
     if (got < max) c->position = limit;
   } else {
-    for (uint64_t seq = c->position; seq < limit && got < max; seq++) {
-      if (matches(c, seq)) out[got++] = seq;
-      c->position = seq + 1;
+    /* Filter the scan index on kind, clock and scope; test the entity prefix
+     * on what passes. */
+    const bp__index *ix = &c->store->ix;
+    const bp_region *r = &c->region;
+    bp__scan_pred q;
+    memset(&q, 0, sizeof q);
+    q.fact = r->fact;
+    q.kind = r->kind;
+    q.category = r->category;
+    q.has_clock = r->has_clock_range;
+    q.clock_min = r->clock_min;
+    q.clock_max = r->clock_max;
+    q.any_scope = true; /* a scope would have given a stream */
+    size_t plen = r->entity_prefix ? strlen(r->entity_prefix) : 0;
+    uint32_t batch[256];
+    while (c->position < limit && got < max) {
+      uint64_t next;
+      size_t want = max - got < 256 ? max - got : 256;
+      size_t n2 = bp__scan_filter(&c->store->scan, c->position, limit, &q, batch, want, &next);
+      c->position = next;
+      for (size_t i = 0; i < n2; i++) {
+        const bp__name *nm = bp__index_name(ix, bp__index_at(ix, batch[i])->entity);
+        if (plen && (nm->len < plen || memcmp(nm->str, r->entity_prefix, plen) != 0)) continue;
+        out[got++] = batch[i];
+      }
     }
   }
   if (got > 0) {

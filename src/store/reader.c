@@ -185,6 +185,24 @@ static bp_status plan_region(const bp_store *s, const bp_region *r, qplan *p) {
   return BP_OK;
 }
 
+static bp__scan_pred scan_pred(const qplan *p) {
+  bp__scan_pred q;
+  memset(&q, 0, sizeof q);
+  q.any_scope = true;
+  q.fact = BP_FACT_ANY;
+  if (!p->r) return q;
+  q.fact = p->r->fact;
+  q.kind = p->r->kind;
+  q.category = p->r->category;
+  q.has_clock = p->r->has_clock_range;
+  q.clock_min = p->r->clock_min;
+  q.clock_max = p->r->clock_max;
+  q.prefix_ok = p->prefix_ok;
+  q.any_scope = p->any_scope;
+  q.scope_id = p->scope_id;
+  return q;
+}
+
 static bool emit(const bp_store *s, const qplan *p, uint64_t seq, visit_fn visit, void *ctx, bool *stop) {
   const bp__ientry *e = bp__index_at(&s->ix, seq);
   const bp_region *r = p->r;
@@ -294,8 +312,18 @@ static bp_status run_planned(bp_store *s, const bp_region *r, const char *exact_
     reserve(sizing, best_n);
     for (uint32_t i = 0; i < best_n && !stop; i++) emit(s, p, best[i], visit, ctx, &stop);
   } else {
+    /* No stream narrows it down: filter the scan index, then read entries. */
     if (!r || (!r->entity_prefix && !r->scope && r->fact == BP_FACT_ANY && !r->has_clock_range)) reserve(sizing, limit);
-    for (uint64_t seq = 0; seq < limit && !stop; seq++) emit(s, p, seq, visit, ctx, &stop);
+    bp__scan_pred q = scan_pred(p);
+    uint32_t batch[1024];
+    for (uint64_t seq = 0; seq < limit && !stop;) {
+      size_t got = bp__scan_filter(&s->scan, seq, limit, &q, batch, 1024, &seq);
+      for (size_t i = 0; i < got && !stop; i++) {
+        bp_entry out;
+        bp__entry_from_index(s, batch[i], &out);
+        if (!visit(&out, ctx)) stop = true;
+      }
+    }
   }
   return BP_OK;
 }

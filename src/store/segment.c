@@ -346,7 +346,8 @@ void bp__segfile_close(bp__segfile *f) {
 }
 
 bp_status bp__recover_entry(bp_store *s, bp__ientry *e) {
-  bp_status st = bp__index_push(&s->ix, e);
+  bp_status st = bp__scan_set(&s->scan, s->ix.count, e->kind, e->clock, e->entity, e->scope);
+  if (!st) st = bp__index_push(&s->ix, e);
   if (st) return st;
   bp__name *nm = bp__index_name(&s->ix, e->entity);
   nm->next_clock = e->clock + 1;

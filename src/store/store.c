@@ -215,6 +215,7 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
   bp__buf_init(&s->wbuf);
   if (!s->dir) { st = bp__fail(BP_ENOMEM, "out of memory"); goto fail; }
   if ((st = bp__index_init(&s->ix))) goto fail;
+  if ((st = bp__scan_init(&s->scan, cfg->index_layout))) goto fail;
 
   if (!readonly) {
     if (bp__os_table.mkdir(s->dir, 0700) != 0 && errno != EEXIST) {
@@ -253,6 +254,7 @@ fail:;
   s->cache = NULL; /* bp_open_with_cache frees it below */
   bp__segments_free(s);
   if (s->ix.chunks) bp__index_free(&s->ix);
+  bp__scan_free(&s->scan);
   if (s->lock_fd >= 0) bp__os_table.close(s->lock_fd);
   bp__buf_free(&s->wbuf);
   free(s->dir);
@@ -293,6 +295,7 @@ bp_status bp_close(bp_store *s) {
   bp__writer_free(s);
   bp__segments_free(s);
   bp__index_free(&s->ix);
+  bp__scan_free(&s->scan);
   if (s->lock_fd >= 0) bp__os_table.close(s->lock_fd);
   pthread_mutex_destroy(&s->seg_lock);
   pthread_mutex_destroy(&s->qlock);
@@ -338,6 +341,7 @@ void bp_diagnostics(bp_store *s, bp_store_diagnostics *out) {
   out->segments_scanned = s->scanned;
   out->read_only = s->readonly;
   out->index_layout = s->cfg.index_layout;
+  out->index_tiles = bp__scan_tiles(&s->scan, n);
   uint32_t names = bp__index_name_count(&s->ix);
   for (uint32_t i = 1; i < names; i++) {
     const bp__name *nm = bp__index_name(&s->ix, i);

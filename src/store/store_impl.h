@@ -17,6 +17,7 @@
 
 #include "batpak/store.h"
 #include "store/index.h"
+#include "store/scan.h"
 #include "store/os.h"
 #include "wire/records.h"
 
@@ -60,6 +61,7 @@ struct bp_store {
   int lock_fd;
   bp_cache *cache;
   bp__index ix;
+  bp__scan scan;            /* the filter fields of every event, in cfg.index_layout */
 
   /* segments (seg_lock) */
   pthread_mutex_t seg_lock;

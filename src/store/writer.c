@@ -420,7 +420,9 @@ static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
       st = bp__fail(BP_ENOMEM, "out of memory planning an append");
       break;
     }
-    if ((st = bp__index_push(&s->ix, &e))) break;
+    if ((st = bp__scan_set(&s->scan, seq, e.kind, e.clock, e.entity, e.scope)) ||
+        (st = bp__index_push(&s->ix, &e)))
+      break;
     ent->next_clock++;
     ent->last_wall_ms = wall;
     memcpy(ent->last_hash, f.chain.event_hash, 32);

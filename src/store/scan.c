@@ -1,0 +1,164 @@
+/* scan.c - the scan index in six layouts (see scan.h). */
+#include "store/scan.h"
+
+#define CS BP__CHUNK_SIZE
+
+typedef struct aos_rec {
+  uint16_t kind;
+  uint16_t pad;
+  uint32_t clock, entity, scope;
+} aos_rec;
+
+typedef struct pair_es {
+  uint32_t entity, scope;
+} pair_es;
+
+typedef struct pair_kc {
+  uint16_t kind;
+  uint16_t pad;
+  uint32_t clock;
+} pair_kc;
+
+const char *bp__layout_name(bp_index_layout layout) {
+  switch (layout) {
+    case BP_INDEX_AOS: return "AoS";
+    case BP_INDEX_SOA: return "SoA";
+    case BP_INDEX_AOSOA8: return "AoSoA8";
+    case BP_INDEX_AOSOA16: return "AoSoA16";
+    case BP_INDEX_AOSOA64: return "AoSoA64";
+    case BP_INDEX_SOAOS: return "SoAoS";
+  }
+  return "?";
+}
+
+/* Bytes of one tile of n events laid out as arrays: kinds, clocks, entities, scopes. */
+static size_t soa_bytes(size_t n) { return n * (2 + 4 + 4 + 4); }
+
+static size_t chunk_bytes(const bp__scan *sc) {
+  switch (sc->layout) {
+    case BP_INDEX_AOS: return CS * sizeof(aos_rec);
+    case BP_INDEX_SOAOS: return CS * (sizeof(pair_es) + sizeof(pair_kc));
+    default: return soa_bytes(CS); /* SOA is one tile of CS events */
+  }
+}
+
+bp_status bp__scan_init(bp__scan *sc, bp_index_layout layout) {
+  memset(sc, 0, sizeof *sc);
+  sc->layout = layout;
+  sc->tile = layout == BP_INDEX_AOSOA8 ? 8 : layout == BP_INDEX_AOSOA16 ? 16 : layout == BP_INDEX_AOSOA64 ? 64 : 0;
+  sc->chunks = calloc(BP__MAX_CHUNKS, sizeof *sc->chunks);
+  if (!sc->chunks) return bp__fail(BP_ENOMEM, "scan index: out of memory");
+  return BP_OK;
+}
+
+void bp__scan_free(bp__scan *sc) {
+  if (!sc->chunks) return;
+  for (uint32_t i = 0; i < BP__MAX_CHUNKS; i++) {
+    uint8_t *c = atomic_load(&sc->chunks[i]);
+    if (!c) break;
+    free(c);
+  }
+  free(sc->chunks);
+  sc->chunks = NULL;
+}
+
+uint64_t bp__scan_tiles(const bp__scan *sc, uint64_t count) {
+  return sc->tile ? (count + sc->tile - 1) / sc->tile : 0;
+}
+
+/* The arrays of the tile holding slot i of a chunk (SOA and AOSOA layouts). */
+typedef struct tile_view {
+  uint16_t *kind;
+  uint32_t *clock, *entity, *scope;
+  size_t at;           /* index of the slot within the tile */
+} tile_view;
+
+static tile_view tile_of(const bp__scan *sc, uint8_t *chunk, size_t i) {
+  size_t n = sc->tile ? sc->tile : CS;
+  uint8_t *t = chunk + (i / n) * soa_bytes(n);
+  tile_view v = {(uint16_t *)t, (uint32_t *)(t + 2 * n), (uint32_t *)(t + 6 * n), (uint32_t *)(t + 10 * n), i % n};
+  return v;
+}
+
+bp_status bp__scan_set(bp__scan *sc, uint64_t seq, bp_kind kind, uint32_t clock, uint32_t entity, uint32_t scope) {
+  uint32_t ci = (uint32_t)(seq >> BP__CHUNK_SHIFT);
+  uint8_t *chunk = atomic_load_explicit(&sc->chunks[ci], memory_order_relaxed);
+  if (!chunk) {
+    chunk = malloc(chunk_bytes(sc));
+    if (!chunk) return bp__fail(BP_ENOMEM, "scan index: out of memory");
+    atomic_store_explicit(&sc->chunks[ci], chunk, memory_order_release);
+  }
+  size_t i = seq & (CS - 1);
+  switch (sc->layout) {
+    case BP_INDEX_AOS: {
+      aos_rec *r = (aos_rec *)chunk + i;
+      *r = (aos_rec){kind, 0, clock, entity, scope};
+      break;
+    }
+    case BP_INDEX_SOAOS: {
+      ((pair_es *)chunk)[i] = (pair_es){entity, scope};
+      ((pair_kc *)(chunk + CS * sizeof(pair_es)))[i] = (pair_kc){kind, 0, clock};
+      break;
+    }
+    default: {
+      tile_view v = tile_of(sc, chunk, i);
+      v.kind[v.at] = kind;
+      v.clock[v.at] = clock;
+      v.entity[v.at] = entity;
+      v.scope[v.at] = scope;
+      break;
+    }
+  }
+  return BP_OK;
+}
+
+static inline bool keep(const bp__scan_pred *p, bp_kind kind, uint32_t clock, uint32_t entity, uint32_t scope) {
+  if (p->fact == BP_FACT_EXACT && kind != p->kind) return false;
+  if (p->fact == BP_FACT_CATEGORY && (kind >> 12) != p->category) return false;
+  if (p->has_clock && (clock < p->clock_min || clock > p->clock_max)) return false;
+  if (!p->any_scope && scope != p->scope_id) return false;
+  if (p->prefix_ok && !p->prefix_ok[entity]) return false;
+  return true;
+}
+
+size_t bp__scan_filter(const bp__scan *sc, uint64_t from, uint64_t to, const bp__scan_pred *p, uint32_t *out,
+                       size_t max, uint64_t *next) {
+  size_t got = 0;
+  uint64_t seq = from;
+  while (seq < to && got < max) {
+    uint8_t *chunk = atomic_load_explicit(&sc->chunks[seq >> BP__CHUNK_SHIFT], memory_order_acquire);
+    size_t i = seq & (CS - 1);
+    uint64_t chunk_end = (seq | (CS - 1)) + 1;
+    size_t end = (size_t)((to < chunk_end ? to : chunk_end) - (seq - i));
+    switch (sc->layout) {
+      case BP_INDEX_AOS: {
+        const aos_rec *r = (const aos_rec *)chunk;
+        for (; i < end && got < max; i++)
+          if (keep(p, r[i].kind, r[i].clock, r[i].entity, r[i].scope)) out[got++] = (uint32_t)(seq - (seq & (CS - 1)) + i);
+        break;
+      }
+      case BP_INDEX_SOAOS: {
+        const pair_es *es = (const pair_es *)chunk;
+        const pair_kc *kc = (const pair_kc *)(chunk + CS * sizeof(pair_es));
+        for (; i < end && got < max; i++)
+          if (keep(p, kc[i].kind, kc[i].clock, es[i].entity, es[i].scope))
+            out[got++] = (uint32_t)(seq - (seq & (CS - 1)) + i);
+        break;
+      }
+      default: {
+        size_t n = sc->tile ? sc->tile : CS;
+        while (i < end && got < max) {
+          tile_view v = tile_of(sc, chunk, i);
+          size_t tile_end = i - v.at + n < end ? i - v.at + n : end;
+          for (size_t k = v.at; i < tile_end && got < max; i++, k++)
+            if (keep(p, v.kind[k], v.clock[k], v.entity[k], v.scope[k]))
+              out[got++] = (uint32_t)(seq - (seq & (CS - 1)) + i);
+        }
+        break;
+      }
+    }
+    seq = seq - (seq & (CS - 1)) + i;
+  }
+  *next = seq;
+  return got;
+}
