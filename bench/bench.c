@@ -538,6 +538,76 @@ static double sqlite_query(void *p) {
   return (now_s() - t0) * 1000;
 }
 
+static double batpak_drain(void *p) {
+  read_ctx *c = p;
+  bp_region all = bp_region_all();
+  double t0 = now_s();
+  bp_cursor *cur = bp_cursor_open(c->s, &all);
+  uint64_t n = 0;
+  for (;;) {
+    bp_entries b;
+    check(bp_cursor_poll_batch(cur, 1000, &b), "bp_cursor_poll_batch");
+    if (b.len == 0) break;
+    n += b.len;
+    bp_entries_free(&b);
+  }
+  bp_cursor_close(cur);
+  double el = now_s() - t0;
+  if (n != opt.events) { fprintf(stderr, "cursor drained %" PRIu64 "\n", n); exit(1); }
+  return el * 1000;
+}
+
+static double sqlite_drain(void *p) {
+  read_ctx *c = p;
+  sqlite3_stmt *q;
+  double t0 = now_s();
+  sqlite3_prepare_v2(c->db, "SELECT * FROM events WHERE seq > ? ORDER BY seq LIMIT 1000", -1, &q, NULL);
+  int64_t last = 0;
+  uint64_t n = 0;
+  for (;;) {
+    sqlite3_bind_int64(q, 1, last);
+    uint64_t page = 0;
+    while (sqlite3_step(q) == SQLITE_ROW) {
+      last = sqlite3_column_int64(q, 0);
+      page++;
+    }
+    sqlite3_reset(q);
+    n += page;
+    if (page == 0) break;
+  }
+  sqlite3_finalize(q);
+  return (now_s() - t0) * 1000;
+}
+
+/* The newest event of entity:1 (a quarter of the data set), then 10k links back. */
+static double batpak_walk(void *p) {
+  read_ctx *c = p;
+  bp_entries st;
+  check(bp_stream(c->s, "entity:1", &st), "bp_stream");
+  bp_id last = st.items[st.len - 1].event_id;
+  size_t want = st.len < 10000 ? st.len : 10000;
+  bp_entries_free(&st);
+  double t0 = now_s();
+  bp_events ev;
+  check(bp_walk_ancestors(c->s, last, 10000, &ev), "bp_walk_ancestors");
+  double el = now_s() - t0;
+  if (ev.len != want) { fprintf(stderr, "walk returned %zu\n", ev.len); exit(1); }
+  bp_events_free(&ev);
+  return el * 1000;
+}
+
+/* The same walk in SQL: the entity's rows by clock, newest first, 10k of them. */
+static double sqlite_walk(void *p) {
+  read_ctx *c = p;
+  sqlite3_stmt *q;
+  double t0 = now_s();
+  sqlite3_prepare_v2(c->db, "SELECT * FROM events WHERE entity = 'entity:1' ORDER BY clock DESC LIMIT 10000", -1, &q,
+                     NULL);
+  while (sqlite3_step(q) == SQLITE_ROW) (void)sqlite3_column_blob(q, 11);
+  sqlite3_finalize(q);
+  return (now_s() - t0) * 1000;
+}
+
 /* Peak resident memory of a fresh process (this program, executed again with
  * --rss-child) that only opens the data set: a forked child would count the
  * parent's pages too. */
@@ -667,7 +737,8 @@ int main(int argc, char **argv) {
 
   /* -- reads: one data set, read many ways -- */
   const char *reads[] = {"reopen_checkpoint", "reopen_sidx", "reopen_scan", "get_random", "stream_25k",
-                         "scope_query", "kind_query", "category_query", "rss_reopen"};
+                         "scope_query", "kind_query", "category_query", "cursor_drain", "ancestor_walk_10k",
+                         "rss_reopen"};
   bool any_read = false;
   for (size_t k = 0; k < sizeof reads / sizeof reads[0]; k++) any_read |= selected(reads[k]);
   if (any_read) {
@@ -715,6 +786,22 @@ int main(int argc, char **argv) {
       r = (result){qn[k], "ms", params, false, {0}, 0, "sqlite", {0}, 0, 0};
       measure(r.b, &r.bn, sqlite_query, &c);
       measure(r.v, &r.n, batpak_query, &c);
+      report(&r);
+    }
+    if (selected("cursor_drain")) {
+      snprintf(params, sizeof params,
+               "a cursor over every event drained with poll_batch(1000) from 0 to %" PRIu64 "; baseline SQLite "
+               "keyset paging (WHERE seq > ? ORDER BY seq LIMIT 1000)", opt.events);
+      r = (result){"cursor_drain", "ms", params, false, {0}, 0, "sqlite", {0}, 0, 0};
+      measure(r.b, &r.bn, sqlite_drain, &c);
+      measure(r.v, &r.n, batpak_drain, &c);
+      report(&r);
+    }
+    if (selected("ancestor_walk_10k")) {
+      snprintf(params, sizeof params, "bp_walk_ancestors of 10000 events of one entity (reads and checks each link)");
+      r = (result){"ancestor_walk_10k", "ms", params, false, {0}, 0, "sqlite", {0}, 0, 0};
+      measure(r.b, &r.bn, sqlite_walk, &c);
+      measure(r.v, &r.n, batpak_walk, &c);
       report(&r);
     }
     free(c.ids);
