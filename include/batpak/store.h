@@ -267,6 +267,69 @@ BP_API bp_status bp_cursor_commit(bp_cursor *cursor);
  * called before bp_close of its store. */
 BP_API void bp_cursor_close(bp_cursor *cursor);
 
+/* ------------------------------------------------------------ subscriptions */
+
+/* A lossy push subscription: a bounded queue (broadcast_capacity) of
+ * notifications of new events matching a region. The writer never waits for
+ * a subscriber: when the queue is full the notification is dropped and counted
+ * (bp_sub_dropped). For a feed that never loses an event, use a cursor. */
+typedef struct bp_subscription bp_subscription;
+
+typedef struct bp_notification {
+  bp_id event_id, correlation_id, causation_id;
+  const char *entity, *scope;        /* interned: valid until bp_close */
+  bp_kind kind;
+  uint64_t sequence;                 /* the global sequence */
+} bp_notification;
+
+/* Subscribes to events appended from now on that match region (copied; its
+ * clock range is ignored, as for live matching in the crate).
+ * Returns NULL on failure (bp_last_error: BP_ENOMEM, BP_EINVAL, BP_ECLOSED). */
+BP_API bp_subscription *bp_subscribe(bp_store *store, const bp_region *region);
+/* Waits for the next notification: timeout_ms < 0 waits forever, 0 polls.
+ * Errors: BP_ETIMEOUT, BP_ECLOSED (the store closed, or a take limit was
+ * reached; nothing more will come). Threads: one receiver at a time. */
+BP_API bp_status bp_sub_recv(bp_subscription *sub, bp_notification *out, int timeout_ms);
+/* A descriptor that is readable exactly while notifications wait (for poll,
+ * epoll, libuv). Do not read or close it: bp_sub_recv consumes. -1 if the
+ * platform has no eventfd. */
+BP_API int bp_sub_fd(bp_subscription *sub);
+/* Notifications dropped because the queue was full. */
+BP_API uint64_t bp_sub_dropped(const bp_subscription *sub);
+/* Chainable operations applied at receive time, in the order added (the
+ * crate's SubscriptionOps). filter drops notifications pred rejects; map
+ * rewrites a notification in place; take ends the subscription (BP_ECLOSED)
+ * after n more deliveries. They return sub. ctx is borrowed until bp_sub_close. */
+BP_API bp_subscription *bp_sub_filter(bp_subscription *sub, bool (*pred)(const bp_notification *, void *ctx),
+                                      void *ctx);
+BP_API bp_subscription *bp_sub_map(bp_subscription *sub, void (*fn)(bp_notification *, void *ctx), void *ctx);
+BP_API bp_subscription *bp_sub_take(bp_subscription *sub, uint64_t n);
+/* Ends the subscription and frees it (the writer forgets it at its next
+ * append). Accepts NULL. May be called before or after bp_close. */
+BP_API void bp_sub_close(bp_subscription *sub);
+
+/* ------------------------------------------------------------ reactors */
+
+typedef struct bp_reactor bp_reactor;
+typedef struct bp_emitter bp_emitter;
+/* Called on the reactor's thread for each matching event, in global order.
+ * The event is valid during the call. */
+typedef void (*bp_react_fn)(const bp_event *ev, bp_emitter *out, void *ctx);
+/* Queues an event to append when react_fn returns, as a reaction: its
+ * correlation id is the source event's, its causation the source event.
+ * The payload is copied. Errors: BP_ECOORD, BP_ELIMIT, BP_ENOMEM. */
+BP_API bp_status bp_emit(bp_emitter *out, const bp_coord *coord, bp_kind kind, const void *payload, size_t len);
+/* Starts a thread that reacts to every event matching region appended from
+ * now on (it follows a cursor, so it misses none). Errors of reading or of
+ * appending reactions go to the log callback, never silently dropped.
+ * Returns NULL on failure (bp_last_error). Stop it before bp_close. */
+BP_API bp_reactor *bp_react_loop(bp_store *store, const bp_region *region, bp_react_fn fn, void *ctx);
+/* How many source events the reactor has handled. */
+BP_API uint64_t bp_reactor_handled(const bp_reactor *reactor);
+/* Stops the reactor after the event it is handling, joins its thread and
+ * frees it. Accepts NULL. */
+BP_API void bp_reactor_stop(bp_reactor *reactor);
+
 /* ------------------------------------------------------------ maintenance */
 
 /* Forces an fsync (per sync_mode) of everything written so far.

@@ -205,6 +205,7 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
   pthread_mutex_init(&s->seg_lock, NULL);
   pthread_mutex_init(&s->qlock, NULL);
   pthread_mutex_init(&s->wlock, NULL);
+  pthread_mutex_init(&s->sub_lock, NULL);
   pthread_cond_init(&s->qspace, NULL);
   pthread_cond_init(&s->qidle, NULL);
   pthread_condattr_t ca;
@@ -292,6 +293,7 @@ bp_status bp_close(bp_store *s) {
     }
   }
   bp_error saved = *bp_last_error();
+  bp__subs_close(s);
   bp__writer_free(s);
   bp__segments_free(s);
   bp__index_free(&s->ix);
@@ -300,6 +302,7 @@ bp_status bp_close(bp_store *s) {
   pthread_mutex_destroy(&s->seg_lock);
   pthread_mutex_destroy(&s->qlock);
   pthread_mutex_destroy(&s->wlock);
+  pthread_mutex_destroy(&s->sub_lock);
   pthread_cond_destroy(&s->qspace);
   pthread_cond_destroy(&s->qidle);
   pthread_cond_destroy(&s->qarrive);

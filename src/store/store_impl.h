@@ -102,6 +102,11 @@ struct bp_store {
   uint64_t *restart_times;  /* ms of recent restarts (bounded policy) */
   bp__buf wbuf;             /* frames of the group being committed */
 
+  /* subscriptions (sub_lock) */
+  pthread_mutex_t sub_lock;
+  struct bp_subscription *subs;
+  _Atomic uint32_t nsubs;
+
   /* diagnostics */
   _Atomic uint64_t durable;
   uint64_t torn_bytes, batch_frames_dropped;
@@ -171,6 +176,12 @@ bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off);
 /* ---- writer (writer.c) ---- */
 bp_status bp__writer_seal(bp_store *s);
 void bp__writer_free(bp_store *s);
+
+/* ---- subscriptions (sub.c) ---- */
+/* Hands events [from, to), just published, to matching subscriptions. */
+void bp__notify(bp_store *s, uint64_t from, uint64_t to);
+/* Ends every subscription (bp_close). */
+void bp__subs_close(bp_store *s);
 
 /* ---- reader (reader.c) ---- */
 void bp__entry_from_index(const bp_store *s, uint64_t seq, bp_entry *out);

@@ -510,6 +510,7 @@ static void commit_group(bp_store *s, bp__req **group, size_t ng) {
       s->unsynced = sync_now ? 0 : s->unsynced + new_events;
       bp__index_publish(&s->ix);
       if (sync_now) atomic_store(&s->durable, s->ix.count);
+      bp__notify(s, count0, s->ix.count);
     }
   }
   free(undo.items);
