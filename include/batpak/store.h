@@ -330,6 +330,105 @@ BP_API uint64_t bp_reactor_handled(const bp_reactor *reactor);
  * frees it. Accepts NULL. */
 BP_API void bp_reactor_stop(bp_reactor *reactor);
 
+/* ------------------------------------------------------------ caches */
+
+/* A projection cache: a byte-keyed store of encoded states. The store owns a
+ * cache passed to bp_open_with_cache and destroys it at bp_close. */
+#define BP_CACHE_VERSION 1
+#define BP_CACHE_CAP_PREFETCH 0x1u    /* prefetch is worth calling */
+#define BP_CACHE_CAP_DURABLE 0x2u     /* survives a restart */
+
+typedef struct bp_cache_vtable {
+  uint32_t version;                   /* BP_CACHE_VERSION */
+  uint32_t capabilities;              /* BP_CACHE_CAP_* */
+  /* *value is malloc'd by the cache and freed by the caller with free().
+   * BP_ENOTFOUND when the key is absent. */
+  bp_status (*get)(void *ctx, const void *key, size_t key_len, void **value, size_t *value_len);
+  bp_status (*put)(void *ctx, const void *key, size_t key_len, const void *value, size_t value_len);
+  bp_status (*delete_prefix)(void *ctx, const void *prefix, size_t prefix_len);
+  bp_status (*sync)(void *ctx);       /* optional */
+  bp_status (*prefetch)(void *ctx, const void *key, size_t key_len);   /* optional */
+  void (*destroy)(void *ctx);         /* optional */
+} bp_cache_vtable;
+
+/* A cache over a user-supplied table (copied) and context.
+ * Errors: BP_EINVAL (a required function missing, unknown version), BP_ENOMEM. */
+BP_API bp_status bp_cache_custom(const bp_cache_vtable *vtable, void *ctx, bp_cache **out);
+/* A cache that stores nothing (every get misses). */
+BP_API bp_status bp_cache_noop(bp_cache **out);
+/* An LMDB environment in directory path (created, mode 0700) with a map of
+ * map_size bytes (0: 1 GiB). Errors: BP_EIO (LMDB's message), BP_ENOMEM. */
+BP_API bp_status bp_cache_lmdb_open(const char *path, size_t map_size, bp_cache **out);
+/* A SQLite database file at path (created, WAL). Errors: BP_EIO, BP_ENOMEM. */
+BP_API bp_status bp_cache_sqlite_open(const char *path, bp_cache **out);
+/* The operations, for callers that use a cache directly (the store calls them
+ * for projections). Errors: those of the backend; BP_ENOTFOUND from get. */
+BP_API bp_status bp_cache_get(bp_cache *cache, const void *key, size_t key_len, void **value, size_t *value_len);
+BP_API bp_status bp_cache_put(bp_cache *cache, const void *key, size_t key_len, const void *value, size_t value_len);
+BP_API bp_status bp_cache_delete_prefix(bp_cache *cache, const void *prefix, size_t prefix_len);
+BP_API bp_status bp_cache_sync(bp_cache *cache);
+BP_API bp_status bp_cache_prefetch(bp_cache *cache, const void *key, size_t key_len);
+BP_API uint32_t bp_cache_capabilities(const bp_cache *cache);
+/* Destroys a cache the store does not own. Accepts NULL. */
+BP_API void bp_cache_free(bp_cache *cache);
+
+/* As bp_open, with a projection cache that the store takes over (it is freed
+ * by bp_close, or here if the open fails). */
+BP_API bp_status bp_open_with_cache(const bp_config *cfg, bp_cache *cache, bp_store **out);
+/* As bp_open with an LMDB cache in cfg->data_dir/cache (map size
+ * cfg->cache_map_size_bytes). */
+BP_API bp_status bp_open_with_lmdb_cache(const bp_config *cfg, bp_store **out);
+
+/* ------------------------------------------------------------ projections */
+
+#define BP_PROJECTION_VERSION 1
+
+/* Folds an entity's events into a caller-owned state. Callbacks run on the
+ * calling thread; state and ctx are the caller's. */
+typedef struct bp_projection {
+  uint32_t version;                   /* BP_PROJECTION_VERSION */
+  const char *name;                   /* part of the cache key */
+  uint64_t schema_version;            /* part of the cache key: bump it when encode changes */
+  const bp_kind *kinds;               /* relevant kinds; kinds_len 0: every event */
+  size_t kinds_len;
+  bool incremental;                   /* apply may continue from a cached state */
+  bp_status (*init)(void *state, void *ctx);
+  bp_status (*apply)(void *state, const bp_event *ev, void *ctx);
+  /* Optional, for caching: encode allocates *bytes with malloc (the library
+   * frees it); decode rebuilds a state from them, failing for bytes it does
+   * not understand (the library then replays instead). */
+  bp_status (*encode)(const void *state, void **bytes, size_t *len, void *ctx);
+  bp_status (*decode)(void *state, const void *bytes, size_t len, void *ctx);
+} bp_projection;
+
+enum { BP_FRESH_CONSISTENT = 0, BP_FRESH_BEST_EFFORT = 1 };
+typedef struct bp_freshness {
+  int mode;                           /* BP_FRESH_CONSISTENT or BP_FRESH_BEST_EFFORT */
+  uint64_t max_stale_ms;              /* best effort: how old a cached state may be */
+} bp_freshness;
+
+/* Projects entity into state: from the cache when freshness allows
+ * (consistent: the cached state covers the latest relevant event; best
+ * effort: it is younger than max_stale_ms), by applying only newer events to a
+ * cached state (cfg.incremental_projection and proj->incremental), or by
+ * replaying every relevant event from init. A replayed or updated state is
+ * written back to the cache when the projection can encode.
+ * Errors: BP_ENOTFOUND (no relevant events), BP_EINVAL (bad vtable), errors of
+ * the callbacks (returned as they are), read errors. If it fails, state is
+ * whatever the callbacks left in it. */
+BP_API bp_status bp_project(bp_store *store, const char *entity, const bp_projection *proj, void *ctx,
+                            bp_freshness freshness, void *state);
+
+/* A watcher re-projects an entity each time it changes. */
+typedef struct bp_watcher bp_watcher;
+/* Returns NULL on failure (bp_last_error). entity, proj and ctx must outlive it. */
+BP_API bp_watcher *bp_watch_projection(bp_store *store, const char *entity, const bp_projection *proj, void *ctx,
+                                       bp_freshness freshness);
+/* Waits (timeout_ms < 0: forever) until the entity gets a relevant event,
+ * then projects it into state. Errors: BP_ETIMEOUT, BP_ECLOSED, bp_project's. */
+BP_API bp_status bp_watcher_recv(bp_watcher *watcher, void *state, int timeout_ms);
+BP_API void bp_watcher_close(bp_watcher *watcher);
+
 /* ------------------------------------------------------------ maintenance */
 
 /* Forces an fsync (per sync_mode) of everything written so far.

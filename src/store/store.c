@@ -104,7 +104,7 @@ static bp_status list_segments(bp_store *s, uint64_t **ids, size_t *n) {
       v[len++] = id;
     } else if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && strcmp(e->d_name, BP__LOCK_FILE) &&
                strcmp(e->d_name, BP__CHECKPOINT_FILE) && strcmp(e->d_name, BP__CHECKPOINT_TMP) &&
-               strcmp(e->d_name, "cursors")) {
+               strcmp(e->d_name, "cursors") && strcmp(e->d_name, "cache")) {
       bp__log(s, BP_LOG_INFO, "ignoring %s/%s: not a store file", s->dir, e->d_name);
     }
   }
@@ -252,7 +252,7 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
 
 fail:;
   bp_error saved = *bp_last_error();
-  s->cache = NULL; /* bp_open_with_cache frees it below */
+  s->cache = NULL; /* bp_open_with_cache frees it */
   bp__segments_free(s);
   if (s->ix.chunks) bp__index_free(&s->ix);
   bp__scan_free(&s->scan);
@@ -265,6 +265,25 @@ fail:;
 }
 
 bp_status bp_open(const bp_config *cfg, bp_store **out) { return open_store(cfg, NULL, false, out); }
+
+bp_status bp_open_with_cache(const bp_config *cfg, bp_cache *cache, bp_store **out) {
+  bp_status st = open_store(cfg, cache, false, out);
+  if (st) bp_cache_free(cache);
+  return st;
+}
+
+bp_status bp_open_with_lmdb_cache(const bp_config *cfg, bp_store **out) {
+  if (out) *out = NULL;
+  bp_status st = validate(cfg);
+  if (st) return st;
+  if (bp__os_table.mkdir(cfg->data_dir, 0700) != 0 && errno != EEXIST)
+    return bp__fail_errno(BP_EIO, errno, "create directory %s", cfg->data_dir);
+  char path[4096];
+  snprintf(path, sizeof path, "%s/cache", cfg->data_dir);
+  bp_cache *cache;
+  if ((st = bp_cache_lmdb_open(path, (size_t)cfg->cache_map_size_bytes, &cache))) return st;
+  return bp_open_with_cache(cfg, cache, out);
+}
 
 bp_status bp_open_readonly(const bp_config *cfg, bp_store **out) {
   return open_store(cfg, NULL, true, out);
@@ -298,6 +317,10 @@ bp_status bp_close(bp_store *s) {
   bp__segments_free(s);
   bp__index_free(&s->ix);
   bp__scan_free(&s->scan);
+  if (s->cache) {
+    bp_cache_sync(s->cache);
+    bp_cache_free(s->cache);
+  }
   if (s->lock_fd >= 0) bp__os_table.close(s->lock_fd);
   pthread_mutex_destroy(&s->seg_lock);
   pthread_mutex_destroy(&s->qlock);

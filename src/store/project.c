@@ -1,0 +1,201 @@
+/*
+ * project.c - projections: folding an entity's events into state, with the
+ * cache and incremental application; and watched projections.
+ *
+ * Cache entry for (entity, projection):
+ *   key   = entity bytes | 0x00 | u64 LE name hash (first 8 bytes of BLAKE3(name))
+ *           | u64 LE schema_version
+ *   value = encoded state | watermark u64 LE | cached_at_us i64 LE
+ * The watermark is the global sequence of the last relevant event the state
+ * includes.
+ */
+#include "store/store_impl.h"
+
+#include <inttypes.h>
+#include <time.h>
+
+#define META_LEN 16
+
+static bool relevant(const bp_projection *p, bp_kind kind) {
+  if (p->kinds_len == 0) return true;
+  for (size_t i = 0; i < p->kinds_len; i++)
+    if (p->kinds[i] == kind) return true;
+  return false;
+}
+
+static int64_t wall_us(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
+}
+
+static uint8_t *cache_key(const char *entity, const bp_projection *p, size_t *len) {
+  size_t el = strlen(entity);
+  uint8_t *k = malloc(el + 1 + 16);
+  if (!k) return NULL;
+  memcpy(k, entity, el);
+  k[el] = 0;
+  uint8_t h[32];
+  bp_compute_hash(p->name, strlen(p->name), h);
+  memcpy(k + el + 1, h, 8);
+  bp__put_le64(k + el + 9, p->schema_version);
+  *len = el + 17;
+  return k;
+}
+
+/* Applies the relevant events at positions [from, n) of the entity's stream. */
+static bp_status apply_range(bp_store *s, const bp_projection *p, void *ctx, void *state, const uint32_t *v,
+                             uint32_t from, uint32_t n) {
+  for (uint32_t i = from; i < n; i++) {
+    const bp__ientry *e = bp__index_at(&s->ix, v[i]);
+    if (!relevant(p, e->kind)) continue;
+    bp_event *ev;
+    bp_status st = bp_get(s, e->event_id, &ev);
+    if (st) return st;
+    st = p->apply(state, ev, ctx);
+    bp_event_free(ev);
+    if (st) return st;
+  }
+  return BP_OK;
+}
+
+static void cache_store(bp_store *s, const bp_projection *p, void *ctx, const void *state, const uint8_t *key,
+                        size_t klen, uint64_t watermark) {
+  void *bytes = NULL;
+  size_t len = 0;
+  if (p->encode(state, &bytes, &len, ctx) != BP_OK) {
+    bp__log(s, BP_LOG_WARN, "projection %s: encode failed; state not cached", p->name);
+    free(bytes);
+    return;
+  }
+  uint8_t *val = malloc(len + META_LEN);
+  if (val) {
+    if (len) memcpy(val, bytes, len);
+    bp__put_le64(val + len, watermark);
+    bp__put_le64(val + len + 8, (uint64_t)wall_us());
+    if (bp_cache_put(s->cache, key, klen, val, len + META_LEN) != BP_OK)
+      bp__log(s, BP_LOG_WARN, "projection %s: cache put failed: %s", p->name, bp_last_error()->message);
+  }
+  free(val);
+  free(bytes);
+}
+
+bp_status bp_project(bp_store *s, const char *entity, const bp_projection *p, void *ctx, bp_freshness fresh,
+                     void *state) {
+  if (!s || !entity || !p || !state) return bp__fail(BP_EINVAL, "bp_project: NULL argument");
+  if (p->version != BP_PROJECTION_VERSION || !p->name || !p->init || !p->apply)
+    return bp__fail(BP_EINVAL, "bp_project: the projection needs version %u, a name, init and apply",
+                    BP_PROJECTION_VERSION);
+  uint64_t limit = bp__index_visible(&s->ix);
+  const bp__name *nm = bp__index_find_name(&s->ix, entity, strlen(entity));
+  uint32_t n = 0;
+  const uint32_t *v = nm ? bp__seqvec_view(&nm->as_entity, limit, &n) : NULL;
+  /* The latest relevant event decides what a cached state must include. */
+  int64_t last = -1;
+  for (uint32_t i = n; i-- > 0;)
+    if (relevant(p, bp__index_at(&s->ix, v[i])->kind)) {
+      last = (int64_t)i;
+      break;
+    }
+  if (last < 0) return bp__fail(BP_ENOTFOUND, "entity %s has no events for projection %s", entity, p->name);
+  uint64_t watermark = v[last];
+
+  bool cacheable = s->cache && p->encode && p->decode;
+  uint8_t *key = NULL;
+  size_t klen = 0;
+  if (cacheable && !(key = cache_key(entity, p, &klen))) return bp__fail(BP_ENOMEM, "bp_project: out of memory");
+
+  if (cacheable) {
+    void *val = NULL;
+    size_t vlen = 0;
+    if (bp_cache_get(s->cache, key, klen, &val, &vlen) == BP_OK && vlen >= META_LEN) {
+      uint64_t cached_wm = bp__get_le64((uint8_t *)val + vlen - META_LEN);
+      int64_t cached_at = (int64_t)bp__get_le64((uint8_t *)val + vlen - 8);
+      bool serve = fresh.mode == BP_FRESH_BEST_EFFORT
+                       ? cached_wm <= watermark && (uint64_t)(wall_us() - cached_at) <= fresh.max_stale_ms * 1000
+                       : cached_wm == watermark;
+      bool extend = !serve && s->cfg.incremental_projection && p->incremental && cached_wm < watermark;
+      if ((serve || extend) && p->init(state, ctx) == BP_OK && p->decode(state, val, vlen - META_LEN, ctx) == BP_OK) {
+        bp_status st = BP_OK;
+        if (extend) {
+          /* Only the events after the cached watermark. */
+          uint32_t lo = 0, hi = n;
+          while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (v[mid] <= cached_wm) lo = mid + 1;
+            else hi = mid;
+          }
+          st = apply_range(s, p, ctx, state, v, lo, (uint32_t)last + 1);
+          if (!st) cache_store(s, p, ctx, state, key, klen, watermark);
+        }
+        free(val);
+        free(key);
+        return st;
+      }
+      if (serve || extend)
+        bp__log(s, BP_LOG_WARN, "projection %s: cached state of %s did not decode; replaying", p->name, entity);
+    }
+    free(val);
+  }
+
+  bp_status st = p->init(state, ctx);
+  if (!st) st = apply_range(s, p, ctx, state, v, 0, (uint32_t)last + 1);
+  if (!st && cacheable) cache_store(s, p, ctx, state, key, klen, watermark);
+  free(key);
+  return st;
+}
+
+/* ------------------------------------------------------------------ watchers */
+
+struct bp_watcher {
+  bp_store *store;
+  const char *entity;
+  const bp_projection *proj;
+  void *ctx;
+  bp_freshness fresh;
+  bp_subscription *sub;
+};
+
+static bool exact_entity(const bp_notification *n, void *ctx) {
+  bp_watcher *w = ctx;
+  return strcmp(n->entity, w->entity) == 0 && relevant(w->proj, n->kind);
+}
+
+bp_watcher *bp_watch_projection(bp_store *s, const char *entity, const bp_projection *p, void *ctx,
+                                bp_freshness fresh) {
+  if (!s || !entity || !p) {
+    bp__fail(BP_EINVAL, "bp_watch_projection: NULL argument");
+    return NULL;
+  }
+  bp_watcher *w = calloc(1, sizeof *w);
+  if (!w) {
+    bp__fail(BP_ENOMEM, "out of memory for a watcher");
+    return NULL;
+  }
+  *w = (bp_watcher){s, entity, p, ctx, fresh, NULL};
+  bp_region r = bp_region_entity(entity);
+  w->sub = bp_subscribe(s, &r);
+  if (!w->sub) {
+    free(w);
+    return NULL;
+  }
+  bp_sub_filter(w->sub, exact_entity, w);
+  return w;
+}
+
+bp_status bp_watcher_recv(bp_watcher *w, void *state, int timeout_ms) {
+  if (!w || !state) return bp__fail(BP_EINVAL, "bp_watcher_recv: NULL argument");
+  bp_notification n;
+  bp_status st = bp_sub_recv(w->sub, &n, timeout_ms);
+  if (st) return st;
+  /* Several changes may be waiting: one projection covers them all. */
+  while (bp_sub_recv(w->sub, &n, 0) == BP_OK) {
+  }
+  return bp_project(w->store, w->entity, w->proj, w->ctx, w->fresh, state);
+}
+
+void bp_watcher_close(bp_watcher *w) {
+  if (!w) return;
+  bp_sub_close(w->sub);
+  free(w);
+}

@@ -1,0 +1,374 @@
+/*
+ * test_project.c - caches (one table of operations, run against every
+ * backend: a user-supplied cache, LMDB and SQLite, on real files) and
+ * projections with each cache, freshness mode and incremental application.
+ */
+#include "testutil.h"
+
+#include <pthread.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+typedef tu_store_fixture fixture;
+#define setup tu_store_setup
+#define teardown tu_store_teardown
+
+/* ---- a user-supplied cache: a small in-memory table ---- */
+typedef struct mem_entry {
+  uint8_t *k, *v;
+  size_t kl, vl;
+} mem_entry;
+typedef struct mem_cache {
+  mem_entry e[64];
+  int n;
+  int destroyed;
+} mem_cache;
+
+static int mem_find(mem_cache *m, const void *k, size_t kl) {
+  for (int i = 0; i < m->n; i++)
+    if (m->e[i].kl == kl && memcmp(m->e[i].k, k, kl) == 0) return i;
+  return -1;
+}
+static bp_status mem_get(void *ctx, const void *k, size_t kl, void **v, size_t *vl) {
+  mem_cache *m = ctx;
+  int i = mem_find(m, k, kl);
+  if (i < 0) return BP_ENOTFOUND;
+  *v = malloc(m->e[i].vl + 1);
+  memcpy(*v, m->e[i].v, m->e[i].vl);
+  *vl = m->e[i].vl;
+  return BP_OK;
+}
+static bp_status mem_put(void *ctx, const void *k, size_t kl, const void *v, size_t vl) {
+  mem_cache *m = ctx;
+  int i = mem_find(m, k, kl);
+  if (i < 0) {
+    if (m->n == 64) return BP_ENOMEM;
+    i = m->n++;
+    m->e[i].k = malloc(kl);
+    memcpy(m->e[i].k, k, kl);
+    m->e[i].kl = kl;
+  } else {
+    free(m->e[i].v);
+  }
+  m->e[i].v = malloc(vl + 1);
+  memcpy(m->e[i].v, v, vl);
+  m->e[i].vl = vl;
+  return BP_OK;
+}
+static bp_status mem_delete_prefix(void *ctx, const void *p, size_t pl) {
+  mem_cache *m = ctx;
+  for (int i = 0; i < m->n;) {
+    if (m->e[i].kl >= pl && memcmp(m->e[i].k, p, pl) == 0) {
+      free(m->e[i].k);
+      free(m->e[i].v);
+      m->e[i] = m->e[--m->n];
+    } else {
+      i++;
+    }
+  }
+  return BP_OK;
+}
+static void mem_destroy(void *ctx) {
+  mem_cache *m = ctx;
+  for (int i = 0; i < m->n; i++) {
+    free(m->e[i].k);
+    free(m->e[i].v);
+  }
+  m->n = 0;
+  m->destroyed++;
+}
+static const bp_cache_vtable MEM_VT = {BP_CACHE_VERSION, 0, mem_get, mem_put, mem_delete_prefix, NULL, NULL,
+                                       mem_destroy};
+
+enum { BACKEND_CUSTOM, BACKEND_LMDB, BACKEND_SQLITE, BACKENDS };
+static const char *backend_names[] = {"custom", "lmdb", "sqlite"};
+static mem_cache mem;
+
+static bp_cache *open_backend(int b, const char *dir) {
+  char path[4200];
+  bp_cache *c = NULL;
+  switch (b) {
+    case BACKEND_CUSTOM: assert_ok(bp_cache_custom(&MEM_VT, &mem, &c)); break;
+    case BACKEND_LMDB:
+      snprintf(path, sizeof path, "%s/lmdb", dir);
+      assert_ok(bp_cache_lmdb_open(path, 16u << 20, &c));
+      break;
+    default:
+      snprintf(path, sizeof path, "%s/cache.sqlite", dir);
+      assert_ok(bp_cache_sqlite_open(path, &c));
+      break;
+  }
+  return c;
+}
+
+static void expect_cached(bp_cache *c, const char *key, const char *want, const char *backend) {
+  void *v;
+  size_t vl;
+  bp_status st = bp_cache_get(c, key, strlen(key), &v, &vl);
+  if (!want) {
+    if (st != BP_ENOTFOUND) fail_msg("%s: get(%s) gave %s, expected BP_ENOTFOUND", backend, key, bp_status_name(st));
+    return;
+  }
+  if (st != BP_OK) fail_msg("%s: get(%s) gave %s", backend, key, bp_status_name(st));
+  tu_assert_bytes_eq(v, vl, want, strlen(want), backend);
+  free(v);
+}
+
+/* The same table of operations against every backend. */
+static void every_cache_backend_passes_the_same_operations(void **state) {
+  fixture *f = *state;
+  mkdir(f->dir, 0700);
+  for (int b = 0; b < BACKENDS; b++) {
+    const char *name = backend_names[b];
+    bp_cache *c = open_backend(b, f->dir);
+    expect_cached(c, "missing", NULL, name);
+    assert_ok(bp_cache_put(c, "user:1\0a", 8, "one", 3));
+    assert_ok(bp_cache_put(c, "user:10", 7, "ten", 3));
+    assert_ok(bp_cache_put(c, "user:2", 6, "two", 3));
+    assert_ok(bp_cache_put(c, "order:1", 7, "order", 5));
+    expect_cached(c, "user:10", "ten", name);
+    assert_ok(bp_cache_put(c, "user:10", 7, "TEN!", 4)); /* overwrite */
+    expect_cached(c, "user:10", "TEN!", name);
+    assert_ok(bp_cache_put(c, "empty", 5, "", 0));
+    expect_cached(c, "empty", "", name);
+    assert_ok(bp_cache_delete_prefix(c, "user:1", 6)); /* user:1\0a and user:10 */
+    expect_cached(c, "user:10", NULL, name);
+    expect_cached(c, "user:2", "two", name);
+    expect_cached(c, "order:1", "order", name);
+    assert_ok(bp_cache_sync(c));
+    assert_ok(bp_cache_prefetch(c, "user:2", 6));
+    bp_cache_free(c);
+    if (b == BACKEND_CUSTOM) {
+      assert_int_equal(mem.destroyed, 1);
+      mem.destroyed = 0;
+      continue;
+    }
+    /* Durable backends keep their data across a reopen. */
+    c = open_backend(b, f->dir);
+    assert_true(bp_cache_capabilities(c) & BP_CACHE_CAP_DURABLE);
+    expect_cached(c, "user:2", "two", name);
+    expect_cached(c, "user:10", NULL, name);
+    assert_ok(bp_cache_delete_prefix(c, "", 0));
+    expect_cached(c, "order:1", NULL, name);
+    bp_cache_free(c);
+  }
+}
+
+static void custom_cache_vtable_is_checked(void **state) {
+  (void)state;
+  bp_cache *c = (bp_cache *)1;
+  bp_cache_vtable vt = MEM_VT;
+  vt.version = 99;
+  assert_status(bp_cache_custom(&vt, &mem, &c), BP_EINVAL);
+  assert_null(c);
+  vt = MEM_VT;
+  vt.get = NULL;
+  assert_status(bp_cache_custom(&vt, &mem, &c), BP_EINVAL);
+  assert_ok(bp_cache_noop(&c));
+  void *v;
+  size_t vl;
+  assert_ok(bp_cache_put(c, "k", 1, "v", 1));
+  assert_status(bp_cache_get(c, "k", 1, &v, &vl), BP_ENOTFOUND);
+  bp_cache_free(c);
+  char bad[] = "/proc/definitely/not/here";
+  assert_status(bp_cache_lmdb_open(bad, 0, &c), BP_EIO);
+  assert_status(bp_cache_sqlite_open(bad, &c), BP_EIO);
+}
+
+/* ---- a counter projection: sums {"amount": n} payloads ---- */
+typedef struct counter {
+  int64_t total;
+  int events;
+} counter;
+
+typedef struct proj_ctx {
+  int applied;      /* apply calls */
+  bool bad_decode;  /* decode refuses everything */
+} proj_ctx;
+
+static bp_status c_init(void *state, void *ctx) {
+  (void)ctx;
+  memset(state, 0, sizeof(counter));
+  return BP_OK;
+}
+
+static bp_status c_apply(void *state, const bp_event *ev, void *ctx) {
+  counter *c = state;
+  ((proj_ctx *)ctx)->applied++;
+  char *json = bp_event_payload_json(ev);
+  const char *p = json ? strstr(json, "\"amount\":") : NULL;
+  if (p) c->total += atoll(p + 9);
+  c->events++;
+  bp_free(json);
+  return BP_OK;
+}
+
+static bp_status c_encode(const void *state, void **bytes, size_t *len, void *ctx) {
+  (void)ctx;
+  *bytes = malloc(sizeof(counter));
+  memcpy(*bytes, state, sizeof(counter));
+  *len = sizeof(counter);
+  return BP_OK;
+}
+
+static bp_status c_decode(void *state, const void *bytes, size_t len, void *ctx) {
+  if (((proj_ctx *)ctx)->bad_decode || len != sizeof(counter)) return BP_ESERIAL;
+  memcpy(state, bytes, len);
+  return BP_OK;
+}
+
+static const bp_kind COUNTED[] = {0x1001};
+static const bp_projection COUNTER = {BP_PROJECTION_VERSION, "counter", 1, COUNTED, 1, true,
+                                      c_init, c_apply, c_encode, c_decode};
+
+static void deposit(bp_store *s, const char *entity, int amount, bp_kind kind) {
+  char json[64];
+  snprintf(json, sizeof json, "{\"amount\": %d}", amount);
+  bp_coord c = {entity, "bank"};
+  bp_append_receipt r;
+  assert_ok(bp_append_json(s, &c, kind, json, &r));
+}
+
+static void projection_replays_relevant_events_without_a_cache(void **state) {
+  fixture *f = *state;
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  deposit(s, "acct:1", 100, 0x1001);
+  deposit(s, "acct:1", 7, 0x1002); /* not a relevant kind */
+  deposit(s, "acct:10", 1000, 0x1001);
+  deposit(s, "acct:1", -30, 0x1001);
+  counter c;
+  proj_ctx pc = {0};
+  bp_freshness fresh = {BP_FRESH_CONSISTENT, 0};
+  assert_ok(bp_project(s, "acct:1", &COUNTER, &pc, fresh, &c));
+  assert_int_equal(c.total, 70);
+  assert_int_equal(c.events, 2);
+  assert_status(bp_project(s, "acct:404", &COUNTER, &pc, fresh, &c), BP_ENOTFOUND);
+  bp_projection bad = COUNTER;
+  bad.version = 7;
+  assert_status(bp_project(s, "acct:1", &bad, &pc, fresh, &c), BP_EINVAL);
+  assert_ok(bp_close(s));
+}
+
+static void run_cached_projection(fixture *f, int backend, bool incremental) {
+  char sub[4300];
+  snprintf(sub, sizeof sub, "%s-%s-%d", f->dir, backend_names[backend], incremental);
+  mkdir(sub, 0700);
+  bp_config cfg = f->cfg;
+  cfg.data_dir = sub;
+  cfg.incremental_projection = incremental;
+  bp_store *s;
+  assert_ok(bp_open_with_cache(&cfg, open_backend(backend, sub), &s));
+  for (int i = 1; i <= 10; i++) deposit(s, "acct:1", i, 0x1001);
+  counter c;
+  proj_ctx pc = {0};
+  bp_freshness consistent = {BP_FRESH_CONSISTENT, 0};
+  assert_ok(bp_project(s, "acct:1", &COUNTER, &pc, consistent, &c));
+  assert_int_equal(c.total, 55);
+  assert_int_equal(pc.applied, 10);
+  /* Nothing new: served from the cache. */
+  pc.applied = 0;
+  memset(&c, 0xee, sizeof c);
+  assert_ok(bp_project(s, "acct:1", &COUNTER, &pc, consistent, &c));
+  assert_int_equal(c.total, 55);
+  assert_int_equal(pc.applied, 0);
+  /* Irrelevant kinds do not make the cached state stale. */
+  deposit(s, "acct:1", 999, 0x1002);
+  assert_ok(bp_project(s, "acct:1", &COUNTER, &pc, consistent, &c));
+  assert_int_equal(pc.applied, 0);
+  /* A new relevant event: best effort may serve the stale state... */
+  deposit(s, "acct:1", 45, 0x1001);
+  bp_freshness best = {BP_FRESH_BEST_EFFORT, 60000};
+  assert_ok(bp_project(s, "acct:1", &COUNTER, &pc, best, &c));
+  assert_int_equal(c.total, 55);
+  assert_int_equal(pc.applied, 0);
+  /* ...consistent may not: only the new event (incremental) or all again. */
+  assert_ok(bp_project(s, "acct:1", &COUNTER, &pc, consistent, &c));
+  assert_int_equal(c.total, 100);
+  assert_int_equal(pc.applied, incremental ? 1 : 11);
+  /* A cached state that does not decode is replaced by a replay. */
+  deposit(s, "acct:1", 1, 0x1001);
+  pc.applied = 0;
+  pc.bad_decode = true;
+  assert_ok(bp_project(s, "acct:1", &COUNTER, &pc, consistent, &c));
+  assert_int_equal(c.total, 101);
+  assert_int_equal(pc.applied, 12);
+  assert_ok(bp_close(s));
+}
+
+static void cached_projection_with_custom_cache(void **state) { run_cached_projection(*state, BACKEND_CUSTOM, false); }
+static void cached_projection_with_lmdb(void **state) { run_cached_projection(*state, BACKEND_LMDB, false); }
+static void cached_projection_with_sqlite(void **state) { run_cached_projection(*state, BACKEND_SQLITE, false); }
+static void incremental_projection_with_lmdb(void **state) { run_cached_projection(*state, BACKEND_LMDB, true); }
+static void incremental_projection_with_sqlite(void **state) { run_cached_projection(*state, BACKEND_SQLITE, true); }
+
+static void lmdb_cache_in_the_store_survives_a_reopen(void **state) {
+  fixture *f = *state;
+  bp_store *s;
+  assert_ok(bp_open_with_lmdb_cache(&f->cfg, &s));
+  for (int i = 0; i < 5; i++) deposit(s, "acct:9", 10, 0x1001);
+  counter c;
+  proj_ctx pc = {0};
+  bp_freshness consistent = {BP_FRESH_CONSISTENT, 0};
+  assert_ok(bp_project(s, "acct:9", &COUNTER, &pc, consistent, &c));
+  assert_ok(bp_close(s));
+  assert_ok(bp_open_with_lmdb_cache(&f->cfg, &s));
+  pc.applied = 0;
+  assert_ok(bp_project(s, "acct:9", &COUNTER, &pc, consistent, &c));
+  assert_int_equal(c.total, 50);
+  assert_int_equal(pc.applied, 0);
+  assert_ok(bp_close(s));
+}
+
+typedef struct watch_arg {
+  bp_store *s;
+} watch_arg;
+
+static void *deposit_later(void *p) {
+  watch_arg *a = p;
+  usleep(30000);
+  deposit(a->s, "acct:w", 5, 0x1001);
+  return NULL;
+}
+
+static void watcher_yields_the_state_after_each_change(void **state) {
+  fixture *f = *state;
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  deposit(s, "acct:w", 10, 0x1001);
+  proj_ctx pc = {0};
+  bp_freshness consistent = {BP_FRESH_CONSISTENT, 0};
+  bp_watcher *w = bp_watch_projection(s, "acct:w", &COUNTER, &pc, consistent);
+  assert_non_null(w);
+  counter c;
+  assert_status(bp_watcher_recv(w, &c, 10), BP_ETIMEOUT);
+  deposit(s, "acct:w2", 1, 0x1001);  /* another entity with the prefix */
+  deposit(s, "acct:w", 1, 0x1002);   /* an irrelevant kind */
+  assert_status(bp_watcher_recv(w, &c, 10), BP_ETIMEOUT);
+  watch_arg a = {s};
+  pthread_t t;
+  pthread_create(&t, NULL, deposit_later, &a);
+  assert_ok(bp_watcher_recv(w, &c, 5000));
+  pthread_join(t, NULL);
+  assert_int_equal(c.total, 15);
+  bp_watcher_close(w);
+  assert_ok(bp_close(s));
+}
+
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      T(every_cache_backend_passes_the_same_operations),
+      cmocka_unit_test(custom_cache_vtable_is_checked),
+      T(projection_replays_relevant_events_without_a_cache),
+      T(cached_projection_with_custom_cache),
+      T(cached_projection_with_lmdb),
+      T(cached_projection_with_sqlite),
+      T(incremental_projection_with_lmdb),
+      T(incremental_projection_with_sqlite),
+      T(lmdb_cache_in_the_store_survives_a_reopen),
+      T(watcher_yields_the_state_after_each_change),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
