@@ -19,6 +19,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <sqlite3.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -608,6 +609,151 @@ static double sqlite_walk(void *p) {
   return (now_s() - t0) * 1000;
 }
 
+/* ------------------------------------------------------------- live work */
+
+typedef struct fan_ctx {
+  int subs;
+  bool drain;
+} fan_ctx;
+
+typedef struct drainer {
+  bp_subscription **subs;
+  int n;
+  _Atomic bool stop;
+} drainer;
+
+/* A consumer of many subscriptions: drains each, and when a pass found
+ * nothing, waits on the first for up to a millisecond instead of spinning. */
+static void *drain_subs(void *p) {
+  drainer *d = p;
+  bp_notification note;
+  while (!atomic_load(&d->stop)) {
+    bool any = false;
+    for (int i = 0; i < d->n; i++)
+      while (bp_sub_recv(d->subs[i], &note, 0) == BP_OK) any = true;
+    if (!any && bp_sub_recv(d->subs[0], &note, 1) == BP_OK) continue;
+  }
+  return NULL;
+}
+
+/* Append rate (1 thread, sync every 1000) with n subscribers matching every
+ * event, drained by one thread. */
+static double fanout_append(void *p) {
+  fan_ctx *f = p;
+  bp_store *s = open_store("fanout", 1000, 1, true, true);
+  bp_subscription *subs[64];
+  bp_region all = bp_region_all();
+  for (int i = 0; i < f->subs; i++) subs[i] = bp_subscribe(s, &all);
+  drainer d = {subs, f->subs, false};
+  pthread_t t;
+  if (f->subs) pthread_create(&t, NULL, drain_subs, &d);
+  uint64_t n = opt.events / 2;
+  uint8_t pl[16];
+  double t0 = now_s();
+  for (uint64_t i = 0; i < n; i++) {
+    bp_coord c = {ENTITIES[i % 4], "scope:bench"};
+    bp_append_receipt r;
+    check(bp_append(s, &c, 0x1001, pl, payload_i(pl, i), &r), "bp_append");
+  }
+  double el = now_s() - t0;
+  if (f->subs) {
+    atomic_store(&d.stop, true);
+    pthread_join(t, NULL);
+  }
+  for (int i = 0; i < f->subs; i++) bp_sub_close(subs[i]);
+  check(bp_close(s), "bp_close");
+  return (double)n / el;
+}
+
+typedef struct lat_ctx {
+  bp_subscription *sub;
+  _Atomic int got;
+} lat_ctx;
+
+static void *lat_receiver(void *p) {
+  lat_ctx *l = p;
+  bp_notification note;
+  while (bp_sub_recv(l->sub, &note, -1) == BP_OK) atomic_fetch_add(&l->got, 1);
+  return NULL;
+}
+
+/* Median time from the start of an append to its notification's receipt. */
+static double notify_latency(void *p) {
+  (void)p;
+  bp_store *s = open_store("latency", 1000, 1, true, true);
+  bp_region all = bp_region_all();
+  lat_ctx l = {bp_subscribe(s, &all), 0};
+  pthread_t t;
+  pthread_create(&t, NULL, lat_receiver, &l);
+  int n = opt.quick ? 200 : 2000;
+  double *lat = malloc(sizeof *lat * (size_t)n);
+  uint8_t pl[16];
+  for (int i = 0; i < n; i++) {
+    bp_coord c = {"entity:0", "scope:bench"};
+    bp_append_receipt r;
+    double t0 = now_s();
+    check(bp_append(s, &c, 0x1001, pl, payload_i(pl, (uint64_t)i), &r), "bp_append");
+    while (atomic_load(&l.got) <= i) {
+    }
+    lat[i] = (now_s() - t0) * 1e6;
+  }
+  check(bp_close(s), "bp_close");
+  pthread_join(t, NULL);
+  bp_sub_close(l.sub);
+  qsort(lat, (size_t)n, sizeof *lat, cmp_d);
+  double med = lat[n / 2];
+  free(lat);
+  return med;
+}
+
+typedef struct proj_bench {
+  bp_store *s;
+  int mode;            /* 0 replay (no cache), 1 cache hit, 2 incremental */
+  uint64_t applied;
+} proj_bench;
+
+static bp_status pb_init(void *state, void *ctx) {
+  (void)ctx;
+  *(int64_t *)state = 0;
+  return BP_OK;
+}
+static bp_status pb_apply(void *state, const bp_event *ev, void *ctx) {
+  ((proj_bench *)ctx)->applied++;
+  *(int64_t *)state += (int64_t)ev->payload_len;
+  return BP_OK;
+}
+static bp_status pb_encode(const void *state, void **bytes, size_t *len, void *ctx) {
+  (void)ctx;
+  *bytes = malloc(8);
+  memcpy(*bytes, state, 8);
+  *len = 8;
+  return BP_OK;
+}
+static bp_status pb_decode(void *state, const void *bytes, size_t len, void *ctx) {
+  (void)ctx;
+  if (len != 8) return BP_ESERIAL;
+  memcpy(state, bytes, 8);
+  return BP_OK;
+}
+static const bp_projection PB = {BP_PROJECTION_VERSION, "bench", 1, NULL, 0, true, pb_init, pb_apply, pb_encode,
+                                 pb_decode, NULL};
+
+static double project_25k(void *p) {
+  proj_bench *b = p;
+  bp_freshness consistent = {BP_FRESH_CONSISTENT, 0};
+  int64_t state;
+  if (b->mode == 2) {
+    /* One new event since the cached state. */
+    bp_coord c = {"entity:1", "scope:bench"};
+    bp_append_receipt r;
+    uint8_t pl[16];
+    check(bp_append(b->s, &c, 0x1001, pl, payload_i(pl, 1), &r), "bp_append");
+  }
+  double t0 = now_s();
+  check(bp_project(b->s, "entity:1", &PB, b, consistent, &state), "bp_project");
+  return (now_s() - t0) * 1000;
+}
+
 /* Peak resident memory of a fresh process (this program, executed again with
  * --rss-child) that only opens the data set: a forked child would count the
  * parent's pages too. */
@@ -733,6 +879,54 @@ int main(int argc, char **argv) {
     measure(r.b, &r.bn, batpak_append, &one);
     measure(r.v, &r.n, batpak_append, &c);
     report(&r);
+  }
+
+  /* -- live: subscriptions and projections -- */
+  if (selected("notify_latency")) {
+    r = (result){"notify_latency", "us", "median time from the start of bp_append to bp_sub_recv returning its "
+                 "notification on another thread (spinning waiter)", false, {0}, 0, NULL, {0}, 0, 0};
+    measure(r.v, &r.n, notify_latency, NULL);
+    report(&r);
+  }
+  int fans[3] = {1, 8, 64};
+  for (int k = 0; k < 3; k++) {
+    char name[32];
+    snprintf(name, sizeof name, "fanout_%d", fans[k]);
+    if (!selected(name)) continue;
+    fan_ctx none = {0, false}, some = {fans[k], true};
+    snprintf(params, sizeof params, "%" PRIu64 " appends (1 thread, sync every 1000) with %d subscriber(s) on every "
+             "event, drained by one thread; baseline the same with none", opt.events / 2, fans[k]);
+    r = (result){strdup(name), "events/s", params, true, {0}, 0, "no_subscribers", {0}, 0, 0};
+    measure(r.b, &r.bn, fanout_append, &none);
+    measure(r.v, &r.n, fanout_append, &some);
+    report(&r);
+  }
+  if (selected("project_25k")) {
+    /* One entity of 25k events, projected with no cache, from a cache hit,
+     * and incrementally after one new event. */
+    append_ctx c = {100000, 1, 0, 1000, 1, false, 0};
+    bp_store *s = open_store("project", 1000, 1, true, true);
+    thread_job j = {s, &c, 0};
+    append_thread(&j);
+    check(bp_close(s), "bp_close");
+    const char *modes[3] = {"project_25k_replay", "project_25k_cache_hit", "project_25k_incremental"};
+    for (int m = 0; m < 3; m++) {
+      char dir[3100], cache_dir[3200];
+      path_in(dir, sizeof dir, "project");
+      snprintf(cache_dir, sizeof cache_dir, "%s/cache", dir);
+      bp_config cfg;
+      bp_config_init(&cfg, dir);
+      cfg.incremental_projection = m == 2;
+      proj_bench b = {NULL, m, 0};
+      if (m == 0) check(bp_open(&cfg, &b.s), "bp_open");
+      else check(bp_open_with_lmdb_cache(&cfg, &b.s), "bp_open_with_lmdb_cache");
+      snprintf(params, sizeof params, "bp_project of one entity with 25000 events (a fold of payload sizes)%s",
+               m == 0 ? ", no cache" : m == 1 ? ", LMDB cache hit" : ", LMDB cache, one new event applied");
+      r = (result){modes[m], "ms", params, false, {0}, 0, NULL, {0}, 0, 0};
+      measure(r.v, &r.n, project_25k, &b);
+      report(&r);
+      bp_close(b.s);
+    }
   }
 
   /* -- reads: one data set, read many ways -- */

@@ -262,6 +262,34 @@ static void bad_reactions_are_refused_at_emit(void **state) {
   assert_ok(bp_close(s));
 }
 
+/* 64 subscribers, one of which never reads: the writer finishes every append,
+ * the slow one drops (and counts) what did not fit, the others get everything. */
+static void fan_out_to_many_subscribers_with_a_slow_one(void **state) {
+  fixture *f = *state;
+  f->cfg.broadcast_capacity = 256;
+  bp_store *s = open_ok(f);
+  bp_region all = bp_region_all();
+  bp_subscription *subs[64];
+  for (int i = 0; i < 64; i++) subs[i] = bp_subscribe(s, &all);
+  const int n = 1000;
+  for (int i = 0; i < n; i++) {
+    put(s, "e", "s", 0x1001);
+    if (i % 100 == 99) /* the 63 fast ones keep up */
+      for (int k = 1; k < 64; k++) {
+        bp_notification note;
+        while (bp_sub_recv(subs[k], &note, 0) == BP_OK) {
+        }
+      }
+  }
+  assert_int_equal(bp_sub_dropped(subs[0]), n - 256);
+  for (int k = 1; k < 64; k++) assert_int_equal(bp_sub_dropped(subs[k]), 0);
+  bp_notification note;
+  assert_ok(bp_sub_recv(subs[0], &note, 0));
+  assert_int_equal(note.sequence, 0);
+  for (int i = 0; i < 64; i++) bp_sub_close(subs[i]);
+  assert_ok(bp_close(s));
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int main(void) {
@@ -272,6 +300,7 @@ int main(void) {
       T(filter_map_and_take_chain_at_receive),
       T(close_wakes_receivers_with_eclosed),
       T(closed_subscriptions_are_pruned_by_the_writer),
+      T(fan_out_to_many_subscribers_with_a_slow_one),
       T(reactor_chain_carries_correlation_and_causation),
       T(reactor_misses_nothing_when_its_wakeups_drop),
       T(bad_reactions_are_refused_at_emit),

@@ -184,6 +184,7 @@ typedef struct counter {
 typedef struct proj_ctx {
   int applied;      /* apply calls */
   bool bad_decode;  /* decode refuses everything */
+  int destroyed;    /* destroy calls */
 } proj_ctx;
 
 static bp_status c_init(void *state, void *ctx) {
@@ -217,9 +218,14 @@ static bp_status c_decode(void *state, const void *bytes, size_t len, void *ctx)
   return BP_OK;
 }
 
+static void c_destroy(void *state, void *ctx) {
+  (void)state;
+  ((proj_ctx *)ctx)->destroyed++;
+}
+
 static const bp_kind COUNTED[] = {0x1001};
 static const bp_projection COUNTER = {BP_PROJECTION_VERSION, "counter", 1, COUNTED, 1, true,
-                                      c_init, c_apply, c_encode, c_decode};
+                                      c_init, c_apply, c_encode, c_decode, c_destroy};
 
 static void deposit(bp_store *s, const char *entity, int amount, bp_kind kind) {
   char json[64];
@@ -286,13 +292,14 @@ static void run_cached_projection(fixture *f, int backend, bool incremental) {
   assert_ok(bp_project(s, "acct:1", &COUNTER, &pc, consistent, &c));
   assert_int_equal(c.total, 100);
   assert_int_equal(pc.applied, incremental ? 1 : 11);
-  /* A cached state that does not decode is replaced by a replay. */
-  deposit(s, "acct:1", 1, 0x1001);
+  /* A cached state that does not decode is replaced by a replay (the cache is
+   * current here, so it would have been served). */
   pc.applied = 0;
   pc.bad_decode = true;
   assert_ok(bp_project(s, "acct:1", &COUNTER, &pc, consistent, &c));
-  assert_int_equal(c.total, 101);
-  assert_int_equal(pc.applied, 12);
+  assert_int_equal(c.total, 100);
+  assert_int_equal(pc.applied, 11);
+  assert_int_equal(pc.destroyed, 1); /* the undecodable state was handed back first */
   assert_ok(bp_close(s));
 }
 

@@ -399,6 +399,10 @@ typedef struct bp_projection {
    * not understand (the library then replays instead). */
   bp_status (*encode)(const void *state, void **bytes, size_t *len, void *ctx);
   bp_status (*decode)(void *state, const void *bytes, size_t len, void *ctx);
+  /* Optional: releases what init/apply/decode allocated in a state that the
+   * library abandons (a cached state that failed to decode, before the replay
+   * initialises it again). The caller still owns the final state. */
+  void (*destroy)(void *state, void *ctx);
 } bp_projection;
 
 enum { BP_FRESH_CONSISTENT = 0, BP_FRESH_BEST_EFFORT = 1 };

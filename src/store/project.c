@@ -46,17 +46,15 @@ static uint8_t *cache_key(const char *entity, const bp_projection *p, size_t *le
 /* Applies the relevant events at positions [from, n) of the entity's stream. */
 static bp_status apply_range(bp_store *s, const bp_projection *p, void *ctx, void *state, const uint32_t *v,
                              uint32_t from, uint32_t n) {
-  for (uint32_t i = from; i < n; i++) {
-    const bp__ientry *e = bp__index_at(&s->ix, v[i]);
-    if (!relevant(p, e->kind)) continue;
-    bp_event *ev;
-    bp_status st = bp_get(s, e->event_id, &ev);
-    if (st) return st;
-    st = p->apply(state, ev, ctx);
-    bp_event_free(ev);
-    if (st) return st;
+  bp__evread rd;
+  memset(&rd, 0, sizeof rd);
+  bp_status st = BP_OK;
+  for (uint32_t i = from; i < n && !st; i++) {
+    if (!relevant(p, bp__index_at(&s->ix, v[i])->kind)) continue;
+    if (!(st = bp__read_event(s, v[i], &rd))) st = p->apply(state, &rd.ev, ctx);
   }
-  return BP_OK;
+  bp__evread_free(&rd);
+  return st;
 }
 
 static void cache_store(bp_store *s, const bp_projection *p, void *ctx, const void *state, const uint8_t *key,
@@ -132,8 +130,10 @@ bp_status bp_project(bp_store *s, const char *entity, const bp_projection *p, vo
         free(key);
         return st;
       }
-      if (serve || extend)
+      if (serve || extend) {
         bp__log(s, BP_LOG_WARN, "projection %s: cached state of %s did not decode; replaying", p->name, entity);
+        if (p->destroy) p->destroy(state, ctx);
+      }
     }
     free(val);
   }

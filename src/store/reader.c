@@ -39,71 +39,80 @@ bp_status bp_get_entry(bp_store *s, bp_id id, bp_entry *out) {
   return BP_OK;
 }
 
+bp_status bp__read_event(bp_store *s, uint64_t seq, bp__evread *rd) {
+  const bp__ientry *e = bp__index_at(&s->ix, seq);
+  uint32_t len = e->length;
+  uint64_t seg = e->segment_id, off = e->offset;
+  if (len < BP__FRAME_PREFIX)
+    return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame length %u too short", seg, off, len);
+  const uint8_t *frame = bp__segment_view(s, seg, off, len);
+  if (!frame) {
+    rd->frame.len = 0;
+    if (!bp__buf_reserve(&rd->frame, len)) return bp__fail(BP_ENOMEM, "out of memory reading a %u-byte frame", len);
+    bp_status st = bp__segment_read(s, seg, off, rd->frame.data, len);
+    if (st) return st;
+    frame = rd->frame.data;
+  }
+  if (bp__get_be32(frame) != len - BP__FRAME_PREFIX)
+    return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame length %u, index says %u", seg, off,
+                    bp__get_be32(frame), len - BP__FRAME_PREFIX);
+  if (bp__crc32(frame + BP__FRAME_PREFIX, len - BP__FRAME_PREFIX) != bp__get_be32(frame + 4))
+    return bp__fail(BP_ECRC, "segment %06" PRIu64 " offset %" PRIu64 ": CRC mismatch", seg, off);
+  bp__frame f;
+  if (bp__frame_decode_body(frame + BP__FRAME_PREFIX, len - BP__FRAME_PREFIX, &rd->scratch, &f) != BP_OK) {
+    bp__fail_context("segment %06" PRIu64 " offset %" PRIu64, seg, off);
+    return bp__fail(BP_ECORRUPT, "%s", "frame does not decode");
+  }
+  if (!bp_id_eq(f.header.event_id, e->event_id))
+    return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame holds another event", seg, off);
+  rd->ev.header = f.header;
+  rd->ev.entity = bp__index_name(&s->ix, e->entity)->str;
+  rd->ev.scope = bp__index_name(&s->ix, e->scope)->str;
+  rd->ev.payload = f.payload;
+  rd->ev.payload_len = f.payload_len;
+  rd->ev.has_hash_chain = f.has_chain;
+  rd->ev.hash_chain = f.chain;
+  return BP_OK;
+}
+
+void bp__evread_free(bp__evread *rd) {
+  bp__buf_free(&rd->frame);
+  bp__buf_free(&rd->scratch);
+}
+
 bp_status bp_get(bp_store *s, bp_id id, bp_event **out) {
   if (out) *out = NULL;
   if (!s || !out) return bp__fail(BP_EINVAL, "bp_get: NULL argument");
-  bp_entry ent;
-  bp_status st = bp_get_entry(s, id, &ent);
-  if (st) return st;
-  uint32_t len = ent.disk_pos.length;
-  uint64_t seg = ent.disk_pos.segment_id, off = ent.disk_pos.offset;
-  if (len < BP__FRAME_PREFIX)
-    return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame length %u too short", seg, off, len);
-  uint8_t stackbuf[1024];
-  uint8_t *copy = NULL;
-  const uint8_t *frame = bp__segment_view(s, seg, off, len);
-  if (!frame) {
-    copy = len <= sizeof stackbuf ? stackbuf : malloc(len);
-    if (!copy) return bp__fail(BP_ENOMEM, "out of memory reading a %u-byte frame", len);
-    if ((st = bp__segment_read(s, seg, off, copy, len))) goto done;
-    frame = copy;
+  uint64_t seq;
+  if (!bp__index_find_id(&s->ix, id, bp__index_visible(&s->ix), &seq)) {
+    char hex[33];
+    bp_id_to_hex(id, hex);
+    return bp__fail(BP_ENOTFOUND, "event %s is not in the store", hex);
   }
-  if (bp__get_be32(frame) != len - BP__FRAME_PREFIX) {
-    st = bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame length %u, index says %u", seg,
-                  off, bp__get_be32(frame), len - BP__FRAME_PREFIX);
-    goto done;
-  }
-  if (bp__crc32(frame + BP__FRAME_PREFIX, len - BP__FRAME_PREFIX) != bp__get_be32(frame + 4)) {
-    st = bp__fail(BP_ECRC, "segment %06" PRIu64 " offset %" PRIu64 ": CRC mismatch", seg, off);
-    goto done;
-  }
-  bp__buf scratch;
-  bp__buf_init(&scratch);
-  bp__frame f;
-  st = bp__frame_decode_body(frame + BP__FRAME_PREFIX, len - BP__FRAME_PREFIX, &scratch, &f);
-  if (st) {
-    bp__fail_context("segment %06" PRIu64 " offset %" PRIu64, seg, off);
-    st = BP_ECORRUPT;
-  } else if (!bp_id_eq(f.header.event_id, id)) {
-    st = bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame holds another event", seg, off);
-  } else {
+  bp__evread rd;
+  memset(&rd, 0, sizeof rd);
+  bp_status st = bp__read_event(s, seq, &rd);
+  if (!st) {
     /* One allocation: the event, then entity, scope and payload. */
-    size_t total = sizeof(bp_event) + f.entity_len + 1 + f.scope_len + 1 + f.payload_len;
-    bp_event *ev = malloc(total);
+    size_t el = strlen(rd.ev.entity), sl = strlen(rd.ev.scope);
+    bp_event *ev = malloc(sizeof(bp_event) + el + 1 + sl + 1 + rd.ev.payload_len);
     if (!ev) {
       st = bp__fail(BP_ENOMEM, "out of memory for an event");
     } else {
       char *p = (char *)(ev + 1);
-      ev->header = f.header;
-      memcpy(p, f.entity, f.entity_len);
-      p[f.entity_len] = '\0';
+      *ev = rd.ev;
+      memcpy(p, rd.ev.entity, el + 1);
       ev->entity = p;
-      p += f.entity_len + 1;
-      memcpy(p, f.scope, f.scope_len);
-      p[f.scope_len] = '\0';
+      p += el + 1;
+      memcpy(p, rd.ev.scope, sl + 1);
       ev->scope = p;
-      p += f.scope_len + 1;
-      if (f.payload_len) memcpy(p, f.payload, f.payload_len);
+      p += sl + 1;
+      if (rd.ev.payload_len) memcpy(p, rd.ev.payload, rd.ev.payload_len);
       ev->payload = (const uint8_t *)p;
-      ev->payload_len = f.payload_len;
-      ev->has_hash_chain = f.has_chain;
-      ev->hash_chain = f.chain;
       *out = ev;
     }
   }
-  bp__buf_free(&scratch);
-done:
-  if (copy != stackbuf) free(copy);
+  bp__evread_free(&rd);
   return st;
 }
 

@@ -184,6 +184,16 @@ void bp__notify(bp_store *s, uint64_t from, uint64_t to);
 void bp__subs_close(bp_store *s);
 
 /* ---- reader (reader.c) ---- */
+/* Reads event seq (visible) into rd->ev without allocating per event: the
+ * event's strings are the interned names, its payload points into the segment
+ * mapping or rd's scratch, valid until the next read with rd. Checks length,
+ * CRC and id. Errors: BP_ECRC, BP_ECORRUPT, BP_EIO, BP_ENOMEM. */
+typedef struct bp__evread {
+  bp__buf frame, scratch;
+  bp_event ev;
+} bp__evread;
+bp_status bp__read_event(bp_store *s, uint64_t seq, bp__evread *rd);
+void bp__evread_free(bp__evread *rd);
 void bp__entry_from_index(const bp_store *s, uint64_t seq, bp_entry *out);
 
 #endif

@@ -54,6 +54,7 @@ struct bp_subscription {
   bool store_closed;
   bool ended;                  /* a take limit was reached */
   int refs;                    /* caller + store */
+  int waiting;                 /* receivers blocked in bp_sub_recv */
   sub_op *ops;
   size_t nops;
 };
@@ -95,7 +96,7 @@ bp_subscription *bp_subscribe(bp_store *s, const bp_region *r) {
   }
   sub->region.entity_prefix = sub->prefix;
   sub->region.scope = sub->scope;
-  sub->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  sub->efd = -1; /* made by bp_sub_fd, for callers that poll: others pay no system calls */
   pthread_mutex_init(&sub->lock, NULL);
   pthread_condattr_t ca;
   pthread_condattr_init(&ca);
@@ -161,7 +162,7 @@ void bp__notify(bp_store *s, uint64_t from, uint64_t to) {
         n->sequence = seq;
         if (sub->len++ == 0) fd_raise(sub);
       }
-      if (sub->len) pthread_cond_signal(&sub->ready);
+      if (sub->len && sub->waiting) pthread_cond_signal(&sub->ready);
     }
     pthread_mutex_unlock(&sub->lock);
     if (gone) {
@@ -219,8 +220,10 @@ bp_status bp_sub_recv(bp_subscription *sub, bp_notification *out, int timeout_ms
     }
     if (sub->len == 0) {
       if (timeout_ms == 0) { st = bp__fail(BP_ETIMEOUT, "subscription: nothing waiting"); break; }
+      sub->waiting++;
       int rc = timeout_ms < 0 ? pthread_cond_wait(&sub->ready, &sub->lock)
                               : pthread_cond_timedwait(&sub->ready, &sub->lock, &until);
+      sub->waiting--;
       if (rc == ETIMEDOUT && sub->len == 0) { st = bp__fail(BP_ETIMEOUT, "subscription: timed out"); break; }
       continue;
     }
@@ -245,7 +248,17 @@ bp_status bp_sub_recv(bp_subscription *sub, bp_notification *out, int timeout_ms
   return st;
 }
 
-int bp_sub_fd(bp_subscription *sub) { return sub ? sub->efd : -1; }
+int bp_sub_fd(bp_subscription *sub) {
+  if (!sub) return -1;
+  pthread_mutex_lock(&sub->lock);
+  if (sub->efd < 0) {
+    sub->efd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (sub->len > 0 || sub->store_closed) fd_raise(sub);
+  }
+  int fd = sub->efd;
+  pthread_mutex_unlock(&sub->lock);
+  return fd;
+}
 
 uint64_t bp_sub_dropped(const bp_subscription *sub) { return atomic_load(&sub->dropped); }
 
