@@ -1117,6 +1117,27 @@ static void readers_see_a_gap_free_prefix_while_writers_append(void **state) {
   free(wa);
 }
 
+static void apply_transition_appends_its_kind_and_payload(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  bp_transition opened = {0x2001, "\x81\xa2to\xa4open", 9};
+  bp_coord door = {"door:1", "house"};
+  bp_append_receipt r;
+  assert_ok(bp_apply_transition(s, &door, &opened, NULL, &r));
+  bp_event *ev;
+  assert_ok(bp_get(s, r.event_id, &ev));
+  assert_int_equal(ev->header.kind, 0x2001);
+  tu_assert_bytes_eq(ev->payload, ev->payload_len, opened.payload, opened.len, "transition payload");
+  bp_event_free(ev);
+  bp_append_options o;
+  memset(&o, 0, sizeof o);
+  o.expect = BP_EXPECT_EMPTY; /* a transition guarded by CAS */
+  assert_status(bp_apply_transition(s, &door, &opened, &o, &r), BP_ESEQUENCE);
+  assert_status(bp_apply_transition(s, &door, NULL, NULL, &r), BP_EINVAL);
+  assert_int_equal(count_of(s), 1);
+  assert_ok(bp_close(s));
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int main(void) {
@@ -1162,6 +1183,7 @@ int main(void) {
       T(concurrent_appends_get_dense_sequences_and_clocks),
       T(readers_see_a_gap_free_prefix_while_writers_append),
       T(group_commit_shares_fsyncs_between_concurrent_appends),
+      T(apply_transition_appends_its_kind_and_payload),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

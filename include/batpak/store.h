@@ -163,6 +163,21 @@ BP_API bp_status bp_append_with(bp_store *store, const bp_coord *coord, bp_kind 
 BP_API bp_status bp_append_batch(bp_store *store, const bp_event_in *events, size_t n,
                                  bp_append_receipt *outs);
 
+/* A state-machine transition as the store sees it: the kind and payload of
+ * the event that records it. The typestate macros of the policy layer produce
+ * these; anything else may too. */
+typedef struct bp_transition {
+  bp_kind kind;
+  const void *payload;          /* borrowed */
+  size_t len;
+} bp_transition;
+
+/* Appends the event that records a transition (the storage half of the
+ * crate's apply_transition). opts may be NULL. Errors: those of bp_append_with,
+ * and BP_EINVAL for a NULL transition. */
+BP_API bp_status bp_apply_transition(bp_store *store, const bp_coord *coord, const bp_transition *transition,
+                                     const bp_append_options *opts, bp_append_receipt *out);
+
 /* ------------------------------------------------------------ reads */
 
 /* An index entry (the crate's IndexEntry). */

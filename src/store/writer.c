@@ -733,6 +733,12 @@ bp_status bp_append_json(bp_store *s, const bp_coord *coord, bp_kind kind, const
   return st;
 }
 
+bp_status bp_apply_transition(bp_store *s, const bp_coord *coord, const bp_transition *t,
+                              const bp_append_options *opts, bp_append_receipt *out) {
+  if (!t) return bp__fail(BP_EINVAL, "bp_apply_transition: transition is NULL");
+  return bp_append_with(s, coord, t->kind, t->payload, t->len, opts, out);
+}
+
 bp_status bp_append_batch(bp_store *s, const bp_event_in *events, size_t n, bp_append_receipt *outs) {
   if (!s || (!events && n)) return bp__fail(BP_EINVAL, "append batch: NULL argument");
   return submit(s, events, n, true, outs);
