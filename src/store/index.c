@@ -284,6 +284,12 @@ bp_status bp__index_push(bp__index *ix, const bp__ientry *e) {
   return BP_OK;
 }
 
+void bp__index_prefetch_id(const bp__index *ix, bp_id id) {
+  uint64_t mask = atomic_load_explicit(&ix->id_mask, memory_order_relaxed);
+  const uint32_t *t = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
+  __builtin_prefetch(&t[hash_id(id) & mask], 1);
+}
+
 bp_status bp__index_reserve(bp__index *ix, uint64_t more) {
   uint64_t slots = atomic_load(&ix->id_mask) + 1, want = slots;
   while ((ix->id_used + more + 1) * 2 > want) want *= 2;

@@ -111,6 +111,9 @@ bp_status bp__index_push(bp__index *ix, const bp__ientry *e);
 /* Sizes the id table for `more` further entries, so that loading a known
  * number of entries does not rehash on the way. Errors: BP_ENOMEM. */
 bp_status bp__index_reserve(bp__index *ix, uint64_t more);
+/* Starts loading the id-table slot of id into the cache: bulk loaders call it
+ * a few entries ahead, so that the random accesses of inserts overlap. */
+void bp__index_prefetch_id(const bp__index *ix, bp_id id);
 /* Makes every pushed entry visible. */
 void bp__index_publish(bp__index *ix);
 /* Drops pushed entries that were not published (a failed write). Streams and

@@ -421,6 +421,10 @@ static bool load_sidx(bp_store *s, const bp__segfile *f) {
   if (why) goto reject;
   for (uint64_t i = 0; i < count; i++) {
     const uint8_t *p = d + entries_at + i * BP__SIDX_ENTRY_SIZE;
+    if (i + 16 < count) {
+      const uint8_t *ahead = p + 16 * BP__SIDX_ENTRY_SIZE;
+      bp__index_prefetch_id(&s->ix, (bp_id){bp__get_le64(ahead + 8), bp__get_le64(ahead)});
+    }
     bp__ientry e;
     memset(&e, 0, sizeof e);
     e.event_id = (bp_id){bp__get_le64(p + 8), bp__get_le64(p)};
