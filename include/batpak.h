@@ -7,7 +7,8 @@
  *   batpak/core.h   status codes, ids, kinds, coordinates, regions, positions,
  *                   headers, hashing
  *   batpak/wire.h   JSON <-> MessagePack payload helpers
- *   batpak/store.h  the store: open, append, read, query, maintain
+ *   batpak/store.h  the store: open, append, read, query, follow, project
+ *   batpak/policy.h gates, receipts, bypasses, typed ids, typestate
  */
 #ifndef BATPAK_H
 #define BATPAK_H
@@ -15,5 +16,6 @@
 #include "batpak/core.h"
 #include "batpak/wire.h"
 #include "batpak/store.h"
+#include "batpak/policy.h"
 
 #endif /* BATPAK_H */
