@@ -137,6 +137,107 @@ BP_API bp_status bp_committed_encode(const bp_committed *c, uint8_t **out, size_
 BP_API bp_status bp_committed_decode(const void *data, size_t len, bp_committed *out);
 BP_API void bp_committed_free(bp_committed *c);
 
+/* ---------------------------------------------------------------- outcome */
+
+/* The crate's Outcome<T>: the result of an operation that may succeed, fail,
+ * need a retry, wait on a condition, be cancelled, or be a batch of outcomes.
+ * T is carried as one MessagePack value (the bytes are copied in and out), so
+ * an outcome encodes exactly as the crate's does. An outcome is a tree owned
+ * by whoever holds the pointer; combinators consume the outcome they are
+ * given and return a new one (NULL only when memory runs out). */
+typedef struct bp_outcome bp_outcome;
+
+typedef enum bp_outcome_type {
+  BP_OUTCOME_OK = 0, BP_OUTCOME_ERR, BP_OUTCOME_RETRY, BP_OUTCOME_PENDING, BP_OUTCOME_CANCELLED,
+  BP_OUTCOME_BATCH
+} bp_outcome_type;
+
+typedef enum bp_error_kind {
+  BP_ERRKIND_NOT_FOUND = 0, BP_ERRKIND_CONFLICT, BP_ERRKIND_VALIDATION, BP_ERRKIND_POLICY_REJECTION,
+  BP_ERRKIND_STORAGE_ERROR, BP_ERRKIND_TIMEOUT, BP_ERRKIND_SERIALIZATION, BP_ERRKIND_INTERNAL,
+  BP_ERRKIND_CUSTOM                   /* with a u16 code */
+} bp_error_kind;
+
+BP_API bool bp_error_kind_is_retryable(bp_error_kind kind);   /* storage error, timeout */
+BP_API bool bp_error_kind_is_domain(bp_error_kind kind);      /* not found, conflict, validation, policy */
+BP_API bool bp_error_kind_is_operational(bp_error_kind kind); /* storage, timeout, serialization, internal */
+
+/* An Err outcome's error, as callbacks see it (strings borrowed for the call). */
+typedef struct bp_outcome_error {
+  bp_error_kind kind;
+  uint16_t custom_code;               /* with BP_ERRKIND_CUSTOM */
+  const char *message;
+  bool retryable;
+  const uint8_t *compensation;        /* a CompensationAction as MessagePack, or NULL */
+  size_t compensation_len;
+} bp_outcome_error;
+
+/* Constructors copy their inputs. value: one MessagePack document (checked).
+ * compensation and condition: a CompensationAction / WaitCondition as
+ * MessagePack (checked; NULL for none). Return NULL on bad input or no memory
+ * (bp_last_error: BP_ESERIAL, BP_EINVAL, BP_ENOMEM). batch takes ownership of
+ * items (also on failure). */
+BP_API bp_outcome *bp_outcome_ok(const void *value, size_t len);
+BP_API bp_outcome *bp_outcome_err(const bp_outcome_error *error);
+BP_API bp_outcome *bp_outcome_retry(uint64_t after_ms, uint32_t attempt, uint32_t max_attempts, const char *reason);
+BP_API bp_outcome *bp_outcome_pending(const void *condition, size_t len, bp_id resume_token);
+BP_API bp_outcome *bp_outcome_cancelled(const char *reason);
+BP_API bp_outcome *bp_outcome_batch(bp_outcome **items, size_t n);
+BP_API bp_outcome *bp_outcome_clone(const bp_outcome *o);
+BP_API void bp_outcome_free(bp_outcome *o);
+
+BP_API bp_outcome_type bp_outcome_type_of(const bp_outcome *o);
+BP_API bool bp_outcome_is_terminal(const bp_outcome *o);          /* Ok, Err, Cancelled */
+BP_API const void *bp_outcome_value(const bp_outcome *o, size_t *len);       /* Ok, else NULL */
+BP_API bool bp_outcome_error_of(const bp_outcome *o, bp_outcome_error *out); /* Err, else false */
+/* Retry: after_ms, attempt, max_attempts; Pending: the resume token; Cancelled
+ * and Retry: the reason. Each returns false for other variants. */
+BP_API bool bp_outcome_retry_of(const bp_outcome *o, uint64_t *after_ms, uint32_t *attempt, uint32_t *max_attempts);
+BP_API bool bp_outcome_pending_of(const bp_outcome *o, const uint8_t **condition, size_t *len, bp_id *token);
+BP_API const char *bp_outcome_reason(const bp_outcome *o);
+BP_API size_t bp_outcome_batch_len(const bp_outcome *o);
+BP_API const bp_outcome *bp_outcome_batch_item(const bp_outcome *o, size_t i);
+/* Structural equality (values compared as bytes). */
+BP_API bool bp_outcome_equal(const bp_outcome *a, const bp_outcome *b);
+
+/* Combinators. They consume o and distribute over Batch as the crate does. */
+typedef bp_status (*bp_outcome_map_fn)(const void *value, size_t len, void **out, size_t *out_len, void *ctx);
+typedef bp_outcome *(*bp_outcome_bind_fn)(const void *value, size_t len, void *ctx);
+typedef bp_outcome_error (*bp_outcome_map_err_fn)(const bp_outcome_error *error, void *ctx);
+typedef bp_outcome *(*bp_outcome_recover_fn)(const bp_outcome_error *error, void *ctx);
+typedef bool (*bp_outcome_pred_fn)(const void *value, size_t len, void *ctx);
+typedef void (*bp_outcome_inspect_fn)(const void *value, size_t len, void *ctx);
+
+/* map: Ok(v) -> Ok(fn(v)) (*out malloc'd by fn, taken over); a failing fn
+ * turns the outcome into Err(Internal, its message). */
+BP_API bp_outcome *bp_outcome_map(bp_outcome *o, bp_outcome_map_fn fn, void *ctx);
+/* and_then (the monad bind): Ok(v) -> fn(v) (fn returns a new outcome). */
+BP_API bp_outcome *bp_outcome_and_then(bp_outcome *o, bp_outcome_bind_fn fn, void *ctx);
+BP_API bp_outcome *bp_outcome_map_err(bp_outcome *o, bp_outcome_map_err_fn fn, void *ctx);
+BP_API bp_outcome *bp_outcome_or_else(bp_outcome *o, bp_outcome_recover_fn fn, void *ctx);
+BP_API bp_outcome *bp_outcome_inspect(bp_outcome *o, bp_outcome_inspect_fn fn, void *ctx);
+/* Ok(v) with pred(v) -> fn(v); other Ok values stay as they are. */
+BP_API bp_outcome *bp_outcome_and_then_if(bp_outcome *o, bp_outcome_pred_fn pred, bp_outcome_bind_fn fn, void *ctx);
+/* Ok(v) where v is an encoded outcome -> that outcome (join = bind(decode)). */
+BP_API bp_outcome *bp_outcome_flatten(bp_outcome *o);
+/* The Ok value, or a copy of def. Ownership: *out malloc'd (bp_free). Consumes o. */
+BP_API bp_status bp_outcome_unwrap_or(bp_outcome *o, const void *def, size_t def_len, void **out, size_t *out_len);
+/* zip: both Ok -> Ok([a, b]); otherwise the first of Err > Cancelled > Retry >
+ * Pending wins (a before b), Batch pairs distribute. Consumes a and b. */
+BP_API bp_outcome *bp_outcome_zip(bp_outcome *a, bp_outcome *b);
+/* join_all: all Ok -> Ok([values]) (batches flattened); otherwise the first
+ * non-Ok short-circuits. join_any: the first Ok wins; Retry, Pending and
+ * Cancelled return at once; otherwise the last Err (an Internal Err for none).
+ * Both consume the n items; the array itself stays the caller's. */
+BP_API bp_outcome *bp_outcome_join_all(bp_outcome **items, size_t n);
+BP_API bp_outcome *bp_outcome_join_any(bp_outcome **items, size_t n);
+
+/* MessagePack, adjacently tagged as the crate writes it: {"type": "Ok",
+ * "data": value}, ... Ownership: *out with bp_free. */
+BP_API bp_status bp_outcome_encode(const bp_outcome *o, uint8_t **out, size_t *out_len);
+/* Errors: BP_ESERIAL, BP_ENOMEM. Ownership: bp_outcome_free. */
+BP_API bp_status bp_outcome_decode(const void *data, size_t len, bp_outcome **out);
+
 /* ---------------------------------------------------------------- entity ids */
 
 /* Defines a typed id for one kind of entity: a struct around bp_id, so that a
