@@ -231,6 +231,7 @@ static void wire_form_is_adjacently_tagged_with_golden_parts(void **state) {
   bp_outcome *back;
   assert_ok(bp_outcome_decode(mp, n, &back));
   assert_true(bp_outcome_equal(b, back));
+  bp_outcome_free(back);
   assert_status(bp_outcome_decode(mp, n - 1, &back), BP_ESERIAL);
   assert_status(bp_outcome_decode("\x82\xa4type\xa3" "Bad\xa4" "data\xc0", 15, &back), BP_ESERIAL);
   bp_free(json);

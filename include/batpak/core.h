@@ -39,6 +39,14 @@ extern "C" {
 #  define BP_API
 #endif
 
+/* Marks the functions the policy macros generate: a program uses only some of
+ * them, and compilers warn about unused static functions otherwise. */
+#if defined(__GNUC__) || defined(__clang__)
+#  define BP_MAYBE_UNUSED __attribute__((unused))
+#else
+#  define BP_MAYBE_UNUSED
+#endif
+
 /* --------------------------------------------------------------- version */
 
 #define BP_VERSION_MAJOR 0

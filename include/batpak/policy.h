@@ -253,22 +253,22 @@ BP_API bp_status bp_outcome_decode(const void *data, size_t len, bp_outcome **ou
     bp_id id;                                                                                         \
   } name;                                                                                             \
   enum { name##_TEXT_LEN = (int)sizeof(prefix) + 33 };                                                \
-  static inline name name##_new(bp_id id) {                                                           \
+  BP_MAYBE_UNUSED static inline name name##_new(bp_id id) {                                                           \
     name v;                                                                                           \
     v.id = id;                                                                                        \
     return v;                                                                                         \
   }                                                                                                   \
-  static inline name name##_nil(void) { return name##_new(BP_ID_NIL); }                               \
-  static inline name name##_now_v7(void) { return name##_new(bp_id_v7()); }                           \
-  static inline bool name##_is_nil(name v) { return bp_id_is_nil(v.id); }                             \
-  static inline bool name##_eq(name a, name b) { return bp_id_eq(a.id, b.id); }                       \
-  static inline void name##_format(name v, char out[name##_TEXT_LEN]) {                               \
+  BP_MAYBE_UNUSED static inline name name##_nil(void) { return name##_new(BP_ID_NIL); }                               \
+  BP_MAYBE_UNUSED static inline name name##_now_v7(void) { return name##_new(bp_id_v7()); }                           \
+  BP_MAYBE_UNUSED static inline bool name##_is_nil(name v) { return bp_id_is_nil(v.id); }                             \
+  BP_MAYBE_UNUSED static inline bool name##_eq(name a, name b) { return bp_id_eq(a.id, b.id); }                       \
+  BP_MAYBE_UNUSED static inline void name##_format(name v, char out[name##_TEXT_LEN]) {                               \
     char hex[33];                                                                                     \
     bp_id_to_hex(v.id, hex);                                                                          \
     snprintf(out, (size_t)name##_TEXT_LEN, "%s:%s", prefix, hex);                                     \
   }                                                                                                   \
-  static inline void name##_entity(name v, char out[name##_TEXT_LEN]) { name##_format(v, out); }      \
-  static inline bp_status name##_parse(const char *text, name *out) {                                 \
+  BP_MAYBE_UNUSED static inline void name##_entity(name v, char out[name##_TEXT_LEN]) { name##_format(v, out); }      \
+  BP_MAYBE_UNUSED static inline bp_status name##_parse(const char *text, name *out) {                                 \
     size_t pl = sizeof(prefix) - 1;                                                                   \
     bp_id id;                                                                                         \
     if (!text || strncmp(text, prefix, pl) != 0 || text[pl] != ':' ||                                 \
@@ -298,7 +298,7 @@ BP_API bp_status bp_outcome_decode(const void *data, size_t len, bp_outcome **ou
   typedef struct machine##_##state {                                                                  \
     bp_id id;                                                                                         \
   } machine##_##state;                                                                                \
-  static inline machine##_##state machine##_##state##_at(bp_id id) {                                  \
+  BP_MAYBE_UNUSED static inline machine##_##state machine##_##state##_at(bp_id id) {                                  \
     machine##_##state s;                                                                              \
     s.id = id;                                                                                        \
     return s;                                                                                         \
@@ -306,7 +306,7 @@ BP_API bp_status bp_outcome_decode(const void *data, size_t len, bp_outcome **ou
   typedef int machine##_##state##_defined_
 
 #define BP_TRANSITION(machine, from, to, event_kind)                                                        \
-  static inline bp_transition machine##_##from##_to_##to(const machine##_##from *src,                 \
+  BP_MAYBE_UNUSED static inline bp_transition machine##_##from##_to_##to(const machine##_##from *src,                 \
                                                            machine##_##to *dst, const void *payload,  \
                                                            size_t len) {                              \
     bp_transition t;                                                                                  \
