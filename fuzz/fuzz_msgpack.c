@@ -1,7 +1,8 @@
 /* fuzz_msgpack.c - the MessagePack reader and msgpack -> JSON on arbitrary bytes.
  * Invariants: never reads outside the input; a document that converts to JSON
  * also skips as one whole value. */
-#include "wire/msgpack.h"
+#include "wire/records.h"
+#include "batpak/policy.h"
 #include "batpak/wire.h"
 
 #include <stdlib.h>
@@ -30,5 +31,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   bp__mp_reader_init(&r, data, size);
   (void)bp__mp_read_bytes(&r, &scratch, &p, &n);
   bp__buf_free(&scratch);
+
+  /* The policy records: what decodes re-encodes to something that decodes equal. */
+  bp_outcome *o;
+  if (bp_outcome_decode(data, size, &o) == BP_OK) {
+    uint8_t *mp;
+    size_t mp_len;
+    bp_outcome *again;
+    if (bp_outcome_encode(o, &mp, &mp_len) != BP_OK || bp_outcome_decode(mp, mp_len, &again) != BP_OK) abort();
+    if (!bp_outcome_equal(o, again)) abort();
+    bp_outcome_free(again);
+    bp_outcome_free(o);
+    bp_free(mp);
+  }
+  bp_committed c;
+  if (bp_committed_decode(data, size, &c) == BP_OK) bp_committed_free(&c);
+  bp__wait w;
+  if (bp__wait_decode(data, size, &w) == BP_OK) bp__wait_free(&w);
+  bp__compensation comp;
+  if (bp__compensation_decode(data, size, &comp) == BP_OK) bp__compensation_free(&comp);
   return 0;
 }
