@@ -448,6 +448,31 @@ BP_API bp_watcher *bp_watch_projection(bp_store *store, const char *entity, cons
 BP_API bp_status bp_watcher_recv(bp_watcher *watcher, void *state, int timeout_ms);
 BP_API void bp_watcher_close(bp_watcher *watcher);
 
+/* ------------------------------------------------------------ verification */
+
+typedef struct bp_verify_problem {
+  char where[96];               /* "segment 000003 offset 1034", "entity user:1 clock 4", "index.ckpt" */
+  char what[224];
+} bp_verify_problem;
+
+typedef struct bp_verify_report {
+  uint64_t segments, frames, entities;
+  uint64_t torn_bytes;          /* at the end of unsealed segments: not a problem */
+  bp_verify_problem *problems;  /* owned: bp_verify_report_free */
+  size_t problem_count;
+} bp_verify_report;
+
+/* Checks the store in directory dir (open or closed; read only, no lock):
+ * every frame's length and CRC and that it decodes; that each content hash
+ * is the BLAKE3 of its payload; every SIDX footer against the frames it
+ * describes; every entity's hash chain (prev_hash links) and clocks; and the
+ * checkpoint against the segments. Each problem is reported with its place.
+ * Errors: BP_ECORRUPT when problems were found (report filled), BP_EIO,
+ * BP_ENOMEM. The report is filled in every case; free it with
+ * bp_verify_report_free. */
+BP_API bp_status bp_verify(const char *dir, bp_verify_report *report);
+BP_API void bp_verify_report_free(bp_verify_report *report);
+
 /* ------------------------------------------------------------ maintenance */
 
 /* Forces an fsync (per sync_mode) of everything written so far.

@@ -1,0 +1,364 @@
+/*
+ * verify.c - bp_verify: a full check of a store directory.
+ *
+ * It reads every segment from front to back (whatever its footer says),
+ * checking each frame; compares each SIDX footer, entry by entry, with the
+ * frames; follows every entity's chain across segments; and compares the
+ * index the checkpoint restores with the one the segments alone give.
+ */
+#include "store/store_impl.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+typedef struct chain_head {
+  char *entity;
+  uint32_t next_clock;
+  uint8_t last_hash[32];
+} chain_head;
+
+typedef struct vctx {
+  bp_verify_report *rep;
+  size_t cap;
+  bool oom;
+  chain_head *heads;
+  size_t nheads, headcap;
+} vctx;
+
+BP__PRINTF(3, 4) static void problem(vctx *v, const char *where, const char *fmt, ...) {
+  bp_verify_report *r = v->rep;
+  if (r->problem_count == v->cap) {
+    size_t cap = v->cap ? v->cap * 2 : 16;
+    bp_verify_problem *n = realloc(r->problems, cap * sizeof *n);
+    if (!n) {
+      v->oom = true;
+      return;
+    }
+    r->problems = n;
+    v->cap = cap;
+  }
+  bp_verify_problem *p = &r->problems[r->problem_count++];
+  snprintf(p->where, sizeof p->where, "%s", where);
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(p->what, sizeof p->what, fmt, ap);
+  va_end(ap);
+}
+
+static chain_head *head_of(vctx *v, const char *entity, size_t len) {
+  for (size_t i = 0; i < v->nheads; i++)
+    if (strlen(v->heads[i].entity) == len && memcmp(v->heads[i].entity, entity, len) == 0) return &v->heads[i];
+  if (v->nheads == v->headcap) {
+    size_t cap = v->headcap ? v->headcap * 2 : 16;
+    chain_head *n = realloc(v->heads, cap * sizeof *n);
+    if (!n) return NULL;
+    v->heads = n;
+    v->headcap = cap;
+  }
+  chain_head *h = &v->heads[v->nheads];
+  memset(h, 0, sizeof *h);
+  h->entity = malloc(len + 1);
+  if (!h->entity) return NULL;
+  memcpy(h->entity, entity, len);
+  h->entity[len] = 0;
+  v->nheads++;
+  return h;
+}
+
+/* One decoded frame, kept for the footer comparison. */
+typedef struct vframe {
+  bp__frame f;
+  uint64_t off;
+  uint32_t len;
+} vframe;
+
+static void check_footer(vctx *v, const char *where, const uint8_t *d, size_t size, size_t frames_end,
+                         const vframe *fr, size_t nfr) {
+  const uint8_t *t = d + size - BP__SIDX_TRAILER_SIZE;
+  uint64_t st_off = bp__get_le64(t), count = bp__get_le32(t + 8);
+  if (st_off != frames_end) {
+    problem(v, where, "SIDX footer: frames end at %zu but the string table is said to start at %" PRIu64, frames_end,
+            st_off);
+    return;
+  }
+  if (count != nfr) problem(v, where, "SIDX footer: %" PRIu64 " entries for %zu frames", count, nfr);
+  if (count * BP__SIDX_ENTRY_SIZE > size - BP__SIDX_TRAILER_SIZE - st_off) {
+    problem(v, where, "SIDX footer: entry count %" PRIu64 " does not fit", count);
+    return;
+  }
+  size_t entries_at = size - BP__SIDX_TRAILER_SIZE - (size_t)count * BP__SIDX_ENTRY_SIZE;
+  bp__mp_reader r;
+  bp__mp_reader_init(&r, d + st_off, entries_at - st_off);
+  uint32_t nstr;
+  if (bp__mp_read_array(&r, &nstr) != BP_OK || nstr > bp__mp_remaining(&r)) {
+    problem(v, where, "SIDX footer: the string table does not decode");
+    return;
+  }
+  const char **strs = calloc(nstr ? nstr : 1, sizeof *strs);
+  uint32_t *lens = calloc(nstr ? nstr : 1, sizeof *lens);
+  bool ok = strs && lens;
+  for (uint32_t i = 0; ok && i < nstr; i++) ok = bp__mp_read_str(&r, &strs[i], &lens[i]) == BP_OK;
+  if (!ok || bp__mp_remaining(&r) != 0) {
+    problem(v, where, "SIDX footer: the string table does not decode");
+  } else {
+    for (uint64_t i = 0; i < count && i < nfr; i++) {
+      const uint8_t *p = d + entries_at + i * BP__SIDX_ENTRY_SIZE;
+      const bp__frame *f = &fr[i].f;
+      uint32_t ei = bp__get_le32(p + 16), si = bp__get_le32(p + 20);
+      bp_id id = {bp__get_le64(p + 8), bp__get_le64(p)};
+      bp_id corr = {bp__get_le64(p + 130), bp__get_le64(p + 122)};
+      bp_id caus = {bp__get_le64(p + 146), bp__get_le64(p + 138)};
+      const char *bad = NULL;
+      if (!bp_id_eq(id, f->header.event_id)) bad = "event_id";
+      else if (ei >= nstr || lens[ei] != f->entity_len || memcmp(strs[ei], f->entity, f->entity_len)) bad = "entity";
+      else if (si >= nstr || lens[si] != f->scope_len || memcmp(strs[si], f->scope, f->scope_len)) bad = "scope";
+      else if (bp__get_le16(p + 24) != f->header.kind) bad = "kind";
+      else if (bp__get_le64(p + 26) != f->header.position.wall_ms) bad = "wall_ms";
+      else if (bp__get_le32(p + 34) != f->header.position.sequence) bad = "clock";
+      else if (f->has_chain && memcmp(p + 38, f->chain.prev_hash, 32)) bad = "prev_hash";
+      else if (f->has_chain && memcmp(p + 70, f->chain.event_hash, 32)) bad = "event_hash";
+      else if (bp__get_le64(p + 102) != fr[i].off || bp__get_le32(p + 110) != fr[i].len) bad = "frame position";
+      else if (!bp_id_eq(corr, f->header.correlation_id)) bad = "correlation_id";
+      else if (!bp_id_eq(caus, f->header.causation_id)) bad = "causation_id";
+      if (bad) problem(v, where, "SIDX footer entry %" PRIu64 ": %s differs from the frame at offset %" PRIu64, i, bad,
+                       fr[i].off);
+    }
+  }
+  free(strs);
+  free(lens);
+}
+
+static void check_segment(vctx *v, const char *dir, uint64_t id) {
+  char path[4200], where[96];
+  snprintf(path, sizeof path, "%s/%06" PRIu64 ".fbat", dir, id);
+  snprintf(where, sizeof where, "segment %06" PRIu64, id);
+  int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  struct stat st;
+  if (fd < 0 || fstat(fd, &st) != 0) {
+    problem(v, where, "cannot open: %s", strerror(errno));
+    if (fd >= 0) close(fd);
+    return;
+  }
+  size_t size = (size_t)st.st_size;
+  v->rep->segments++;
+  if (size == 0) {
+    close(fd);
+    return;
+  }
+  const uint8_t *d = mmap(NULL, size, PROT_READ, MAP_PRIVATE, fd, 0);
+  close(fd);
+  if (d == MAP_FAILED) {
+    problem(v, where, "cannot map: %s", strerror(errno));
+    return;
+  }
+  bool sealed = size >= 4 && memcmp(d + size - 4, "SIDX", 4) == 0;
+  bp__segment_header h;
+  size_t off;
+  if (bp__segment_header_decode(d, size, &h, &off) != BP_OK) {
+    problem(v, where, "%s", bp_last_error()->message);
+    munmap((void *)d, size);
+    return;
+  }
+  if (h.segment_id != id) problem(v, where, "header says segment %" PRIu64, h.segment_id);
+  size_t end = size;
+  if (sealed && size >= off + BP__SIDX_TRAILER_SIZE) {
+    uint64_t st_off = bp__get_le64(d + size - BP__SIDX_TRAILER_SIZE);
+    if (st_off >= off && st_off <= size - BP__SIDX_TRAILER_SIZE) end = (size_t)st_off;
+  }
+  vframe *fr = NULL;
+  size_t nfr = 0, cap = 0;
+  bp__buf scratch;
+  bp__buf_init(&scratch);
+  while (off < end) {
+    char at[64];
+    snprintf(at, sizeof at, "segment %06" PRIu64 " offset %zu", id, off);
+    if (end - off < BP__FRAME_PREFIX) {
+      if (sealed) problem(v, at, "a truncated frame prefix");
+      else v->rep->torn_bytes += end - off;
+      break;
+    }
+    uint32_t len = bp__get_be32(d + off), crc = bp__get_be32(d + off + 4);
+    if (len == 0 && crc == 0 && !sealed) break; /* space allocated ahead */
+    if (len > end - off - BP__FRAME_PREFIX) {
+      if (sealed) problem(v, at, "frame of %u bytes runs past the frames", len);
+      else v->rep->torn_bytes += end - off;
+      break;
+    }
+    const uint8_t *body = d + off + BP__FRAME_PREFIX;
+    if (bp__crc32(body, len) != crc) {
+      if (sealed || off + BP__FRAME_PREFIX + len < end) problem(v, at, "CRC mismatch");
+      else v->rep->torn_bytes += end - off;
+      if (!sealed) break;
+      off += BP__FRAME_PREFIX + (size_t)len;
+      continue;
+    }
+    if (nfr == cap) {
+      cap = cap ? cap * 2 : 64;
+      vframe *n = realloc(fr, cap * sizeof *n);
+      if (!n) {
+        v->oom = true;
+        break;
+      }
+      fr = n;
+    }
+    vframe *vf = &fr[nfr];
+    if (bp__frame_decode_body(body, len, &scratch, &vf->f) != BP_OK) {
+      problem(v, at, "frame does not decode: %s", bp_last_error()->message);
+      off += BP__FRAME_PREFIX + (size_t)len;
+      continue;
+    }
+    vf->off = off;
+    vf->len = len + BP__FRAME_PREFIX;
+    nfr++;
+    v->rep->frames++;
+    uint8_t hash[32];
+    bp_compute_hash(vf->f.payload, vf->f.payload_len, hash);
+    if (memcmp(hash, vf->f.header.content_hash, 32) != 0) problem(v, at, "content_hash is not the BLAKE3 of the payload");
+    if (vf->f.has_chain && memcmp(hash, vf->f.chain.event_hash, 32) != 0)
+      problem(v, at, "event_hash is not the BLAKE3 of the payload");
+    chain_head *hd = head_of(v, vf->f.entity, vf->f.entity_len);
+    if (!hd) {
+      v->oom = true;
+      break;
+    }
+    if (vf->f.header.position.sequence != hd->next_clock) {
+      char ew[96];
+      snprintf(ew, sizeof ew, "entity %.40s clock %u", hd->entity, vf->f.header.position.sequence);
+      problem(v, ew, "expected clock %u (%s)", hd->next_clock, at);
+    }
+    if (vf->f.has_chain && memcmp(vf->f.chain.prev_hash, hd->last_hash, 32) != 0) {
+      char ew[96];
+      snprintf(ew, sizeof ew, "entity %.40s clock %u", hd->entity, vf->f.header.position.sequence);
+      problem(v, ew, "prev_hash does not link to the previous event (%s)", at);
+    }
+    hd->next_clock = vf->f.header.position.sequence + 1;
+    memcpy(hd->last_hash, vf->f.has_chain ? vf->f.chain.event_hash : hash, 32);
+    /* Payload views point into scratch; the footer check needs only the rest. */
+    vf->f.payload = NULL;
+    off += BP__FRAME_PREFIX + (size_t)len;
+  }
+  if (sealed) check_footer(v, where, d, size, off < end ? end : off, fr, nfr);
+  free(fr);
+  bp__buf_free(&scratch);
+  munmap((void *)d, size);
+}
+
+typedef struct log_capture {
+  char last[512];
+  bool ckpt_ignored;
+} log_capture;
+
+static void capture(int level, const char *msg, void *ctx) {
+  log_capture *c = ctx;
+  if (level <= BP_LOG_WARN && strstr(msg, "checkpoint")) {
+    c->ckpt_ignored = true;
+    snprintf(c->last, sizeof c->last, "%s", msg);
+  }
+}
+
+static bool same_entry(const bp_entry *a, const bp_entry *b) {
+  return bp_id_eq(a->event_id, b->event_id) && bp_id_eq(a->correlation_id, b->correlation_id) &&
+         bp_id_eq(a->causation_id, b->causation_id) && strcmp(a->entity, b->entity) == 0 &&
+         strcmp(a->scope, b->scope) == 0 && a->kind == b->kind && a->wall_ms == b->wall_ms && a->clock == b->clock &&
+         memcmp(&a->hash_chain, &b->hash_chain, sizeof a->hash_chain) == 0 &&
+         a->disk_pos.segment_id == b->disk_pos.segment_id && a->disk_pos.offset == b->disk_pos.offset &&
+         a->disk_pos.length == b->disk_pos.length && a->global_sequence == b->global_sequence;
+}
+
+static void check_checkpoint(vctx *v, const char *dir) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%s", dir, BP__CHECKPOINT_FILE);
+  if (access(path, F_OK) != 0) return;
+  log_capture cap = {{0}, false};
+  bp_config cfg;
+  bp_config_init(&cfg, dir);
+  cfg.salvage = true;
+  cfg.log_fn = capture;
+  cfg.log_ctx = &cap;
+  bp_store *with = NULL, *without = NULL;
+  if (bp_open_readonly(&cfg, &with) != BP_OK) {
+    problem(v, "index.ckpt", "the store does not open: %s", bp_last_error()->message);
+    return;
+  }
+  if (cap.ckpt_ignored) {
+    problem(v, "index.ckpt", "%s", cap.last);
+    bp_close(with);
+    return;
+  }
+  cfg.enable_checkpoint = false;
+  if (bp_open_readonly(&cfg, &without) != BP_OK) {
+    bp_close(with);
+    return;
+  }
+  bp_region all = bp_region_all();
+  bp_entries a, b;
+  if (bp_query(with, &all, &a) == BP_OK) {
+    if (bp_query(without, &all, &b) == BP_OK) {
+      if (a.len != b.len)
+        problem(v, "index.ckpt", "the checkpoint and the segments give %zu and %zu events", a.len, b.len);
+      for (size_t i = 0; i < a.len && i < b.len; i++)
+        if (!same_entry(&a.items[i], &b.items[i])) {
+          char w[96];
+          snprintf(w, sizeof w, "index.ckpt entry %zu", i);
+          problem(v, w, "differs from the event the segments hold at that sequence");
+          break;
+        }
+      bp_entries_free(&b);
+    }
+    bp_entries_free(&a);
+  }
+  bp_close(without);
+  bp_close(with);
+}
+
+static int cmp_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return (x > y) - (x < y);
+}
+
+bp_status bp_verify(const char *dir, bp_verify_report *rep) {
+  if (!dir || !rep) return bp__fail(BP_EINVAL, "bp_verify: NULL argument");
+  memset(rep, 0, sizeof *rep);
+  DIR *dp = opendir(dir);
+  if (!dp) return bp__fail_errno(BP_EIO, errno, "bp_verify: open %s", dir);
+  uint64_t *ids = NULL;
+  size_t n = 0, cap = 0;
+  struct dirent *e;
+  while ((e = readdir(dp))) {
+    uint64_t id;
+    if (!bp__segment_parse_name(e->d_name, &id)) continue;
+    if (n == cap) {
+      cap = cap ? cap * 2 : 16;
+      uint64_t *ni = realloc(ids, cap * sizeof *ni);
+      if (!ni) break;
+      ids = ni;
+    }
+    ids[n++] = id;
+  }
+  closedir(dp);
+  qsort(ids, n, sizeof *ids, cmp_u64);
+  vctx v = {rep, 0, false, NULL, 0, 0};
+  for (size_t i = 0; i < n; i++) check_segment(&v, dir, ids[i]);
+  rep->entities = v.nheads;
+  check_checkpoint(&v, dir);
+  for (size_t i = 0; i < v.nheads; i++) free(v.heads[i].entity);
+  free(v.heads);
+  free(ids);
+  if (v.oom) return bp__fail(BP_ENOMEM, "bp_verify: out of memory");
+  if (rep->problem_count)
+    return bp__fail(BP_ECORRUPT, "%zu problems; the first: %s: %s", rep->problem_count, rep->problems[0].where,
+                    rep->problems[0].what);
+  return BP_OK;
+}
+
+void bp_verify_report_free(bp_verify_report *rep) {
+  if (!rep) return;
+  free(rep->problems);
+  memset(rep, 0, sizeof *rep);
+}

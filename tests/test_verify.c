@@ -1,0 +1,222 @@
+/* test_verify.c - bp_verify finds each kind of damage, and names its place. */
+#include "testutil.h"
+#include "wire/records.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+typedef tu_store_fixture fixture;
+#define setup tu_store_setup
+#define teardown tu_store_teardown
+
+static bp_append_receipt receipts[12];
+
+/* 12 events over 3 entities in segments of ~1 KiB, closed cleanly. */
+static void make_store(fixture *f) {
+  f->cfg.segment_max_bytes = 1024;
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  const char *ents[3] = {"a", "b", "c"};
+  for (int i = 0; i < 12; i++) {
+    bp_coord c = {ents[i % 3], "scope"};
+    char p[16];
+    snprintf(p, sizeof p, "\xa5v%04d", i);
+    assert_ok(bp_append(s, &c, 0x1001, p, 6, &receipts[i]));
+  }
+  assert_ok(bp_close(s));
+}
+
+static char *seg_path(fixture *f, uint64_t id) {
+  static char p[4200];
+  snprintf(p, sizeof p, "%s/%06llu.fbat", f->dir, (unsigned long long)id);
+  return p;
+}
+
+static void patch(const char *path, long off, const void *bytes, size_t n) {
+  int fd = open(path, O_WRONLY);
+  assert_true(fd >= 0);
+  if (off < 0) off += lseek(fd, 0, SEEK_END);
+  assert_int_equal(pwrite(fd, bytes, n, off), (ssize_t)n);
+  close(fd);
+}
+
+static uint8_t *slurp(const char *path, size_t *n) {
+  uint8_t *d = tu_read_file(path, n);
+  assert_non_null(d);
+  return d;
+}
+
+/* Rewrites a frame's CRC after its body was edited, so that only the deeper
+ * check can notice. */
+static void edit_frame(const char *path, const bp_disk_pos *pos, size_t body_off, uint8_t xor_with) {
+  size_t n;
+  uint8_t *d = slurp(path, &n);
+  uint8_t *frame = d + pos->offset;
+  frame[8 + body_off] ^= xor_with;
+  bp__put_be32(frame + 4, bp__crc32(frame + 8, pos->length - 8));
+  patch(path, (long)pos->offset, frame, pos->length);
+  free(d);
+}
+
+static bool has_problem(const bp_verify_report *r, const char *where, const char *what) {
+  for (size_t i = 0; i < r->problem_count; i++)
+    if (strstr(r->problems[i].where, where) && strstr(r->problems[i].what, what)) return true;
+  return false;
+}
+
+static void dump(const bp_verify_report *r) {
+  for (size_t i = 0; i < r->problem_count; i++) print_message("  %s: %s\n", r->problems[i].where, r->problems[i].what);
+}
+
+static void intact_store_verifies(void **state) {
+  fixture *f = *state;
+  make_store(f);
+  bp_verify_report r;
+  bp_status st = bp_verify(f->dir, &r);
+  if (st) dump(&r);
+  assert_ok(st);
+  assert_int_equal(r.frames, 12);
+  assert_int_equal(r.entities, 3);
+  assert_true(r.segments >= 3);
+  bp_verify_report_free(&r);
+}
+
+static void fixture_stores_verify(void **state) {
+  (void)state;
+  const char *names[] = {"basic", "crashed", "torn"};
+  for (int i = 0; i < 3; i++) {
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/fixtures/%s", BATPAK_TEST_DATA_DIR, names[i]);
+    bp_verify_report r;
+    bp_status st = bp_verify(dir, &r);
+    if (st) dump(&r);
+    assert_ok(st);
+    assert_int_equal(r.frames, i == 2 ? 40 : 41);
+    if (i == 2) assert_true(r.torn_bytes > 0);
+    bp_verify_report_free(&r);
+  }
+}
+
+static void flipped_byte_in_a_frame_is_a_crc_mismatch(void **state) {
+  fixture *f = *state;
+  make_store(f);
+  const bp_disk_pos *p = &receipts[1].disk_pos;
+  uint8_t b;
+  size_t n;
+  uint8_t *d = slurp(seg_path(f, p->segment_id), &n);
+  b = d[p->offset + 30] ^ 0x20;
+  free(d);
+  patch(seg_path(f, p->segment_id), (long)(p->offset + 30), &b, 1);
+  bp_verify_report r;
+  assert_status(bp_verify(f->dir, &r), BP_ECORRUPT);
+  char where[64];
+  snprintf(where, sizeof where, "segment %06llu offset %llu", (unsigned long long)p->segment_id,
+           (unsigned long long)p->offset);
+  if (!has_problem(&r, where, "CRC mismatch")) { dump(&r); fail_msg("no CRC problem at %s", where); }
+  bp_verify_report_free(&r);
+}
+
+static void payload_changed_behind_a_valid_crc_breaks_the_hashes(void **state) {
+  fixture *f = *state;
+  make_store(f);
+  const bp_disk_pos *p = &receipts[4].disk_pos;
+  /* The payload is the last array before hash_chain; its last byte sits
+   * just before "hash_chain"'s key, found by searching the body. */
+  size_t n;
+  uint8_t *d = slurp(seg_path(f, p->segment_id), &n);
+  uint8_t *body = d + p->offset + 8;
+  uint8_t *hc = memmem(body, p->length - 8, "\xaahash_chain", 11);
+  assert_non_null(hc);
+  size_t at = (size_t)(hc - body) - 1;
+  free(d);
+  edit_frame(seg_path(f, p->segment_id), p, at, 0x01);
+  bp_verify_report r;
+  assert_status(bp_verify(f->dir, &r), BP_ECORRUPT);
+  if (!has_problem(&r, "offset", "content_hash is not the BLAKE3")) { dump(&r); fail_msg("no content hash problem"); }
+  bp_verify_report_free(&r);
+}
+
+static void broken_prev_hash_link_is_named_by_entity_and_clock(void **state) {
+  fixture *f = *state;
+  make_store(f);
+  const bp_disk_pos *p = &receipts[7].disk_pos; /* entity b, clock 2 */
+  size_t n;
+  uint8_t *d = slurp(seg_path(f, p->segment_id), &n);
+  uint8_t *body = d + p->offset + 8;
+  uint8_t *ph = memmem(body, p->length - 8, "\xa9prev_hash", 10);
+  assert_non_null(ph);
+  size_t at = (size_t)(ph - body) + 10 + 3 + 5; /* into the 32 integers, past dc 00 20 */
+  free(d);
+  edit_frame(seg_path(f, p->segment_id), p, at, 0x01);
+  bp_verify_report r;
+  assert_status(bp_verify(f->dir, &r), BP_ECORRUPT);
+  if (!has_problem(&r, "entity b clock 2", "prev_hash")) { dump(&r); fail_msg("no chain problem for b/2"); }
+  bp_verify_report_free(&r);
+}
+
+static void lying_sidx_entry_is_reported(void **state) {
+  fixture *f = *state;
+  make_store(f);
+  /* Segment 1's footer: the kind of its first entry (u16 LE at +24). */
+  size_t n;
+  uint8_t *d = slurp(seg_path(f, 1), &n);
+  uint32_t count = bp__get_le32(d + n - 8);
+  long entries_at = (long)(n - 16 - (size_t)count * 154);
+  free(d);
+  uint8_t k[2] = {0x02, 0x10};
+  patch(seg_path(f, 1), entries_at + 24, k, 2);
+  bp_verify_report r;
+  assert_status(bp_verify(f->dir, &r), BP_ECORRUPT);
+  if (!has_problem(&r, "segment 000001", "entry 0: kind differs")) { dump(&r); fail_msg("no footer problem"); }
+  bp_verify_report_free(&r);
+}
+
+static void damaged_checkpoint_is_reported(void **state) {
+  fixture *f = *state;
+  make_store(f);
+  char ck[4200];
+  snprintf(ck, sizeof ck, "%s/index.ckpt", f->dir);
+  uint8_t junk = 0x00;
+  patch(ck, 40, &junk, 1);
+  bp_verify_report r;
+  assert_status(bp_verify(f->dir, &r), BP_ECORRUPT);
+  if (!has_problem(&r, "index.ckpt", "checkpoint")) { dump(&r); fail_msg("no checkpoint problem"); }
+  bp_verify_report_free(&r);
+}
+
+static void checkpoint_that_disagrees_with_the_segments_is_reported(void **state) {
+  fixture *f = *state;
+  make_store(f);
+  char ck[4200];
+  snprintf(ck, sizeof ck, "%s/index.ckpt", f->dir);
+  size_t n;
+  uint8_t *d = slurp(ck, &n);
+  /* Change the first entry's clock field value (a fixint after "clock"), and
+   * fix the CRC so that the checkpoint itself looks valid. */
+  uint8_t *c = memmem(d, n, "\xa5" "clock", 6);
+  assert_non_null(c);
+  c[6] = 0x05;
+  bp__put_le32(d + 8, bp__crc32(d + 12, n - 12));
+  patch(ck, 0, d, n);
+  free(d);
+  bp_verify_report r;
+  assert_status(bp_verify(f->dir, &r), BP_ECORRUPT);
+  if (!has_problem(&r, "index.ckpt entry 0", "differs")) { dump(&r); fail_msg("no checkpoint mismatch"); }
+  bp_verify_report_free(&r);
+}
+
+#define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      T(intact_store_verifies),
+      cmocka_unit_test(fixture_stores_verify),
+      T(flipped_byte_in_a_frame_is_a_crc_mismatch),
+      T(payload_changed_behind_a_valid_crc_breaks_the_hashes),
+      T(broken_prev_hash_link_is_named_by_entity_and_clock),
+      T(lying_sidx_entry_is_reported),
+      T(damaged_checkpoint_is_reported),
+      T(checkpoint_that_disagrees_with_the_segments_is_reported),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
