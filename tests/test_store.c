@@ -1138,6 +1138,79 @@ static void apply_transition_appends_its_kind_and_payload(void **state) {
   assert_ok(bp_close(s));
 }
 
+typedef struct snap_writer {
+  bp_store *s;
+  _Atomic int stop;
+  _Atomic uint64_t acked;
+} snap_writer;
+
+static void *keep_appending(void *p) {
+  snap_writer *w = p;
+  bp_coord c = {"busy", "snap"};
+  while (!atomic_load(&w->stop)) {
+    bp_append_receipt r;
+    if (bp_append(w->s, &c, 0x1001, "x", 1, &r) != BP_OK) break;
+    atomic_store(&w->acked, r.sequence + 1);
+  }
+  return NULL;
+}
+
+/* A snapshot taken while another thread appends opens with every event
+ * acknowledged before the call, and is a prefix of the store. */
+static void snapshot_under_concurrent_appends_is_a_consistent_prefix(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 4096;
+  bp_store *s = open_ok(f);
+  for (int i = 0; i < 50; i++) append_text(s, &ALICE, "before");
+  snap_writer w = {s, 0, 0};
+  pthread_t t;
+  pthread_create(&t, NULL, keep_appending, &w);
+  while (atomic_load(&w.acked) < 100) usleep(1000);
+  uint64_t before = count_of(s);
+  char dest[4200];
+  snprintf(dest, sizeof dest, "%s/snap", f->tmp);
+  assert_ok(bp_snapshot(s, dest));
+  atomic_store(&w.stop, 1);
+  pthread_join(t, NULL);
+
+  bp_config cfg = f->cfg;
+  cfg.data_dir = dest;
+  bp_store *snap;
+  assert_ok(bp_open_readonly(&cfg, &snap));
+  bp_region all = bp_region_all();
+  bp_entries a, b;
+  assert_ok(bp_query(snap, &all, &a));
+  assert_ok(bp_query(s, &all, &b));
+  assert_true(a.len >= before);
+  assert_true(a.len <= b.len);
+  for (size_t i = 0; i < a.len; i++) assert_true(bp_id_eq(a.items[i].event_id, b.items[i].event_id));
+  bp_verify_report r;
+  assert_ok(bp_verify(dest, &r));
+  bp_verify_report_free(&r);
+  bp_entries_free(&a);
+  bp_entries_free(&b);
+  assert_ok(bp_close(snap));
+  assert_ok(bp_close(s));
+}
+
+static void snapshot_refuses_the_store_itself_and_a_full_directory(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  append_text(s, &ALICE, "x");
+  char inside[4200], full[4200];
+  snprintf(inside, sizeof inside, "%s/inner", f->dir);
+  assert_status(bp_snapshot(s, inside), BP_EINVAL);
+  assert_status(bp_snapshot(s, f->dir), BP_EINVAL);
+  snprintf(full, sizeof full, "%s/full", f->tmp);
+  mkdir(full, 0700);
+  char junk[4300];
+  snprintf(junk, sizeof junk, "%s/file", full);
+  FILE *fp = fopen(junk, "w");
+  fclose(fp);
+  assert_status(bp_snapshot(s, full), BP_EINVAL);
+  assert_ok(bp_close(s));
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int main(void) {
@@ -1184,6 +1257,8 @@ int main(void) {
       T(readers_see_a_gap_free_prefix_while_writers_append),
       T(group_commit_shares_fsyncs_between_concurrent_appends),
       T(apply_transition_appends_its_kind_and_payload),
+      T(snapshot_under_concurrent_appends_is_a_consistent_prefix),
+      T(snapshot_refuses_the_store_itself_and_a_full_directory),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

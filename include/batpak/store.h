@@ -448,6 +448,16 @@ BP_API bp_watcher *bp_watch_projection(bp_store *store, const char *entity, cons
 BP_API bp_status bp_watcher_recv(bp_watcher *watcher, void *state, int timeout_ms);
 BP_API void bp_watcher_close(bp_watcher *watcher);
 
+/* ------------------------------------------------------------ snapshots */
+
+/* Copies the store into dest_dir (created, mode 0700; it must not exist or be
+ * empty, and must not be the store's directory or inside it): a directory that
+ * opens as a store holding every event acknowledged before the call, even while
+ * appends continue. Sealed segments are hard-linked where the file system
+ * allows (they never change), copied otherwise; the active segment is copied up
+ * to the last acknowledged frame. Errors: BP_EINVAL (dest_dir), BP_EIO. */
+BP_API bp_status bp_snapshot(bp_store *store, const char *dest_dir);
+
 /* ------------------------------------------------------------ verification */
 
 typedef struct bp_verify_problem {

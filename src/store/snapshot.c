@@ -1,0 +1,124 @@
+/*
+ * snapshot.c - bp_snapshot: a consistent copy of a store while it runs.
+ *
+ * Under the writer lock (briefly) it records which segments exist, which are
+ * sealed, and where the active segment's acknowledged frames end. Sealed
+ * segments never change, so linking or copying them later is safe; of the
+ * active segment only the recorded prefix is copied (later frames, and the
+ * footer a later seal writes, lie beyond it). The copy has no checkpoint: the
+ * first open rebuilds the index from footers and a scan of the last segment.
+ */
+#include "store/store_impl.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <limits.h>
+#include <stdio.h>
+#include <unistd.h>
+
+typedef struct snap_seg {
+  uint64_t id;
+  bool whole;          /* sealed: link or copy the whole file */
+  uint64_t size;       /* else: copy this many bytes */
+} snap_seg;
+
+static int copy_prefix(const char *from, const char *to, uint64_t size, bool whole) {
+  int in = open(from, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
+  if (in < 0) return errno;
+  if (whole) {
+    struct stat st;
+    if (fstat(in, &st) != 0) {
+      int e = errno;
+      close(in);
+      return e;
+    }
+    size = (uint64_t)st.st_size;
+  }
+  int out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (out < 0) {
+    int e = errno;
+    close(in);
+    return e;
+  }
+  enum { CHUNK = 1 << 16 };
+  uint8_t *buf = malloc(CHUNK);
+  int rc = buf ? 0 : ENOMEM;
+  for (uint64_t off = 0; off < size && !rc;) {
+    size_t n = size - off < CHUNK ? (size_t)(size - off) : CHUNK;
+    rc = bp__os_read_all(in, buf, n, off);
+    if (rc == -1) rc = EIO; /* shorter than recorded: cannot happen for acknowledged frames */
+    struct iovec iov = {buf, n};
+    if (!rc) rc = bp__os_write_all(out, &iov, 1, off);
+    off += n;
+  }
+  if (!rc) rc = bp__os_sync(out, 0);
+  free(buf);
+  close(in);
+  close(out);
+  return rc;
+}
+
+bp_status bp_snapshot(bp_store *s, const char *dest) {
+  if (!s || !dest || !*dest) return bp__fail(BP_EINVAL, "bp_snapshot: NULL argument");
+  char src_real[PATH_MAX], dest_parent[PATH_MAX];
+  if (!realpath(s->dir, src_real)) return bp__fail_errno(BP_EIO, errno, "bp_snapshot: %s", s->dir);
+  /* The destination (or, if it does not exist yet, its parent) must lie outside the store. */
+  char probe[PATH_MAX];
+  snprintf(probe, sizeof probe, "%s", dest);
+  char *slash = strrchr(probe, '/');
+  const char *parent = slash ? (slash == probe ? "/" : (*slash = 0, probe)) : ".";
+  if (!realpath(parent, dest_parent)) return bp__fail_errno(BP_EINVAL, errno, "bp_snapshot: %s", dest);
+  size_t sl = strlen(src_real);
+  if (strncmp(dest_parent, src_real, sl) == 0 && (dest_parent[sl] == 0 || dest_parent[sl] == '/'))
+    return bp__fail(BP_EINVAL, "bp_snapshot: %s is inside the store", dest);
+  char dest_real[PATH_MAX];
+  if (realpath(dest, dest_real) && strcmp(dest_real, src_real) == 0)
+    return bp__fail(BP_EINVAL, "bp_snapshot: %s is the store itself", dest);
+  if (mkdir(dest, 0700) != 0) {
+    if (errno != EEXIST) return bp__fail_errno(BP_EIO, errno, "bp_snapshot: create %s", dest);
+    DIR *d = opendir(dest);
+    if (!d) return bp__fail_errno(BP_EIO, errno, "bp_snapshot: open %s", dest);
+    struct dirent *e;
+    bool empty = true;
+    while ((e = readdir(d)))
+      if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) empty = false;
+    closedir(d);
+    if (!empty) return bp__fail(BP_EINVAL, "bp_snapshot: %s is not empty", dest);
+  }
+
+  /* What to copy, decided in one moment. */
+  pthread_mutex_lock(&s->wlock);
+  pthread_mutex_lock(&s->seg_lock);
+  size_t n = s->nsegs;
+  snap_seg *segs = malloc(sizeof *segs * (n ? n : 1));
+  for (size_t i = 0; segs && i < n; i++) {
+    const bp__segment *g = &s->segs[i];
+    bool active = s->wfd >= 0 && g->id == s->wseg;
+    segs[i] = (snap_seg){g->id, g->sealed && !active, active ? s->wsize : 0};
+  }
+  pthread_mutex_unlock(&s->seg_lock);
+  pthread_mutex_unlock(&s->wlock);
+  if (!segs) return bp__fail(BP_ENOMEM, "bp_snapshot: out of memory");
+
+  bp_status st = BP_OK;
+  for (size_t i = 0; i < n && !st; i++) {
+    char from[4200], to[4200];
+    bp__segment_path(s, segs[i].id, from, sizeof from);
+    snprintf(to, sizeof to, "%s/%06" PRIu64 ".fbat", dest, segs[i].id);
+    bool active = !segs[i].whole && segs[i].size > 0;
+    int rc = 0;
+    if (segs[i].whole) {
+      if (link(from, to) != 0) rc = copy_prefix(from, to, 0, true);
+    } else {
+      /* An unsealed segment: the active one up to its acknowledged frames, an
+       * abandoned one (after a writer restart) as it is. */
+      rc = copy_prefix(from, to, segs[i].size, !active);
+    }
+    if (rc) st = bp__fail_errno(BP_EIO, rc, "bp_snapshot: segment %06" PRIu64, segs[i].id);
+  }
+  free(segs);
+  if (!st) bp__os_sync_dir(dest);
+  return st;
+}
