@@ -1,0 +1,499 @@
+/*
+ * batpak - the command-line tool for batpak stores.
+ *
+ *   batpak COMMAND DIR [options]      (batpak COMMAND --help for each)
+ *
+ * Output is for people by default and JSON with --json. Errors go to stderr
+ * with the library's message, and the exit status is 1 (2 for bad usage).
+ */
+#include <batpak.h>
+
+#include <errno.h>
+#include <inttypes.h>
+#include <json-c/json.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static bool json_out;
+
+static int fail(const char *what) {
+  fprintf(stderr, "batpak: %s: %s: %s\n", what, bp_status_name(bp_last_error()->code), bp_last_error()->message);
+  return 1;
+}
+
+static int usage(const char *text) {
+  fputs(text, stderr);
+  return 2;
+}
+
+static void log_to_stderr(int level, const char *msg, void *ctx) {
+  (void)ctx;
+  if (level <= BP_LOG_WARN) fprintf(stderr, "batpak: %s: %s\n", level == BP_LOG_ERROR ? "error" : "warning", msg);
+}
+
+static const char *opt(int argc, char **argv, const char *name) {
+  for (int i = 0; i + 1 < argc; i++)
+    if (strcmp(argv[i], name) == 0) return argv[i + 1];
+  return NULL;
+}
+
+static bool flag(int argc, char **argv, const char *name) {
+  for (int i = 0; i < argc; i++)
+    if (strcmp(argv[i], name) == 0) return true;
+  return false;
+}
+
+static bool parse_kind(const char *s, bp_kind *out) {
+  if (!s) return false;
+  char *end;
+  unsigned long v = strtoul(s, &end, 0);
+  if (*end || v > 0xFFFF) return false;
+  *out = (bp_kind)v;
+  return true;
+}
+
+static int64_t import_clock_us;
+static int64_t import_clock(void *ctx) {
+  (void)ctx;
+  return import_clock_us;
+}
+
+static bp_store *open_store(const char *dir, bool readonly, bool import_mode) {
+  bp_config cfg;
+  bp_config_init(&cfg, dir);
+  cfg.log_fn = log_to_stderr;
+  if (import_mode) cfg.clock = import_clock;
+  bp_store *s = NULL;
+  bp_status st = readonly ? bp_open_readonly(&cfg, &s) : bp_open(&cfg, &s);
+  if (st) fail("open");
+  return s;
+}
+
+static void hexstr(const uint8_t *p, size_t n, char *out) {
+  static const char d[] = "0123456789abcdef";
+  for (size_t i = 0; i < n; i++) {
+    out[2 * i] = d[p[i] >> 4];
+    out[2 * i + 1] = d[p[i] & 15];
+  }
+  out[2 * n] = 0;
+}
+
+/* One entry, for people or as a JSON object. */
+static void print_entry(const bp_entry *e) {
+  char id[33], corr[33], caus[33] = "", kind[7], hash[65];
+  bp_id_to_hex(e->event_id, id);
+  bp_id_to_hex(e->correlation_id, corr);
+  if (!bp_id_is_nil(e->causation_id)) bp_id_to_hex(e->causation_id, caus);
+  bp_kind_format(e->kind, kind);
+  hexstr(e->hash_chain.event_hash, 32, hash);
+  if (json_out) {
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "global_sequence", json_object_new_uint64(e->global_sequence));
+    json_object_object_add(o, "event_id", json_object_new_string(id));
+    json_object_object_add(o, "entity", json_object_new_string(e->entity));
+    json_object_object_add(o, "scope", json_object_new_string(e->scope));
+    json_object_object_add(o, "kind", json_object_new_int(e->kind));
+    json_object_object_add(o, "clock", json_object_new_int64(e->clock));
+    json_object_object_add(o, "wall_ms", json_object_new_uint64(e->wall_ms));
+    json_object_object_add(o, "correlation_id", json_object_new_string(corr));
+    json_object_object_add(o, "causation_id", *caus ? json_object_new_string(caus) : NULL);
+    json_object_object_add(o, "event_hash", json_object_new_string(hash));
+    puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    json_object_put(o);
+  } else {
+    printf("%6" PRIu64 "  %s  %s  %s@%s  clock %u\n", e->global_sequence, id, kind, e->entity, e->scope, e->clock);
+  }
+}
+
+static int print_entries(bp_status st, bp_entries *r, const char *what) {
+  if (st) return fail(what);
+  for (size_t i = 0; i < r->len; i++) print_entry(&r->items[i]);
+  bp_entries_free(r);
+  return 0;
+}
+
+/* ---------------------------------------------------------------- commands */
+
+static int cmd_init(const char *dir, int argc, char **argv) {
+  (void)argc;
+  (void)argv;
+  bp_store *s = open_store(dir, false, false);
+  if (!s) return 1;
+  if (bp_close(s)) return fail("close");
+  if (!json_out) printf("initialised %s\n", dir);
+  return 0;
+}
+
+static int cmd_append(const char *dir, int argc, char **argv) {
+  const char *entity = opt(argc, argv, "--entity"), *scope = opt(argc, argv, "--scope");
+  const char *json = opt(argc, argv, "--json-payload");
+  bp_kind kind = BP_KIND_DATA;
+  if (opt(argc, argv, "--kind") && !parse_kind(opt(argc, argv, "--kind"), &kind))
+    return usage("batpak append: --kind takes a number such as 0x1001\n");
+  if (!entity || !scope || !json)
+    return usage("usage: batpak append DIR --entity E --scope S --json-payload JSON [--kind K]\n"
+                 "       [--expect-sequence N | --expect-empty] [--idempotency-key HEX]\n");
+  bp_append_options o;
+  memset(&o, 0, sizeof o);
+  if (opt(argc, argv, "--expect-sequence")) {
+    o.expect = BP_EXPECT_SEQUENCE;
+    o.expected_sequence = (uint32_t)strtoul(opt(argc, argv, "--expect-sequence"), NULL, 10);
+  }
+  if (flag(argc, argv, "--expect-empty")) o.expect = BP_EXPECT_EMPTY;
+  if (opt(argc, argv, "--idempotency-key") && bp_id_from_hex(opt(argc, argv, "--idempotency-key"), &o.idempotency_key))
+    return fail("--idempotency-key");
+  uint8_t *mp;
+  size_t len;
+  if (bp_json_to_msgpack(json, strlen(json), &mp, &len)) return fail("--json-payload");
+  bp_store *s = open_store(dir, false, false);
+  if (!s) {
+    bp_free(mp);
+    return 1;
+  }
+  bp_coord c = {entity, scope};
+  bp_append_receipt r;
+  bp_status st = bp_append_with(s, &c, kind, mp, len, &o, &r);
+  bp_free(mp);
+  if (st) {
+    fail("append");
+    bp_close(s);
+    return 1;
+  }
+  char id[33];
+  bp_id_to_hex(r.event_id, id);
+  if (json_out) printf("{\"event_id\": \"%s\", \"sequence\": %" PRIu64 "}\n", id, r.sequence);
+  else printf("%s at sequence %" PRIu64 "\n", id, r.sequence);
+  return bp_close(s) ? fail("close") : 0;
+}
+
+static int cmd_get(const char *dir, int argc, char **argv) {
+  if (argc < 1) return usage("usage: batpak get DIR EVENT_ID\n");
+  bp_id id;
+  if (bp_id_from_hex(argv[0], &id) && bp_id_from_uuid(argv[0], &id)) return fail("event id");
+  bp_store *s = open_store(dir, true, false);
+  if (!s) return 1;
+  bp_event *ev;
+  bp_entry e;
+  int rc = 0;
+  if (bp_get(s, id, &ev) || bp_get_entry(s, id, &e)) {
+    rc = fail("get");
+  } else {
+    char *payload = bp_event_payload_json(ev);
+    if (json_out) {
+      char idh[33], kind[7];
+      bp_id_to_hex(id, idh);
+      bp_kind_format(ev->header.kind, kind);
+      struct json_object *o = json_object_new_object();
+      json_object_object_add(o, "event_id", json_object_new_string(idh));
+      json_object_object_add(o, "entity", json_object_new_string(ev->entity));
+      json_object_object_add(o, "scope", json_object_new_string(ev->scope));
+      json_object_object_add(o, "kind", json_object_new_int(ev->header.kind));
+      json_object_object_add(o, "clock", json_object_new_int64(ev->header.position.sequence));
+      json_object_object_add(o, "global_sequence", json_object_new_uint64(e.global_sequence));
+      json_object_object_add(o, "timestamp_us", json_object_new_int64(ev->header.timestamp_us));
+      json_object_object_add(o, "payload", payload ? json_tokener_parse(payload) : NULL);
+      puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+      json_object_put(o);
+    } else {
+      print_entry(&e);
+      printf("        payload %s\n", payload ? payload : "(not MessagePack)");
+    }
+    bp_free(payload);
+    bp_event_free(ev);
+  }
+  bp_close(s);
+  return rc;
+}
+
+static bp_region region_from(int argc, char **argv, bool *bad) {
+  bp_region r = bp_region_all();
+  r.entity_prefix = opt(argc, argv, "--entity-prefix");
+  r.scope = opt(argc, argv, "--scope");
+  bp_kind k = 0;
+  if (opt(argc, argv, "--kind")) {
+    if (!parse_kind(opt(argc, argv, "--kind"), &k)) *bad = true;
+    r = bp_region_with_kind(r, k);
+  }
+  if (opt(argc, argv, "--category")) r = bp_region_with_category(r, (uint8_t)strtoul(opt(argc, argv, "--category"), NULL, 0));
+  return r;
+}
+
+static int cmd_query(const char *dir, int argc, char **argv) {
+  bool bad = false;
+  bp_region r = region_from(argc, argv, &bad);
+  if (bad) return usage("usage: batpak query DIR [--entity-prefix P] [--scope S] [--kind K | --category C]\n");
+  bp_store *s = open_store(dir, true, false);
+  if (!s) return 1;
+  bp_entries e;
+  int rc = print_entries(bp_query(s, &r, &e), &e, "query");
+  bp_close(s);
+  return rc;
+}
+
+static int cmd_stream(const char *dir, int argc, char **argv) {
+  if (argc < 1) return usage("usage: batpak stream DIR ENTITY\n");
+  bp_store *s = open_store(dir, true, false);
+  if (!s) return 1;
+  bp_entries e;
+  int rc = print_entries(bp_stream(s, argv[0], &e), &e, "stream");
+  bp_close(s);
+  return rc;
+}
+
+static int cmd_stats(const char *dir, int argc, char **argv) {
+  (void)argc;
+  (void)argv;
+  bp_store *s = open_store(dir, true, false);
+  if (!s) return 1;
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  static const char *paths[] = {"empty", "checkpoint", "SIDX footers", "frame scan"};
+  if (json_out)
+    printf("{\"events\": %" PRIu64 ", \"segments\": %" PRIu64 ", \"entities\": %" PRIu64 ", \"scopes\": %" PRIu64
+           ", \"open_path\": \"%s\", \"torn_bytes\": %" PRIu64 "}\n",
+           d.event_count, d.segment_count, d.entity_count, d.scope_count, paths[d.open_path], d.torn_bytes_dropped);
+  else
+    printf("events     %" PRIu64 "\nsegments   %" PRIu64 "\nentities   %" PRIu64 "\nscopes     %" PRIu64
+           "\nopened by  %s\ntorn bytes %" PRIu64 "\n",
+           d.event_count, d.segment_count, d.entity_count, d.scope_count, paths[d.open_path], d.torn_bytes_dropped);
+  bp_close(s);
+  return 0;
+}
+
+static int cmd_verify(const char *dir, int argc, char **argv) {
+  (void)argc;
+  (void)argv;
+  bp_verify_report r;
+  bp_status st = bp_verify(dir, &r);
+  if (st != BP_OK && st != BP_ECORRUPT) return fail("verify");
+  if (json_out) {
+    struct json_object *o = json_object_new_object(), *ps = json_object_new_array();
+    json_object_object_add(o, "ok", json_object_new_boolean(st == BP_OK));
+    json_object_object_add(o, "segments", json_object_new_uint64(r.segments));
+    json_object_object_add(o, "frames", json_object_new_uint64(r.frames));
+    json_object_object_add(o, "entities", json_object_new_uint64(r.entities));
+    for (size_t i = 0; i < r.problem_count; i++) {
+      struct json_object *p = json_object_new_object();
+      json_object_object_add(p, "where", json_object_new_string(r.problems[i].where));
+      json_object_object_add(p, "what", json_object_new_string(r.problems[i].what));
+      json_object_array_add(ps, p);
+    }
+    json_object_object_add(o, "problems", ps);
+    puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    json_object_put(o);
+  } else {
+    printf("%" PRIu64 " segments, %" PRIu64 " frames, %" PRIu64 " entities: %s\n", r.segments, r.frames, r.entities,
+           st == BP_OK ? "intact" : "PROBLEMS");
+    for (size_t i = 0; i < r.problem_count; i++) printf("  %s: %s\n", r.problems[i].where, r.problems[i].what);
+  }
+  bp_verify_report_free(&r);
+  return st == BP_OK ? 0 : 1;
+}
+
+static int cmd_snapshot(const char *dir, int argc, char **argv) {
+  if (argc < 1) return usage("usage: batpak snapshot DIR DEST\n");
+  bp_store *s = open_store(dir, false, false);
+  if (!s) return 1;
+  int rc = bp_snapshot(s, argv[0]) ? fail("snapshot") : 0;
+  if (!rc && !json_out) printf("snapshot of %s written to %s\n", dir, argv[0]);
+  bp_close(s);
+  return rc;
+}
+
+/* export: one JSON object per line and event, with everything import needs
+ * to rebuild the same events (ids, links, flags, timestamps, payload bytes). */
+static int cmd_export(const char *dir, int argc, char **argv) {
+  (void)argc;
+  (void)argv;
+  bp_store *s = open_store(dir, true, false);
+  if (!s) return 1;
+  bp_region all = bp_region_all();
+  bp_entries e;
+  if (bp_query(s, &all, &e)) {
+    bp_close(s);
+    return fail("export");
+  }
+  int rc = 0;
+  for (size_t i = 0; i < e.len && !rc; i++) {
+    bp_event *ev;
+    if (bp_get(s, e.items[i].event_id, &ev)) {
+      rc = fail("export");
+      break;
+    }
+    char id[33], corr[33], caus[33];
+    bp_id_to_hex(ev->header.event_id, id);
+    bp_id_to_hex(ev->header.correlation_id, corr);
+    bp_id_to_hex(ev->header.causation_id, caus);
+    char *hex = malloc(ev->payload_len * 2 + 1);
+    hexstr(ev->payload, ev->payload_len, hex);
+    struct json_object *o = json_object_new_object();
+    json_object_object_add(o, "event_id", json_object_new_string(id));
+    json_object_object_add(o, "entity", json_object_new_string(ev->entity));
+    json_object_object_add(o, "scope", json_object_new_string(ev->scope));
+    json_object_object_add(o, "kind", json_object_new_int(ev->header.kind));
+    json_object_object_add(o, "flags", json_object_new_int(ev->header.flags & ~BP_FLAG_BATCH_MEMBER & 0xff));
+    json_object_object_add(o, "timestamp_us", json_object_new_int64(ev->header.timestamp_us));
+    json_object_object_add(o, "correlation_id", json_object_new_string(corr));
+    json_object_object_add(o, "causation_id", bp_id_is_nil(ev->header.causation_id) ? NULL : json_object_new_string(caus));
+    json_object_object_add(o, "payload_msgpack_hex", json_object_new_string(hex));
+    puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+    json_object_put(o);
+    free(hex);
+    bp_event_free(ev);
+  }
+  bp_entries_free(&e);
+  bp_close(s);
+  return rc;
+}
+
+static const char *jstr(struct json_object *o, const char *k) {
+  struct json_object *v;
+  return json_object_object_get_ex(o, k, &v) && json_object_is_type(v, json_type_string) ? json_object_get_string(v)
+                                                                                         : NULL;
+}
+
+static int cmd_import(const char *dir, int argc, char **argv) {
+  (void)argc;
+  (void)argv;
+  bp_store *s = open_store(dir, false, true);
+  if (!s) return 1;
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t n;
+  uint64_t lineno = 0, imported = 0;
+  int rc = 0;
+  while (!rc && (n = getline(&line, &cap, stdin)) > 0) {
+    lineno++;
+    struct json_object *o = json_tokener_parse(line);
+    const char *id = o ? jstr(o, "event_id") : NULL, *entity = o ? jstr(o, "entity") : NULL;
+    const char *scope = o ? jstr(o, "scope") : NULL, *hex = o ? jstr(o, "payload_msgpack_hex") : NULL;
+    struct json_object *v;
+    bp_append_options opt_;
+    memset(&opt_, 0, sizeof opt_);
+    bool ok = id && entity && scope && hex && !bp_id_from_hex(id, &opt_.idempotency_key) &&
+              json_object_object_get_ex(o, "kind", &v) && json_object_object_get_ex(o, "timestamp_us", &v);
+    if (ok) {
+      const char *corr = jstr(o, "correlation_id"), *caus = jstr(o, "causation_id");
+      if (corr) ok = !bp_id_from_hex(corr, &opt_.correlation_id);
+      if (caus) ok = ok && !bp_id_from_hex(caus, &opt_.causation_id);
+      json_object_object_get_ex(o, "flags", &v);
+      opt_.flags = (uint8_t)json_object_get_int(v);
+    }
+    size_t hl = hex ? strlen(hex) : 0;
+    uint8_t *payload = ok ? malloc(hl / 2 + 1) : NULL;
+    for (size_t i = 0; ok && i + 1 < hl + 1 && i < hl; i += 2) {
+      unsigned b;
+      if (sscanf(hex + i, "%2x", &b) != 1) ok = false;
+      else payload[i / 2] = (uint8_t)b;
+    }
+    if (!ok || hl % 2) {
+      fprintf(stderr, "batpak: import: line %" PRIu64 " is not an exported event\n", lineno);
+      rc = 1;
+    } else {
+      json_object_object_get_ex(o, "kind", &v);
+      bp_kind kind = (bp_kind)json_object_get_int(v);
+      json_object_object_get_ex(o, "timestamp_us", &v);
+      import_clock_us = json_object_get_int64(v);
+      bp_coord c = {entity, scope};
+      bp_append_receipt r;
+      if (bp_append_with(s, &c, kind, payload, hl / 2, &opt_, &r)) {
+        fprintf(stderr, "batpak: import: line %" PRIu64 ": ", lineno);
+        rc = fail("append");
+      } else {
+        imported++;
+      }
+    }
+    free(payload);
+    json_object_put(o);
+  }
+  free(line);
+  if (bp_close(s)) rc = fail("close");
+  if (!rc && !json_out) fprintf(stderr, "imported %" PRIu64 " events\n", imported);
+  return rc;
+}
+
+static volatile sig_atomic_t interrupted;
+static void on_sigint(int sig) {
+  (void)sig;
+  interrupted = 1;
+}
+
+/* tail -f: prints events as they are appended by this process's store...
+ * a store is owned by one process, so tail follows through a read-only store
+ * reopened as the writer's segments grow. */
+static int cmd_tail(const char *dir, int argc, char **argv) {
+  bool follow = flag(argc, argv, "-f");
+  bool bad = false;
+  bp_region r = region_from(argc, argv, &bad);
+  if (bad) return usage("usage: batpak tail DIR [-f] [--entity-prefix P] [--scope S] [--kind K]\n");
+  uint64_t from = 0;
+  signal(SIGINT, on_sigint);
+  for (;;) {
+    bp_store *s = open_store(dir, true, false);
+    if (!s) return 1;
+    bp_cursor *c = bp_cursor_open(s, &r);
+    bp_cursor_seek(c, from);
+    bp_entries b;
+    while (bp_cursor_poll_batch(c, 512, &b) == BP_OK && b.len) {
+      for (size_t i = 0; i < b.len; i++) print_entry(&b.items[i]);
+      bp_entries_free(&b);
+    }
+    from = bp_cursor_position(c);
+    bp_cursor_close(c);
+    bp_close(s);
+    fflush(stdout);
+    if (!follow || interrupted) return 0;
+    usleep(200000);
+    if (interrupted) return 0;
+  }
+}
+
+static const struct command {
+  const char *name;
+  int (*fn)(const char *dir, int argc, char **argv);
+  const char *help;
+} commands[] = {
+    {"init", cmd_init, "create an empty store"},
+    {"append", cmd_append, "append an event: --entity E --scope S --json-payload JSON [--kind K] [--expect-sequence N]"},
+    {"get", cmd_get, "show one event: EVENT_ID (hex or UUID)"},
+    {"query", cmd_query, "list events: [--entity-prefix P] [--scope S] [--kind K | --category C]"},
+    {"stream", cmd_stream, "list one entity's events: ENTITY"},
+    {"tail", cmd_tail, "print events, and with -f keep printing new ones (region options as query)"},
+    {"stats", cmd_stats, "counts and how the store opened"},
+    {"verify", cmd_verify, "check frames, footers, hash chains and the checkpoint"},
+    {"snapshot", cmd_snapshot, "copy the store consistently: DEST"},
+    {"export", cmd_export, "write every event as JSON lines to standard output"},
+    {"import", cmd_import, "append JSON lines from standard input (as export writes them)"},
+};
+
+static int help(FILE *f) {
+  fprintf(f, "batpak %s - inspect and maintain batpak stores\n\nusage: batpak COMMAND DIR [options] [--json]\n\n",
+          bp_version());
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
+    fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].help);
+  fprintf(f, "\nbatpak COMMAND --help shows one command. The benchmark driver is batpak-bench.\n");
+  return f == stdout ? 0 : 2;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) return help(stderr);
+  if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) return help(stdout);
+  if (!strcmp(argv[1], "--version")) {
+    printf("batpak %s\n", bp_version());
+    return 0;
+  }
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+    if (strcmp(argv[1], commands[i].name) != 0) continue;
+    if (flag(argc - 2, argv + 2, "--help") || argc < 3) {
+      printf("usage: batpak %s DIR [options] [--json]\n  %s\n", commands[i].name, commands[i].help);
+      return argc < 3 && !flag(argc - 2, argv + 2, "--help") ? 2 : 0;
+    }
+    json_out = flag(argc - 3, argv + 3, "--json");
+    return commands[i].fn(argv[2], argc - 3, argv + 3);
+  }
+  fprintf(stderr, "batpak: unknown command \"%s\"\n", argv[1]);
+  return help(stderr);
+}
