@@ -144,15 +144,7 @@ static size_t poll_seqs(bp_cursor *c, uint64_t *out, size_t max) {
      * on what passes. */
     const bp__index *ix = &c->store->ix;
     const bp_region *r = &c->region;
-    bp__scan_pred q;
-    memset(&q, 0, sizeof q);
-    q.fact = r->fact;
-    q.kind = r->kind;
-    q.category = r->category;
-    q.has_clock = r->has_clock_range;
-    q.clock_min = r->clock_min;
-    q.clock_max = r->clock_max;
-    q.any_scope = true; /* a scope would have given a stream */
+    bp__scan_pred q = bp__scan_pred_of(r); /* a scope would have given a stream */
     size_t plen = r->entity_prefix ? strlen(r->entity_prefix) : 0;
     uint32_t batch[256];
     while (c->position < limit && got < max) {

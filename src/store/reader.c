@@ -195,17 +195,7 @@ static bp_status plan_region(const bp_store *s, const bp_region *r, qplan *p) {
 }
 
 static bp__scan_pred scan_pred(const qplan *p) {
-  bp__scan_pred q;
-  memset(&q, 0, sizeof q);
-  q.any_scope = true;
-  q.fact = BP_FACT_ANY;
-  if (!p->r) return q;
-  q.fact = p->r->fact;
-  q.kind = p->r->kind;
-  q.category = p->r->category;
-  q.has_clock = p->r->has_clock_range;
-  q.clock_min = p->r->clock_min;
-  q.clock_max = p->r->clock_max;
+  bp__scan_pred q = bp__scan_pred_of(p->r);
   q.prefix_ok = p->prefix_ok;
   q.any_scope = p->any_scope;
   q.scope_id = p->scope_id;

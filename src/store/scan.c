@@ -42,6 +42,21 @@ static size_t chunk_bytes(const bp__scan *sc) {
   }
 }
 
+bp__scan_pred bp__scan_pred_of(const bp_region *r) {
+  bp__scan_pred q;
+  memset(&q, 0, sizeof q);
+  q.any_scope = true;
+  q.fact = BP_FACT_ANY;
+  if (!r) return q;
+  q.fact = r->fact;
+  q.kind = r->kind;
+  q.category = r->category;
+  q.has_clock = r->has_clock_range;
+  q.clock_min = r->clock_min;
+  q.clock_max = r->clock_max;
+  return q;
+}
+
 bp_status bp__scan_init(bp__scan *sc, bp_index_layout layout) {
   memset(sc, 0, sizeof *sc);
   sc->layout = layout;

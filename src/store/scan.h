@@ -41,6 +41,10 @@ typedef struct bp__scan_pred {
   uint32_t scope_id;
 } bp__scan_pred;
 
+/* The kind, category and clock parts of a region, for any entity and scope
+ * (callers narrow those themselves). */
+bp__scan_pred bp__scan_pred_of(const bp_region *r);
+
 bp_status bp__scan_init(bp__scan *sc, bp_index_layout layout);
 void bp__scan_free(bp__scan *sc);
 /* Records event seq's fields (writer; before the event is published). */
