@@ -57,4 +57,28 @@ for f in basic crashed torn; do
   want=41; [ "$f" = torn ] && want=40
   [ "$n" = "$want" ] || fail "fixture $f exported $n events"
 done
+
+# repair: a sealed segment of a copy of the crate's store has a damaged frame.
+D="$T/damaged"
+cp -r "$FIX/basic" "$D" && chmod -R u+w "$D"
+printf '\377\377\377\377' | dd of="$D/000003.fbat" bs=1 seek=1000 conv=notrunc 2>/dev/null
+expect_exit 1 "$B" verify "$D"
+grep -q "CRC mismatch" "$T/out" || fail "verify names the damage"
+expect_exit 1 "$B" export "$D"
+before=$(cat "$D"/* | cksum)
+expect_exit 0 "$B" repair "$D" "$T/repaired"
+grep -q "kept 40 events" "$T/out" || fail "repair report: $(cat "$T/out")"
+grep -q "dropped event" "$T/err" || fail "repair names the dropped event"
+[ "$(cat "$D"/* | cksum)" = "$before" ] || fail "repair changed its source"
+"$B" verify "$T/repaired" >/dev/null || fail "the repaired store verifies"
+[ "$("$B" export "$T/repaired" | wc -l)" = 40 ] || fail "repaired event count"
+# Every kept event is exactly one of the crate's events (id, coordinate, kind,
+# flags, timestamp, links and payload).
+"$B" export "$T/basic" | sort > "$T/orig.jsonl"
+"$B" export "$T/repaired" | sort > "$T/rep.jsonl"
+[ "$(comm -13 "$T/orig.jsonl" "$T/rep.jsonl" | wc -l)" = 0 ] || fail "repair altered or invented events"
+[ "$(comm -23 "$T/orig.jsonl" "$T/rep.jsonl" | wc -l)" = 1 ] || fail "repair lost more than the damaged event"
+expect_exit 1 "$B" repair "$D" "$T/repaired"
+grep -q "already holds" "$T/err" || fail "repair into a non-empty store"
+expect_exit 2 "$B" repair "$D"
 echo "cli: all checks passed"

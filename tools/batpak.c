@@ -61,13 +61,24 @@ static int64_t import_clock(void *ctx) {
   return import_clock_us;
 }
 
-static bp_store *open_store(const char *dir, bool readonly, bool import_mode) {
+typedef enum open_mode {
+  OPEN_READ,     /* read-only: the store may be in use by its owner */
+  OPEN_WRITE,
+  OPEN_IMPORT,   /* writable, appends take their timestamps from import_clock_us */
+  OPEN_SALVAGE   /* read-only, keep what precedes damage, rebuild without the checkpoint */
+} open_mode;
+
+static bp_store *open_store(const char *dir, open_mode mode) {
   bp_config cfg;
   bp_config_init(&cfg, dir);
   cfg.log_fn = log_to_stderr;
-  if (import_mode) cfg.clock = import_clock;
+  if (mode == OPEN_IMPORT) cfg.clock = import_clock;
+  if (mode == OPEN_SALVAGE) {
+    cfg.salvage = true;
+    cfg.enable_checkpoint = false;
+  }
   bp_store *s = NULL;
-  bp_status st = readonly ? bp_open_readonly(&cfg, &s) : bp_open(&cfg, &s);
+  bp_status st = mode == OPEN_READ || mode == OPEN_SALVAGE ? bp_open_readonly(&cfg, &s) : bp_open(&cfg, &s);
   if (st) fail("open");
   return s;
 }
@@ -120,7 +131,7 @@ static int print_entries(bp_status st, bp_entries *r, const char *what) {
 static int cmd_init(const char *dir, int argc, char **argv) {
   (void)argc;
   (void)argv;
-  bp_store *s = open_store(dir, false, false);
+  bp_store *s = open_store(dir, OPEN_WRITE);
   if (!s) return 1;
   if (bp_close(s)) return fail("close");
   if (!json_out) printf("initialised %s\n", dir);
@@ -148,7 +159,7 @@ static int cmd_append(const char *dir, int argc, char **argv) {
   uint8_t *mp;
   size_t len;
   if (bp_json_to_msgpack(json, strlen(json), &mp, &len)) return fail("--json-payload");
-  bp_store *s = open_store(dir, false, false);
+  bp_store *s = open_store(dir, OPEN_WRITE);
   if (!s) {
     bp_free(mp);
     return 1;
@@ -173,7 +184,7 @@ static int cmd_get(const char *dir, int argc, char **argv) {
   if (argc < 1) return usage("usage: batpak get DIR EVENT_ID\n");
   bp_id id;
   if (bp_id_from_hex(argv[0], &id) && bp_id_from_uuid(argv[0], &id)) return fail("event id");
-  bp_store *s = open_store(dir, true, false);
+  bp_store *s = open_store(dir, OPEN_READ);
   if (!s) return 1;
   bp_event *ev;
   bp_entry e;
@@ -225,7 +236,7 @@ static int cmd_query(const char *dir, int argc, char **argv) {
   bool bad = false;
   bp_region r = region_from(argc, argv, &bad);
   if (bad) return usage("usage: batpak query DIR [--entity-prefix P] [--scope S] [--kind K | --category C]\n");
-  bp_store *s = open_store(dir, true, false);
+  bp_store *s = open_store(dir, OPEN_READ);
   if (!s) return 1;
   bp_entries e;
   int rc = print_entries(bp_query(s, &r, &e), &e, "query");
@@ -235,7 +246,7 @@ static int cmd_query(const char *dir, int argc, char **argv) {
 
 static int cmd_stream(const char *dir, int argc, char **argv) {
   if (argc < 1) return usage("usage: batpak stream DIR ENTITY\n");
-  bp_store *s = open_store(dir, true, false);
+  bp_store *s = open_store(dir, OPEN_READ);
   if (!s) return 1;
   bp_entries e;
   int rc = print_entries(bp_stream(s, argv[0], &e), &e, "stream");
@@ -246,7 +257,7 @@ static int cmd_stream(const char *dir, int argc, char **argv) {
 static int cmd_stats(const char *dir, int argc, char **argv) {
   (void)argc;
   (void)argv;
-  bp_store *s = open_store(dir, true, false);
+  bp_store *s = open_store(dir, OPEN_READ);
   if (!s) return 1;
   bp_store_diagnostics d;
   bp_diagnostics(s, &d);
@@ -295,7 +306,7 @@ static int cmd_verify(const char *dir, int argc, char **argv) {
 
 static int cmd_snapshot(const char *dir, int argc, char **argv) {
   if (argc < 1) return usage("usage: batpak snapshot DIR DEST\n");
-  bp_store *s = open_store(dir, false, false);
+  bp_store *s = open_store(dir, OPEN_WRITE);
   if (!s) return 1;
   int rc = bp_snapshot(s, argv[0]) ? fail("snapshot") : 0;
   if (!rc && !json_out) printf("snapshot of %s written to %s\n", dir, argv[0]);
@@ -303,12 +314,30 @@ static int cmd_snapshot(const char *dir, int argc, char **argv) {
   return rc;
 }
 
+/* The flags an event keeps when copied into another store: batch membership
+ * belongs to the batch that wrote it, not to the event. */
+static int copied_flags(uint16_t flags) {
+  return flags & ~BP_FLAG_BATCH_MEMBER & 0xff;
+}
+
+/* Appends an event that keeps the identity it had in another store: its id
+ * (through the idempotency key), links, flags and timestamp. dst must have
+ * been opened with OPEN_IMPORT. */
+static bp_status append_preserving(bp_store *dst, const char *entity, const char *scope, bp_kind kind,
+                                   int64_t timestamp_us, const bp_append_options *o, const uint8_t *payload,
+                                   size_t len) {
+  bp_coord c = {entity, scope};
+  bp_append_receipt r;
+  import_clock_us = timestamp_us;
+  return bp_append_with(dst, &c, kind, payload, len, o, &r);
+}
+
 /* export: one JSON object per line and event, with everything import needs
  * to rebuild the same events (ids, links, flags, timestamps, payload bytes). */
 static int cmd_export(const char *dir, int argc, char **argv) {
   (void)argc;
   (void)argv;
-  bp_store *s = open_store(dir, true, false);
+  bp_store *s = open_store(dir, OPEN_READ);
   if (!s) return 1;
   bp_region all = bp_region_all();
   bp_entries e;
@@ -334,7 +363,7 @@ static int cmd_export(const char *dir, int argc, char **argv) {
     json_object_object_add(o, "entity", json_object_new_string(ev->entity));
     json_object_object_add(o, "scope", json_object_new_string(ev->scope));
     json_object_object_add(o, "kind", json_object_new_int(ev->header.kind));
-    json_object_object_add(o, "flags", json_object_new_int(ev->header.flags & ~BP_FLAG_BATCH_MEMBER & 0xff));
+    json_object_object_add(o, "flags", json_object_new_int(copied_flags(ev->header.flags)));
     json_object_object_add(o, "timestamp_us", json_object_new_int64(ev->header.timestamp_us));
     json_object_object_add(o, "correlation_id", json_object_new_string(corr));
     json_object_object_add(o, "causation_id", bp_id_is_nil(ev->header.causation_id) ? NULL : json_object_new_string(caus));
@@ -358,7 +387,7 @@ static const char *jstr(struct json_object *o, const char *k) {
 static int cmd_import(const char *dir, int argc, char **argv) {
   (void)argc;
   (void)argv;
-  bp_store *s = open_store(dir, false, true);
+  bp_store *s = open_store(dir, OPEN_IMPORT);
   if (!s) return 1;
   char *line = NULL;
   size_t cap = 0;
@@ -396,10 +425,7 @@ static int cmd_import(const char *dir, int argc, char **argv) {
       json_object_object_get_ex(o, "kind", &v);
       bp_kind kind = (bp_kind)json_object_get_int(v);
       json_object_object_get_ex(o, "timestamp_us", &v);
-      import_clock_us = json_object_get_int64(v);
-      bp_coord c = {entity, scope};
-      bp_append_receipt r;
-      if (bp_append_with(s, &c, kind, payload, hl / 2, &opt_, &r)) {
+      if (append_preserving(s, entity, scope, kind, json_object_get_int64(v), &opt_, payload, hl / 2)) {
         fprintf(stderr, "batpak: import: line %" PRIu64 ": ", lineno);
         rc = fail("append");
       } else {
@@ -413,6 +439,79 @@ static int cmd_import(const char *dir, int argc, char **argv) {
   if (bp_close(s)) rc = fail("close");
   if (!rc && !json_out) fprintf(stderr, "imported %" PRIu64 " events\n", imported);
   return rc;
+}
+
+/* repair: copies what can be read of a damaged store into a new one. The
+ * source is opened read-only with salvage (a damaged sealed segment keeps the
+ * frames before the damage) and without its checkpoint; an event whose frame
+ * fails its CRC or does not decode when read is reported and left out. Every kept event keeps
+ * its id, links, flags, timestamp and payload. */
+static int cmd_repair(const char *dir, int argc, char **argv) {
+  if (argc < 1 || argv[0][0] == '-') return usage("usage: batpak repair DIR DEST\n");
+  bp_store *src = open_store(dir, OPEN_SALVAGE);
+  if (!src) return 1;
+  bp_store *dst = open_store(argv[0], OPEN_IMPORT);
+  if (!dst) {
+    bp_close(src);
+    return 1;
+  }
+  bp_store_diagnostics sd, dd;
+  bp_diagnostics(src, &sd);
+  bp_diagnostics(dst, &dd);
+  int rc = 0;
+  bp_region all = bp_region_all();
+  bp_entries e = {0};
+  if (dd.event_count) {
+    fprintf(stderr, "batpak: repair: %s already holds %" PRIu64 " events; give a new directory\n", argv[0],
+            dd.event_count);
+    rc = 1;
+  } else if (bp_query(src, &all, &e)) {
+    rc = fail("repair");
+  }
+  bool progress = isatty(STDERR_FILENO) && !json_out;
+  uint64_t kept = 0, unreadable = 0;
+  for (size_t i = 0; i < e.len && !rc; i++) {
+    bp_event *ev;
+    bp_status st = bp_get(src, e.items[i].event_id, &ev);
+    if (st == BP_ECRC || st == BP_ECORRUPT) {
+      char id[33];
+      bp_id_to_hex(e.items[i].event_id, id);
+      fprintf(stderr, "batpak: repair: dropped event %s (%s): %s\n", id, e.items[i].entity, bp_last_error()->message);
+      unreadable++;
+      continue;
+    }
+    if (st) {
+      rc = fail("repair");
+      break;
+    }
+    bp_append_options o;
+    memset(&o, 0, sizeof o);
+    o.idempotency_key = ev->header.event_id;
+    o.correlation_id = ev->header.correlation_id;
+    o.causation_id = ev->header.causation_id;
+    o.flags = (uint8_t)copied_flags(ev->header.flags);
+    if (append_preserving(dst, ev->entity, ev->scope, ev->header.kind, ev->header.timestamp_us, &o, ev->payload,
+                          ev->payload_len))
+      rc = fail("repair: append");
+    else
+      kept++;
+    bp_event_free(ev);
+    if (progress && (i + 1) % 10000 == 0) fprintf(stderr, "\r%zu of %zu events copied", i + 1, e.len);
+  }
+  if (progress && e.len >= 10000) fputc('\n', stderr);
+  bp_entries_free(&e);
+  bp_close(src);
+  if (bp_close(dst) && !rc) rc = fail("repair: close");
+  if (rc) return rc;
+  if (json_out)
+    printf("{\"kept\": %" PRIu64 ", \"unreadable_events\": %" PRIu64 ", \"torn_bytes\": %" PRIu64
+           ", \"batch_frames\": %" PRIu64 "}\n",
+           kept, unreadable, sd.torn_bytes_dropped, sd.batch_frames_dropped);
+  else
+    printf("kept %" PRIu64 " events in %s; dropped %" PRIu64 " unreadable events, %" PRIu64
+           " bytes after damage or a torn tail, %" PRIu64 " frames of interrupted batches\n",
+           kept, argv[0], unreadable, sd.torn_bytes_dropped, sd.batch_frames_dropped);
+  return 0;
 }
 
 static volatile sig_atomic_t interrupted;
@@ -432,7 +531,7 @@ static int cmd_tail(const char *dir, int argc, char **argv) {
   uint64_t from = 0;
   signal(SIGINT, on_sigint);
   for (;;) {
-    bp_store *s = open_store(dir, true, false);
+    bp_store *s = open_store(dir, OPEN_READ);
     if (!s) return 1;
     bp_cursor *c = bp_cursor_open(s, &r);
     bp_cursor_seek(c, from);
@@ -464,6 +563,7 @@ static const struct command {
     {"tail", cmd_tail, "print events, and with -f keep printing new ones (region options as query)"},
     {"stats", cmd_stats, "counts and how the store opened"},
     {"verify", cmd_verify, "check frames, footers, hash chains and the checkpoint"},
+    {"repair", cmd_repair, "copy what is readable of a damaged store into a new store: DEST"},
     {"snapshot", cmd_snapshot, "copy the store consistently: DEST"},
     {"export", cmd_export, "write every event as JSON lines to standard output"},
     {"import", cmd_import, "append JSON lines from standard input (as export writes them)"},
