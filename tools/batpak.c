@@ -11,6 +11,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <json-c/json.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -446,8 +447,31 @@ static int cmd_import(const char *dir, int argc, char **argv) {
  * frames before the damage) and without its checkpoint; an event whose frame
  * fails its CRC or does not decode when read is reported and left out. Every kept event keeps
  * its id, links, flags, timestamp and payload. */
+/* True when path is dir or lies inside it (path need not exist yet: the
+ * nearest existing ancestor decides). */
+static bool within(const char *dir, const char *path) {
+  char d[PATH_MAX], p[PATH_MAX], probe[PATH_MAX];
+  if (!realpath(dir, d)) return false;
+  snprintf(probe, sizeof probe, "%s", path);
+  while (!realpath(probe, p)) {
+    char *slash = strrchr(probe, '/');
+    if (!slash) {
+      if (!getcwd(p, sizeof p)) return false;
+      break;
+    }
+    if (slash == probe) slash[1] = 0;
+    else *slash = 0;
+  }
+  size_t n = strlen(d);
+  return strncmp(p, d, n) == 0 && (p[n] == 0 || p[n] == '/');
+}
+
 static int cmd_repair(const char *dir, int argc, char **argv) {
   if (argc < 1 || argv[0][0] == '-') return usage("usage: batpak repair DIR DEST\n");
+  if (within(dir, argv[0])) {
+    fprintf(stderr, "batpak: repair: %s is inside the store being repaired; give a directory outside it\n", argv[0]);
+    return 1;
+  }
   bp_store *src = open_store(dir, OPEN_SALVAGE);
   if (!src) return 1;
   bp_store *dst = open_store(argv[0], OPEN_IMPORT);
