@@ -108,6 +108,47 @@ static void empty_store_opens_and_closes_without_files(void **state) {
   assert_int_equal(sb.st_mode & 0777, 0700);
 }
 
+static void store_files_are_private_to_the_owner(void **state) {
+  fixture *f = *state;
+  umask(0022);
+  bp_store *s = open_ok(f);
+  append_text(s, &ALICE, "x");
+  assert_ok(bp_close(s));
+  const char *names[] = {"000001.fbat", "index.ckpt", "batpak.lock"};
+  for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/%s", f->dir, names[i]);
+    struct stat sb;
+    if (stat(p, &sb) != 0) fail_msg("%s: %s", names[i], strerror(errno));
+    if (sb.st_mode & 0077) fail_msg("%s has mode %o, expected no group or other access", names[i], sb.st_mode & 0777);
+  }
+}
+
+/* A symlink planted in the data directory under a segment's name is never
+ * followed: the open fails naming it, and its target is untouched. */
+static void planted_segment_symlink_is_not_followed(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  append_text(s, &ALICE, "x");
+  assert_ok(bp_close(s));
+  char target[4200], link_path[4200];
+  snprintf(target, sizeof target, "%s/elsewhere", f->tmp);
+  FILE *t = fopen(target, "w");
+  assert_non_null(t);
+  fputs("not a segment", t);
+  fclose(t);
+  snprintf(link_path, sizeof link_path, "%s/000002.fbat", f->dir);
+  assert_int_equal(symlink(target, link_path), 0);
+  bp_store *u = NULL;
+  assert_status(bp_open(&f->cfg, &u), BP_ECORRUPT);
+  assert_null(u);
+  assert_non_null(strstr(bp_last_error()->message, "000002.fbat is not a regular file"));
+  size_t len;
+  uint8_t *data = tu_read_file(target, &len);
+  tu_assert_bytes_eq(data, len, "not a segment", 13, "the symlink's target");
+  free(data);
+}
+
 static void second_open_in_the_same_process_is_locked(void **state) {
   fixture *f = *state;
   bp_store *s = open_ok(f), *t = NULL;
@@ -1218,6 +1259,8 @@ int main(void) {
       T(config_defaults_are_documented_values),
       T(config_zero_fields_fail_naming_the_field_and_create_nothing),
       T(empty_store_opens_and_closes_without_files),
+      T(store_files_are_private_to_the_owner),
+      T(planted_segment_symlink_is_not_followed),
       T(second_open_in_the_same_process_is_locked),
       T(open_from_another_process_is_locked),
       T(append_then_get_returns_every_field),
