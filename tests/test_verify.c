@@ -171,6 +171,52 @@ static void lying_sidx_entry_is_reported(void **state) {
   bp_verify_report_free(&r);
 }
 
+static void expect_problem(fixture *f, const char *where, const char *what) {
+  bp_verify_report r;
+  assert_status(bp_verify(f->dir, &r), BP_ECORRUPT);
+  if (!has_problem(&r, where, what)) {
+    dump(&r);
+    fail_msg("no problem \"%s\" at \"%s\"", what, where);
+  }
+  bp_verify_report_free(&r);
+}
+
+static void wrong_global_sequence_in_a_footer_is_reported(void **state) {
+  fixture *f = *state;
+  make_store(f);
+  /* Segment 2's footer: the global sequence of its first entry (u64 LE at +114). */
+  size_t n;
+  uint8_t *d = slurp(seg_path(f, 2), &n);
+  uint32_t count = bp__get_le32(d + n - 8);
+  long entries_at = (long)(n - 16 - (size_t)count * 154);
+  free(d);
+  uint8_t seq[8] = {0x63};
+  patch(seg_path(f, 2), entries_at + 114, seq, 8);
+  expect_problem(f, "segment 000002", "entry 0: global_sequence differs");
+}
+
+static void footer_with_a_damaged_magic_is_reported(void **state) {
+  fixture *f = *state;
+  make_store(f);
+  patch(seg_path(f, 1), -4, "SIDY", 4);
+  expect_problem(f, "segment 000001", "magic is damaged");
+}
+
+static void undefined_segment_header_flags_are_reported(void **state) {
+  fixture *f = *state;
+  make_store(f);
+  /* The header map's "flags" value follows its key. */
+  size_t n;
+  uint8_t *d = slurp(seg_path(f, 1), &n);
+  const uint8_t *key = memmem(d, 64, "flags", 5);
+  assert_non_null(key);
+  long at = (long)(key - d) + 5;
+  free(d);
+  uint8_t v = 0x04;
+  patch(seg_path(f, 1), at, &v, 1);
+  expect_problem(f, "segment 000001", "header flags 0x4");
+}
+
 static void damaged_checkpoint_is_reported(void **state) {
   fixture *f = *state;
   make_store(f);
@@ -215,6 +261,9 @@ int main(void) {
       T(payload_changed_behind_a_valid_crc_breaks_the_hashes),
       T(broken_prev_hash_link_is_named_by_entity_and_clock),
       T(lying_sidx_entry_is_reported),
+      T(wrong_global_sequence_in_a_footer_is_reported),
+      T(footer_with_a_damaged_magic_is_reported),
+      T(undefined_segment_header_flags_are_reported),
       T(damaged_checkpoint_is_reported),
       T(checkpoint_that_disagrees_with_the_segments_is_reported),
   };

@@ -79,7 +79,7 @@ typedef struct vframe {
 } vframe;
 
 static void check_footer(vctx *v, const char *where, const uint8_t *d, size_t size, size_t frames_end,
-                         const vframe *fr, size_t nfr) {
+                         const vframe *fr, size_t nfr, uint64_t first_seq) {
   const uint8_t *t = d + size - BP__SIDX_TRAILER_SIZE;
   uint64_t st_off = bp__get_le64(t), count = bp__get_le32(t + 8);
   if (st_off != frames_end) {
@@ -126,6 +126,7 @@ static void check_footer(vctx *v, const char *where, const uint8_t *d, size_t si
       else if (bp__get_le64(p + 102) != fr[i].off || bp__get_le32(p + 110) != fr[i].len) bad = "frame position";
       else if (!bp_id_eq(corr, f->header.correlation_id)) bad = "correlation_id";
       else if (!bp_id_eq(caus, f->header.causation_id)) bad = "causation_id";
+      else if (bp__get_le64(p + 114) != first_seq + i) bad = "global_sequence";
       if (bad) problem(v, where, "SIDX footer entry %" PRIu64 ": %s differs from the frame at offset %" PRIu64, i, bad,
                        fr[i].off);
     }
@@ -166,6 +167,8 @@ static void check_segment(vctx *v, const char *dir, uint64_t id) {
     return;
   }
   if (h.segment_id != id) problem(v, where, "header says segment %" PRIu64, h.segment_id);
+  if (h.flags != 0) problem(v, where, "header flags 0x%x are not defined by format version %u", h.flags, h.version);
+  uint64_t first_seq = v->rep->frames;
   size_t end = size;
   if (sealed && size >= off + BP__SIDX_TRAILER_SIZE) {
     uint64_t st_off = bp__get_le64(d + size - BP__SIDX_TRAILER_SIZE);
@@ -243,7 +246,16 @@ static void check_segment(vctx *v, const char *dir, uint64_t id) {
     vf->f.payload = NULL;
     off += BP__FRAME_PREFIX + (size_t)len;
   }
-  if (sealed) check_footer(v, where, d, size, off < end ? end : off, fr, nfr);
+  if (sealed) {
+    check_footer(v, where, d, size, off < end ? end : off, fr, nfr, first_seq);
+  } else if (nfr > 0 && size - off >= BP__SIDX_TRAILER_SIZE) {
+    /* Not sealed, yet what follows the frames is a footer in all but its
+     * magic: a damaged footer, not a torn tail. */
+    const uint8_t *t = d + size - BP__SIDX_TRAILER_SIZE;
+    uint64_t st_off = bp__get_le64(t), count = bp__get_le32(t + 8);
+    if (st_off == off && count == nfr && count * BP__SIDX_ENTRY_SIZE <= size - BP__SIDX_TRAILER_SIZE - off)
+      problem(v, where, "SIDX footer: the trailer's magic is damaged (the rest of the footer is intact)");
+  }
   free(fr);
   bp__buf_free(&scratch);
   munmap((void *)d, size);
