@@ -145,10 +145,7 @@ static bp_status read_entry(bp__mp_reader *r, bp__ientry *e, uint64_t *seq) {
     uint64_t v = 0;
     if ((st = bp__mp_read_str(r, &k, &kl))) break;
     int idx = bp__field_find(entry_fields, 14, i, k, kl);
-    if (idx >= 0) {
-      if (seen & (1u << idx)) return bp__fail(BP_ESERIAL, "checkpoint entry: duplicate field");
-      seen |= 1u << idx;
-    }
+    if (idx >= 0 && (st = bp__field_mark_seen(&seen, idx, entry_fields, "checkpoint entry"))) break;
     switch (idx) {
       case 0: st = bp__mp_read_id(r, &e->event_id); break;
       case 1: st = bp__mp_read_id(r, &e->correlation_id); break;
@@ -174,7 +171,7 @@ static bp_status read_entry(bp__mp_reader *r, bp__ientry *e, uint64_t *seq) {
       default: st = bp__mp_skip(r); break;
     }
   }
-  if (!st && seen != 0x3fff) st = bp__fail(BP_ESERIAL, "checkpoint entry: missing fields");
+  if (!st) st = bp__field_require(seen, 0x3fff, entry_fields, "checkpoint entry");
   return st;
 }
 

@@ -109,6 +109,23 @@ static inline int bp__field_find(const bp__field *f, int n, uint32_t hint, const
   return -1;
 }
 
+/* Records a field as seen; a field seen twice is an error, as serde rejects
+ * duplicate fields. record names the record in the message. */
+static inline bp_status bp__field_mark_seen(unsigned *seen, int idx, const bp__field *f, const char *record) {
+  if (*seen & (1u << idx)) return bp__fail(BP_ESERIAL, "%s: duplicate field \"%s\"", record, f[idx].name);
+  *seen |= 1u << idx;
+  return BP_OK;
+}
+
+/* Fails naming the first field whose bit in required is missing from seen. */
+static inline bp_status bp__field_require(unsigned seen, unsigned required, const bp__field *f, const char *record) {
+  unsigned missing = required & ~seen;
+  if (!missing) return BP_OK;
+  int i = 0;
+  while (!(missing & (1u << i))) i++;
+  return bp__fail(BP_ESERIAL, "%s: missing field \"%s\"", record, f[i].name);
+}
+
 /* Compares a key just read with a NUL-terminated literal. */
 static inline bool bp__mp_key_is(const char *key, uint32_t len, const char *lit) {
   size_t n = strlen(lit);

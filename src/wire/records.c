@@ -20,34 +20,6 @@ static bp_status read_key(bp__mp_reader *r, const char **k, uint32_t *klen) {
   return bp__mp_read_str(r, k, klen);
 }
 
-/* Fails naming the first field whose bit is missing from seen. */
-static bp_status require_fields(unsigned seen, unsigned required, const char *const *names,
-                                const char *record) {
-  unsigned missing = required & ~seen;
-  if (!missing) return BP_OK;
-  unsigned i = 0;
-  while (!(missing & (1u << i))) i++;
-  return bp__fail(BP_ESERIAL, "%s: missing field \"%s\"", record, names[i]);
-}
-
-/* Looks key up in names; returns its index or -1. Fields usually come in
- * declaration order, so names[hint] (the key's position in its map) is tried
- * first. */
-static int field_index(const char *key, uint32_t klen, const char *const *names, int n, uint32_t hint) {
-  if (hint < (uint32_t)n && strlen(names[hint]) == klen && memcmp(names[hint], key, klen) == 0)
-    return (int)hint;
-  for (int i = 0; i < n; i++)
-    if (bp__mp_key_is(key, klen, names[i])) return i;
-  return -1;
-}
-
-/* A bit for a field seen twice, which serde rejects as a duplicate field. */
-static bp_status mark_seen(unsigned *seen, int idx, const char *const *names, const char *record) {
-  if (*seen & (1u << idx)) return bp__fail(BP_ESERIAL, "%s: duplicate field \"%s\"", record, names[idx]);
-  *seen |= 1u << idx;
-  return BP_OK;
-}
-
 static bp_status check_end(const bp__mp_reader *r, const char *record) {
   if (bp__mp_remaining(r) != 0)
     return bp__fail(BP_ESERIAL, "%s: %zu trailing bytes after offset %zu", record,
@@ -136,7 +108,12 @@ bp_status bp__frame_encode(bp__buf *b, const bp__frame *f) {
   return BP_OK;
 }
 
-static const char *const position_fields[] = {"wall_ms", "counter", "depth", "lane", "sequence"};
+static const bp__field position_fields[] = {
+    BP__FIELD("wall_ms"),
+    BP__FIELD("counter"),
+    BP__FIELD("depth"),
+    BP__FIELD("lane"),
+    BP__FIELD("sequence")};
 
 static bp_status decode_position(bp__mp_reader *r, bp_position *p) {
   uint32_t n;
@@ -146,8 +123,8 @@ static bp_status decode_position(bp__mp_reader *r, bp_position *p) {
     const char *k;
     uint32_t kl;
     if ((st = read_key(r, &k, &kl))) break;
-    int idx = field_index(k, kl, position_fields, 5, i);
-    if (idx >= 0 && (st = mark_seen(&seen, idx, position_fields, "position"))) break;
+    int idx = bp__field_find(position_fields, 5, i, k, kl);
+    if (idx >= 0 && (st = bp__field_mark_seen(&seen, idx, position_fields, "position"))) break;
     switch (idx) {
       case 0: st = bp__mp_read_u64(r, &p->wall_ms); break;
       case 1: st = bp__mp_read_u16(r, &p->counter); break;
@@ -157,13 +134,20 @@ static bp_status decode_position(bp__mp_reader *r, bp_position *p) {
       default: st = bp__mp_skip(r); break;
     }
   }
-  if (!st) st = require_fields(seen, 0x1f, position_fields, "position");
+  if (!st) st = bp__field_require(seen, 0x1f, position_fields, "position");
   return st;
 }
 
-static const char *const header_fields[] = {
-    "event_id", "correlation_id", "causation_id", "timestamp_us", "position",
-    "payload_size", "event_kind", "flags", "content_hash"};
+static const bp__field header_fields[] = {
+    BP__FIELD("event_id"),
+    BP__FIELD("correlation_id"),
+    BP__FIELD("causation_id"),
+    BP__FIELD("timestamp_us"),
+    BP__FIELD("position"),
+    BP__FIELD("payload_size"),
+    BP__FIELD("event_kind"),
+    BP__FIELD("flags"),
+    BP__FIELD("content_hash")};
 
 static bp_status decode_header(bp__mp_reader *r, bp_header *h) {
   uint32_t n;
@@ -175,8 +159,8 @@ static bp_status decode_header(bp__mp_reader *r, bp_header *h) {
     uint32_t kl;
     bool present = false;
     if ((st = read_key(r, &k, &kl))) break;
-    int idx = field_index(k, kl, header_fields, 9, i);
-    if (idx >= 0 && (st = mark_seen(&seen, idx, header_fields, "header"))) break;
+    int idx = bp__field_find(header_fields, 9, i, k, kl);
+    if (idx >= 0 && (st = bp__field_mark_seen(&seen, idx, header_fields, "header"))) break;
     switch (idx) {
       case 0: st = bp__mp_read_id(r, &h->event_id); break;
       case 1: st = bp__mp_read_id(r, &h->correlation_id); break;
@@ -194,11 +178,11 @@ static bp_status decode_header(bp__mp_reader *r, bp_header *h) {
     }
   }
   /* content_hash has a serde default; every other field is required. */
-  if (!st) st = require_fields(seen, 0xff, header_fields, "header");
+  if (!st) st = bp__field_require(seen, 0xff, header_fields, "header");
   return st;
 }
 
-static const char *const chain_fields[] = {"prev_hash", "event_hash"};
+static const bp__field chain_fields[] = {BP__FIELD("prev_hash"), BP__FIELD("event_hash")};
 
 static bp_status decode_chain(bp__mp_reader *r, bp_hash_chain *c) {
   uint32_t n;
@@ -208,17 +192,17 @@ static bp_status decode_chain(bp__mp_reader *r, bp_hash_chain *c) {
     const char *k;
     uint32_t kl;
     if ((st = read_key(r, &k, &kl))) break;
-    int idx = field_index(k, kl, chain_fields, 2, i);
-    if (idx >= 0 && (st = mark_seen(&seen, idx, chain_fields, "hash_chain"))) break;
+    int idx = bp__field_find(chain_fields, 2, i, k, kl);
+    if (idx >= 0 && (st = bp__field_mark_seen(&seen, idx, chain_fields, "hash_chain"))) break;
     if (idx == 0) st = bp__mp_read_fixed_bytes(r, c->prev_hash, 32);
     else if (idx == 1) st = bp__mp_read_fixed_bytes(r, c->event_hash, 32);
     else st = bp__mp_skip(r);
   }
-  if (!st) st = require_fields(seen, 0x3, chain_fields, "hash_chain");
+  if (!st) st = bp__field_require(seen, 0x3, chain_fields, "hash_chain");
   return st;
 }
 
-static const char *const event_fields[] = {"header", "payload", "hash_chain"};
+static const bp__field event_fields[] = {BP__FIELD("header"), BP__FIELD("payload"), BP__FIELD("hash_chain")};
 
 static bp_status decode_event(bp__mp_reader *r, bp__buf *scratch, bp__frame *f) {
   uint32_t n;
@@ -229,8 +213,8 @@ static bp_status decode_event(bp__mp_reader *r, bp__buf *scratch, bp__frame *f) 
     uint32_t kl;
     bool present = false;
     if ((st = read_key(r, &k, &kl))) break;
-    int idx = field_index(k, kl, event_fields, 3, i);
-    if (idx >= 0 && (st = mark_seen(&seen, idx, event_fields, "event"))) break;
+    int idx = bp__field_find(event_fields, 3, i, k, kl);
+    if (idx >= 0 && (st = bp__field_mark_seen(&seen, idx, event_fields, "event"))) break;
     switch (idx) {
       case 0: st = decode_header(r, &f->header); break;
       case 1: st = bp__mp_read_bytes(r, scratch, &f->payload, &f->payload_len); break;
@@ -243,11 +227,11 @@ static bp_status decode_event(bp__mp_reader *r, bp__buf *scratch, bp__frame *f) 
     }
   }
   /* hash_chain is an Option: absent means none. */
-  if (!st) st = require_fields(seen, 0x3, event_fields, "event");
+  if (!st) st = bp__field_require(seen, 0x3, event_fields, "event");
   return st;
 }
 
-static const char *const frame_fields[] = {"event", "entity", "scope"};
+static const bp__field frame_fields[] = {BP__FIELD("event"), BP__FIELD("entity"), BP__FIELD("scope")};
 
 bp_status bp__frame_decode_body(const uint8_t *body, size_t len, bp__buf *scratch, bp__frame *f) {
   bp__mp_reader r;
@@ -260,8 +244,8 @@ bp_status bp__frame_decode_body(const uint8_t *body, size_t len, bp__buf *scratc
     const char *k;
     uint32_t kl, sl;
     if ((st = read_key(&r, &k, &kl))) break;
-    int idx = field_index(k, kl, frame_fields, 3, i);
-    if (idx >= 0 && (st = mark_seen(&seen, idx, frame_fields, "frame"))) break;
+    int idx = bp__field_find(frame_fields, 3, i, k, kl);
+    if (idx >= 0 && (st = bp__field_mark_seen(&seen, idx, frame_fields, "frame"))) break;
     switch (idx) {
       case 0: st = decode_event(&r, scratch, f); break;
       case 1: st = bp__mp_read_str(&r, &f->entity, &sl); f->entity_len = sl; break;
@@ -269,7 +253,7 @@ bp_status bp__frame_decode_body(const uint8_t *body, size_t len, bp__buf *scratc
       default: st = bp__mp_skip(&r); break;
     }
   }
-  if (!st) st = require_fields(seen, 0x7, frame_fields, "frame");
+  if (!st) st = bp__field_require(seen, 0x7, frame_fields, "frame");
   if (!st) st = check_end(&r, "frame");
   if (!st && f->payload_len != f->header.payload_size)
     st = bp__fail(BP_ESERIAL, "frame: payload has %zu bytes but payload_size says %u",
@@ -297,7 +281,11 @@ void bp__segment_header_encode(bp__buf *b, const bp__segment_header *h) {
   if (!b->oom) bp__put_be32(b->data + len_at, (uint32_t)(b->len - start));
 }
 
-static const char *const segment_fields[] = {"version", "flags", "created_ns", "segment_id"};
+static const bp__field segment_fields[] = {
+    BP__FIELD("version"),
+    BP__FIELD("flags"),
+    BP__FIELD("created_ns"),
+    BP__FIELD("segment_id")};
 
 bp_status bp__segment_header_decode(const uint8_t *data, size_t len, bp__segment_header *h,
                                     size_t *consumed) {
@@ -317,8 +305,8 @@ bp_status bp__segment_header_decode(const uint8_t *data, size_t len, bp__segment
     const char *k;
     uint32_t kl;
     if ((st = read_key(&r, &k, &kl))) break;
-    int idx = field_index(k, kl, segment_fields, 4, i);
-    if (idx >= 0 && (st = mark_seen(&seen, idx, segment_fields, "segment header"))) break;
+    int idx = bp__field_find(segment_fields, 4, i, k, kl);
+    if (idx >= 0 && (st = bp__field_mark_seen(&seen, idx, segment_fields, "segment header"))) break;
     switch (idx) {
       case 0: st = bp__mp_read_u32(&r, &h->version); break;
       case 1: st = bp__mp_read_u32(&r, &h->flags); break;
@@ -327,7 +315,7 @@ bp_status bp__segment_header_decode(const uint8_t *data, size_t len, bp__segment
       default: st = bp__mp_skip(&r); break;
     }
   }
-  if (!st) st = require_fields(seen, 0xf, segment_fields, "segment header");
+  if (!st) st = bp__field_require(seen, 0xf, segment_fields, "segment header");
   if (!st) st = check_end(&r, "segment header");
   if (st) return bp__fail(BP_ECORRUPT, "segment header: %s", bp_last_error()->message);
   if (h->version != BP__SEGMENT_VERSION)
@@ -346,7 +334,7 @@ void bp__coord_encode(bp__buf *b, const char *entity, size_t elen, const char *s
   bp__mp_put_str(b, scope, slen);
 }
 
-static const char *const coord_fields[] = {"entity", "scope"};
+static const bp__field coord_fields[] = {BP__FIELD("entity"), BP__FIELD("scope")};
 
 bp_status bp__coord_decode(const uint8_t *data, size_t len, const char **entity, size_t *elen,
                            const char **scope, size_t *slen) {
@@ -359,13 +347,13 @@ bp_status bp__coord_decode(const uint8_t *data, size_t len, const char **entity,
     const char *k;
     uint32_t kl;
     if ((st = read_key(&r, &k, &kl))) break;
-    int idx = field_index(k, kl, coord_fields, 2, i);
-    if (idx >= 0 && (st = mark_seen(&seen, idx, coord_fields, "coordinate"))) break;
+    int idx = bp__field_find(coord_fields, 2, i, k, kl);
+    if (idx >= 0 && (st = bp__field_mark_seen(&seen, idx, coord_fields, "coordinate"))) break;
     if (idx == 0) { st = bp__mp_read_str(&r, entity, &sl); *elen = sl; }
     else if (idx == 1) { st = bp__mp_read_str(&r, scope, &sl); *slen = sl; }
     else st = bp__mp_skip(&r);
   }
-  if (!st) st = require_fields(seen, 0x3, coord_fields, "coordinate");
+  if (!st) st = bp__field_require(seen, 0x3, coord_fields, "coordinate");
   if (!st) st = check_end(&r, "coordinate");
   return st;
 }
@@ -384,7 +372,11 @@ void bp__committed_encode(bp__buf *b, const bp__committed *c) {
   bp__mp_put_byte_array(b, c->hash, 32);
 }
 
-static const char *const committed_fields[] = {"payload", "event_id", "sequence", "hash"};
+static const bp__field committed_fields[] = {
+    BP__FIELD("payload"),
+    BP__FIELD("event_id"),
+    BP__FIELD("sequence"),
+    BP__FIELD("hash")};
 
 bp_status bp__committed_decode(const uint8_t *data, size_t len, bp__committed *c) {
   bp__mp_reader r;
@@ -397,8 +389,8 @@ bp_status bp__committed_decode(const uint8_t *data, size_t len, bp__committed *c
     const char *k;
     uint32_t kl;
     if ((st = read_key(&r, &k, &kl))) break;
-    int idx = field_index(k, kl, committed_fields, 4, i);
-    if (idx >= 0 && (st = mark_seen(&seen, idx, committed_fields, "committed"))) break;
+    int idx = bp__field_find(committed_fields, 4, i, k, kl);
+    if (idx >= 0 && (st = bp__field_mark_seen(&seen, idx, committed_fields, "committed"))) break;
     switch (idx) {
       case 0: {
         const uint8_t *at = r.p;
@@ -413,7 +405,7 @@ bp_status bp__committed_decode(const uint8_t *data, size_t len, bp__committed *c
       default: st = bp__mp_skip(&r); break;
     }
   }
-  if (!st) st = require_fields(seen, 0xf, committed_fields, "committed");
+  if (!st) st = bp__field_require(seen, 0xf, committed_fields, "committed");
   if (!st) st = check_end(&r, "committed");
   return st;
 }
@@ -470,7 +462,7 @@ static bp_status read_id_vec(bp__mp_reader *r, bp_id **ids, size_t *n) {
 }
 
 /* An externally tagged enum variant: a one-entry map {name: value}. */
-static bp_status read_variant(bp__mp_reader *r, const char *const *names, int n, int *which,
+static bp_status read_variant(bp__mp_reader *r, const bp__field *names, int n, int *which,
                               const char *record) {
   uint32_t pairs;
   bp_status st = bp__mp_read_map(r, &pairs);
@@ -479,18 +471,23 @@ static bp_status read_variant(bp__mp_reader *r, const char *const *names, int n,
   const char *k;
   uint32_t kl;
   if ((st = read_key(r, &k, &kl))) return st;
-  *which = field_index(k, kl, names, n, 0);
+  *which = bp__field_find(names, n, 0, k, kl);
   if (*which < 0) return bp__fail(BP_ESERIAL, "%s: unknown variant \"%.*s\"", record, (int)kl, k);
   return BP_OK;
 }
 
 /* --------------------------------------------------------- wait condition */
 
-static const char *const wait_variants[] = {"Timeout", "Event", "All", "Any", "Custom"};
+static const bp__field wait_variants[] = {
+    BP__FIELD("Timeout"),
+    BP__FIELD("Event"),
+    BP__FIELD("All"),
+    BP__FIELD("Any"),
+    BP__FIELD("Custom")};
 
 void bp__wait_encode(bp__buf *b, const bp__wait *w) {
   bp__mp_put_map(b, 1);
-  put_key(b, wait_variants[w->kind]);
+  put_key(b, wait_variants[w->kind].name);
   switch (w->kind) {
     case BP__WAIT_TIMEOUT:
       bp__mp_put_map(b, 1);
@@ -519,7 +516,7 @@ void bp__wait_encode(bp__buf *b, const bp__wait *w) {
 
 #define WAIT_MAX_DEPTH 64
 
-static bp_status decode_fields_map(bp__mp_reader *r, const char *const *names, int n,
+static bp_status decode_fields_map(bp__mp_reader *r, const bp__field *names, int n,
                                    unsigned required, const char *record,
                                    bp_status (*field)(bp__mp_reader *, int, void *), void *ctx) {
   uint32_t pairs;
@@ -529,17 +526,17 @@ static bp_status decode_fields_map(bp__mp_reader *r, const char *const *names, i
     const char *k;
     uint32_t kl;
     if ((st = read_key(r, &k, &kl))) break;
-    int idx = field_index(k, kl, names, n, i);
-    if (idx >= 0 && (st = mark_seen(&seen, idx, names, record))) break;
+    int idx = bp__field_find(names, n, i, k, kl);
+    if (idx >= 0 && (st = bp__field_mark_seen(&seen, idx, names, record))) break;
     st = idx >= 0 ? field(r, idx, ctx) : bp__mp_skip(r);
   }
-  if (!st) st = require_fields(seen, required, names, record);
+  if (!st) st = bp__field_require(seen, required, names, record);
   return st;
 }
 
-static const char *const timeout_fields[] = {"resume_at_ms"};
-static const char *const event_id_fields[] = {"event_id"};
-static const char *const wait_custom_fields[] = {"tag", "data"};
+static const bp__field timeout_fields[] = {BP__FIELD("resume_at_ms")};
+static const bp__field event_id_fields[] = {BP__FIELD("event_id")};
+static const bp__field wait_custom_fields[] = {BP__FIELD("tag"), BP__FIELD("data")};
 
 static bp_status wait_field(bp__mp_reader *r, int idx, void *ctx) {
   bp__wait *w = ctx;
@@ -602,15 +599,19 @@ void bp__wait_free(bp__wait *w) {
 
 /* ----------------------------------------------------- compensation action */
 
-static const char *const comp_variants[] = {"Rollback", "Notify", "Release", "Custom"};
-static const char *const rollback_fields[] = {"event_ids"};
-static const char *const notify_fields[] = {"target_id", "message"};
-static const char *const release_fields[] = {"resource_ids"};
-static const char *const comp_custom_fields[] = {"action_type", "data"};
+static const bp__field comp_variants[] = {
+    BP__FIELD("Rollback"),
+    BP__FIELD("Notify"),
+    BP__FIELD("Release"),
+    BP__FIELD("Custom")};
+static const bp__field rollback_fields[] = {BP__FIELD("event_ids")};
+static const bp__field notify_fields[] = {BP__FIELD("target_id"), BP__FIELD("message")};
+static const bp__field release_fields[] = {BP__FIELD("resource_ids")};
+static const bp__field comp_custom_fields[] = {BP__FIELD("action_type"), BP__FIELD("data")};
 
 void bp__compensation_encode(bp__buf *b, const bp__compensation *c) {
   bp__mp_put_map(b, 1);
-  put_key(b, comp_variants[c->kind]);
+  put_key(b, comp_variants[c->kind].name);
   switch (c->kind) {
     case BP__COMP_ROLLBACK:
     case BP__COMP_RELEASE:
