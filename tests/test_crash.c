@@ -91,11 +91,16 @@ static void *child_worker(void *arg) {
   return NULL;
 }
 
+/* The seed's store settings, for the child and for the reopen. */
+static void seed_config(bp_config *cfg, const char *dir, unsigned seed) {
+  bp_config_init(cfg, dir);
+  cfg->segment_max_bytes = 8192u << (seed % 3); /* rotations every few dozen events */
+}
+
 /* The child: opens the store and appends until killed. */
 static void run_child(const char *dir, unsigned seed, int fd) {
   bp_config cfg;
-  bp_config_init(&cfg, dir);
-  cfg.segment_max_bytes = 8192u << (seed % 3); /* rotations every few dozen events */
+  seed_config(&cfg, dir, seed);
   cfg.sync_every_n_events = seed % 2 ? 1 : 1000;
   cfg.group_commit_max_batch = seed % 4 == 3 ? 8 : 1;
   bp_store *s;
@@ -148,8 +153,7 @@ static void check_payload(bp_store *s, bp_id id, uint32_t thread, uint32_t n, in
  * events the store holds. */
 static uint64_t check_store(const char *dir, const ack *acks, size_t nacks, unsigned seed) {
   bp_config cfg;
-  bp_config_init(&cfg, dir);
-  cfg.segment_max_bytes = 8192u << (seed % 3);
+  seed_config(&cfg, dir, seed);
   bp_store *s;
   assert_ok(bp_open(&cfg, &s));
 
