@@ -458,6 +458,45 @@ BP_API void bp_watcher_close(bp_watcher *watcher);
  * to the last acknowledged frame. Errors: BP_EINVAL (dest_dir), BP_EIO. */
 BP_API bp_status bp_snapshot(bp_store *store, const char *dest_dir);
 
+/* ------------------------------------------------------------ compaction */
+
+#define BP_COMPACT_MERGE 0      /* keep every event */
+#define BP_COMPACT_RETENTION 1  /* leave out the events keep() rejects */
+#define BP_COMPACT_TOMBSTONE 2  /* rewrite the events keep() rejects as kind BP_KIND_TOMBSTONE */
+
+typedef struct bp_compaction_config {
+  int strategy;                 /* BP_COMPACT_MERGE, _RETENTION or _TOMBSTONE */
+  /* Retention and tombstone: false for the events to drop or tombstone. Called
+   * once per event of the merged segments, on the calling thread; the event is
+   * valid only during the call. */
+  bool (*keep)(const bp_event *ev, void *ctx);
+  void *ctx;
+  size_t min_segments;          /* merge only when at least this many are sealed; 0 means 2 */
+} bp_compaction_config;
+
+typedef struct bp_compaction_result {
+  size_t segments_removed;      /* segment files that no longer exist */
+  uint64_t bytes_reclaimed;     /* their bytes minus the merged segment's */
+} bp_compaction_result;
+
+/* Merges every segment below the highest (the sealed ones; the active segment
+ * is never touched) into one segment that takes the lowest of their ids, by
+ * the strategy, when there are at least min_segments of them; then rebuilds
+ * the index and writes a checkpoint. With fewer it succeeds and changes
+ * nothing (result all zero).
+ *
+ * Appends continue while the new segment is written and wait only for the
+ * swap at the end; reads wait for it too. A crash at any point leaves either
+ * the old segments or the new one. Retention renumbers the global sequences
+ * of every later event (cursors follow; bp_entry values taken before do not);
+ * retention and tombstone clear the projection cache. Strings of events read
+ * before stay valid. Do not call it from a callback of a query, cursor or
+ * projection of the same store.
+ * Errors: BP_EINVAL (strategy, a missing keep), BP_EREADONLY, BP_EIO,
+ * BP_ECRC / BP_ECORRUPT (a damaged frame in a segment to merge: nothing is
+ * changed), BP_ENOMEM. On error the store is as it was. */
+BP_API bp_status bp_compact(bp_store *store, const bp_compaction_config *cfg, bp_compaction_result *result);
+
 /* ------------------------------------------------------------ verification */
 
 typedef struct bp_verify_problem {

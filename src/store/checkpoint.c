@@ -73,6 +73,10 @@ bp_status bp__checkpoint_write(bp_store *s) {
   struct stat sb;
   if (lstat(seg_path, &sb) != 0) return bp__fail_errno(BP_EIO, errno, "checkpoint: stat %s", seg_path);
   wm_off = (uint64_t)sb.st_size;
+  /* The active segment (a checkpoint after a compaction) has space allocated
+   * ahead of its frames: later frames go there, so the watermark is its end of
+   * frames. The caller holds wlock. */
+  if (s->wfd >= 0 && s->wseg == wm_seg) wm_off = s->wsize;
 
   bp__buf b;
   bp__buf_init(&b);

@@ -32,6 +32,7 @@ struct bp_cursor {
   char *path;                 /* durable: the cursor file */
   bool has_last;
   bp_id last_id;
+  uint64_t generation;        /* the store's compaction generation `position` belongs to */
 };
 
 static char *dup_or_null(const char *s, bool *oom) {
@@ -50,6 +51,7 @@ static bp_cursor *cursor_new(bp_store *s, const bp_region *r) {
   bool oom = !c;
   if (c) {
     c->store = s;
+    c->generation = atomic_load(&s->generation);
     c->region = *r;
     c->prefix = dup_or_null(r->entity_prefix, &oom);
     c->scope = dup_or_null(r->scope, &oom);
@@ -74,12 +76,37 @@ void bp_cursor_close(bp_cursor *c) {
   free(c);
 }
 
-uint64_t bp_cursor_position(const bp_cursor *c) { return c->position; }
-void bp_cursor_seek(bp_cursor *c, uint64_t position) { c->position = position; }
+uint64_t bp_cursor_position(const bp_cursor *c) {
+  bp__view_enter(c->store);
+  uint64_t pos = bp__compact_translate(c->store, c->generation, c->position);
+  bp__view_leave(c->store);
+  return pos;
+}
+
+void bp_cursor_seek(bp_cursor *c, uint64_t position) {
+  c->position = position;
+  c->generation = atomic_load(&c->store->generation);
+}
+
+/* Brings the position into the numbering of the latest compaction (view lock held). */
+static void catch_up(bp_cursor *c) {
+  uint64_t gen = atomic_load(&c->store->generation);
+  if (c->generation == gen) return;
+  c->position = bp__compact_translate(c->store, c->generation, c->position);
+  c->generation = gen;
+}
+
+static uint64_t behind_locked(const bp_cursor *c) {
+  uint64_t v = bp__index_visible(&c->store->ix);
+  uint64_t pos = bp__compact_translate(c->store, c->generation, c->position);
+  return v > pos ? v - pos : 0;
+}
 
 uint64_t bp_cursor_behind(const bp_cursor *c) {
-  uint64_t v = bp__index_visible(&c->store->ix);
-  return v > c->position ? v - c->position : 0;
+  bp__view_enter(c->store);
+  uint64_t n = behind_locked(c);
+  bp__view_leave(c->store);
+  return n;
 }
 
 /* The stream that serves the region, or NULL to examine the log itself. An
@@ -169,17 +196,17 @@ static size_t poll_seqs(bp_cursor *c, uint64_t *out, size_t max) {
 bp_status bp_cursor_poll(bp_cursor *c, bp_entry *out) {
   if (!c || !out) return bp__fail(BP_EINVAL, "bp_cursor_poll: NULL argument");
   uint64_t seq;
-  if (poll_seqs(c, &seq, 1) == 0) return bp__fail(BP_ENOTFOUND, "cursor: nothing new");
-  bp__entry_from_index(c->store, seq, out);
-  return BP_OK;
+  bp__view_enter(c->store);
+  catch_up(c);
+  bool got = poll_seqs(c, &seq, 1) == 1;
+  if (got) bp__entry_from_index(c->store, seq, out);
+  bp__view_leave(c->store);
+  return got ? BP_OK : bp__fail(BP_ENOTFOUND, "cursor: nothing new");
 }
 
-bp_status bp_cursor_poll_batch(bp_cursor *c, size_t max, bp_entries *out) {
-  if (!c || !out) return bp__fail(BP_EINVAL, "bp_cursor_poll_batch: NULL argument");
-  out->items = NULL;
-  out->len = 0;
-  if (max == 0) return BP_OK;
-  uint64_t behind = bp_cursor_behind(c);
+static bp_status poll_batch_locked(bp_cursor *c, size_t max, bp_entries *out) {
+  catch_up(c);
+  uint64_t behind = behind_locked(c);
   size_t cap = max < behind ? max : (size_t)behind;
   if (cap == 0) return BP_OK;
   uint64_t *seqs = malloc(cap * sizeof *seqs);
@@ -199,6 +226,17 @@ bp_status bp_cursor_poll_batch(bp_cursor *c, size_t max, bp_entries *out) {
   out->items = items;
   out->len = got;
   return BP_OK;
+}
+
+bp_status bp_cursor_poll_batch(bp_cursor *c, size_t max, bp_entries *out) {
+  if (!c || !out) return bp__fail(BP_EINVAL, "bp_cursor_poll_batch: NULL argument");
+  out->items = NULL;
+  out->len = 0;
+  if (max == 0) return BP_OK;
+  bp__view_enter(c->store);
+  bp_status st = poll_batch_locked(c, max, out);
+  bp__view_leave(c->store);
+  return st;
 }
 
 /* ---------------------------------------------------------------- durable */
@@ -258,7 +296,9 @@ bp_cursor *bp_cursor_open_durable(bp_store *s, const char *name, const bp_region
   if (c->has_last) {
     /* Re-anchor on the last delivered event: a compaction may have renumbered it. */
     uint64_t seq;
+    bp__view_enter(s);
     if (bp__index_find_id(&s->ix, c->last_id, bp__index_visible(&s->ix), &seq)) c->position = seq + 1;
+    bp__view_leave(s);
   }
   return c;
 }

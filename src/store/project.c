@@ -78,12 +78,9 @@ static void cache_store(bp_store *s, const bp_projection *p, void *ctx, const vo
   free(bytes);
 }
 
-bp_status bp_project(bp_store *s, const char *entity, const bp_projection *p, void *ctx, bp_freshness fresh,
-                     void *state) {
-  if (!s || !entity || !p || !state) return bp__fail(BP_EINVAL, "bp_project: NULL argument");
-  if (p->version != BP_PROJECTION_VERSION || !p->name || !p->init || !p->apply)
-    return bp__fail(BP_EINVAL, "bp_project: the projection needs version %u, a name, init and apply",
-                    BP_PROJECTION_VERSION);
+/* bp_project with the view lock held. */
+static bp_status project_locked(bp_store *s, const char *entity, const bp_projection *p, void *ctx,
+                                bp_freshness fresh, void *state) {
   uint64_t limit = bp__index_visible(&s->ix);
   const bp__name *nm = bp__index_find_name(&s->ix, entity, strlen(entity));
   uint32_t n = 0;
@@ -142,6 +139,18 @@ bp_status bp_project(bp_store *s, const char *entity, const bp_projection *p, vo
   if (!st) st = apply_range(s, p, ctx, state, v, 0, (uint32_t)last + 1);
   if (!st && cacheable) cache_store(s, p, ctx, state, key, klen, watermark);
   free(key);
+  return st;
+}
+
+bp_status bp_project(bp_store *s, const char *entity, const bp_projection *p, void *ctx, bp_freshness fresh,
+                     void *state) {
+  if (!s || !entity || !p || !state) return bp__fail(BP_EINVAL, "bp_project: NULL argument");
+  if (p->version != BP_PROJECTION_VERSION || !p->name || !p->init || !p->apply)
+    return bp__fail(BP_EINVAL, "bp_project: the projection needs version %u, a name, init and apply",
+                    BP_PROJECTION_VERSION);
+  bp__view_enter(s);
+  bp_status st = project_locked(s, entity, p, ctx, fresh, state);
+  bp__view_leave(s);
   return st;
 }
 

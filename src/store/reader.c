@@ -27,16 +27,20 @@ void bp__entry_from_index(const bp_store *s, uint64_t seq, bp_entry *out) {
   out->global_sequence = seq;
 }
 
+static bp_status not_found(bp_id id) {
+  char hex[33];
+  bp_id_to_hex(id, hex);
+  return bp__fail(BP_ENOTFOUND, "event %s is not in the store", hex);
+}
+
 bp_status bp_get_entry(bp_store *s, bp_id id, bp_entry *out) {
   if (!s || !out) return bp__fail(BP_EINVAL, "bp_get_entry: NULL argument");
   uint64_t seq;
-  if (!bp__index_find_id(&s->ix, id, bp__index_visible(&s->ix), &seq)) {
-    char hex[33];
-    bp_id_to_hex(id, hex);
-    return bp__fail(BP_ENOTFOUND, "event %s is not in the store", hex);
-  }
-  bp__entry_from_index(s, seq, out);
-  return BP_OK;
+  bp__view_enter(s);
+  bool found = bp__index_find_id(&s->ix, id, bp__index_visible(&s->ix), &seq);
+  if (found) bp__entry_from_index(s, seq, out);
+  bp__view_leave(s);
+  return found ? BP_OK : not_found(id);
 }
 
 bp_status bp__read_event(bp_store *s, uint64_t seq, bp__evread *rd) {
@@ -65,6 +69,7 @@ bp_status bp__read_event(bp_store *s, uint64_t seq, bp__evread *rd) {
   }
   if (!bp_id_eq(f.header.event_id, e->event_id))
     return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame holds another event", seg, off);
+  rd->raw = frame;
   rd->ev.header = f.header;
   rd->ev.entity = bp__index_name(&s->ix, e->entity)->str;
   rd->ev.scope = bp__index_name(&s->ix, e->scope)->str;
@@ -80,15 +85,10 @@ void bp__evread_free(bp__evread *rd) {
   bp__buf_free(&rd->scratch);
 }
 
-bp_status bp_get(bp_store *s, bp_id id, bp_event **out) {
-  if (out) *out = NULL;
-  if (!s || !out) return bp__fail(BP_EINVAL, "bp_get: NULL argument");
+/* bp_get with the view lock held. */
+static bp_status get_locked(bp_store *s, bp_id id, bp_event **out) {
   uint64_t seq;
-  if (!bp__index_find_id(&s->ix, id, bp__index_visible(&s->ix), &seq)) {
-    char hex[33];
-    bp_id_to_hex(id, hex);
-    return bp__fail(BP_ENOTFOUND, "event %s is not in the store", hex);
-  }
+  if (!bp__index_find_id(&s->ix, id, bp__index_visible(&s->ix), &seq)) return not_found(id);
   bp__evread rd;
   memset(&rd, 0, sizeof rd);
   bp_status st = bp__read_event(s, seq, &rd);
@@ -113,6 +113,15 @@ bp_status bp_get(bp_store *s, bp_id id, bp_event **out) {
     }
   }
   bp__evread_free(&rd);
+  return st;
+}
+
+bp_status bp_get(bp_store *s, bp_id id, bp_event **out) {
+  if (out) *out = NULL;
+  if (!s || !out) return bp__fail(BP_EINVAL, "bp_get: NULL argument");
+  bp__view_enter(s);
+  bp_status st = get_locked(s, id, out);
+  bp__view_leave(s);
   return st;
 }
 
@@ -343,10 +352,12 @@ static bool collect(const bp_entry *e, void *ctx) {
 
 static bp_status run_query(bp_store *s, const bp_region *r, const char *exact_entity, visit_fn visit,
                            void *ctx, collect_ctx *sizing) {
+  bp__view_enter(s);
   uint64_t limit = bp__index_visible(&s->ix);
   qplan plan;
   bp_status st = plan_region(s, r, &plan);
   if (!st) st = run_planned(s, r, exact_entity, visit, ctx, sizing, limit, &plan);
+  bp__view_leave(s);
   free(plan.prefix_ok);
   return st;
 }
@@ -391,16 +402,9 @@ bp_status bp_by_fact(bp_store *s, bp_kind kind, bp_entries *out) {
 
 /* --------------------------------------------------------------- ancestors */
 
-bp_status bp_walk_ancestors(bp_store *s, bp_id id, size_t limit, bp_events *out) {
-  if (!s || !out) return bp__fail(BP_EINVAL, "bp_walk_ancestors: NULL argument");
-  out->items = NULL;
-  out->len = 0;
+static bp_status walk_locked(bp_store *s, bp_id id, size_t limit, bp_events *out) {
   uint64_t visible = bp__index_visible(&s->ix), seq;
-  if (!bp__index_find_id(&s->ix, id, visible, &seq)) {
-    char hex[33];
-    bp_id_to_hex(id, hex);
-    return bp__fail(BP_ENOTFOUND, "event %s is not in the store", hex);
-  }
+  if (!bp__index_find_id(&s->ix, id, visible, &seq)) return not_found(id);
   if (limit == 0) return BP_OK;
   const bp__ientry *start = bp__index_at(&s->ix, seq);
   const bp__name *ent = bp__index_name(&s->ix, start->entity);
@@ -421,7 +425,7 @@ bp_status bp_walk_ancestors(bp_store *s, bp_id id, size_t limit, bp_events *out)
   for (size_t k = 0; k < count && !st; k++) {
     uint64_t at = v[lo - k];
     const bp__ientry *e = bp__index_at(&s->ix, at);
-    if ((st = bp_get(s, e->event_id, &items[got]))) break;
+    if ((st = get_locked(s, e->event_id, &items[got]))) break;
     got++;
     /* Each link: this event's prev_hash is the event_hash of the one before it. */
     const uint8_t *prev = items[got - 1]->hash_chain.prev_hash;
@@ -437,5 +441,15 @@ bp_status bp_walk_ancestors(bp_store *s, bp_id id, size_t limit, bp_events *out)
   out->items = items;
   out->len = got;
   if (st) bp_events_free(out);
+  return st;
+}
+
+bp_status bp_walk_ancestors(bp_store *s, bp_id id, size_t limit, bp_events *out) {
+  if (!s || !out) return bp__fail(BP_EINVAL, "bp_walk_ancestors: NULL argument");
+  out->items = NULL;
+  out->len = 0;
+  bp__view_enter(s);
+  bp_status st = walk_locked(s, id, limit, out);
+  bp__view_leave(s);
   return st;
 }

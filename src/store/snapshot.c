@@ -60,8 +60,18 @@ static int copy_prefix(const char *from, const char *to, uint64_t size, bool who
   return rc;
 }
 
+static bp_status snapshot_locked(bp_store *s, const char *dest);
+
 bp_status bp_snapshot(bp_store *s, const char *dest) {
   if (!s || !dest || !*dest) return bp__fail(BP_EINVAL, "bp_snapshot: NULL argument");
+  /* Shared: a compaction does not replace segments while they are copied. */
+  bp__view_enter(s);
+  bp_status st = snapshot_locked(s, dest);
+  bp__view_leave(s);
+  return st;
+}
+
+static bp_status snapshot_locked(bp_store *s, const char *dest) {
   char src_real[PATH_MAX], dest_parent[PATH_MAX];
   if (!realpath(s->dir, src_real)) return bp__fail_errno(BP_EIO, errno, "bp_snapshot: %s", s->dir);
   /* The destination (or, if it does not exist yet, its parent) must lie outside the store. */

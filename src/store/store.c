@@ -86,8 +86,24 @@ static int cmp_u64(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-/* Lists segment ids, sorted. */
-static bp_status list_segments(bp_store *s, uint64_t **ids, size_t *n) {
+static bool is_store_file(const char *name) {
+  static const char *const known[] = {".", "..", BP__LOCK_FILE, BP__CHECKPOINT_FILE, BP__CHECKPOINT_TMP,
+                                      BP__COMPACT_INTENT, "cursors", "cache"};
+  for (size_t i = 0; i < sizeof known / sizeof *known; i++)
+    if (strcmp(name, known[i]) == 0) return true;
+  size_t n = strlen(name), k = strlen(BP__COMPACT_SUFFIX);
+  return n > k && strcmp(name + n - k, BP__COMPACT_SUFFIX) == 0;
+}
+
+static bool listed(const uint64_t *ids, size_t n, uint64_t id) {
+  for (size_t i = 0; i < n; i++)
+    if (ids[i] == id) return true;
+  return false;
+}
+
+/* Lists segment ids, sorted, without those in hidden (replaced by a
+ * compaction that a read-only open cannot finish). */
+static bp_status list_segments(bp_store *s, const uint64_t *hidden, size_t nhidden, uint64_t **ids, size_t *n) {
   DIR *d = opendir(s->dir);
   if (!d) return bp__fail_errno(BP_EIO, errno, "open directory %s", s->dir);
   size_t cap = 16, len = 0;
@@ -96,15 +112,14 @@ static bp_status list_segments(bp_store *s, uint64_t **ids, size_t *n) {
   while (v && (e = readdir(d))) {
     uint64_t id;
     if (bp__segment_parse_name(e->d_name, &id)) {
+      if (listed(hidden, nhidden, id)) continue;
       if (len == cap) {
         uint64_t *nv = realloc(v, (cap *= 2) * sizeof *v);
         if (!nv) { free(v); v = NULL; break; }
         v = nv;
       }
       v[len++] = id;
-    } else if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..") && strcmp(e->d_name, BP__LOCK_FILE) &&
-               strcmp(e->d_name, BP__CHECKPOINT_FILE) && strcmp(e->d_name, BP__CHECKPOINT_TMP) &&
-               strcmp(e->d_name, "cursors") && strcmp(e->d_name, "cache")) {
+    } else if (!is_store_file(e->d_name)) {
       bp__log(s, BP_LOG_INFO, "ignoring %s/%s: not a store file", s->dir, e->d_name);
     }
   }
@@ -144,9 +159,12 @@ static bp_status load_segments(bp_store *s, const uint64_t *ids, size_t n, size_
 }
 
 static bp_status recover(bp_store *s) {
-  uint64_t *ids = NULL;
-  size_t n = 0;
-  bp_status st = list_segments(s, &ids, &n);
+  uint64_t *ids = NULL, *hidden = NULL;
+  size_t n = 0, nhidden = 0;
+  bool stale_checkpoint = false;
+  bp_status st = bp__compact_recover(s, &hidden, &nhidden, &stale_checkpoint);
+  if (!st) st = list_segments(s, hidden, nhidden, &ids, &n);
+  free(hidden);
   if (st) return st;
   for (size_t i = 0; i < n && !st; i++) {
     uint64_t size = 0;
@@ -155,7 +173,7 @@ static bp_status recover(bp_store *s) {
   if (!st) s->next_segment_id = n ? ids[n - 1] + 1 : 1;
 
   bool restored = false;
-  if (!st && s->cfg.enable_checkpoint && n > 0) {
+  if (!st && s->cfg.enable_checkpoint && n > 0 && !stale_checkpoint) {
     uint64_t wm_seg = 0, wm_off = 0;
     bp_status ck = bp__checkpoint_load(s, &wm_seg, &wm_off);
     if (ck == BP_OK) {
@@ -206,6 +224,8 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
   pthread_mutex_init(&s->qlock, NULL);
   pthread_mutex_init(&s->wlock, NULL);
   pthread_mutex_init(&s->sub_lock, NULL);
+  pthread_mutex_init(&s->compact_lock, NULL);
+  pthread_rwlock_init(&s->view_lock, NULL);
   pthread_cond_init(&s->qspace, NULL);
   pthread_cond_init(&s->qidle, NULL);
   pthread_condattr_t ca;
@@ -258,6 +278,8 @@ fail:;
   bp__scan_free(&s->scan);
   if (s->lock_fd >= 0) bp__os_table.close(s->lock_fd);
   bp__buf_free(&s->wbuf);
+  pthread_mutex_destroy(&s->compact_lock);
+  pthread_rwlock_destroy(&s->view_lock);
   free(s->dir);
   free(s);
   bp__set_error(&saved);
@@ -326,6 +348,10 @@ bp_status bp_close(bp_store *s) {
   pthread_mutex_destroy(&s->qlock);
   pthread_mutex_destroy(&s->wlock);
   pthread_mutex_destroy(&s->sub_lock);
+  pthread_mutex_destroy(&s->compact_lock);
+  pthread_rwlock_destroy(&s->view_lock);
+  for (size_t i = 0; i < s->nremaps; i++) free(s->remaps[i].dropped);
+  free(s->remaps);
   pthread_cond_destroy(&s->qspace);
   pthread_cond_destroy(&s->qidle);
   pthread_cond_destroy(&s->qarrive);
@@ -338,13 +364,16 @@ bp_status bp_close(bp_store *s) {
 /* ---------------------------------------------------------------- stats */
 
 void bp_stats(bp_store *s, bp_store_stats *out) {
+  bp__view_enter(s);
   uint64_t n = bp__index_visible(&s->ix);
+  bp__view_leave(s);
   out->event_count = n;
   out->global_sequence = n;
 }
 
 void bp_diagnostics(bp_store *s, bp_store_diagnostics *out) {
   memset(out, 0, sizeof *out);
+  bp__view_enter(s);
   uint64_t n = bp__index_visible(&s->ix);
   out->event_count = n;
   out->global_head = n;
@@ -374,4 +403,5 @@ void bp_diagnostics(bp_store *s, bp_store_diagnostics *out) {
     if (atomic_load(&nm->as_entity.len)) out->entity_count++;
     if (atomic_load(&nm->as_scope.len)) out->scope_count++;
   }
+  bp__view_leave(s);
 }

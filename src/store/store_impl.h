@@ -6,6 +6,9 @@
  * frame scans), checkpoint.c (index.ckpt), index.c, os.c.
  *
  * Locks, always taken in this order when nested:
+ *   compact_lock  one compaction at a time (compact.c)
+ *   view_lock  readers shared, a compaction's commit exclusive; a reader may
+ *              append while holding it (a callback), the writer never takes it
  *   qlock      the append queue (the waiting appends, leader election, closing)
  *   wlock      the writer: active segment, entity chain heads, index mutation
  *   seg_lock   the segment table and the read descriptor cache
@@ -26,6 +29,8 @@
 #define BP__LOCK_FILE "batpak.lock"
 #define BP__CHECKPOINT_FILE "index.ckpt"
 #define BP__CHECKPOINT_TMP "index.ckpt.tmp"
+#define BP__COMPACT_INTENT "compact.intent"
+#define BP__COMPACT_SUFFIX ".compact"     /* after NNNNNN.fbat: a compaction's new segment */
 #define BP__SIDX_ENTRY_SIZE 154u
 #define BP__SIDX_TRAILER_SIZE 16u
 
@@ -39,6 +44,14 @@ typedef struct bp__segment {
   uint32_t refs;            /* reads using rfd right now */
   uint64_t last_use;        /* LRU tick for the descriptor cache */
 } bp__segment;
+
+/* The global sequences one compaction left out, for translating cursor
+ * positions taken before it (compact.c). */
+typedef struct bp__remap {
+  uint64_t generation;      /* the store's generation after that compaction */
+  uint32_t *dropped;        /* increasing, in the numbering before it */
+  size_t n;
+} bp__remap;
 
 /* One append call waiting in the queue (a single event or a batch). */
 typedef struct bp__req {
@@ -101,6 +114,14 @@ struct bp_store {
   uint32_t restarts;
   uint64_t *restart_times;  /* ms of recent restarts (bounded policy) */
   bp__buf wbuf;             /* frames of the group being committed */
+
+  /* compaction: readers hold view_lock shared while they use the index or
+   * segment positions; a compaction's commit holds it exclusively. */
+  pthread_rwlock_t view_lock;
+  pthread_mutex_t compact_lock;  /* one compaction at a time */
+  _Atomic uint64_t generation;   /* compactions committed since open */
+  bp__remap *remaps;             /* view_lock */
+  size_t nremaps;
 
   /* subscriptions (sub_lock) */
   pthread_mutex_t sub_lock;
@@ -177,6 +198,16 @@ bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off);
 bp_status bp__writer_seal(bp_store *s);
 void bp__writer_free(bp_store *s);
 
+/* ---- compaction (compact.c) ---- */
+/* Finishes or undoes a compaction that a crash interrupted. A read-only store
+ * changes nothing: *hidden (malloc'd) lists the segments that open must skip,
+ * and *skip_checkpoint says the checkpoint is stale. Errors: BP_EIO. */
+bp_status bp__compact_recover(bp_store *s, uint64_t **hidden, size_t *nhidden, bool *skip_checkpoint);
+/* A global sequence of generation `generation` in today's numbering (view_lock held). */
+uint64_t bp__compact_translate(bp_store *s, uint64_t generation, uint64_t position);
+static inline void bp__view_enter(bp_store *s) { pthread_rwlock_rdlock(&s->view_lock); }
+static inline void bp__view_leave(bp_store *s) { pthread_rwlock_unlock(&s->view_lock); }
+
 /* ---- subscriptions (sub.c) ---- */
 /* Hands events [from, to), just published, to matching subscriptions. */
 void bp__notify(bp_store *s, uint64_t from, uint64_t to);
@@ -190,6 +221,7 @@ void bp__subs_close(bp_store *s);
  * CRC and id. Errors: BP_ECRC, BP_ECORRUPT, BP_EIO, BP_ENOMEM. */
 typedef struct bp__evread {
   bp__buf frame, scratch;
+  const uint8_t *raw;       /* the whole frame as stored (length in the index) */
   bp_event ev;
 } bp__evread;
 bp_status bp__read_event(bp_store *s, uint64_t seq, bp__evread *rd);
