@@ -35,6 +35,7 @@ static struct {
   int runs;
   uint64_t events;        /* events in the main data set */
   uint64_t durable_events;
+  uint64_t compact_events;  /* events in the compaction data set */
   char dir[3000];
   const char *only;
 } opt;
@@ -796,12 +797,91 @@ static int rss_child(const char *dir) {
 
 /* ----------------------------------------------------------------- main */
 
+/* --------------------------------------------------------------- compaction */
+
+#define COMPACT_SEGMENT (4u << 20)
+
+static void copy_tree(const char *from, const char *to) {
+  char src[3100], dst[3100], cmd[6400];
+  path_in(src, sizeof src, from);
+  path_in(dst, sizeof dst, to);
+  rm_rf(dst);
+  snprintf(cmd, sizeof cmd, "cp -r '%s' '%s'", src, dst);
+  if (system(cmd) != 0) { fprintf(stderr, "batpak-bench: copy %s failed\n", src); exit(1); }
+}
+
+/* The compaction data set: events over 4 entities in 4 MiB segments, and the
+ * same rows in SQLite (one transaction). */
+static void build_compact_set(uint64_t events) {
+  char dir[3100];
+  path_in(dir, sizeof dir, "compact_src");
+  rm_rf(dir);
+  bp_config cfg;
+  bp_config_init(&cfg, dir);
+  cfg.sync_every_n_events = 1000;
+  cfg.segment_max_bytes = COMPACT_SEGMENT;
+  bp_store *s;
+  check(bp_open(&cfg, &s), "bp_open");
+  append_ctx c = {events, 1, 0, 1000, 1, false, 0};
+  thread_job j = {s, &c, 0};
+  append_thread(&j);
+  check(bp_close(s), "bp_close");
+  append_ctx sc_c = {events, 1, 0, 1000, 1, false, events};
+  sqlite_append_ctx sc = {&sc_c, "NORMAL"};
+  sqlite_append(&sc);
+  sqlite3 *db = sqlite_open("baseline.db", false, "NORMAL");
+  sq(db, "PRAGMA wal_checkpoint(TRUNCATE)");
+  sqlite3_close(db);
+}
+
+static bool drop_entity3(const bp_event *ev, void *ctx) {
+  (void)ctx;
+  return strcmp(ev->entity, "entity:3") != 0;
+}
+
+static double batpak_compact(void *p) {
+  int strategy = *(int *)p;
+  copy_tree("compact_src", "compact_run");
+  char dir[3100];
+  path_in(dir, sizeof dir, "compact_run");
+  bp_config cfg;
+  bp_config_init(&cfg, dir);
+  cfg.segment_max_bytes = COMPACT_SEGMENT;
+  bp_store *s;
+  check(bp_open(&cfg, &s), "bp_open");
+  bp_compaction_config cc = {strategy, drop_entity3, NULL, 2};
+  bp_compaction_result res;
+  double t0 = now_s();
+  check(bp_compact(s, &cc, &res), "bp_compact");
+  double el = now_s() - t0;
+  check(bp_close(s), "bp_close");
+  return el * 1000;
+}
+
+static double sqlite_compact(void *p) {
+  int strategy = *(int *)p;
+  char from[3100], to[3100], cmd[6400];
+  path_in(from, sizeof from, "baseline.db");
+  path_in(to, sizeof to, "compact_run.db");
+  snprintf(cmd, sizeof cmd, "cp '%s' '%s'", from, to);
+  if (system(cmd) != 0) { fprintf(stderr, "batpak-bench: copy %s failed\n", from); exit(1); }
+  sqlite3 *db = sqlite_open("compact_run.db", false, "NORMAL");
+  double t0 = now_s();
+  if (strategy == BP_COMPACT_RETENTION) sq(db, "DELETE FROM events WHERE entity = 'entity:3'");
+  if (strategy == BP_COMPACT_TOMBSTONE) sq(db, "UPDATE events SET kind = 4094 WHERE entity = 'entity:3'");
+  sq(db, "VACUUM");
+  double el = now_s() - t0;
+  sqlite3_close(db);
+  return el * 1000;
+}
+
 static void usage(void) {
   puts("usage: batpak-bench [--quick] [--json] [--runs N] [--events N] [--dir DIR] [--only a,b,...]\n"
        "  --quick    small data set and 3 runs (well under a minute)\n"
        "  --json     one JSON object per workload and line\n"
        "  --runs N   measured runs per figure (after one warm-up)\n"
        "  --events N events in the main data set (default 100000)\n"
+       "  --compact-events N  events compacted (default 1000000)\n"
        "  --dir DIR  where to put the stores (default ./bench-data, removed afterwards)\n"
        "  --only L   run only the listed workloads");
 }
@@ -810,13 +890,16 @@ int main(int argc, char **argv) {
   opt.runs = 5;
   opt.events = 100000;
   opt.durable_events = 2000;
+  opt.compact_events = 1000000;
   snprintf(opt.dir, sizeof opt.dir, "./bench-data");
   if (argc == 3 && !strcmp(argv[1], "--rss-child")) return rss_child(argv[2]);
   for (int i = 1; i < argc; i++) {
-    if (!strcmp(argv[i], "--quick")) { opt.quick = true; opt.runs = 3; opt.events = 20000; opt.durable_events = 300; }
+    if (!strcmp(argv[i], "--quick")) { opt.quick = true; opt.runs = 3; opt.events = 20000; opt.durable_events = 300;
+      opt.compact_events = 20000; }
     else if (!strcmp(argv[i], "--json")) opt.json = true;
     else if (!strcmp(argv[i], "--runs") && i + 1 < argc) opt.runs = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--events") && i + 1 < argc) opt.events = strtoull(argv[++i], NULL, 10);
+    else if (!strcmp(argv[i], "--compact-events") && i + 1 < argc) opt.compact_events = strtoull(argv[++i], NULL, 10);
     else if (!strcmp(argv[i], "--dir") && i + 1 < argc) snprintf(opt.dir, sizeof opt.dir, "%s", argv[++i]);
     else if (!strcmp(argv[i], "--only") && i + 1 < argc) opt.only = argv[++i];
     else if (!strcmp(argv[i], "--") ) continue;
@@ -1007,6 +1090,23 @@ int main(int argc, char **argv) {
       snprintf(params, sizeof params, "peak resident memory of a process that opens %" PRIu64 " events (checkpoint)",
                opt.events);
       r = (result){"rss_reopen", "MB", params, false, {peak}, 1, NULL, {0}, 0, per};
+      report(&r);
+    }
+  }
+  /* -- compaction -- */
+  const char *compacts[] = {"compact_merge", "compact_retention", "compact_tombstone"};
+  const int strategies[] = {BP_COMPACT_MERGE, BP_COMPACT_RETENTION, BP_COMPACT_TOMBSTONE};
+  if (selected(compacts[0]) || selected(compacts[1]) || selected(compacts[2])) {
+    build_compact_set(opt.compact_events);
+    for (int k = 0; k < 3; k++) {
+      if (!selected(compacts[k])) continue;
+      snprintf(params, sizeof params,
+               "bp_compact of %" PRIu64 " events in 4 MiB segments, %s; baseline SQLite %sVACUUM", opt.compact_events,
+               k == 0 ? "keeping all" : k == 1 ? "dropping 1 entity of 4" : "tombstoning 1 entity of 4",
+               k == 0 ? "" : k == 1 ? "DELETE of those rows + " : "UPDATE of their kind + ");
+      r = (result){compacts[k], "ms", params, false, {0}, 0, "sqlite", {0}, 0, 0};
+      measure(r.b, &r.bn, sqlite_compact, (void *)&strategies[k]);
+      measure(r.v, &r.n, batpak_compact, (void *)&strategies[k]);
       report(&r);
     }
   }

@@ -49,6 +49,27 @@ expect_exit 1 "$B" import "$T/bad-import" < "$T/bad.jsonl"
 "$B" snapshot "$S" "$T/snap" >/dev/null
 "$B" verify "$T/snap" >/dev/null || fail "snapshot verify"
 
+# Compaction of a copy of the crate's store: merge keeps every event exactly;
+# retention drops what the rule matches; bad options change nothing.
+C="$T/compact"
+cp -r "$FIX/basic" "$C" && chmod -R u+w "$C"
+"$B" export "$C" > "$T/c.jsonl"
+nseg=$(ls "$C"/*.fbat | wc -l)
+expect_exit 2 "$B" compact "$C" --strategy retention
+expect_exit 2 "$B" compact "$C" --strategy shred
+expect_exit 2 "$B" compact "$C" --strategy tombstone --drop-kind 0x1FFFF
+[ "$(ls "$C"/*.fbat | wc -l)" = "$nseg" ] || fail "a refused compaction changed the store"
+"$B" compact "$C" --json | grep -q "\"segments_removed\":$((nseg - 1))," || fail "compact merge"
+[ "$(ls "$C"/*.fbat | wc -l)" = 1 ] || fail "merge left more than one segment"
+"$B" export "$C" | cmp - "$T/c.jsonl" || fail "merge changed an event"
+"$B" verify "$C" >/dev/null || fail "verify after merge"
+"$B" compact "$C" --strategy retention --drop-entity-prefix order: --min-segments 1 | grep -q "31 events (was 41)" \
+  || fail "retention of order:*"
+[ "$("$B" export "$C" | grep -c order:)" = 0 ] || fail "retention kept an order event"
+grep -v '"entity":"order:' "$T/c.jsonl" > "$T/c-kept.jsonl"
+"$B" export "$C" | cmp - "$T/c-kept.jsonl" || fail "retention changed a kept event"
+"$B" verify "$C" >/dev/null || fail "verify after retention"
+
 # The crate's stores: verify, stats and export work on copies.
 for f in basic crashed torn; do
   cp -r "$FIX/$f" "$T/$f" && chmod -R u+w "$T/$f"

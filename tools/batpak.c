@@ -315,6 +315,72 @@ static int cmd_snapshot(const char *dir, int argc, char **argv) {
   return rc;
 }
 
+/* compact: an event is dropped (or tombstoned) when it matches every --drop-* option given. */
+typedef struct drop_rule {
+  const char *entity_prefix;
+  bool has_kind;
+  bp_kind kind;
+  bool has_before;
+  uint64_t before_ms;
+  uint64_t seen;
+  bool progress;
+} drop_rule;
+
+static bool keep_event(const bp_event *ev, void *ctx) {
+  drop_rule *r = ctx;
+  if (r->progress && ++r->seen % 100000 == 0) fprintf(stderr, "\rbatpak: compact: %" PRIu64 " events", r->seen);
+  bool match = true;
+  if (r->entity_prefix) match = strncmp(ev->entity, r->entity_prefix, strlen(r->entity_prefix)) == 0;
+  if (r->has_kind) match = match && ev->header.kind == r->kind;
+  if (r->has_before) match = match && (uint64_t)(ev->header.timestamp_us / 1000) < r->before_ms;
+  return !match;
+}
+
+static int cmd_compact(const char *dir, int argc, char **argv) {
+  const char *strategy = opt(argc, argv, "--strategy");
+  const char *kind = opt(argc, argv, "--drop-kind"), *before = opt(argc, argv, "--drop-before-ms");
+  const char *min = opt(argc, argv, "--min-segments");
+  drop_rule rule = {.entity_prefix = opt(argc, argv, "--drop-entity-prefix"), .progress = isatty(2)};
+  bp_compaction_config cfg = {.strategy = BP_COMPACT_MERGE, .keep = keep_event, .ctx = &rule};
+  if (!strategy || !strcmp(strategy, "merge")) cfg.strategy = BP_COMPACT_MERGE;
+  else if (!strcmp(strategy, "retention")) cfg.strategy = BP_COMPACT_RETENTION;
+  else if (!strcmp(strategy, "tombstone")) cfg.strategy = BP_COMPACT_TOMBSTONE;
+  else return usage("batpak compact: --strategy is merge, retention or tombstone\n");
+  if (kind && !(rule.has_kind = parse_kind(kind, &rule.kind)))
+    return usage("batpak compact: --drop-kind takes a kind from 0 to 0xFFFF\n");
+  char *end = NULL;
+  if (before) {
+    rule.before_ms = strtoull(before, &end, 10);
+    if (*end) return usage("batpak compact: --drop-before-ms takes milliseconds since 1970\n");
+    rule.has_before = true;
+  }
+  if (min) {
+    cfg.min_segments = strtoul(min, &end, 10);
+    if (*end || cfg.min_segments == 0) return usage("batpak compact: --min-segments takes a number from 1\n");
+  }
+  if (cfg.strategy != BP_COMPACT_MERGE && !rule.entity_prefix && !rule.has_kind && !rule.has_before)
+    return usage("batpak compact: retention and tombstone need --drop-entity-prefix, --drop-kind or "
+                 "--drop-before-ms\n");
+  bp_store *s = open_store(dir, OPEN_WRITE);
+  if (!s) return 1;
+  bp_store_stats before_stats, after_stats;
+  bp_stats(s, &before_stats);
+  bp_compaction_result res;
+  int rc = bp_compact(s, &cfg, &res) ? fail("compact") : 0;
+  if (rule.progress && rule.seen >= 100000) fputc('\n', stderr);
+  bp_stats(s, &after_stats);
+  if (!rc && json_out) {
+    printf("{\"segments_removed\":%zu,\"bytes_reclaimed\":%" PRIu64 ",\"events_before\":%" PRIu64
+           ",\"events_after\":%" PRIu64 "}\n",
+           res.segments_removed, res.bytes_reclaimed, before_stats.event_count, after_stats.event_count);
+  } else if (!rc) {
+    printf("%zu segments removed, %" PRIu64 " bytes reclaimed, %" PRIu64 " events (was %" PRIu64 ")\n",
+           res.segments_removed, res.bytes_reclaimed, after_stats.event_count, before_stats.event_count);
+  }
+  if (bp_close(s) && !rc) rc = fail("close");
+  return rc;
+}
+
 /* The flags an event keeps when copied into another store: batch membership
  * belongs to the batch that wrote it, not to the event. */
 static int copied_flags(uint16_t flags) {
@@ -589,6 +655,9 @@ static const struct command {
     {"verify", cmd_verify, "check frames, footers, hash chains and the checkpoint"},
     {"repair", cmd_repair, "copy what is readable of a damaged store into a new store: DEST"},
     {"snapshot", cmd_snapshot, "copy the store consistently: DEST"},
+    {"compact", cmd_compact,
+     "merge the sealed segments: [--strategy merge|retention|tombstone] [--drop-entity-prefix P] [--drop-kind K] "
+     "[--drop-before-ms MS] [--min-segments N]; events matching every --drop option are dropped or tombstoned"},
     {"export", cmd_export, "write every event as JSON lines to standard output"},
     {"import", cmd_import, "append JSON lines from standard input (as export writes them)"},
 };
