@@ -62,22 +62,32 @@ static void put_entry(bp__buf *b, const bp__ientry *e, uint64_t seq) {
   bp__mp_put_uint(b, seq);
 }
 
-bp_status bp__checkpoint_write(bp_store *s) {
-  uint64_t n = bp__index_visible(&s->ix);
-  if (n == 0 || s->nsegs == 0) return BP_OK;
-  /* The watermark is the end of the last segment as it is on disk now (an
-   * abandoned or still-open segment's size is not tracked in the table). */
-  uint64_t wm_seg = s->segs[s->nsegs - 1].id, wm_off;
+bp_status bp__checkpoint_watermark(bp_store *s, uint64_t *n, uint64_t *wm_seg, uint64_t *wm_off) {
+  *n = bp__index_visible(&s->ix);
+  *wm_seg = *wm_off = 0;
+  if (*n == 0 || s->nsegs == 0) return BP_OK;
+  /* The end of the last segment as it is on disk now (an abandoned or
+   * still-open segment's size is not tracked in the table)... */
+  *wm_seg = s->segs[s->nsegs - 1].id;
   char seg_path[4096];
-  bp__segment_path(s, wm_seg, seg_path, sizeof seg_path);
+  bp__segment_path(s, *wm_seg, seg_path, sizeof seg_path);
   struct stat sb;
   if (lstat(seg_path, &sb) != 0) return bp__fail_errno(BP_EIO, errno, "checkpoint: stat %s", seg_path);
-  wm_off = (uint64_t)sb.st_size;
-  /* The active segment (a checkpoint after a compaction) has space allocated
-   * ahead of its frames: later frames go there, so the watermark is its end of
-   * frames. The caller holds wlock. */
-  if (s->wfd >= 0 && s->wseg == wm_seg) wm_off = s->wsize;
+  *wm_off = (uint64_t)sb.st_size;
+  /* ...except for the active segment, which has space allocated ahead of its
+   * frames: later frames go there, so its watermark is its end of frames. */
+  if (s->wfd >= 0 && s->wseg == *wm_seg) *wm_off = s->wsize;
+  return BP_OK;
+}
 
+bp_status bp__checkpoint_write(bp_store *s) {
+  uint64_t n, wm_seg, wm_off;
+  bp_status st = bp__checkpoint_watermark(s, &n, &wm_seg, &wm_off);
+  return st ? st : bp__checkpoint_write_at(s, n, wm_seg, wm_off);
+}
+
+bp_status bp__checkpoint_write_at(bp_store *s, uint64_t n, uint64_t wm_seg, uint64_t wm_off) {
+  if (n == 0) return BP_OK;
   bp__buf b;
   bp__buf_init(&b);
   uint8_t header[CKPT_HEADER] = {0};

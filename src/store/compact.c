@@ -275,11 +275,31 @@ static bp_status note_dropped(compaction *c, uint64_t seq) {
   return BP_OK;
 }
 
+/* The frame of event seq as stored, its length and CRC checked (merge needs
+ * nothing more: no decoding). */
+static bp_status read_frame(compaction *c, uint64_t seq, bp__evread *rd) {
+  const bp__ientry *e = bp__index_at(&c->s->ix, seq);
+  rd->raw = bp__segment_view(c->s, e->segment_id, e->offset, e->length);
+  if (!rd->raw) {
+    rd->frame.len = 0;
+    if (!bp__buf_reserve(&rd->frame, e->length)) return bp__fail(BP_ENOMEM, "compaction: out of memory");
+    bp_status st = bp__segment_read(c->s, e->segment_id, e->offset, rd->frame.data, e->length);
+    if (st) return st;
+    rd->raw = rd->frame.data;
+  }
+  if (e->length < BP__FRAME_PREFIX || bp__get_be32(rd->raw) != e->length - BP__FRAME_PREFIX ||
+      bp__crc32(rd->raw + BP__FRAME_PREFIX, e->length - BP__FRAME_PREFIX) != bp__get_be32(rd->raw + 4))
+    return bp__fail(BP_ECRC, "compaction: segment %06u offset %" PRIu64 ": frame length or CRC mismatch",
+                    e->segment_id, e->offset);
+  return BP_OK;
+}
+
 /* Copies (or rewrites, or leaves out) one event of the merged segments. */
 static bp_status copy_event(compaction *c, uint64_t seq, bp__evread *rd) {
-  bp_status st = bp__read_event(c->s, seq, rd);
+  bool merge = c->cfg->strategy == BP_COMPACT_MERGE;
+  bp_status st = merge ? read_frame(c, seq, rd) : bp__read_event(c->s, seq, rd);
   if (st) return st;
-  bool keep = c->cfg->strategy == BP_COMPACT_MERGE || c->cfg->keep(&rd->ev, c->cfg->ctx);
+  bool keep = merge || c->cfg->keep(&rd->ev, c->cfg->ctx);
   if (!keep && c->cfg->strategy == BP_COMPACT_RETENTION) return note_dropped(c, seq);
   bp__ientry e = *bp__index_at(&c->s->ix, seq);
   e.segment_id = (uint32_t)c->ids[0];
@@ -321,10 +341,11 @@ static bp_status write_segment(compaction *c) {
   bp__segment_header h = {BP__SEGMENT_VERSION, 0, (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec, c->ids[0]};
   bp__segment_header_encode(&c->out, &h);
 
-  bp_status st = copy_names(c);
+  uint64_t visible = bp__index_visible(&s->ix);
+  bp_status st = bp__index_reserve(&c->ix, visible);
+  if (!st) st = copy_names(c);
   bp__evread rd;
   memset(&rd, 0, sizeof rd);
-  uint64_t visible = bp__index_visible(&s->ix);
   uint64_t seq = 0;
   for (; seq < visible && !st; seq++) {
     if (bp__index_at(&s->ix, seq)->segment_id >= c->highest) break;
@@ -491,11 +512,13 @@ static bp_status commit(compaction *c) {
     }
   }
   pthread_rwlock_unlock(&s->view_lock);
-  if (!st && s->cfg.enable_checkpoint) {
-    bp_status ck = bp__checkpoint_write(s);
-    if (ck) bp__log(s, BP_LOG_WARN, "compaction: checkpoint not written: %s", bp_last_error()->message);
-  }
+  uint64_t n = 0, wm_seg = 0, wm_off = 0;
+  bool checkpoint = !st && s->cfg.enable_checkpoint;
+  bp_status ck = checkpoint ? bp__checkpoint_watermark(s, &n, &wm_seg, &wm_off) : BP_OK;
   pthread_mutex_unlock(&s->wlock);
+  /* Appends go on while the checkpoint of the events so far is written. */
+  if (checkpoint && !ck) ck = bp__checkpoint_write_at(s, n, wm_seg, wm_off);
+  if (ck) bp__log(s, BP_LOG_WARN, "compaction: checkpoint not written: %s", bp_last_error()->message);
   return st;
 }
 

@@ -188,8 +188,14 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
 bp_status bp__recover_entry(bp_store *s, bp__ientry *e);
 
 /* ---- checkpoint (checkpoint.c) ---- */
-/* Writes index.ckpt atomically (temporary file, fsync, rename, directory fsync). */
+/* Writes index.ckpt atomically (temporary file, fsync, rename, directory fsync)
+ * for the store as it is (nothing may append meanwhile). */
 bp_status bp__checkpoint_write(bp_store *s);
+/* The checkpoint in two steps, so that appends may go on while it is written:
+ * the first events, and where the segments stood after them (wlock held),
+ * then the write of those (any thread; one checkpoint write at a time). */
+bp_status bp__checkpoint_watermark(bp_store *s, uint64_t *n, uint64_t *wm_seg, uint64_t *wm_off);
+bp_status bp__checkpoint_write_at(bp_store *s, uint64_t n, uint64_t wm_seg, uint64_t wm_off);
 /* Restores the index from index.ckpt. On success *wm_seg and *wm_off hold the
  * watermark. Any problem returns an error (the caller rebuilds instead). */
 bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off);
