@@ -743,6 +743,52 @@ static void a_torn_intent_undoes_the_compaction(void **state) {
   free(all.v);
 }
 
+/* A crash between a retention's commit and the rewrite of a later segment's
+ * footer leaves footer sequences in the old numbering: a read-write open
+ * renumbers them; a read-only open changes nothing. */
+static void stale_footer_sequences_are_renumbered_at_open(void **state) {
+  fixture *f = *state;
+  recs all;
+  uint64_t sealed_end;
+  build(f, &all, &sealed_end);
+  char p[4200];
+  snprintf(p, sizeof p, "%s/000003.fbat", f->dir);
+  size_t n;
+  uint8_t *d = tu_read_file(p, &n);
+  assert_non_null(d);
+  uint32_t count = bp__get_le32(d + n - 8);
+  assert_true(count > 0);
+  uint8_t *entries = d + n - 16 - (size_t)count * 154;
+  for (uint32_t i = 0; i < count; i++) bp__put_le64(entries + i * 154 + 114, bp__get_le64(entries + i * 154 + 114) + 7);
+  FILE *fp = fopen(p, "wb");
+  assert_int_equal(fwrite(d, 1, n, fp), n);
+  fclose(fp);
+  bp_verify_report r;
+  assert_status(bp_verify(f->dir, &r), BP_ECORRUPT);
+  bp_verify_report_free(&r);
+  char ck[4200];
+  snprintf(ck, sizeof ck, "%s/index.ckpt", f->dir);
+  unlink(ck); /* so that the footers are read */
+
+  bp_store *s;
+  assert_ok(bp_open_readonly(&f->cfg, &s));
+  recs got = snapshot_events(s);
+  assert_events(&got, &all);
+  free(got.v);
+  assert_ok(bp_close(s));
+  assert_status(bp_verify(f->dir, &r), BP_ECORRUPT);
+  bp_verify_report_free(&r);
+
+  assert_ok(bp_open(&f->cfg, &s));
+  got = snapshot_events(s);
+  assert_events(&got, &all);
+  assert_ok(bp_close(s));
+  assert_verifies(f);
+  free(got.v);
+  free(all.v);
+  free(d);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(merge_keeps_every_event_in_one_segment_with_the_lowest_id, setup, teardown),
@@ -755,6 +801,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(a_crash_at_every_step_leaves_old_or_new, setup, teardown),
       cmocka_unit_test_setup_teardown(read_only_open_after_the_commit_point_sees_the_new_events, setup, teardown),
       cmocka_unit_test_setup_teardown(a_torn_intent_undoes_the_compaction, setup, teardown),
+      cmocka_unit_test_setup_teardown(stale_footer_sequences_are_renumbered_at_open, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

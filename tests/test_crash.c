@@ -9,8 +9,11 @@
  *   - no batch is partially present;
  *   - global sequences are dense;
  *   - bp_verify finds nothing wrong (frames, footers, chains, checkpoint).
+ * A third thread compacts all the while (merge and retention, the latter
+ * dropping only its own "scratch" events), so kills also land in every step
+ * of a compaction.
  * A process kill keeps the page cache, so with or without fsync every
- * acknowledged append must survive. Power loss is another test's business.
+ * acknowledged append must survive. Power loss is test_powerloss's business.
  *
  * BATPAK_CRASH_SEEDS overrides the number of seeds (default 24).
  */
@@ -91,6 +94,29 @@ static void *child_worker(void *arg) {
   return NULL;
 }
 
+static bool keep_all_but_scratch(const bp_event *ev, void *ctx) {
+  (void)ctx;
+  return strncmp(ev->entity, "scratch:", 8) != 0;
+}
+
+/* The third thread: scratch events and compactions, until killed. */
+static void *child_compactor(void *arg) {
+  child_ctx *c = arg;
+  for (uint32_t n = 0;; n++) {
+    bp_coord coord = {"scratch:0", "crash"};
+    bp_append_options o;
+    memset(&o, 0, sizeof o);
+    o.idempotency_key = bp_id_v7(); /* group commit needs one */
+    if (bp_append_with(c->store, &coord, 0x1004, "\xc0", 1, &o, NULL)) _exit(7);
+    struct timespec ts = {0, 2000000L};
+    nanosleep(&ts, NULL);
+    bp_compaction_config cfg = {n % 2 ? BP_COMPACT_RETENTION : BP_COMPACT_MERGE, keep_all_but_scratch, NULL, 2};
+    bp_compaction_result res;
+    if (bp_compact(c->store, &cfg, &res)) _exit(8);
+  }
+  return NULL;
+}
+
 /* The seed's store settings, for the child and for the reopen. */
 static void seed_config(bp_config *cfg, const char *dir, unsigned seed) {
   bp_config_init(cfg, dir);
@@ -105,11 +131,11 @@ static void run_child(const char *dir, unsigned seed, int fd) {
   cfg.group_commit_max_batch = seed % 4 == 3 ? 8 : 1;
   bp_store *s;
   if (bp_open(&cfg, &s)) _exit(2);
-  pthread_t t[2];
-  child_ctx ctx[2];
-  for (uint32_t i = 0; i < 2; i++) {
+  pthread_t t[3];
+  child_ctx ctx[3];
+  for (uint32_t i = 0; i < 3; i++) {
     ctx[i] = (child_ctx){s, fd, i};
-    if (pthread_create(&t[i], NULL, child_worker, &ctx[i])) _exit(6);
+    if (pthread_create(&t[i], NULL, i < 2 ? child_worker : child_compactor, &ctx[i])) _exit(6);
   }
   pthread_join(t[0], NULL);
   _exit(0);

@@ -3,6 +3,8 @@
 #include "wire/records.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 typedef tu_store_fixture fixture;
@@ -253,6 +255,56 @@ static void checkpoint_that_disagrees_with_the_segments_is_reported(void **state
 
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
+/* A process that dies without closing leaves its active segment unsealed, with
+ * space allocated ahead of the frames. Returns the last frame's position. */
+static bp_disk_pos crash_with_an_active_segment(fixture *f) {
+  int p[2];
+  assert_int_equal(pipe(p), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    bp_store *s;
+    if (bp_open(&f->cfg, &s)) _exit(2);
+    bp_append_receipt r;
+    for (int i = 0; i < 3; i++) {
+      bp_coord c = {"a", "scope"};
+      if (bp_append(s, &c, 0x1001, "\xa5hello", 6, &r)) _exit(3);
+    }
+    if (write(p[1], &r.disk_pos, sizeof r.disk_pos) != (ssize_t)sizeof r.disk_pos) _exit(4);
+    _exit(0);
+  }
+  int ws;
+  assert_int_equal(waitpid(pid, &ws, 0), pid);
+  assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+  bp_disk_pos pos;
+  assert_int_equal(read(p[0], &pos, sizeof pos), (ssize_t)sizeof pos);
+  close(p[0]);
+  close(p[1]);
+  struct stat st;
+  assert_int_equal(stat(seg_path(f, pos.segment_id), &st), 0);
+  assert_true((uint64_t)st.st_size > pos.offset + pos.length); /* space allocated ahead */
+  return pos;
+}
+
+static void frame_cut_short_before_allocated_space_is_a_torn_tail(void **state) {
+  fixture *f = *state;
+  bp_disk_pos pos = crash_with_an_active_segment(f);
+  /* The copy of the last frame stopped half way: the rest of it is zeros. */
+  static const uint8_t zeros[64];
+  patch(seg_path(f, pos.segment_id), (long)(pos.offset + pos.length - 20), zeros, 20);
+  bp_verify_report r;
+  bp_status st = bp_verify(f->dir, &r);
+  if (st) dump(&r);
+  assert_ok(st);
+  assert_true(r.torn_bytes > 0);
+  assert_int_equal(r.frames, 2);
+  bp_verify_report_free(&r);
+  /* Anything but zeros after such a frame is damage, not a tear. */
+  patch(seg_path(f, pos.segment_id), (long)(pos.offset + pos.length + 100), "x", 1);
+  assert_status(bp_verify(f->dir, &r), BP_ECORRUPT);
+  assert_true(has_problem(&r, "offset", "CRC mismatch"));
+  bp_verify_report_free(&r);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       T(intact_store_verifies),
@@ -266,6 +318,7 @@ int main(void) {
       T(undefined_segment_header_flags_are_reported),
       T(damaged_checkpoint_is_reported),
       T(checkpoint_that_disagrees_with_the_segments_is_reported),
+      T(frame_cut_short_before_allocated_space_is_a_torn_tail),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -181,6 +181,35 @@ void bp__segments_free(bp_store *s) {
 
 /* ------------------------------------------------------------ SIDX footer */
 
+void bp__segment_renumber_footers(bp_store *s) {
+  for (size_t i = 0; i < s->nstale_footers; i++) {
+    const struct bp__stale_footer *sf = &s->stale_footers[i];
+    char path[4096];
+    bp__segment_path(s, sf->id, path, sizeof path);
+    bp__buf b;
+    bp__buf_init(&b);
+    int rc = bp__sidx_encode(&s->ix, sf->first, sf->first + sf->count, sf->frames_end, &b) ? ENOMEM : 0;
+    int fd = rc ? -1 : bp__os_table.open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0);
+    struct stat st;
+    if (!rc && fd < 0) rc = errno ? errno : EIO;
+    if (!rc && bp__os_table.fstat(fd, &st) != 0) rc = errno ? errno : EIO;
+    /* Same events, same names: the footer keeps its length. */
+    if (!rc && (uint64_t)st.st_size != sf->frames_end + b.len) rc = EINVAL;
+    if (!rc) {
+      struct iovec iov = {b.data, b.len};
+      rc = bp__os_write_all(fd, &iov, 1, sf->frames_end);
+      if (!rc) rc = bp__os_sync(fd, 0);
+    }
+    if (fd >= 0) bp__os_table.close(fd);
+    if (rc) bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": SIDX footer not renumbered: %s", sf->id, strerror(rc));
+    else bp__log(s, BP_LOG_INFO, "segment %06" PRIu64 ": SIDX footer renumbered", sf->id);
+    bp__buf_free(&b);
+  }
+  free(s->stale_footers);
+  s->stale_footers = NULL;
+  s->nstale_footers = 0;
+}
+
 bp_status bp__sidx_encode(const bp__index *ix, uint64_t first, uint64_t end, uint64_t frames_end,
                           bp__buf *b) {
   /* Local string indexes in first-use order. */
@@ -419,6 +448,18 @@ static bool load_sidx(bp_store *s, const bp__segfile *f) {
   if (!why && bp__index_reserve(&s->ix, count) != BP_OK) why = "out of memory";
   if (!why && expect != st_off) why = "frames do not end at the string table";
   if (why) goto reject;
+  /* Events are placed by their order; a footer that numbers them otherwise is
+   * noted for rewriting. */
+  uint64_t first = s->ix.count;
+  for (uint64_t i = 0; i < count; i++) {
+    if (bp__get_le64(d + entries_at + i * BP__SIDX_ENTRY_SIZE + 114) == first + i) continue;
+    struct bp__stale_footer *v = realloc(s->stale_footers, (s->nstale_footers + 1) * sizeof *v);
+    if (v) {
+      s->stale_footers = v;
+      v[s->nstale_footers++] = (struct bp__stale_footer){f->id, first, count, st_off};
+    }
+    break;
+  }
   for (uint64_t i = 0; i < count; i++) {
     const uint8_t *p = d + entries_at + i * BP__SIDX_ENTRY_SIZE;
     if (i + 16 < count) {

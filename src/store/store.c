@@ -191,6 +191,7 @@ static bp_status recover(bp_store *s) {
       st = bp__index_init(&s->ix);
       s->from_sidx = s->scanned = 0;
       s->torn_bytes = s->batch_frames_dropped = 0;
+      s->nstale_footers = 0;
     }
   }
   if (!st && !restored) {
@@ -267,6 +268,9 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
     }
   }
   if ((st = recover(s))) goto fail;
+  if (!readonly) bp__segment_renumber_footers(s);
+  free(s->stale_footers);
+  s->stale_footers = NULL;
   *out = s;
   return BP_OK;
 
@@ -280,6 +284,7 @@ fail:;
   bp__buf_free(&s->wbuf);
   pthread_mutex_destroy(&s->compact_lock);
   pthread_rwlock_destroy(&s->view_lock);
+  free(s->stale_footers);
   free(s->dir);
   free(s);
   bp__set_error(&saved);

@@ -133,6 +133,13 @@ struct bp_store {
   uint64_t torn_bytes, batch_frames_dropped;
   bp_open_path open_path;
   uint32_t from_sidx, scanned;
+  /* Sealed segments whose SIDX footer numbers its events differently from
+   * their place in the log (a crash between a retention compaction and the
+   * rewrite of a later footer): rewritten after a read-write open. */
+  struct bp__stale_footer {
+    uint64_t id, first, count, frames_end;
+  } *stale_footers;
+  size_t nstale_footers;
 };
 
 /* ---- logging ---- */
@@ -184,6 +191,10 @@ void bp__segfile_close(bp__segfile *f);
  * batches are dropped (counted in the store's diagnostics).
  * Errors: BP_ECORRUPT (a damaged sealed segment without cfg.salvage). */
 bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bool *used_sidx);
+/* Rewrites, in place, the SIDX footers recorded in stale_footers with the
+ * global sequences of the index (read-write open, after recovery). Failures
+ * are logged: loading never relies on those fields. */
+void bp__segment_renumber_footers(bp_store *s);
 /* Adds one recovered entry to the index and the entity's chain head. */
 bp_status bp__recover_entry(bp_store *s, bp__ientry *e);
 

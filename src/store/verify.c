@@ -135,6 +135,12 @@ static void check_footer(vctx *v, const char *where, const uint8_t *d, size_t si
   free(lens);
 }
 
+static bool all_zero(const uint8_t *p, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (p[i]) return false;
+  return true;
+}
+
 static void check_segment(vctx *v, const char *dir, uint64_t id) {
   char path[4200], where[96];
   snprintf(path, sizeof path, "%s/%06" PRIu64 ".fbat", dir, id);
@@ -195,7 +201,9 @@ static void check_segment(vctx *v, const char *dir, uint64_t id) {
     }
     const uint8_t *body = d + off + BP__FRAME_PREFIX;
     if (bp__crc32(body, len) != crc) {
-      if (sealed || off + BP__FRAME_PREFIX + len < end) problem(v, at, "CRC mismatch");
+      /* In an unsealed segment, a frame cut short by a crash ends the data:
+       * nothing but space allocated ahead (zero bytes) may follow it. */
+      if (sealed || !all_zero(body + len, end - off - BP__FRAME_PREFIX - len)) problem(v, at, "CRC mismatch");
       else v->rep->torn_bytes += end - off;
       if (!sealed) break;
       off += BP__FRAME_PREFIX + (size_t)len;
