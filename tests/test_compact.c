@@ -2,6 +2,7 @@
  * sets, the crate's on-disk result, appends and cursors across a compaction,
  * and a failure or a crash injected at every file-system step. */
 #include "testutil.h"
+#include "faultfs.h"
 #include "store/os.h"
 #include "wire/records.h"
 
@@ -18,7 +19,7 @@ typedef tu_store_fixture fixture;
 
 static int setup(void **state) { return tu_store_setup(state); }
 static int teardown(void **state) {
-  bp__os_table = bp__os_default;
+  ff_disarm();
   return tu_store_teardown(state);
 }
 
@@ -464,46 +465,6 @@ static void appends_during_compaction_are_kept(void **state) {
 
 /* ------------------------------------------------------- injected faults */
 
-static int calls_left = -1;      /* file-system calls until the fault; -1: off */
-static bool crash_at_fault;      /* _exit instead of failing the call */
-static int calls_seen;
-
-static bool fault_now(void) {
-  if (calls_left < 0) return false;
-  calls_seen++;
-  if (calls_left-- > 0) return false;
-  if (crash_at_fault) _exit(7);
-  calls_left = -1;
-  errno = EIO;
-  return true;
-}
-
-static int f_open(const char *p, int fl, mode_t m) { return fault_now() ? -1 : bp__os_default.open(p, fl, m); }
-static ssize_t f_pwritev(int fd, const struct iovec *v, int n, off_t o) {
-  return fault_now() ? -1 : bp__os_default.pwritev(fd, v, n, o);
-}
-static int f_fsync(int fd) { return fault_now() ? -1 : bp__os_default.fsync(fd); }
-static int f_fdatasync(int fd) { return fault_now() ? -1 : bp__os_default.fdatasync(fd); }
-static int f_rename(const char *a, const char *b) { return fault_now() ? -1 : bp__os_default.rename(a, b); }
-static int f_unlink(const char *p) { return fault_now() ? -1 : bp__os_default.unlink(p); }
-
-static void arm(int after, bool crash) {
-  bp__os_table.open = f_open;
-  bp__os_table.pwritev = f_pwritev;
-  bp__os_table.fsync = f_fsync;
-  bp__os_table.fdatasync = f_fdatasync;
-  bp__os_table.rename = f_rename;
-  bp__os_table.unlink = f_unlink;
-  calls_left = after;
-  crash_at_fault = crash;
-  calls_seen = 0;
-}
-
-static void disarm(void) {
-  calls_left = -1;
-  bp__os_table = bp__os_default;
-}
-
 static const int strategies[3] = {BP_COMPACT_MERGE, BP_COMPACT_RETENTION, BP_COMPACT_TOMBSTONE};
 
 /* The events expected after a compaction of the store built by build(). */
@@ -587,10 +548,10 @@ static void a_failure_at_every_step_loses_nothing(void **state) {
       assert_ok(bp_open(&f->cfg, &s));
       bp_compaction_config cfg = {.strategy = strategies[si], .keep = keep_users};
       bp_compaction_result res;
-      arm(k, false);
+      ff_arm(k, false);
       bp_status st = bp_compact(s, &cfg, &res);
-      bool hit = calls_left < 0;
-      disarm();
+      bool hit = ff_hit();
+      ff_disarm();
       recs live = snapshot_events(s);
       char what[64];
       snprintf(what, sizeof what, "strategy %d, failure at call %d", strategies[si], k);
@@ -643,16 +604,16 @@ static void a_crash_at_every_step_leaves_old_or_new(void **state) {
         if (bp_open(&f->cfg, &s)) _exit(3);
         bp_compaction_config cfg = {.strategy = strategies[si], .keep = keep_users};
         bp_compaction_result res;
-        arm(k, true);
+        ff_arm(k, true);
         bp_status st = bp_compact(s, &cfg, &res);
-        disarm();
+        ff_disarm();
         _exit(st ? 4 : 0);
       }
       int ws;
       assert_int_equal(waitpid(pid, &ws, 0), pid);
       assert_true(WIFEXITED(ws));
       int code = WEXITSTATUS(ws);
-      if (code != 7 && code != 0) fail_msg("child exited %d at step %d", code, k);
+      if (code != FF_CRASH_EXIT && code != 0) fail_msg("child exited %d at step %d", code, k);
       char what[64];
       snprintf(what, sizeof what, "strategy %d, crash at call %d", strategies[si], k);
       assert_old_or_new(f, &all, &want, what);
@@ -688,7 +649,7 @@ static void read_only_open_after_the_commit_point_sees_the_new_events(void **sta
       if (bp_open(&f->cfg, &s)) _exit(3);
       bp_compaction_config cfg = {.strategy = BP_COMPACT_RETENTION, .keep = keep_users};
       bp_compaction_result res;
-      arm(k, true);
+      ff_arm(k, true);
       bp_compact(s, &cfg, &res);
       _exit(0);
     }

@@ -298,11 +298,73 @@ static void frame_cut_short_before_allocated_space_is_a_torn_tail(void **state) 
   assert_true(r.torn_bytes > 0);
   assert_int_equal(r.frames, 2);
   bp_verify_report_free(&r);
-  /* Anything but zeros after such a frame is damage, not a tear. */
-  patch(seg_path(f, pos.segment_id), (long)(pos.offset + pos.length + 100), "x", 1);
+  /* Junk after it (a power loss garbles sectors) is part of the tear too. */
+  patch(seg_path(f, pos.segment_id), (long)(pos.offset + pos.length + 100), "junk", 4);
+  assert_ok(bp_verify(f->dir, &r));
+  bp_verify_report_free(&r);
+  /* But a damaged frame followed by an intact one is damage, not a tear. */
+  bp_disk_pos second = {pos.segment_id, 0, 0};
+  size_t n;
+  uint8_t *d = slurp(seg_path(f, pos.segment_id), &n);
+  bp__segment_header h;
+  size_t first;
+  assert_ok(bp__segment_header_decode(d, n, &h, &first));
+  free(d);
+  second.offset = first;
+  patch(seg_path(f, pos.segment_id), (long)second.offset + 20, "X", 1);
   assert_status(bp_verify(f->dir, &r), BP_ECORRUPT);
   assert_true(has_problem(&r, "offset", "CRC mismatch"));
   bp_verify_report_free(&r);
+}
+
+/* A crash in the middle of a batch leaves its first frames without the
+ * closing one; opening drops them. Once later segments exist, verify must
+ * number events and follow chains as opening did. */
+static void interrupted_batch_in_an_earlier_segment_is_not_counted(void **state) {
+  fixture *f = *state;
+  int p[2];
+  assert_int_equal(pipe(p), 0);
+  pid_t pid = fork();
+  if (pid == 0) {
+    bp_store *s;
+    if (bp_open(&f->cfg, &s)) _exit(2);
+    bp_coord c = {"a", "scope"};
+    if (bp_append(s, &c, 0x1001, "\xa5" "first", 6, NULL)) _exit(3);
+    bp_event_in in[3];
+    memset(in, 0, sizeof in);
+    for (int i = 0; i < 3; i++) in[i] = (bp_event_in){.coord = c, .kind = 0x1002, .payload = "\xa5" "batch", .len = 6};
+    bp_append_receipt r[3];
+    if (bp_append_batch(s, in, 3, r)) _exit(4);
+    if (write(p[1], &r[2].disk_pos, sizeof r[2].disk_pos) != (ssize_t)sizeof r[2].disk_pos) _exit(5);
+    _exit(0); /* no close: the segment stays unsealed */
+  }
+  int ws;
+  assert_int_equal(waitpid(pid, &ws, 0), pid);
+  assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+  bp_disk_pos last;
+  assert_int_equal(read(p[0], &last, sizeof last), (ssize_t)sizeof last);
+  close(p[0]);
+  close(p[1]);
+  /* The crash took the closing frame. */
+  assert_int_equal(truncate(seg_path(f, last.segment_id), (off_t)last.offset), 0);
+
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.batch_frames_dropped, 2);
+  assert_int_equal(d.event_count, 1);
+  bp_coord c = {"a", "scope"};
+  bp_append_receipt r;
+  assert_ok(bp_append(s, &c, 0x1001, "\xa5" "after", 6, &r));
+  assert_int_equal(r.sequence, 1);
+  assert_ok(bp_close(s));
+  bp_verify_report rep;
+  bp_status st = bp_verify(f->dir, &rep);
+  if (st) dump(&rep);
+  assert_ok(st);
+  assert_int_equal(rep.frames, 2);
+  bp_verify_report_free(&rep);
 }
 
 int main(void) {
@@ -319,6 +381,7 @@ int main(void) {
       T(damaged_checkpoint_is_reported),
       T(checkpoint_that_disagrees_with_the_segments_is_reported),
       T(frame_cut_short_before_allocated_space_is_a_torn_tail),
+      T(interrupted_batch_in_an_earlier_segment_is_not_counted),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

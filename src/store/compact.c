@@ -133,10 +133,8 @@ static int delete_stray_temps(const bp_store *s) {
   if (!d) return errno ? errno : EIO;
   int rc = 0;
   struct dirent *e;
-  size_t suffix = strlen(".fbat" BP__COMPACT_SUFFIX);
   while (!rc && (e = readdir(d))) {
-    size_t n = strlen(e->d_name);
-    if (n > suffix && strcmp(e->d_name + n - suffix, ".fbat" BP__COMPACT_SUFFIX) == 0) {
+    if (bp__has_suffix(e->d_name, ".fbat" BP__COMPACT_SUFFIX)) {
       char path[4200];
       snprintf(path, sizeof path, "%s/%s", s->dir, e->d_name);
       rc = unlink_missing_ok(path);
@@ -514,7 +512,9 @@ static bp_status commit(compaction *c) {
   pthread_rwlock_unlock(&s->view_lock);
   uint64_t n = 0, wm_seg = 0, wm_off = 0;
   bool checkpoint = !st && s->cfg.enable_checkpoint;
-  bp_status ck = checkpoint ? bp__checkpoint_watermark(s, &n, &wm_seg, &wm_off) : BP_OK;
+  /* A checkpoint must not describe frames a power loss could still take. */
+  bp_status ck = checkpoint ? bp__writer_sync(s) : BP_OK;
+  if (checkpoint && !ck) ck = bp__checkpoint_watermark(s, &n, &wm_seg, &wm_off);
   pthread_mutex_unlock(&s->wlock);
   /* Appends go on while the checkpoint of the events so far is written. */
   if (checkpoint && !ck) ck = bp__checkpoint_write_at(s, n, wm_seg, wm_off);

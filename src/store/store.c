@@ -91,8 +91,7 @@ static bool is_store_file(const char *name) {
                                       BP__COMPACT_INTENT, "cursors", "cache"};
   for (size_t i = 0; i < sizeof known / sizeof *known; i++)
     if (strcmp(name, known[i]) == 0) return true;
-  size_t n = strlen(name), k = strlen(BP__COMPACT_SUFFIX);
-  return n > k && strcmp(name + n - k, BP__COMPACT_SUFFIX) == 0;
+  return bp__has_suffix(name, ".fbat" BP__COMPACT_SUFFIX) || bp__has_suffix(name, ".fbat" BP__SEGMENT_NEW_SUFFIX);
 }
 
 static bool listed(const uint64_t *ids, size_t n, uint64_t id) {
@@ -119,6 +118,11 @@ static bp_status list_segments(bp_store *s, const uint64_t *hidden, size_t nhidd
         v = nv;
       }
       v[len++] = id;
+    } else if (!s->readonly && bp__has_suffix(e->d_name, ".fbat" BP__SEGMENT_NEW_SUFFIX)) {
+      /* A segment whose creation a crash interrupted: it never held an event. */
+      char path[4400];
+      snprintf(path, sizeof path, "%s/%s", s->dir, e->d_name);
+      bp__os_table.unlink(path);
     } else if (!is_store_file(e->d_name)) {
       bp__log(s, BP_LOG_INFO, "ignoring %s/%s: not a store file", s->dir, e->d_name);
     }

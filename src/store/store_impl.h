@@ -31,6 +31,7 @@
 #define BP__CHECKPOINT_TMP "index.ckpt.tmp"
 #define BP__COMPACT_INTENT "compact.intent"
 #define BP__COMPACT_SUFFIX ".compact"     /* after NNNNNN.fbat: a compaction's new segment */
+#define BP__SEGMENT_NEW_SUFFIX ".new"     /* after NNNNNN.fbat: a segment before its header is durable */
 #define BP__SIDX_ENTRY_SIZE 154u
 #define BP__SIDX_TRAILER_SIZE 16u
 
@@ -142,6 +143,11 @@ struct bp_store {
   size_t nstale_footers;
 };
 
+static inline bool bp__has_suffix(const char *name, const char *suffix) {
+  size_t n = strlen(name), k = strlen(suffix);
+  return n > k && strcmp(name + n - k, suffix) == 0;
+}
+
 /* ---- logging ---- */
 void bp__log(bp_store *s, int level, const char *fmt, ...) BP__PRINTF(3, 4);
 int64_t bp__now_us(const bp_store *s);
@@ -213,6 +219,9 @@ bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off);
 
 /* ---- writer (writer.c) ---- */
 bp_status bp__writer_seal(bp_store *s);
+/* fsyncs the active segment; everything appended so far becomes durable (wlock held).
+ * Errors: BP_EWRITER, BP_EIO (the writer's restart policy applies). */
+bp_status bp__writer_sync(bp_store *s);
 void bp__writer_free(bp_store *s);
 
 /* ---- compaction (compact.c) ---- */

@@ -135,10 +135,28 @@ static void check_footer(vctx *v, const char *where, const uint8_t *d, size_t si
   free(lens);
 }
 
-static bool all_zero(const uint8_t *p, size_t n) {
-  for (size_t i = 0; i < n; i++)
-    if (p[i]) return false;
-  return true;
+/* Where a trailing run of batch frames without their closing frame starts in
+ * an unsealed segment whose frames begin at off, or (size_t)-1 when there is
+ * none. The run ends at a tear or at allocated space. */
+static size_t interrupted_batch_at(const uint8_t *d, size_t off, size_t end, bp__buf *scratch) {
+  size_t closed = off;
+  while (end - off >= BP__FRAME_PREFIX) {
+    uint32_t len = bp__get_be32(d + off), crc = bp__get_be32(d + off + 4);
+    if (len == 0 || len > end - off - BP__FRAME_PREFIX || bp__crc32(d + off + BP__FRAME_PREFIX, len) != crc) break;
+    bp__frame f;
+    bool member = bp__frame_decode_body(d + off + BP__FRAME_PREFIX, len, scratch, &f) == BP_OK &&
+                  (f.header.flags & BP_FLAG_BATCH_MEMBER);
+    off += BP__FRAME_PREFIX + (size_t)len;
+    if (!member) closed = off;
+  }
+  return closed < off ? closed : (size_t)-1;
+}
+
+static bool intact_frame_at(const uint8_t *d, size_t off, size_t end) {
+  if (off > end || end - off < BP__FRAME_PREFIX) return false;
+  uint32_t len = bp__get_be32(d + off);
+  return len > 0 && len <= end - off - BP__FRAME_PREFIX &&
+         bp__crc32(d + off + BP__FRAME_PREFIX, len) == bp__get_be32(d + off + 4);
 }
 
 static void check_segment(vctx *v, const char *dir, uint64_t id) {
@@ -184,9 +202,16 @@ static void check_segment(vctx *v, const char *dir, uint64_t id) {
   size_t nfr = 0, cap = 0;
   bp__buf scratch;
   bp__buf_init(&scratch);
+  /* Opening drops the batch frames an unsealed segment ends with when no
+   * closing frame follows them: they are not events, and not counted. */
+  size_t batch_cut = sealed ? end : interrupted_batch_at(d, off, end, &scratch);
   while (off < end) {
     char at[64];
     snprintf(at, sizeof at, "segment %06" PRIu64 " offset %zu", id, off);
+    if (off == batch_cut) {
+      v->rep->torn_bytes += end - off;
+      break;
+    }
     if (end - off < BP__FRAME_PREFIX) {
       if (sealed) problem(v, at, "a truncated frame prefix");
       else v->rep->torn_bytes += end - off;
@@ -201,9 +226,10 @@ static void check_segment(vctx *v, const char *dir, uint64_t id) {
     }
     const uint8_t *body = d + off + BP__FRAME_PREFIX;
     if (bp__crc32(body, len) != crc) {
-      /* In an unsealed segment, a frame cut short by a crash ends the data:
-       * nothing but space allocated ahead (zero bytes) may follow it. */
-      if (sealed || !all_zero(body + len, end - off - BP__FRAME_PREFIX - len)) problem(v, at, "CRC mismatch");
+      /* In an unsealed segment, a frame a crash cut short (or a power loss
+       * garbled) ends the data: what follows is allocated space or junk. An
+       * intact frame after it means the damage is not a tear. */
+      if (sealed || intact_frame_at(d, off + BP__FRAME_PREFIX + len, end)) problem(v, at, "CRC mismatch");
       else v->rep->torn_bytes += end - off;
       if (!sealed) break;
       off += BP__FRAME_PREFIX + (size_t)len;

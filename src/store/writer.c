@@ -172,12 +172,19 @@ static int segment_write(bp_store *s, const uint8_t *data, size_t len, uint64_t 
   return rc;
 }
 
+/* A new segment appears under its name only with its header durable: it is
+ * written as NNNNNN.fbat.new, fsynced and renamed. A power loss may garble
+ * what no fsync covered; a named segment without its header would not open. */
 static bp_status writer_open_segment(bp_store *s) {
   uint64_t id = s->next_segment_id;
-  char path[4096];
+  char path[4096], tmp[4200];
   bp__segment_path(s, id, path, sizeof path);
-  int fd = bp__os_table.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) return bp__fail_errno(BP_EIO, errno, "create segment %s", path);
+  snprintf(tmp, sizeof tmp, "%s%s", path, BP__SEGMENT_NEW_SUFFIX);
+  struct stat sb;
+  if (lstat(path, &sb) == 0) return bp__fail(BP_EIO, "create segment %s: a file of that name exists", path);
+  bp__os_table.unlink(tmp); /* left by a crash */
+  int fd = bp__os_table.open(tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return bp__fail_errno(BP_EIO, errno, "create segment %s", tmp);
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   bp__segment_header h = {BP__SEGMENT_VERSION, 0, (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec, id};
@@ -188,11 +195,14 @@ static bp_status writer_open_segment(bp_store *s) {
   int rc = b.oom ? ENOMEM : bp__os_write_all(fd, &iov, 1, 0);
   uint64_t size = b.len;
   bp__buf_free(&b);
+  if (!rc) rc = bp__os_sync(fd, (int)s->cfg.sync_mode);
+  if (!rc && bp__os_table.rename(tmp, path) != 0) rc = errno ? errno : EIO;
   if (!rc) rc = bp__os_sync_dir(s->dir);
   bp_status st = rc ? bp__fail_errno(BP_EIO, rc, "write header of segment %s", path) : BP_OK;
   if (!st) st = bp__segment_add(s, id, false, size);
   if (st) {
     bp__os_table.close(fd);
+    bp__os_table.unlink(tmp);
     bp__os_table.unlink(path);
     return st;
   }
@@ -744,24 +754,26 @@ bp_status bp_append_batch(bp_store *s, const bp_event_in *events, size_t n, bp_a
   return submit(s, events, n, true, outs);
 }
 
+bp_status bp__writer_sync(bp_store *s) {
+  if (s->failed) return bp__fail(BP_EWRITER, "the writer has failed; reopen the store");
+  if (s->wfd < 0) return BP_OK;
+  int rc = bp__os_sync(s->wfd, s->cfg.sync_mode);
+  if (rc) {
+    bp_status st = bp__fail_errno(BP_EIO, rc, "fsync of segment %06" PRIu64 " failed", s->wseg);
+    /* Acknowledged frames stay; the segment is abandoned for a fresh one. */
+    writer_failed(s, s->wsize, bp_last_error()->message);
+    return st;
+  }
+  s->unsynced = 0;
+  atomic_store(&s->durable, s->ix.count);
+  return BP_OK;
+}
+
 bp_status bp_sync(bp_store *s) {
   if (!s) return bp__fail(BP_EINVAL, "bp_sync: NULL store");
   if (s->readonly) return bp__fail(BP_EREADONLY, "the store was opened read-only");
   pthread_mutex_lock(&s->wlock);
-  bp_status st = BP_OK;
-  if (s->failed) {
-    st = bp__fail(BP_EWRITER, "the writer has failed; reopen the store");
-  } else if (s->wfd >= 0) {
-    int rc = bp__os_sync(s->wfd, s->cfg.sync_mode);
-    if (rc) {
-      st = bp__fail_errno(BP_EIO, rc, "bp_sync: fsync of segment %06" PRIu64 " failed", s->wseg);
-      /* Acknowledged frames stay; the segment is abandoned for a fresh one. */
-      writer_failed(s, s->wsize, bp_last_error()->message);
-    } else {
-      s->unsynced = 0;
-      atomic_store(&s->durable, s->ix.count);
-    }
-  }
+  bp_status st = bp__writer_sync(s);
   pthread_mutex_unlock(&s->wlock);
   return st;
 }
