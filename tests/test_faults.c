@@ -1,0 +1,238 @@
+/*
+ * test_faults.c - a failure injected at every file-system step of rotation,
+ * close (seal and checkpoint) and open, plus short writes and refused
+ * mappings. For each step k (until an operation gets through without
+ * meeting the fault): the call fails with a clear error or succeeds, nothing
+ * acknowledged is lost, the store reopens and bp_verify finds it intact.
+ * (Compaction has the same sweep in test_compact.)
+ */
+#include "faultfs.h"
+#include "testutil.h"
+#include "store/os.h"
+
+#include <errno.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef tu_store_fixture fixture;
+static int setup(void **state) { return tu_store_setup(state); }
+static int teardown(void **state) {
+  ff_disarm();
+  return tu_store_teardown(state);
+}
+
+#define MAX_EVENTS 256
+
+typedef struct acked {
+  bp_id ids[MAX_EVENTS];
+  char payloads[MAX_EVENTS][16];
+  size_t n;
+} acked;
+
+static bp_status append_one(bp_store *s, acked *a, int i) {
+  char p[16];
+  snprintf(p, sizeof p, "\xa6" "ev%04d", i);
+  bp_coord c = {i % 2 ? "odd" : "even", "faults"};
+  bp_append_receipt r;
+  bp_status st = bp_append(s, &c, 0x1001, p, 7, &r);
+  if (st == BP_OK) {
+    a->ids[a->n] = r.event_id;
+    memcpy(a->payloads[a->n], p, 7);
+    a->n++;
+  }
+  return st;
+}
+
+/* Every acknowledged event is present once with its payload; sequences are
+ * dense; the store verifies. */
+static void assert_all_there(fixture *f, const acked *a, const char *what) {
+  bp_store *s;
+  bp_status st = bp_open(&f->cfg, &s);
+  if (st) fail_msg("%s: reopen: %s: %s", what, bp_status_name(st), bp_last_error()->message);
+  for (size_t i = 0; i < a->n; i++) {
+    bp_event *ev;
+    st = bp_get(s, a->ids[i], &ev);
+    if (st) fail_msg("%s: acknowledged event %zu lost: %s", what, i, bp_last_error()->message);
+    tu_assert_bytes_eq(ev->payload, ev->payload_len, a->payloads[i], 7, "payload");
+    bp_event_free(ev);
+  }
+  bp_entries all;
+  bp_region r = bp_region_all();
+  assert_ok(bp_query(s, &r, &all));
+  if (all.len != a->n) fail_msg("%s: %zu events, %zu acknowledged", what, all.len, a->n);
+  for (size_t i = 0; i < all.len; i++) assert_int_equal(all.items[i].global_sequence, i);
+  bp_entries_free(&all);
+  assert_ok(bp_close(s));
+  bp_verify_report rep;
+  st = bp_verify(f->dir, &rep);
+  for (size_t i = 0; st && i < rep.problem_count; i++) print_message("  %s: %s\n", rep.problems[i].where, rep.problems[i].what);
+  if (st) fail_msg("%s: bp_verify: %zu problems", what, rep.problem_count);
+  bp_verify_report_free(&rep);
+}
+
+static bool message_names_io(void) {
+  const char *m = bp_last_error()->message;
+  return strstr(m, "segment") || strstr(m, "checkpoint") || strstr(m, "writer") || strstr(m, "fsync");
+}
+
+/* Appends across a segment boundary with the k-th file-system call failing. */
+static void a_failure_at_every_step_of_rotation_loses_nothing(void **state) {
+  fixture *f = *state;
+  int k = 0;
+  for (;; k++) {
+    tu_remove_tree(f->dir);
+    f->cfg.segment_max_bytes = 1024;
+    f->cfg.sync_every_n_events = 1;
+    bp_store *s;
+    assert_ok(bp_open(&f->cfg, &s));
+    acked a = {.n = 0};
+    int i = 0;
+    bp_store_diagnostics d;
+    do { /* up to the last event that fits the first segment */
+      assert_ok(append_one(s, &a, i++));
+      bp_diagnostics(s, &d);
+    } while (d.active_segment_bytes + 500 < 1024);
+    ff_arm(k, false);
+    bp_status st = BP_OK;
+    for (int j = 0; j < 4; j++) {
+      bp_status sj = append_one(s, &a, i++);
+      if (sj && !st) st = sj;
+      if (sj && sj != BP_EIO && sj != BP_EWRITER) fail_msg("step %d: append returned %s", k, bp_status_name(sj));
+      if (sj && !message_names_io()) fail_msg("step %d: unclear message: %s", k, bp_last_error()->message);
+    }
+    bool hit = ff_hit();
+    ff_disarm();
+    /* The restart policy (once, by default) lets the writer go on after one failure. */
+    if (hit) {
+      bp_diagnostics(s, &d);
+      if (!d.writer_failed) assert_ok(append_one(s, &a, i++));
+    }
+    bp_close(s);
+    char what[48];
+    snprintf(what, sizeof what, "rotation, failure at step %d", k);
+    assert_all_there(f, &a, what);
+    if (!hit) break;
+  }
+  print_message("rotation: a failure injected at each of %d file-system steps\n", k);
+  assert_true(k >= 8);
+}
+
+/* bp_close (seal, fsync, checkpoint) with the k-th call failing. */
+static void a_failure_at_every_step_of_close_loses_nothing(void **state) {
+  fixture *f = *state;
+  int k = 0;
+  for (;; k++) {
+    tu_remove_tree(f->dir);
+    f->cfg.segment_max_bytes = 2048;
+    f->cfg.sync_every_n_events = 1000; /* close makes them durable */
+    bp_store *s;
+    assert_ok(bp_open(&f->cfg, &s));
+    acked a = {.n = 0};
+    for (int i = 0; i < 9; i++) assert_ok(append_one(s, &a, i));
+    ff_arm(k, false);
+    bp_status st = bp_close(s);
+    bool hit = ff_hit();
+    ff_disarm();
+    if (st && !message_names_io()) fail_msg("step %d: unclear message: %s", k, bp_last_error()->message);
+    if (hit != (st != BP_OK) && !hit) fail_msg("step %d: close failed without a fault", k);
+    char what[48];
+    snprintf(what, sizeof what, "close, failure at step %d", k);
+    assert_all_there(f, &a, what);
+    if (!hit) break;
+  }
+  print_message("close: a failure injected at each of %d file-system steps\n", k);
+  assert_true(k >= 6);
+}
+
+/* bp_open of a store with sealed segments, an unsealed one and a checkpoint,
+ * with the k-th call failing: open fails cleanly or succeeds; either way the
+ * next open sees every event. */
+static void a_failure_at_every_step_of_open_changes_nothing(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 1024;
+  /* Built by a child that ends without closing, as a crashed process. */
+  acked *a = mmap(NULL, sizeof *a, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  assert_true(a != MAP_FAILED);
+  a->n = 0;
+  pid_t pid = fork();
+  if (pid == 0) {
+    bp_store *s;
+    if (bp_open(&f->cfg, &s)) _exit(2);
+    for (int i = 0; i < 12; i++)
+      if (append_one(s, a, i)) _exit(3);
+    if (bp_close(s) || bp_open(&f->cfg, &s)) _exit(4);
+    for (int i = 12; i < 15; i++)
+      if (append_one(s, a, i)) _exit(5);
+    _exit(bp_sync(s) ? 6 : 0);
+  }
+  int ws;
+  assert_int_equal(waitpid(pid, &ws, 0), pid);
+  assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+  int k = 0;
+  for (;; k++) {
+    bp_store *s;
+    ff_arm(k, false);
+    bp_status st = bp_open(&f->cfg, &s);
+    bool hit = ff_hit();
+    ff_disarm();
+    if (st == BP_OK) assert_ok(bp_close(s));
+    else if (st != BP_EIO && st != BP_ECORRUPT) fail_msg("step %d: open returned %s", k, bp_status_name(st));
+    char what[48];
+    snprintf(what, sizeof what, "open, failure at step %d", k);
+    assert_all_there(f, a, what);
+    if (!hit) break;
+  }
+  munmap(a, sizeof *a);
+  print_message("open: a failure injected at each of %d file-system steps\n", k);
+  assert_true(k >= 3);
+}
+
+/* ------------------------------------------------- short writes, mappings */
+
+static ssize_t short_pwritev(int fd, const struct iovec *iov, int cnt, off_t off) {
+  (void)cnt;
+  size_t n = iov[0].iov_len < 7 ? iov[0].iov_len : 7; /* at most 7 bytes a call */
+  return pwrite(fd, iov[0].iov_base, n, off);
+}
+
+static void *no_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+  (void)addr, (void)len, (void)prot, (void)flags, (void)fd, (void)off;
+  errno = ENOMEM;
+  return MAP_FAILED;
+}
+
+static void short_writes_and_refused_mappings_lose_nothing(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 1024;
+  bp__os_table.pwritev = short_pwritev;
+  bp__os_table.mmap = no_mmap;
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  acked a = {.n = 0};
+  for (int i = 0; i < 20; i++) assert_ok(append_one(s, &a, i));
+  /* Reads of sealed segments fall back to pread. */
+  for (size_t i = 0; i < a.n; i++) {
+    bp_event *ev;
+    assert_ok(bp_get(s, a.ids[i], &ev));
+    bp_event_free(ev);
+  }
+  bp_compaction_config cc = {BP_COMPACT_MERGE, NULL, NULL, 2};
+  bp_compaction_result res;
+  assert_ok(bp_compact(s, &cc, &res));
+  assert_true(res.segments_removed > 0);
+  assert_ok(bp_close(s));
+  assert_all_there(f, &a, "short writes, no mmap");
+  bp__os_table = bp__os_default;
+  assert_all_there(f, &a, "short writes, then mmap again");
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(a_failure_at_every_step_of_rotation_loses_nothing, setup, teardown),
+      cmocka_unit_test_setup_teardown(a_failure_at_every_step_of_close_loses_nothing, setup, teardown),
+      cmocka_unit_test_setup_teardown(a_failure_at_every_step_of_open_changes_nothing, setup, teardown),
+      cmocka_unit_test_setup_teardown(short_writes_and_refused_mappings_lose_nothing, setup, teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
