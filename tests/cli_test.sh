@@ -44,6 +44,15 @@ cmp "$T/a.jsonl" "$T/b.jsonl" || fail "export/import round trip"
 [ "$(wc -l < "$T/a.jsonl")" = 3 ] || fail "export line count"
 printf 'not json\n' > "$T/bad.jsonl"
 expect_exit 1 "$B" import "$T/bad-import" < "$T/bad.jsonl"
+# Import is strict: a bad field stops it at that line, naming the reason.
+good=$(head -1 "$T/a.jsonl")
+for bad in 's/"kind":[0-9]*/"kind":70000/' 's/"payload_msgpack_hex":"\([0-9a-f]*\)"/"payload_msgpack_hex":"\1zz"/' \
+           's/"event_id":"[0-9a-f]*"/"event_id":"1234"/' 's/"flags":0/"flags":"0"/'; do
+  echo "$good" | sed "$bad" > "$T/bad.jsonl"
+  rm -rf "$T/bad-import"
+  expect_exit 1 "$B" import "$T/bad-import" < "$T/bad.jsonl"
+  grep -q "line 1 is not an exported event: " "$T/err" || fail "import error for $bad: $(cat "$T/err")"
+done
 
 # Snapshot, then verify it.
 "$B" snapshot "$S" "$T/snap" >/dev/null

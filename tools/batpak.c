@@ -8,6 +8,8 @@
  */
 #include <batpak.h>
 
+#include "jsonline.h"
+
 #include <errno.h>
 #include <inttypes.h>
 #include <json-c/json.h>
@@ -419,36 +421,22 @@ static int cmd_export(const char *dir, int argc, char **argv) {
       rc = fail("export");
       break;
     }
-    char id[33], corr[33], caus[33];
-    bp_id_to_hex(ev->header.event_id, id);
-    bp_id_to_hex(ev->header.correlation_id, corr);
-    bp_id_to_hex(ev->header.causation_id, caus);
-    char *hex = malloc(ev->payload_len * 2 + 1);
-    hexstr(ev->payload, ev->payload_len, hex);
-    struct json_object *o = json_object_new_object();
-    json_object_object_add(o, "event_id", json_object_new_string(id));
-    json_object_object_add(o, "entity", json_object_new_string(ev->entity));
-    json_object_object_add(o, "scope", json_object_new_string(ev->scope));
-    json_object_object_add(o, "kind", json_object_new_int(ev->header.kind));
-    json_object_object_add(o, "flags", json_object_new_int(copied_flags(ev->header.flags)));
-    json_object_object_add(o, "timestamp_us", json_object_new_int64(ev->header.timestamp_us));
-    json_object_object_add(o, "correlation_id", json_object_new_string(corr));
-    json_object_object_add(o, "causation_id", bp_id_is_nil(ev->header.causation_id) ? NULL : json_object_new_string(caus));
-    json_object_object_add(o, "payload_msgpack_hex", json_object_new_string(hex));
-    puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
-    json_object_put(o);
-    free(hex);
+    jl_event line = {ev->header.event_id, ev->header.correlation_id, ev->header.causation_id,
+                     (char *)ev->entity, (char *)ev->scope, ev->header.kind, (uint8_t)copied_flags(ev->header.flags),
+                     ev->header.timestamp_us, (uint8_t *)ev->payload, ev->payload_len};
+    char *text = jl_format(&line);
+    if (text) {
+      puts(text);
+    } else {
+      fputs("batpak: export: out of memory\n", stderr);
+      rc = 1;
+    }
+    free(text);
     bp_event_free(ev);
   }
   bp_entries_free(&e);
   bp_close(s);
   return rc;
-}
-
-static const char *jstr(struct json_object *o, const char *k) {
-  struct json_object *v;
-  return json_object_object_get_ex(o, k, &v) && json_object_is_type(v, json_type_string) ? json_object_get_string(v)
-                                                                                         : NULL;
 }
 
 static int cmd_import(const char *dir, int argc, char **argv) {
@@ -463,44 +451,26 @@ static int cmd_import(const char *dir, int argc, char **argv) {
   int rc = 0;
   while (!rc && (n = getline(&line, &cap, stdin)) > 0) {
     lineno++;
-    struct json_object *o = json_tokener_parse(line);
-    const char *id = o ? jstr(o, "event_id") : NULL, *entity = o ? jstr(o, "entity") : NULL;
-    const char *scope = o ? jstr(o, "scope") : NULL, *hex = o ? jstr(o, "payload_msgpack_hex") : NULL;
-    struct json_object *v;
-    bp_append_options opt_;
-    memset(&opt_, 0, sizeof opt_);
-    bool ok = id && entity && scope && hex && !bp_id_from_hex(id, &opt_.idempotency_key) &&
-              json_object_object_get_ex(o, "kind", &v) && json_object_object_get_ex(o, "timestamp_us", &v);
-    if (ok) {
-      const char *corr = jstr(o, "correlation_id"), *caus = jstr(o, "causation_id");
-      if (corr) ok = !bp_id_from_hex(corr, &opt_.correlation_id);
-      if (caus) ok = ok && !bp_id_from_hex(caus, &opt_.causation_id);
-      json_object_object_get_ex(o, "flags", &v);
-      opt_.flags = (uint8_t)json_object_get_int(v);
-    }
-    size_t hl = hex ? strlen(hex) : 0;
-    uint8_t *payload = ok ? malloc(hl / 2 + 1) : NULL;
-    for (size_t i = 0; ok && i + 1 < hl + 1 && i < hl; i += 2) {
-      unsigned b;
-      if (sscanf(hex + i, "%2x", &b) != 1) ok = false;
-      else payload[i / 2] = (uint8_t)b;
-    }
-    if (!ok || hl % 2) {
-      fprintf(stderr, "batpak: import: line %" PRIu64 " is not an exported event\n", lineno);
+    jl_event ev;
+    char why[128];
+    if (!jl_parse(line, (size_t)n, &ev, why, sizeof why)) {
+      fprintf(stderr, "batpak: import: line %" PRIu64 " is not an exported event: %s\n", lineno, why);
       rc = 1;
-    } else {
-      json_object_object_get_ex(o, "kind", &v);
-      bp_kind kind = (bp_kind)json_object_get_int(v);
-      json_object_object_get_ex(o, "timestamp_us", &v);
-      if (append_preserving(s, entity, scope, kind, json_object_get_int64(v), &opt_, payload, hl / 2)) {
-        fprintf(stderr, "batpak: import: line %" PRIu64 ": ", lineno);
-        rc = fail("append");
-      } else {
-        imported++;
-      }
+      break;
     }
-    free(payload);
-    json_object_put(o);
+    bp_append_options o;
+    memset(&o, 0, sizeof o);
+    o.idempotency_key = ev.event_id;
+    o.correlation_id = ev.correlation_id;
+    o.causation_id = ev.causation_id;
+    o.flags = ev.flags;
+    if (append_preserving(s, ev.entity, ev.scope, ev.kind, ev.timestamp_us, &o, ev.payload, ev.payload_len)) {
+      fprintf(stderr, "batpak: import: line %" PRIu64 ": ", lineno);
+      rc = fail("append");
+    } else {
+      imported++;
+    }
+    jl_free(&ev);
   }
   free(line);
   if (bp_close(s)) rc = fail("close");

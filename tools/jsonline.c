@@ -1,0 +1,148 @@
+/* jsonline.c - the export/import line format (jsonline.h). */
+#include "jsonline.h"
+
+#include <errno.h>
+#include <json-c/json.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static int hexval(char c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+static bool field(struct json_object *o, const char *k, json_type t, struct json_object **v, char *why, size_t n) {
+  if (json_object_object_get_ex(o, k, v) && json_object_is_type(*v, t)) return true;
+  snprintf(why, n, "field \"%s\" is missing or not a %s", k, json_type_to_name(t));
+  return false;
+}
+
+static bool id_field(struct json_object *o, const char *k, bool nullable, bp_id *out, char *why, size_t n) {
+  struct json_object *v;
+  *out = (bp_id){0, 0};
+  if (nullable && json_object_object_get_ex(o, k, &v) && json_object_is_type(v, json_type_null)) return true;
+  if (!field(o, k, json_type_string, &v, why, n)) return false;
+  const char *s = json_object_get_string(v);
+  if (strlen(s) != 32 || bp_id_from_hex(s, out) != BP_OK) {
+    snprintf(why, n, "field \"%s\" is not 32 hex digits", k);
+    return false;
+  }
+  return true;
+}
+
+static bool int_field(struct json_object *o, const char *k, int64_t lo, int64_t hi, int64_t *out, char *why,
+                      size_t n) {
+  struct json_object *v;
+  if (!field(o, k, json_type_int, &v, why, n)) return false;
+  errno = 0;
+  *out = json_object_get_int64(v);
+  if (errno || *out < lo || *out > hi) {
+    snprintf(why, n, "field \"%s\" is out of range", k);
+    return false;
+  }
+  return true;
+}
+
+static bool str_field(struct json_object *o, const char *k, char **out, char *why, size_t n) {
+  struct json_object *v;
+  if (!field(o, k, json_type_string, &v, why, n)) return false;
+  *out = strdup(json_object_get_string(v));
+  if (!*out) snprintf(why, n, "out of memory");
+  return *out != NULL;
+}
+
+bool jl_parse(const char *line, size_t len, jl_event *ev, char *why, size_t n) {
+  memset(ev, 0, sizeof *ev);
+  struct json_tokener *tok = json_tokener_new();
+  if (!tok) {
+    snprintf(why, n, "out of memory");
+    return false;
+  }
+  struct json_object *o = json_tokener_parse_ex(tok, line, (int)(len > 0x7fffffff ? 0x7fffffff : len));
+  enum json_tokener_error err = json_tokener_get_error(tok);
+  size_t used = (size_t)json_tokener_get_parse_end(tok);
+  json_tokener_free(tok);
+  bool ok = o && err == json_tokener_success;
+  if (!ok) snprintf(why, n, "not a JSON object");
+  for (size_t i = used; ok && i < len; i++)
+    if (line[i] != ' ' && line[i] != '\t' && line[i] != '\r' && line[i] != '\n') {
+      snprintf(why, n, "text after the JSON object");
+      ok = false;
+    }
+  if (ok && !json_object_is_type(o, json_type_object)) {
+    snprintf(why, n, "not a JSON object");
+    ok = false;
+  }
+  int64_t kind = 0, flags = 0;
+  struct json_object *hex = NULL;
+  ok = ok && id_field(o, "event_id", false, &ev->event_id, why, n) &&
+       id_field(o, "correlation_id", false, &ev->correlation_id, why, n) &&
+       id_field(o, "causation_id", true, &ev->causation_id, why, n) && str_field(o, "entity", &ev->entity, why, n) &&
+       str_field(o, "scope", &ev->scope, why, n) && int_field(o, "kind", 0, 0xFFFF, &kind, why, n) &&
+       int_field(o, "flags", 0, 0xFF, &flags, why, n) &&
+       int_field(o, "timestamp_us", INT64_MIN, INT64_MAX, &ev->timestamp_us, why, n) &&
+       field(o, "payload_msgpack_hex", json_type_string, &hex, why, n);
+  if (ok) {
+    ev->kind = (bp_kind)kind;
+    ev->flags = (uint8_t)flags;
+    const char *h = json_object_get_string(hex);
+    size_t hl = (size_t)json_object_get_string_len(hex);
+    ev->payload = malloc(hl / 2 + 1);
+    if (hl % 2 || !ev->payload) {
+      snprintf(why, n, ev->payload ? "payload hex has an odd number of digits" : "out of memory");
+      ok = false;
+    }
+    for (size_t i = 0; ok && i < hl; i += 2) {
+      int a = hexval(h[i]), b = hexval(h[i + 1]);
+      if (a < 0 || b < 0) {
+        snprintf(why, n, "payload hex has a non-hex character at %zu", i);
+        ok = false;
+      } else {
+        ev->payload[i / 2] = (uint8_t)(a << 4 | b);
+      }
+    }
+    ev->payload_len = hl / 2;
+  }
+  json_object_put(o);
+  if (!ok) jl_free(ev);
+  return ok;
+}
+
+char *jl_format(const jl_event *ev) {
+  char id[33], corr[33], caus[33];
+  bp_id_to_hex(ev->event_id, id);
+  bp_id_to_hex(ev->correlation_id, corr);
+  bp_id_to_hex(ev->causation_id, caus);
+  char *hex = malloc(ev->payload_len * 2 + 1);
+  if (!hex) return NULL;
+  static const char digits[] = "0123456789abcdef";
+  for (size_t i = 0; i < ev->payload_len; i++) {
+    hex[2 * i] = digits[ev->payload[i] >> 4];
+    hex[2 * i + 1] = digits[ev->payload[i] & 15];
+  }
+  hex[2 * ev->payload_len] = 0;
+  struct json_object *o = json_object_new_object();
+  json_object_object_add(o, "event_id", json_object_new_string(id));
+  json_object_object_add(o, "entity", json_object_new_string(ev->entity));
+  json_object_object_add(o, "scope", json_object_new_string(ev->scope));
+  json_object_object_add(o, "kind", json_object_new_int(ev->kind));
+  json_object_object_add(o, "flags", json_object_new_int(ev->flags));
+  json_object_object_add(o, "timestamp_us", json_object_new_int64(ev->timestamp_us));
+  json_object_object_add(o, "correlation_id", json_object_new_string(corr));
+  json_object_object_add(o, "causation_id", bp_id_is_nil(ev->causation_id) ? NULL : json_object_new_string(caus));
+  json_object_object_add(o, "payload_msgpack_hex", json_object_new_string(hex));
+  char *line = strdup(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+  json_object_put(o);
+  free(hex);
+  return line;
+}
+
+void jl_free(jl_event *ev) {
+  free(ev->entity);
+  free(ev->scope);
+  free(ev->payload);
+  memset(ev, 0, sizeof *ev);
+}
