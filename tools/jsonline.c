@@ -1,4 +1,5 @@
 /* jsonline.c - the export/import line format (jsonline.h). */
+#define _POSIX_C_SOURCE 200809L
 #include "jsonline.h"
 
 #include <errno.h>
