@@ -3,18 +3,6 @@
 
 #include <zlib.h>
 
-uint32_t bp__crc32(const void *data, size_t len) {
-  uLong crc = crc32(0L, Z_NULL, 0);
-  const Bytef *p = data;
-  while (len > 0) {
-    uInt chunk = len > 0x40000000u ? 0x40000000u : (uInt)len;
-    crc = crc32(crc, p, chunk);
-    p += chunk;
-    len -= chunk;
-  }
-  return (uint32_t)crc;
-}
-
 /* Reads a map key; every record here has string keys. */
 static bp_status read_key(bp__mp_reader *r, const char **k, uint32_t *klen) {
   return bp__mp_read_str(r, k, klen);
