@@ -311,6 +311,9 @@ static void crc32_matches_zlib_at_every_length_and_alignment(void **state) {
       if (got != want) fail_msg("length %zu at alignment %zu: %08x, zlib %08x", len, align, got, want);
     }
   assert_int_equal(bp__crc32(buf + 3, big), (uint32_t)crc32(0, buf + 3, (uInt)big));
+  /* Continued in pieces of every size, it is the same CRC. */
+  for (size_t cut = 0; cut < 300; cut++)
+    assert_int_equal(bp__crc32_update(bp__crc32(buf, cut), buf + cut, 4096 - cut), (uint32_t)crc32(0, buf, 4096));
   memset(buf, 0xff, 4096);
   assert_int_equal(bp__crc32(buf, 4096), (uint32_t)crc32(0, buf, 4096));
   free(buf);

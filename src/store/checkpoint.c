@@ -23,7 +23,6 @@
 #include <stdio.h>
 #include <sys/mman.h>
 #include <unistd.h>
-#include <zlib.h>
 
 #define CKPT_MAGIC "FBATCK"
 #define CKPT_VERSION 2
@@ -205,15 +204,15 @@ static void release_before(const uint8_t *base, size_t *released, size_t upto, b
 }
 
 static uint32_t checkpoint_crc(const uint8_t *data, size_t size, bool mapped) {
-  uLong crc = crc32(0L, Z_NULL, 0);
+  uint32_t crc = 0;
   size_t released = 0;
   for (size_t off = CKPT_HEADER; off < size;) {
     size_t n = size - off < RELEASE_STEP ? size - off : RELEASE_STEP;
-    crc = crc32(crc, data + off, (uInt)n);
+    crc = bp__crc32_update(crc, data + off, n);
     off += n;
     release_before(data, &released, off, mapped);
   }
-  return (uint32_t)crc;
+  return crc;
 }
 
 static const bp__segment *segment_of(const bp_store *s, uint64_t id) {

@@ -86,7 +86,7 @@ CLMUL_TARGET static uint32_t crc_fold(uint32_t crc, const uint8_t *p, size_t len
 
 static int clmul_state; /* 0 unknown, 1 yes, -1 no; a benign race: every thread computes the same */
 
-uint32_t bp__crc32(const void *data, size_t len) {
+uint32_t bp__crc32_update(uint32_t crc, const void *data, size_t len) {
   const uint8_t *p = data;
   if (len >= 64) {
     int st = __atomic_load_n(&clmul_state, __ATOMIC_RELAXED);
@@ -97,14 +97,16 @@ uint32_t bp__crc32(const void *data, size_t len) {
     }
     if (st > 0) {
       size_t bulk = len & ~(size_t)15;
-      return crc_zlib(crc_fold(0, p, bulk), p + bulk, len - bulk);
+      return crc_zlib(crc_fold(crc, p, bulk), p + bulk, len - bulk);
     }
   }
-  return crc_zlib(0, p, len);
+  return crc_zlib(crc, p, len);
 }
 
 #else
 
-uint32_t bp__crc32(const void *data, size_t len) { return crc_zlib(0, data, len); }
+uint32_t bp__crc32_update(uint32_t crc, const void *data, size_t len) { return crc_zlib(crc, data, len); }
 
 #endif
+
+uint32_t bp__crc32(const void *data, size_t len) { return bp__crc32_update(0, data, len); }

@@ -60,6 +60,8 @@ bp_status bp__frame_decode_body(const uint8_t *body, size_t len, bp__buf *scratc
 
 /* The IEEE CRC-32 used by frames, SIDX-less scans and checkpoints. */
 uint32_t bp__crc32(const void *data, size_t len);
+/* Continues a CRC: bp__crc32_update(bp__crc32(a), b) is the CRC of a then b. */
+uint32_t bp__crc32_update(uint32_t crc, const void *data, size_t len);
 
 /* Segment header record. */
 typedef struct bp__segment_header {
