@@ -121,14 +121,7 @@ static bool exists(const fixture *f, const char *name) {
   return lstat(p, &st) == 0;
 }
 
-static void assert_verifies(const fixture *f) {
-  bp_verify_report r;
-  bp_status st = bp_verify(f->dir, &r);
-  for (size_t i = 0; st && i < r.problem_count; i++)
-    print_message("  %s: %s\n", r.problems[i].where, r.problems[i].what);
-  assert_ok(st);
-  bp_verify_report_free(&r);
-}
+static void assert_verifies(const fixture *f) { tu_assert_verifies(f->dir, "after the compaction"); }
 
 static void reopen(fixture *f, bp_store **s) {
   assert_ok(bp_close(*s));
@@ -525,21 +518,27 @@ static void build(fixture *f, recs *all, uint64_t *sealed_end) {
   assert_ok(bp_close(s));
 }
 
+/* A fresh store, its events, the events a compaction by strategy must leave,
+ * and a saved copy of the directory (restored before each attempt). */
+static void prepare_case(fixture *f, int strategy, recs *all, recs *want, char *save, size_t save_size) {
+  tu_remove_tree(f->dir);
+  uint64_t sealed_end;
+  build(f, all, &sealed_end);
+  snprintf(save, save_size, "%s/saved", f->tmp);
+  tu_remove_tree(save);
+  tu_copy_dir(f->dir, save);
+  *want = expected_after(all, strategy, sealed_end);
+}
+
 /* Fails the k-th file-system call of a compaction with EIO, for every k until
  * one completes: each failing call leaves the store as it was, in memory and
  * after reopening; a failure after the commit point completes it. */
 static void a_failure_at_every_step_loses_nothing(void **state) {
   fixture *f = *state;
   for (int si = 0; si < 3; si++) {
-    tu_remove_tree(f->dir);
-    recs all;
-    uint64_t sealed_end;
-    build(f, &all, &sealed_end);
+    recs all, want;
     char save[4200];
-    snprintf(save, sizeof save, "%s/saved", f->tmp);
-    tu_remove_tree(save);
-    tu_copy_dir(f->dir, save);
-    recs want = expected_after(&all, strategies[si], sealed_end);
+    prepare_case(f, strategies[si], &all, &want, save, sizeof save);
     int steps = 0;
     for (int k = 0;; k++) {
       tu_remove_tree(f->dir);
@@ -583,15 +582,9 @@ static void a_failure_at_every_step_loses_nothing(void **state) {
 static void a_crash_at_every_step_leaves_old_or_new(void **state) {
   fixture *f = *state;
   for (int si = 0; si < 3; si++) {
-    tu_remove_tree(f->dir);
-    recs all;
-    uint64_t sealed_end;
-    build(f, &all, &sealed_end);
+    recs all, want;
     char save[4200];
-    snprintf(save, sizeof save, "%s/saved", f->tmp);
-    tu_remove_tree(save);
-    tu_copy_dir(f->dir, save);
-    recs want = expected_after(&all, strategies[si], sealed_end);
+    prepare_case(f, strategies[si], &all, &want, save, sizeof save);
     int k = 0;
     for (;; k++) {
       tu_remove_tree(f->dir);

@@ -228,21 +228,9 @@ static uint64_t check_store(const char *dir, const ack *acks, size_t nacks, unsi
   bp_entries_free(&e);
 
   /* The store takes appends again, and keeps them. */
-  bp_coord c = {"after:crash", "crash"};
-  bp_append_receipt r;
-  assert_ok(bp_append(s, &c, 0x1003, "\xc0", 1, &r));
-  assert_int_equal(r.sequence, count);
-  assert_ok(bp_close(s));
-
-  bp_verify_report rep;
-  bp_status st = bp_verify(dir, &rep);
-  if (st != BP_OK) {
-    for (size_t i = 0; i < rep.problem_count; i++)
-      print_message("  %s: %s\n", rep.problems[i].where, rep.problems[i].what);
-    fail_msg("seed %u: bp_verify after the crash returned %s with %zu problems", seed, bp_status_name(st),
-             rep.problem_count);
-  }
-  bp_verify_report_free(&rep);
+  char what[48];
+  snprintf(what, sizeof what, "seed %u, after the crash", seed);
+  tu_finish_after_crash(s, count, dir, what);
   return count;
 }
 

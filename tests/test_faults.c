@@ -64,11 +64,7 @@ static void assert_all_there(fixture *f, const acked *a, const char *what) {
   for (size_t i = 0; i < all.len; i++) assert_int_equal(all.items[i].global_sequence, i);
   bp_entries_free(&all);
   assert_ok(bp_close(s));
-  bp_verify_report rep;
-  st = bp_verify(f->dir, &rep);
-  for (size_t i = 0; st && i < rep.problem_count; i++) print_message("  %s: %s\n", rep.problems[i].where, rep.problems[i].what);
-  if (st) fail_msg("%s: bp_verify: %zu problems", what, rep.problem_count);
-  bp_verify_report_free(&rep);
+  tu_assert_verifies(f->dir, what);
 }
 
 static bool message_names_io(void) {

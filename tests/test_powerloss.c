@@ -169,18 +169,9 @@ static uint64_t check_store(const char *dir, const report *reps, size_t nreps, u
   uint64_t count = e.len;
   bp_entries_free(&e);
 
-  bp_coord c = {"after", "power"};
-  bp_append_receipt r;
-  assert_ok(bp_append(s, &c, 0x1003, "\xc0", 1, &r));
-  assert_int_equal(r.sequence, count);
-  assert_ok(bp_close(s));
-  bp_verify_report rep;
-  st = bp_verify(dir, &rep);
-  if (st) {
-    for (size_t i = 0; i < rep.problem_count; i++) print_message("  %s: %s\n", rep.problems[i].where, rep.problems[i].what);
-    fail_msg("seed %u: bp_verify after the power loss: %zu problems", seed, rep.problem_count);
-  }
-  bp_verify_report_free(&rep);
+  char what[48];
+  snprintf(what, sizeof what, "seed %u, after the power loss", seed);
+  tu_finish_after_crash(s, count, dir, what);
   return count;
 }
 

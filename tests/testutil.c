@@ -153,6 +153,24 @@ void tu_hash(struct json_object *o, const char *key, uint8_t out[32]) {
   free(raw);
 }
 
+void tu_assert_verifies(const char *dir, const char *what) {
+  bp_verify_report rep;
+  bp_status st = bp_verify(dir, &rep);
+  for (size_t i = 0; st && i < rep.problem_count; i++)
+    print_message("  %s: %s\n", rep.problems[i].where, rep.problems[i].what);
+  if (st) fail_msg("%s: bp_verify returned %s with %zu problems", what, bp_status_name(st), rep.problem_count);
+  bp_verify_report_free(&rep);
+}
+
+void tu_finish_after_crash(bp_store *s, uint64_t count, const char *dir, const char *what) {
+  bp_coord c = {"after:crash", "crash"};
+  bp_append_receipt r;
+  assert_ok(bp_append(s, &c, 0x1003, "\xc0", 1, &r));
+  assert_int_equal(r.sequence, count);
+  assert_ok(bp_close(s));
+  tu_assert_verifies(dir, what);
+}
+
 int tu_store_setup(void **state) {
   tu_store_fixture *f = calloc(1, sizeof *f);
   f->tmp = tu_make_temp_dir("store");

@@ -65,6 +65,13 @@ typedef struct tu_store_fixture {
 int tu_store_setup(void **state);
 int tu_store_teardown(void **state);
 
+/* bp_verify on a closed store directory; on problems prints each and fails
+ * the test, naming `what`. */
+void tu_assert_verifies(const char *dir, const char *what);
+/* After a crash: the reopened store in dir takes one more append as global
+ * sequence `count` (its event count), closes cleanly and verifies. */
+void tu_finish_after_crash(bp_store *s, uint64_t count, const char *dir, const char *what);
+
 /* ---- fixture manifests (json-c) ---- */
 struct json_object;
 /* Parses tests/data/fixtures/<name>/manifest.json. Free with json_object_put. */
