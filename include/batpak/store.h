@@ -488,10 +488,11 @@ typedef struct bp_compaction_result {
  * Appends continue while the new segment is written and wait only for the
  * swap at the end; reads wait for it too. A crash at any point leaves either
  * the old segments or the new one. Retention renumbers the global sequences
- * of every later event (cursors follow; bp_entry values taken before do not);
+ * of every later event (cursors follow; bp_entry values taken before do not),
+ * and leaves a gap in the hash chain of an entity it drops only some events of;
  * retention and tombstone clear the projection cache. Strings of events read
  * before stay valid. Do not call it from a callback of a query, cursor or
- * projection of the same store.
+ * projection of the same store, nor while bp_close runs.
  * Errors: BP_EINVAL (strategy, a missing keep), BP_EREADONLY, BP_EIO,
  * BP_ECRC / BP_ECORRUPT (a damaged frame in a segment to merge: nothing is
  * changed), BP_ENOMEM. On error the store is as it was. */
