@@ -32,6 +32,15 @@ static int usage(const char *text) {
   return 2;
 }
 
+/* A progress line on a terminal (stderr), every `every` items; `done` 0 ends it. */
+static void progress(const char *what, uint64_t done, uint64_t every) {
+  static int on_tty = -1;
+  if (on_tty < 0) on_tty = isatty(STDERR_FILENO) && !json_out;
+  if (!on_tty) return;
+  if (done == 0) fputc('\n', stderr);
+  else if (done % every == 0) fprintf(stderr, "\rbatpak: %s: %" PRIu64, what, done);
+}
+
 static void log_to_stderr(int level, const char *msg, void *ctx) {
   (void)ctx;
   if (level <= BP_LOG_WARN) fprintf(stderr, "batpak: %s: %s\n", level == BP_LOG_ERROR ? "error" : "warning", msg);
@@ -325,12 +334,11 @@ typedef struct drop_rule {
   bool has_before;
   uint64_t before_ms;
   uint64_t seen;
-  bool progress;
 } drop_rule;
 
 static bool keep_event(const bp_event *ev, void *ctx) {
   drop_rule *r = ctx;
-  if (r->progress && ++r->seen % 100000 == 0) fprintf(stderr, "\rbatpak: compact: %" PRIu64 " events", r->seen);
+  if (++r->seen % 100000 == 0) progress("compact: events read", r->seen, 100000);
   bool match = true;
   if (r->entity_prefix) match = strncmp(ev->entity, r->entity_prefix, strlen(r->entity_prefix)) == 0;
   if (r->has_kind) match = match && ev->header.kind == r->kind;
@@ -342,7 +350,7 @@ static int cmd_compact(const char *dir, int argc, char **argv) {
   const char *strategy = opt(argc, argv, "--strategy");
   const char *kind = opt(argc, argv, "--drop-kind"), *before = opt(argc, argv, "--drop-before-ms");
   const char *min = opt(argc, argv, "--min-segments");
-  drop_rule rule = {.entity_prefix = opt(argc, argv, "--drop-entity-prefix"), .progress = isatty(2)};
+  drop_rule rule = {.entity_prefix = opt(argc, argv, "--drop-entity-prefix")};
   bp_compaction_config cfg = {.strategy = BP_COMPACT_MERGE, .keep = keep_event, .ctx = &rule};
   if (!strategy || !strcmp(strategy, "merge")) cfg.strategy = BP_COMPACT_MERGE;
   else if (!strcmp(strategy, "retention")) cfg.strategy = BP_COMPACT_RETENTION;
@@ -369,7 +377,7 @@ static int cmd_compact(const char *dir, int argc, char **argv) {
   bp_stats(s, &before_stats);
   bp_compaction_result res;
   int rc = bp_compact(s, &cfg, &res) ? fail("compact") : 0;
-  if (rule.progress && rule.seen >= 100000) fputc('\n', stderr);
+  if (rule.seen >= 100000) progress("compact", 0, 1);
   bp_stats(s, &after_stats);
   if (!rc && json_out) {
     printf("{\"segments_removed\":%zu,\"bytes_reclaimed\":%" PRIu64 ",\"events_before\":%" PRIu64
@@ -468,10 +476,11 @@ static int cmd_import(const char *dir, int argc, char **argv) {
       fprintf(stderr, "batpak: import: line %" PRIu64 ": ", lineno);
       rc = fail("append");
     } else {
-      imported++;
+      progress("import: events", ++imported, 10000);
     }
     jl_free(&ev);
   }
+  if (imported >= 10000) progress("import", 0, 1);
   free(line);
   if (bp_close(s)) rc = fail("close");
   if (!rc && !json_out) fprintf(stderr, "imported %" PRIu64 " events\n", imported);
@@ -528,7 +537,6 @@ static int cmd_repair(const char *dir, int argc, char **argv) {
   } else if (bp_query(src, &all, &e)) {
     rc = fail("repair");
   }
-  bool progress = isatty(STDERR_FILENO) && !json_out;
   uint64_t kept = 0, unreadable = 0;
   for (size_t i = 0; i < e.len && !rc; i++) {
     bp_event *ev;
@@ -556,9 +564,9 @@ static int cmd_repair(const char *dir, int argc, char **argv) {
     else
       kept++;
     bp_event_free(ev);
-    if (progress && (i + 1) % 10000 == 0) fprintf(stderr, "\r%zu of %zu events copied", i + 1, e.len);
+    progress("repair: events copied", i + 1, 10000);
   }
-  if (progress && e.len >= 10000) fputc('\n', stderr);
+  if (e.len >= 10000) progress("repair", 0, 1);
   bp_entries_free(&e);
   bp_close(src);
   if (bp_close(dst) && !rc) rc = fail("repair: close");
