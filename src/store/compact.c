@@ -172,9 +172,12 @@ bp_status bp__compact_recover(bp_store *s, uint64_t **hidden, size_t *nhidden, b
   size_t n = 0;
   int rc = read_intent(s, &first, &ids, &n);
   char path[4200];
-  if (rc == ENOENT) return s->readonly || !(rc = delete_stray_temps(s))
-                               ? BP_OK
-                               : bp__fail_errno(BP_EIO, rc, "delete the temporary files of a compaction in %s", s->dir);
+  if (rc == ENOENT) {
+    /* Nothing committed: a temporary file is what a compaction left before
+     * its commit point. */
+    if (s->readonly || !(rc = delete_stray_temps(s))) return BP_OK;
+    return bp__fail_errno(BP_EIO, rc, "delete the temporary files of a compaction in %s", s->dir);
+  }
   if (rc == EBADMSG) {
     /* Written only in part: the compaction never committed. Undo it. */
     if (s->readonly) return BP_OK;
