@@ -276,29 +276,11 @@ static bp_status note_dropped(compaction *c, uint64_t seq) {
   return BP_OK;
 }
 
-/* The frame of event seq as stored, its length and CRC checked (merge needs
- * nothing more: no decoding). */
-static bp_status read_frame(compaction *c, uint64_t seq, bp__evread *rd) {
-  const bp__ientry *e = bp__index_at(&c->s->ix, seq);
-  rd->raw = bp__segment_view(c->s, e->segment_id, e->offset, e->length);
-  if (!rd->raw) {
-    rd->frame.len = 0;
-    if (!bp__buf_reserve(&rd->frame, e->length)) return bp__fail(BP_ENOMEM, "compaction: out of memory");
-    bp_status st = bp__segment_read(c->s, e->segment_id, e->offset, rd->frame.data, e->length);
-    if (st) return st;
-    rd->raw = rd->frame.data;
-  }
-  if (e->length < BP__FRAME_PREFIX || bp__get_be32(rd->raw) != e->length - BP__FRAME_PREFIX ||
-      bp__crc32(rd->raw + BP__FRAME_PREFIX, e->length - BP__FRAME_PREFIX) != bp__get_be32(rd->raw + 4))
-    return bp__fail(BP_ECRC, "compaction: segment %06u offset %" PRIu64 ": frame length or CRC mismatch",
-                    e->segment_id, e->offset);
-  return BP_OK;
-}
-
 /* Copies (or rewrites, or leaves out) one event of the merged segments. */
 static bp_status copy_event(compaction *c, uint64_t seq, bp__evread *rd) {
   bool merge = c->cfg->strategy == BP_COMPACT_MERGE;
-  bp_status st = merge ? read_frame(c, seq, rd) : bp__read_event(c->s, seq, rd);
+  /* Merge needs the frame only; the others decode it for keep(). */
+  bp_status st = merge ? bp__read_frame(c->s, seq, rd) : bp__read_event(c->s, seq, rd);
   if (st) return st;
   bool keep = merge || c->cfg->keep(&rd->ev, c->cfg->ctx);
   if (!keep && c->cfg->strategy == BP_COMPACT_RETENTION) return note_dropped(c, seq);

@@ -43,7 +43,7 @@ bp_status bp_get_entry(bp_store *s, bp_id id, bp_entry *out) {
   return found ? BP_OK : not_found(id);
 }
 
-bp_status bp__read_event(bp_store *s, uint64_t seq, bp__evread *rd) {
+bp_status bp__read_frame(bp_store *s, uint64_t seq, bp__evread *rd) {
   const bp__ientry *e = bp__index_at(&s->ix, seq);
   uint32_t len = e->length;
   uint64_t seg = e->segment_id, off = e->offset;
@@ -62,6 +62,17 @@ bp_status bp__read_event(bp_store *s, uint64_t seq, bp__evread *rd) {
                     bp__get_be32(frame), len - BP__FRAME_PREFIX);
   if (bp__crc32(frame + BP__FRAME_PREFIX, len - BP__FRAME_PREFIX) != bp__get_be32(frame + 4))
     return bp__fail(BP_ECRC, "segment %06" PRIu64 " offset %" PRIu64 ": CRC mismatch", seg, off);
+  rd->raw = frame;
+  return BP_OK;
+}
+
+bp_status bp__read_event(bp_store *s, uint64_t seq, bp__evread *rd) {
+  bp_status st = bp__read_frame(s, seq, rd);
+  if (st) return st;
+  const bp__ientry *e = bp__index_at(&s->ix, seq);
+  uint32_t len = e->length;
+  uint64_t seg = e->segment_id, off = e->offset;
+  const uint8_t *frame = rd->raw;
   bp__frame f;
   if (bp__frame_decode_body(frame + BP__FRAME_PREFIX, len - BP__FRAME_PREFIX, &rd->scratch, &f) != BP_OK) {
     bp__fail_context("segment %06" PRIu64 " offset %" PRIu64, seg, off);
@@ -69,7 +80,6 @@ bp_status bp__read_event(bp_store *s, uint64_t seq, bp__evread *rd) {
   }
   if (!bp_id_eq(f.header.event_id, e->event_id))
     return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame holds another event", seg, off);
-  rd->raw = frame;
   rd->ev.header = f.header;
   rd->ev.entity = bp__index_name(&s->ix, e->entity)->str;
   rd->ev.scope = bp__index_name(&s->ix, e->scope)->str;

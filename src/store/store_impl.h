@@ -251,6 +251,9 @@ typedef struct bp__evread {
   bp_event ev;
 } bp__evread;
 bp_status bp__read_event(bp_store *s, uint64_t seq, bp__evread *rd);
+/* Only the stored frame of event seq, length and CRC checked, into rd->raw
+ * (no decoding). Errors: as bp__read_event. */
+bp_status bp__read_frame(bp_store *s, uint64_t seq, bp__evread *rd);
 void bp__evread_free(bp__evread *rd);
 void bp__entry_from_index(const bp_store *s, uint64_t seq, bp_entry *out);
 
