@@ -267,6 +267,10 @@ bp_status bp__mp_read_str(bp__mp_reader *r, const char **s, uint32_t *len) {
 }
 
 static bp_status read_unsigned(bp__mp_reader *r, uint64_t max, const char *what, uint64_t *out) {
+  if (r->p < r->end && *r->p <= 0x7f && *r->p <= max) { /* a positive fixint */
+    *out = *r->p++;
+    return BP_OK;
+  }
   size_t at = bp__mp_offset(r);
   bp__mp_value v;
   bp_status st = bp__mp_next(r, &v);
@@ -345,6 +349,17 @@ static bp_status read_int_bytes(bp__mp_reader *r, uint8_t *out, size_t n) {
 }
 
 bp_status bp__mp_read_fixed_bytes(bp__mp_reader *r, uint8_t *out, size_t n) {
+  /* The usual form: an array header of exactly n elements (fixarray for 16,
+   * array16 for 32), then the elements. */
+  size_t left = bp__mp_remaining(r);
+  if (n < 16 && left >= 1 && r->p[0] == (0x90 | n)) {
+    r->p += 1;
+    return read_int_bytes(r, out, n);
+  }
+  if (n >= 16 && n <= 0xffff && left >= 3 && r->p[0] == 0xdc && bp__get_be16(r->p + 1) == n) {
+    r->p += 3;
+    return read_int_bytes(r, out, n);
+  }
   size_t at = bp__mp_offset(r);
   bp__mp_value v;
   bp_status st = bp__mp_next(r, &v);
