@@ -200,9 +200,71 @@ static void byte_arrays_read_from_bin_or_integer_arrays(void **state) {
   assert_status(bp__mp_read_fixed_bytes(&r, out, 2), BP_ESERIAL);
 }
 
+/* Integer arrays of bytes decode to the same bytes whatever their length and
+ * content (the 8-bytes-at-a-time path and the element-by-element one), also
+ * when some elements take another integer form, and a bad element anywhere is
+ * refused. */
+static void integer_byte_arrays_decode_exactly(void **state) {
+  (void)state;
+  uint32_t x = 99;
+  uint8_t want[300], got[300];
+  for (int round = 0; round < 3000; round++) {
+    size_t n = (size_t)(round % 300);
+    for (size_t i = 0; i < n; i++) {
+      x = x * 1664525u + 1013904223u;
+      /* Mostly random bytes, sometimes runs of 0xcc and of small values. */
+      want[i] = round % 7 == 0 ? 0xcc : round % 5 == 0 ? (uint8_t)(x >> 28) : (uint8_t)(x >> 24);
+    }
+    bp__buf b;
+    bp__buf_init(&b);
+    bp__mp_put_byte_array(&b, want, n);
+    bp__mp_reader r;
+    bp__mp_reader_init(&r, b.data, b.len);
+    const uint8_t *ptr;
+    size_t len;
+    bp__buf scratch;
+    bp__buf_init(&scratch);
+    assert_ok(bp__mp_read_bytes(&r, &scratch, &ptr, &len));
+    tu_assert_bytes_eq(ptr, len, want, n, "decoded bytes");
+    assert_int_equal(bp__mp_remaining(&r), 0);
+    if (n == 32) {
+      bp__mp_reader_init(&r, b.data, b.len);
+      assert_ok(bp__mp_read_fixed_bytes(&r, got, 32));
+      tu_assert_bytes_eq(got, 32, want, 32, "fixed bytes");
+    }
+    if (n >= 20) {
+      /* One element rewritten as uint16 (cd 00 xx): still the same bytes. */
+      bp__buf c;
+      bp__buf_init(&c);
+      size_t at = (size_t)(x % (n - 1)), off = b.len - 1; /* find element `at` */
+      const uint8_t *q = b.data + (b.data[0] == 0xdc ? 3 : b.data[0] == 0xdd ? 5 : 1);
+      for (size_t i = 0; i < at; i++) q += *q == 0xcc ? 2 : 1;
+      off = (size_t)(q - b.data);
+      size_t elen = *q == 0xcc ? 2 : 1;
+      bp__buf_append(&c, b.data, off);
+      uint8_t wide[3] = {0xcd, 0x00, want[at]};
+      bp__buf_append(&c, wide, 3);
+      bp__buf_append(&c, b.data + off + elen, b.len - off - elen);
+      bp__mp_reader_init(&r, c.data, c.len);
+      assert_ok(bp__mp_read_bytes(&r, &scratch, &ptr, &len));
+      tu_assert_bytes_eq(ptr, len, want, n, "with a uint16 element");
+      /* And a negative fixint there is refused. */
+      c.data[off] = 0xff;
+      c.data[off + 1] = 0x00; /* keep the rest parseable */
+      c.data[off + 2] = 0x00;
+      bp__mp_reader_init(&r, c.data, c.len);
+      assert_int_not_equal(bp__mp_read_bytes(&r, &scratch, &ptr, &len), BP_OK);
+      bp__buf_free(&c);
+    }
+    bp__buf_free(&scratch);
+    bp__buf_free(&b);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(integers_take_their_smallest_form),
+      cmocka_unit_test(integer_byte_arrays_decode_exactly),
       cmocka_unit_test(lengths_take_their_smallest_form),
       cmocka_unit_test(reader_round_trips_every_form),
       cmocka_unit_test(typed_reads_reject_out_of_range_and_wrong_types),

@@ -1,6 +1,8 @@
 /* msgpack.c - MessagePack writer and bounds-checked reader (see msgpack.h). */
 #include "wire/msgpack.h"
 
+#include <pthread.h>
+
 /* ------------------------------------------------------------------ writer */
 
 static inline void put_tag_be(bp__buf *b, uint8_t tag, uint64_t v, int bytes) {
@@ -260,6 +262,13 @@ bp_status bp__mp_read_array(bp__mp_reader *r, uint32_t *items) {
 }
 
 bp_status bp__mp_read_str(bp__mp_reader *r, const char **s, uint32_t *len) {
+  /* Keys and names are mostly short: a fixstr is read in place. */
+  if (r->p < r->end && (*r->p & 0xe0) == 0xa0 && (size_t)(r->end - r->p) > (size_t)(*r->p & 0x1f)) {
+    *len = *r->p & 0x1f;
+    *s = (const char *)r->p + 1;
+    r->p += 1 + *len;
+    return BP_OK;
+  }
   bp__mp_value v;
   bp_status st = expect(r, BP__MP_STR, "string", &v);
   if (!st) { *s = (const char *)v.ptr; *len = v.len; }
@@ -319,7 +328,64 @@ bp_status bp__mp_read_nil_or(bp__mp_reader *r, bool *present) {
 }
 
 /* Reads the elements of an integer array into out (n elements, each 0..255). */
+/* Byte arrays written as integer arrays (what the crate does with hashes, ids
+ * and payloads) are decoded 8 input bytes at a time. Every element is a
+ * positive fixint (one byte) or cc xx (two); so for a window that starts on
+ * an element, which bytes hold values depends only on which bytes are 0xcc.
+ * windows[m], m having bit j set when byte j is 0xcc, lists the value bytes,
+ * how many there are, how many bytes the window uses (7 when its last byte
+ * starts a two-byte element) and which bytes start elements (those must be
+ * below 0x80 or 0xcc). */
+typedef struct int_window {
+  uint8_t count, consumed, starts;
+  uint8_t pos[8];
+} int_window;
+static int_window windows[256];
+static pthread_once_t windows_once = PTHREAD_ONCE_INIT;
+
+static void build_windows(void) {
+  for (unsigned m = 0; m < 256; m++) {
+    int_window *w = &windows[m];
+    unsigned j = 0;
+    while (j < 8) {
+      bool two = (m >> j) & 1;
+      if (two && j == 7) break;
+      w->starts |= (uint8_t)(1u << j);
+      w->pos[w->count++] = (uint8_t)(j + two);
+      j += 1 + two;
+    }
+    w->consumed = (uint8_t)j;
+  }
+}
+
+/* The high bit of each byte of v (little-endian order) as 8 bits. */
+static inline unsigned high_bits(uint64_t v) {
+  return (unsigned)((((v >> 7) & 0x0101010101010101ull) * 0x0102040810204080ull) >> 56);
+}
+
 static bp_status read_int_bytes(bp__mp_reader *r, uint8_t *out, size_t n) {
+  if (n >= 8) {
+    pthread_once(&windows_once, build_windows);
+    const uint8_t *p = r->p;
+    size_t i = 0;
+    while (n - i >= 8 && r->end - p >= 8) {
+      uint64_t w = bp__get_le64(p);
+      uint64_t x = w ^ 0xccccccccccccccccull;
+      uint64_t zero = ~(((x & 0x7f7f7f7f7f7f7f7full) + 0x7f7f7f7f7f7f7f7full) | x) & 0x8080808080808080ull;
+      const int_window *win = &windows[high_bits(zero)];
+      unsigned bad = high_bits(w & ~zero & 0x8080808080808080ull); /* >= 0x80 and not 0xcc */
+      if (bad & win->starts) break;                               /* not this form: the paths below decide */
+      uint8_t vals[8];
+      for (int k = 0; k < 8; k++) vals[k] = p[win->pos[k]];
+      memcpy(out + i, vals, 8);
+      i += win->count;
+      p += win->consumed;
+    }
+    r->p = p;
+    out += i;
+    n -= i;
+  }
+
   /* Fast path: every element is a positive fixint or cc xx (what every writer
    * emits), decoded without branches on the data; any other form falls back
    * to the general path from the start. */

@@ -5,13 +5,6 @@
 
 /* Reads a map key; every record here has string keys. */
 static bp_status read_key(bp__mp_reader *r, const char **k, uint32_t *klen) {
-  /* Every key of these records is a short string: a fixstr, read in place. */
-  if (r->p < r->end && (*r->p & 0xe0) == 0xa0 && (size_t)(r->end - r->p) > (size_t)(*r->p & 0x1f)) {
-    *klen = *r->p & 0x1f;
-    *k = (const char *)r->p + 1;
-    r->p += 1 + *klen;
-    return BP_OK;
-  }
   return bp__mp_read_str(r, k, klen);
 }
 
