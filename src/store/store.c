@@ -146,8 +146,26 @@ static bp_status segment_size(bp_store *s, uint64_t id, uint64_t *size) {
   return BP_OK;
 }
 
+/* Events the SIDX footers of segments[from..] announce (0 for a segment
+ * without one): the id table is sized once for them all, rather than doubling
+ * segment after segment. */
+static uint64_t footer_counts(bp_store *s, const uint64_t *ids, size_t n, size_t from) {
+  uint64_t total = 0;
+  for (size_t i = from; i < n; i++) {
+    bp__segfile f;
+    if (bp__segfile_open(s, ids[i], &f) != BP_OK) continue; /* the load reports it */
+    if (f.has_trailer) total += bp__get_le32(f.trailer + 8);
+    bp__segfile_close(&f);
+  }
+  return total;
+}
+
 /* Loads segments[from..] (the first from watermark offset wm_off). */
 static bp_status load_segments(bp_store *s, const uint64_t *ids, size_t n, size_t from, uint64_t wm_off) {
+  if (n - from > 1) {
+    bp_status st = bp__index_reserve(&s->ix, footer_counts(s, ids, n, from));
+    if (st) return st;
+  }
   for (size_t i = from; i < n; i++) {
     bp__segfile f;
     bp_status st = bp__segfile_open(s, ids[i], &f);
