@@ -363,7 +363,50 @@ static inline unsigned high_bits(uint64_t v) {
   return (unsigned)((((v >> 7) & 0x0101010101010101ull) * 0x0102040810204080ull) >> 56);
 }
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_WINDOWS_SSSE3 1
+/* The same windows with SSSE3: the masks from byte compares, the gather one
+ * shuffle. Returns the elements decoded; *pp moves past them. */
+__attribute__((target("ssse3"))) static size_t windows_ssse3(const uint8_t **pp, const uint8_t *end, uint8_t *out,
+                                                             size_t n) {
+  const uint8_t *p = *pp;
+  size_t i = 0;
+  const __m128i cc = _mm_set1_epi8((char)0xcc);
+  while (n - i >= 8 && end - p >= 8) {
+    __m128i src = _mm_loadl_epi64((const __m128i *)(const void *)p);
+    unsigned ccbits = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(src, cc)) & 0xff;
+    unsigned high = (unsigned)_mm_movemask_epi8(src) & 0xff;
+    const int_window *win = &windows[ccbits];
+    if (high & ~ccbits & win->starts) break;
+    __m128i ctl = _mm_loadl_epi64((const __m128i *)(const void *)win->pos);
+    _mm_storel_epi64((__m128i *)(void *)(out + i), _mm_shuffle_epi8(src, ctl));
+    i += win->count;
+    p += win->consumed;
+  }
+  *pp = p;
+  return i;
+}
+static int ssse3_state; /* 0 unknown, 1 yes, -1 no */
+#endif
+
 static bp_status read_int_bytes(bp__mp_reader *r, uint8_t *out, size_t n) {
+#ifdef HAVE_WINDOWS_SSSE3
+  if (n >= 8) {
+    int st = __atomic_load_n(&ssse3_state, __ATOMIC_RELAXED);
+    if (st == 0) {
+      __builtin_cpu_init();
+      st = __builtin_cpu_supports("ssse3") ? 1 : -1;
+      __atomic_store_n(&ssse3_state, st, __ATOMIC_RELAXED);
+    }
+    if (st > 0) {
+      pthread_once(&windows_once, build_windows);
+      size_t i = windows_ssse3(&r->p, r->end, out, n);
+      out += i;
+      n -= i;
+    }
+  }
+#endif
   if (n >= 8) {
     pthread_once(&windows_once, build_windows);
     const uint8_t *p = r->p;
