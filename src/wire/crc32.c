@@ -13,10 +13,13 @@
  *   P' = 0x1DB710641, mu = 0x1F7011641                  Barrett reduction
  *
  * (all bit-reflected). Inputs shorter than 64 bytes, and the last len % 16
- * bytes, go to zlib, which continues from the folded value.
+ * bytes, go to zlib, which continues from the folded value. BATPAK_NO_SIMD in
+ * the environment (read once) turns this and the SSSE3 decoding in msgpack.c
+ * off, so that the tests cover the portable code too.
  */
 #include "wire/records.h"
 
+#include <stdlib.h>
 #include <zlib.h>
 
 static uint32_t crc_zlib(uint32_t crc, const uint8_t *p, size_t len) {
@@ -92,7 +95,7 @@ uint32_t bp__crc32_update(uint32_t crc, const void *data, size_t len) {
     int st = __atomic_load_n(&clmul_state, __ATOMIC_RELAXED);
     if (st == 0) {
       __builtin_cpu_init();
-      st = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1") ? 1 : -1;
+      st = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1") && !getenv("BATPAK_NO_SIMD") ? 1 : -1;
       __atomic_store_n(&clmul_state, st, __ATOMIC_RELAXED);
     }
     if (st > 0) {

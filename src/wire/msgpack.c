@@ -2,6 +2,7 @@
 #include "wire/msgpack.h"
 
 #include <pthread.h>
+#include <stdlib.h>
 
 /* ------------------------------------------------------------------ writer */
 
@@ -396,7 +397,7 @@ static bp_status read_int_bytes(bp__mp_reader *r, uint8_t *out, size_t n) {
     int st = __atomic_load_n(&ssse3_state, __ATOMIC_RELAXED);
     if (st == 0) {
       __builtin_cpu_init();
-      st = __builtin_cpu_supports("ssse3") ? 1 : -1;
+      st = __builtin_cpu_supports("ssse3") && !getenv("BATPAK_NO_SIMD") ? 1 : -1;
       __atomic_store_n(&ssse3_state, st, __ATOMIC_RELAXED);
     }
     if (st > 0) {
