@@ -14,12 +14,11 @@
  *
  * (all bit-reflected). Inputs shorter than 64 bytes, and the last len % 16
  * bytes, go to zlib, which continues from the folded value. BATPAK_NO_SIMD in
- * the environment (read once) turns this and the SSSE3 decoding in msgpack.c
- * off, so that the tests cover the portable code too.
+ * the environment turns this off (bp__cpu_features), so that the tests cover
+ * the portable code too.
  */
 #include "wire/records.h"
 
-#include <stdlib.h>
 #include <zlib.h>
 
 static uint32_t crc_zlib(uint32_t crc, const uint8_t *p, size_t len) {
@@ -87,21 +86,11 @@ CLMUL_TARGET static uint32_t crc_fold(uint32_t crc, const uint8_t *p, size_t len
   return ~(uint32_t)_mm_extract_epi32(x1, 1);
 }
 
-static int clmul_state; /* 0 unknown, 1 yes, -1 no; a benign race: every thread computes the same */
-
 uint32_t bp__crc32_update(uint32_t crc, const void *data, size_t len) {
   const uint8_t *p = data;
-  if (len >= 64) {
-    int st = __atomic_load_n(&clmul_state, __ATOMIC_RELAXED);
-    if (st == 0) {
-      __builtin_cpu_init();
-      st = __builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1") && !getenv("BATPAK_NO_SIMD") ? 1 : -1;
-      __atomic_store_n(&clmul_state, st, __ATOMIC_RELAXED);
-    }
-    if (st > 0) {
-      size_t bulk = len & ~(size_t)15;
-      return crc_zlib(crc_fold(crc, p, bulk), p + bulk, len - bulk);
-    }
+  if (len >= 64 && (bp__cpu_features() & BP__CPU_CLMUL)) {
+    size_t bulk = len & ~(size_t)15;
+    return crc_zlib(crc_fold(crc, p, bulk), p + bulk, len - bulk);
   }
   return crc_zlib(crc, p, len);
 }

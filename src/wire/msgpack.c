@@ -2,7 +2,6 @@
 #include "wire/msgpack.h"
 
 #include <pthread.h>
-#include <stdlib.h>
 
 /* ------------------------------------------------------------------ writer */
 
@@ -388,24 +387,15 @@ __attribute__((target("ssse3"))) static size_t windows_ssse3(const uint8_t **pp,
   *pp = p;
   return i;
 }
-static int ssse3_state; /* 0 unknown, 1 yes, -1 no */
 #endif
 
 static bp_status read_int_bytes(bp__mp_reader *r, uint8_t *out, size_t n) {
 #ifdef HAVE_WINDOWS_SSSE3
-  if (n >= 8) {
-    int st = __atomic_load_n(&ssse3_state, __ATOMIC_RELAXED);
-    if (st == 0) {
-      __builtin_cpu_init();
-      st = __builtin_cpu_supports("ssse3") && !getenv("BATPAK_NO_SIMD") ? 1 : -1;
-      __atomic_store_n(&ssse3_state, st, __ATOMIC_RELAXED);
-    }
-    if (st > 0) {
-      pthread_once(&windows_once, build_windows);
-      size_t i = windows_ssse3(&r->p, r->end, out, n);
-      out += i;
-      n -= i;
-    }
+  if (n >= 8 && (bp__cpu_features() & BP__CPU_SSSE3)) {
+    pthread_once(&windows_once, build_windows);
+    size_t i = windows_ssse3(&r->p, r->end, out, n);
+    out += i;
+    n -= i;
   }
 #endif
   if (n >= 8) {
