@@ -95,15 +95,6 @@ static bp_store *open_store(const char *dir, open_mode mode) {
   return s;
 }
 
-static void hexstr(const uint8_t *p, size_t n, char *out) {
-  static const char d[] = "0123456789abcdef";
-  for (size_t i = 0; i < n; i++) {
-    out[2 * i] = d[p[i] >> 4];
-    out[2 * i + 1] = d[p[i] & 15];
-  }
-  out[2 * n] = 0;
-}
-
 /* One entry, for people or as a JSON object. */
 static void print_entry(const bp_entry *e) {
   char id[33], corr[33], caus[33] = "", kind[7], hash[65];
@@ -111,7 +102,7 @@ static void print_entry(const bp_entry *e) {
   bp_id_to_hex(e->correlation_id, corr);
   if (!bp_id_is_nil(e->causation_id)) bp_id_to_hex(e->causation_id, caus);
   bp_kind_format(e->kind, kind);
-  hexstr(e->hash_chain.event_hash, 32, hash);
+  jl_hex(e->hash_chain.event_hash, 32, hash);
   if (json_out) {
     struct json_object *o = json_object_new_object();
     json_object_object_add(o, "global_sequence", json_object_new_uint64(e->global_sequence));

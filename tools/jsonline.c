@@ -112,6 +112,15 @@ bool jl_parse(const char *line, size_t len, jl_event *ev, char *why, size_t n) {
   return ok;
 }
 
+void jl_hex(const uint8_t *p, size_t n, char *out) {
+  static const char digits[] = "0123456789abcdef";
+  for (size_t i = 0; i < n; i++) {
+    out[2 * i] = digits[p[i] >> 4];
+    out[2 * i + 1] = digits[p[i] & 15];
+  }
+  out[2 * n] = 0;
+}
+
 char *jl_format(const jl_event *ev) {
   char id[33], corr[33], caus[33];
   bp_id_to_hex(ev->event_id, id);
@@ -119,12 +128,7 @@ char *jl_format(const jl_event *ev) {
   bp_id_to_hex(ev->causation_id, caus);
   char *hex = malloc(ev->payload_len * 2 + 1);
   if (!hex) return NULL;
-  static const char digits[] = "0123456789abcdef";
-  for (size_t i = 0; i < ev->payload_len; i++) {
-    hex[2 * i] = digits[ev->payload[i] >> 4];
-    hex[2 * i + 1] = digits[ev->payload[i] & 15];
-  }
-  hex[2 * ev->payload_len] = 0;
+  jl_hex(ev->payload, ev->payload_len, hex);
   struct json_object *o = json_object_new_object();
   json_object_object_add(o, "event_id", json_object_new_string(id));
   json_object_object_add(o, "entity", json_object_new_string(ev->entity));

@@ -31,5 +31,7 @@ bool jl_parse(const char *line, size_t len, jl_event *out, char *why, size_t why
 /* The line for an event, without a newline; malloc'd, NULL when out of memory. */
 char *jl_format(const jl_event *ev);
 void jl_free(jl_event *ev);
+/* Writes n bytes as 2n lowercase hex digits and a NUL into out. */
+void jl_hex(const uint8_t *p, size_t n, char *out);
 
 #endif
