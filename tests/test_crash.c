@@ -209,8 +209,8 @@ static uint64_t check_store(const char *dir, const ack *acks, size_t nacks, unsi
     assert_ok(bp_get(s, e.items[i].event_id, &ev));
     unsigned n = 0;
     int member = -1;
-    char text[32] = {0};
-    memcpy(text, ev->payload + 1, ev->payload_len - 1 < 31 ? ev->payload_len - 1 : 31);
+    char text[32];
+    tu_fixstr_text(ev, text, sizeof text);
     if (sscanf(text, "b:%u:%d", &n, &member) != 2 || n > max_batch)
       fail_msg("seed %u: unexpected batch payload \"%s\"", seed, text);
     members[n]++;

@@ -153,8 +153,8 @@ static uint64_t check_store(const char *dir, const report *reps, size_t nreps, u
     assert_ok(bp_get(s, e.items[i].event_id, &ev));
     unsigned n = 0;
     int member = -1;
-    char text[32] = {0};
-    memcpy(text, ev->payload + 1, ev->payload_len - 1 < 31 ? ev->payload_len - 1 : 31);
+    char text[32];
+    tu_fixstr_text(ev, text, sizeof text);
     if (sscanf(text, "p:%u:%d", &n, &member) != 2 || n >= MAX_APPENDS)
       fail_msg("seed %u: an event the child never wrote: \"%s\"", seed, text);
     members[n]++;

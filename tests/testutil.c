@@ -162,6 +162,13 @@ void tu_assert_verifies(const char *dir, const char *what) {
   bp_verify_report_free(&rep);
 }
 
+void tu_fixstr_text(const bp_event *ev, char *text, size_t size) {
+  size_t n = ev->payload_len > 0 ? ev->payload_len - 1 : 0;
+  if (n > size - 1) n = size - 1;
+  memcpy(text, ev->payload + 1, n);
+  text[n] = 0;
+}
+
 void tu_finish_after_crash(bp_store *s, uint64_t count, const char *dir, const char *what) {
   bp_coord c = {"after:crash", "crash"};
   bp_append_receipt r;

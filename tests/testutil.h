@@ -68,6 +68,9 @@ int tu_store_teardown(void **state);
 /* bp_verify on a closed store directory; on problems prints each and fails
  * the test, naming `what`. */
 void tu_assert_verifies(const char *dir, const char *what);
+/* The text of a payload that is one MessagePack fixstr (as the crash tests
+ * write them), NUL-terminated and cut to size - 1 bytes. */
+void tu_fixstr_text(const bp_event *ev, char *text, size_t size);
 /* After a crash: the reopened store in dir takes one more append as global
  * sequence `count` (its event count), closes cleanly and verifies. */
 void tu_finish_after_crash(bp_store *s, uint64_t count, const char *dir, const char *what);
