@@ -389,33 +389,38 @@ __attribute__((target("ssse3"))) static size_t windows_ssse3(const uint8_t **pp,
 }
 #endif
 
-static bp_status read_int_bytes(bp__mp_reader *r, uint8_t *out, size_t n) {
-#ifdef HAVE_WINDOWS_SSSE3
-  if (n >= 8 && (bp__cpu_features() & BP__CPU_SSSE3)) {
-    pthread_once(&windows_once, build_windows);
-    size_t i = windows_ssse3(&r->p, r->end, out, n);
-    out += i;
-    n -= i;
+/* The windows in portable code: the masks by word arithmetic. Same contract
+ * as windows_ssse3. */
+static size_t windows_scalar(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n) {
+  const uint8_t *p = *pp;
+  size_t i = 0;
+  while (n - i >= 8 && end - p >= 8) {
+    uint64_t w = bp__get_le64(p);
+    uint64_t x = w ^ 0xccccccccccccccccull;
+    uint64_t zero = ~(((x & 0x7f7f7f7f7f7f7f7full) + 0x7f7f7f7f7f7f7f7full) | x) & 0x8080808080808080ull;
+    const int_window *win = &windows[high_bits(zero)];
+    unsigned bad = high_bits(w & ~zero & 0x8080808080808080ull); /* >= 0x80 and not 0xcc */
+    if (bad & win->starts) break;                               /* not this form: the paths below decide */
+    uint8_t vals[8];
+    for (int k = 0; k < 8; k++) vals[k] = p[win->pos[k]];
+    memcpy(out + i, vals, 8);
+    i += win->count;
+    p += win->consumed;
   }
-#endif
+  *pp = p;
+  return i;
+}
+
+static bp_status read_int_bytes(bp__mp_reader *r, uint8_t *out, size_t n) {
   if (n >= 8) {
     pthread_once(&windows_once, build_windows);
-    const uint8_t *p = r->p;
-    size_t i = 0;
-    while (n - i >= 8 && r->end - p >= 8) {
-      uint64_t w = bp__get_le64(p);
-      uint64_t x = w ^ 0xccccccccccccccccull;
-      uint64_t zero = ~(((x & 0x7f7f7f7f7f7f7f7full) + 0x7f7f7f7f7f7f7f7full) | x) & 0x8080808080808080ull;
-      const int_window *win = &windows[high_bits(zero)];
-      unsigned bad = high_bits(w & ~zero & 0x8080808080808080ull); /* >= 0x80 and not 0xcc */
-      if (bad & win->starts) break;                               /* not this form: the paths below decide */
-      uint8_t vals[8];
-      for (int k = 0; k < 8; k++) vals[k] = p[win->pos[k]];
-      memcpy(out + i, vals, 8);
-      i += win->count;
-      p += win->consumed;
-    }
-    r->p = p;
+    size_t i;
+#ifdef HAVE_WINDOWS_SSSE3
+    if (bp__cpu_features() & BP__CPU_SSSE3)
+      i = windows_ssse3(&r->p, r->end, out, n);
+    else
+#endif
+      i = windows_scalar(&r->p, r->end, out, n);
     out += i;
     n -= i;
   }
