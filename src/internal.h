@@ -17,10 +17,12 @@
 #  define BP__PRINTF(f, a) __attribute__((format(printf, f, a)))
 #  define BP__LIKELY(x) __builtin_expect(!!(x), 1)
 #  define BP__UNLIKELY(x) __builtin_expect(!!(x), 0)
+#  define BP__ALWAYS_INLINE inline __attribute__((always_inline))
 #else
 #  define BP__PRINTF(f, a)
 #  define BP__LIKELY(x) (x)
 #  define BP__UNLIKELY(x) (x)
+#  define BP__ALWAYS_INLINE inline
 #endif
 
 /* Records a failure for bp_last_error() on this thread and returns code, so

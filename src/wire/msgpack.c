@@ -2,6 +2,7 @@
 #include "wire/msgpack.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 
 /* ------------------------------------------------------------------ writer */
 
@@ -363,26 +364,51 @@ static inline unsigned high_bits(uint64_t v) {
   return (unsigned)((((v >> 7) & 0x0101010101010101ull) * 0x0102040810204080ull) >> 56);
 }
 
+/* How much of window w to use when only `want` more elements are needed:
+ * the element count, the bytes consumed and which of them start elements.
+ * The last window of an array uses part of its 8 bytes, so arrays need no
+ * element-by-element tail. */
+static inline unsigned window_take(const int_window *w, size_t want, unsigned *consumed, unsigned *starts) {
+  if (want >= w->count) {
+    *consumed = w->consumed;
+    *starts = w->starts;
+    return w->count;
+  }
+  unsigned k = (unsigned)want;
+  *consumed = w->pos[k - 1] + 1u; /* an element ends with its value byte */
+  *starts = w->starts & ((1u << *consumed) - 1u);
+  return k;
+}
+
+/* Stores k decoded bytes (of the 8 in vals) at out + i, out having n bytes. */
+static inline void window_store(uint8_t *out, size_t i, size_t n, const uint8_t vals[8], unsigned k) {
+  if (n - i >= 8) memcpy(out + i, vals, 8);
+  else memcpy(out + i, vals, k);
+}
+
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define HAVE_WINDOWS_SSSE3 1
-/* The same windows with SSSE3: the masks from byte compares, the gather one
+/* The windows with SSSE3: the masks from byte compares, the gather one
  * shuffle. Returns the elements decoded; *pp moves past them. */
 __attribute__((target("ssse3"))) static size_t windows_ssse3(const uint8_t **pp, const uint8_t *end, uint8_t *out,
                                                              size_t n) {
   const uint8_t *p = *pp;
   size_t i = 0;
   const __m128i cc = _mm_set1_epi8((char)0xcc);
-  while (n - i >= 8 && end - p >= 8) {
+  while (i < n && end - p >= 8) {
     __m128i src = _mm_loadl_epi64((const __m128i *)(const void *)p);
     unsigned ccbits = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(src, cc)) & 0xff;
     unsigned high = (unsigned)_mm_movemask_epi8(src) & 0xff;
     const int_window *win = &windows[ccbits];
-    if (high & ~ccbits & win->starts) break;
+    unsigned consumed, starts, k = window_take(win, n - i, &consumed, &starts);
+    if (high & ~ccbits & starts) break;
     __m128i ctl = _mm_loadl_epi64((const __m128i *)(const void *)win->pos);
-    _mm_storel_epi64((__m128i *)(void *)(out + i), _mm_shuffle_epi8(src, ctl));
-    i += win->count;
-    p += win->consumed;
+    uint8_t vals[8];
+    _mm_storel_epi64((__m128i *)(void *)vals, _mm_shuffle_epi8(src, ctl));
+    window_store(out, i, n, vals, k);
+    i += k;
+    p += consumed;
   }
   *pp = p;
   return i;
@@ -394,59 +420,65 @@ __attribute__((target("ssse3"))) static size_t windows_ssse3(const uint8_t **pp,
 static size_t windows_scalar(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n) {
   const uint8_t *p = *pp;
   size_t i = 0;
-  while (n - i >= 8 && end - p >= 8) {
+  while (i < n && end - p >= 8) {
     uint64_t w = bp__get_le64(p);
     uint64_t x = w ^ 0xccccccccccccccccull;
     uint64_t zero = ~(((x & 0x7f7f7f7f7f7f7f7full) + 0x7f7f7f7f7f7f7f7full) | x) & 0x8080808080808080ull;
     const int_window *win = &windows[high_bits(zero)];
     unsigned bad = high_bits(w & ~zero & 0x8080808080808080ull); /* >= 0x80 and not 0xcc */
-    if (bad & win->starts) break;                               /* not this form: the paths below decide */
+    unsigned consumed, starts, k = window_take(win, n - i, &consumed, &starts);
+    if (bad & starts) break; /* not this form: the caller decides */
     uint8_t vals[8];
-    for (int k = 0; k < 8; k++) vals[k] = p[win->pos[k]];
-    memcpy(out + i, vals, 8);
-    i += win->count;
-    p += win->consumed;
+    for (int j = 0; j < 8; j++) vals[j] = p[win->pos[j]];
+    window_store(out, i, n, vals, k);
+    i += k;
+    p += consumed;
   }
   *pp = p;
   return i;
 }
 
-static bp_status read_int_bytes(bp__mp_reader *r, uint8_t *out, size_t n) {
-  if (n >= 8) {
-    pthread_once(&windows_once, build_windows);
-    size_t i;
-#ifdef HAVE_WINDOWS_SSSE3
-    if (bp__cpu_features() & BP__CPU_SSSE3)
-      i = windows_ssse3(&r->p, r->end, out, n);
-    else
-#endif
-      i = windows_scalar(&r->p, r->end, out, n);
-    out += i;
-    n -= i;
-  }
+typedef size_t (*windows_fn)(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n);
+static _Atomic(windows_fn) windows_impl;
 
-  /* Fast path: every element is a positive fixint or cc xx (what every writer
-   * emits), decoded without branches on the data; any other form falls back
-   * to the general path from the start. */
-  if ((size_t)(r->end - r->p) >= 2 * n) {
-    const uint8_t *p = r->p;
-    unsigned ok = 1;
-    for (size_t i = 0; i < n; i++) {
-      unsigned c = p[0];
-      unsigned cc = c == 0xcc;
-      ok &= (c <= 0x7f) | cc;
-      out[i] = p[cc];
-      p += 1 + cc;
-    }
-    if (ok) {
-      r->p = p;
-      return BP_OK;
+static void pick_windows(void) {
+  build_windows();
+  windows_fn f = windows_scalar;
+#ifdef HAVE_WINDOWS_SSSE3
+  if (bp__cpu_features() & BP__CPU_SSSE3) f = windows_ssse3;
+#endif
+  atomic_store_explicit(&windows_impl, f, memory_order_release);
+}
+
+bool bp__mp_take_int_bytes(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n) {
+  const uint8_t *p = *pp;
+  windows_fn windows_of = atomic_load_explicit(&windows_impl, memory_order_acquire);
+  if (!windows_of) {
+    pthread_once(&windows_once, pick_windows);
+    windows_of = atomic_load_explicit(&windows_impl, memory_order_acquire);
+  }
+  size_t i = windows_of(&p, end, out, n);
+  /* What the windows left: the last elements of a buffer that ends within 8
+   * bytes, or the element a window refused (then this fails below). */
+  for (; i < n; i++) {
+    if (p < end && *p <= 0x7f) {
+      out[i] = *p++;
+    } else if (end - p >= 2 && *p == 0xcc) {
+      out[i] = p[1];
+      p += 2;
+    } else {
+      return false;
     }
   }
+  *pp = p;
+  return true;
+}
+
+static bp_status read_int_bytes(bp__mp_reader *r, uint8_t *out, size_t n) {
+  /* What every writer emits first; any other integer form (cd 00 05 is a
+   * valid 5) goes through the general reader from the start. */
+  if (bp__mp_take_int_bytes(&r->p, r->end, out, n)) return BP_OK;
   for (size_t i = 0; i < n; i++) {
-    /* Fast path for the common encodings: positive fixint and cc xx. */
-    if (r->p < r->end && *r->p <= 0x7f) { out[i] = *r->p++; continue; }
-    if (r->end - r->p >= 2 && *r->p == 0xcc) { out[i] = r->p[1]; r->p += 2; continue; }
     bp_status st = bp__mp_read_u8(r, &out[i]);
     if (st) return st;
   }

@@ -85,6 +85,11 @@ bp_status bp__mp_read_i64(bp__mp_reader *r, int64_t *out);
 bp_status bp__mp_read_nil_or(bp__mp_reader *r, bool *present);
 /* A fixed-size byte string written as bin or as an array of integers 0..255. */
 bp_status bp__mp_read_fixed_bytes(bp__mp_reader *r, uint8_t *out, size_t n);
+/* Decodes n array elements that are each a positive fixint or cc xx (the
+ * forms every writer uses for byte arrays) into out and moves *pp past them.
+ * False when an element has another form or the input ends first: *pp is
+ * then unchanged, out partly written, and no error is recorded. */
+bool bp__mp_take_int_bytes(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n);
 /* A u128 id: bin of 16 bytes or an array of 16 integers. */
 bp_status bp__mp_read_id(bp__mp_reader *r, bp_id *out);
 /* A byte string of any length, as bin (pointing into the input, *copied false)

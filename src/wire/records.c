@@ -219,9 +219,220 @@ static bp_status decode_event(bp__mp_reader *r, bp__buf *scratch, bp__frame *f) 
   return st;
 }
 
+/* The canonical layout (bp__frame_decode_canonical). Every writer of this format (the crate and this
+ * library) puts a frame's keys in one order, byte arrays as integer arrays and
+ * ids as bin8. canon_frame reads exactly that layout in one pass: it compares
+ * the key bytes in place and reads each value in the form it must have. For
+ * anything else (another key order, a missing or extra key, a bin payload, a
+ * negative timestamp, a truncated body) it declines without recording an
+ * error, and the general decoder below, which takes every valid encoding,
+ * reads the frame. So for any input it either yields what the general decoder
+ * yields or declines. */
+
+bool bp__frame_equal(const bp__frame *a, const bp__frame *b) {
+  const bp_header *x = &a->header, *y = &b->header;
+  return bp_id_eq(x->event_id, y->event_id) && bp_id_eq(x->correlation_id, y->correlation_id) &&
+         bp_id_eq(x->causation_id, y->causation_id) && x->timestamp_us == y->timestamp_us &&
+         x->position.wall_ms == y->position.wall_ms && x->position.counter == y->position.counter &&
+         x->position.depth == y->position.depth && x->position.lane == y->position.lane &&
+         x->position.sequence == y->position.sequence && x->payload_size == y->payload_size &&
+         x->kind == y->kind && x->flags == y->flags && memcmp(x->content_hash, y->content_hash, 32) == 0 &&
+         a->entity_len == b->entity_len && memcmp(a->entity, b->entity, a->entity_len) == 0 &&
+         a->scope_len == b->scope_len && memcmp(a->scope, b->scope, a->scope_len) == 0 &&
+         a->payload_len == b->payload_len && (a->payload == NULL) == (b->payload == NULL) &&
+         (a->payload == NULL || a->payload_len == 0 || memcmp(a->payload, b->payload, a->payload_len) == 0) &&
+         a->has_chain == b->has_chain && (!a->has_chain || memcmp(&a->chain, &b->chain, sizeof a->chain) == 0);
+}
+typedef struct canon {
+  const uint8_t *p, *end;
+} canon;
+
+#define CANON_LIT(c, lit) canon_lit((c), (lit), sizeof(lit) - 1)
+
+/* Raw words for equality tests (byte order does not matter for ==). */
+static BP__ALWAYS_INLINE uint64_t word8(const void *p) {
+  uint64_t v;
+  memcpy(&v, p, 8);
+  return v;
+}
+static BP__ALWAYS_INLINE uint32_t word4(const void *p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+
+/* a[0..n) == b[0..n) for a small constant n, by word loads (the last word
+ * overlapping the one before): with the literal known at compile time this is
+ * a few compares against immediates, where memcmp would be a call. */
+static BP__ALWAYS_INLINE bool same_bytes(const uint8_t *a, const char *b, size_t n) {
+  if (n >= 8) {
+    for (size_t i = 0; i + 8 <= n; i += 8)
+      if (word8(a + i) != word8(b + i)) return false;
+    return word8(a + n - 8) == word8(b + n - 8);
+  }
+  if (n >= 4) return word4(a) == word4(b) && word4(a + n - 4) == word4(b + n - 4);
+  for (size_t i = 0; i < n; i++)
+    if (a[i] != (uint8_t)b[i]) return false;
+  return true;
+}
+
+static BP__ALWAYS_INLINE bool canon_lit(canon *c, const char *lit, size_t n) {
+  if ((size_t)(c->end - c->p) < n || !same_bytes(c->p, lit, n)) return false;
+  c->p += n;
+  return true;
+}
+
+static inline bool canon_uint(canon *c, uint64_t max, uint64_t *v) {
+  size_t left = (size_t)(c->end - c->p);
+  if (left == 0) return false;
+  const uint8_t *p = c->p;
+  size_t used;
+  if (p[0] <= 0x7f) { *v = p[0]; used = 1; }
+  else if (p[0] == 0xcc && left >= 2) { *v = p[1]; used = 2; }
+  else if (p[0] == 0xcd && left >= 3) { *v = bp__get_be16(p + 1); used = 3; }
+  else if (p[0] == 0xce && left >= 5) { *v = bp__get_be32(p + 1); used = 5; }
+  else if (p[0] == 0xcf && left >= 9) { *v = bp__get_be64(p + 1); used = 9; }
+  else return false;
+  if (*v > max) return false;
+  c->p += used;
+  return true;
+}
+
+#define CANON_UINT(c, max, dst) \
+  do { uint64_t v_; if (!canon_uint((c), (max), &v_)) return false; (dst) = v_; } while (0)
+
+/* bin8 of 16 bytes. */
+static inline bool canon_id(canon *c, bp_id *id) {
+  if (!CANON_LIT(c, "\xc4\x10") || c->end - c->p < 16) return false;
+  *id = bp_id_from_bytes(c->p);
+  c->p += 16;
+  return true;
+}
+
+/* array16 of 32 integers. */
+static inline bool canon_hash(canon *c, uint8_t out[32]) {
+  return CANON_LIT(c, "\xdc\x00\x20") && bp__mp_take_int_bytes(&c->p, c->end, out, 32);
+}
+
+static inline bool canon_str(canon *c, const char **s, size_t *len) {
+  size_t left = (size_t)(c->end - c->p), hdr, n;
+  if (left == 0) return false;
+  const uint8_t *p = c->p;
+  if ((p[0] & 0xe0) == 0xa0) { n = p[0] & 0x1f; hdr = 1; }
+  else if (p[0] == 0xd9 && left >= 2) { n = p[1]; hdr = 2; }
+  else if (p[0] == 0xda && left >= 3) { n = bp__get_be16(p + 1); hdr = 3; }
+  else if (p[0] == 0xdb && left >= 5) { n = bp__get_be32(p + 1); hdr = 5; }
+  else return false;
+  if (left - hdr < n) return false;
+  *s = (const char *)p + hdr;
+  *len = n;
+  c->p += hdr + n;
+  return true;
+}
+
+/* The payload: an integer array of any length, into scratch (or only
+ * validated when scratch is NULL, as the general decoder does). */
+static bool canon_payload(canon *c, bp__buf *scratch, bp__frame *f) {
+  size_t left = (size_t)(c->end - c->p), hdr, n;
+  if (left == 0) return false;
+  const uint8_t *p = c->p;
+  if ((p[0] & 0xf0) == 0x90) { n = p[0] & 0x0f; hdr = 1; }
+  else if (p[0] == 0xdc && left >= 3) { n = bp__get_be16(p + 1); hdr = 3; }
+  else if (p[0] == 0xdd && left >= 5) { n = bp__get_be32(p + 1); hdr = 5; }
+  else return false;
+  if (left - hdr < n) return false; /* every element takes a byte at least */
+  c->p += hdr;
+  f->payload_len = n;
+  if (scratch) {
+    scratch->len = 0;
+    if (!bp__buf_reserve(scratch, n ? n : 1)) return false;
+    if (!bp__mp_take_int_bytes(&c->p, c->end, scratch->data, n)) return false;
+    scratch->len = n;
+    f->payload = scratch->data;
+    return true;
+  }
+  uint8_t sink[256];
+  for (size_t done = 0; done < n;) {
+    size_t k = n - done < sizeof sink ? n - done : sizeof sink;
+    if (!bp__mp_take_int_bytes(&c->p, c->end, sink, k)) return false;
+    done += k;
+  }
+  return true;
+}
+
+bool bp__frame_decode_canonical(const uint8_t *body, size_t len, bp__buf *scratch, bp__frame *f) {
+  canon c = {body, body + len};
+  bp_header *h = &f->header;
+  /* Every field is assigned below (a memset of the whole record costs more
+   * than the rest of the header). */
+  f->payload = NULL;
+  if (!CANON_LIT(&c, "\x83\xa5" "event" "\x83\xa6" "header" "\x89\xa8" "event_id") || !canon_id(&c, &h->event_id) ||
+      !CANON_LIT(&c, "\xae" "correlation_id") || !canon_id(&c, &h->correlation_id) ||
+      !CANON_LIT(&c, "\xac" "causation_id"))
+    return false;
+  if (c.p < c.end && *c.p == 0xc0) {
+    c.p++;
+    h->causation_id = (bp_id){0, 0};
+  } else if (!canon_id(&c, &h->causation_id)) {
+    return false;
+  }
+  if (!CANON_LIT(&c, "\xac" "timestamp_us")) return false;
+  CANON_UINT(&c, INT64_MAX, h->timestamp_us);
+  if (!CANON_LIT(&c, "\xa8" "position" "\x85\xa7" "wall_ms")) return false;
+  CANON_UINT(&c, UINT64_MAX, h->position.wall_ms);
+  if (!CANON_LIT(&c, "\xa7" "counter")) return false;
+  CANON_UINT(&c, UINT16_MAX, h->position.counter);
+  if (!CANON_LIT(&c, "\xa5" "depth")) return false;
+  CANON_UINT(&c, UINT32_MAX, h->position.depth);
+  if (!CANON_LIT(&c, "\xa4" "lane")) return false;
+  CANON_UINT(&c, UINT32_MAX, h->position.lane);
+  if (!CANON_LIT(&c, "\xa8" "sequence")) return false;
+  CANON_UINT(&c, UINT32_MAX, h->position.sequence);
+  if (!CANON_LIT(&c, "\xac" "payload_size")) return false;
+  CANON_UINT(&c, UINT32_MAX, h->payload_size);
+  if (!CANON_LIT(&c, "\xaa" "event_kind")) return false;
+  CANON_UINT(&c, UINT16_MAX, h->kind);
+  if (!CANON_LIT(&c, "\xa5" "flags")) return false;
+  CANON_UINT(&c, UINT8_MAX, h->flags);
+  if (!CANON_LIT(&c, "\xac" "content_hash")) return false;
+  const uint8_t *content = c.p;
+  if (!canon_hash(&c, h->content_hash)) return false;
+  const uint8_t *content_end = c.p;
+  if (!CANON_LIT(&c, "\xa7" "payload") || !canon_payload(&c, scratch, f) ||
+      !CANON_LIT(&c, "\xaa" "hash_chain"))
+    return false;
+  if (c.p < c.end && *c.p == 0xc0) {
+    c.p++;
+    f->has_chain = false;
+    memset(&f->chain, 0, sizeof f->chain);
+  } else {
+    if (!CANON_LIT(&c, "\x82\xa9" "prev_hash") || !canon_hash(&c, f->chain.prev_hash) ||
+        !CANON_LIT(&c, "\xaa" "event_hash"))
+      return false;
+    /* event_hash is content_hash in every event: when its bytes are the
+     * same bytes, they decode to the same 32 values. */
+    size_t clen = (size_t)(content_end - content);
+    if ((size_t)(c.end - c.p) >= clen && memcmp(c.p, content, clen) == 0) {
+      memcpy(f->chain.event_hash, h->content_hash, 32);
+      c.p += clen;
+    } else if (!canon_hash(&c, f->chain.event_hash)) {
+      return false;
+    }
+    f->has_chain = true;
+  }
+  return CANON_LIT(&c, "\xa6" "entity") && canon_str(&c, &f->entity, &f->entity_len) &&
+         CANON_LIT(&c, "\xa5" "scope") && canon_str(&c, &f->scope, &f->scope_len) && c.p == c.end &&
+         f->payload_len == h->payload_size;
+}
+
 static const bp__field frame_fields[] = {BP__FIELD("event"), BP__FIELD("entity"), BP__FIELD("scope")};
 
 bp_status bp__frame_decode_body(const uint8_t *body, size_t len, bp__buf *scratch, bp__frame *f) {
+  if (bp__frame_decode_canonical(body, len, scratch, f)) return BP_OK;
+  return bp__frame_decode_general(body, len, scratch, f);
+}
+
+bp_status bp__frame_decode_general(const uint8_t *body, size_t len, bp__buf *scratch, bp__frame *f) {
   bp__mp_reader r;
   bp__mp_reader_init(&r, body, len);
   memset(f, 0, sizeof *f);

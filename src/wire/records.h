@@ -57,6 +57,15 @@ bp_status bp__frame_encode(bp__buf *b, const bp__frame *f);
  * validated and skipped (f->payload NULL, f->payload_len set).
  * Errors: BP_ESERIAL (also when payload_size disagrees with the payload). */
 bp_status bp__frame_decode_body(const uint8_t *body, size_t len, bp__buf *scratch, bp__frame *f);
+/* The same without the fast path for the canonical layout: every valid
+ * encoding, field by field. The fuzz target checks that both agree. */
+bp_status bp__frame_decode_general(const uint8_t *body, size_t len, bp__buf *scratch, bp__frame *f);
+/* Only the canonical layout (keys in the writers' order, byte arrays as
+ * integer arrays, ids as bin8), read in one pass: true and *f filled, or false
+ * (nothing recorded) for anything else, which the general decoder then reads. */
+bool bp__frame_decode_canonical(const uint8_t *body, size_t len, bp__buf *scratch, bp__frame *f);
+/* Field-by-field equality of two decoded frames (payload bytes, not pointers). */
+bool bp__frame_equal(const bp__frame *a, const bp__frame *b);
 
 /* The IEEE CRC-32 used by frames, SIDX-less scans and checkpoints. */
 uint32_t bp__crc32(const void *data, size_t len);
