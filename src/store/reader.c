@@ -90,6 +90,26 @@ bp_status bp__read_event(bp_store *s, uint64_t seq, bp__evread *rd) {
   return BP_OK;
 }
 
+void bp__prefetch_entry(const bp_store *s, uint64_t seq) {
+  const char *e = (const char *)bp__index_at(&s->ix, seq);
+  /* The id at the start, the frame's place and the kind at the end. */
+  __builtin_prefetch(e);
+  __builtin_prefetch(e + offsetof(bp__ientry, offset));
+  __builtin_prefetch(e + sizeof(bp__ientry) - 1);
+}
+
+void bp__prefetch_frame(bp_store *s, uint64_t seq, bp__evread *rd) {
+  const bp__ientry *e = bp__index_at(&s->ix, seq);
+  if (e->segment_id != rd->ahead_seg || !rd->ahead_map) {
+    rd->ahead_seg = e->segment_id;
+    rd->ahead_map = bp__segment_map(s, e->segment_id, &rd->ahead_len);
+  }
+  if (!rd->ahead_map || e->offset > rd->ahead_len || e->length > rd->ahead_len - e->offset) return;
+  const char *f = (const char *)rd->ahead_map + e->offset;
+  for (uint32_t at = 0; at < e->length; at += 64) __builtin_prefetch(f + at);
+  __builtin_prefetch(f + e->length - 1);
+}
+
 void bp__evread_free(bp__evread *rd) {
   bp__buf_free(&rd->frame);
   bp__buf_free(&rd->scratch);

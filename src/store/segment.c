@@ -108,6 +108,15 @@ const uint8_t *bp__segment_view(bp_store *s, uint64_t id, uint64_t off, size_t l
   return p;
 }
 
+const uint8_t *bp__segment_map(bp_store *s, uint64_t id, size_t *len) {
+  pthread_mutex_lock(&s->seg_lock);
+  bp__segment *g = find_locked(s, id);
+  const uint8_t *map = g ? g->map : NULL;
+  *len = map ? g->map_len : 0;
+  pthread_mutex_unlock(&s->seg_lock);
+  return map;
+}
+
 bp_status bp__segment_read(bp_store *s, uint64_t id, uint64_t off, void *buf, size_t len) {
   pthread_mutex_lock(&s->seg_lock);
   bp__segment *g = find_locked(s, id);

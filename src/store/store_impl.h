@@ -165,6 +165,9 @@ bp_status bp__segment_read(bp_store *s, uint64_t id, uint64_t off, void *buf, si
 /* A pointer to len bytes at off of a segment that is already mapped (sealed
  * segments stay mapped until bp_close), or NULL: then use bp__segment_read. */
 const uint8_t *bp__segment_view(bp_store *s, uint64_t id, uint64_t off, size_t len);
+/* The mapping of a sealed segment that is already mapped (its length in
+ * *len), or NULL. Valid while the caller holds the view lock. */
+const uint8_t *bp__segment_map(bp_store *s, uint64_t id, size_t *len);
 /* Unmaps and closes everything. */
 void bp__segments_free(bp_store *s);
 
@@ -249,12 +252,23 @@ typedef struct bp__evread {
   bp__buf frame, scratch;
   const uint8_t *raw;       /* the whole frame as stored (length in the index) */
   bp_event ev;
+  /* The segment bp__prefetch_frame looked up last (map NULL: not mapped). */
+  uint64_t ahead_seg;
+  const uint8_t *ahead_map;
+  size_t ahead_len;
 } bp__evread;
 bp_status bp__read_event(bp_store *s, uint64_t seq, bp__evread *rd);
 /* Only the stored frame of event seq, length and CRC checked, into rd->raw
  * (no decoding). Errors: as bp__read_event. */
 bp_status bp__read_frame(bp_store *s, uint64_t seq, bp__evread *rd);
 void bp__evread_free(bp__evread *rd);
+/* Readers that know which events come next (a projection's stream) start
+ * loading them a few events ahead, so that the cache misses of several events
+ * overlap instead of following one another: first the index entry, then,
+ * once that has arrived, the frame (when its segment is mapped). Neither
+ * reads anything itself; both only hint. */
+void bp__prefetch_entry(const bp_store *s, uint64_t seq);
+void bp__prefetch_frame(bp_store *s, uint64_t seq, bp__evread *rd);
 void bp__entry_from_index(const bp_store *s, uint64_t seq, bp_entry *out);
 
 #endif
