@@ -8,6 +8,9 @@
 #include "batpak/wire.h"
 
 #include <inttypes.h>
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <emmintrin.h>
+#endif
 
 void bp__entry_from_index(const bp_store *s, uint64_t seq, bp_entry *out) {
   const bp__ientry *e = bp__index_at(&s->ix, seq);
@@ -245,46 +248,116 @@ static bp__scan_pred scan_pred(const qplan *p) {
   return q;
 }
 
-static bool emit(const bp_store *s, const qplan *p, uint64_t seq, visit_fn visit, void *ctx, bool *stop) {
-  const bp__ientry *e = bp__index_at(&s->ix, seq);
-  const bp_region *r = p->r;
-  if (r) {
-    if (r->has_clock_range && (e->clock < r->clock_min || e->clock > r->clock_max)) return true;
-    if (r->fact == BP_FACT_EXACT && e->kind != r->kind) return true;
-    if (r->fact == BP_FACT_CATEGORY && bp_kind_category(e->kind) != r->category) return true;
-    if (p->prefix_ok && !p->prefix_ok[e->entity]) return true;
-    if (!p->any_scope && e->scope != p->scope_id) return true;
+/* Where matching entries go: to a callback (bp_query_each), or written
+ * straight into the caller's array (bp_query and friends). */
+typedef struct qsink {
+  visit_fn visit;
+  void *ctx;
+  bp_entries *out;          /* collecting: the array, else NULL */
+  size_t cap;
+  bool streaming;           /* a large result: written around the cache */
+  bool oom;
+  bool stop;
+} qsink;
+
+/* Results larger than this are written with non-temporal stores: they would
+ * only push the index out of the cache, and the caller reads them later. */
+#define BP__STREAM_RESULT_BYTES (1u << 20)
+
+/* Sizes a collection for up to n results (a hint: it still grows if needed). */
+static void reserve(qsink *k, uint64_t n) {
+  if (!k->out || n <= k->cap || n == 0) return;
+  bp_entry *items = realloc(k->out->items, (size_t)n * sizeof *items);
+  if (!items) return;
+  k->out->items = items;
+  k->cap = (size_t)n;
+  k->streaming = (uint64_t)n * sizeof *items >= BP__STREAM_RESULT_BYTES;
+}
+
+static void store_entry(bp_entry *dst, const bp_entry *src, bool streaming) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (streaming) {
+    /* 16-byte streaming stores need 16-byte alignment; an entry is a whole
+     * number of 8-byte words, so at most one word at either end is written
+     * on its own. */
+    _Static_assert(sizeof(bp_entry) % 8 == 0, "bp_entry is a whole number of words");
+    const char *from = (const char *)src;
+    char *to = (char *)dst;
+    size_t at = 0;
+    if ((uintptr_t)to & 8) {
+      long long w;
+      memcpy(&w, from, 8);
+      _mm_stream_si64((long long *)(void *)to, w);
+      at = 8;
+    }
+    for (; at + 16 <= sizeof(bp_entry); at += 16)
+      _mm_stream_si128((__m128i *)(void *)(to + at), _mm_loadu_si128((const __m128i *)(const void *)(from + at)));
+    if (at < sizeof(bp_entry)) {
+      long long w;
+      memcpy(&w, from + at, 8);
+      _mm_stream_si64((long long *)(void *)(to + at), w);
+    }
+    return;
   }
-  bp_entry out;
-  bp__entry_from_index(s, seq, &out);
-  if (!visit(&out, ctx)) *stop = true;
+#endif
+  (void)streaming;
+  *dst = *src;
+}
+
+static void deliver(const bp_store *s, uint64_t seq, qsink *k) {
+  bp_entry e;
+  bp__entry_from_index(s, seq, &e);
+  if (!k->out) {
+    if (!k->visit(&e, k->ctx)) k->stop = true;
+    return;
+  }
+  if (k->out->len == k->cap) {
+    size_t cap = k->cap ? k->cap * 2 : 64;
+    bp_entry *n = realloc(k->out->items, cap * sizeof *n);
+    if (!n) {
+      k->oom = k->stop = true;
+      return;
+    }
+    k->out->items = n;
+    k->cap = cap;
+  }
+  store_entry(&k->out->items[k->out->len++], &e, k->streaming);
+}
+
+/* The entry of seq passes the region's remaining filters. */
+static bool entry_matches(const bp_store *s, const qplan *p, uint64_t seq) {
+  const bp_region *r = p->r;
+  if (!r) return true;
+  const bp__ientry *e = bp__index_at(&s->ix, seq);
+  if (r->has_clock_range && (e->clock < r->clock_min || e->clock > r->clock_max)) return false;
+  if (r->fact == BP_FACT_EXACT && e->kind != r->kind) return false;
+  if (r->fact == BP_FACT_CATEGORY && bp_kind_category(e->kind) != r->category) return false;
+  if (p->prefix_ok && !p->prefix_ok[e->entity]) return false;
+  if (!p->any_scope && e->scope != p->scope_id) return false;
   return true;
 }
 
-typedef struct collect_ctx {
-  bp_entries *out;
-  size_t cap;
-  bool oom;
-} collect_ctx;
-
-/* Sizes a collection for up to n results (a hint: it still grows if needed). */
-static void reserve(collect_ctx *c, uint64_t n) {
-  if (!c || n <= c->cap || n == 0) return;
-  bp_entry *items = realloc(c->out->items, (size_t)n * sizeof *items);
-  if (!items) return;
-  c->out->items = items;
-  c->cap = (size_t)n;
+/* Delivers the matching entries among a list of sequences, loading entries
+ * a little ahead: a stream's entries are scattered through the index. */
+static void deliver_list(const bp_store *s, const qplan *p, const uint32_t *seqs, uint64_t n, qsink *k) {
+  enum { AHEAD = 8 };
+  for (uint64_t i = 0; i < n && !k->stop; i++) {
+    if (i + AHEAD < n) {
+      const char *ahead = (const char *)bp__index_at(&s->ix, seqs[i + AHEAD]);
+      __builtin_prefetch(ahead);
+      __builtin_prefetch(ahead + sizeof(bp__ientry) - 1);
+    }
+    if (entry_matches(s, p, seqs[i])) deliver(s, seqs[i], k);
+  }
 }
 
-/* Runs visit over the entries matching r, in global-sequence order, reading
- * the smallest index stream that can serve the region. exact_entity limits the
- * result to one entity (bp_stream). */
-static bp_status run_planned(bp_store *s, const bp_region *r, const char *exact_entity, visit_fn visit,
-                             void *ctx, collect_ctx *sizing, uint64_t limit, const qplan *p) {
+/* Runs the region over the index, reading the smallest index stream that can
+ * serve it. exact_entity limits the result to one entity (bp_stream). */
+static bp_status run_planned(bp_store *s, const bp_region *r, const char *exact_entity, qsink *k, uint64_t limit,
+                             const qplan *p) {
   const uint32_t *best = NULL;
   uint32_t best_n = UINT32_MAX;
   bool have_source = false;
-  bool stop = false;
 
   if (exact_entity) {
     const bp__name *nm = bp__index_find_name(&s->ix, exact_entity, strlen(exact_entity));
@@ -331,68 +404,52 @@ static bp_status run_planned(bp_store *s, const bp_region *r, const char *exact_
     if (!have_source || total < best_n) {
       uint32_t *seqs = malloc(sizeof *seqs * (total ? total : 1));
       if (!seqs) return bp__fail(BP_ENOMEM, "query: out of memory");
-      uint64_t k = 0;
-      for (uint32_t i = 1; i < names && k < total; i++) {
+      uint64_t got = 0;
+      for (uint32_t i = 1; i < names && got < total; i++) {
         const bp__name *nm = bp__index_name(&s->ix, i);
         if (nm->len >= plen && memcmp(nm->str, r->entity_prefix, plen) == 0) {
           uint32_t n;
           const uint32_t *v = bp__seqvec_view(&nm->as_entity, limit, &n);
-          if (n > total - k) n = (uint32_t)(total - k);
-          memcpy(seqs + k, v, sizeof *seqs * n);
-          k += n;
+          if (n > total - got) n = (uint32_t)(total - got);
+          memcpy(seqs + got, v, sizeof *seqs * n);
+          got += n;
         }
       }
-      qsort(seqs, k, sizeof *seqs, cmp_u32);
-      reserve(sizing, k);
-      for (uint64_t i = 0; i < k && !stop; i++) emit(s, p, seqs[i], visit, ctx, &stop);
+      qsort(seqs, got, sizeof *seqs, cmp_u32);
+      reserve(k, got);
+      deliver_list(s, p, seqs, got, k);
       free(seqs);
       return BP_OK;
     }
   }
 
   if (have_source) {
-    reserve(sizing, best_n);
-    for (uint32_t i = 0; i < best_n && !stop; i++) emit(s, p, best[i], visit, ctx, &stop);
+    reserve(k, best_n);
+    deliver_list(s, p, best, best_n, k);
   } else {
     /* No stream narrows it down: filter the scan index, then read entries. */
-    if (!r || (!r->entity_prefix && !r->scope && r->fact == BP_FACT_ANY && !r->has_clock_range)) reserve(sizing, limit);
+    if (!r || (!r->entity_prefix && !r->scope && r->fact == BP_FACT_ANY && !r->has_clock_range)) reserve(k, limit);
     bp__scan_pred q = scan_pred(p);
     uint32_t batch[1024];
-    for (uint64_t seq = 0; seq < limit && !stop;) {
+    for (uint64_t seq = 0; seq < limit && !k->stop;) {
       size_t got = bp__scan_filter(&s->scan, seq, limit, &q, batch, 1024, &seq);
-      for (size_t i = 0; i < got && !stop; i++) {
-        bp_entry out;
-        bp__entry_from_index(s, batch[i], &out);
-        if (!visit(&out, ctx)) stop = true;
-      }
+      for (size_t i = 0; i < got && !k->stop; i++) deliver(s, batch[i], k);
     }
   }
   return BP_OK;
 }
 
-
-static bool collect(const bp_entry *e, void *ctx) {
-  collect_ctx *c = ctx;
-  if (c->out->len == c->cap) {
-    size_t cap = c->cap ? c->cap * 2 : 64;
-    bp_entry *n = realloc(c->out->items, cap * sizeof *n);
-    if (!n) { c->oom = true; return false; }
-    c->out->items = n;
-    c->cap = cap;
-  }
-  c->out->items[c->out->len++] = *e;
-  return true;
-}
-
-static bp_status run_query(bp_store *s, const bp_region *r, const char *exact_entity, visit_fn visit,
-                           void *ctx, collect_ctx *sizing) {
+static bp_status run_query(bp_store *s, const bp_region *r, const char *exact_entity, qsink *k) {
   bp__view_enter(s);
   uint64_t limit = bp__index_visible(&s->ix);
   qplan plan;
   bp_status st = plan_region(s, r, &plan);
-  if (!st) st = run_planned(s, r, exact_entity, visit, ctx, sizing, limit, &plan);
+  if (!st) st = run_planned(s, r, exact_entity, k, limit, &plan);
   bp__view_leave(s);
   free(plan.prefix_ok);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  if (k->streaming) _mm_sfence(); /* order the streamed entries before the caller's reads */
+#endif
   return st;
 }
 
@@ -400,9 +457,9 @@ static bp_status collect_query(bp_store *s, const bp_region *r, const char *exac
   if (!s || !out) return bp__fail(BP_EINVAL, "query: NULL argument");
   out->items = NULL;
   out->len = 0;
-  collect_ctx c = {out, 0, false};
-  bp_status st = run_query(s, r, exact, collect, &c, &c);
-  if (!st && c.oom) st = bp__fail(BP_ENOMEM, "query: out of memory for results");
+  qsink k = {NULL, NULL, out, 0, false, false, false};
+  bp_status st = run_query(s, r, exact, &k);
+  if (!st && k.oom) st = bp__fail(BP_ENOMEM, "query: out of memory for results");
   if (st) bp_entries_free(out);
   return st;
 }
@@ -415,7 +472,8 @@ bp_status bp_query(bp_store *s, const bp_region *region, bp_entries *out) {
 bp_status bp_query_each(bp_store *s, const bp_region *region, bool (*visit)(const bp_entry *, void *),
                         void *ctx) {
   if (!s || !region || !visit) return bp__fail(BP_EINVAL, "bp_query_each: NULL argument");
-  return run_query(s, region, NULL, visit, ctx, NULL);
+  qsink k = {visit, ctx, NULL, 0, false, false, false};
+  return run_query(s, region, NULL, &k);
 }
 
 bp_status bp_stream(bp_store *s, const char *entity, bp_entries *out) {
