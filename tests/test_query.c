@@ -457,6 +457,66 @@ static void fixture_ancestor_walks_return_the_full_chain(void **state) {
   free(tmp);
 }
 
+static void expect_same_entry(const bp_entry *got, const bp_entry *want, size_t i) {
+  if (!bp_id_eq(got->event_id, want->event_id) || !bp_id_eq(got->correlation_id, want->correlation_id) ||
+      !bp_id_eq(got->causation_id, want->causation_id) || got->entity != want->entity ||
+      got->scope != want->scope || got->kind != want->kind || got->wall_ms != want->wall_ms ||
+      got->clock != want->clock || memcmp(&got->hash_chain, &want->hash_chain, sizeof got->hash_chain) != 0 ||
+      got->disk_pos.segment_id != want->disk_pos.segment_id || got->disk_pos.offset != want->disk_pos.offset ||
+      got->disk_pos.length != want->disk_pos.length || got->global_sequence != want->global_sequence)
+    fail_msg("result %zu (sequence %llu) differs from bp_get_entry of its id (sequence %llu)", i,
+             (unsigned long long)got->global_sequence, (unsigned long long)want->global_sequence);
+}
+
+static bool count_visit(const bp_entry *e, void *ctx) {
+  (void)e;
+  (*(size_t *)ctx)++;
+  return true;
+}
+
+/* Results of several megabytes are written another way (streaming stores):
+ * every field of every entry must still be what bp_get_entry says. */
+static void large_results_match_entry_lookups_field_by_field(void **state) {
+  fixture *f = *state;
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  enum { N = 12000 };
+  static const char *ents[] = {"big:a", "big:b", "big:c"};
+  for (uint32_t i = 0; i < N; i++) {
+    bp_coord c = {ents[i % 3], i % 2 ? "scope:odd" : "scope:even"};
+    bp_append_receipt r;
+    assert_ok(bp_append(s, &c, i % 5 ? 0x1001 : 0x2002, &i, sizeof i, &r));
+  }
+  bp_region all = bp_region_all(), kind = bp_region_with_kind(bp_region_all(), 0x1001);
+  struct {
+    const char *what;
+    size_t want;
+    bp_status st;
+    bp_entries got;
+  } q[4];
+  q[0].what = "all";  q[0].want = N;         q[0].st = bp_query(s, &all, &q[0].got);
+  q[1].what = "kind"; q[1].want = N - N / 5; q[1].st = bp_query(s, &kind, &q[1].got);
+  q[2].what = "scope"; q[2].want = N / 2;    q[2].st = bp_by_scope(s, "scope:even", &q[2].got);
+  q[3].what = "stream"; q[3].want = N / 3;   q[3].st = bp_stream(s, "big:b", &q[3].got);
+  for (int k = 0; k < 4; k++) {
+    assert_ok(q[k].st);
+    if (q[k].got.len != q[k].want) fail_msg("%s: %zu results, expected %zu", q[k].what, q[k].got.len, q[k].want);
+    uint64_t last = 0;
+    for (size_t i = 0; i < q[k].got.len; i++) {
+      bp_entry want;
+      assert_ok(bp_get_entry(s, q[k].got.items[i].event_id, &want));
+      expect_same_entry(&q[k].got.items[i], &want, i);
+      if (i && q[k].got.items[i].global_sequence <= last) fail_msg("%s: result %zu out of order", q[k].what, i);
+      last = q[k].got.items[i].global_sequence;
+    }
+    bp_entries_free(&q[k].got);
+  }
+  size_t visited = 0;
+  assert_ok(bp_query_each(s, &all, count_visit, &visited));
+  assert_int_equal(visited, N);
+  assert_ok(bp_close(s));
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int main(void) {
@@ -474,6 +534,7 @@ int main(void) {
       T(durable_cursor_rejects_bad_names_and_damaged_files),
       T(cursors_never_skip_or_repeat_while_threads_append),
       T(ancestors_follow_the_stream_even_with_equal_payloads),
+      T(large_results_match_entry_lookups_field_by_field),
       cmocka_unit_test(fixture_ancestor_walks_return_the_full_chain),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
