@@ -108,10 +108,10 @@ static uint64_t mono_ms(void) {
  * a file system without fallocate, a failed mmap) goes through write().
  */
 #define BP__GROW_STEP (4u << 20)
-#ifdef MADV_POPULATE_WRITE
-#  define BP__MADV_POPULATE_WRITE MADV_POPULATE_WRITE
+#ifdef MADV_POPULATE_READ
+#  define BP__MADV_POPULATE_READ MADV_POPULATE_READ
 #else
-#  define BP__MADV_POPULATE_WRITE 23   /* Linux 5.14; older kernels answer EINVAL */
+#  define BP__MADV_POPULATE_READ 22    /* Linux 5.14; older kernels answer EINVAL */
 #endif
 #define BP__MAP_SLACK (16u << 20)
 
@@ -145,11 +145,15 @@ static int reserve_space(bp_store *s, uint64_t end) {
   if (cap < end) return EOPNOTSUPP;
   if (bp__os_table.fallocate(s->wfd, 0, (off_t)s->wcap, (off_t)(cap - s->wcap)) != 0)
     return errno == ENOSYS ? EOPNOTSUPP : (errno ? errno : EIO);
-  /* Fault the new range in writable now, in one call, rather than one page
-   * fault per page as frames arrive. Only a hint: errors are ignored. */
+  /* Map the new range now, in one call, rather than taking a full page fault
+   * per page as frames arrive. Readable only: a page faulted in writable is
+   * dirty at once, so every fsync would write the whole range ahead (zeros)
+   * and then write-protect it again. Mapped readable, a page still takes a
+   * light write fault when the first frame reaches it, and only the pages
+   * frames reached are written back. Only a hint: errors are ignored. */
   long page = sysconf(_SC_PAGESIZE);
   uint64_t from = s->wcap / (uint64_t)page * (uint64_t)page;
-  madvise(s->wmap + from, (size_t)(cap - from), BP__MADV_POPULATE_WRITE);
+  madvise(s->wmap + from, (size_t)(cap - from), BP__MADV_POPULATE_READ);
   s->wcap = cap;
   return 0;
 }
