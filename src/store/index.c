@@ -200,17 +200,24 @@ bp_status bp__index_intern(bp__index *ix, const char *s, size_t len, bp__name **
 
 /* ---- ids ---- */
 
+static inline uint64_t id_slot(uint64_t hash, uint64_t seq) { return hash << 32 | (seq + 1); }
+static inline uint32_t slot_seq1(uint64_t v) { return (uint32_t)v; }
+static inline uint32_t slot_hash(uint64_t v) { return (uint32_t)(v >> 32); }
+
 static bool id_table_resize(bp__index *ix, uint64_t slots) {
-  uint32_t *t = calloc(slots, sizeof *t);
+  uint64_t *t = calloc(slots, sizeof *t);
   if (!t) return false;
   uint64_t mask = slots - 1;
-  uint32_t *old = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
+  uint64_t *old = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
   uint64_t old_slots = old ? atomic_load(&ix->id_mask) + 1 : 0;
   uint64_t used = 0;
   for (uint64_t i = 0; i < old_slots; i++) {
-    uint32_t v = old[i];
-    if (!v || v - 1 >= ix->count) continue;  /* drop slots of rolled-back entries */
-    uint64_t h = hash_id(bp__index_at(ix, v - 1)->event_id) & mask;
+    uint64_t v = old[i];
+    if (!v || slot_seq1(v) - 1 >= ix->count) continue;  /* drop slots of rolled-back entries */
+    /* The stored half of the hash places the slot in any table of up to 2^32
+     * slots; past that the entry supplies the rest. */
+    uint64_t h = mask <= UINT32_MAX ? slot_hash(v) : hash_id(bp__index_at(ix, slot_seq1(v) - 1)->event_id);
+    h &= mask;
     while (t[h]) h = (h + 1) & mask;
     t[h] = v;
     used++;
@@ -229,12 +236,14 @@ static bool id_table_resize(bp__index *ix, uint64_t slots) {
 
 bool bp__index_find_id(const bp__index *ix, bp_id id, uint64_t limit, uint64_t *seq) {
   uint64_t mask = atomic_load_explicit(&ix->id_mask, memory_order_acquire);
-  const uint32_t *t = atomic_load_explicit(&ix->id_slots, memory_order_acquire);
-  for (uint64_t i = hash_id(id) & mask;; i = (i + 1) & mask) {
-    uint32_t v = atomic_load_explicit((_Atomic uint32_t *)&t[i], memory_order_acquire);
+  const uint64_t *t = atomic_load_explicit(&ix->id_slots, memory_order_acquire);
+  uint64_t h = hash_id(id);
+  for (uint64_t i = h & mask;; i = (i + 1) & mask) {
+    uint64_t v = atomic_load_explicit((_Atomic uint64_t *)&t[i], memory_order_acquire);
     if (!v) return false;
-    if (v - 1 < limit && bp_id_eq(bp__index_at(ix, v - 1)->event_id, id)) {
-      *seq = v - 1;
+    if (slot_hash(v) == (uint32_t)h && slot_seq1(v) - 1 < limit &&
+        bp_id_eq(bp__index_at(ix, slot_seq1(v) - 1)->event_id, id)) {
+      *seq = slot_seq1(v) - 1;
       return true;
     }
   }
@@ -276,17 +285,17 @@ bp_status bp__index_push(bp__index *ix, const bp__ientry *e) {
   }
 
   uint64_t mask = atomic_load_explicit(&ix->id_mask, memory_order_relaxed);
-  uint32_t *t = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
-  uint64_t h = hash_id(e->event_id) & mask;
+  uint64_t *t = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
+  uint64_t hash = hash_id(e->event_id), h = hash & mask;
   while (t[h]) h = (h + 1) & mask;
-  atomic_store_explicit((_Atomic uint32_t *)&t[h], s + 1, memory_order_release);
+  atomic_store_explicit((_Atomic uint64_t *)&t[h], id_slot(hash, s), memory_order_release);
   ix->id_used++;
   return BP_OK;
 }
 
 void bp__index_prefetch_id(const bp__index *ix, bp_id id) {
   uint64_t mask = atomic_load_explicit(&ix->id_mask, memory_order_relaxed);
-  const uint32_t *t = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
+  const uint64_t *t = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
   __builtin_prefetch(&t[hash_id(id) & mask], 1);
 }
 

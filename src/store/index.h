@@ -90,7 +90,11 @@ typedef struct bp__index {
   _Atomic(uint32_t *) name_slots;     /* hash table of id+1, open addressing */
   _Atomic uint32_t name_mask;
 
-  _Atomic(uint32_t *) id_slots;       /* hash table event id -> seq+1 */
+  /* Hash table event id -> sequence, open addressing. A slot holds seq+1 in
+   * its low half (0: empty) and the low 32 bits of the id's hash in its high
+   * half: lookups skip other ids' entries without reading them, and growing
+   * the table places slots without reading the entries. */
+  _Atomic(uint64_t *) id_slots;
   _Atomic uint64_t id_mask;
   uint64_t id_used;
 
