@@ -109,6 +109,7 @@ struct bp_store {
   uint8_t *wmap;            /* shared writable mapping of the active segment, or NULL */
   size_t wmap_len;          /* bytes mapped */
   uint64_t wcap;            /* the file's size: space allocated ahead of wsize */
+  uint64_t wpop;            /* the mapping is writable (no fault on write) below this */
   uint64_t next_segment_id;
   uint32_t unsynced;        /* appends since the last fsync */
   bool failed;              /* failed for good: BP_EWRITER */

@@ -113,6 +113,11 @@ static uint64_t mono_ms(void) {
 #else
 #  define BP__MADV_POPULATE_READ 22    /* Linux 5.14; older kernels answer EINVAL */
 #endif
+#ifdef MADV_POPULATE_WRITE
+#  define BP__MADV_POPULATE_WRITE MADV_POPULATE_WRITE
+#else
+#  define BP__MADV_POPULATE_WRITE 23
+#endif
 #define BP__MAP_SLACK (16u << 20)
 
 static void unmap_segment(bp_store *s) {
@@ -145,12 +150,11 @@ static int reserve_space(bp_store *s, uint64_t end) {
   if (cap < end) return EOPNOTSUPP;
   if (bp__os_table.fallocate(s->wfd, 0, (off_t)s->wcap, (off_t)(cap - s->wcap)) != 0)
     return errno == ENOSYS ? EOPNOTSUPP : (errno ? errno : EIO);
-  /* Map the new range now, in one call, rather than taking a full page fault
-   * per page as frames arrive. Readable only: a page faulted in writable is
-   * dirty at once, so every fsync would write the whole range ahead (zeros)
-   * and then write-protect it again. Mapped readable, a page still takes a
-   * light write fault when the first frame reaches it, and only the pages
-   * frames reached are written back. Only a hint: errors are ignored. */
+  /* Map the new range now, in one call, rather than one page fault per page
+   * as frames arrive. Readable only: a page mapped writable is dirty at once,
+   * so every fsync would write the whole range ahead (zeros) and then
+   * write-protect it again; map_writable makes pages writable a little ahead
+   * of the frames. Only a hint: errors are ignored. */
   long page = sysconf(_SC_PAGESIZE);
   uint64_t from = s->wcap / (uint64_t)page * (uint64_t)page;
   madvise(s->wmap + from, (size_t)(cap - from), BP__MADV_POPULATE_READ);
@@ -158,11 +162,38 @@ static int reserve_space(bp_store *s, uint64_t end) {
   return 0;
 }
 
+#define BP__WRITABLE_STEP (64u << 10)
+
+/* Makes the pages a write to [at, end) touches writable in the mapping before
+ * the copy, a little ahead at a time: a store to a page mapped read-only is a
+ * page fault, which on virtual machines costs microseconds, taken once per
+ * page; the madvise call does the same work for BP__WRITABLE_STEP at once.
+ * Not further ahead: a page made writable is dirty, so the next fsync writes
+ * it back (zeros) and write-protects it again. */
+static void map_writable(bp_store *s, uint64_t at, uint64_t end) {
+  if (end <= s->wpop) return;
+  uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+  uint64_t from = at / page * page;
+  if (s->wpop > from) from = s->wpop;
+  uint64_t to = (end + BP__WRITABLE_STEP + page - 1) / page * page;
+  if (to > s->wcap) to = s->wcap;
+  if (to > from) madvise(s->wmap + from, (size_t)(to - from), BP__MADV_POPULATE_WRITE);
+  s->wpop = to;
+}
+
+/* An fsync wrote back and write-protected every page: the page being filled
+ * must be made writable again. */
+static void synced(bp_store *s) {
+  uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+  if (s->wpop > s->wsize / page * page) s->wpop = s->wsize / page * page;
+}
+
 /* Hands len bytes at offset at of the active segment to the operating system. */
 static int segment_write(bp_store *s, const uint8_t *data, size_t len, uint64_t at) {
   if (s->wmap && at + len <= s->wmap_len) {
     int rc = reserve_space(s, at + len);
     if (rc == 0) {
+      map_writable(s, at, at + len);
       memcpy(s->wmap + at, data, len);
       return 0;
     }
@@ -215,6 +246,7 @@ static bp_status writer_open_segment(bp_store *s) {
   s->wseg = id;
   s->wsize = size;
   s->wcap = size;
+  s->wpop = 0;
   s->wseg_first = s->ix.count;
   map_segment(s);
   bp__log(s, BP_LOG_DEBUG, "segment %06" PRIu64 " started", id);
@@ -503,6 +535,7 @@ static void commit_group(bp_store *s, bp__req **group, size_t ng) {
       uint64_t t0 = mono_us();
       rc = bp__os_sync(s->wfd, s->cfg.sync_mode);
       s->last_sync_us = mono_us() - t0;
+      synced(s);
       what = s->cfg.sync_mode == BP_SYNC_DATA ? "fdatasync" : "fsync";
     }
     if (rc) {
@@ -762,6 +795,7 @@ bp_status bp__writer_sync(bp_store *s) {
   if (s->failed) return bp__fail(BP_EWRITER, "the writer has failed; reopen the store");
   if (s->wfd < 0) return BP_OK;
   int rc = bp__os_sync(s->wfd, s->cfg.sync_mode);
+  synced(s);
   if (rc) {
     bp_status st = bp__fail_errno(BP_EIO, rc, "fsync of segment %06" PRIu64 " failed", s->wseg);
     /* Acknowledged frames stay; the segment is abandoned for a fresh one. */
