@@ -8,30 +8,18 @@
 
 static inline void put_tag_be(bp__buf *b, uint8_t tag, uint64_t v, int bytes) {
   if (!bp__buf_reserve(b, 1 + (size_t)bytes)) return;
-  uint8_t *p = b->data + b->len;
-  p[0] = tag;
-  for (int i = 0; i < bytes; i++) p[1 + i] = (uint8_t)(v >> (8 * (bytes - 1 - i)));
-  b->len += 1 + (size_t)bytes;
+  b->len = (size_t)(bp__mp_emit_be(b->data + b->len, tag, v, bytes) - b->data);
 }
 
 void bp__mp_put_nil(bp__buf *b) { bp__buf_put1(b, 0xc0); }
 void bp__mp_put_bool(bp__buf *b, bool v) { bp__buf_put1(b, v ? 0xc3 : 0xc2); }
 
 void bp__mp_put_uint(bp__buf *b, uint64_t v) {
-  if (v <= 0x7f) bp__buf_put1(b, (uint8_t)v);
-  else if (v <= 0xff) put_tag_be(b, 0xcc, v, 1);
-  else if (v <= 0xffff) put_tag_be(b, 0xcd, v, 2);
-  else if (v <= 0xffffffffu) put_tag_be(b, 0xce, v, 4);
-  else put_tag_be(b, 0xcf, v, 8);
+  if (bp__buf_reserve(b, 9)) b->len = (size_t)(bp__mp_emit_uint(b->data + b->len, v) - b->data);
 }
 
 void bp__mp_put_int(bp__buf *b, int64_t v) {
-  if (v >= 0) bp__mp_put_uint(b, (uint64_t)v);
-  else if (v >= -32) bp__buf_put1(b, (uint8_t)(int8_t)v);
-  else if (v >= INT8_MIN) put_tag_be(b, 0xd0, (uint64_t)v, 1);
-  else if (v >= INT16_MIN) put_tag_be(b, 0xd1, (uint64_t)v, 2);
-  else if (v >= INT32_MIN) put_tag_be(b, 0xd2, (uint64_t)v, 4);
-  else put_tag_be(b, 0xd3, (uint64_t)v, 8);
+  if (bp__buf_reserve(b, 9)) b->len = (size_t)(bp__mp_emit_int(b->data + b->len, v) - b->data);
 }
 
 void bp__mp_put_f32(bp__buf *b, float v) {
@@ -47,11 +35,10 @@ void bp__mp_put_f64(bp__buf *b, double v) {
 }
 
 void bp__mp_put_str(bp__buf *b, const char *s, size_t len) {
-  if (len < 32) bp__buf_put1(b, (uint8_t)(0xa0 | len));
-  else if (len <= 0xff) put_tag_be(b, 0xd9, len, 1);
-  else if (len <= 0xffff) put_tag_be(b, 0xda, len, 2);
-  else put_tag_be(b, 0xdb, len, 4);
-  bp__buf_append(b, s, len);
+  if (len > SIZE_MAX - 5 || !bp__buf_reserve(b, 5 + len)) return;
+  uint8_t *o = bp__mp_emit_str_header(b->data + b->len, len);
+  if (len) memcpy(o, s, len);
+  b->len = (size_t)(o + len - b->data);
 }
 
 void bp__mp_put_cstr(bp__buf *b, const char *s) { bp__mp_put_str(b, s, strlen(s)); }
@@ -64,9 +51,7 @@ void bp__mp_put_bin(bp__buf *b, const void *p, size_t len) {
 }
 
 void bp__mp_put_array(bp__buf *b, uint32_t n) {
-  if (n < 16) bp__buf_put1(b, (uint8_t)(0x90 | n));
-  else if (n <= 0xffff) put_tag_be(b, 0xdc, n, 2);
-  else put_tag_be(b, 0xdd, n, 4);
+  if (bp__buf_reserve(b, 5)) b->len = (size_t)(bp__mp_emit_array_header(b->data + b->len, n) - b->data);
 }
 
 void bp__mp_put_map(bp__buf *b, uint32_t n) {
@@ -75,11 +60,8 @@ void bp__mp_put_map(bp__buf *b, uint32_t n) {
   else put_tag_be(b, 0xdf, n, 4);
 }
 
-void bp__mp_put_byte_array(bp__buf *b, const uint8_t *p, size_t len) {
-  bp__mp_put_array(b, (uint32_t)len);
-  /* Worst case two bytes per element; reserve once, then write directly. */
-  if (!bp__buf_reserve(b, 2 * len)) return;
-  uint8_t *o = b->data + b->len;
+uint8_t *bp__mp_emit_byte_array(uint8_t *o, const uint8_t *p, size_t len) {
+  o = bp__mp_emit_array_header(o, len);
   for (size_t i = 0; i < len; i++) {
     /* Without branches on the data: bytes >= 0x80 take the cc prefix. */
     uint8_t c = p[i];
@@ -88,7 +70,13 @@ void bp__mp_put_byte_array(bp__buf *b, const uint8_t *p, size_t len) {
     o[big] = c;
     o += 1 + big;
   }
-  b->len = (size_t)(o - b->data);
+  return o;
+}
+
+void bp__mp_put_byte_array(bp__buf *b, const uint8_t *p, size_t len) {
+  /* Worst case two bytes per element; reserve once, then write directly. */
+  if (len > (SIZE_MAX - 5) / 2 || !bp__buf_reserve(b, 5 + 2 * len)) return;
+  b->len = (size_t)(bp__mp_emit_byte_array(b->data + b->len, p, len) - b->data);
 }
 
 void bp__mp_put_id(bp__buf *b, bp_id id) {

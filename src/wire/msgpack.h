@@ -39,6 +39,45 @@ void bp__mp_put_byte_array(bp__buf *b, const uint8_t *p, size_t len);
 /* A u128 the way the crate's u128_bytes helper writes it: bin8 of 16 BE bytes. */
 void bp__mp_put_id(bp__buf *b, bp_id id);
 
+/* ---- writing into room already reserved ----
+ * The same forms written at o, where the caller has made room (an integer
+ * takes at most 9 bytes, a string or array header 5, a byte array 5 plus 2 per
+ * byte). Each returns the position after what it wrote. Records with a known
+ * shape (frames) reserve once and write their fields with these. */
+static inline uint8_t *bp__mp_emit_be(uint8_t *o, uint8_t tag, uint64_t v, int bytes) {
+  *o++ = tag;
+  for (int i = bytes - 1; i >= 0; i--) *o++ = (uint8_t)(v >> (8 * i));
+  return o;
+}
+static inline uint8_t *bp__mp_emit_uint(uint8_t *o, uint64_t v) {
+  if (v <= 0x7f) { *o = (uint8_t)v; return o + 1; }
+  if (v <= 0xff) return bp__mp_emit_be(o, 0xcc, v, 1);
+  if (v <= 0xffff) return bp__mp_emit_be(o, 0xcd, v, 2);
+  if (v <= 0xffffffffu) return bp__mp_emit_be(o, 0xce, v, 4);
+  return bp__mp_emit_be(o, 0xcf, v, 8);
+}
+static inline uint8_t *bp__mp_emit_int(uint8_t *o, int64_t v) {
+  if (v >= 0) return bp__mp_emit_uint(o, (uint64_t)v);
+  if (v >= -32) { *o = (uint8_t)(int8_t)v; return o + 1; }
+  if (v >= INT8_MIN) return bp__mp_emit_be(o, 0xd0, (uint64_t)v, 1);
+  if (v >= INT16_MIN) return bp__mp_emit_be(o, 0xd1, (uint64_t)v, 2);
+  if (v >= INT32_MIN) return bp__mp_emit_be(o, 0xd2, (uint64_t)v, 4);
+  return bp__mp_emit_be(o, 0xd3, (uint64_t)v, 8);
+}
+static inline uint8_t *bp__mp_emit_str_header(uint8_t *o, size_t len) {
+  if (len < 32) { *o = (uint8_t)(0xa0 | len); return o + 1; }
+  if (len <= 0xff) return bp__mp_emit_be(o, 0xd9, len, 1);
+  if (len <= 0xffff) return bp__mp_emit_be(o, 0xda, len, 2);
+  return bp__mp_emit_be(o, 0xdb, len, 4);
+}
+static inline uint8_t *bp__mp_emit_array_header(uint8_t *o, size_t n) {
+  if (n < 16) { *o = (uint8_t)(0x90 | n); return o + 1; }
+  if (n <= 0xffff) return bp__mp_emit_be(o, 0xdc, n, 2);
+  return bp__mp_emit_be(o, 0xdd, n, 4);
+}
+/* An array with one integer per byte (bp__mp_put_byte_array). */
+uint8_t *bp__mp_emit_byte_array(uint8_t *o, const uint8_t *p, size_t len);
+
 /* ---- reader ---- */
 typedef enum bp__mp_type {
   BP__MP_NIL, BP__MP_BOOL, BP__MP_UINT, BP__MP_INT, BP__MP_FLOAT,
