@@ -110,6 +110,7 @@ struct bp_store {
   size_t wmap_len;          /* bytes mapped */
   uint64_t wcap;            /* the file's size: space allocated ahead of wsize */
   uint64_t wpop;            /* the mapping is writable (no fault on write) below this */
+  uint64_t wflushed;        /* write-back was started (or done) for bytes below this */
   uint64_t next_segment_id;
   uint32_t unsynced;        /* appends since the last fsync */
   bool failed;              /* failed for good: BP_EWRITER */

@@ -167,15 +167,22 @@ static int reserve_space(bp_store *s, uint64_t end) {
 /* Makes the pages a write to [at, end) touches writable in the mapping before
  * the copy, a little ahead at a time: a store to a page mapped read-only is a
  * page fault, which on virtual machines costs microseconds, taken once per
- * page; the madvise call does the same work for BP__WRITABLE_STEP at once.
- * Not further ahead: a page made writable is dirty, so the next fsync writes
- * it back (zeros) and write-protects it again. */
+ * page; the madvise call does the same work for many pages at once. Not far
+ * ahead: a page made writable is dirty, so the next fsync writes it back
+ * (zeros) and write-protects it again. The step is therefore at most what
+ * sync_every_n_events frames of 256 bytes fill, and nothing at all when
+ * fsyncs come every few events (the write faults are then cheaper than the
+ * zeros). */
 static void map_writable(bp_store *s, uint64_t at, uint64_t end) {
   if (end <= s->wpop) return;
   uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+  uint64_t step = (uint64_t)s->cfg.sync_every_n_events * 256;
+  if (step > BP__WRITABLE_STEP) step = BP__WRITABLE_STEP;
+  step = step / page * page;
+  if (step == 0) return;
   uint64_t from = at / page * page;
   if (s->wpop > from) from = s->wpop;
-  uint64_t to = (end + BP__WRITABLE_STEP + page - 1) / page * page;
+  uint64_t to = (end + step + page - 1) / page * page;
   if (to > s->wcap) to = s->wcap;
   if (to > from) madvise(s->wmap + from, (size_t)(to - from), BP__MADV_POPULATE_WRITE);
   s->wpop = to;
@@ -186,6 +193,27 @@ static void map_writable(bp_store *s, uint64_t at, uint64_t end) {
 static void synced(bp_store *s) {
   uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
   if (s->wpop > s->wsize / page * page) s->wpop = s->wsize / page * page;
+  s->wflushed = s->wsize / page * page;
+}
+
+#define BP__FLUSH_STEP (128u << 10)
+
+/* Starts writing back the pages frames have filled since the last call, once
+ * there are BP__FLUSH_STEP bytes of them, without waiting: by the time
+ * sync_every_n_events asks for an fsync, most of its data is on its way and
+ * the fsync waits for less. Pages not yet full are left alone (written back,
+ * they would be write-protected and fault on the next frame). A hint only:
+ * nothing is promised durable until the fsync. */
+static void start_writeback(bp_store *s) {
+#ifdef SYNC_FILE_RANGE_WRITE
+  uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
+  uint64_t full = s->wsize / page * page;
+  if (s->cfg.sync_every_n_events <= 1 || full < s->wflushed + BP__FLUSH_STEP) return;
+  sync_file_range(s->wfd, (off64_t)s->wflushed, (off64_t)(full - s->wflushed), SYNC_FILE_RANGE_WRITE);
+  s->wflushed = full;
+#else
+  (void)s;
+#endif
 }
 
 /* Hands len bytes at offset at of the active segment to the operating system. */
@@ -247,6 +275,7 @@ static bp_status writer_open_segment(bp_store *s) {
   s->wsize = size;
   s->wcap = size;
   s->wpop = 0;
+  s->wflushed = 0;
   s->wseg_first = s->ix.count;
   map_segment(s);
   bp__log(s, BP_LOG_DEBUG, "segment %06" PRIu64 " started", id);
@@ -535,7 +564,6 @@ static void commit_group(bp_store *s, bp__req **group, size_t ng) {
       uint64_t t0 = mono_us();
       rc = bp__os_sync(s->wfd, s->cfg.sync_mode);
       s->last_sync_us = mono_us() - t0;
-      synced(s);
       what = s->cfg.sync_mode == BP_SYNC_DATA ? "fdatasync" : "fsync";
     }
     if (rc) {
@@ -554,6 +582,8 @@ static void commit_group(bp_store *s, bp__req **group, size_t ng) {
       s->write_groups++;
       s->fsyncs += sync_now;
       s->wsize += s->wbuf.len;
+      if (sync_now) synced(s);
+      else start_writeback(s);
       s->unsynced = sync_now ? 0 : s->unsynced + new_events;
       bp__index_publish(&s->ix);
       if (sync_now) atomic_store(&s->durable, s->ix.count);
