@@ -620,7 +620,9 @@ static void gather(bp_store *s, size_t max) {
   if (s->qlen >= max || (s->last_group <= 1 && s->qlen <= 1)) return;
   uint64_t budget = s->last_sync_us / 2 < 1000 ? s->last_sync_us / 2 : 1000;
   s->gathering = true;
-  for (uint64_t waited = 0; waited < budget && !s->closing && s->qlen < max; waited += GATHER_SLICE_US) {
+  /* Everyone of the last group is back: nobody else is likely to come. */
+  size_t cohort = s->last_group < max ? s->last_group : max;
+  for (uint64_t waited = 0; waited < budget && !s->closing && s->qlen < cohort; waited += GATHER_SLICE_US) {
     size_t before = s->qlen;
     struct timespec until;
     deadline_in(&until, GATHER_SLICE_US);
