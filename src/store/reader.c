@@ -122,33 +122,39 @@ void bp__evread_free(bp__evread *rd) {
   bp__buf_free(&rd->scratch);
 }
 
+/* Reads event seq into one allocation (view lock held); rd is scratch. */
+static bp_status event_at(bp_store *s, uint64_t seq, bp__evread *rd, bp_event **out) {
+  bp_status st = bp__read_event(s, seq, rd);
+  if (!st) {
+    /* One allocation: the event, then entity, scope and payload. */
+    size_t el = strlen(rd->ev.entity), sl = strlen(rd->ev.scope);
+    bp_event *ev = malloc(sizeof(bp_event) + el + 1 + sl + 1 + rd->ev.payload_len);
+    if (!ev) {
+      st = bp__fail(BP_ENOMEM, "out of memory for an event");
+    } else {
+      char *p = (char *)(ev + 1);
+      *ev = rd->ev;
+      memcpy(p, rd->ev.entity, el + 1);
+      ev->entity = p;
+      p += el + 1;
+      memcpy(p, rd->ev.scope, sl + 1);
+      ev->scope = p;
+      p += sl + 1;
+      if (rd->ev.payload_len) memcpy(p, rd->ev.payload, rd->ev.payload_len);
+      ev->payload = (const uint8_t *)p;
+      *out = ev;
+    }
+  }
+  return st;
+}
+
 /* bp_get with the view lock held. */
 static bp_status get_locked(bp_store *s, bp_id id, bp_event **out) {
   uint64_t seq;
   if (!bp__index_find_id(&s->ix, id, bp__index_visible(&s->ix), &seq)) return not_found(id);
   bp__evread rd;
   memset(&rd, 0, sizeof rd);
-  bp_status st = bp__read_event(s, seq, &rd);
-  if (!st) {
-    /* One allocation: the event, then entity, scope and payload. */
-    size_t el = strlen(rd.ev.entity), sl = strlen(rd.ev.scope);
-    bp_event *ev = malloc(sizeof(bp_event) + el + 1 + sl + 1 + rd.ev.payload_len);
-    if (!ev) {
-      st = bp__fail(BP_ENOMEM, "out of memory for an event");
-    } else {
-      char *p = (char *)(ev + 1);
-      *ev = rd.ev;
-      memcpy(p, rd.ev.entity, el + 1);
-      ev->entity = p;
-      p += el + 1;
-      memcpy(p, rd.ev.scope, sl + 1);
-      ev->scope = p;
-      p += sl + 1;
-      if (rd.ev.payload_len) memcpy(p, rd.ev.payload, rd.ev.payload_len);
-      ev->payload = (const uint8_t *)p;
-      *out = ev;
-    }
-  }
+  bp_status st = event_at(s, seq, &rd, out);
   bp__evread_free(&rd);
   return st;
 }
@@ -514,10 +520,15 @@ static bp_status walk_locked(bp_store *s, bp_id id, size_t limit, bp_events *out
   if (!items) return bp__fail(BP_ENOMEM, "out of memory for %zu ancestors", count);
   bp_status st = BP_OK;
   size_t got = 0;
+  bp__evread rd;
+  memset(&rd, 0, sizeof rd);
+  enum { AHEAD = 4 }; /* as in a projection: entries, then frames, ahead of the reads */
   for (size_t k = 0; k < count && !st; k++) {
+    if (k + 2 * AHEAD < count) bp__prefetch_entry(s, v[lo - k - 2 * AHEAD]);
+    if (k + AHEAD < count) bp__prefetch_frame(s, v[lo - k - AHEAD], &rd);
     uint64_t at = v[lo - k];
     const bp__ientry *e = bp__index_at(&s->ix, at);
-    if ((st = get_locked(s, e->event_id, &items[got]))) break;
+    if ((st = event_at(s, at, &rd, &items[got]))) break;
     got++;
     /* Each link: this event's prev_hash is the event_hash of the one before it. */
     const uint8_t *prev = items[got - 1]->hash_chain.prev_hash;
@@ -530,6 +541,7 @@ static bp_status walk_locked(bp_store *s, bp_id id, size_t limit, bp_events *out
                     ent->str, hex, e->clock, lo - k > 0 ? "its predecessor's event_hash" : "genesis (zero)");
     }
   }
+  bp__evread_free(&rd);
   out->items = items;
   out->len = got;
   if (st) bp_events_free(out);
