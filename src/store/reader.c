@@ -8,6 +8,8 @@
 #include "batpak/wire.h"
 
 #include <inttypes.h>
+#include <sys/mman.h>
+#include <unistd.h>
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <emmintrin.h>
 #endif
@@ -270,6 +272,20 @@ typedef struct qsink {
  * only push the index out of the cache, and the caller reads them later. */
 #define BP__STREAM_RESULT_BYTES (1u << 20)
 
+/* Maps the pages of a fresh large array in one call: the allocator hands such
+ * arrays out as new mappings, and a page fault per 4 KiB page costs far more
+ * than the kernel filling the page table at once. Only a hint. */
+static void prefault(void *p, size_t len) {
+#ifdef MADV_POPULATE_WRITE
+  uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  uintptr_t from = ((uintptr_t)p + page - 1) / page * page, to = ((uintptr_t)p + len) / page * page;
+  if (to > from) madvise((void *)from, to - from, MADV_POPULATE_WRITE);
+#else
+  (void)p;
+  (void)len;
+#endif
+}
+
 /* Sizes a collection for up to n results (a hint: it still grows if needed). */
 static void reserve(qsink *k, uint64_t n) {
   if (!k->out || n <= k->cap || n == 0) return;
@@ -278,6 +294,7 @@ static void reserve(qsink *k, uint64_t n) {
   k->out->items = items;
   k->cap = (size_t)n;
   k->streaming = (uint64_t)n * sizeof *items >= BP__STREAM_RESULT_BYTES;
+  if (k->streaming) prefault(items, (size_t)n * sizeof *items);
 }
 
 static void store_entry(bp_entry *dst, const bp_entry *src, bool streaming) {
