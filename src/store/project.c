@@ -49,11 +49,10 @@ static bp_status apply_range(bp_store *s, const bp_projection *p, void *ctx, voi
   bp__evread rd;
   memset(&rd, 0, sizeof rd);
   bp_status st = BP_OK;
-  enum { AHEAD = 4 }; /* frames in flight; entries twice as far ahead */
-  for (uint32_t i = from; i < n && i < from + AHEAD; i++) bp__prefetch_entry(s, v[i]);
+  for (uint32_t i = from; i < n && i < from + 2 * BP__READ_AHEAD; i++) bp__prefetch_entry(s, v[i]);
   for (uint32_t i = from; i < n && !st; i++) {
-    if (i + 2 * AHEAD < n) bp__prefetch_entry(s, v[i + 2 * AHEAD]);
-    if (i + AHEAD < n) bp__prefetch_frame(s, v[i + AHEAD], &rd);
+    if (i + 2 * BP__READ_AHEAD < n) bp__prefetch_entry(s, v[i + 2 * BP__READ_AHEAD]);
+    if (i + BP__READ_AHEAD < n) bp__prefetch_frame(s, v[i + BP__READ_AHEAD], &rd);
     if (!relevant(p, bp__index_at(&s->ix, v[i])->kind)) continue;
     if (!(st = bp__read_event(s, v[i], &rd))) st = p->apply(state, &rd.ev, ctx);
   }

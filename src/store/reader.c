@@ -363,13 +363,8 @@ static bool entry_matches(const bp_store *s, const qplan *p, uint64_t seq) {
 /* Delivers the matching entries among a list of sequences, loading entries
  * a little ahead: a stream's entries are scattered through the index. */
 static void deliver_list(const bp_store *s, const qplan *p, const uint32_t *seqs, uint64_t n, qsink *k) {
-  enum { AHEAD = 8 };
   for (uint64_t i = 0; i < n && !k->stop; i++) {
-    if (i + AHEAD < n) {
-      const char *ahead = (const char *)bp__index_at(&s->ix, seqs[i + AHEAD]);
-      __builtin_prefetch(ahead);
-      __builtin_prefetch(ahead + sizeof(bp__ientry) - 1);
-    }
+    if (i + 2 * BP__READ_AHEAD < n) bp__prefetch_entry(s, seqs[i + 2 * BP__READ_AHEAD]);
     if (entry_matches(s, p, seqs[i])) deliver(s, seqs[i], k);
   }
 }
@@ -539,10 +534,9 @@ static bp_status walk_locked(bp_store *s, bp_id id, size_t limit, bp_events *out
   size_t got = 0;
   bp__evread rd;
   memset(&rd, 0, sizeof rd);
-  enum { AHEAD = 4 }; /* as in a projection: entries, then frames, ahead of the reads */
   for (size_t k = 0; k < count && !st; k++) {
-    if (k + 2 * AHEAD < count) bp__prefetch_entry(s, v[lo - k - 2 * AHEAD]);
-    if (k + AHEAD < count) bp__prefetch_frame(s, v[lo - k - AHEAD], &rd);
+    if (k + 2 * BP__READ_AHEAD < count) bp__prefetch_entry(s, v[lo - k - 2 * BP__READ_AHEAD]);
+    if (k + BP__READ_AHEAD < count) bp__prefetch_frame(s, v[lo - k - BP__READ_AHEAD], &rd);
     uint64_t at = v[lo - k];
     const bp__ientry *e = bp__index_at(&s->ix, at);
     if ((st = event_at(s, at, &rd, &items[got]))) break;

@@ -271,6 +271,9 @@ void bp__evread_free(bp__evread *rd);
  * reads anything itself; both only hint. */
 void bp__prefetch_entry(const bp_store *s, uint64_t seq);
 void bp__prefetch_frame(bp_store *s, uint64_t seq, bp__evread *rd);
+/* How far ahead: frames this many events, entries twice as many (an entry
+ * must have arrived before its frame can be found). */
+#define BP__READ_AHEAD 4
 void bp__entry_from_index(const bp_store *s, uint64_t seq, bp_entry *out);
 
 #endif
