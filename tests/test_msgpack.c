@@ -261,10 +261,63 @@ static void integer_byte_arrays_decode_exactly(void **state) {
   }
 }
 
+/* The element-by-element definition of bp__mp_take_int_bytes. */
+static bool take_one_by_one(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n) {
+  const uint8_t *p = *pp;
+  for (size_t i = 0; i < n; i++) {
+    if (p < end && *p <= 0x7f) {
+      out[i] = *p++;
+    } else if (end - p >= 2 && *p == 0xcc) {
+      out[i] = p[1];
+      p += 2;
+    } else {
+      return false;
+    }
+  }
+  *pp = p;
+  return true;
+}
+
+/* The 64-byte blocks and 8-byte windows agree with the definition on inputs
+ * that are mostly what writers emit, with elements of other forms mixed in
+ * (cc with a small value, a bare high byte, runs of cc cc), at every length
+ * and for every count asked. */
+static void take_int_bytes_agrees_with_element_by_element(void **state) {
+  (void)state;
+  uint32_t x = 12345;
+  uint8_t in[260], got[260], want[260];
+  for (int round = 0; round < 40000; round++) {
+    size_t len = 0;
+    int odd = round % 4; /* 0: canonical only */
+    while (len < sizeof in - 2) {
+      x = x * 1664525u + 1013904223u;
+      uint8_t v = (uint8_t)(x >> 24);
+      unsigned pick = (x >> 8) % 64;
+      if (odd && pick == 0) { in[len++] = 0xcc; in[len++] = v & 0x7f; }          /* cc, small value */
+      else if (odd == 2 && pick == 1) { in[len++] = v | 0x80; }                   /* bare high byte */
+      else if (pick < 8) { in[len++] = 0xcc; in[len++] = 0xcc; }                  /* the value 0xcc */
+      else if (v >= 0x80) { in[len++] = 0xcc; in[len++] = v; }
+      else in[len++] = v;
+    }
+    x = x * 1664525u + 1013904223u;
+    size_t end_at = (x >> 8) % (len + 1), n = (x >> 20) % 140;
+    const uint8_t *p1 = in, *p2 = in;
+    memset(got, 0, sizeof got);
+    memset(want, 0, sizeof want);
+    bool a = bp__mp_take_int_bytes(&p1, in + end_at, got, n);
+    bool b = take_one_by_one(&p2, in + end_at, want, n);
+    if (a != b) fail_msg("round %d (%zu elements of %zu bytes): take says %d, the definition %d", round, n, end_at, a, b);
+    if (a && p1 != p2) fail_msg("round %d: take used %td bytes, the definition %td", round, p1 - in, p2 - in);
+    if (!a && p1 != in) fail_msg("round %d: a refused take moved the position", round);
+    if (a) tu_assert_bytes_eq(got, n, want, n, "elements");
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(integers_take_their_smallest_form),
       cmocka_unit_test(integer_byte_arrays_decode_exactly),
+      cmocka_unit_test(take_int_bytes_agrees_with_element_by_element),
       cmocka_unit_test(lengths_take_their_smallest_form),
       cmocka_unit_test(reader_round_trips_every_form),
       cmocka_unit_test(typed_reads_reject_out_of_range_and_wrong_types),
