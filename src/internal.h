@@ -91,7 +91,7 @@ static inline uint64_t bp__get_le64(const uint8_t *p) {
 /* Optional x86-64 instruction sets present and allowed (none elsewhere, and
  * none with BATPAK_NO_SIMD in the environment), read once. */
 #define BP__CPU_CLMUL 1u   /* PCLMULQDQ and SSE4.1: the folded CRC-32 */
-#define BP__CPU_SSSE3 2u   /* SSSE3 and POPCNT: integer byte arrays by shuffles */
+#define BP__CPU_SSSE3 2u   /* SSSE3: integer byte arrays a shuffle per window */
 unsigned bp__cpu_features(void);
 
 #endif /* BATPAK_INTERNAL_H */

@@ -330,18 +330,9 @@ typedef struct int_window {
   uint8_t pos[8];
 } int_window;
 static int_window windows[256];
-/* For the 64-byte blocks below: the positions of the set bits of m, in order
- * (unused entries 0x80, which a byte shuffle turns into zeros). */
-static uint8_t set_bits[256][8];
 static pthread_once_t windows_once = PTHREAD_ONCE_INIT;
 
 static void build_windows(void) {
-  for (unsigned m = 0; m < 256; m++) {
-    unsigned k = 0;
-    for (unsigned j = 0; j < 8; j++)
-      if ((m >> j) & 1) set_bits[m][k++] = (uint8_t)j;
-    while (k < 8) set_bits[m][k++] = 0x80;
-  }
   for (unsigned m = 0; m < 256; m++) {
     int_window *w = &windows[m];
     unsigned j = 0;
@@ -383,57 +374,6 @@ static inline void window_store(uint8_t *out, size_t i, size_t n, const uint8_t 
   else memcpy(out + i, vals, k);
 }
 
-/*
- * Blocks of 64 bytes. In what writers emit, a byte below 0x80 is an element
- * by itself, and bytes of 0x80 and above come in runs of pairs: the cc tag,
- * then a value of 0x80 or more (a smaller value would have been a fixint). So
- * the tags are the bytes of each run of high bytes at an even distance from
- * the run's start. With the high bytes of 64 input bytes as a mask H and the
- * run starts S = H & ~(H << 1), adding to H the starts at even positions
- * carries through exactly the runs that begin there, which yields those runs;
- * the tags are their even positions and the odd positions of the others.
- * Every tag must be cc and be followed by a high byte: the first one that is
- * not ends what the block may take (the windows above, which also accept cc
- * with a small value, go on from there). The values are the bytes that are
- * not tags, gathered 8 input bytes at a time. No step waits for the previous
- * element, unlike the windows, which must know where an element ends before
- * they can read the next.
- */
-
-/* The value bytes of a block, given its high bytes and its cc bytes, and in
- * *usable how many leading bytes hold complete, well-formed elements. */
-static inline uint64_t block_values(uint64_t high, uint64_t cc, unsigned *usable) {
-  const uint64_t even = 0x5555555555555555ull;
-  uint64_t starts = high & ~(high << 1);
-  uint64_t even_runs = ((high + (starts & even)) ^ high) & high;
-  uint64_t tags = (even_runs & even) | (high & ~even_runs & ~even);
-  uint64_t values = ~tags;
-  uint64_t bad = (tags & ~cc) | (tags & ~((high & values) >> 1));
-  *usable = bad ? (unsigned)__builtin_ctzll(bad) : 64;
-  return *usable == 64 ? values : values & ((1ull << *usable) - 1);
-}
-
-/* Keeps the first `want` of the value bytes: returns how many were kept and
- * sets *used to the input bytes their elements take. */
-static inline unsigned block_cut(uint64_t *values, unsigned usable, size_t want, unsigned *used) {
-  unsigned have = (unsigned)__builtin_popcountll(*values);
-  if (have <= want) {
-    *used = usable;
-    return have;
-  }
-  unsigned k = 0, g = 0;
-  for (;; g++) {
-    unsigned m = (unsigned)(*values >> (8 * g)) & 0xff, c = (unsigned)__builtin_popcount(m);
-    if (k + c >= want) {
-      *used = 8 * g + set_bits[m][want - k - 1] + 1u;
-      break;
-    }
-    k += c;
-  }
-  *values &= *used == 64 ? ~0ull : (1ull << *used) - 1;
-  return (unsigned)want;
-}
-
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define HAVE_WINDOWS_SSSE3 1
@@ -461,58 +401,7 @@ __attribute__((target("ssse3"))) static size_t windows_ssse3(const uint8_t **pp,
   *pp = p;
   return i;
 }
-
-/* One block with SSE2 masks and SSSE3 gathers. Needs 64 readable bytes at p
- * and room for `want` bytes at out; returns the elements decoded (0: the
- * first element is not of the block's form) and their bytes in *used. */
-__attribute__((target("ssse3,popcnt"))) static unsigned block_ssse3(const uint8_t *p, uint8_t *out, size_t want,
-                                                             unsigned *used) {
-  const __m128i cc = _mm_set1_epi8((char)0xcc);
-  uint64_t high = 0, ccs = 0;
-  for (int q = 0; q < 4; q++) {
-    __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + 16 * q));
-    high |= (uint64_t)(unsigned)_mm_movemask_epi8(v) << (16 * q);
-    ccs |= (uint64_t)(unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, cc)) << (16 * q);
-  }
-  unsigned usable;
-  uint64_t values = block_values(high, ccs, &usable);
-  unsigned n = block_cut(&values, usable, want, used);
-  unsigned got = 0;
-  for (unsigned g = 0; got < n; g++) {
-    unsigned m = (unsigned)(values >> (8 * g)) & 0xff;
-    __m128i src = _mm_loadl_epi64((const __m128i *)(const void *)(p + 8 * g));
-    __m128i ctl = _mm_loadl_epi64((const __m128i *)(const void *)set_bits[m]);
-    uint8_t vals[8];
-    _mm_storel_epi64((__m128i *)(void *)vals, _mm_shuffle_epi8(src, ctl));
-    unsigned k = (unsigned)__builtin_popcount(m);
-    memcpy(out + got, vals, n - got >= 8 ? 8 : k);
-    got += k;
-  }
-  return n;
-}
 #endif
-
-/* One block in portable code: the masks by word arithmetic, the gathers byte
- * by byte. Same contract as block_ssse3. */
-static unsigned block_scalar(const uint8_t *p, uint8_t *out, size_t want, unsigned *used) {
-  uint64_t high = 0, ccs = 0;
-  for (int q = 0; q < 8; q++) {
-    uint64_t w = bp__get_le64(p + 8 * q);
-    uint64_t x = w ^ 0xccccccccccccccccull;
-    uint64_t zero = ~(((x & 0x7f7f7f7f7f7f7f7full) + 0x7f7f7f7f7f7f7f7full) | x) & 0x8080808080808080ull;
-    high |= (uint64_t)high_bits(w) << (8 * q);
-    ccs |= (uint64_t)high_bits(zero) << (8 * q);
-  }
-  unsigned usable;
-  uint64_t values = block_values(high, ccs, &usable);
-  unsigned n = block_cut(&values, usable, want, used);
-  unsigned got = 0;
-  for (unsigned g = 0; got < n; g++) {
-    unsigned m = (unsigned)(values >> (8 * g)) & 0xff;
-    for (unsigned j = 0; j < 8 && set_bits[m][j] != 0x80; j++) out[got++] = p[8 * g + set_bits[m][j]];
-  }
-  return n;
-}
 
 /* The windows in portable code: the masks by word arithmetic. Same contract
  * as windows_ssse3. */
@@ -537,45 +426,26 @@ static size_t windows_scalar(const uint8_t **pp, const uint8_t *end, uint8_t *ou
   return i;
 }
 
-/* The decoders of one kind of processor, chosen once. */
-typedef struct int_decoder {
-  size_t (*windows)(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n);
-  unsigned (*block)(const uint8_t *p, uint8_t *out, size_t want, unsigned *used);
-} int_decoder;
-static const int_decoder scalar_decoder = {windows_scalar, block_scalar};
-#ifdef HAVE_WINDOWS_SSSE3
-static const int_decoder ssse3_decoder = {windows_ssse3, block_ssse3};
-#endif
-static _Atomic(const int_decoder *) decoder;
+typedef size_t (*windows_fn)(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n);
+static _Atomic(windows_fn) windows_impl;
 
-static void pick_decoder(void) {
+static void pick_windows(void) {
   build_windows();
-  const int_decoder *d = &scalar_decoder;
+  windows_fn f = windows_scalar;
 #ifdef HAVE_WINDOWS_SSSE3
-  if (bp__cpu_features() & BP__CPU_SSSE3) d = &ssse3_decoder;
+  if (bp__cpu_features() & BP__CPU_SSSE3) f = windows_ssse3;
 #endif
-  atomic_store_explicit(&decoder, d, memory_order_release);
+  atomic_store_explicit(&windows_impl, f, memory_order_release);
 }
-
-/* Arrays this long or longer start with blocks (a block costs about what two
- * windows do). */
-#define BLOCK_MIN_ELEMENTS 16
 
 bool bp__mp_take_int_bytes(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n) {
   const uint8_t *p = *pp;
-  const int_decoder *d = atomic_load_explicit(&decoder, memory_order_acquire);
-  if (!d) {
-    pthread_once(&windows_once, pick_decoder);
-    d = atomic_load_explicit(&decoder, memory_order_acquire);
+  windows_fn windows_of = atomic_load_explicit(&windows_impl, memory_order_acquire);
+  if (!windows_of) {
+    pthread_once(&windows_once, pick_windows);
+    windows_of = atomic_load_explicit(&windows_impl, memory_order_acquire);
   }
-  size_t i = 0;
-  while (n - i >= BLOCK_MIN_ELEMENTS && end - p >= 64) {
-    unsigned used, k = d->block(p, out + i, n - i, &used);
-    if (k == 0) break;
-    i += k;
-    p += used;
-  }
-  i += d->windows(&p, end, out + i, n - i);
+  size_t i = windows_of(&p, end, out, n);
   /* What the windows left: the last elements of a buffer that ends within 8
    * bytes, or the element a window refused (then this fails below). */
   for (; i < n; i++) {
