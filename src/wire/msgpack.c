@@ -438,17 +438,9 @@ static void pick_windows(void) {
   atomic_store_explicit(&windows_impl, f, memory_order_release);
 }
 
-bool bp__mp_take_int_bytes(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n) {
+bool bp__mp_take_int_bytes_each(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n) {
   const uint8_t *p = *pp;
-  windows_fn windows_of = atomic_load_explicit(&windows_impl, memory_order_acquire);
-  if (!windows_of) {
-    pthread_once(&windows_once, pick_windows);
-    windows_of = atomic_load_explicit(&windows_impl, memory_order_acquire);
-  }
-  size_t i = windows_of(&p, end, out, n);
-  /* What the windows left: the last elements of a buffer that ends within 8
-   * bytes, or the element a window refused (then this fails below). */
-  for (; i < n; i++) {
+  for (size_t i = 0; i < n; i++) {
     if (p < end && *p <= 0x7f) {
       out[i] = *p++;
     } else if (end - p >= 2 && *p == 0xcc) {
@@ -458,6 +450,21 @@ bool bp__mp_take_int_bytes(const uint8_t **pp, const uint8_t *end, uint8_t *out,
       return false;
     }
   }
+  *pp = p;
+  return true;
+}
+
+bool bp__mp_take_int_bytes(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n) {
+  const uint8_t *p = *pp;
+  windows_fn windows_of = atomic_load_explicit(&windows_impl, memory_order_acquire);
+  if (!windows_of) {
+    pthread_once(&windows_once, pick_windows);
+    windows_of = atomic_load_explicit(&windows_impl, memory_order_acquire);
+  }
+  size_t i = windows_of(&p, end, out, n);
+  /* What the windows left: the last elements of a buffer that ends within 8
+   * bytes, or the element a window refused (then this fails). */
+  if (!bp__mp_take_int_bytes_each(&p, end, out + i, n - i)) return false;
   *pp = p;
   return true;
 }

@@ -129,6 +129,9 @@ bp_status bp__mp_read_fixed_bytes(bp__mp_reader *r, uint8_t *out, size_t n);
  * False when an element has another form or the input ends first: *pp is
  * then unchanged, out partly written, and no error is recorded. */
 bool bp__mp_take_int_bytes(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n);
+/* The same, one element at a time: the definition the windows must agree with
+ * (they finish with it; tests and fuzzing compare the two). */
+bool bp__mp_take_int_bytes_each(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n);
 /* A u128 id: bin of 16 bytes or an array of 16 integers. */
 bp_status bp__mp_read_id(bp__mp_reader *r, bp_id *out);
 /* A byte string of any length, as bin (pointing into the input, *copied false)
