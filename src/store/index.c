@@ -203,23 +203,34 @@ bp_status bp__index_intern(bp__index *ix, const char *s, size_t len, bp__name **
 static inline uint64_t id_slot(uint64_t hash, uint64_t seq) { return hash << 32 | (seq + 1); }
 static inline uint32_t slot_seq1(uint64_t v) { return (uint32_t)v; }
 static inline uint32_t slot_hash(uint64_t v) { return (uint32_t)(v >> 32); }
+#define WHERE_OFFSET_BITS 40
+
+static inline uint64_t slot_key(const bp__idslot *t, uint64_t i) {
+  return atomic_load_explicit(&t[i].key, memory_order_acquire);
+}
+
+/* The table grows past 80% full: probes compare hash halves in the slots
+ * (four to a cache line), so a long probe costs little, and a smaller table
+ * misses the cache less. */
+static inline bool id_table_full(uint64_t used, uint64_t slots) { return used * 5 > slots * 4; }
 
 static bool id_table_resize(bp__index *ix, uint64_t slots) {
-  uint64_t *t = calloc(slots, sizeof *t);
+  bp__idslot *t = calloc(slots, sizeof *t);
   if (!t) return false;
   uint64_t mask = slots - 1;
-  uint64_t *old = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
+  bp__idslot *old = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
   uint64_t old_slots = old ? atomic_load(&ix->id_mask) + 1 : 0;
   uint64_t used = 0;
   for (uint64_t i = 0; i < old_slots; i++) {
-    uint64_t v = old[i];
+    uint64_t v = atomic_load_explicit(&old[i].key, memory_order_relaxed);
     if (!v || slot_seq1(v) - 1 >= ix->count) continue;  /* drop slots of rolled-back entries */
     /* The stored half of the hash places the slot in any table of up to 2^32
      * slots; past that the entry supplies the rest. */
     uint64_t h = mask <= UINT32_MAX ? slot_hash(v) : hash_id(bp__index_at(ix, slot_seq1(v) - 1)->event_id);
     h &= mask;
-    while (t[h]) h = (h + 1) & mask;
-    t[h] = v;
+    while (atomic_load_explicit(&t[h].key, memory_order_relaxed)) h = (h + 1) & mask;
+    t[h].where = old[i].where;
+    atomic_store_explicit(&t[h].key, v, memory_order_relaxed);
     used++;
   }
   if (old && slots > old_slots) {
@@ -234,12 +245,27 @@ static bool id_table_resize(bp__index *ix, uint64_t slots) {
   return true;
 }
 
-bool bp__index_find_id(const bp__index *ix, bp_id id, uint64_t limit, uint64_t *seq) {
+bool bp__index_frame_hint(const bp__index *ix, bp_id id, uint64_t *segment_id, uint64_t *offset) {
   uint64_t mask = atomic_load_explicit(&ix->id_mask, memory_order_acquire);
-  const uint64_t *t = atomic_load_explicit(&ix->id_slots, memory_order_acquire);
+  const bp__idslot *t = atomic_load_explicit(&ix->id_slots, memory_order_acquire);
   uint64_t h = hash_id(id);
   for (uint64_t i = h & mask;; i = (i + 1) & mask) {
-    uint64_t v = atomic_load_explicit((_Atomic uint64_t *)&t[i], memory_order_acquire);
+    uint64_t v = slot_key(t, i);
+    if (!v) return false;
+    if (slot_hash(v) != (uint32_t)h) continue;
+    uint64_t where = t[i].where;
+    *segment_id = where >> WHERE_OFFSET_BITS;
+    *offset = where & ((1ull << WHERE_OFFSET_BITS) - 1);
+    return where != 0;
+  }
+}
+
+bool bp__index_find_id(const bp__index *ix, bp_id id, uint64_t limit, uint64_t *seq) {
+  uint64_t mask = atomic_load_explicit(&ix->id_mask, memory_order_acquire);
+  const bp__idslot *t = atomic_load_explicit(&ix->id_slots, memory_order_acquire);
+  uint64_t h = hash_id(id);
+  for (uint64_t i = h & mask;; i = (i + 1) & mask) {
+    uint64_t v = slot_key(t, i);
     if (!v) return false;
     if (slot_hash(v) == (uint32_t)h && slot_seq1(v) - 1 < limit &&
         bp_id_eq(bp__index_at(ix, slot_seq1(v) - 1)->event_id, id)) {
@@ -263,7 +289,7 @@ bp_status bp__index_push(bp__index *ix, const bp__ientry *e) {
     if (!chunk) return bp__fail(BP_ENOMEM, "index: out of memory for entries");
     atomic_store_explicit(&ix->chunks[ci], chunk, memory_order_release);
   }
-  if ((ix->id_used + 1) * 2 > atomic_load(&ix->id_mask) + 1 &&
+  if (id_table_full(ix->id_used + 1, atomic_load(&ix->id_mask) + 1) &&
       !id_table_resize(ix, (atomic_load(&ix->id_mask) + 1) * 2))
     return bp__fail(BP_ENOMEM, "index: out of memory growing the id table");
 
@@ -285,23 +311,25 @@ bp_status bp__index_push(bp__index *ix, const bp__ientry *e) {
   }
 
   uint64_t mask = atomic_load_explicit(&ix->id_mask, memory_order_relaxed);
-  uint64_t *t = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
+  bp__idslot *t = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
   uint64_t hash = hash_id(e->event_id), h = hash & mask;
-  while (t[h]) h = (h + 1) & mask;
-  atomic_store_explicit((_Atomic uint64_t *)&t[h], id_slot(hash, s), memory_order_release);
+  while (atomic_load_explicit(&t[h].key, memory_order_relaxed)) h = (h + 1) & mask;
+  bool fits = e->offset < (1ull << WHERE_OFFSET_BITS) && e->segment_id < (1u << (64 - WHERE_OFFSET_BITS));
+  t[h].where = fits ? (uint64_t)e->segment_id << WHERE_OFFSET_BITS | e->offset : 0;
+  atomic_store_explicit(&t[h].key, id_slot(hash, s), memory_order_release);
   ix->id_used++;
   return BP_OK;
 }
 
 void bp__index_prefetch_id(const bp__index *ix, bp_id id) {
   uint64_t mask = atomic_load_explicit(&ix->id_mask, memory_order_relaxed);
-  const uint64_t *t = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
+  const bp__idslot *t = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
   __builtin_prefetch(&t[hash_id(id) & mask], 1);
 }
 
 bp_status bp__index_reserve(bp__index *ix, uint64_t more) {
   uint64_t slots = atomic_load(&ix->id_mask) + 1, want = slots;
-  while ((ix->id_used + more + 1) * 2 > want) want *= 2;
+  while (id_table_full(ix->id_used + more + 1, want)) want *= 2;
   if (want != slots && !id_table_resize(ix, want))
     return bp__fail(BP_ENOMEM, "index: out of memory sizing the id table for %llu events",
                     (unsigned long long)(ix->id_used + more));

@@ -49,6 +49,17 @@ typedef struct bp__ientry {
   uint8_t flags;
 } bp__ientry;
 
+/* A slot of the id table. key holds seq+1 in its low half (0: empty) and the
+ * low 32 bits of the id's hash in its high half: lookups skip other ids'
+ * entries without reading them, and growing the table places slots without
+ * reading the entries. where is where the event's frame was when it was
+ * indexed (segment id << 40 | offset, 0 if that does not fit): only a hint,
+ * so that bp_get can start loading the frame while it reads the entry. */
+typedef struct bp__idslot {
+  _Atomic uint64_t key;
+  uint64_t where;
+} bp__idslot;
+
 /* An append-only array of global sequences with lock-free reads. */
 typedef struct bp__seqvec {
   _Atomic(uint32_t *) data;
@@ -90,11 +101,8 @@ typedef struct bp__index {
   _Atomic(uint32_t *) name_slots;     /* hash table of id+1, open addressing */
   _Atomic uint32_t name_mask;
 
-  /* Hash table event id -> sequence, open addressing. A slot holds seq+1 in
-   * its low half (0: empty) and the low 32 bits of the id's hash in its high
-   * half: lookups skip other ids' entries without reading them, and growing
-   * the table places slots without reading the entries. */
-  _Atomic(uint64_t *) id_slots;
+  /* Hash table event id -> sequence, open addressing (bp__idslot). */
+  _Atomic(bp__idslot *) id_slots;
   _Atomic uint64_t id_mask;
   uint64_t id_used;
 
@@ -142,6 +150,10 @@ static inline uint32_t bp__index_name_count(const bp__index *ix) {
 bp__name *bp__index_find_name(const bp__index *ix, const char *s, size_t len);
 /* Finds an event id among entries below limit; false if absent. */
 bool bp__index_find_id(const bp__index *ix, bp_id id, uint64_t limit, uint64_t *seq);
+/* Where the frame of id probably is (segment, offset), read from the first
+ * slot whose hash matches, without reading any entry; false if no slot
+ * matches or the place is not known. A hint: bp__index_find_id decides. */
+bool bp__index_frame_hint(const bp__index *ix, bp_id id, uint64_t *segment_id, uint64_t *offset);
 /* A snapshot of a stream: its array and how many of its items are below limit. */
 static inline const uint32_t *bp__seqvec_view(const bp__seqvec *v, uint64_t limit, uint32_t *n) {
   uint32_t len = atomic_load_explicit(&v->len, memory_order_acquire);

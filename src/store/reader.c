@@ -150,9 +150,19 @@ static bp_status event_at(bp_store *s, uint64_t seq, bp__evread *rd, bp_event **
   return st;
 }
 
+/* The first lines of a frame ahead of a lookup: the id table says where the
+ * frame probably is, so its memory can arrive while the entry is read. */
+#define BP__GET_AHEAD_BYTES 512
+
 /* bp_get with the view lock held. */
 static bp_status get_locked(bp_store *s, bp_id id, bp_event **out) {
-  uint64_t seq;
+  uint64_t seg, off, seq;
+  size_t map_len;
+  if (bp__index_frame_hint(&s->ix, id, &seg, &off)) {
+    const uint8_t *map = bp__segment_map(s, seg, &map_len);
+    if (map && off < map_len)
+      for (uint64_t at = off; at < off + BP__GET_AHEAD_BYTES && at < map_len; at += 64) __builtin_prefetch(map + at);
+  }
   if (!bp__index_find_id(&s->ix, id, bp__index_visible(&s->ix), &seq)) return not_found(id);
   bp__evread rd;
   memset(&rd, 0, sizeof rd);
