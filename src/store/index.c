@@ -245,34 +245,57 @@ static bool id_table_resize(bp__index *ix, uint64_t slots) {
   return true;
 }
 
-bool bp__index_frame_hint(const bp__index *ix, bp_id id, uint64_t *segment_id, uint64_t *offset) {
-  uint64_t mask = atomic_load_explicit(&ix->id_mask, memory_order_acquire);
-  const bp__idslot *t = atomic_load_explicit(&ix->id_slots, memory_order_acquire);
+/* A walk over the slots an id may be in, from its home slot to the first
+ * empty one, stopping only at slots whose hash half matches. */
+typedef struct id_probe {
+  const bp__idslot *t;
+  uint64_t mask, i;
+  uint32_t hash;
+} id_probe;
+
+static id_probe probe_start(const bp__index *ix, bp_id id) {
+  id_probe p;
+  p.mask = atomic_load_explicit(&ix->id_mask, memory_order_acquire);
+  p.t = atomic_load_explicit(&ix->id_slots, memory_order_acquire);
   uint64_t h = hash_id(id);
-  for (uint64_t i = h & mask;; i = (i + 1) & mask) {
-    uint64_t v = slot_key(t, i);
-    if (!v) return false;
-    if (slot_hash(v) != (uint32_t)h) continue;
-    uint64_t where = t[i].where;
-    *segment_id = where >> WHERE_OFFSET_BITS;
-    *offset = where & ((1ull << WHERE_OFFSET_BITS) - 1);
-    return where != 0;
+  p.i = h & p.mask;
+  p.hash = (uint32_t)h;
+  return p;
+}
+
+/* The key of the next matching slot (its slot in *slot), or 0 at the end. */
+static uint64_t probe_next(id_probe *p, const bp__idslot **slot) {
+  for (;; p->i = (p->i + 1) & p->mask) {
+    uint64_t v = slot_key(p->t, p->i);
+    if (!v) return 0;
+    if (slot_hash(v) == p->hash) {
+      *slot = &p->t[p->i];
+      p->i = (p->i + 1) & p->mask;
+      return v;
+    }
   }
 }
 
+bool bp__index_frame_hint(const bp__index *ix, bp_id id, uint64_t *segment_id, uint64_t *offset) {
+  id_probe p = probe_start(ix, id);
+  const bp__idslot *slot;
+  if (!probe_next(&p, &slot)) return false;
+  uint64_t where = slot->where;
+  *segment_id = where >> WHERE_OFFSET_BITS;
+  *offset = where & ((1ull << WHERE_OFFSET_BITS) - 1);
+  return where != 0;
+}
+
 bool bp__index_find_id(const bp__index *ix, bp_id id, uint64_t limit, uint64_t *seq) {
-  uint64_t mask = atomic_load_explicit(&ix->id_mask, memory_order_acquire);
-  const bp__idslot *t = atomic_load_explicit(&ix->id_slots, memory_order_acquire);
-  uint64_t h = hash_id(id);
-  for (uint64_t i = h & mask;; i = (i + 1) & mask) {
-    uint64_t v = slot_key(t, i);
-    if (!v) return false;
-    if (slot_hash(v) == (uint32_t)h && slot_seq1(v) - 1 < limit &&
-        bp_id_eq(bp__index_at(ix, slot_seq1(v) - 1)->event_id, id)) {
+  id_probe p = probe_start(ix, id);
+  const bp__idslot *slot;
+  for (uint64_t v; (v = probe_next(&p, &slot));) {
+    if (slot_seq1(v) - 1 < limit && bp_id_eq(bp__index_at(ix, slot_seq1(v) - 1)->event_id, id)) {
       *seq = slot_seq1(v) - 1;
       return true;
     }
   }
+  return false;
 }
 
 /* ---- entries ---- */
