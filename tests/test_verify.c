@@ -255,6 +255,19 @@ static void checkpoint_that_disagrees_with_the_segments_is_reported(void **state
 
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
+/* Waits for a child that must exit 0 and returns the disk position it wrote
+ * to the pipe p, which is closed. */
+static bp_disk_pos child_disk_pos(pid_t pid, int p[2]) {
+  int ws;
+  assert_int_equal(waitpid(pid, &ws, 0), pid);
+  assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+  bp_disk_pos pos;
+  assert_int_equal(read(p[0], &pos, sizeof pos), (ssize_t)sizeof pos);
+  close(p[0]);
+  close(p[1]);
+  return pos;
+}
+
 /* A process that dies without closing leaves its active segment unsealed, with
  * space allocated ahead of the frames. Returns the last frame's position. */
 static bp_disk_pos crash_with_an_active_segment(fixture *f) {
@@ -272,13 +285,7 @@ static bp_disk_pos crash_with_an_active_segment(fixture *f) {
     if (write(p[1], &r.disk_pos, sizeof r.disk_pos) != (ssize_t)sizeof r.disk_pos) _exit(4);
     _exit(0);
   }
-  int ws;
-  assert_int_equal(waitpid(pid, &ws, 0), pid);
-  assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
-  bp_disk_pos pos;
-  assert_int_equal(read(p[0], &pos, sizeof pos), (ssize_t)sizeof pos);
-  close(p[0]);
-  close(p[1]);
+  bp_disk_pos pos = child_disk_pos(pid, p);
   struct stat st;
   assert_int_equal(stat(seg_path(f, pos.segment_id), &st), 0);
   assert_true((uint64_t)st.st_size > pos.offset + pos.length); /* space allocated ahead */
@@ -338,13 +345,7 @@ static void interrupted_batch_in_an_earlier_segment_is_not_counted(void **state)
     if (write(p[1], &r[2].disk_pos, sizeof r[2].disk_pos) != (ssize_t)sizeof r[2].disk_pos) _exit(5);
     _exit(0); /* no close: the segment stays unsealed */
   }
-  int ws;
-  assert_int_equal(waitpid(pid, &ws, 0), pid);
-  assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
-  bp_disk_pos last;
-  assert_int_equal(read(p[0], &last, sizeof last), (ssize_t)sizeof last);
-  close(p[0]);
-  close(p[1]);
+  bp_disk_pos last = child_disk_pos(pid, p);
   /* The crash took the closing frame. */
   assert_int_equal(truncate(seg_path(f, last.segment_id), (off_t)last.offset), 0);
 
