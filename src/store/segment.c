@@ -99,15 +99,6 @@ static void evict_locked(bp_store *s) {
   }
 }
 
-const uint8_t *bp__segment_view(bp_store *s, uint64_t id, uint64_t off, size_t len) {
-  const uint8_t *p = NULL;
-  pthread_mutex_lock(&s->seg_lock);
-  bp__segment *g = find_locked(s, id);
-  if (g && g->map && off + len <= g->map_len) p = g->map + off;
-  pthread_mutex_unlock(&s->seg_lock);
-  return p;
-}
-
 const uint8_t *bp__segment_map(bp_store *s, uint64_t id, size_t *len) {
   pthread_mutex_lock(&s->seg_lock);
   bp__segment *g = find_locked(s, id);
@@ -115,6 +106,12 @@ const uint8_t *bp__segment_map(bp_store *s, uint64_t id, size_t *len) {
   *len = map ? g->map_len : 0;
   pthread_mutex_unlock(&s->seg_lock);
   return map;
+}
+
+const uint8_t *bp__segment_view(bp_store *s, uint64_t id, uint64_t off, size_t len) {
+  size_t map_len;
+  const uint8_t *map = bp__segment_map(s, id, &map_len);
+  return map && off <= map_len && len <= map_len - off ? map + off : NULL;
 }
 
 bp_status bp__segment_read(bp_store *s, uint64_t id, uint64_t off, void *buf, size_t len) {
