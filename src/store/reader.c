@@ -14,6 +14,12 @@
 #include <emmintrin.h>
 #endif
 
+/* Asks for every cache line of [p, p + len); reads nothing itself. */
+static void prefetch_lines(const void *p, size_t len) {
+  uintptr_t end = (uintptr_t)p + len;
+  for (uintptr_t line = (uintptr_t)p & ~(uintptr_t)63; line < end; line += 64) __builtin_prefetch((const void *)line);
+}
+
 void bp__entry_from_index(const bp_store *s, uint64_t seq, bp_entry *out) {
   const bp__ientry *e = bp__index_at(&s->ix, seq);
   out->event_id = e->event_id;
@@ -58,7 +64,7 @@ bp_status bp__read_frame(bp_store *s, uint64_t seq, bp__evread *rd) {
   if (frame) {
     /* Ask for every line of the frame at once: the CRC then waits for one
      * memory latency, not for one per line the prefetcher did not foresee. */
-    for (uint32_t at = 64; at < len; at += 64) __builtin_prefetch(frame + at);
+    prefetch_lines(frame, len);
   } else {
     rd->frame.len = 0;
     if (!bp__buf_reserve(&rd->frame, len)) return bp__fail(BP_ENOMEM, "out of memory reading a %u-byte frame", len);
@@ -114,9 +120,7 @@ void bp__prefetch_frame(bp_store *s, uint64_t seq, bp__evread *rd) {
     rd->ahead_map = bp__segment_map(s, e->segment_id, &rd->ahead_len);
   }
   if (!rd->ahead_map || e->offset > rd->ahead_len || e->length > rd->ahead_len - e->offset) return;
-  const char *f = (const char *)rd->ahead_map + e->offset;
-  for (uint32_t at = 0; at < e->length; at += 64) __builtin_prefetch(f + at);
-  __builtin_prefetch(f + e->length - 1);
+  prefetch_lines(rd->ahead_map + e->offset, e->length);
 }
 
 void bp__evread_free(bp__evread *rd) {
@@ -160,8 +164,7 @@ static bp_status get_locked(bp_store *s, bp_id id, bp_event **out) {
   size_t map_len;
   if (bp__index_frame_hint(&s->ix, id, &seg, &off)) {
     const uint8_t *map = bp__segment_map(s, seg, &map_len);
-    if (map && off < map_len)
-      for (uint64_t at = off; at < off + BP__GET_AHEAD_BYTES && at < map_len; at += 64) __builtin_prefetch(map + at);
+    if (map && off < map_len) prefetch_lines(map + off, map_len - off < BP__GET_AHEAD_BYTES ? map_len - off : BP__GET_AHEAD_BYTES);
   }
   if (!bp__index_find_id(&s->ix, id, bp__index_visible(&s->ix), &seq)) return not_found(id);
   bp__evread rd;
