@@ -299,15 +299,18 @@ static void prefault(void *p, size_t len) {
 #endif
 }
 
-/* Sizes a collection for up to n results (a hint: it still grows if needed). */
-static void reserve(qsink *k, uint64_t n) {
-  if (!k->out || n <= k->cap || n == 0) return;
+/* Makes room for n results in a collection; false when memory runs out. The
+ * queries call it first with what they expect (a hint: a failure there only
+ * means growing later), then deliver doubles it as needed. */
+static bool reserve(qsink *k, uint64_t n) {
+  if (!k->out || n <= k->cap || n == 0) return true;
   bp_entry *items = realloc(k->out->items, (size_t)n * sizeof *items);
-  if (!items) return;
+  if (!items) return false;
   k->out->items = items;
   k->cap = (size_t)n;
   k->streaming = (uint64_t)n * sizeof *items >= BP__STREAM_RESULT_BYTES;
   if (k->streaming) prefault(items, (size_t)n * sizeof *items);
+  return true;
 }
 
 static void store_entry(bp_entry *dst, const bp_entry *src, bool streaming) {
@@ -347,15 +350,9 @@ static void deliver(const bp_store *s, uint64_t seq, qsink *k) {
     if (!k->visit(&e, k->ctx)) k->stop = true;
     return;
   }
-  if (k->out->len == k->cap) {
-    size_t cap = k->cap ? k->cap * 2 : 64;
-    bp_entry *n = realloc(k->out->items, cap * sizeof *n);
-    if (!n) {
-      k->oom = k->stop = true;
-      return;
-    }
-    k->out->items = n;
-    k->cap = cap;
+  if (k->out->len == k->cap && !reserve(k, k->cap ? (uint64_t)k->cap * 2 : 64)) {
+    k->oom = k->stop = true;
+    return;
   }
   store_entry(&k->out->items[k->out->len++], &e, k->streaming);
 }
@@ -447,7 +444,7 @@ static bp_status run_planned(bp_store *s, const bp_region *r, const char *exact_
         }
       }
       qsort(seqs, got, sizeof *seqs, cmp_u32);
-      reserve(k, got);
+      (void)reserve(k, got);
       deliver_list(s, p, seqs, got, k);
       free(seqs);
       return BP_OK;
@@ -455,11 +452,11 @@ static bp_status run_planned(bp_store *s, const bp_region *r, const char *exact_
   }
 
   if (have_source) {
-    reserve(k, best_n);
+    (void)reserve(k, best_n);
     deliver_list(s, p, best, best_n, k);
   } else {
     /* No stream narrows it down: filter the scan index, then read entries. */
-    if (!r || (!r->entity_prefix && !r->scope && r->fact == BP_FACT_ANY && !r->has_clock_range)) reserve(k, limit);
+    if (!r || (!r->entity_prefix && !r->scope && r->fact == BP_FACT_ANY && !r->has_clock_range)) (void)reserve(k, limit);
     bp__scan_pred q = scan_pred(p);
     uint32_t batch[1024];
     for (uint64_t seq = 0; seq < limit && !k->stop;) {
