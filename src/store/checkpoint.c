@@ -195,8 +195,7 @@ static bp_status read_entry(bp__mp_reader *r, bp__ientry *e, uint64_t *seq) {
 
 static void release_before(const uint8_t *base, size_t *released, size_t upto, bool mapped) {
   if (!mapped) return;
-  long page = sysconf(_SC_PAGESIZE);
-  size_t end = upto / (size_t)page * (size_t)page;
+  size_t end = (size_t)bp__os_page_floor(upto);
   if (end >= *released + RELEASE_STEP) {
     madvise((void *)(base + *released), end - *released, MADV_DONTNEED);
     *released = end;

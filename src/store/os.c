@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <sys/file.h>
 #include <sys/mman.h>
@@ -82,4 +83,15 @@ int bp__os_sync_dir(const char *path) {
   int rc = bp__os_sync(fd, 0);
   bp__os_table.close(fd);
   return rc;
+}
+
+size_t bp__os_page_size(void) {
+  static _Atomic size_t page; /* 0 until read; every thread reads the same value */
+  size_t v = atomic_load_explicit(&page, memory_order_relaxed);
+  if (!v) {
+    long got = sysconf(_SC_PAGESIZE);
+    v = got > 0 ? (size_t)got : 4096;
+    atomic_store_explicit(&page, v, memory_order_relaxed);
+  }
+  return v;
 }

@@ -45,5 +45,10 @@ int bp__os_read_all(int fd, void *buf, size_t n, uint64_t off);
 int bp__os_sync(int fd, int mode);
 /* fsyncs a directory so that creations and renames in it are durable. */
 int bp__os_sync_dir(const char *path);
+/* The memory page size, read once. */
+size_t bp__os_page_size(void);
+/* x rounded down, or up, to a whole number of pages. */
+static inline uint64_t bp__os_page_floor(uint64_t x) { return x / bp__os_page_size() * bp__os_page_size(); }
+static inline uint64_t bp__os_page_ceil(uint64_t x) { return bp__os_page_floor(x + bp__os_page_size() - 1); }
 
 #endif

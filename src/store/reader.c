@@ -9,7 +9,6 @@
 
 #include <inttypes.h>
 #include <sys/mman.h>
-#include <unistd.h>
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <emmintrin.h>
 #endif
@@ -290,8 +289,7 @@ typedef struct qsink {
  * than the kernel filling the page table at once. Only a hint. */
 static void prefault(void *p, size_t len) {
 #ifdef MADV_POPULATE_WRITE
-  uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
-  uintptr_t from = ((uintptr_t)p + page - 1) / page * page, to = ((uintptr_t)p + len) / page * page;
+  uintptr_t from = (uintptr_t)bp__os_page_ceil((uintptr_t)p), to = (uintptr_t)bp__os_page_floor((uintptr_t)p + len);
   if (to > from) madvise((void *)from, to - from, MADV_POPULATE_WRITE);
 #else
   (void)p;

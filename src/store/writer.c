@@ -127,10 +127,9 @@ static void unmap_segment(bp_store *s) {
 }
 
 static void map_segment(bp_store *s) {
-  long page = sysconf(_SC_PAGESIZE);
   uint64_t len = s->cfg.segment_max_bytes + BP__MAP_SLACK;
   if (len > ((uint64_t)1 << 40)) return;  /* an absurd segment size: write() it is */
-  len = (len + (uint64_t)page - 1) / (uint64_t)page * (uint64_t)page;
+  len = bp__os_page_ceil(len);
   void *m = bp__os_table.mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, s->wfd, 0);
   if (m == MAP_FAILED) {
     bp__log(s, BP_LOG_DEBUG, "segment %06" PRIu64 ": not mapped (%s); appends use write()", s->wseg,
@@ -155,8 +154,7 @@ static int reserve_space(bp_store *s, uint64_t end) {
    * so every fsync would write the whole range ahead (zeros) and then
    * write-protect it again; map_writable makes pages writable a little ahead
    * of the frames. Only a hint: errors are ignored. */
-  long page = sysconf(_SC_PAGESIZE);
-  uint64_t from = s->wcap / (uint64_t)page * (uint64_t)page;
+  uint64_t from = bp__os_page_floor(s->wcap);
   madvise(s->wmap + from, (size_t)(cap - from), BP__MADV_POPULATE_READ);
   s->wcap = cap;
   return 0;
@@ -175,14 +173,13 @@ static int reserve_space(bp_store *s, uint64_t end) {
  * zeros). */
 static void map_writable(bp_store *s, uint64_t at, uint64_t end) {
   if (end <= s->wpop) return;
-  uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
   uint64_t step = (uint64_t)s->cfg.sync_every_n_events * 256;
   if (step > BP__WRITABLE_STEP) step = BP__WRITABLE_STEP;
-  step = step / page * page;
+  step = bp__os_page_floor(step);
   if (step == 0) return;
-  uint64_t from = at / page * page;
+  uint64_t from = bp__os_page_floor(at);
   if (s->wpop > from) from = s->wpop;
-  uint64_t to = (end + step + page - 1) / page * page;
+  uint64_t to = bp__os_page_ceil(end + step);
   if (to > s->wcap) to = s->wcap;
   if (to > from) madvise(s->wmap + from, (size_t)(to - from), BP__MADV_POPULATE_WRITE);
   s->wpop = to;
@@ -191,9 +188,9 @@ static void map_writable(bp_store *s, uint64_t at, uint64_t end) {
 /* An fsync wrote back and write-protected every page: the page being filled
  * must be made writable again. */
 static void synced(bp_store *s) {
-  uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
-  if (s->wpop > s->wsize / page * page) s->wpop = s->wsize / page * page;
-  s->wflushed = s->wsize / page * page;
+  uint64_t filled = bp__os_page_floor(s->wsize);
+  if (s->wpop > filled) s->wpop = filled;
+  s->wflushed = filled;
 }
 
 #define BP__FLUSH_STEP (128u << 10)
@@ -206,8 +203,7 @@ static void synced(bp_store *s) {
  * nothing is promised durable until the fsync. */
 static void start_writeback(bp_store *s) {
 #ifdef SYNC_FILE_RANGE_WRITE
-  uint64_t page = (uint64_t)sysconf(_SC_PAGESIZE);
-  uint64_t full = s->wsize / page * page;
+  uint64_t full = bp__os_page_floor(s->wsize);
   if (s->cfg.sync_every_n_events <= 1 || full < s->wflushed + BP__FLUSH_STEP) return;
   sync_file_range(s->wfd, (off64_t)s->wflushed, (off64_t)(full - s->wflushed), SYNC_FILE_RANGE_WRITE);
   s->wflushed = full;
