@@ -12,6 +12,7 @@
 #include <stdatomic.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1254,6 +1255,45 @@ static void snapshot_refuses_the_store_itself_and_a_full_directory(void **state)
 
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
+/* Counts the resident pages of [p, p + pages pages). */
+static size_t resident_pages(void *p, size_t pages) {
+  unsigned char vec[64];
+  assert_true(pages <= sizeof vec);
+  assert_int_equal(mincore(p, pages * (size_t)sysconf(_SC_PAGESIZE), vec), 0);
+  size_t n = 0;
+  for (size_t i = 0; i < pages; i++) n += vec[i] & 1;
+  return n;
+}
+
+/* Large query results are mapped in ahead of the copy: the helper maps the
+ * pages of a fresh region, keeps what reused pages hold, and stays inside
+ * the whole pages of the range it is given. */
+static void prefault_maps_missing_pages_and_keeps_resident_ones(void **state) {
+  (void)state;
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  uint8_t *m = mmap(NULL, 32 * page, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  assert_true(m != MAP_FAILED);
+  assert_int_equal(resident_pages(m, 32), 0);
+  memset(m + 4 * page, 0xab, page); /* one page already in use */
+  /* From the middle of page 1 to the middle of page 30: pages 2..29 are whole. */
+  bp__os_prefault_write(m + page + page / 2, 29 * page);
+#if defined(__linux__)
+  struct utsname u;
+  assert_int_equal(uname(&u), 0);
+  int major = 0, minor = 0;
+  sscanf(u.release, "%d.%d", &major, &minor);
+  if (major > 5 || (major == 5 && minor >= 14)) {
+    assert_int_equal(resident_pages(m + 2 * page, 28), 28);
+    assert_int_equal(resident_pages(m, 2), 0);
+    assert_int_equal(resident_pages(m + 30 * page, 2), 0);
+  }
+#endif
+  assert_int_equal(m[4 * page], 0xab);
+  assert_int_equal(m[5 * page - 1], 0xab);
+  assert_int_equal(m[2 * page], 0);
+  munmap(m, 32 * page);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       T(config_defaults_are_documented_values),
@@ -1302,6 +1342,7 @@ int main(void) {
       T(apply_transition_appends_its_kind_and_payload),
       T(snapshot_under_concurrent_appends_is_a_consistent_prefix),
       T(snapshot_refuses_the_store_itself_and_a_full_directory),
+      T(prefault_maps_missing_pages_and_keeps_resident_ones),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

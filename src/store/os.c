@@ -95,3 +95,24 @@ size_t bp__os_page_size(void) {
   }
   return v;
 }
+
+void bp__os_prefault_write(void *p, size_t len) {
+  size_t page = bp__os_page_size();
+  uintptr_t from = (uintptr_t)bp__os_page_ceil((uintptr_t)p), to = (uintptr_t)bp__os_page_floor((uintptr_t)p + len);
+  unsigned char vec[1024]; /* residency of up to 1024 pages per mincore call */
+  while (from < to) {
+    size_t pages = (to - from) / page < sizeof vec ? (to - from) / page : sizeof vec;
+    if (mincore((void *)from, pages * page, vec) != 0) {
+      madvise((void *)from, to - from, BP__MADV_POPULATE_WRITE);
+      return;
+    }
+    for (size_t i = 0; i < pages;) {
+      if (vec[i] & 1) { i++; continue; }
+      size_t run = i;
+      while (run < pages && !(vec[run] & 1)) run++;
+      madvise((void *)(from + i * page), (run - i) * page, BP__MADV_POPULATE_WRITE);
+      i = run;
+    }
+    from += pages * page;
+  }
+}

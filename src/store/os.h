@@ -8,6 +8,7 @@
 
 #include "internal.h"
 
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/uio.h>
@@ -50,5 +51,25 @@ size_t bp__os_page_size(void);
 /* x rounded down, or up, to a whole number of pages. */
 static inline uint64_t bp__os_page_floor(uint64_t x) { return x / bp__os_page_size() * bp__os_page_size(); }
 static inline uint64_t bp__os_page_ceil(uint64_t x) { return bp__os_page_floor(x + bp__os_page_size() - 1); }
+
+/* madvise requests that map pages in at once (Linux 5.14); defined here for
+ * older headers, older kernels answer EINVAL and the pages fault in as usual. */
+#ifdef MADV_POPULATE_READ
+#  define BP__MADV_POPULATE_READ MADV_POPULATE_READ
+#else
+#  define BP__MADV_POPULATE_READ 22
+#endif
+#ifdef MADV_POPULATE_WRITE
+#  define BP__MADV_POPULATE_WRITE MADV_POPULATE_WRITE
+#else
+#  define BP__MADV_POPULATE_WRITE 23
+#endif
+
+/* Maps in, writable, the pages of [p, p + len) of private memory that are not
+ * mapped yet, a run of pages per call. Memory the allocator hands out again
+ * is usually mapped already: asking the kernel to populate it anyway costs a
+ * page-table walk under a lock per page, so resident pages are skipped (one
+ * mincore call tells which). Only a hint: nothing fails. */
+void bp__os_prefault_write(void *p, size_t len);
 
 #endif

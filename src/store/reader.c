@@ -8,7 +8,6 @@
 #include "batpak/wire.h"
 
 #include <inttypes.h>
-#include <sys/mman.h>
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <emmintrin.h>
 #endif
@@ -284,19 +283,6 @@ typedef struct qsink {
  * only push the index out of the cache, and the caller reads them later. */
 #define BP__STREAM_RESULT_BYTES (1u << 20)
 
-/* Maps the pages of a fresh large array in one call: the allocator hands such
- * arrays out as new mappings, and a page fault per 4 KiB page costs far more
- * than the kernel filling the page table at once. Only a hint. */
-static void prefault(void *p, size_t len) {
-#ifdef MADV_POPULATE_WRITE
-  uintptr_t from = (uintptr_t)bp__os_page_ceil((uintptr_t)p), to = (uintptr_t)bp__os_page_floor((uintptr_t)p + len);
-  if (to > from) madvise((void *)from, to - from, MADV_POPULATE_WRITE);
-#else
-  (void)p;
-  (void)len;
-#endif
-}
-
 /* Makes room for n results in a collection; false when memory runs out. The
  * queries call it first with what they expect (a hint: a failure there only
  * means growing later), then deliver doubles it as needed. */
@@ -307,7 +293,9 @@ static bool reserve(qsink *k, uint64_t n) {
   k->out->items = items;
   k->cap = (size_t)n;
   k->streaming = (uint64_t)n * sizeof *items >= BP__STREAM_RESULT_BYTES;
-  if (k->streaming) prefault(items, (size_t)n * sizeof *items);
+  /* A fresh large array is a new mapping whose pages would each fault on
+   * first write; reused memory is left alone. */
+  if (k->streaming) bp__os_prefault_write(items, (size_t)n * sizeof *items);
   return true;
 }
 

@@ -108,16 +108,6 @@ static uint64_t mono_ms(void) {
  * a file system without fallocate, a failed mmap) goes through write().
  */
 #define BP__GROW_STEP (4u << 20)
-#ifdef MADV_POPULATE_READ
-#  define BP__MADV_POPULATE_READ MADV_POPULATE_READ
-#else
-#  define BP__MADV_POPULATE_READ 22    /* Linux 5.14; older kernels answer EINVAL */
-#endif
-#ifdef MADV_POPULATE_WRITE
-#  define BP__MADV_POPULATE_WRITE MADV_POPULATE_WRITE
-#else
-#  define BP__MADV_POPULATE_WRITE 23
-#endif
 #define BP__MAP_SLACK (16u << 20)
 
 static void unmap_segment(bp_store *s) {
