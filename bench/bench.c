@@ -921,7 +921,7 @@ int main(int argc, char **argv) {
   result r;
   /* -- appends -- */
   struct { const char *name; int threads; size_t size; size_t batch; } appends[] = {
-      {"append_1t", 1, 0, 0}, {"append_4t", 4, 0, 0}, {"append_1kib_1t", 1, 1024, 0}, {"batch_append_100", 1, 0, 100}};
+      {"append_1t", 1, 0, 0}, {"append_2t", 2, 0, 0}, {"append_4t", 4, 0, 0}, {"append_1kib_1t", 1, 1024, 0}, {"batch_append_100", 1, 0, 100}};
   for (size_t k = 0; k < sizeof appends / sizeof appends[0]; k++) {
     if (!selected(appends[k].name)) continue;
     append_ctx c = {opt.events, appends[k].threads, appends[k].size, 1000, 1, false, appends[k].batch};
