@@ -283,9 +283,10 @@ typedef struct qsink {
  * only push the index out of the cache, and the caller reads them later. */
 #define BP__STREAM_RESULT_BYTES (1u << 20)
 
-/* Makes room for n results in a collection; false when memory runs out. The
- * queries call it first with what they expect (a hint: a failure there only
- * means growing later), then deliver doubles it as needed. */
+/* Makes room for n results in a collection; false when memory runs out. A
+ * list of candidates reserves for all of them (deliver_list); an unfiltered
+ * scan reserves for every visible event up front (a hint: failing there only
+ * means growing later). */
 static bool reserve(qsink *k, uint64_t n) {
   if (!k->out || n <= k->cap || n == 0) return true;
   bp_entry *items = realloc(k->out->items, (size_t)n * sizeof *items);
@@ -329,18 +330,11 @@ static void store_entry(bp_entry *dst, const bp_entry *src, bool streaming) {
   *dst = *src;
 }
 
-static void deliver(const bp_store *s, uint64_t seq, qsink *k) {
+/* Hands one entry to a bp_query_each callback. */
+static void visit_entry(const bp_store *s, uint64_t seq, qsink *k) {
   bp_entry e;
   bp__entry_from_index(s, seq, &e);
-  if (!k->out) {
-    if (!k->visit(&e, k->ctx)) k->stop = true;
-    return;
-  }
-  if (k->out->len == k->cap && !reserve(k, k->cap ? (uint64_t)k->cap * 2 : 64)) {
-    k->oom = k->stop = true;
-    return;
-  }
-  store_entry(&k->out->items[k->out->len++], &e, k->streaming);
+  if (!k->visit(&e, k->ctx)) k->stop = true;
 }
 
 /* The entry of seq passes the region's remaining filters. */
@@ -356,12 +350,53 @@ static bool entry_matches(const bp_store *s, const qplan *p, uint64_t seq) {
   return true;
 }
 
+/* Copies the matching entries among n sequences into the collection, which
+ * has room for them: each entry is built from the index and stored where it
+ * goes, with no call or growth check per entry. */
+static void collect_list(const bp_store *s, const qplan *p, const uint32_t *seqs, uint64_t n, qsink *k) {
+  bp__name *const *names = atomic_load_explicit(&s->ix.names, memory_order_acquire);
+  bp_entry *to = k->out->items + k->out->len;
+  for (uint64_t i = 0; i < n; i++) {
+    if (i + 2 * BP__READ_AHEAD < n) bp__prefetch_entry(s, seqs[i + 2 * BP__READ_AHEAD]);
+    uint32_t seq = seqs[i];
+    if (!entry_matches(s, p, seq)) continue;
+    const bp__ientry *e = bp__index_at(&s->ix, seq);
+    bp_entry t;
+    t.event_id = e->event_id;
+    t.correlation_id = e->correlation_id;
+    t.causation_id = e->causation_id;
+    t.entity = names[e->entity]->str;
+    t.scope = names[e->scope]->str;
+    t.kind = e->kind;
+    t.wall_ms = e->wall_ms;
+    t.clock = e->clock;
+    memcpy(t.hash_chain.prev_hash, e->prev_hash, 32);
+    memcpy(t.hash_chain.event_hash, e->event_hash, 32);
+    t.disk_pos.segment_id = e->segment_id;
+    t.disk_pos.offset = e->offset;
+    t.disk_pos.length = e->length;
+    t.global_sequence = seq;
+    store_entry(to++, &t, k->streaming);
+  }
+  k->out->len = (size_t)(to - k->out->items);
+}
+
 /* Delivers the matching entries among a list of sequences, loading entries
- * a little ahead: a stream's entries are scattered through the index. */
+ * a little ahead: a stream's entries are scattered through the index. A
+ * collection first makes room for all of them (at least doubling). */
 static void deliver_list(const bp_store *s, const qplan *p, const uint32_t *seqs, uint64_t n, qsink *k) {
+  if (k->out) {
+    uint64_t need = (uint64_t)k->out->len + n, twice = (uint64_t)k->cap * 2;
+    if (k->cap < need && !reserve(k, need > twice ? need : twice)) {
+      k->oom = k->stop = true;
+      return;
+    }
+    collect_list(s, p, seqs, n, k);
+    return;
+  }
   for (uint64_t i = 0; i < n && !k->stop; i++) {
     if (i + 2 * BP__READ_AHEAD < n) bp__prefetch_entry(s, seqs[i + 2 * BP__READ_AHEAD]);
-    if (entry_matches(s, p, seqs[i])) deliver(s, seqs[i], k);
+    if (entry_matches(s, p, seqs[i])) visit_entry(s, seqs[i], k);
   }
 }
 
@@ -430,7 +465,6 @@ static bp_status run_planned(bp_store *s, const bp_region *r, const char *exact_
         }
       }
       qsort(seqs, got, sizeof *seqs, cmp_u32);
-      (void)reserve(k, got);
       deliver_list(s, p, seqs, got, k);
       free(seqs);
       return BP_OK;
@@ -438,7 +472,6 @@ static bp_status run_planned(bp_store *s, const bp_region *r, const char *exact_
   }
 
   if (have_source) {
-    (void)reserve(k, best_n);
     deliver_list(s, p, best, best_n, k);
   } else {
     /* No stream narrows it down: filter the scan index, then read entries. */
@@ -447,7 +480,7 @@ static bp_status run_planned(bp_store *s, const bp_region *r, const char *exact_
     uint32_t batch[1024];
     for (uint64_t seq = 0; seq < limit && !k->stop;) {
       size_t got = bp__scan_filter(&s->scan, seq, limit, &q, batch, 1024, &seq);
-      for (size_t i = 0; i < got && !k->stop; i++) deliver(s, batch[i], k);
+      deliver_list(s, p, batch, got, k);
     }
   }
   return BP_OK;
@@ -474,7 +507,17 @@ static bp_status collect_query(bp_store *s, const bp_region *r, const char *exac
   qsink k = {NULL, NULL, out, 0, false, false, false};
   bp_status st = run_query(s, r, exact, &k);
   if (!st && k.oom) st = bp__fail(BP_ENOMEM, "query: out of memory for results");
-  if (st) bp_entries_free(out);
+  if (st) {
+    bp_entries_free(out);
+  } else if (out->len < k.cap / 2) {
+    /* Room was made for every candidate; give back what filters left unused. */
+    if (out->len == 0) {
+      bp_entries_free(out);
+    } else {
+      bp_entry *fit = realloc(out->items, out->len * sizeof *fit);
+      if (fit) out->items = fit;
+    }
+  }
   return st;
 }
 
