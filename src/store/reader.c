@@ -8,6 +8,10 @@
 #include "batpak/wire.h"
 
 #include <inttypes.h>
+#include <pthread.h>
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <emmintrin.h>
 #endif
@@ -190,9 +194,78 @@ char *bp_event_payload_json(const bp_event *ev) {
   return json;
 }
 
+/* ------------------------------------------------- recycled result arrays */
+
+/* Memory a process has not touched before costs a page fault, a zeroed page
+ * and, in a virtual machine, often a fault in the host as well: several
+ * microseconds per 4 KiB page, more than copying the entries into it. So the
+ * last freed result array of BP__STREAM_RESULT_BYTES or more (and at most
+ * BP__SPARE_MAX) is kept while any store is open, and the next large query
+ * writes into it. The last bp_close releases it. Where the allocator cannot
+ * tell a block's size, nothing is kept. */
+#define BP__STREAM_RESULT_BYTES (1u << 20)
+#define BP__SPARE_MAX ((size_t)1 << 30)
+
+static pthread_mutex_t spare_lock = PTHREAD_MUTEX_INITIALIZER;
+static void *spare;          /* the kept array, or NULL */
+static size_t stores_open;   /* open stores in the process */
+
+static size_t block_bytes(void *p) {
+#if defined(__GLIBC__)
+  return p ? malloc_usable_size(p) : 0;
+#else
+  (void)p;
+  return 0;
+#endif
+}
+
+void bp__results_store_opened(void) {
+  pthread_mutex_lock(&spare_lock);
+  stores_open++;
+  pthread_mutex_unlock(&spare_lock);
+}
+
+void bp__results_store_closed(void) {
+  void *drop = NULL;
+  pthread_mutex_lock(&spare_lock);
+  if (--stores_open == 0) {
+    drop = spare;
+    spare = NULL;
+  }
+  pthread_mutex_unlock(&spare_lock);
+  free(drop);
+}
+
+/* Frees a result array, or keeps it as the spare (freeing the one before). */
+static void release_array(void *p) {
+  size_t bytes = block_bytes(p);
+  if (bytes >= BP__STREAM_RESULT_BYTES && bytes <= BP__SPARE_MAX) {
+    pthread_mutex_lock(&spare_lock);
+    if (stores_open > 0) {
+      void *old = spare;
+      spare = p;
+      p = old;
+    }
+    pthread_mutex_unlock(&spare_lock);
+  }
+  free(p);
+}
+
+/* The spare if it holds at least bytes, else NULL (the spare stays). */
+static void *take_spare(size_t bytes) {
+  void *p = NULL;
+  pthread_mutex_lock(&spare_lock);
+  if (spare && block_bytes(spare) >= bytes) {
+    p = spare;
+    spare = NULL;
+  }
+  pthread_mutex_unlock(&spare_lock);
+  return p;
+}
+
 void bp_entries_free(bp_entries *entries) {
   if (!entries) return;
-  free(entries->items);
+  release_array(entries->items);
   entries->items = NULL;
   entries->len = 0;
 }
@@ -279,9 +352,9 @@ typedef struct qsink {
   bool stop;
 } qsink;
 
-/* Results larger than this are written with non-temporal stores: they would
- * only push the index out of the cache, and the caller reads them later. */
-#define BP__STREAM_RESULT_BYTES (1u << 20)
+/* Results of BP__STREAM_RESULT_BYTES or more are written with non-temporal
+ * stores: they would only push the index out of the cache, and the caller
+ * reads them later. */
 
 /* Makes room for n results in a collection; false when memory runs out. A
  * list of candidates reserves for all of them (deliver_list); an unfiltered
@@ -289,7 +362,14 @@ typedef struct qsink {
  * means growing later). */
 static bool reserve(qsink *k, uint64_t n) {
   if (!k->out || n <= k->cap || n == 0) return true;
-  bp_entry *items = realloc(k->out->items, (size_t)n * sizeof *items);
+  size_t bytes = (size_t)n * sizeof(bp_entry);
+  bp_entry *items = bytes >= BP__STREAM_RESULT_BYTES ? take_spare(bytes) : NULL;
+  if (items) {
+    if (k->out->len) memcpy(items, k->out->items, k->out->len * sizeof *items);
+    free(k->out->items);
+  } else {
+    items = realloc(k->out->items, bytes);
+  }
   if (!items) return false;
   k->out->items = items;
   k->cap = (size_t)n;
@@ -385,6 +465,7 @@ static void collect_list(const bp_store *s, const qplan *p, const uint32_t *seqs
  * a little ahead: a stream's entries are scattered through the index. A
  * collection first makes room for all of them (at least doubling). */
 static void deliver_list(const bp_store *s, const qplan *p, const uint32_t *seqs, uint64_t n, qsink *k) {
+  if (n == 0) return;
   if (k->out) {
     uint64_t need = (uint64_t)k->out->len + n, twice = (uint64_t)k->cap * 2;
     if (k->cap < need && !reserve(k, need > twice ? need : twice)) {

@@ -293,6 +293,7 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
   if (!readonly) bp__segment_renumber_footers(s);
   free(s->stale_footers);
   s->stale_footers = NULL;
+  bp__results_store_opened();
   *out = s;
   return BP_OK;
 
@@ -384,6 +385,7 @@ bp_status bp_close(bp_store *s) {
   pthread_cond_destroy(&s->qarrive);
   free(s->dir);
   free(s);
+  bp__results_store_closed();
   if (st) bp__set_error(&saved);
   return st;
 }

@@ -275,5 +275,9 @@ void bp__prefetch_frame(bp_store *s, uint64_t seq, bp__evread *rd);
  * must have arrived before its frame can be found). */
 #define BP__READ_AHEAD 4
 void bp__entry_from_index(const bp_store *s, uint64_t seq, bp_entry *out);
+/* Open stores in the process, for the recycled result array (reader.c):
+ * the last close releases it. */
+void bp__results_store_opened(void);
+void bp__results_store_closed(void);
 
 #endif
