@@ -243,9 +243,16 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
   s->lock_fd = -1;
   s->wfd = -1;
   s->cache = cache;
+  long cpus = sysconf(_SC_NPROCESSORS_ONLN);
+  s->spin_slots = cpus > 1 && cfg->sync_every_n_events != 1 ? (uint32_t)(cpus - 1) : 0;
   pthread_mutex_init(&s->seg_lock, NULL);
-  pthread_mutex_init(&s->qlock, NULL);
-  pthread_mutex_init(&s->wlock, NULL);
+  pthread_mutexattr_t ma;
+  pthread_mutexattr_init(&ma);
+  pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_ADAPTIVE_NP);
+  pthread_mutex_init(&s->qlock, &ma);
+  pthread_mutex_init(&s->wlock, &ma);
+  pthread_mutexattr_destroy(&ma);
+  pthread_mutex_init(&s->hint_lock, NULL);
   pthread_mutex_init(&s->sub_lock, NULL);
   pthread_mutex_init(&s->compact_lock, NULL);
   pthread_rwlock_init(&s->view_lock, NULL);
@@ -349,8 +356,11 @@ bp_status bp_close(bp_store *s) {
     pthread_mutex_lock(&s->qlock);
     s->closing = true;
     pthread_cond_broadcast(&s->qspace);
-    while (s->leader || s->qhead || s->direct) pthread_cond_wait(&s->qidle, &s->qlock);
+    while (s->leader || s->qhead) pthread_cond_wait(&s->qidle, &s->qlock);
     pthread_mutex_unlock(&s->qlock);
+    /* Callers whose appends were just committed or refused are still on
+     * their way out (writer.c, submit). */
+    while (atomic_load_explicit(&s->appending, memory_order_acquire) != 0) usleep(50);
 
     pthread_mutex_lock(&s->wlock);
     if (s->wfd >= 0) st = bp__writer_seal(s);
@@ -375,6 +385,7 @@ bp_status bp_close(bp_store *s) {
   pthread_mutex_destroy(&s->seg_lock);
   pthread_mutex_destroy(&s->qlock);
   pthread_mutex_destroy(&s->wlock);
+  pthread_mutex_destroy(&s->hint_lock);
   pthread_mutex_destroy(&s->sub_lock);
   pthread_mutex_destroy(&s->compact_lock);
   pthread_rwlock_destroy(&s->view_lock);
@@ -410,6 +421,9 @@ void bp_diagnostics(bp_store *s, bp_store_diagnostics *out) {
   pthread_mutex_lock(&s->seg_lock);
   out->segment_count = s->nsegs;
   pthread_mutex_unlock(&s->seg_lock);
+  pthread_mutex_lock(&s->qlock);
+  out->queued_appends = s->qlen;
+  pthread_mutex_unlock(&s->qlock);
   pthread_mutex_lock(&s->wlock);
   out->active_segment_id = s->wfd >= 0 ? s->wseg : 0;
   out->active_segment_bytes = s->wfd >= 0 ? s->wsize : 0;

@@ -11,6 +11,8 @@
  *              append while holding it (a callback), the writer never takes it
  *   qlock      the append queue (the waiting appends, leader election, closing)
  *   wlock      the writer: active segment, entity chain heads, index mutation
+ *   hint_lock  the active segment's mapping and descriptor, for the page
+ *              hints an append gives after releasing wlock (writer.c)
  *   seg_lock   the segment table and the read descriptor cache
  * Readers take only seg_lock, briefly, to find a segment's mapping or
  * descriptor; the index itself is read without locks (index.h).
@@ -55,16 +57,23 @@ typedef struct bp__remap {
 } bp__remap;
 
 /* One append call waiting in the queue (a single event or a batch). */
+/* What an append works out for each event before it queues: no lock needed. */
+typedef struct bp__prep {
+  uint8_t hash[32];         /* the content hash */
+  bp_id id;                 /* the idempotency key, or a new UUIDv7 */
+} bp__prep;
+
 typedef struct bp__req {
   struct bp__req *next;
   const bp_event_in *events;
   size_t n;
-  uint8_t (*hashes)[32];    /* content hashes, computed before queueing */
+  bp__prep *prep;           /* one per event */
   bp_append_receipt *outs;
   bool is_batch;
   bp_status status;
   bp_error err;             /* the failure, copied back to the caller's thread */
-  bool done;
+  _Atomic bool done;        /* set (release) by the leader that committed it */
+  bool sleeping;            /* its caller waits on cv (qlock) */
   pthread_cond_t cv;
 } bp__req;
 
@@ -95,7 +104,9 @@ struct bp_store {
   uint64_t write_groups, fsyncs;
   bp__req *qhead, *qtail;
   size_t qlen;
-  uint32_t direct;          /* appends committing on their own thread (max batch 1) */
+  _Atomic uint32_t appending; /* append calls in progress (submit) */
+  _Atomic uint32_t spinners; /* callers spinning for their append to be committed */
+  uint32_t spin_slots;      /* how many may: one CPU fewer than there are */
   bool leader;
   bool closing;
   uint32_t drained;         /* appends committed after closing began */
@@ -111,6 +122,8 @@ struct bp_store {
   uint64_t wcap;            /* the file's size: space allocated ahead of wsize */
   uint64_t wpop;            /* the mapping is writable (no fault on write) below this */
   uint64_t wflushed;        /* write-back was started (or done) for bytes below this */
+  pthread_mutex_t hint_lock; /* held to change wfd, wmap and wmap_len, and by hints */
+  uint64_t wgen;            /* changes when the mapping or descriptor goes away (hint_lock) */
   uint64_t next_segment_id;
   uint32_t unsynced;        /* appends since the last fsync */
   bool failed;              /* failed for good: BP_EWRITER */

@@ -3,15 +3,21 @@
  *
  * Concurrency essay
  * -----------------
- * There is no writer thread. An append validates its input and hashes its
- * payload on the caller's thread, then joins the queue (qlock). If no leader
- * is committing, the caller becomes the leader: it takes the queued appends
- * (up to group_commit_max_batch, 0 = all) as a group and commits them under
- * wlock with one write (and at most one fsync), then wakes their callers, and
- * repeats until the queue is empty. An uncontended append therefore never
- * waits for another thread; under contention, appends that arrive while a
- * group is being written form the next group (the write-group idea). The
- * queue holds at most writer_queue_capacity appends; further callers block.
+ * There is no writer thread. An append validates its input, hashes its
+ * payload and picks its event id on the caller's thread, then joins the queue
+ * (qlock). If no leader is committing, the caller becomes the leader: it
+ * takes the queued appends (up to group_commit_max_batch, 0 = all) as a group
+ * and commits them under wlock with one write (and at most one fsync), then
+ * tells their callers, and repeats until the queue is empty. An uncontended
+ * append therefore never waits for another thread; under contention, appends
+ * that arrive while a group is being written form the next group (the
+ * write-group idea). With group_commit_max_batch 1 every group is one append,
+ * but the leader still commits the others' appends: the writer's state (chain
+ * heads, index tail, the segment's pages) stays in one CPU's cache, where
+ * handing wlock from thread to thread moved it on every append and made two
+ * threads slower than one. A waiting caller spins briefly before it sleeps
+ * (wait_committed). The queue holds at most writer_queue_capacity appends;
+ * further callers block.
  *
  * Committing a group (commit_group), under wlock:
  *   1. seal the active segment if it reached segment_max_bytes; start one if
@@ -24,6 +30,8 @@
  *   3. one positioned write of wbuf at the end of the segment, then fsync if
  *      sync_every_n_events appends have accumulated;
  *   4. publish: the index's visible count moves past the whole group at once.
+ * Page hints the write calls for (mapping pages ahead, starting write-back)
+ * are given after wlock is released (give_hints).
  * If step 3 fails, every append of the group fails BP_EIO, the index and the
  * chain heads are rolled back, the segment is truncated back and abandoned,
  * and restart_policy decides whether the next group starts a fresh segment or
@@ -87,6 +95,12 @@ static uint64_t mono_us(void) {
   return (uint64_t)ts.tv_sec * 1000000 + (uint64_t)ts.tv_nsec / 1000;
 }
 
+static uint64_t mono_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 static uint64_t mono_ms(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -110,10 +124,55 @@ static uint64_t mono_ms(void) {
 #define BP__GROW_STEP (4u << 20)
 #define BP__MAP_SLACK (16u << 20)
 
+/* Page hints. Making pages readable or writable ahead of the frames
+ * (madvise) and starting write-back (sync_file_range) only save work later;
+ * they cost tens of microseconds per call, and under wlock every other
+ * appender would wait for them. So the commit only records them (a hints
+ * record, under wlock) and the appending thread gives them after releasing
+ * wlock (give_hints). Meanwhile the segment may be sealed or abandoned: every
+ * change of the mapping or descriptor happens under hint_lock and moves
+ * wgen, and a hint recorded under another wgen is dropped. A frame written
+ * before its pages' hint ran only takes the page faults the hint would have
+ * saved. */
+typedef struct hints {
+  uint64_t gen;
+  uint64_t readable_from, readable_to;   /* MADV_POPULATE_READ */
+  uint64_t writable_from, writable_to;   /* MADV_POPULATE_WRITE */
+  uint64_t flush_from, flush_to;         /* SYNC_FILE_RANGE_WRITE */
+} hints;
+
+static void give_hints(bp_store *s, const hints *h) {
+  if (h->readable_to <= h->readable_from && h->writable_to <= h->writable_from && h->flush_to <= h->flush_from)
+    return;
+  pthread_mutex_lock(&s->hint_lock);
+  if (s->wgen == h->gen && s->wmap) {
+    if (h->readable_to > h->readable_from)
+      madvise(s->wmap + h->readable_from, (size_t)(h->readable_to - h->readable_from), BP__MADV_POPULATE_READ);
+    if (h->writable_to > h->writable_from)
+      madvise(s->wmap + h->writable_from, (size_t)(h->writable_to - h->writable_from), BP__MADV_POPULATE_WRITE);
+  }
+#ifdef SYNC_FILE_RANGE_WRITE
+  if (s->wgen == h->gen && s->wfd >= 0 && h->flush_to > h->flush_from)
+    sync_file_range(s->wfd, (off64_t)h->flush_from, (off64_t)(h->flush_to - h->flush_from), SYNC_FILE_RANGE_WRITE);
+#endif
+  pthread_mutex_unlock(&s->hint_lock);
+}
+
 static void unmap_segment(bp_store *s) {
+  pthread_mutex_lock(&s->hint_lock);
   if (s->wmap) bp__os_table.munmap(s->wmap, s->wmap_len);
   s->wmap = NULL;
   s->wmap_len = 0;
+  s->wgen++;
+  pthread_mutex_unlock(&s->hint_lock);
+}
+
+static void close_segment(bp_store *s) {
+  pthread_mutex_lock(&s->hint_lock);
+  if (s->wfd >= 0) bp__os_table.close(s->wfd);
+  s->wfd = -1;
+  s->wgen++;
+  pthread_mutex_unlock(&s->hint_lock);
 }
 
 static void map_segment(bp_store *s) {
@@ -126,13 +185,15 @@ static void map_segment(bp_store *s) {
             strerror(errno));
     return;
   }
+  pthread_mutex_lock(&s->hint_lock);
   s->wmap = m;
   s->wmap_len = (size_t)len;
+  pthread_mutex_unlock(&s->hint_lock);
 }
 
 /* Makes the file at least end bytes long (allocated), growing by BP__GROW_STEP.
  * Returns 0, EOPNOTSUPP (no fallocate here: stop using the mapping) or an errno. */
-static int reserve_space(bp_store *s, uint64_t end) {
+static int reserve_space(bp_store *s, uint64_t end, hints *h) {
   if (end <= s->wcap) return 0;
   uint64_t cap = (end + BP__GROW_STEP - 1) / BP__GROW_STEP * BP__GROW_STEP;
   if (cap > s->wmap_len) cap = s->wmap_len;
@@ -143,9 +204,9 @@ static int reserve_space(bp_store *s, uint64_t end) {
    * as frames arrive. Readable only: a page mapped writable is dirty at once,
    * so every fsync would write the whole range ahead (zeros) and then
    * write-protect it again; map_writable makes pages writable a little ahead
-   * of the frames. Only a hint: errors are ignored. */
-  uint64_t from = bp__os_page_floor(s->wcap);
-  madvise(s->wmap + from, (size_t)(cap - from), BP__MADV_POPULATE_READ);
+   * of the frames. Only a hint (give_hints). */
+  h->readable_from = bp__os_page_floor(s->wcap);
+  h->readable_to = cap;
   s->wcap = cap;
   return 0;
 }
@@ -161,7 +222,7 @@ static int reserve_space(bp_store *s, uint64_t end) {
  * sync_every_n_events frames of 256 bytes fill, and nothing at all when
  * fsyncs come every few events (the write faults are then cheaper than the
  * zeros). */
-static void map_writable(bp_store *s, uint64_t at, uint64_t end) {
+static void map_writable(bp_store *s, uint64_t at, uint64_t end, hints *h) {
   if (end <= s->wpop) return;
   uint64_t step = (uint64_t)s->cfg.sync_every_n_events * 256;
   if (step > BP__WRITABLE_STEP) step = BP__WRITABLE_STEP;
@@ -171,7 +232,10 @@ static void map_writable(bp_store *s, uint64_t at, uint64_t end) {
   if (s->wpop > from) from = s->wpop;
   uint64_t to = bp__os_page_ceil(end + step);
   if (to > s->wcap) to = s->wcap;
-  if (to > from) madvise(s->wmap + from, (size_t)(to - from), BP__MADV_POPULATE_WRITE);
+  if (to > from) {
+    h->writable_from = from;
+    h->writable_to = to;
+  }
   s->wpop = to;
 }
 
@@ -191,23 +255,20 @@ static void synced(bp_store *s) {
  * the fsync waits for less. Pages not yet full are left alone (written back,
  * they would be write-protected and fault on the next frame). A hint only:
  * nothing is promised durable until the fsync. */
-static void start_writeback(bp_store *s) {
-#ifdef SYNC_FILE_RANGE_WRITE
+static void start_writeback(bp_store *s, hints *h) {
   uint64_t full = bp__os_page_floor(s->wsize);
   if (s->cfg.sync_every_n_events <= 1 || full < s->wflushed + BP__FLUSH_STEP) return;
-  sync_file_range(s->wfd, (off64_t)s->wflushed, (off64_t)(full - s->wflushed), SYNC_FILE_RANGE_WRITE);
+  h->flush_from = s->wflushed;
+  h->flush_to = full;
   s->wflushed = full;
-#else
-  (void)s;
-#endif
 }
 
 /* Hands len bytes at offset at of the active segment to the operating system. */
-static int segment_write(bp_store *s, const uint8_t *data, size_t len, uint64_t at) {
+static int segment_write(bp_store *s, const uint8_t *data, size_t len, uint64_t at, hints *h) {
   if (s->wmap && at + len <= s->wmap_len) {
-    int rc = reserve_space(s, at + len);
+    int rc = reserve_space(s, at + len, h);
     if (rc == 0) {
-      map_writable(s, at, at + len);
+      map_writable(s, at, at + len, h);
       memcpy(s->wmap + at, data, len);
       return 0;
     }
@@ -256,7 +317,9 @@ static bp_status writer_open_segment(bp_store *s) {
     return st;
   }
   s->next_segment_id = id + 1;
+  pthread_mutex_lock(&s->hint_lock);
   s->wfd = fd;
+  pthread_mutex_unlock(&s->hint_lock);
   s->wseg = id;
   s->wsize = size;
   s->wcap = size;
@@ -299,11 +362,8 @@ static bool allow_restart(bp_store *s) {
  * truncate back to (the bytes after it were never acknowledged). */
 static void writer_failed(bp_store *s, uint64_t keep_from, const char *what) {
   unmap_segment(s);
-  if (s->wfd >= 0) {
-    bp__os_table.ftruncate(s->wfd, (off_t)keep_from);
-    bp__os_table.close(s->wfd);
-    s->wfd = -1;
-  }
+  if (s->wfd >= 0) bp__os_table.ftruncate(s->wfd, (off_t)keep_from);
+  close_segment(s);
   bool go_on = allow_restart(s);
   if (!go_on) s->failed = true;
   bp__log(s, go_on ? BP_LOG_WARN : BP_LOG_ERROR, "writer: %s; %s", what,
@@ -331,8 +391,7 @@ bp_status bp__writer_seal(bp_store *s) {
     bp__buf_free(&b);
     return st;
   }
-  bp__os_table.close(s->wfd);
-  s->wfd = -1;
+  close_segment(s);
   bp__segment_sealed(s, s->wseg, s->wsize + b.len);
   atomic_store(&s->durable, s->ix.count);
   s->unsynced = 0;
@@ -361,8 +420,7 @@ static bp_status writer_ensure_segment(bp_store *s) {
 
 void bp__writer_free(bp_store *s) {
   unmap_segment(s);
-  if (s->wfd >= 0) bp__os_table.close(s->wfd);
-  s->wfd = -1;
+  close_segment(s);
   bp__buf_free(&s->wbuf);
   free(s->restart_times);
   s->restart_times = NULL;
@@ -437,7 +495,7 @@ static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
     bp__frame f;
     memset(&f, 0, sizeof f);
     bp_header *h = &f.header;
-    h->event_id = bp_id_is_nil(o->idempotency_key) ? bp_id_v7() : o->idempotency_key;
+    h->event_id = req->prep[i].id;
     h->correlation_id = bp_id_is_nil(o->correlation_id) ? h->event_id : o->correlation_id;
     h->causation_id = o->causation_id;
     h->timestamp_us = ts;
@@ -447,7 +505,7 @@ static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
     h->kind = ev->kind;
     h->flags = o->flags;
     if (req->is_batch && i != last_new) h->flags |= BP_FLAG_TRANSACTIONAL | BP_FLAG_BATCH_MEMBER;
-    memcpy(h->content_hash, req->hashes[i], 32);
+    memcpy(h->content_hash, req->prep[i].hash, 32);
     f.entity = ent->str;
     f.entity_len = ent->len;
     f.scope = scp->str;
@@ -456,7 +514,7 @@ static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
     f.payload_len = ev->len;
     f.has_chain = true;
     if (ent->next_clock > 0) memcpy(f.chain.prev_hash, ent->last_hash, 32);
-    memcpy(f.chain.event_hash, req->hashes[i], 32);
+    memcpy(f.chain.event_hash, req->prep[i].hash, 32);
 
     size_t frame_at = s->wbuf.len;
     if ((st = bp__frame_encode(&s->wbuf, &f))) break;
@@ -513,7 +571,7 @@ static bool group_writes(const bp_store *s, bp__req **group, size_t ng) {
   return false;
 }
 
-static void commit_group(bp_store *s, bp__req **group, size_t ng) {
+static void commit_group(bp_store *s, bp__req **group, size_t ng, hints *h) {
   /* A group of pure idempotent repeats touches no segment (no rotation, no new file). */
   bp_status st = group_writes(s, group, ng) ? writer_ensure_segment(s)
                  : s->failed ? bp__fail(BP_EWRITER, "the writer has failed; reopen the store") : BP_OK;
@@ -521,6 +579,11 @@ static void commit_group(bp_store *s, bp__req **group, size_t ng) {
     for (size_t i = 0; i < ng; i++) finish(group[i], st);
     return;
   }
+  /* Planning reads the id table slot of each event (a known key) or writes
+   * it (a new event), late: start loading the first few now, so that the
+   * misses overlap with encoding. */
+  for (size_t i = 0, k = 0; i < ng && k < 16; i++)
+    for (size_t j = 0; j < group[i]->n && k < 16; j++, k++) bp__index_prefetch_id(&s->ix, group[i]->prep[j].id);
   uint64_t count0 = s->ix.count;
   uint32_t new_events = 0;
   undo_log undo = {0};
@@ -543,7 +606,8 @@ static void commit_group(bp_store *s, bp__req **group, size_t ng) {
 
   if (s->wbuf.len > 0) {
     uint64_t at = s->wsize;
-    int rc = segment_write(s, s->wbuf.data, s->wbuf.len, at);
+    h->gen = s->wgen;
+    int rc = segment_write(s, s->wbuf.data, s->wbuf.len, at, h);
     const char *what = "write";
     bool sync_now = !rc && s->unsynced + new_events >= s->cfg.sync_every_n_events;
     if (sync_now) {
@@ -569,7 +633,7 @@ static void commit_group(bp_store *s, bp__req **group, size_t ng) {
       s->fsyncs += sync_now;
       s->wsize += s->wbuf.len;
       if (sync_now) synced(s);
-      else start_writeback(s);
+      else start_writeback(s, h);
       s->unsynced = sync_now ? 0 : s->unsynced + new_events;
       bp__index_publish(&s->ix);
       if (sync_now) atomic_store(&s->durable, s->ix.count);
@@ -619,8 +683,42 @@ static void gather(bp_store *s, size_t max) {
   s->gathering = false;
 }
 
-static bp_status submit(bp_store *s, const bp_event_in *events, size_t n, bool is_batch,
-                        bp_append_receipt *outs) {
+/* Waits until the leader has committed r. A leader commits an append in a
+ * few microseconds, while sleeping and being woken costs about as much again
+ * on each side (and more in a virtual machine): so the caller first spins for
+ * up to BP__SPIN_NS, when a CPU is free for it (spin_slots), then sleeps. */
+#define BP__SPIN_NS 50000
+
+static void wait_committed(bp_store *s, bp__req *r) {
+  if (atomic_fetch_add_explicit(&s->spinners, 1, memory_order_relaxed) < s->spin_slots) {
+    uint64_t start = 0;
+    for (unsigned i = 1; !atomic_load_explicit(&r->done, memory_order_acquire); i++) {
+#if defined(__x86_64__) || defined(__i386__)
+      __builtin_ia32_pause();
+#endif
+      if (i % 64 == 0) {
+        uint64_t t = mono_ns();
+        if (!start) start = t;
+        else if (t - start > BP__SPIN_NS) break;
+      }
+    }
+  }
+  atomic_fetch_sub_explicit(&s->spinners, 1, memory_order_relaxed);
+  if (atomic_load_explicit(&r->done, memory_order_acquire)) return;
+  pthread_mutex_lock(&s->qlock);
+  if (!atomic_load_explicit(&r->done, memory_order_acquire)) {
+    pthread_cond_init(&r->cv, NULL);
+    r->sleeping = true;
+    while (!atomic_load_explicit(&r->done, memory_order_acquire)) pthread_cond_wait(&r->cv, &s->qlock);
+    pthread_mutex_unlock(&s->qlock);
+    pthread_cond_destroy(&r->cv);
+    return;
+  }
+  pthread_mutex_unlock(&s->qlock);
+}
+
+static bp_status submit_counted(bp_store *s, const bp_event_in *events, size_t n, bool is_batch,
+                                bp_append_receipt *outs) {
   if (s->readonly) return bp__fail(BP_EREADONLY, "the store was opened read-only");
   if (n == 0) return BP_OK;
   for (size_t i = 0; i < n; i++) {
@@ -640,51 +738,28 @@ static bp_status submit(bp_store *s, const bp_event_in *events, size_t n, bool i
                       "append: group_commit_max_batch is %u, so every append needs an idempotency key",
                       s->cfg.group_commit_max_batch);
   }
-  uint8_t one_hash[1][32];
-  uint8_t (*hashes)[32] = n == 1 ? one_hash : malloc(n * sizeof *hashes);
-  if (!hashes) return bp__fail(BP_ENOMEM, "out of memory hashing a batch");
-  for (size_t i = 0; i < n; i++) bp_compute_hash(events[i].payload, events[i].len, hashes[i]);
+  bp__prep one_prep[1];
+  bp__prep *prep = n == 1 ? one_prep : malloc(n * sizeof *prep);
+  if (!prep) return bp__fail(BP_ENOMEM, "out of memory preparing a batch");
+  for (size_t i = 0; i < n; i++) {
+    bp_compute_hash(events[i].payload, events[i].len, prep[i].hash);
+    bp_id key = events[i].opts.idempotency_key;
+    prep[i].id = bp_id_is_nil(key) ? bp_id_v7() : key;
+  }
 
   bp__req req;
   memset(&req, 0, sizeof req);
   req.events = events;
   req.n = n;
-  req.hashes = hashes;
+  req.prep = prep;
   req.outs = outs;
   req.is_batch = is_batch;
-
-  if (s->cfg.group_commit_max_batch == 1) {
-    /* No group to form: the caller commits under the writer lock itself. */
-    pthread_mutex_lock(&s->qlock);
-    while (!s->closing && s->direct >= s->cfg.writer_queue_capacity) pthread_cond_wait(&s->qspace, &s->qlock);
-    bool refused = s->closing && s->drained >= s->cfg.shutdown_drain_limit;
-    if (!refused) {
-      s->direct++;
-      if (s->closing) s->drained++;
-    }
-    pthread_mutex_unlock(&s->qlock);
-    if (refused) {
-      if (hashes != one_hash) free(hashes);
-      return bp__fail(BP_ESHUTDOWN, "append: the store is closing");
-    }
-    pthread_mutex_lock(&s->wlock);
-    bp__req *self = &req;
-    commit_group(s, &self, 1);
-    pthread_mutex_unlock(&s->wlock);
-    pthread_mutex_lock(&s->qlock);
-    if (--s->direct == 0) pthread_cond_broadcast(&s->qidle);
-    pthread_cond_signal(&s->qspace);
-    pthread_mutex_unlock(&s->qlock);
-    if (hashes != one_hash) free(hashes);
-    if (req.status) bp__set_error(&req.err);
-    return req.status;
-  }
 
   pthread_mutex_lock(&s->qlock);
   while (!s->closing && s->qlen >= s->cfg.writer_queue_capacity) pthread_cond_wait(&s->qspace, &s->qlock);
   if (s->closing) {
     pthread_mutex_unlock(&s->qlock);
-    if (hashes != one_hash) free(hashes);
+    if (prep != one_prep) free(prep);
     return bp__fail(BP_ESHUTDOWN, "append: the store is closing");
   }
   if (s->qtail) s->qtail->next = &req;
@@ -694,10 +769,8 @@ static bp_status submit(bp_store *s, const bp_event_in *events, size_t n, bool i
   if (s->gathering) pthread_cond_signal(&s->qarrive);
 
   if (s->leader) {
-    pthread_cond_init(&req.cv, NULL);
-    while (!req.done) pthread_cond_wait(&req.cv, &s->qlock);
     pthread_mutex_unlock(&s->qlock);
-    pthread_cond_destroy(&req.cv);
+    wait_committed(s, &req);
   } else {
     s->leader = true;
     size_t max = s->cfg.group_commit_max_batch ? s->cfg.group_commit_max_batch : SIZE_MAX;
@@ -738,13 +811,19 @@ static bp_status submit(bp_store *s, const bp_event_in *events, size_t n, bool i
         finish(group[i], BP_ESHUTDOWN);
       }
       pthread_mutex_lock(&s->wlock);
-      commit_group(s, group, refused_from);
+      hints h = {0};
+      commit_group(s, group, refused_from, &h);
       pthread_mutex_unlock(&s->wlock);
+      give_hints(s, &h);
 
       pthread_mutex_lock(&s->qlock);
       for (size_t i = 0; i < ng; i++) {
-        group[i]->done = true;
-        if (group[i] != &req) pthread_cond_signal(&group[i]->cv);
+        /* Once done is set the caller may return at once (it spun): its
+         * record is not touched after that unless it sleeps on cv, which
+         * it can only leave through qlock, held here. */
+        bool sleeping = group[i]->sleeping;
+        atomic_store_explicit(&group[i]->done, true, memory_order_release);
+        if (sleeping) pthread_cond_signal(&group[i]->cv);
       }
     }
     if (group != stack_group) free(group);
@@ -752,9 +831,20 @@ static bp_status submit(bp_store *s, const bp_event_in *events, size_t n, bool i
     pthread_cond_broadcast(&s->qidle);
     pthread_mutex_unlock(&s->qlock);
   }
-  if (hashes != one_hash) free(hashes);
+  if (prep != one_prep) free(prep);
   if (req.status) bp__set_error(&req.err);
   return req.status;
+}
+
+/* Every append call is counted while it runs (appending), so that bp_close
+ * frees the store only after the last caller, committed or refused, has let
+ * go of it: a caller still leaves qlock after its append was committed. */
+static bp_status submit(bp_store *s, const bp_event_in *events, size_t n, bool is_batch,
+                        bp_append_receipt *outs) {
+  atomic_fetch_add_explicit(&s->appending, 1, memory_order_seq_cst);
+  bp_status st = submit_counted(s, events, n, is_batch, outs);
+  atomic_fetch_sub_explicit(&s->appending, 1, memory_order_release);
+  return st;
 }
 
 /* ------------------------------------------------------------- the API */
