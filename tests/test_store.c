@@ -1294,6 +1294,89 @@ static void prefault_maps_missing_pages_and_keeps_resident_ones(void **state) {
   munmap(m, 32 * page);
 }
 
+static _Atomic int gated_fsyncs;
+static _Atomic bool fsync_gate_open;
+static int gated_fsync(int fd) {
+  atomic_fetch_add(&gated_fsyncs, 1);
+  while (!atomic_load(&fsync_gate_open)) usleep(1000);
+  return fsync(fd);
+}
+
+typedef struct drain_arg {
+  bp_store *s;
+  int n;
+  _Atomic bool started;
+  bp_status st;
+  bp_append_receipt r;
+} drain_arg;
+
+static void *append_one(void *p) {
+  drain_arg *a = p;
+  char body[16];
+  int len = snprintf(body, sizeof body, "drain %d", a->n);
+  atomic_store(&a->started, true);
+  a->st = bp_append(a->s, &ALICE, 0x1001, body, (size_t)len, &a->r);
+  return NULL;
+}
+
+static void *close_store(void *p) { return (void *)(intptr_t)bp_close(p); }
+
+/* bp_close while appends wait in the queue: the first shutdown_drain_limit of
+ * them are committed (and survive a reopen), the others fail BP_ESHUTDOWN and
+ * write nothing. The first append is held in its fsync (holding the writer)
+ * while the others queue up and bp_close begins. */
+static void close_drains_queued_appends_up_to_the_limit_and_refuses_the_rest(void **state) {
+  fixture *f = *state;
+  f->cfg.sync_every_n_events = 1;
+  f->cfg.shutdown_drain_limit = 2;
+  bp_store *s = open_ok(f);
+  append_text(s, &ALICE, "before");
+  atomic_store(&gated_fsyncs, 0);
+  atomic_store(&fsync_gate_open, false);
+  bp__os_table.fsync = gated_fsync;
+  enum { N = 6 };
+  static drain_arg a[N];
+  pthread_t th[N], closer;
+  memset(a, 0, sizeof a);
+  for (int i = 0; i < N; i++) {
+    a[i].s = s;
+    a[i].n = i;
+    pthread_create(&th[i], NULL, append_one, &a[i]);
+    if (i == 0)
+      while (atomic_load(&gated_fsyncs) == 0) usleep(1000); /* the first holds the writer */
+  }
+  for (int i = 1; i < N; i++)
+    while (!atomic_load(&a[i].started)) usleep(1000);
+  usleep(200 * 1000); /* they queue behind the first within microseconds */
+  pthread_create(&closer, NULL, close_store, s);
+  usleep(200 * 1000); /* bp_close marks the store closing at once, then waits */
+  atomic_store(&fsync_gate_open, true);
+  void *closed;
+  pthread_join(closer, &closed);
+  assert_int_equal((intptr_t)closed, BP_OK);
+  int ok = 0, refused = 0;
+  for (int i = 0; i < N; i++) {
+    pthread_join(th[i], NULL);
+    if (a[i].st == BP_OK) ok++;
+    else if (a[i].st == BP_ESHUTDOWN) refused++;
+    else fail_msg("append %d: %s", i, bp_status_name(a[i].st));
+  }
+  bp__os_table = bp__os_default;
+  assert_int_equal(a[0].st, BP_OK);
+  assert_int_equal(ok, 1 + 2);
+  assert_int_equal(refused, N - 3);
+
+  s = open_ok(f);
+  assert_int_equal(count_of(s), 1 + ok);
+  for (int i = 0; i < N; i++) {
+    if (a[i].st != BP_OK) continue;
+    bp_event *ev;
+    assert_ok(bp_get(s, a[i].r.event_id, &ev));
+    bp_event_free(ev);
+  }
+  assert_ok(bp_close(s));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       T(config_defaults_are_documented_values),
@@ -1343,6 +1426,7 @@ int main(void) {
       T(snapshot_under_concurrent_appends_is_a_consistent_prefix),
       T(snapshot_refuses_the_store_itself_and_a_full_directory),
       T(prefault_maps_missing_pages_and_keeps_resident_ones),
+      T(close_drains_queued_appends_up_to_the_limit_and_refuses_the_rest),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

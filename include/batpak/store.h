@@ -561,6 +561,7 @@ typedef struct bp_store_diagnostics {
   bp_index_layout index_layout;
   uint64_t index_tiles;          /* tiles of the scan indexes (tiled layouts) */
   uint64_t entity_count, scope_count;
+  uint64_t queued_appends;       /* appends waiting for the writer */
 } bp_store_diagnostics;
 BP_API void bp_diagnostics(bp_store *store, bp_store_diagnostics *out);
 
