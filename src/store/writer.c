@@ -122,6 +122,7 @@ static uint64_t mono_ms(void) {
  * a file system without fallocate, a failed mmap) goes through write().
  */
 #define BP__GROW_STEP (4u << 20)
+#define BP__GROW_AHEAD (1u << 20)
 #define BP__MAP_SLACK (16u << 20)
 
 /* Page hints. Making pages readable or writable ahead of the frames
@@ -205,7 +206,8 @@ static int reserve_space(bp_store *s, uint64_t end, hints *h) {
    * so every fsync would write the whole range ahead (zeros) and then
    * write-protect it again; map_writable makes pages writable a little ahead
    * of the frames. Only a hint (give_hints). */
-  h->readable_from = bp__os_page_floor(s->wcap);
+  uint64_t from = bp__os_page_floor(s->wcap);
+  if (h->readable_to <= h->readable_from) h->readable_from = from; /* else the ranges touch: one hint */
   h->readable_to = cap;
   s->wcap = cap;
   return 0;
@@ -267,6 +269,14 @@ static void start_writeback(bp_store *s, hints *h) {
 static int segment_write(bp_store *s, const uint8_t *data, size_t len, uint64_t at, hints *h) {
   if (s->wmap && at + len <= s->wmap_len) {
     int rc = reserve_space(s, at + len, h);
+    if (rc == 0 && at + len + BP__GROW_AHEAD > s->wcap) {
+      /* The next range is allocated (and its pages mapped, a hint) while
+       * BP__GROW_AHEAD bytes of this one are left, so that frames do not
+       * arrive at pages the hint has not reached yet. Only wanted: failing
+       * here fails nothing, the append that needs the space will. */
+      uint64_t ahead = at + len + BP__GROW_AHEAD;
+      (void)reserve_space(s, ahead < s->wmap_len ? ahead : s->wmap_len, h);
+    }
     if (rc == 0) {
       map_writable(s, at, at + len, h);
       memcpy(s->wmap + at, data, len);
