@@ -239,6 +239,60 @@ static void fast_and_general_frame_decoders_agree_on_damaged_bodies(void **state
   }
 }
 
+/* The writer prepares a frame's parts before its event's place is known and
+ * joins them under its lock: the result must be, byte for byte, the frame the
+ * one-pass encoder writes, for any field values (every integer width, nil
+ * causation, empty and large payloads, long names, heap-held parts). */
+static void frame_from_parts_is_byte_identical_to_the_one_pass_encoding(void **state) {
+  (void)state;
+  static uint8_t payload[3000];
+  static char name[300];
+  uint64_t x = 0x9E3779B97F4A7C15ull;
+  for (int round = 0; round < 2000; round++) {
+    x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+    bp__frame f = sample_frame();
+    size_t plen = round % 7 == 0 ? 0 : round % 11 == 0 ? 1500 + x % 1500 : x % 40;
+    for (size_t i = 0; i < plen; i++) payload[i] = (uint8_t)(x >> (i % 56)) ^ (uint8_t)i;
+    f.payload = payload;
+    f.payload_len = f.header.payload_size = (uint32_t)plen;
+    size_t nlen = round % 13 == 0 ? 31 + x % 250 : 1 + x % 30;
+    memset(name, 'a' + (int)(x % 26), nlen);
+    f.entity = name;
+    f.entity_len = nlen;
+    if (round % 3 == 0) f.header.causation_id = (bp_id){0, 0};
+    int w = round % 5; /* integer widths: fixint, 8, 16, 32, 64 bits */
+    static const uint64_t widths[5] = {0x7f, 0xff, 0xffff, 0xffffffffull, UINT64_MAX};
+    f.header.timestamp_us = (int64_t)((x >> 3) & (widths[w] >> 1));
+    f.header.position.wall_ms = (x >> 5) & widths[(w + 1) % 5];
+    f.header.position.counter = (uint16_t)(x >> 9);
+    f.header.position.depth = (uint32_t)((x >> 11) & widths[(w + 2) % 5]);
+    f.header.position.lane = (uint32_t)((x >> 13) & widths[(w + 3) % 5]);
+    f.header.position.sequence = (uint32_t)(x >> 17);
+    f.header.kind = (bp_kind)(x >> 23);
+    f.header.flags = (uint8_t)(x >> 29);
+    for (int i = 0; i < 32; i++) {
+      f.header.content_hash[i] = (uint8_t)(x >> (i % 60));
+      f.chain.prev_hash[i] = (uint8_t)(x >> ((i + 3) % 60)) ^ 0x80;
+    }
+    memcpy(f.chain.event_hash, f.header.content_hash, 32);
+
+    bp__buf one, joined;
+    bp__buf_init(&one);
+    bp__buf_init(&joined);
+    assert_ok(bp__frame_encode(&one, &f));
+    bp__frame_parts parts;
+    assert_ok(bp__frame_parts_encode(&parts, &f));
+    bp__buf_append(&joined, "xyz", 3); /* joined after other frames in the buffer */
+    assert_ok(bp__frame_encode_parts(&joined, &parts, &f.header, f.chain.prev_hash));
+    if (joined.len - 3 != one.len || memcmp(joined.data + 3, one.data, one.len) != 0)
+      fail_msg("round %d: joined frame (%zu bytes) differs from the one-pass frame (%zu bytes)", round,
+               joined.len - 3, one.len);
+    bp__frame_parts_free(&parts);
+    bp__buf_free(&one);
+    bp__buf_free(&joined);
+  }
+}
+
 static void segment_header_rejects_bad_magic_version_and_length(void **state) {
   (void)state;
   bp__segment_header h = {1, 0, 123456789, 7}, d;
@@ -395,6 +449,7 @@ int main(void) {
       cmocka_unit_test(frame_missing_or_duplicate_field_is_rejected),
       cmocka_unit_test(frame_with_wrong_types_is_rejected),
       cmocka_unit_test(fast_and_general_frame_decoders_agree_on_damaged_bodies),
+      cmocka_unit_test(frame_from_parts_is_byte_identical_to_the_one_pass_encoding),
       cmocka_unit_test(segment_header_rejects_bad_magic_version_and_length),
       cmocka_unit_test(wait_condition_trees_round_trip),
       cmocka_unit_test(wait_condition_rejects_unknown_variant_and_deep_nesting),

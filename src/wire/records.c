@@ -33,17 +33,12 @@ static uint8_t *emit_id(uint8_t *o, bp_id id) {
  * string and array headers), rounded up. */
 #define FRAME_FIXED_MAX 544
 
-void bp__frame_encode_body(bp__buf *b, const bp__frame *f) {
-  const bp_header *h = &f->header;
-  size_t room = FRAME_FIXED_MAX + 2 * f->payload_len + f->entity_len + f->scope_len;
-  if (f->payload_len > SIZE_MAX / 4 || f->entity_len > SIZE_MAX / 4 || f->scope_len > SIZE_MAX / 4) {
-    b->oom = true; /* no such frame fits in memory */
-    return;
-  }
-  if (!bp__buf_reserve(b, room)) return;
-  /* One reservation, then the fields in the writers' order (the layout
-   * bp__frame_decode_canonical reads). */
-  uint8_t *o = b->data + b->len;
+/* The body in the writers' order (the layout bp__frame_decode_canonical
+ * reads), in runs: the ids (up to the timestamp key), the scalars from the
+ * timestamp to the flags, content hash and payload (up to the hash chain),
+ * the chain, the coordinate. The writer prepares every run but the scalars
+ * and prev_hash before it knows the event's place (bp__frame_parts). */
+static uint8_t *emit_ids(uint8_t *o, const bp_header *h) {
   EMIT_LIT(o, "\x83\xa5" "event" "\x83\xa6" "header" "\x89\xa8" "event_id");
   o = emit_id(o, h->event_id);
   EMIT_LIT(o, "\xae" "correlation_id");
@@ -52,6 +47,10 @@ void bp__frame_encode_body(bp__buf *b, const bp__frame *f) {
   if (bp_id_is_nil(h->causation_id)) *o++ = 0xc0;
   else o = emit_id(o, h->causation_id);
   EMIT_LIT(o, "\xac" "timestamp_us");
+  return o;
+}
+
+static uint8_t *emit_scalars(uint8_t *o, const bp_header *h) {
   o = bp__mp_emit_int(o, h->timestamp_us);
   EMIT_LIT(o, "\xa8" "position" "\x85\xa7" "wall_ms");
   o = bp__mp_emit_uint(o, h->position.wall_ms);
@@ -68,20 +67,29 @@ void bp__frame_encode_body(bp__buf *b, const bp__frame *f) {
   EMIT_LIT(o, "\xaa" "event_kind");
   o = bp__mp_emit_uint(o, h->kind);
   EMIT_LIT(o, "\xa5" "flags");
-  o = bp__mp_emit_uint(o, h->flags);
+  return bp__mp_emit_uint(o, h->flags);
+}
+
+static uint8_t *emit_content(uint8_t *o, const bp__frame *f) {
   EMIT_LIT(o, "\xac" "content_hash");
-  o = bp__mp_emit_byte_array(o, h->content_hash, 32);
+  o = bp__mp_emit_byte_array(o, f->header.content_hash, 32);
   EMIT_LIT(o, "\xa7" "payload");
   o = bp__mp_emit_byte_array(o, f->payload, f->payload_len);
   EMIT_LIT(o, "\xaa" "hash_chain");
-  if (f->has_chain) {
-    EMIT_LIT(o, "\x82\xa9" "prev_hash");
-    o = bp__mp_emit_byte_array(o, f->chain.prev_hash, 32);
-    EMIT_LIT(o, "\xaa" "event_hash");
-    o = bp__mp_emit_byte_array(o, f->chain.event_hash, 32);
-  } else {
-    *o++ = 0xc0;
-  }
+  return o;
+}
+
+/* A chain's opening (up to the prev_hash value) and its rest (event_hash). */
+static uint8_t *emit_chain_open(uint8_t *o) {
+  EMIT_LIT(o, "\x82\xa9" "prev_hash");
+  return o;
+}
+static uint8_t *emit_chain_rest(uint8_t *o, const bp__frame *f) {
+  EMIT_LIT(o, "\xaa" "event_hash");
+  return bp__mp_emit_byte_array(o, f->chain.event_hash, 32);
+}
+
+static uint8_t *emit_coord(uint8_t *o, const bp__frame *f) {
   EMIT_LIT(o, "\xa6" "entity");
   o = bp__mp_emit_str_header(o, f->entity_len);
   if (f->entity_len) memcpy(o, f->entity, f->entity_len);
@@ -89,19 +97,43 @@ void bp__frame_encode_body(bp__buf *b, const bp__frame *f) {
   EMIT_LIT(o, "\xa5" "scope");
   o = bp__mp_emit_str_header(o, f->scope_len);
   if (f->scope_len) memcpy(o, f->scope, f->scope_len);
-  o += f->scope_len;
+  return o + f->scope_len;
+}
+
+/* The most a body can take, or 0 when no such frame fits in memory. */
+static size_t body_bound(const bp__frame *f) {
+  if (f->payload_len > SIZE_MAX / 4 || f->entity_len > SIZE_MAX / 4 || f->scope_len > SIZE_MAX / 4) return 0;
+  return FRAME_FIXED_MAX + 2 * f->payload_len + f->entity_len + f->scope_len;
+}
+
+void bp__frame_encode_body(bp__buf *b, const bp__frame *f) {
+  size_t room = body_bound(f);
+  if (room == 0) {
+    b->oom = true;
+    return;
+  }
+  if (!bp__buf_reserve(b, room)) return;
+  uint8_t *o = b->data + b->len;
+  o = emit_ids(o, &f->header);
+  o = emit_scalars(o, &f->header);
+  o = emit_content(o, f);
+  if (f->has_chain) {
+    o = emit_chain_open(o);
+    o = bp__mp_emit_byte_array(o, f->chain.prev_hash, 32);
+    o = emit_chain_rest(o, f);
+  } else {
+    *o++ = 0xc0;
+  }
+  o = emit_coord(o, f);
   b->len = (size_t)(o - b->data);
 }
 
-bp_status bp__frame_encode(bp__buf *b, const bp__frame *f) {
-  size_t start = b->len;
-  uint8_t prefix[BP__FRAME_PREFIX] = {0};
-  bp__buf_append(b, prefix, sizeof prefix);
-  bp__frame_encode_body(b, f);
+/* Writes the length and CRC in front of the body that follows at start. */
+static bp_status finish_frame(bp__buf *b, size_t start, size_t payload_len) {
   if (b->oom) {
     b->len = start;
     b->oom = false;
-    return bp__fail(BP_ENOMEM, "frame: out of memory encoding a %zu-byte payload", f->payload_len);
+    return bp__fail(BP_ENOMEM, "frame: out of memory encoding a %zu-byte payload", payload_len);
   }
   size_t body_len = b->len - start - BP__FRAME_PREFIX;
   if (body_len > UINT32_MAX) {
@@ -112,6 +144,49 @@ bp_status bp__frame_encode(bp__buf *b, const bp__frame *f) {
   bp__put_be32(p, (uint32_t)body_len);
   bp__put_be32(p + 4, bp__crc32(p + BP__FRAME_PREFIX, body_len));
   return BP_OK;
+}
+
+bp_status bp__frame_encode(bp__buf *b, const bp__frame *f) {
+  size_t start = b->len;
+  uint8_t prefix[BP__FRAME_PREFIX] = {0};
+  bp__buf_append(b, prefix, sizeof prefix);
+  bp__frame_encode_body(b, f);
+  return finish_frame(b, start, f->payload_len);
+}
+
+bp_status bp__frame_parts_encode(bp__frame_parts *p, const bp__frame *f) {
+  size_t room = body_bound(f);
+  if (room == 0) return bp__fail(BP_ENOMEM, "frame: out of memory encoding a %zu-byte payload", f->payload_len);
+  p->data = room <= sizeof p->inline_data ? p->inline_data : malloc(room);
+  if (!p->data) return bp__fail(BP_ENOMEM, "frame: out of memory encoding a %zu-byte payload", f->payload_len);
+  uint8_t *o = p->data;
+  o = emit_ids(o, &f->header);
+  p->head = (size_t)(o - p->data);
+  o = emit_chain_open(emit_content(o, f));
+  p->mid = (size_t)(o - p->data) - p->head;
+  o = emit_coord(emit_chain_rest(o, f), f);
+  p->tail = (size_t)(o - p->data) - p->head - p->mid;
+  p->payload_len = f->payload_len;
+  return BP_OK;
+}
+
+void bp__frame_parts_free(bp__frame_parts *p) {
+  if (p->data != p->inline_data) free(p->data);
+  p->data = NULL;
+}
+
+bp_status bp__frame_encode_parts(bp__buf *b, const bp__frame_parts *p, const bp_header *h, const uint8_t prev_hash[32]) {
+  size_t start = b->len;
+  /* The scalars take at most 2 + 9 * 9 bytes with their keys; the hash 67. */
+  if (!bp__buf_reserve(b, BP__FRAME_PREFIX + p->head + p->mid + p->tail + 256)) return finish_frame(b, start, p->payload_len);
+  uint8_t *o = b->data + start + BP__FRAME_PREFIX;
+  memcpy(o, p->data, p->head);
+  o = emit_scalars(o + p->head, h);
+  memcpy(o, p->data + p->head, p->mid);
+  o = bp__mp_emit_byte_array(o + p->mid, prev_hash, 32);
+  memcpy(o, p->data + p->head + p->mid, p->tail);
+  b->len = (size_t)(o + p->tail - b->data);
+  return finish_frame(b, start, p->payload_len);
 }
 
 static const bp__field position_fields[] = {

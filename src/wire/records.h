@@ -52,6 +52,26 @@ void bp__frame_encode_body(bp__buf *b, const bp__frame *f);
 /* Appends a whole frame: len, crc and body. Errors: BP_ENOMEM, BP_ELIMIT (a
  * body over 4 GiB). On error b->len is as it was. */
 bp_status bp__frame_encode(bp__buf *b, const bp__frame *f);
+/* A frame body prepared before the writer knows the event's place: every
+ * run of bytes that does not depend on the commit (ids, content hash and
+ * payload, event hash, coordinate), back to back, around the two that do
+ * (the scalars from timestamp to flags, and prev_hash). The writer encodes
+ * the parts on the appending thread and joins them under its lock. For
+ * frames with a hash chain only. */
+typedef struct bp__frame_parts {
+  uint8_t *data;            /* inline_data, or allocated for large frames */
+  size_t head, mid, tail;   /* the runs' lengths */
+  size_t payload_len;
+  uint8_t inline_data[512];
+} bp__frame_parts;
+/* Encodes the parts of f (header ids, content hash, payload, chain's
+ * event_hash, coordinate). Errors: BP_ENOMEM. */
+bp_status bp__frame_parts_encode(bp__frame_parts *p, const bp__frame *f);
+void bp__frame_parts_free(bp__frame_parts *p);
+/* Appends the whole frame (len, crc and body) from the parts and the rest of
+ * its header: byte for byte what bp__frame_encode writes for the same frame.
+ * Errors: as bp__frame_encode. */
+bp_status bp__frame_encode_parts(bp__buf *b, const bp__frame_parts *p, const bp_header *h, const uint8_t prev_hash[32]);
 /* Decodes a frame body of exactly len bytes. scratch receives the payload
  * when it is written as an integer array; with scratch NULL the payload is
  * validated and skipped (f->payload NULL, f->payload_len set).
