@@ -22,13 +22,14 @@ static void prefetch_lines(const void *p, size_t len) {
   for (uintptr_t line = (uintptr_t)p & ~(uintptr_t)63; line < end; line += 64) __builtin_prefetch((const void *)line);
 }
 
-void bp__entry_from_index(const bp_store *s, uint64_t seq, bp_entry *out) {
-  const bp__ientry *e = bp__index_at(&s->ix, seq);
+/* The entry of seq from its index record; names is the name table (any
+ * version loaded after seq became visible). */
+static inline void fill_entry(const bp__ientry *e, bp__name *const *names, uint64_t seq, bp_entry *out) {
   out->event_id = e->event_id;
   out->correlation_id = e->correlation_id;
   out->causation_id = e->causation_id;
-  out->entity = bp__index_name(&s->ix, e->entity)->str;
-  out->scope = bp__index_name(&s->ix, e->scope)->str;
+  out->entity = names[e->entity]->str;
+  out->scope = names[e->scope]->str;
   out->kind = e->kind;
   out->wall_ms = e->wall_ms;
   out->clock = e->clock;
@@ -38,6 +39,10 @@ void bp__entry_from_index(const bp_store *s, uint64_t seq, bp_entry *out) {
   out->disk_pos.offset = e->offset;
   out->disk_pos.length = e->length;
   out->global_sequence = seq;
+}
+
+void bp__entry_from_index(const bp_store *s, uint64_t seq, bp_entry *out) {
+  fill_entry(bp__index_at(&s->ix, seq), atomic_load_explicit(&s->ix.names, memory_order_acquire), seq, out);
 }
 
 static bp_status not_found(bp_id id) {
@@ -347,14 +352,12 @@ typedef struct qsink {
   void *ctx;
   bp_entries *out;          /* collecting: the array, else NULL */
   size_t cap;
-  bool streaming;           /* a large result: written around the cache */
+  bool streaming;           /* BP__STREAM_RESULT_BYTES or more: written with
+                             * non-temporal stores, which would only push the
+                             * index out of the cache (the caller reads later) */
   bool oom;
   bool stop;
 } qsink;
-
-/* Results of BP__STREAM_RESULT_BYTES or more are written with non-temporal
- * stores: they would only push the index out of the cache, and the caller
- * reads them later. */
 
 /* Makes room for n results in a collection; false when memory runs out. A
  * list of candidates reserves for all of them (deliver_list); an unfiltered
@@ -440,22 +443,8 @@ static void collect_list(const bp_store *s, const qplan *p, const uint32_t *seqs
     if (i + 2 * BP__READ_AHEAD < n) bp__prefetch_entry(s, seqs[i + 2 * BP__READ_AHEAD]);
     uint32_t seq = seqs[i];
     if (!entry_matches(s, p, seq)) continue;
-    const bp__ientry *e = bp__index_at(&s->ix, seq);
     bp_entry t;
-    t.event_id = e->event_id;
-    t.correlation_id = e->correlation_id;
-    t.causation_id = e->causation_id;
-    t.entity = names[e->entity]->str;
-    t.scope = names[e->scope]->str;
-    t.kind = e->kind;
-    t.wall_ms = e->wall_ms;
-    t.clock = e->clock;
-    memcpy(t.hash_chain.prev_hash, e->prev_hash, 32);
-    memcpy(t.hash_chain.event_hash, e->event_hash, 32);
-    t.disk_pos.segment_id = e->segment_id;
-    t.disk_pos.offset = e->offset;
-    t.disk_pos.length = e->length;
-    t.global_sequence = seq;
+    fill_entry(bp__index_at(&s->ix, seq), names, seq, &t);
     store_entry(to++, &t, k->streaming);
   }
   k->out->len = (size_t)(to - k->out->items);
