@@ -547,10 +547,11 @@ static bp_status run_planned(bp_store *s, const bp_region *r, const char *exact_
     /* No stream narrows it down: filter the scan index, then read entries. */
     if (!r || (!r->entity_prefix && !r->scope && r->fact == BP_FACT_ANY && !r->has_clock_range)) (void)reserve(k, limit);
     bp__scan_pred q = scan_pred(p);
+    const qplan matched = {NULL, true, 0, NULL}; /* the scan filter applied the region */
     uint32_t batch[1024];
     for (uint64_t seq = 0; seq < limit && !k->stop;) {
       size_t got = bp__scan_filter(&s->scan, seq, limit, &q, batch, 1024, &seq);
-      deliver_list(s, p, batch, got, k);
+      deliver_list(s, &matched, batch, got, k);
     }
   }
   return BP_OK;
