@@ -61,6 +61,7 @@ typedef struct bp__remap {
 typedef struct bp__prep {
   uint8_t hash[32];         /* the content hash */
   bp_id id;                 /* the idempotency key, or a new UUIDv7 */
+  bp_id correlation;        /* the one given, else id */
   bp__frame_parts parts;    /* the frame but for what the commit decides */
 } bp__prep;
 

@@ -138,54 +138,60 @@ static uint64_t mono_ms(void) {
  * wgen, and a hint recorded under another wgen is dropped. A frame written
  * before its pages' hint ran only takes the page faults the hint would have
  * saved. */
+typedef struct hint_range {
+  uint64_t from, to;                     /* empty when to <= from */
+} hint_range;
+
 typedef struct hints {
   uint64_t gen;
-  uint64_t readable_from, readable_to;   /* MADV_POPULATE_READ */
-  uint64_t writable_from, writable_to;   /* MADV_POPULATE_WRITE */
-  uint64_t flush_from, flush_to;         /* SYNC_FILE_RANGE_WRITE */
+  hint_range readable;                   /* MADV_POPULATE_READ */
+  hint_range writable;                   /* MADV_POPULATE_WRITE */
+  hint_range flush;                      /* SYNC_FILE_RANGE_WRITE */
 } hints;
 
-/* Adds h to the hints a leader collects over its groups: the ranges only grow
- * forward, so each kind stays one range. Hints for a segment that has gone
- * since (another gen) are dropped. */
-static bool any_hint(const hints *h) {
-  return h->readable_to > h->readable_from || h->writable_to > h->writable_from || h->flush_to > h->flush_from;
+static bool range_empty(hint_range r) { return r.to <= r.from; }
+
+/* Widens r to cover [from, to) too: the ranges a leader's groups call for
+ * only grow forward, so each kind stays one range. */
+static void range_add(hint_range *r, uint64_t from, uint64_t to) {
+  if (to <= from) return;
+  if (range_empty(*r)) {
+    *r = (hint_range){from, to};
+    return;
+  }
+  if (from < r->from) r->from = from;
+  if (to > r->to) r->to = to;
 }
 
+static bool any_hint(const hints *h) {
+  return !range_empty(h->readable) || !range_empty(h->writable) || !range_empty(h->flush);
+}
+
+/* Adds h to the hints a leader collects over its groups. Hints for a segment
+ * that has gone since (another gen) are dropped. */
 static void merge_hints(hints *acc, const hints *h) {
   if (!any_hint(h)) return;
   if (acc->gen != h->gen) {
     *acc = *h;
     return;
   }
-#define MERGE(from, to)                                      \
-  if (h->to > h->from) {                                     \
-    if (acc->to <= acc->from) {                              \
-      acc->from = h->from;                                   \
-      acc->to = h->to;                                       \
-    } else {                                                 \
-      if (h->from < acc->from) acc->from = h->from;          \
-      if (h->to > acc->to) acc->to = h->to;                  \
-    }                                                        \
-  }
-  MERGE(readable_from, readable_to)
-  MERGE(writable_from, writable_to)
-  MERGE(flush_from, flush_to)
-#undef MERGE
+  range_add(&acc->readable, h->readable.from, h->readable.to);
+  range_add(&acc->writable, h->writable.from, h->writable.to);
+  range_add(&acc->flush, h->flush.from, h->flush.to);
 }
 
 static void give_hints(bp_store *s, const hints *h) {
   if (!any_hint(h)) return;
   pthread_mutex_lock(&s->hint_lock);
   if (s->wgen == h->gen && s->wmap) {
-    if (h->readable_to > h->readable_from)
-      madvise(s->wmap + h->readable_from, (size_t)(h->readable_to - h->readable_from), BP__MADV_POPULATE_READ);
-    if (h->writable_to > h->writable_from)
-      madvise(s->wmap + h->writable_from, (size_t)(h->writable_to - h->writable_from), BP__MADV_POPULATE_WRITE);
+    if (!range_empty(h->readable))
+      madvise(s->wmap + h->readable.from, (size_t)(h->readable.to - h->readable.from), BP__MADV_POPULATE_READ);
+    if (!range_empty(h->writable))
+      madvise(s->wmap + h->writable.from, (size_t)(h->writable.to - h->writable.from), BP__MADV_POPULATE_WRITE);
   }
 #ifdef SYNC_FILE_RANGE_WRITE
-  if (s->wgen == h->gen && s->wfd >= 0 && h->flush_to > h->flush_from)
-    sync_file_range(s->wfd, (off64_t)h->flush_from, (off64_t)(h->flush_to - h->flush_from), SYNC_FILE_RANGE_WRITE);
+  if (s->wgen == h->gen && s->wfd >= 0 && !range_empty(h->flush))
+    sync_file_range(s->wfd, (off64_t)h->flush.from, (off64_t)(h->flush.to - h->flush.from), SYNC_FILE_RANGE_WRITE);
 #endif
   pthread_mutex_unlock(&s->hint_lock);
 }
@@ -237,9 +243,7 @@ static int reserve_space(bp_store *s, uint64_t end, hints *h) {
    * so every fsync would write the whole range ahead (zeros) and then
    * write-protect it again; map_writable makes pages writable a little ahead
    * of the frames. Only a hint (give_hints). */
-  uint64_t from = bp__os_page_floor(s->wcap);
-  if (h->readable_to <= h->readable_from) h->readable_from = from; /* else the ranges touch: one hint */
-  h->readable_to = cap;
+  range_add(&h->readable, bp__os_page_floor(s->wcap), cap);
   s->wcap = cap;
   return 0;
 }
@@ -265,10 +269,7 @@ static void map_writable(bp_store *s, uint64_t at, uint64_t end, hints *h) {
   if (s->wpop > from) from = s->wpop;
   uint64_t to = bp__os_page_ceil(end + step);
   if (to > s->wcap) to = s->wcap;
-  if (to > from) {
-    h->writable_from = from;
-    h->writable_to = to;
-  }
+  range_add(&h->writable, from, to);
   s->wpop = to;
 }
 
@@ -291,8 +292,7 @@ static void synced(bp_store *s) {
 static void start_writeback(bp_store *s, hints *h) {
   uint64_t full = bp__os_page_floor(s->wsize);
   if (s->cfg.sync_every_n_events <= 1 || full < s->wflushed + BP__FLUSH_STEP) return;
-  h->flush_from = s->wflushed;
-  h->flush_to = full;
+  range_add(&h->flush, s->wflushed, full);
   s->wflushed = full;
 }
 
@@ -537,7 +537,7 @@ static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
     memset(&f, 0, sizeof f);
     bp_header *h = &f.header;
     h->event_id = req->prep[i].id;
-    h->correlation_id = bp_id_is_nil(o->correlation_id) ? h->event_id : o->correlation_id;
+    h->correlation_id = req->prep[i].correlation;
     h->causation_id = o->causation_id;
     h->timestamp_us = ts;
     uint64_t wall = ts_ms > ent->last_wall_ms ? ts_ms : ent->last_wall_ms;
@@ -754,16 +754,18 @@ static void wait_committed(bp_store *s, bp__req *r) {
 }
 
 /* Works out what an event's append needs that no lock protects: its content
- * hash, its id and the parts of its frame (all but the timestamp, position,
- * flags and prev_hash, which the commit decides). */
+ * hash, its id and correlation (its own id when none is given), and the parts
+ * of its frame (all but the timestamp, position, flags and prev_hash, which
+ * the commit decides). */
 static bp_status prepare(const bp_event_in *ev, bp__prep *p) {
   bp_compute_hash(ev->payload, ev->len, p->hash);
   const bp_append_options *o = &ev->opts;
   p->id = bp_id_is_nil(o->idempotency_key) ? bp_id_v7() : o->idempotency_key;
+  p->correlation = bp_id_is_nil(o->correlation_id) ? p->id : o->correlation_id;
   bp__frame f;
   memset(&f, 0, sizeof f);
   f.header.event_id = p->id;
-  f.header.correlation_id = bp_id_is_nil(o->correlation_id) ? p->id : o->correlation_id;
+  f.header.correlation_id = p->correlation;
   f.header.causation_id = o->causation_id;
   memcpy(f.header.content_hash, p->hash, 32);
   f.payload = ev->payload;
