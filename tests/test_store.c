@@ -10,6 +10,9 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
@@ -862,27 +865,135 @@ static void failed_space_reservation_fails_eio_and_restarts(void **state) {
 }
 
 /* A crash leaves the space allocated ahead as zeros after the last frame: a
- * reopen reads it as the end of the frames, not as damage. */
+ * reopen reads it as the end of the frames, not as damage. Both ways of
+ * allocating it: fallocate for the mapped segment (sync every 1000) and
+ * zeros written ahead when every event is fsynced. */
 static void space_allocated_ahead_is_not_a_torn_tail(void **state) {
   fixture *f = *state;
-  pid_t pid = fork();
-  if (pid == 0) {
-    bp_store *s;
-    if (bp_open(&f->cfg, &s)) _exit(2);
-    bp_append_receipt r;
-    for (int i = 0; i < 10; i++)
-      if (bp_append(s, &ALICE, 0x1001, "x", 1, &r)) _exit(3);
-    _exit(0);
+  const uint32_t sync_every[2] = {1000, 1};
+  for (int m = 0; m < 2; m++) {
+    tu_remove_tree(f->dir);
+    f->cfg.sync_every_n_events = sync_every[m];
+    pid_t pid = fork();
+    if (pid == 0) {
+      bp_store *s;
+      if (bp_open(&f->cfg, &s)) _exit(2);
+      bp_append_receipt r;
+      for (int i = 0; i < 10; i++)
+        if (bp_append(s, &ALICE, 0x1001, "x", 1, &r)) _exit(3);
+      _exit(0);
+    }
+    int status;
+    waitpid(pid, &status, 0);
+    assert_int_equal(WEXITSTATUS(status), 0);
+    if (file_size(f->dir, "000001.fbat") < 64 * 1024)
+      fail_msg("sync every %u: the segment is %lld bytes, no space allocated ahead", sync_every[m],
+               (long long)file_size(f->dir, "000001.fbat"));
+    bp_store *s = open_ok(f);
+    bp_store_diagnostics d;
+    bp_diagnostics(s, &d);
+    assert_int_equal(count_of(s), 10);
+    assert_int_equal(d.torn_bytes_dropped, 0);
+    assert_ok(bp_close(s));
   }
-  int status;
-  waitpid(pid, &status, 0);
-  assert_int_equal(WEXITSTATUS(status), 0);
+}
+
+/* Whether any extent of fd's first len bytes is allocated but unwritten
+ * (fallocate), by FIEMAP: 1, 0, or -1 where the file system cannot tell. */
+static int has_unwritten_extent(int fd, off_t len) {
+  enum { N = 64 };
+  union {
+    struct fiemap map;
+    char room[sizeof(struct fiemap) + N * sizeof(struct fiemap_extent)];
+  } u;
+  memset(&u, 0, sizeof u);
+  u.map.fm_length = (uint64_t)len;
+  u.map.fm_flags = FIEMAP_FLAG_SYNC;
+  u.map.fm_extent_count = N;
+  if (ioctl(fd, FS_IOC_FIEMAP, &u.map) != 0) return -1;
+  for (uint32_t i = 0; i < u.map.fm_mapped_extents; i++)
+    if (u.map.fm_extents[i].fe_flags & FIEMAP_EXTENT_UNWRITTEN) return 1;
+  return 0;
+}
+
+/* With every event fsynced, frames are written over zeros written ahead of
+ * them: the file reaches past the frames, the bytes after them are zero, and
+ * no part of it is an unwritten extent that an fsync would have to convert.
+ * The mapped segment of sync every 1000, for contrast, is fallocated ahead. */
+static void durable_appends_land_on_zeros_written_ahead(void **state) {
+  fixture *f = *state;
+  f->cfg.sync_every_n_events = 1;
   bp_store *s = open_ok(f);
+  for (int i = 0; i < 20; i++) append_text(s, &ALICE, "durable");
   bp_store_diagnostics d;
   bp_diagnostics(s, &d);
-  assert_int_equal(count_of(s), 10);
-  assert_int_equal(d.torn_bytes_dropped, 0);
+  char path[4200];
+  snprintf(path, sizeof path, "%s/000001.fbat", f->dir);
+  int fd = open(path, O_RDONLY);
+  assert_true(fd >= 0);
+  struct stat sb;
+  assert_int_equal(fstat(fd, &sb), 0);
+  if ((uint64_t)sb.st_size < d.active_segment_bytes + 64 * 1024)
+    fail_msg("segment of %lld bytes for %llu bytes of frames: no zeros ahead", (long long)sb.st_size,
+             (unsigned long long)d.active_segment_bytes);
+  size_t tail = (size_t)sb.st_size - (size_t)d.active_segment_bytes;
+  uint8_t *buf = malloc(tail);
+  assert_int_equal(pread(fd, buf, tail, (off_t)d.active_segment_bytes), (ssize_t)tail);
+  for (size_t i = 0; i < tail; i++)
+    if (buf[i]) fail_msg("byte %zu after the frames is 0x%02x, not zero", i, buf[i]);
+  free(buf);
+  int unwritten = has_unwritten_extent(fd, sb.st_size);
+  close(fd);
   assert_ok(bp_close(s));
+  if (unwritten < 0) {
+    print_message("FIEMAP not supported here: extents not checked\n");
+    return;
+  }
+  assert_int_equal(unwritten, 0);
+
+  /* The contrast: a mapped segment's space ahead is fallocated. */
+  tu_remove_tree(f->dir);
+  f->cfg.sync_every_n_events = 1000;
+  s = open_ok(f);
+  append_text(s, &ALICE, "mapped");
+  fd = open(path, O_RDONLY);
+  assert_true(fd >= 0);
+  assert_int_equal(fstat(fd, &sb), 0);
+  unwritten = has_unwritten_extent(fd, sb.st_size);
+  close(fd);
+  assert_ok(bp_close(s));
+  assert_int_equal(unwritten, 1);
+}
+
+/* Failing to write the zeros ahead fails no append: the frames extend the
+ * file themselves, and every one is there after a reopen. */
+static int fail_zero_writes;
+static ssize_t failing_zero_pwritev(int fd, const struct iovec *iov, int cnt, off_t off) {
+  if (fail_zero_writes > 0 && iov[0].iov_len >= 64 * 1024) {
+    fail_zero_writes--;
+    errno = ENOSPC;
+    return -1;
+  }
+  return pwritev(fd, iov, cnt, off);
+}
+
+static void a_failed_write_of_zeros_ahead_fails_no_append(void **state) {
+  fixture *f = *state;
+  f->cfg.sync_every_n_events = 1;
+  bp_store *s = open_ok(f);
+  bp__os_table.pwritev = failing_zero_pwritev;
+  fail_zero_writes = 1000;
+  for (int i = 0; i < 10; i++) append_text(s, &ALICE, "no zeros");
+  assert_true(fail_zero_writes < 1000); /* the zeros were tried, and refused */
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(file_size(f->dir, "000001.fbat"), (off_t)d.active_segment_bytes);
+  assert_ok(bp_close(s));
+  bp__os_table = bp__os_default;
+  s = open_ok(f);
+  assert_int_equal(count_of(s), 10);
+  assert_ok(bp_close(s));
+  tu_assert_verifies(f->dir, "zeros refused");
 }
 
 static void bp_sync_forces_durability(void **state) {
@@ -1415,6 +1526,8 @@ int main(void) {
       T(failed_fsync_fails_the_append_and_keeps_earlier_events),
       T(failed_space_reservation_fails_eio_and_restarts),
       T(space_allocated_ahead_is_not_a_torn_tail),
+      T(durable_appends_land_on_zeros_written_ahead),
+      T(a_failed_write_of_zeros_ahead_fails_no_append),
       T(bp_sync_forces_durability),
       T(readonly_open_reads_and_refuses_appends),
       T(wall_clock_never_goes_backwards_for_an_entity),

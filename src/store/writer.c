@@ -122,7 +122,15 @@ static uint64_t mono_ms(void) {
  * length of 0 is never valid). Sealing truncates the file to its frames and
  * footer. Anything the mapping cannot take (a frame past the mapped window,
  * a file system without fallocate, a failed mmap) goes through write().
+ *
+ * Not when every event is fsynced (sync_every_n_events at most
+ * BP__WRITE_SYNCS): each fsync write-protects the page being filled, so the
+ * next frame's copy takes a page fault that costs more than a write() call,
+ * and frames written with write() can land on zeros written ahead (see
+ * zero_ahead), where the fsync has no journal to commit. With 1 thread and 8
+ * in group commit, durable appends went 18% and 32% faster.
  */
+#define BP__WRITE_SYNCS 1
 #define BP__GROW_STEP (4u << 20)
 #define BP__GROW_AHEAD (1u << 20)
 #define BP__MAP_SLACK (16u << 20)
@@ -296,6 +304,29 @@ static void start_writeback(bp_store *s, hints *h) {
   s->wflushed = full;
 }
 
+/*
+ * Frames that go through write() land on zeros written ahead of them, not at
+ * the end of the file: an fsync after a write that extends the file (or fills
+ * an fallocated, still unwritten range) must also commit the file system's
+ * journal for the new size or extents, while one after overwriting written
+ * blocks only writes the data (ext4 here: the fsync of a group of seven
+ * frames, two pages, took half the time; of a single frame a fifth less).
+ * The zeros go BP__ZERO_STEP at a time, once the frames come within
+ * BP__ZERO_AHEAD of them; failing to write them fails nothing (the frame's
+ * own write reports a full disk). A crash may leave zeros after the last
+ * frame, as fallocate does.
+ */
+#define BP__ZERO_STEP (128u << 10)
+#define BP__ZERO_AHEAD (64u << 10)
+
+static void zero_ahead(bp_store *s, uint64_t end) {
+  static const uint8_t zeros[BP__ZERO_STEP];
+  if (end + BP__ZERO_AHEAD <= s->wcap) return;
+  uint64_t from = end > s->wcap ? end : s->wcap;
+  struct iovec iov = {(void *)zeros, sizeof zeros};
+  if (bp__os_write_all(s->wfd, &iov, 1, from) == 0) s->wcap = from + sizeof zeros;
+}
+
 /* Hands len bytes at offset at of the active segment to the operating system. */
 static int segment_write(bp_store *s, const uint8_t *data, size_t len, uint64_t at, hints *h) {
   if (s->wmap && at + len <= s->wmap_len) {
@@ -317,6 +348,7 @@ static int segment_write(bp_store *s, const uint8_t *data, size_t len, uint64_t 
     bp__log(s, BP_LOG_DEBUG, "segment %06" PRIu64 ": no fallocate; appends use write()", s->wseg);
     unmap_segment(s);
   }
+  zero_ahead(s, at + len);
   struct iovec iov = {(void *)data, len};
   int rc = bp__os_write_all(s->wfd, &iov, 1, at);
   if (!rc && at + len > s->wcap) s->wcap = at + len;
@@ -367,7 +399,7 @@ static bp_status writer_open_segment(bp_store *s) {
   s->wpop = 0;
   s->wflushed = 0;
   s->wseg_first = s->ix.count;
-  map_segment(s);
+  if (s->cfg.sync_every_n_events > BP__WRITE_SYNCS) map_segment(s);
   bp__log(s, BP_LOG_DEBUG, "segment %06" PRIu64 " started", id);
   return BP_OK;
 }
