@@ -5,7 +5,7 @@ set -euo pipefail
 dir=${1:?usage: run-fuzzers.sh BUILD_FUZZ_DIR SECONDS}
 seconds=${2:-10}
 root=$(cd "$(dirname "$0")/.." && pwd)
-for target in fuzz_msgpack fuzz_frame fuzz_json fuzz_store fuzz_import; do
+for target in fuzz_msgpack fuzz_frame fuzz_checkpoint fuzz_json fuzz_store fuzz_import; do
   corpus="$root/fuzz/corpus/${target#fuzz_}"
   work=$(mktemp -d)
   cp -r "$corpus"/. "$work"/

@@ -5,6 +5,7 @@
  */
 #include "testutil.h"
 #include "store/os.h"
+#include "store/store_impl.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -651,6 +652,123 @@ static void truncated_checkpoint_is_rebuilt(void **state) {
   bp_store *s = open_ok(f);
   assert_int_equal(count_of(s), 5);
   assert_ok(bp_close(s));
+}
+
+/* A value of a random bit length (so that every integer width occurs), at most max. */
+static uint64_t any_width(uint64_t *x, uint64_t max) {
+  *x ^= *x << 13;
+  *x ^= *x >> 7;
+  *x ^= *x << 17;
+  unsigned bits = (unsigned)(*x % 65);
+  uint64_t v = bits == 64 ? *x : *x & ((1ull << bits) - 1);
+  return v > max ? max : v;
+}
+
+/* Checkpoint entries in the writers' layout read the same by the one-pass
+ * reader and the general one, field for field, over every integer width and
+ * both forms of causation; entries in other valid layouts (keys in another
+ * order, wide integers, bin hashes) fall back to the general reader and read
+ * the same too. */
+static void checkpoint_entries_read_alike_on_both_paths(void **state) {
+  (void)state;
+  uint64_t x = 0x9e3779b97f4a7c15ull;
+  for (int i = 0; i < 2000; i++) {
+    bp__ientry e;
+    memset(&e, 0, sizeof e);
+    e.event_id = bp_id_v7();
+    e.correlation_id = i % 3 ? bp_id_v7() : e.event_id;
+    if (i % 2) e.causation_id = bp_id_v7();
+    e.entity = (uint32_t)any_width(&x, UINT32_MAX);
+    e.scope = (uint32_t)any_width(&x, UINT32_MAX);
+    e.kind = (bp_kind)any_width(&x, UINT16_MAX);
+    e.wall_ms = any_width(&x, UINT64_MAX);
+    e.clock = (uint32_t)any_width(&x, UINT32_MAX);
+    for (int k = 0; k < 32; k++) {
+      e.prev_hash[k] = (uint8_t)any_width(&x, 255);
+      e.event_hash[k] = (uint8_t)any_width(&x, 255);
+    }
+    e.segment_id = (uint32_t)any_width(&x, UINT32_MAX);
+    e.offset = any_width(&x, UINT64_MAX);
+    e.length = (uint32_t)any_width(&x, UINT32_MAX);
+    uint64_t seq = any_width(&x, UINT64_MAX);
+    bp__buf b;
+    bp__buf_init(&b);
+    bp__checkpoint_put_entry(&b, &e, seq);
+    assert_false(b.oom);
+    bp__mp_reader fast, general;
+    bp__mp_reader_init(&fast, b.data, b.len);
+    bp__mp_reader_init(&general, b.data, b.len);
+    bp__ientry ef, eg;
+    uint64_t sf, sg;
+    assert_ok(bp__checkpoint_read_entry(&fast, &ef, &sf));
+    assert_ok(bp__checkpoint_read_entry_general(&general, &eg, &sg));
+    if (memcmp(&ef, &e, sizeof e) != 0 || sf != seq) fail_msg("entry %d: the one-pass reader differs", i);
+    if (memcmp(&eg, &e, sizeof e) != 0 || sg != seq) fail_msg("entry %d: the general reader differs", i);
+    assert_ptr_equal(fast.p, fast.end);
+    bp__buf_free(&b);
+  }
+
+  /* Other valid layouts of one entry: entity_id and scope_id swapped; the
+   * clock as a uint64; prev_hash as bin8. */
+  bp__ientry e;
+  memset(&e, 0, sizeof e);
+  e.event_id = bp_id_v7();
+  e.correlation_id = e.event_id;
+  e.entity = 1;
+  e.scope = 2;
+  e.kind = 0x1001;
+  e.wall_ms = 1764150000000ull;
+  e.clock = 7;
+  memset(e.prev_hash, 0xab, 32);
+  memset(e.event_hash, 0xcd, 32);
+  e.segment_id = 1;
+  e.offset = 70000;
+  e.length = 468;
+  bp__buf b;
+  bp__buf_init(&b);
+  bp__checkpoint_put_entry(&b, &e, 9);
+  const struct {
+    const char *what, *from;
+    size_t from_len;
+    const char *to;
+    size_t to_len;
+  } edits[] = {
+      {"keys swapped", "\xa9" "entity_id" "\x01" "\xa8" "scope_id" "\x02", 21,
+       "\xa8" "scope_id" "\x02" "\xa9" "entity_id" "\x01", 21},
+      {"wide clock", "\xa5" "clock" "\x07", 7, "\xa5" "clock" "\xcf\0\0\0\0\0\0\0\x07", 15},
+      {"bin hash", "\xa9" "prev_hash" "\xdc\x00\x20", 13, "\xa9" "prev_hash" "\xc4\x20", 12},
+  };
+  for (size_t k = 0; k < sizeof edits / sizeof edits[0]; k++) {
+    uint8_t *at = memmem(b.data, b.len, edits[k].from, edits[k].from_len);
+    assert_non_null(at);
+    size_t before = (size_t)(at - b.data);
+    size_t tail_from = before + edits[k].from_len;
+    size_t rest = b.len - tail_from;
+    if (k == 2) rest -= 32 * 2; /* the 32 integers 0xcc 0xab */
+    uint8_t v[512];
+    size_t n = 0;
+    memcpy(v, b.data, before);
+    n = before;
+    memcpy(v + n, edits[k].to, edits[k].to_len);
+    n += edits[k].to_len;
+    if (k == 2) {
+      memset(v + n, 0xab, 32);
+      n += 32;
+      memcpy(v + n, b.data + tail_from + 64, rest);
+    } else {
+      memcpy(v + n, b.data + tail_from, rest);
+    }
+    n += rest;
+    bp__mp_reader r;
+    bp__mp_reader_init(&r, v, n);
+    bp__ientry got;
+    uint64_t seq;
+    bp_status st = bp__checkpoint_read_entry(&r, &got, &seq);
+    if (st) fail_msg("%s: %s", edits[k].what, bp_last_error()->message);
+    if (memcmp(&got, &e, sizeof e) != 0 || seq != 9) fail_msg("%s: the entry reads differently", edits[k].what);
+    assert_ptr_equal(r.p, r.end);
+  }
+  bp__buf_free(&b);
 }
 
 static void lying_sidx_footer_is_ignored_for_a_scan(void **state) {
@@ -1501,6 +1619,7 @@ int main(void) {
       T(append_json_stores_msgpack_and_reads_back_json),
       T(reaction_carries_correlation_and_causation),
       T(reopen_by_checkpoint_sidx_and_scan_gives_the_same_store),
+      T(checkpoint_entries_read_alike_on_both_paths),
       T(process_exit_without_close_loses_nothing),
       T(rotation_seals_segments_at_the_size_limit),
       T(oversized_payload_fails_elimit_and_writes_nothing),

@@ -16,6 +16,7 @@
  * error that stops the store from opening.
  */
 #include "store/store_impl.h"
+#include "wire/canon.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -28,7 +29,7 @@
 #define CKPT_VERSION 2
 #define CKPT_HEADER 12
 
-static void put_entry(bp__buf *b, const bp__ientry *e, uint64_t seq) {
+void bp__checkpoint_put_entry(bp__buf *b, const bp__ientry *e, uint64_t seq) {
   bp__mp_put_map(b, 14);
   bp__mp_put_lit(b, "event_id");
   bp__mp_put_id(b, e->event_id);
@@ -107,7 +108,7 @@ bp_status bp__checkpoint_write_at(bp_store *s, uint64_t n, uint64_t wm_seg, uint
   }
   bp__mp_put_lit(&b, "entries");
   bp__mp_put_array(&b, (uint32_t)n);
-  for (uint64_t seq = 0; seq < n && !b.oom; seq++) put_entry(&b, bp__index_at(&s->ix, seq), seq);
+  for (uint64_t seq = 0; seq < n && !b.oom; seq++) bp__checkpoint_put_entry(&b, bp__index_at(&s->ix, seq), seq);
   if (b.oom) {
     bp__buf_free(&b);
     return bp__fail(BP_ENOMEM, "checkpoint: out of memory");
@@ -146,7 +147,7 @@ static const bp__field entry_fields[] = {
     BP__FIELD("clock"), BP__FIELD("prev_hash"), BP__FIELD("event_hash"), BP__FIELD("segment_id"),
     BP__FIELD("offset"), BP__FIELD("length"), BP__FIELD("global_sequence")};
 
-static bp_status read_entry(bp__mp_reader *r, bp__ientry *e, uint64_t *seq) {
+bp_status bp__checkpoint_read_entry_general(bp__mp_reader *r, bp__ientry *e, uint64_t *seq) {
   uint32_t n;
   bp_status st = bp__mp_read_map(r, &n);
   unsigned seen = 0;
@@ -191,6 +192,49 @@ static bp_status read_entry(bp__mp_reader *r, bp__ientry *e, uint64_t *seq) {
 /* A mapped checkpoint is read twice, front to back (CRC, then decode). Pages
  * already read are released as the reading moves on, so that the file does
  * not add its whole size to the process's resident memory. */
+/* An entry in the canonical layout (wire/canon.h), read in one pass: true,
+ * with *e and *seq as the general reader gives them and *pp past the entry, or false
+ * (nothing recorded, *pp unmoved) for anything else, which the general
+ * reader reads. */
+static bool canon_entry(const uint8_t **pp, const uint8_t *end, bp__ientry *e, uint64_t *seq) {
+  canon c = {*pp, end};
+  memset(e, 0, sizeof *e);
+  if (!CANON_LIT(&c, "\x8e\xa8" "event_id") || !canon_id(&c, &e->event_id) ||
+      !CANON_LIT(&c, "\xae" "correlation_id") || !canon_id(&c, &e->correlation_id) ||
+      !CANON_LIT(&c, "\xac" "causation_id"))
+    return false;
+  if (c.p < c.end && *c.p == 0xc0) c.p++;
+  else if (!canon_id(&c, &e->causation_id)) return false;
+  if (!CANON_LIT(&c, "\xa9" "entity_id")) return false;
+  CANON_UINT(&c, UINT32_MAX, e->entity);
+  if (!CANON_LIT(&c, "\xa8" "scope_id")) return false;
+  CANON_UINT(&c, UINT32_MAX, e->scope);
+  if (!CANON_LIT(&c, "\xa4" "kind")) return false;
+  CANON_UINT(&c, UINT16_MAX, e->kind);
+  if (!CANON_LIT(&c, "\xa7" "wall_ms")) return false;
+  CANON_UINT(&c, UINT64_MAX, e->wall_ms);
+  if (!CANON_LIT(&c, "\xa5" "clock")) return false;
+  CANON_UINT(&c, UINT32_MAX, e->clock);
+  if (!CANON_LIT(&c, "\xa9" "prev_hash") || !canon_hash(&c, e->prev_hash) ||
+      !CANON_LIT(&c, "\xaa" "event_hash") || !canon_hash(&c, e->event_hash) ||
+      !CANON_LIT(&c, "\xaa" "segment_id"))
+    return false;
+  CANON_UINT(&c, UINT32_MAX, e->segment_id);
+  if (!CANON_LIT(&c, "\xa6" "offset")) return false;
+  CANON_UINT(&c, UINT64_MAX, e->offset);
+  if (!CANON_LIT(&c, "\xa6" "length")) return false;
+  CANON_UINT(&c, UINT32_MAX, e->length);
+  if (!CANON_LIT(&c, "\xaf" "global_sequence")) return false;
+  CANON_UINT(&c, UINT64_MAX, *seq);
+  *pp = c.p;
+  return true;
+}
+
+bp_status bp__checkpoint_read_entry(bp__mp_reader *r, bp__ientry *e, uint64_t *seq) {
+  if (canon_entry(&r->p, r->end, e, seq)) return BP_OK;
+  return bp__checkpoint_read_entry_general(r, e, seq);
+}
+
 #define RELEASE_STEP (4u << 20)
 
 static void release_before(const uint8_t *base, size_t *released, size_t upto, bool mapped) {
@@ -305,7 +349,7 @@ bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off) {
           uint64_t seq;
           uint32_t at = j + got;
           if ((at & 1023) == 0) release_before(data, &released, (size_t)(r.p - data), mapped);
-          if ((st = read_entry(&r, e, &seq))) break;
+          if ((st = bp__checkpoint_read_entry(&r, e, &seq))) break;
           if (!g || g->id != e->segment_id) g = segment_of(s, e->segment_id);
           if (seq != at) st = bp__fail(BP_ECORRUPT, "checkpoint: entry %u has global sequence %" PRIu64, at, seq);
           else if (e->entity >= nstr || e->scope >= nstr)

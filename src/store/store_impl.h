@@ -236,6 +236,14 @@ bp_status bp__checkpoint_write_at(bp_store *s, uint64_t n, uint64_t wm_seg, uint
 /* Restores the index from index.ckpt. On success *wm_seg and *wm_off hold the
  * watermark. Any problem returns an error (the caller rebuilds instead). */
 bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off);
+/* One entry of the checkpoint's entries array: the canonical layout in one
+ * pass where it is that, else field by field (every valid encoding). The
+ * general reader alone, for the fuzz target that checks that both agree. The
+ * entity and scope are the checkpoint's string ids. Errors: BP_ESERIAL. */
+bp_status bp__checkpoint_read_entry(bp__mp_reader *r, bp__ientry *e, uint64_t *seq);
+bp_status bp__checkpoint_read_entry_general(bp__mp_reader *r, bp__ientry *e, uint64_t *seq);
+/* Appends one entry as every writer lays it out. */
+void bp__checkpoint_put_entry(bp__buf *b, const bp__ientry *e, uint64_t seq);
 
 /* ---- writer (writer.c) ---- */
 bp_status bp__writer_seal(bp_store *s);
