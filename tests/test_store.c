@@ -787,6 +787,24 @@ static void lying_sidx_footer_is_ignored_for_a_scan(void **state) {
   assert_ok(bp_close(s));
 }
 
+/* A footer whose trailer claims four billion events, in a store of several
+ * segments (whose footers size the index before any is loaded): the claim is
+ * not believed, memory is not reserved for it, the segment is scanned. */
+static void footer_claiming_billions_of_events_is_scanned(void **state) {
+  fixture *f = *state;
+  f->cfg.enable_checkpoint = false;
+  f->cfg.segment_max_bytes = 2048;
+  make_store(f, 12);
+  assert_true(file_size(f->dir, "000002.fbat") > 0);
+  for (int i = -8; i < -4; i++) write_file_byte(f->dir, "000001.fbat", i, 0xff);
+  bp_store *s = open_ok(f);
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.segments_scanned, 1);
+  assert_int_equal(count_of(s), 12);
+  assert_ok(bp_close(s));
+}
+
 static void truncated_sidx_footer_is_ignored_for_a_scan(void **state) {
   fixture *f = *state;
   f->cfg.enable_checkpoint = false;
@@ -1637,6 +1655,7 @@ int main(void) {
       T(corrupt_checkpoint_is_rebuilt_not_fatal),
       T(truncated_checkpoint_is_rebuilt),
       T(lying_sidx_footer_is_ignored_for_a_scan),
+      T(footer_claiming_billions_of_events_is_scanned),
       T(truncated_sidx_footer_is_ignored_for_a_scan),
       T(bad_frame_in_a_sealed_segment_fails_unless_salvaged),
       T(crc_mismatch_on_read_fails_ecrc),

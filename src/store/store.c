@@ -154,7 +154,10 @@ static uint64_t footer_counts(bp_store *s, const uint64_t *ids, size_t n, size_t
   for (size_t i = from; i < n; i++) {
     bp__segfile f;
     if (bp__segfile_open(s, ids[i], &f) != BP_OK) continue; /* the load reports it */
-    if (f.has_trailer) total += bp__get_le32(f.trailer + 8);
+    /* A count whose entries cannot fit the file is not believed (the load
+     * scans that segment): memory is reserved for what is there. */
+    uint64_t count = f.has_trailer ? bp__get_le32(f.trailer + 8) : 0;
+    if (count * BP__SIDX_ENTRY_SIZE <= f.size) total += count;
     bp__segfile_close(&f);
   }
   return total;
