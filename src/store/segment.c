@@ -393,6 +393,47 @@ bp_status bp__recover_entry(bp_store *s, bp__ientry *e) {
 
 /* Reads the footer into entries; false (with a log line saying why) when it
  * is inconsistent with the file. */
+/* The bytes of a segment file from offset `from` to its end, for reading a
+ * footer: mapped from the page cache where the platform allows (no copy and
+ * no fresh memory to fault in and zero, which cost more than reading the
+ * footer), else read into a buffer. at[x] is the byte at file offset x. */
+typedef struct tail_bytes {
+  uint8_t *base;
+  size_t len;
+  bool mapped;
+  const uint8_t *at;
+} tail_bytes;
+
+static bool tail_open(const bp__segfile *f, uint64_t from, tail_bytes *t) {
+  uint64_t map_from = bp__os_page_floor(from);
+  t->len = (size_t)(f->size - map_from);
+  void *m = bp__os_table.mmap(NULL, t->len, PROT_READ, MAP_PRIVATE | MAP_POPULATE, f->fd, (off_t)map_from);
+  if (m != MAP_FAILED) {
+    t->base = m;
+    t->mapped = true;
+    t->at = t->base - map_from;
+    return true;
+  }
+  t->len = (size_t)(f->size - from);
+  t->mapped = false;
+  t->base = malloc(t->len ? t->len : 1);
+  if (!t->base) return false;
+  if (bp__os_read_all(f->fd, t->base, t->len, from) != 0) {
+    free(t->base);
+    t->base = NULL;
+    return false;
+  }
+  t->at = t->base - from;
+  return true;
+}
+
+static void tail_close(tail_bytes *t) {
+  if (!t->base) return;
+  if (t->mapped) bp__os_table.munmap(t->base, t->len);
+  else free(t->base);
+  t->base = NULL;
+}
+
 static bool load_sidx(bp_store *s, const bp__segfile *f) {
   size_t size = f->size;
   if (size < f->frames_start + BP__SIDX_TRAILER_SIZE) return false;
@@ -401,7 +442,7 @@ static bool load_sidx(bp_store *s, const bp__segfile *f) {
   uint64_t count = bp__get_le32(t + 8);
   const char *why = NULL;
   uint64_t entries_at = 0;
-  uint8_t *footer = NULL;
+  tail_bytes footer = {0};
   const uint8_t *d = NULL;   /* d[x] is file offset x, valid for x >= st_off */
   uint32_t *ids = NULL;
   if (st_off < f->frames_start || st_off > size - BP__SIDX_TRAILER_SIZE) why = "string table offset out of range";
@@ -409,10 +450,8 @@ static bool load_sidx(bp_store *s, const bp__segfile *f) {
   if (why) goto reject;
   entries_at = size - BP__SIDX_TRAILER_SIZE - count * BP__SIDX_ENTRY_SIZE;
   /* Only the footer is read: the frames stay on disk (and out of memory). */
-  footer = malloc(size - st_off);
-  if (!footer) { why = "out of memory"; goto reject; }
-  if (bp__os_read_all(f->fd, footer, size - st_off, st_off) != 0) { why = "cannot read the footer"; goto reject; }
-  d = footer - st_off;
+  if (!tail_open(f, st_off, &footer)) { why = "cannot read the footer"; goto reject; }
+  d = footer.at;
 
   bp__mp_reader r;
   bp__mp_reader_init(&r, d + st_off, entries_at - st_off);
@@ -489,17 +528,17 @@ static bool load_sidx(bp_store *s, const bp__segfile *f) {
     e.segment_id = (uint32_t)f->id;
     if (bp__recover_entry(s, &e) != BP_OK) {
       free(ids);
-      free(footer);
+      tail_close(&footer);
       return false; /* out of memory: the caller's scan will fail the same way */
     }
   }
   free(ids);
-  free(footer);
+  tail_close(&footer);
   return true;
 
 reject:
   free(ids);
-  free(footer);
+  tail_close(&footer);
   bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": SIDX footer ignored (%s); scanning frames", f->id, why);
   return false;
 }
