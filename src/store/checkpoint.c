@@ -28,6 +28,10 @@
 #define CKPT_MAGIC "FBATCK"
 #define CKPT_VERSION 2
 #define CKPT_HEADER 12
+/* The fewest bytes an entry can take: its 14 keys (137 bytes with their
+ * headers), the map header and a byte for each value. An entry count that
+ * could not fit what is left of the file is a lie, and is not reserved for. */
+#define CKPT_ENTRY_MIN 152
 
 void bp__checkpoint_put_entry(bp__buf *b, const bp__ientry *e, uint64_t seq) {
   bp__mp_put_map(b, 14);
@@ -334,7 +338,10 @@ bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off) {
       if (!have[3]) { st = bp__fail(BP_ECORRUPT, "checkpoint: entries before interner_strings"); break; }
       uint32_t cnt;
       if ((st = bp__mp_read_array(&r, &cnt))) break;
-      if (cnt > bp__mp_remaining(&r)) { st = bp__fail(BP_ECORRUPT, "checkpoint: entry count too large"); break; }
+      if (cnt > bp__mp_remaining(&r) / CKPT_ENTRY_MIN) {
+        st = bp__fail(BP_ECORRUPT, "checkpoint: entry count too large");
+        break;
+      }
       if ((st = bp__index_reserve(&s->ix, cnt))) break;
       size_t released = 0;
       const bp__segment *g = NULL;
