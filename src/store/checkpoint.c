@@ -193,13 +193,10 @@ bp_status bp__checkpoint_read_entry_general(bp__mp_reader *r, bp__ientry *e, uin
   return st;
 }
 
-/* A mapped checkpoint is read twice, front to back (CRC, then decode). Pages
- * already read are released as the reading moves on, so that the file does
- * not add its whole size to the process's resident memory. */
 /* An entry in the canonical layout (wire/canon.h), read in one pass: true,
- * with *e and *seq as the general reader gives them and *pp past the entry, or false
- * (nothing recorded, *pp unmoved) for anything else, which the general
- * reader reads. */
+ * with *e and *seq as the general reader gives them and *pp past the entry,
+ * or false (nothing recorded, *pp unmoved) for anything else, which the
+ * general reader reads. */
 static bool canon_entry(const uint8_t **pp, const uint8_t *end, bp__ientry *e, uint64_t *seq) {
   canon c = {*pp, end};
   memset(e, 0, sizeof *e);
@@ -239,6 +236,9 @@ bp_status bp__checkpoint_read_entry(bp__mp_reader *r, bp__ientry *e, uint64_t *s
   return bp__checkpoint_read_entry_general(r, e, seq);
 }
 
+/* A mapped checkpoint is read twice, front to back (CRC, then decode). Pages
+ * already read are released as the reading moves on, so that the file does
+ * not add its whole size to the process's resident memory. */
 #define RELEASE_STEP (4u << 20)
 
 static void release_before(const uint8_t *base, size_t *released, size_t upto, bool mapped) {

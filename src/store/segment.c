@@ -391,8 +391,6 @@ bp_status bp__recover_entry(bp_store *s, bp__ientry *e) {
   return BP_OK;
 }
 
-/* Reads the footer into entries; false (with a log line saying why) when it
- * is inconsistent with the file. */
 /* The bytes of a segment file from offset `from` to its end, for reading a
  * footer: mapped from the page cache where the platform allows (no copy and
  * no fresh memory to fault in and zero, which cost more than reading the
@@ -434,6 +432,8 @@ static void tail_close(tail_bytes *t) {
   t->base = NULL;
 }
 
+/* Reads the footer into entries; false (with a log line saying why) when it
+ * is inconsistent with the file. */
 static bool load_sidx(bp_store *s, const bp__segfile *f) {
   size_t size = f->size;
   if (size < f->frames_start + BP__SIDX_TRAILER_SIZE) return false;
