@@ -361,10 +361,11 @@ void bp__index_prefetch_id(const bp__index *ix, bp_id id) {
 
 bp_status bp__index_reserve(bp__index *ix, uint64_t more) {
   /* The entries' memory too, faulted in a chunk per call: a page fault per
-   * 4 KiB cost a reopen of 100k events about a tenth of its time. */
+   * 4 KiB cost a reopen of 100k events about a tenth of its time. Only the
+   * chunks the new entries fill: a last chunk they fill in part faults in as
+   * entries arrive, and holds no memory it does not use. */
   uint64_t end = ix->count + more; /* entries [count, end) */
-  for (uint64_t ci = ix->count >> BP__CHUNK_SHIFT; more && ci <= ((end - 1) >> BP__CHUNK_SHIFT) && ci < BP__MAX_CHUNKS;
-       ci++) {
+  for (uint64_t ci = ix->count >> BP__CHUNK_SHIFT; ci < (end >> BP__CHUNK_SHIFT) && ci < BP__MAX_CHUNKS; ci++) {
     bp__ientry *chunk = chunk_for(ix, (uint32_t)ci, true);
     if (!chunk) return bp__fail(BP_ENOMEM, "index: out of memory for entries");
   }
