@@ -863,9 +863,10 @@ static void crc_mismatch_on_read_fails_ecrc(void **state) {
 
 static int fail_writes;     /* writes to fail, then succeed */
 static int fail_errno = EIO;
+static size_t fail_from_len; /* only writes whose first part has at least this many bytes */
 
 static ssize_t failing_pwritev(int fd, const struct iovec *iov, int cnt, off_t off) {
-  if (fail_writes > 0) {
+  if (fail_writes > 0 && iov[0].iov_len >= fail_from_len) {
     fail_writes--;
     errno = fail_errno;
     return -1;
@@ -1103,24 +1104,18 @@ static void durable_appends_land_on_zeros_written_ahead(void **state) {
 
 /* Failing to write the zeros ahead fails no append: the frames extend the
  * file themselves, and every one is there after a reopen. */
-static int fail_zero_writes;
-static ssize_t failing_zero_pwritev(int fd, const struct iovec *iov, int cnt, off_t off) {
-  if (fail_zero_writes > 0 && iov[0].iov_len >= 64 * 1024) {
-    fail_zero_writes--;
-    errno = ENOSPC;
-    return -1;
-  }
-  return pwritev(fd, iov, cnt, off);
-}
-
 static void a_failed_write_of_zeros_ahead_fails_no_append(void **state) {
   fixture *f = *state;
   f->cfg.sync_every_n_events = 1;
   bp_store *s = open_ok(f);
-  bp__os_table.pwritev = failing_zero_pwritev;
-  fail_zero_writes = 1000;
+  bp__os_table.pwritev = failing_pwritev;
+  fail_writes = 1000;
+  fail_errno = ENOSPC;
+  fail_from_len = 64 * 1024; /* the zeros, not the frames */
   for (int i = 0; i < 10; i++) append_text(s, &ALICE, "no zeros");
-  assert_true(fail_zero_writes < 1000); /* the zeros were tried, and refused */
+  assert_true(fail_writes < 1000); /* the zeros were tried, and refused */
+  fail_writes = 0;
+  fail_from_len = 0;
   bp_store_diagnostics d;
   bp_diagnostics(s, &d);
   assert_int_equal(file_size(f->dir, "000001.fbat"), (off_t)d.active_segment_bytes);
