@@ -52,7 +52,7 @@ static BP__ALWAYS_INLINE bool canon_lit(canon *c, const char *lit, size_t n) {
   return true;
 }
 
-static inline bool canon_uint(canon *c, uint64_t max, uint64_t *v) {
+static BP__ALWAYS_INLINE bool canon_uint(canon *c, uint64_t max, uint64_t *v) {
   size_t left = (size_t)(c->end - c->p);
   if (left == 0) return false;
   const uint8_t *p = c->p;
@@ -80,11 +80,11 @@ static inline bool canon_id(canon *c, bp_id *id) {
 }
 
 /* array16 of 32 integers. */
-static inline bool canon_hash(canon *c, uint8_t out[32]) {
+static BP__ALWAYS_INLINE bool canon_hash(canon *c, uint8_t out[32]) {
   return CANON_LIT(c, "\xdc\x00\x20") && bp__mp_take_int_bytes(&c->p, c->end, out, 32);
 }
 
-static inline bool canon_str(canon *c, const char **s, size_t *len) {
+static BP__ALWAYS_INLINE bool canon_str(canon *c, const char **s, size_t *len) {
   size_t left = (size_t)(c->end - c->p), hdr, n;
   if (left == 0) return false;
   const uint8_t *p = c->p;
