@@ -566,9 +566,10 @@ static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
       break;
     }
 
-    bp__frame f;
-    memset(&f, 0, sizeof f);
-    bp_header *h = &f.header;
+    const uint8_t *event_hash = req->prep[i].hash; /* BLAKE3 of the payload: content and event hash */
+    bp_header hdr;
+    memset(&hdr, 0, sizeof hdr);
+    bp_header *h = &hdr;
     h->event_id = req->prep[i].id;
     h->correlation_id = req->prep[i].correlation;
     h->causation_id = o->causation_id;
@@ -579,21 +580,22 @@ static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
     h->kind = ev->kind;
     h->flags = o->flags;
     if (req->is_batch && i != last_new) h->flags |= BP_FLAG_TRANSACTIONAL | BP_FLAG_BATCH_MEMBER;
-    memcpy(h->content_hash, req->prep[i].hash, 32);
-    /* The rest of the frame (coordinate, payload) is in the prepared parts. */
-    f.has_chain = true;
-    if (ent->next_clock > 0) memcpy(f.chain.prev_hash, ent->last_hash, 32);
-    memcpy(f.chain.event_hash, req->prep[i].hash, 32);
+    memcpy(h->content_hash, event_hash, 32);
+    /* The rest of the frame (coordinate, payload, event hash) is in the
+     * prepared parts; prev_hash is the entity's last event's (zeros for its
+     * first). */
+    uint8_t prev_hash[32] = {0};
+    if (ent->next_clock > 0) memcpy(prev_hash, ent->last_hash, 32);
 
     size_t frame_at = s->wbuf.len;
-    if ((st = bp__frame_encode_parts(&s->wbuf, &req->prep[i].parts, h, f.chain.prev_hash))) break;
+    if ((st = bp__frame_encode_parts(&s->wbuf, &req->prep[i].parts, h, prev_hash))) break;
     bp__ientry e;
     memset(&e, 0, sizeof e);
     e.event_id = h->event_id;
     e.correlation_id = h->correlation_id;
     e.causation_id = h->causation_id;
-    memcpy(e.prev_hash, f.chain.prev_hash, 32);
-    memcpy(e.event_hash, f.chain.event_hash, 32);
+    memcpy(e.prev_hash, prev_hash, 32);
+    memcpy(e.event_hash, event_hash, 32);
     e.wall_ms = wall;
     e.offset = s->wsize + frame_at;
     e.length = (uint32_t)(s->wbuf.len - frame_at);
@@ -613,7 +615,7 @@ static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
       break;
     ent->next_clock++;
     ent->last_wall_ms = wall;
-    memcpy(ent->last_hash, f.chain.event_hash, 32);
+    memcpy(ent->last_hash, event_hash, 32);
     if (rcpt) {
       rcpt->event_id = e.event_id;
       rcpt->sequence = seq;
