@@ -157,8 +157,7 @@ bp_status bp__frame_encode(bp__buf *b, const bp__frame *f) {
 
 bp_status bp__frame_parts_encode(bp__frame_parts *p, const bp__frame *f) {
   size_t room = body_bound(f);
-  if (room == 0) return bp__fail(BP_ENOMEM, "frame: out of memory encoding a %zu-byte payload", f->payload_len);
-  p->data = room <= sizeof p->inline_data ? p->inline_data : malloc(room);
+  p->data = room == 0 ? NULL : room <= sizeof p->inline_data ? p->inline_data : malloc(room);
   if (!p->data) return bp__fail(BP_ENOMEM, "frame: out of memory encoding a %zu-byte payload", f->payload_len);
   uint8_t *o = p->data;
   o = emit_ids(o, &f->header);
