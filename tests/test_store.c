@@ -1102,6 +1102,63 @@ static void durable_appends_land_on_zeros_written_ahead(void **state) {
   assert_int_equal(unwritten, 1);
 }
 
+/* Whether the page at p is mapped in this process (/proc/self/pagemap):
+ * 1, 0, or -1 where that cannot be read. */
+static int page_present(const void *p) {
+  int fd = open("/proc/self/pagemap", O_RDONLY);
+  if (fd < 0) return -1;
+  uint64_t word = 0;
+  off_t at = (off_t)((uintptr_t)p / (uintptr_t)sysconf(_SC_PAGESIZE) * sizeof word);
+  ssize_t got = pread(fd, &word, sizeof word, at);
+  close(fd);
+  return got == (ssize_t)sizeof word ? (int)(word >> 63) : -1;
+}
+
+/* Pages that frames have filled leave the segment's mapping when their
+ * write-back starts (their frames stay in the page cache); the page being
+ * filled stays mapped. Every event still reads back, before and after a reopen. */
+static void filled_pages_leave_the_mapping_when_written_back(void **state) {
+  fixture *f = *state;
+  f->cfg.sync_every_n_events = 100000;
+  bp_store *s = open_ok(f);
+  char text[200];
+  memset(text, 'w', sizeof text - 1);
+  text[sizeof text - 1] = 0;
+  bp_append_receipt first = append_text(s, &ALICE, text);
+  while (frames_end(s) < 512 * 1024) append_text(s, &ALICE, text);
+  if (!s->wmap) {
+    print_message("segment not mapped here: nothing to check\n");
+    assert_ok(bp_close(s));
+    return;
+  }
+  size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  const uint8_t *filling = s->wmap + bp__os_page_floor(s->wsize - 1);
+  int present = page_present(filling);
+  if (present < 0) {
+    print_message("no /proc/self/pagemap: mappings not checked\n");
+  } else {
+    assert_int_equal(present, 1); /* the check sees a mapped page */
+    if (s->wflushed < 256 * 1024) fail_msg("write-back started below %llu only", (unsigned long long)s->wflushed);
+    for (uint64_t at = 0; at < s->wflushed; at += page)
+      if (page_present(s->wmap + at)) fail_msg("page at %llu is still mapped after its write-back started (below %llu)",
+                                              (unsigned long long)at, (unsigned long long)s->wflushed);
+  }
+  uint64_t n = count_of(s);
+  bp_event *ev;
+  assert_ok(bp_get(s, first.event_id, &ev));
+  assert_int_equal(ev->payload_len, strlen(text));
+  assert_memory_equal(ev->payload, text, strlen(text));
+  bp_event_free(ev);
+  assert_ok(bp_close(s));
+  s = open_ok(f);
+  assert_int_equal(count_of(s), n);
+  assert_ok(bp_get(s, first.event_id, &ev));
+  assert_memory_equal(ev->payload, text, strlen(text));
+  bp_event_free(ev);
+  assert_ok(bp_close(s));
+  tu_assert_verifies(f->dir, "filled pages dropped from the mapping");
+}
+
 /* Failing to write the zeros ahead fails no append: the frames extend the
  * file themselves, and every one is there after a reopen. */
 static void a_failed_write_of_zeros_ahead_fails_no_append(void **state) {
@@ -1660,6 +1717,7 @@ int main(void) {
       T(failed_space_reservation_fails_eio_and_restarts),
       T(space_allocated_ahead_is_not_a_torn_tail),
       T(durable_appends_land_on_zeros_written_ahead),
+      T(filled_pages_leave_the_mapping_when_written_back),
       T(a_failed_write_of_zeros_ahead_fails_no_append),
       T(bp_sync_forces_durability),
       T(readonly_open_reads_and_refuses_appends),
