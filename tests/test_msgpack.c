@@ -285,9 +285,11 @@ static void take_int_bytes_agrees_with_element_by_element(void **state) {
     x = x * 1664525u + 1013904223u;
     size_t end_at = (x >> 8) % (len + 1), n = (x >> 20) % 140;
     const uint8_t *p1 = in, *p2 = in;
-    memset(got, 0, sizeof got);
+    memset(got, 0xa5, sizeof got); /* past n, this must stay */
     memset(want, 0, sizeof want);
     bool a = bp__mp_take_int_bytes(&p1, in + end_at, got, n);
+    for (size_t i = n; i < sizeof got; i++)
+      if (got[i] != 0xa5) fail_msg("round %d: byte %zu written, past the %zu elements asked for", round, i, n);
     bool b = bp__mp_take_int_bytes_each(&p2, in + end_at, want, n);
     if (a != b) fail_msg("round %d (%zu elements of %zu bytes): take says %d, the definition %d", round, n, end_at, a, b);
     if (a && p1 != p2) fail_msg("round %d: take used %td bytes, the definition %td", round, p1 - in, p2 - in);

@@ -14,6 +14,7 @@ unsigned bp__cpu_features(void) {
     __builtin_cpu_init();
     if (__builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1")) f |= BP__CPU_CLMUL;
     if (__builtin_cpu_supports("ssse3")) f |= BP__CPU_SSSE3;
+    if (__builtin_cpu_supports("popcnt")) f |= BP__CPU_POPCNT;
   }
 #endif
   __atomic_store_n(&features, f, __ATOMIC_RELAXED);

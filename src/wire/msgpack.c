@@ -316,9 +316,9 @@ bp_status bp__mp_read_nil_or(bp__mp_reader *r, bool *present) {
   return BP_OK;
 }
 
-/* Reads the elements of an integer array into out (n elements, each 0..255). */
 /* Byte arrays written as integer arrays (what the crate does with hashes, ids
- * and payloads) are decoded 8 input bytes at a time. Every element is a
+ * and payloads) are decoded 8 input bytes at a time (with SSSE3 and POPCNT,
+ * 64 at a time while that many remain: blocks_ssse3). Every element is a
  * positive fixint (one byte) or cc xx (two); so for a window that starts on
  * an element, which bytes hold values depends only on which bytes are 0xcc.
  * windows[m], m having bit j set when byte j is 0xcc, lists the value bytes,
@@ -401,6 +401,90 @@ __attribute__((target("ssse3"))) static size_t windows_ssse3(const uint8_t **pp,
   *pp = p;
   return i;
 }
+
+/*
+ * 64 bytes at a time. Which bytes are prefixes (a 0xcc that starts an
+ * element) follows from the 0xcc mask alone, without walking the elements:
+ * a run of 0xcc bytes always begins at an element start (the byte before it
+ * ends an element), so its bytes alternate prefix, value (0xcc), prefix...,
+ * and the byte after an odd-length run is the value of its last prefix.
+ * Adding each run's lowest bit to the mask, for the runs that begin at an odd
+ * position, clears those runs and sets the bit after each, so the mask XOR
+ * the sum marks the odd-started runs and their following byte; a byte after
+ * a 0xcc is a value when its position differs in parity from its run's start.
+ * Every byte that is not a prefix is one element's value: the values are
+ * gathered eight input bytes at a time, a shuffle each, with no step
+ * depending on the one before but the count of values so far.
+ */
+static uint8_t gather_ctl[256][8]; /* the set bits of a byte, in order, then 0x80 */
+
+static void build_gather(void) {
+  for (unsigned m = 0; m < 256; m++) {
+    unsigned k = 0;
+    for (unsigned j = 0; j < 8; j++)
+      if ((m >> j) & 1) gather_ctl[m][k++] = (uint8_t)j;
+    while (k < 8) gather_ctl[m][k++] = 0x80;
+  }
+}
+
+#define ODD_BITS 0xaaaaaaaaaaaaaaaaull
+
+__attribute__((target("ssse3,popcnt"))) static size_t blocks_ssse3(const uint8_t **pp, const uint8_t *end,
+                                                                    uint8_t *out, size_t n) {
+  const uint8_t *p = *pp;
+  size_t i = 0;
+  const __m128i cc = _mm_set1_epi8((char)0xcc);
+  while (i < n && end - p >= 64) {
+    uint64_t ccs = 0, high = 0;
+    for (int b = 0; b < 4; b++) {
+      __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + 16 * b));
+      ccs |= (uint64_t)(uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(v, cc)) << (16 * b);
+      high |= (uint64_t)(uint32_t)_mm_movemask_epi8(v) << (16 * b);
+    }
+    uint64_t run_starts = ccs & ~(ccs << 1);
+    uint64_t odd_runs = ccs ^ (ccs + (run_starts & ODD_BITS)); /* odd-started runs, and the byte after each */
+    uint64_t after_cc = ccs << 1;
+    uint64_t escaped = after_cc & ((odd_runs & ~ODD_BITS) | (~odd_runs & ODD_BITS));
+    uint64_t values = ~(ccs & ~escaped);
+    uint64_t bad = high & ~ccs & ~escaped; /* single-byte elements of 0x80 and more */
+    size_t want = n - i, block_first = i;
+    for (unsigned c = 0; c < 64; c += 8) {
+      unsigned vm = (unsigned)(values >> c) & 0xff, bm = (unsigned)(bad >> c) & 0xff;
+      unsigned k = (unsigned)__builtin_popcount(vm);
+      unsigned used = 8;
+      if (k >= want) { /* the last element ends in these 8 bytes */
+        used = gather_ctl[vm][want - 1] + 1u;
+        vm &= (1u << used) - 1u;
+        bm &= (1u << used) - 1u;
+        k = (unsigned)want;
+      }
+      if (bm) {
+        *pp = p; /* not this form: the caller decides, from this block on */
+        return block_first;
+      }
+      __m128i src = _mm_loadl_epi64((const __m128i *)(const void *)(p + c));
+      __m128i ctl = _mm_loadl_epi64((const __m128i *)(const void *)gather_ctl[vm]);
+      __m128i got = _mm_shuffle_epi8(src, ctl);
+      if (n - i >= 8) {
+        _mm_storel_epi64((__m128i *)(void *)(out + i), got);
+      } else {
+        uint8_t vals[8];
+        _mm_storel_epi64((__m128i *)(void *)vals, got);
+        memcpy(out + i, vals, k);
+      }
+      i += k;
+      want -= k;
+      if (want == 0) {
+        *pp = p + c + used;
+        return i;
+      }
+    }
+    /* A prefix in the last byte: its element starts the next block. */
+    p += 64 - (unsigned)(~values >> 63);
+  }
+  *pp = p;
+  return i + windows_ssse3(pp, end, out + i, n - i);
+}
 #endif
 
 /* The windows in portable code: the masks by word arithmetic. Same contract
@@ -433,7 +517,9 @@ static void pick_windows(void) {
   build_windows();
   windows_fn f = windows_scalar;
 #ifdef HAVE_WINDOWS_SSSE3
-  if (bp__cpu_features() & BP__CPU_SSSE3) f = windows_ssse3;
+  build_gather();
+  unsigned cpu = bp__cpu_features();
+  if (cpu & BP__CPU_SSSE3) f = cpu & BP__CPU_POPCNT ? blocks_ssse3 : windows_ssse3;
 #endif
   atomic_store_explicit(&windows_impl, f, memory_order_release);
 }
