@@ -90,11 +90,27 @@ bp_status bp__checkpoint_write(bp_store *s) {
   return st ? st : bp__checkpoint_write_at(s, n, wm_seg, wm_off);
 }
 
-bp_status bp__checkpoint_write_at(bp_store *s, uint64_t n, uint64_t wm_seg, uint64_t wm_off) {
-  if (n == 0) return BP_OK;
+/* The checkpoint goes to its file in pieces of about this many bytes, so that
+ * writing it needs no memory in proportion to the store (307 bytes an event). */
+#define CKPT_PIECE (1u << 20)
+
+/* Writes b[from, len) at *at, folding those bytes into *crc, and empties b.
+ * Returns 0 or an errno value. */
+static int write_piece(int fd, bp__buf *b, size_t from, uint64_t *at, uint32_t *crc) {
+  *crc = bp__crc32_update(*crc, b->data + from, b->len - from);
+  struct iovec iov = {b->data, b->len};
+  int rc = bp__os_write_all(fd, &iov, 1, *at);
+  *at += b->len;
+  b->len = 0;
+  return rc;
+}
+
+/* The body (everything after the header) to fd, piece by piece; its CRC in *crc.
+ * Returns 0, an errno value, or -1 when memory ran out. */
+static int write_body(bp_store *s, int fd, uint64_t n, uint64_t wm_seg, uint64_t wm_off, uint32_t *crc) {
   bp__buf b;
   bp__buf_init(&b);
-  uint8_t header[CKPT_HEADER] = {0};
+  uint8_t header[CKPT_HEADER] = {0}; /* written last, with the CRC */
   bp__buf_append(&b, header, sizeof header);
   bp__mp_put_map(&b, 5);
   bp__mp_put_lit(&b, "global_sequence");
@@ -112,35 +128,52 @@ bp_status bp__checkpoint_write_at(bp_store *s, uint64_t n, uint64_t wm_seg, uint
   }
   bp__mp_put_lit(&b, "entries");
   bp__mp_put_array(&b, (uint32_t)n);
-  for (uint64_t seq = 0; seq < n && !b.oom; seq++) bp__checkpoint_put_entry(&b, bp__index_at(&s->ix, seq), seq);
-  if (b.oom) {
-    bp__buf_free(&b);
-    return bp__fail(BP_ENOMEM, "checkpoint: out of memory");
+  uint64_t at = 0;
+  size_t skip = CKPT_HEADER; /* the header is not under the CRC */
+  int rc = 0;
+  *crc = 0;
+  for (uint64_t seq = 0; seq < n && !b.oom && !rc; seq++) {
+    bp__checkpoint_put_entry(&b, bp__index_at(&s->ix, seq), seq);
+    if (b.len >= CKPT_PIECE && !b.oom) {
+      rc = write_piece(fd, &b, skip, &at, crc);
+      skip = 0;
+    }
   }
-  memcpy(b.data, CKPT_MAGIC, 6);
-  bp__put_le16(b.data + 6, CKPT_VERSION);
-  bp__put_le32(b.data + 8, bp__crc32(b.data + CKPT_HEADER, b.len - CKPT_HEADER));
+  if (!rc && b.oom) rc = -1;
+  if (!rc && b.len > 0) rc = write_piece(fd, &b, skip, &at, crc);
+  bp__buf_free(&b);
+  return rc;
+}
 
+bp_status bp__checkpoint_write_at(bp_store *s, uint64_t n, uint64_t wm_seg, uint64_t wm_off) {
+  if (n == 0) return BP_OK;
   char tmp[4096], path[4096];
   snprintf(tmp, sizeof tmp, "%s/%s", s->dir, BP__CHECKPOINT_TMP);
   snprintf(path, sizeof path, "%s/%s", s->dir, BP__CHECKPOINT_FILE);
-  bp_status st = BP_OK;
   int fd = bp__os_table.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) {
-    st = bp__fail_errno(BP_EIO, errno, "checkpoint: create %s", tmp);
-  } else {
-    struct iovec iov = {b.data, b.len};
-    int rc = bp__os_write_all(fd, &iov, 1, 0);
-    if (!rc) rc = bp__os_sync(fd, 0);
-    if (rc) st = bp__fail_errno(BP_EIO, rc, "checkpoint: write %s", tmp);
-    bp__os_table.close(fd);
-    if (!st && bp__os_table.rename(tmp, path) != 0)
-      st = bp__fail_errno(BP_EIO, errno, "checkpoint: rename %s", tmp);
-    if (!st) bp__os_sync_dir(s->dir);
-    if (st) bp__os_table.unlink(tmp);
+  if (fd < 0) return bp__fail_errno(BP_EIO, errno, "checkpoint: create %s", tmp);
+  uint32_t crc;
+  int rc = write_body(s, fd, n, wm_seg, wm_off, &crc);
+  if (rc == 0) {
+    uint8_t header[CKPT_HEADER] = {0};
+    memcpy(header, CKPT_MAGIC, 6);
+    bp__put_le16(header + 6, CKPT_VERSION);
+    bp__put_le32(header + 8, crc);
+    struct iovec iov = {header, sizeof header};
+    rc = bp__os_write_all(fd, &iov, 1, 0);
   }
-  bp__buf_free(&b);
-  return st;
+  if (rc == 0) rc = bp__os_sync(fd, 0);
+  bp__os_table.close(fd);
+  bp_status st = BP_OK;
+  if (rc < 0) st = bp__fail(BP_ENOMEM, "checkpoint: out of memory");
+  else if (rc > 0) st = bp__fail_errno(BP_EIO, rc, "checkpoint: write %s", tmp);
+  else if (bp__os_table.rename(tmp, path) != 0) st = bp__fail_errno(BP_EIO, errno, "checkpoint: rename %s", tmp);
+  if (st) {
+    bp__os_table.unlink(tmp);
+    return st;
+  }
+  bp__os_sync_dir(s->dir);
+  return BP_OK;
 }
 
 /* ------------------------------------------------------------------ load */
