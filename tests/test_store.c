@@ -888,6 +888,42 @@ static ssize_t failing_checkpoint_piece(int fd, const struct iovec *iov, int cnt
   return pwritev(fd, iov, cnt, off);
 }
 
+/* A SIDX footer of several 1 MiB pieces, written straight to the segment at
+ * sealing, is byte for byte the footer encoded in memory, and the store
+ * reopens by it. */
+static void sidx_footer_in_pieces_is_the_encoded_footer(void **state) {
+  fixture *f = *state;
+  f->cfg.enable_checkpoint = false;
+  bp_store *s = open_ok(f);
+  static const bp_coord bob = {"user:bob", "scope:other"};
+  for (int i = 0; i < 8000; i++) append_text(s, i % 3 ? &ALICE : &bob, "footer piece");
+  uint64_t frames = frames_end(s);
+  assert_ok(bp_close(s));
+  char path[4200];
+  snprintf(path, sizeof path, "%s/000001.fbat", f->dir);
+  struct stat sb;
+  assert_int_equal(stat(path, &sb), 0);
+  size_t footer = (size_t)sb.st_size - (size_t)frames;
+  if (footer <= 1 << 20) fail_msg("footer of %zu bytes: one piece only", footer);
+  uint8_t *disk = malloc(footer);
+  int fd = open(path, O_RDONLY);
+  assert_true(fd >= 0);
+  assert_int_equal(pread(fd, disk, footer, (off_t)frames), (ssize_t)footer);
+  close(fd);
+  assert_ok(bp_open_readonly(&f->cfg, &s));
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.open_path, BP_OPEN_SIDX);
+  assert_int_equal(count_of(s), 8000);
+  bp__buf b;
+  bp__buf_init(&b);
+  assert_ok(bp__sidx_encode(&s->ix, 0, 8000, frames, &b));
+  tu_assert_bytes_eq(disk, footer, b.data, b.len, "SIDX footer");
+  bp__buf_free(&b);
+  free(disk);
+  assert_ok(bp_close(s));
+}
+
 /* A checkpoint of several 1 MiB pieces is the same file as ever (the store
  * reopens by it); a failed piece fails close with BP_EIO, leaves no
  * temporary file, and loses nothing: the older checkpoint and the segments
@@ -1761,6 +1797,7 @@ int main(void) {
       T(lying_sidx_footer_is_ignored_for_a_scan),
       T(footer_claiming_billions_of_events_is_scanned),
       T(checkpoint_of_many_pieces_and_a_failed_piece),
+      T(sidx_footer_in_pieces_is_the_encoded_footer),
       T(truncated_sidx_footer_is_ignored_for_a_scan),
       T(bad_frame_in_a_sealed_segment_fails_unless_salvaged),
       T(crc_mismatch_on_read_fails_ecrc),

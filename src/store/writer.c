@@ -460,33 +460,26 @@ static void writer_failed(bp_store *s, uint64_t keep_from, const char *what) {
 }
 
 bp_status bp__writer_seal(bp_store *s) {
-  bp__buf b;
-  bp__buf_init(&b);
-  bp_status st = bp__sidx_encode(&s->ix, s->wseg_first, s->ix.count, s->wsize, &b);
-  int rc = 0;
-  if (!st) {
-    /* Footer after the last frame, then drop the space allocated ahead. */
-    unmap_segment(s);
-    struct iovec iov = {b.data, b.len};
-    rc = bp__os_write_all(s->wfd, &iov, 1, s->wsize);
-    if (!rc && s->wcap > s->wsize + b.len && bp__os_table.ftruncate(s->wfd, (off_t)(s->wsize + b.len)) != 0)
-      rc = errno ? errno : EIO;
-    if (!rc) rc = bp__os_sync(s->wfd, s->cfg.sync_mode);
-    if (rc) st = bp__fail_errno(BP_EIO, rc, "seal segment %06" PRIu64, s->wseg);
-  }
-  if (st) {
+  /* Footer after the last frame, then drop the space allocated ahead. */
+  unmap_segment(s);
+  uint64_t len = 0;
+  int rc = bp__sidx_write(&s->ix, s->wseg_first, s->ix.count, s->wsize, s->wfd, &len);
+  if (!rc && s->wcap > s->wsize + len && bp__os_table.ftruncate(s->wfd, (off_t)(s->wsize + len)) != 0)
+    rc = errno ? errno : EIO;
+  if (!rc) rc = bp__os_sync(s->wfd, s->cfg.sync_mode);
+  if (rc) {
+    bp_status st = rc == ENOMEM ? bp__fail(BP_ENOMEM, "seal segment %06" PRIu64 ": out of memory for its SIDX footer", s->wseg)
+                                : bp__fail_errno(BP_EIO, rc, "seal segment %06" PRIu64, s->wseg);
     /* The frames were written (and acknowledged): keep them, drop the partial footer. */
     writer_failed(s, s->wsize, bp_last_error()->message);
-    bp__buf_free(&b);
     return st;
   }
   close_segment(s);
-  bp__segment_sealed(s, s->wseg, s->wsize + b.len);
+  bp__segment_sealed(s, s->wseg, s->wsize + len);
   atomic_store(&s->durable, s->ix.count);
   s->unsynced = 0;
   bp__log(s, BP_LOG_DEBUG, "segment %06" PRIu64 " sealed with %" PRIu64 " events", s->wseg,
           s->ix.count - s->wseg_first);
-  bp__buf_free(&b);
   return BP_OK;
 }
 
