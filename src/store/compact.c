@@ -405,21 +405,15 @@ static void reseal_later_segments(compaction *c) {
     while (end < count && bp__index_at(&s->ix, end)->segment_id == id) end++;
     const bp__ientry *last = bp__index_at(&s->ix, end - 1);
     if (s->wfd < 0 || id != s->wseg) {
-      bp__buf b;
-      bp__buf_init(&b);
       char path[4200];
       bp__segment_path(s, id, path, sizeof path);
-      int rc = bp__sidx_encode(&s->ix, seq, end, last->offset + last->length, &b) ? ENOMEM : 0;
-      int fd = rc ? -1 : bp__os_table.open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0);
-      if (!rc && fd < 0) rc = errno ? errno : EIO;
-      if (!rc) {
-        struct iovec iov = {b.data, b.len};
-        rc = bp__os_write_all(fd, &iov, 1, last->offset + last->length);
-        if (!rc) rc = bp__os_sync(fd, 0);
-      }
+      int fd = bp__os_table.open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+      int rc = fd < 0 ? (errno ? errno : EIO) : 0;
+      uint64_t len;
+      if (!rc) rc = bp__sidx_write(&s->ix, seq, end, last->offset + last->length, fd, &len);
+      if (!rc) rc = bp__os_sync(fd, 0);
       if (fd >= 0) bp__os_table.close(fd);
       if (rc) bp__log(s, BP_LOG_WARN, "compaction: SIDX footer of %s not renumbered: %s", path, strerror(rc));
-      bp__buf_free(&b);
     }
     seq = end;
   }
