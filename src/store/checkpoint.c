@@ -94,15 +94,11 @@ bp_status bp__checkpoint_write(bp_store *s) {
  * writing it needs no memory in proportion to the store (307 bytes an event). */
 #define CKPT_PIECE (1u << 20)
 
-/* Writes b[from, len) at *at, folding those bytes into *crc, and empties b.
- * Returns 0 or an errno value. */
+/* Writes b at *at and empties it, folding b[from, len) into *crc. Returns 0
+ * or an errno value. */
 static int write_piece(int fd, bp__buf *b, size_t from, uint64_t *at, uint32_t *crc) {
   *crc = bp__crc32_update(*crc, b->data + from, b->len - from);
-  struct iovec iov = {b->data, b->len};
-  int rc = bp__os_write_all(fd, &iov, 1, *at);
-  *at += b->len;
-  b->len = 0;
-  return rc;
+  return bp__os_write_buf(fd, b, at);
 }
 
 /* The body (everything after the header) to fd, piece by piece; its CRC in *crc.

@@ -56,6 +56,14 @@ int bp__os_write_all(int fd, const struct iovec *iov, int cnt, uint64_t off) {
   return 0;
 }
 
+int bp__os_write_buf(int fd, bp__buf *b, uint64_t *at) {
+  struct iovec iov = {b->data, b->len};
+  int rc = bp__os_write_all(fd, &iov, 1, *at);
+  *at += b->len;
+  b->len = 0;
+  return rc;
+}
+
 int bp__os_read_all(int fd, void *buf, size_t n, uint64_t off) {
   uint8_t *p = buf;
   while (n > 0) {

@@ -40,6 +40,9 @@ extern const bp__os bp__os_default;
 /* Writes every byte of iov at off, retrying short writes and EINTR.
  * Returns 0, or an errno value (ENOSPC for a write that made no progress). */
 int bp__os_write_all(int fd, const struct iovec *iov, int cnt, uint64_t off);
+/* Writes b's bytes at *at, moves *at past them and empties b (files written
+ * a piece at a time). Returns 0 or an errno value. */
+int bp__os_write_buf(int fd, bp__buf *b, uint64_t *at);
 /* Reads exactly n bytes at off. Returns 0, an errno value, or -1 at end of file. */
 int bp__os_read_all(int fd, void *buf, size_t n, uint64_t off);
 /* fsync or fdatasync by mode (0 = all, 1 = data). Returns 0 or an errno value. */

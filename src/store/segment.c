@@ -221,15 +221,6 @@ void bp__segment_renumber_footers(bp_store *s) {
  * a full segment of the default size, need not all be in memory at once. */
 #define SIDX_PIECE (1u << 20)
 
-/* Hands b's bytes to fd at *at and empties b. Returns 0 or an errno value. */
-static int sidx_piece(int fd, bp__buf *b, uint64_t *at) {
-  struct iovec iov = {b->data, b->len};
-  int rc = bp__os_write_all(fd, &iov, 1, *at);
-  *at += b->len;
-  b->len = 0;
-  return rc;
-}
-
 /* The footer of entries [first, end) into b; with fd >= 0, b's bytes go to fd
  * at *at whenever they make a piece (the last piece stays in b). Returns 0,
  * ENOMEM, or an errno value of a write. */
@@ -287,7 +278,7 @@ static int sidx_emit(const bp__index *ix, uint64_t first, uint64_t end, uint64_t
       bp__put_le64(p + 146, e->causation_id.hi);
       b->len += BP__SIDX_ENTRY_SIZE;
     }
-    if (fd >= 0 && seq < end) rc = sidx_piece(fd, b, at);
+    if (fd >= 0 && seq < end) rc = bp__os_write_buf(fd, b, at);
   }
   if (!rc && !b->oom && bp__buf_reserve(b, BP__SIDX_TRAILER_SIZE)) {
     uint8_t *t = b->data + b->len;
@@ -312,7 +303,7 @@ int bp__sidx_write(const bp__index *ix, uint64_t first, uint64_t end, uint64_t f
   bp__buf_init(&b);
   uint64_t at = frames_end;
   int rc = sidx_emit(ix, first, end, frames_end, &b, fd, &at);
-  if (!rc) rc = sidx_piece(fd, &b, &at);
+  if (!rc) rc = bp__os_write_buf(fd, &b, &at);
   bp__buf_free(&b);
   *len = at - frames_end;
   return rc;
