@@ -464,14 +464,9 @@ __attribute__((target("ssse3,popcnt"))) static size_t blocks_ssse3(const uint8_t
       }
       __m128i src = _mm_loadl_epi64((const __m128i *)(const void *)(p + c));
       __m128i ctl = _mm_loadl_epi64((const __m128i *)(const void *)gather_ctl[vm]);
-      __m128i got = _mm_shuffle_epi8(src, ctl);
-      if (n - i >= 8) {
-        _mm_storel_epi64((__m128i *)(void *)(out + i), got);
-      } else {
-        uint8_t vals[8];
-        _mm_storel_epi64((__m128i *)(void *)vals, got);
-        memcpy(out + i, vals, k);
-      }
+      uint8_t vals[8];
+      _mm_storel_epi64((__m128i *)(void *)vals, _mm_shuffle_epi8(src, ctl));
+      window_store(out, i, n, vals, k);
       i += k;
       want -= k;
       if (want == 0) {
