@@ -210,6 +210,61 @@ static void append_then_get_returns_every_field(void **state) {
   assert_ok(bp_close(s));
 }
 
+/* The id table's slot of event seq (the test's own search of the table). */
+static bp__idslot *id_slot_of(bp_store *s, uint64_t seq) {
+  bp__idslot *t = atomic_load(&s->ix.id_slots);
+  uint64_t mask = atomic_load(&s->ix.id_mask);
+  for (uint64_t i = 0; i <= mask; i++)
+    if ((uint32_t)atomic_load(&t[i].key) == seq + 1) return &t[i];
+  fail_msg("event %llu has no slot in the id table", (unsigned long long)seq);
+  return NULL;
+}
+
+static void expect_text(bp_store *s, bp_id id, const char *entity, const char *text, const char *why) {
+  bp_event *ev;
+  bp_status st = bp_get(s, id, &ev);
+  if (st) fail_msg("%s: bp_get failed with %d: %s", why, st, bp_last_error()->message);
+  if (strcmp(ev->entity, entity) || ev->payload_len != strlen(text) || memcmp(ev->payload, text, ev->payload_len))
+    fail_msg("%s: got %s \"%.*s\", expected %s \"%s\"", why, ev->entity, (int)ev->payload_len,
+             (const char *)ev->payload, entity, text);
+  assert_true(bp_id_eq(ev->header.event_id, id));
+  bp_event_free(ev);
+}
+
+/* bp_get reads a mapped frame straight from the id table's hint, without the
+ * index entry, only when that frame holds the id asked for: a hint pointing
+ * at another event, into the middle of a frame, past the mapping or at a
+ * segment that does not exist still finds the right event (by the entry). */
+static void get_trusts_a_hinted_frame_only_if_it_holds_the_id(void **state) {
+  fixture *f = *state;
+  static const bp_coord BOB = {"user:bob", "scope:test"};
+  bp_store *s = open_ok(f);
+  bp_append_receipt a = append_text(s, &ALICE, "alice's event");
+  bp_append_receipt b = append_text(s, &BOB, "bob's event");
+  assert_ok(bp_close(s));
+  s = open_ok(f);
+  expect_text(s, a.event_id, "user:alice", "alice's event", "first read");
+  bp__idslot *sa = id_slot_of(s, a.sequence), *sb = id_slot_of(s, b.sequence);
+  uint64_t where = sa->where, seg = where >> BP__WHERE_OFFSET_BITS;
+  size_t map_len;
+  if (!where || !bp__segment_map(s, seg, &map_len)) {
+    print_message("segment not mapped here: the hinted path is not taken\n");
+  } else {
+    sa->where = sb->where;
+    expect_text(s, a.event_id, "user:alice", "alice's event", "hint at another event's frame");
+    sa->where = where + 1;
+    expect_text(s, a.event_id, "user:alice", "alice's event", "hint into the middle of a frame");
+    sa->where = (seg << BP__WHERE_OFFSET_BITS) | (map_len - 4);
+    expect_text(s, a.event_id, "user:alice", "alice's event", "hint at the mapping's last bytes");
+    sa->where = (seg + 7) << BP__WHERE_OFFSET_BITS | (where & ((1ull << BP__WHERE_OFFSET_BITS) - 1));
+    expect_text(s, a.event_id, "user:alice", "alice's event", "hint at a segment that does not exist");
+    sa->where = where;
+  }
+  expect_text(s, a.event_id, "user:alice", "alice's event", "right hint");
+  expect_text(s, b.event_id, "user:bob", "bob's event", "the other event");
+  assert_ok(bp_close(s));
+}
+
 static void append_json_stores_msgpack_and_reads_back_json(void **state) {
   fixture *f = *state;
   bp_store *s = open_ok(f);
@@ -1774,6 +1829,7 @@ int main(void) {
       T(second_open_in_the_same_process_is_locked),
       T(open_from_another_process_is_locked),
       T(append_then_get_returns_every_field),
+      T(get_trusts_a_hinted_frame_only_if_it_holds_the_id),
       T(append_json_stores_msgpack_and_reads_back_json),
       T(reaction_carries_correlation_and_causation),
       T(reopen_by_checkpoint_sidx_and_scan_gives_the_same_store),

@@ -204,7 +204,6 @@ bp_status bp__index_intern(bp__index *ix, const char *s, size_t len, bp__name **
 static inline uint64_t id_slot(uint64_t hash, uint64_t seq) { return hash << 32 | (seq + 1); }
 static inline uint32_t slot_seq1(uint64_t v) { return (uint32_t)v; }
 static inline uint32_t slot_hash(uint64_t v) { return (uint32_t)(v >> 32); }
-#define WHERE_OFFSET_BITS 40
 
 static inline uint64_t slot_key(const bp__idslot *t, uint64_t i) {
   return atomic_load_explicit(&t[i].key, memory_order_acquire);
@@ -277,14 +276,17 @@ static uint64_t probe_next(id_probe *p, const bp__idslot **slot) {
   }
 }
 
-bool bp__index_frame_hint(const bp__index *ix, bp_id id, uint64_t *segment_id, uint64_t *offset) {
+bool bp__index_frame_hint(const bp__index *ix, bp_id id, uint64_t limit, uint64_t *segment_id, uint64_t *offset) {
   id_probe p = probe_start(ix, id);
   const bp__idslot *slot;
-  if (!probe_next(&p, &slot)) return false;
-  uint64_t where = slot->where;
-  *segment_id = where >> WHERE_OFFSET_BITS;
-  *offset = where & ((1ull << WHERE_OFFSET_BITS) - 1);
-  return where != 0;
+  for (uint64_t v; (v = probe_next(&p, &slot));) {
+    if (slot_seq1(v) - 1 >= limit) continue;
+    uint64_t where = slot->where;
+    *segment_id = where >> BP__WHERE_OFFSET_BITS;
+    *offset = where & ((1ull << BP__WHERE_OFFSET_BITS) - 1);
+    return where != 0;
+  }
+  return false;
 }
 
 bool bp__index_find_id(const bp__index *ix, bp_id id, uint64_t limit, uint64_t *seq) {
@@ -346,8 +348,8 @@ bp_status bp__index_push(bp__index *ix, const bp__ientry *e) {
   bp__idslot *t = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
   uint64_t hash = hash_id(e->event_id), h = hash & mask;
   while (atomic_load_explicit(&t[h].key, memory_order_relaxed)) h = (h + 1) & mask;
-  bool fits = e->offset < (1ull << WHERE_OFFSET_BITS) && e->segment_id < (1u << (64 - WHERE_OFFSET_BITS));
-  t[h].where = fits ? (uint64_t)e->segment_id << WHERE_OFFSET_BITS | e->offset : 0;
+  bool fits = e->offset < (1ull << BP__WHERE_OFFSET_BITS) && e->segment_id < (1u << (64 - BP__WHERE_OFFSET_BITS));
+  t[h].where = fits ? (uint64_t)e->segment_id << BP__WHERE_OFFSET_BITS | e->offset : 0;
   atomic_store_explicit(&t[h].key, id_slot(hash, s), memory_order_release);
   ix->id_used++;
   return BP_OK;

@@ -59,6 +59,7 @@ typedef struct bp__idslot {
   _Atomic uint64_t key;
   uint64_t where;
 } bp__idslot;
+#define BP__WHERE_OFFSET_BITS 40
 
 /* An append-only array of global sequences with lock-free reads. */
 typedef struct bp__seqvec {
@@ -150,10 +151,11 @@ static inline uint32_t bp__index_name_count(const bp__index *ix) {
 bp__name *bp__index_find_name(const bp__index *ix, const char *s, size_t len);
 /* Finds an event id among entries below limit; false if absent. */
 bool bp__index_find_id(const bp__index *ix, bp_id id, uint64_t limit, uint64_t *seq);
-/* Where the frame of id probably is (segment, offset), read from the first
- * slot whose hash matches, without reading any entry; false if no slot
- * matches or the place is not known. A hint: bp__index_find_id decides. */
-bool bp__index_frame_hint(const bp__index *ix, bp_id id, uint64_t *segment_id, uint64_t *offset);
+/* Where the frame of id probably is (segment, offset), from the first slot
+ * below limit whose hash half matches, without reading any entry; false if
+ * no slot matches or the place is not known. A hint: only the id in the
+ * frame found there, or bp__index_find_id, confirms it. */
+bool bp__index_frame_hint(const bp__index *ix, bp_id id, uint64_t limit, uint64_t *segment_id, uint64_t *offset);
 /* A snapshot of a stream: its array and how many of its items are below limit. */
 static inline const uint32_t *bp__seqvec_view(const bp__seqvec *v, uint64_t limit, uint32_t *n) {
   uint32_t len = atomic_load_explicit(&v->len, memory_order_acquire);

@@ -135,48 +135,79 @@ void bp__evread_free(bp__evread *rd) {
   bp__buf_free(&rd->scratch);
 }
 
+/* src with its entity (el bytes), scope (sl bytes) and payload copied into
+ * one allocation; the strings need not end in a NUL. */
+static bp_status event_copy(const bp_event *src, size_t el, size_t sl, bp_event **out) {
+  bp_event *ev = malloc(sizeof(bp_event) + el + 1 + sl + 1 + src->payload_len);
+  if (!ev) return bp__fail(BP_ENOMEM, "out of memory for an event");
+  char *p = (char *)(ev + 1);
+  *ev = *src;
+  memcpy(p, src->entity, el);
+  p[el] = '\0';
+  ev->entity = p;
+  p += el + 1;
+  memcpy(p, src->scope, sl);
+  p[sl] = '\0';
+  ev->scope = p;
+  p += sl + 1;
+  if (src->payload_len) memcpy(p, src->payload, src->payload_len);
+  ev->payload = (const uint8_t *)p;
+  *out = ev;
+  return BP_OK;
+}
+
 /* Reads event seq into one allocation (view lock held); rd is scratch. */
 static bp_status event_at(bp_store *s, uint64_t seq, bp__evread *rd, bp_event **out) {
   bp_status st = bp__read_event(s, seq, rd);
-  if (!st) {
-    /* One allocation: the event, then entity, scope and payload. */
-    size_t el = strlen(rd->ev.entity), sl = strlen(rd->ev.scope);
-    bp_event *ev = malloc(sizeof(bp_event) + el + 1 + sl + 1 + rd->ev.payload_len);
-    if (!ev) {
-      st = bp__fail(BP_ENOMEM, "out of memory for an event");
-    } else {
-      char *p = (char *)(ev + 1);
-      *ev = rd->ev;
-      memcpy(p, rd->ev.entity, el + 1);
-      ev->entity = p;
-      p += el + 1;
-      memcpy(p, rd->ev.scope, sl + 1);
-      ev->scope = p;
-      p += sl + 1;
-      if (rd->ev.payload_len) memcpy(p, rd->ev.payload, rd->ev.payload_len);
-      ev->payload = (const uint8_t *)p;
-      *out = ev;
-    }
-  }
-  return st;
+  return st ? st : event_copy(&rd->ev, strlen(rd->ev.entity), strlen(rd->ev.scope), out);
 }
 
-/* The first lines of a frame ahead of a lookup: the id table says where the
- * frame probably is, so its memory can arrive while the entry is read. */
+/* The first lines of a frame, asked for before its length is read. */
 #define BP__GET_AHEAD_BYTES 512
+
+/* bp_get by the id table's hint alone (view lock held). A frame holds all of
+ * its event, its id included, so when the hinted frame's segment is mapped
+ * and the frame there checks out and carries the id asked for, the index
+ * entry is never read: one cache miss and, on a VM, one nested page walk
+ * fewer on the way. Returns false when it cannot tell (no hint, no mapping,
+ * a frame that does not check out or holds another id): the caller reads by
+ * the entry then, which also reports what is wrong. *st is set on true. */
+static bool get_by_hint(bp_store *s, bp_id id, bp__evread *rd, bp_event **out, bp_status *st) {
+  uint64_t seg, off;
+  size_t map_len;
+  if (!bp__index_frame_hint(&s->ix, id, bp__index_visible(&s->ix), &seg, &off)) return false;
+  const uint8_t *map = bp__segment_map(s, seg, &map_len);
+  if (!map || off >= map_len || map_len - off < BP__FRAME_PREFIX) return false;
+  const uint8_t *frame = map + off;
+  size_t room = map_len - off;
+  prefetch_lines(frame, room < BP__GET_AHEAD_BYTES ? room : BP__GET_AHEAD_BYTES);
+  size_t body = bp__get_be32(frame);
+  if (body > room - BP__FRAME_PREFIX) return false;
+  if (body + BP__FRAME_PREFIX > BP__GET_AHEAD_BYTES) prefetch_lines(frame, body + BP__FRAME_PREFIX);
+  if (bp__crc32(frame + BP__FRAME_PREFIX, body) != bp__get_be32(frame + 4)) return false;
+  bp__frame f;
+  if (!bp__frame_decode_canonical(frame + BP__FRAME_PREFIX, body, &rd->scratch, &f)) return false;
+  if (!bp_id_eq(f.header.event_id, id)) return false;
+  bp_event ev = {.header = f.header,
+                 .entity = f.entity,
+                 .scope = f.scope,
+                 .has_hash_chain = f.has_chain,
+                 .hash_chain = f.chain,
+                 .payload = f.payload,
+                 .payload_len = f.payload_len};
+  *st = event_copy(&ev, f.entity_len, f.scope_len, out);
+  return true;
+}
 
 /* bp_get with the view lock held. */
 static bp_status get_locked(bp_store *s, bp_id id, bp_event **out) {
-  uint64_t seg, off, seq;
-  size_t map_len;
-  if (bp__index_frame_hint(&s->ix, id, &seg, &off)) {
-    const uint8_t *map = bp__segment_map(s, seg, &map_len);
-    if (map && off < map_len) prefetch_lines(map + off, map_len - off < BP__GET_AHEAD_BYTES ? map_len - off : BP__GET_AHEAD_BYTES);
-  }
-  if (!bp__index_find_id(&s->ix, id, bp__index_visible(&s->ix), &seq)) return not_found(id);
   bp__evread rd;
   memset(&rd, 0, sizeof rd);
-  bp_status st = event_at(s, seq, &rd, out);
+  bp_status st;
+  if (!get_by_hint(s, id, &rd, out, &st)) {
+    uint64_t seq;
+    st = bp__index_find_id(&s->ix, id, bp__index_visible(&s->ix), &seq) ? event_at(s, seq, &rd, out) : not_found(id);
+  }
   bp__evread_free(&rd);
   return st;
 }
