@@ -493,6 +493,39 @@ static void idempotency_key_returns_the_original_receipt_and_writes_nothing(void
   assert_ok(bp_close(s));
 }
 
+/* A receipt with only its fields set, every other byte zero. */
+static bp_append_receipt receipt_of(const bp_append_receipt *r) {
+  bp_append_receipt want;
+  memset(&want, 0, sizeof want);
+  want.event_id = r->event_id;
+  want.sequence = r->sequence;
+  want.disk_pos.segment_id = r->disk_pos.segment_id;
+  want.disk_pos.offset = r->disk_pos.offset;
+  want.disk_pos.length = r->disk_pos.length;
+  return want;
+}
+
+/* Receipts are written whole, padding included (also for an idempotent
+ * repeat), so that they can be copied through a pipe, hashed or compared with
+ * memcmp without reading undefined bytes. */
+static void receipts_are_written_in_every_byte(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  bp_append_options o;
+  memset(&o, 0, sizeof o);
+  o.idempotency_key = bp_id_v7();
+  bp_append_receipt r[2];
+  memset(r, 0xa5, sizeof r);
+  assert_ok(bp_append_with(s, &ALICE, 0x1001, "one", 3, &o, &r[0]));
+  assert_ok(bp_append_with(s, &ALICE, 0x1001, "one", 3, &o, &r[1]));
+  for (int i = 0; i < 2; i++) {
+    bp_append_receipt want = receipt_of(&r[i]);
+    assert_memory_equal(&r[i], &want, sizeof want);
+  }
+  assert_memory_equal(&r[0], &r[1], sizeof r[0]);
+  assert_ok(bp_close(s));
+}
+
 static void group_commit_requires_idempotency_keys(void **state) {
   fixture *f = *state;
   f->cfg.group_commit_max_batch = 8;
@@ -1841,6 +1874,7 @@ int main(void) {
       T(null_payload_with_length_fails_einval),
       T(cas_modes_check_the_entity_sequence),
       T(idempotency_key_returns_the_original_receipt_and_writes_nothing),
+      T(receipts_are_written_in_every_byte),
       T(group_commit_requires_idempotency_keys),
       T(batch_is_all_or_nothing_on_a_failed_check),
       T(batch_frames_carry_member_flags_except_the_last),

@@ -516,6 +516,17 @@ static bool key_seen_before(const bp_event_in *ev, size_t i) {
   return false;
 }
 
+/* A receipt for the event at seq, every byte of it written (padding too), so
+ * that callers may copy, hash or compare receipts as bytes. */
+static void set_receipt(bp_append_receipt *r, const bp__ientry *e, uint64_t seq) {
+  memset(r, 0, sizeof *r);
+  r->event_id = e->event_id;
+  r->sequence = seq;
+  r->disk_pos.segment_id = e->segment_id;
+  r->disk_pos.offset = e->offset;
+  r->disk_pos.length = e->length;
+}
+
 /* Plans every event of one append call into wbuf and the index. */
 static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
   int64_t ts = bp__now_us(s);
@@ -545,9 +556,7 @@ static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
       uint64_t seq;
       if (bp__index_find_id(&s->ix, o->idempotency_key, s->ix.count, &seq) && rcpt) {
         const bp__ientry *e = bp__index_at(&s->ix, seq);
-        rcpt->event_id = e->event_id;
-        rcpt->sequence = seq;
-        rcpt->disk_pos = (bp_disk_pos){e->segment_id, e->offset, e->length};
+        set_receipt(rcpt, e, seq);
       }
       continue;
     }
@@ -624,11 +633,7 @@ static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
     ent->next_clock++;
     ent->last_wall_ms = wall;
     memcpy(ent->last_hash, event_hash, 32);
-    if (rcpt) {
-      rcpt->event_id = e.event_id;
-      rcpt->sequence = seq;
-      rcpt->disk_pos = (bp_disk_pos){e.segment_id, e.offset, e.length};
-    }
+    if (rcpt) set_receipt(rcpt, &e, seq);
   }
   if (dup != stack_dup) free(dup);
   return st;
