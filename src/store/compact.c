@@ -338,8 +338,14 @@ static bp_status write_segment(compaction *c) {
   c->end = seq;
   if (!st) st = copy_names(c);
   if (!st) st = flush(c);
-  if (!st) st = bp__sidx_encode(&c->ix, 0, c->ix.count, c->size, &c->out);
-  if (!st) st = flush(c);
+  if (!st) {
+    /* The footer goes to the file in pieces (a million events make 154 MB). */
+    uint64_t len = 0;
+    int rc = bp__sidx_write(&c->ix, 0, c->ix.count, c->size, c->fd, &len);
+    if (rc == ENOMEM) st = bp__fail(BP_ENOMEM, "compaction: out of memory for the SIDX footer");
+    else if (rc) st = bp__fail_errno(BP_EIO, rc, "compaction: write %s", c->tmp);
+    c->size += len;
+  }
   if (!st) {
     int rc = bp__os_sync(c->fd, 0);
     if (rc) st = bp__fail_errno(BP_EIO, rc, "compaction: fsync %s", c->tmp);

@@ -192,24 +192,19 @@ void bp__segment_renumber_footers(bp_store *s) {
     const struct bp__stale_footer *sf = &s->stale_footers[i];
     char path[4096];
     bp__segment_path(s, sf->id, path, sizeof path);
-    bp__buf b;
-    bp__buf_init(&b);
-    int rc = bp__sidx_encode(&s->ix, sf->first, sf->first + sf->count, sf->frames_end, &b) ? ENOMEM : 0;
+    uint64_t want = 0, len = 0;
+    int rc = bp__sidx_length(&s->ix, sf->first, sf->first + sf->count, &want);
     int fd = rc ? -1 : bp__os_table.open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0);
     struct stat st;
     if (!rc && fd < 0) rc = errno ? errno : EIO;
     if (!rc && bp__os_table.fstat(fd, &st) != 0) rc = errno ? errno : EIO;
     /* Same events, same names: the footer keeps its length. */
-    if (!rc && (uint64_t)st.st_size != sf->frames_end + b.len) rc = EINVAL;
-    if (!rc) {
-      struct iovec iov = {b.data, b.len};
-      rc = bp__os_write_all(fd, &iov, 1, sf->frames_end);
-      if (!rc) rc = bp__os_sync(fd, 0);
-    }
+    if (!rc && (uint64_t)st.st_size != sf->frames_end + want) rc = EINVAL;
+    if (!rc) rc = bp__sidx_write(&s->ix, sf->first, sf->first + sf->count, sf->frames_end, fd, &len);
+    if (!rc) rc = bp__os_sync(fd, 0);
     if (fd >= 0) bp__os_table.close(fd);
     if (rc) bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": SIDX footer not renumbered: %s", sf->id, strerror(rc));
     else bp__log(s, BP_LOG_INFO, "segment %06" PRIu64 ": SIDX footer renumbered", sf->id);
-    bp__buf_free(&b);
   }
   free(s->stale_footers);
   s->stale_footers = NULL;
@@ -221,19 +216,18 @@ void bp__segment_renumber_footers(bp_store *s) {
  * a full segment of the default size, need not all be in memory at once. */
 #define SIDX_PIECE (1u << 20)
 
-/* The footer of entries [first, end) into b; with fd >= 0, b's bytes go to fd
- * at *at whenever they make a piece (the last piece stays in b). Returns 0,
- * ENOMEM, or an errno value of a write. */
-static int sidx_emit(const bp__index *ix, uint64_t first, uint64_t end, uint64_t frames_end, bp__buf *b, int fd,
-                     uint64_t *at) {
-  /* Local string indexes in first-use order. */
+/* The footer's string table into b: the entity and scope names of entries
+ * [first, end) in first-use order. Returns local, local[name id] being the
+ * name's place in the table (the caller frees it), or NULL when out of
+ * memory. */
+static uint32_t *sidx_names(const bp__index *ix, uint64_t first, uint64_t end, bp__buf *b) {
   uint32_t names = bp__index_name_count(ix);
   uint32_t *local = malloc(sizeof *local * names);
   uint32_t *order = malloc(sizeof *order * names);
   if (!local || !order) {
     free(local);
     free(order);
-    return ENOMEM;
+    return NULL;
   }
   memset(local, 0xff, sizeof *local * names);
   uint32_t used = 0;
@@ -251,6 +245,17 @@ static int sidx_emit(const bp__index *ix, uint64_t first, uint64_t end, uint64_t
     const bp__name *nm = bp__index_name(ix, order[i]);
     bp__mp_put_str(b, nm->str, nm->len);
   }
+  free(order);
+  return local;
+}
+
+/* The footer of entries [first, end) into b; with fd >= 0, b's bytes go to fd
+ * at *at whenever they make a piece (the last piece stays in b). Returns 0,
+ * ENOMEM, or an errno value of a write. */
+static int sidx_emit(const bp__index *ix, uint64_t first, uint64_t end, uint64_t frames_end, bp__buf *b, int fd,
+                     uint64_t *at) {
+  uint32_t *local = sidx_names(ix, first, end, b);
+  if (!local) return ENOMEM;
   uint64_t count = end - first;
   uint64_t per_piece = fd >= 0 ? SIDX_PIECE / BP__SIDX_ENTRY_SIZE : count;
   int rc = 0;
@@ -288,8 +293,18 @@ static int sidx_emit(const bp__index *ix, uint64_t first, uint64_t end, uint64_t
     b->len += BP__SIDX_TRAILER_SIZE;
   }
   free(local);
-  free(order);
   return rc ? rc : b->oom ? ENOMEM : 0;
+}
+
+int bp__sidx_length(const bp__index *ix, uint64_t first, uint64_t end, uint64_t *len) {
+  bp__buf b;
+  bp__buf_init(&b);
+  uint32_t *local = sidx_names(ix, first, end, &b);
+  int rc = local && !b.oom ? 0 : ENOMEM;
+  *len = b.len + (end - first) * BP__SIDX_ENTRY_SIZE + BP__SIDX_TRAILER_SIZE;
+  free(local);
+  bp__buf_free(&b);
+  return rc;
 }
 
 bp_status bp__sidx_encode(const bp__index *ix, uint64_t first, uint64_t end, uint64_t frames_end,

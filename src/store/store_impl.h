@@ -195,6 +195,9 @@ bp_status bp__sidx_encode(const bp__index *ix, uint64_t first, uint64_t end, uin
 /* Writes that footer to fd right after the frames (at frames_end), a piece
  * at a time, its length in *len. Returns 0, ENOMEM or an errno value. */
 int bp__sidx_write(const bp__index *ix, uint64_t first, uint64_t end, uint64_t frames_end, int fd, uint64_t *len);
+/* That footer's length in bytes, without encoding its entries (they have a
+ * fixed size). Returns 0 or ENOMEM. */
+int bp__sidx_length(const bp__index *ix, uint64_t first, uint64_t end, uint64_t *len);
 
 /* A segment file opened for recovery. Only its header and trailer are read at
  * open; the footer is read with pread, and the whole file is mapped only when
