@@ -33,6 +33,10 @@ bp_status bp__fail_errno(bp_status code, int err, const char *fmt, ...) BP__PRIN
 /* Prefixes the current thread's error message with context ("segment 3: ...")
  * and returns its code. */
 bp_status bp__fail_context(const char *fmt, ...) BP__PRINTF(1, 2);
+/* The same, and the error becomes one of kind code (a decoder's BP_ESERIAL
+ * reported as a corrupt file, say); returns code. The message is never passed
+ * back in as a format argument, which would overlap the buffer written. */
+bp_status bp__fail_within(bp_status code, const char *fmt, ...) BP__PRINTF(2, 3);
 
 /* Restores an error captured on another thread as this thread's last error. */
 void bp__set_error(const bp_error *err);

@@ -947,6 +947,36 @@ static void crc_mismatch_on_read_fails_ecrc(void **state) {
   assert_ok(bp_close(s));
 }
 
+/* A frame whose CRC is right but whose body is not an event (its map made an
+ * array, the CRC fixed up): reading it fails BP_ECORRUPT, and the message
+ * names the segment, the offset and what the decoder found. */
+static void undecodable_frame_names_its_place_and_the_reason(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  bp_append_receipt r = append_text(s, &ALICE, "to be damaged");
+  assert_ok(bp_close(s));
+  long off = (long)r.disk_pos.offset;
+  uint32_t body_len = r.disk_pos.length - BP__FRAME_PREFIX;
+  uint8_t *body = malloc(body_len);
+  assert_non_null(body);
+  for (uint32_t i = 0; i < body_len; i++) body[i] = read_file_byte(f->dir, "000001.fbat", off + BP__FRAME_PREFIX + (long)i);
+  assert_int_equal(body[0], 0x83); /* a map of three: event, entity, scope */
+  body[0] = 0x93;
+  uint32_t crc = bp__crc32(body, body_len);
+  write_file_byte(f->dir, "000001.fbat", off + BP__FRAME_PREFIX, 0x93);
+  for (int i = 0; i < 4; i++) write_file_byte(f->dir, "000001.fbat", off + 4 + i, (uint8_t)(crc >> (24 - 8 * i)));
+  free(body);
+  s = open_ok(f); /* by the checkpoint: the frame is not read on the way */
+  bp_event *ev;
+  assert_status(bp_get(s, r.event_id, &ev), BP_ECORRUPT);
+  const char *m = bp_last_error()->message;
+  char want[64];
+  snprintf(want, sizeof want, "000001 offset %llu", (unsigned long long)r.disk_pos.offset);
+  if (!strstr(m, want) || !strstr(m, "does not decode") || !strstr(m, "msgpack"))
+    fail_msg("message \"%s\" should name %s and say why the frame does not decode", m, want);
+  assert_ok(bp_close(s));
+}
+
 /* ------------------------------------------------------------ faults */
 
 static int fail_writes;     /* writes to fail, then succeed */
@@ -1891,6 +1921,7 @@ int main(void) {
       T(truncated_sidx_footer_is_ignored_for_a_scan),
       T(bad_frame_in_a_sealed_segment_fails_unless_salvaged),
       T(crc_mismatch_on_read_fails_ecrc),
+      T(undecodable_frame_names_its_place_and_the_reason),
       T(failed_write_fails_eio_then_restarts_once),
       T(bounded_restart_policy_allows_n_restarts),
       T(failed_fsync_fails_the_append_and_keeps_earlier_events),

@@ -82,12 +82,9 @@ bp_status bp__fail_errno(bp_status code, int err, const char *fmt, ...) {
   return code;
 }
 
-bp_status bp__fail_context(const char *fmt, ...) {
+BP__PRINTF(1, 0) static void prefix_message(const char *fmt, va_list ap) {
   char prefix[128], old[sizeof last_error.message];
-  va_list ap;
-  va_start(ap, fmt);
   vsnprintf(prefix, sizeof prefix, fmt, ap);
-  va_end(ap);
   memcpy(old, last_error.message, sizeof old);
   /* prefix ": " old, truncated to the message buffer. */
   size_t cap = sizeof last_error.message - 1, n = 0;
@@ -99,7 +96,23 @@ bp_status bp__fail_context(const char *fmt, ...) {
     n += len;
   }
   last_error.message[n] = '\0';
+}
+
+bp_status bp__fail_context(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  prefix_message(fmt, ap);
+  va_end(ap);
   return last_error.code;
+}
+
+bp_status bp__fail_within(bp_status code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  prefix_message(fmt, ap);
+  va_end(ap);
+  last_error.code = code;
+  return code;
 }
 
 void bp_free(void *ptr) { free(ptr); }

@@ -96,10 +96,8 @@ bp_status bp__read_event(bp_store *s, uint64_t seq, bp__evread *rd) {
   uint64_t seg = e->segment_id, off = e->offset;
   const uint8_t *frame = rd->raw;
   bp__frame f;
-  if (bp__frame_decode_body(frame + BP__FRAME_PREFIX, len - BP__FRAME_PREFIX, &rd->scratch, &f) != BP_OK) {
-    bp__fail_context("segment %06" PRIu64 " offset %" PRIu64, seg, off);
-    return bp__fail(BP_ECORRUPT, "%s", "frame does not decode");
-  }
+  if (bp__frame_decode_body(frame + BP__FRAME_PREFIX, len - BP__FRAME_PREFIX, &rd->scratch, &f) != BP_OK)
+    return bp__fail_within(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame does not decode", seg, off);
   if (!bp_id_eq(f.header.event_id, e->event_id))
     return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame holds another event", seg, off);
   rd->ev.header = f.header;

@@ -387,11 +387,9 @@ bp_status bp__segfile_open(bp_store *s, uint64_t id, bp__segfile *f) {
   f->frames_start = consumed;
   return BP_OK;
 
-bad:;
-  char why[sizeof(bp_last_error()->message)];
-  memcpy(why, bp_last_error()->message, sizeof why);
+bad:
   bp__segfile_close(f);
-  return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 ": %s", id, why);
+  return bp__fail_within(BP_ECORRUPT, "segment %06" PRIu64, id);
 }
 
 /* Maps (or, failing that, reads) the whole file for a frame scan. */

@@ -522,7 +522,7 @@ bp_status bp__segment_header_decode(const uint8_t *data, size_t len, bp__segment
   }
   if (!st) st = bp__field_require(seen, 0xf, segment_fields, "segment header");
   if (!st) st = check_end(&r, "segment header");
-  if (st) return bp__fail(BP_ECORRUPT, "segment header: %s", bp_last_error()->message);
+  if (st) return bp__fail_within(BP_ECORRUPT, "segment header");
   if (h->version != BP__SEGMENT_VERSION)
     return bp__fail(BP_ECORRUPT, "segment header: unsupported version %u", h->version);
   *consumed = 8 + (size_t)hlen;
