@@ -1367,6 +1367,30 @@ static void filled_pages_leave_the_mapping_when_written_back(void **state) {
 
 /* Failing to write the zeros ahead fails no append: the frames extend the
  * file themselves, and every one is there after a reopen. */
+/* A released segment's pages leave the process (compaction releases each
+ * source segment once copied) and come back on the next read. */
+static void released_segment_pages_leave_and_come_back(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  bp_append_receipt r = append_text(s, &ALICE, "in a sealed segment");
+  assert_ok(bp_close(s));
+  s = open_ok(f);
+  expect_text(s, r.event_id, "user:alice", "in a sealed segment", "first read");
+  size_t len;
+  const uint8_t *map = bp__segment_map(s, r.disk_pos.segment_id, &len);
+  if (!map || page_present(map + r.disk_pos.offset) < 0) {
+    print_message("segment not mapped or no /proc/self/pagemap: nothing to check\n");
+    assert_ok(bp_close(s));
+    return;
+  }
+  assert_int_equal(page_present(map + r.disk_pos.offset), 1);
+  bp__segment_release(s, r.disk_pos.segment_id);
+  assert_int_equal(page_present(map + r.disk_pos.offset), 0);
+  expect_text(s, r.event_id, "user:alice", "in a sealed segment", "read after the release");
+  assert_int_equal(page_present(map + r.disk_pos.offset), 1);
+  assert_ok(bp_close(s));
+}
+
 static void a_failed_write_of_zeros_ahead_fails_no_append(void **state) {
   fixture *f = *state;
   f->cfg.sync_every_n_events = 1;
@@ -1929,6 +1953,7 @@ int main(void) {
       T(space_allocated_ahead_is_not_a_torn_tail),
       T(durable_appends_land_on_zeros_written_ahead),
       T(filled_pages_leave_the_mapping_when_written_back),
+      T(released_segment_pages_leave_and_come_back),
       T(a_failed_write_of_zeros_ahead_fails_no_append),
       T(bp_sync_forces_durability),
       T(readonly_open_reads_and_refuses_appends),

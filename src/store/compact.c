@@ -330,10 +330,17 @@ static bp_status write_segment(compaction *c) {
   bp__evread rd;
   memset(&rd, 0, sizeof rd);
   uint64_t seq = 0;
+  uint32_t reading = 0; /* the segment the last event came from */
   for (; seq < visible && !st; seq++) {
-    if (bp__index_at(&s->ix, seq)->segment_id >= c->highest) break;
+    uint32_t from = bp__index_at(&s->ix, seq)->segment_id;
+    if (from >= c->highest) break;
+    /* Events come segment after segment: the pages of one that has been
+     * copied are not needed again (a million events are 468 MB of them). */
+    if (from != reading && reading) bp__segment_release(s, reading);
+    reading = from;
     st = copy_event(c, seq, &rd);
   }
+  if (reading) bp__segment_release(s, reading);
   bp__evread_free(&rd);
   c->end = seq;
   if (!st) st = copy_names(c);

@@ -108,6 +108,13 @@ const uint8_t *bp__segment_map(bp_store *s, uint64_t id, size_t *len) {
   return map;
 }
 
+void bp__segment_release(bp_store *s, uint64_t id) {
+  pthread_mutex_lock(&s->seg_lock);
+  bp__segment *g = find_locked(s, id);
+  if (g && g->map) madvise((void *)g->map, g->map_len, MADV_DONTNEED);
+  pthread_mutex_unlock(&s->seg_lock);
+}
+
 const uint8_t *bp__segment_view(bp_store *s, uint64_t id, uint64_t off, size_t len) {
   size_t map_len;
   const uint8_t *map = bp__segment_map(s, id, &map_len);

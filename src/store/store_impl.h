@@ -185,6 +185,10 @@ const uint8_t *bp__segment_view(bp_store *s, uint64_t id, uint64_t off, size_t l
 /* The mapping of a sealed segment that is already mapped (its length in
  * *len), or NULL. Valid while the caller holds the view lock. */
 const uint8_t *bp__segment_map(bp_store *s, uint64_t id, size_t *len);
+/* Lets the pages of a mapped segment leave this process's memory (they stay
+ * in the page cache; the mapping stays valid, a later read faults them back
+ * in): for readers that have passed a whole segment and will not return. */
+void bp__segment_release(bp_store *s, uint64_t id);
 /* Unmaps and closes everything. */
 void bp__segments_free(bp_store *s);
 
