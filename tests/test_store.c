@@ -1367,6 +1367,45 @@ static void filled_pages_leave_the_mapping_when_written_back(void **state) {
 
 /* Failing to write the zeros ahead fails no append: the frames extend the
  * file themselves, and every one is there after a reopen. */
+static int preads;
+static ssize_t counting_pread(int fd, void *buf, size_t n, off_t off) {
+  preads++;
+  return pread(fd, buf, n, off);
+}
+
+/* Events in the active segment are read through a read-only mapping of it,
+ * with the writer mapping it (sync every 1000) or writing with pwrite (sync
+ * every event): no pread per frame. Readers see every published frame. */
+static void active_segment_is_read_through_its_mapping(void **state) {
+  fixture *f = *state;
+  const uint32_t modes[2] = {1000, 1};
+  for (int m = 0; m < 2; m++) {
+    f->cfg.sync_every_n_events = modes[m];
+    bp_store *s = open_ok(f);
+    bp_append_receipt r[50];
+    char text[50][32];
+    for (int i = 0; i < 50; i++) {
+      snprintf(text[i], sizeof text[i], "event %d of mode %d", i, m);
+      r[i] = append_text(s, &ALICE, text[i]);
+    }
+    preads = 0;
+    bp__os_table.pread = counting_pread;
+    for (int i = 0; i < 50; i++) expect_text(s, r[i].event_id, "user:alice", text[i], "active segment");
+    bp_events walk;
+    assert_ok(bp_walk_ancestors(s, r[49].event_id, 50, &walk));
+    assert_int_equal(walk.len, 50);
+    bp_events_free(&walk);
+    bp__os_table = bp__os_default;
+    if (preads) fail_msg("sync every %u: %d preads for reads of the active segment", modes[m], preads);
+    assert_int_equal(r[49].disk_pos.segment_id, s->wseg);
+    assert_ok(bp_close(s));
+    /* Sealed by the close: read again after reopening. */
+    s = open_ok(f);
+    expect_text(s, r[49].event_id, "user:alice", text[49], "after reopen");
+    assert_ok(bp_close(s));
+  }
+}
+
 /* A released segment's pages leave the process (compaction releases each
  * source segment once copied) and come back on the next read. */
 static void released_segment_pages_leave_and_come_back(void **state) {
@@ -1953,6 +1992,7 @@ int main(void) {
       T(space_allocated_ahead_is_not_a_torn_tail),
       T(durable_appends_land_on_zeros_written_ahead),
       T(filled_pages_leave_the_mapping_when_written_back),
+      T(active_segment_is_read_through_its_mapping),
       T(released_segment_pages_leave_and_come_back),
       T(a_failed_write_of_zeros_ahead_fails_no_append),
       T(bp_sync_forces_durability),

@@ -386,7 +386,7 @@ static void swap_segments(compaction *c) {
   for (size_t i = 0; i < s->nsegs; i++) {
     bp__segment *g = &s->segs[i];
     if (g->id < c->highest) {
-      if (g->map) bp__os_table.munmap(g->map, g->map_len);
+      if (g->map) bp__os_table.munmap(g->map, g->map_size);
       if (g->rfd >= 0) {
         bp__os_table.close(g->rfd);
         s->open_rfds--;

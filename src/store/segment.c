@@ -80,7 +80,32 @@ void bp__segment_sealed(bp_store *s, uint64_t id, uint64_t size) {
   if (g) {
     g->sealed = true;
     g->size = size;
+    if (g->map) g->map_len = size < g->map_size ? size : g->map_size; /* the footer too */
   }
+  pthread_mutex_unlock(&s->seg_lock);
+}
+
+void bp__segment_map_active(bp_store *s, uint64_t id, int fd, uint64_t reserve) {
+  if (reserve > ((uint64_t)1 << 40)) return;
+  size_t len = (size_t)bp__os_page_ceil(reserve);
+  void *m = bp__os_table.mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
+  if (m == MAP_FAILED) return;
+  pthread_mutex_lock(&s->seg_lock);
+  bp__segment *g = find_locked(s, id);
+  if (g && !g->map) {
+    g->map = m;
+    g->map_size = len;
+    g->map_len = 0;
+    m = NULL;
+  }
+  pthread_mutex_unlock(&s->seg_lock);
+  if (m) bp__os_table.munmap(m, len);
+}
+
+void bp__segment_readable(bp_store *s, uint64_t id, uint64_t upto) {
+  pthread_mutex_lock(&s->seg_lock);
+  bp__segment *g = find_locked(s, id);
+  if (g && g->map) g->map_len = upto < g->map_size ? (size_t)upto : g->map_size;
   pthread_mutex_unlock(&s->seg_lock);
 }
 
@@ -142,7 +167,7 @@ bp_status bp__segment_read(bp_store *s, uint64_t id, uint64_t off, void *buf, si
       void *m = bp__os_table.mmap(NULL, g->size, PROT_READ, MAP_SHARED, fd, 0);
       if (m != MAP_FAILED) {
         g->map = m;
-        g->map_len = g->size;
+        g->map_len = g->map_size = g->size;
       }
       if (opened) bp__os_table.close(fd);
     }
@@ -184,7 +209,7 @@ bp_status bp__segment_read(bp_store *s, uint64_t id, uint64_t off, void *buf, si
 
 void bp__segments_free(bp_store *s) {
   for (size_t i = 0; i < s->nsegs; i++) {
-    if (s->segs[i].map) bp__os_table.munmap(s->segs[i].map, s->segs[i].map_len);
+    if (s->segs[i].map) bp__os_table.munmap(s->segs[i].map, s->segs[i].map_size);
     if (s->segs[i].rfd >= 0) bp__os_table.close(s->segs[i].rfd);
   }
   free(s->segs);

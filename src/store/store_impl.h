@@ -41,8 +41,10 @@ typedef struct bp__segment {
   uint64_t id;
   bool sealed;              /* immutable: has (or will only ever have) its footer */
   uint64_t size;            /* bytes in the file */
-  uint8_t *map;             /* whole-file mapping of a sealed segment, or NULL */
-  size_t map_len;
+  uint8_t *map;             /* read-only mapping, or NULL: a sealed segment's whole file, or
+                               the active segment's reserved range (bp__segment_map_active) */
+  size_t map_len;           /* bytes of map that may be read: the file, or the frames published */
+  size_t map_size;          /* bytes mapped (munmap) */
   int rfd;                  /* read descriptor, -1 when closed */
   uint32_t refs;            /* reads using rfd right now */
   uint64_t last_use;        /* LRU tick for the descriptor cache */
@@ -185,6 +187,15 @@ const uint8_t *bp__segment_view(bp_store *s, uint64_t id, uint64_t off, size_t l
 /* The mapping of a sealed segment that is already mapped (its length in
  * *len), or NULL. Valid while the caller holds the view lock. */
 const uint8_t *bp__segment_map(bp_store *s, uint64_t id, size_t *len);
+/* Maps the active segment id (descriptor fd) read-only at its full reserved
+ * size, so that readers take its frames from memory instead of calling pread
+ * per frame; only the bytes bp__segment_readable allowed are ever read (the
+ * rest may lie past the end of the file). Without a mapping (an absurd size,
+ * mmap failing) reads use pread, as before. */
+void bp__segment_map_active(bp_store *s, uint64_t id, int fd, uint64_t reserve);
+/* Frames of segment id up to byte upto are published: readers may read them
+ * through its mapping. */
+void bp__segment_readable(bp_store *s, uint64_t id, uint64_t upto);
 /* Lets the pages of a mapped segment leave this process's memory (they stay
  * in the page cache; the mapping stays valid, a later read faults them back
  * in): for readers that have passed a whole segment and will not return. */

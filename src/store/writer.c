@@ -399,6 +399,7 @@ static bp_status writer_open_segment(bp_store *s) {
   if (!rc) rc = bp__os_sync_dir(s->dir);
   bp_status st = rc ? bp__fail_errno(BP_EIO, rc, "write header of segment %s", path) : BP_OK;
   if (!st) st = bp__segment_add(s, id, false, size);
+  if (!st) bp__segment_map_active(s, id, fd, s->cfg.segment_max_bytes + BP__MAP_SLACK);
   if (st) {
     bp__os_table.close(fd);
     bp__os_table.unlink(tmp);
@@ -719,6 +720,7 @@ static void commit_group(bp_store *s, bp__req **group, size_t ng, hints *h) {
       if (sync_now) synced(s);
       else start_writeback(s, h);
       s->unsynced = sync_now ? 0 : s->unsynced + new_events;
+      bp__segment_readable(s, s->wseg, s->wsize);
       bp__index_publish(&s->ix);
       if (sync_now) atomic_store(&s->durable, s->ix.count);
       bp__notify(s, count0, s->ix.count);
