@@ -1013,7 +1013,7 @@ int main(int argc, char **argv) {
   }
 
   /* -- reads: one data set, read many ways -- */
-  const char *reads[] = {"reopen_checkpoint", "reopen_sidx", "reopen_scan", "get_random", "stream_25k",
+  const char *reads[] = {"reopen_checkpoint", "reopen_sidx", "reopen_scan", "get_random", "get_random_live", "stream_25k",
                          "scope_query", "kind_query", "category_query", "cursor_drain", "ancestor_walk_10k",
                          "rss_reopen"};
   bool any_read = false;
@@ -1052,6 +1052,31 @@ int main(int argc, char **argv) {
       measure(r.b, &r.bn, sqlite_get_random, &c);
       measure(r.v, &r.n, batpak_get_random, &c);
       report(&r);
+    }
+    if (selected("get_random_live")) {
+      /* The same reads from a store that appended its events in this process
+       * and was not reopened: they are in its active segment. */
+      read_ctx live = c;
+      live.s = open_store("live", 1000, 1, true, false);
+      append_ctx ac = {opt.events, 1, 0, 1000, 1, false, 0};
+      thread_job j = {live.s, &ac, 0};
+      append_thread(&j);
+      bp_region everything_live = bp_region_all();
+      bp_entries le;
+      check(bp_query(live.s, &everything_live, &le), "bp_query");
+      live.nids = le.len;
+      live.ids = malloc(sizeof *live.ids * live.nids);
+      for (size_t i = 0; i < le.len; i++) live.ids[i] = le.items[i].event_id;
+      bp_entries_free(&le);
+      snprintf(params, sizeof params,
+               "bp_get of random ids among %" PRIu64 " just appended, without reopening (the active segment)",
+               opt.events);
+      r = (result){"get_random_live", "us/op", params, false, {0}, 0, "sqlite", {0}, 0, 0};
+      measure(r.b, &r.bn, sqlite_get_random, &c);
+      measure(r.v, &r.n, batpak_get_random, &live);
+      report(&r);
+      free(live.ids);
+      check(bp_close(live.s), "bp_close");
     }
     const char *qn[] = {"stream_25k", "scope_query", "kind_query", "category_query"};
     const char *qd[] = {"bp_stream of one entity (1/4 of the events)", "bp_by_scope, every event",
