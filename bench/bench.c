@@ -1010,6 +1010,18 @@ int main(int argc, char **argv) {
       report(&r);
       bp_close(b.s);
     }
+    /* The replay again on a store that appended the events in this process
+     * and was not reopened: they are in its active segment. */
+    proj_bench live = {open_store("project_live", 1000, 1, true, false), 0, 0};
+    thread_job lj = {live.s, &c, 0};
+    append_thread(&lj);
+    r = (result){"project_25k_replay_live", "ms",
+                 "bp_project of one entity with 25000 events just appended, without reopening (the active "
+                 "segment), no cache",
+                 false, {0}, 0, NULL, {0}, 0, 0};
+    measure(r.v, &r.n, project_25k, &live);
+    report(&r);
+    check(bp_close(live.s), "bp_close");
   }
 
   /* -- reads: one data set, read many ways -- */
