@@ -455,6 +455,18 @@ typedef struct read_ctx {
   int which;
 } read_ctx;
 
+/* Every event id of c->s, in log order, for the random reads. */
+static void load_ids(read_ctx *c) {
+  bp_region all = bp_region_all();
+  bp_entries everything;
+  check(bp_query(c->s, &all, &everything), "bp_query");
+  c->nids = everything.len;
+  c->ids = malloc(sizeof *c->ids * c->nids);
+  if (!c->ids) { fprintf(stderr, "out of memory for %" PRIu64 " ids\n", c->nids); exit(1); }
+  for (size_t i = 0; i < everything.len; i++) c->ids[i] = everything.items[i].event_id;
+  bp_entries_free(&everything);
+}
+
 static double batpak_get_random(void *p) {
   read_ctx *c = p;
   uint64_t n = opt.quick ? 20000 : 100000;
@@ -1051,13 +1063,7 @@ int main(int argc, char **argv) {
     bp_config_init(&cfg, dir);
     check(bp_open_readonly(&cfg, &c.s), "bp_open_readonly");
     c.db = sqlite_open("baseline.db", false, "NORMAL");
-    bp_region all = bp_region_all();
-    bp_entries everything;
-    check(bp_query(c.s, &all, &everything), "bp_query");
-    c.nids = everything.len;
-    c.ids = malloc(sizeof *c.ids * c.nids);
-    for (size_t i = 0; i < everything.len; i++) c.ids[i] = everything.items[i].event_id;
-    bp_entries_free(&everything);
+    load_ids(&c);
     if (selected("get_random")) {
       snprintf(params, sizeof params, "bp_get of random ids among %" PRIu64 " (frame read, CRC, decode)", opt.events);
       r = (result){"get_random", "us/op", params, false, {0}, 0, "sqlite", {0}, 0, 0};
@@ -1073,13 +1079,7 @@ int main(int argc, char **argv) {
       append_ctx ac = {opt.events, 1, 0, 1000, 1, false, 0};
       thread_job j = {live.s, &ac, 0};
       append_thread(&j);
-      bp_region everything_live = bp_region_all();
-      bp_entries le;
-      check(bp_query(live.s, &everything_live, &le), "bp_query");
-      live.nids = le.len;
-      live.ids = malloc(sizeof *live.ids * live.nids);
-      for (size_t i = 0; i < le.len; i++) live.ids[i] = le.items[i].event_id;
-      bp_entries_free(&le);
+      load_ids(&live);
       snprintf(params, sizeof params,
                "bp_get of random ids among %" PRIu64 " just appended, without reopening (the active segment)",
                opt.events);
