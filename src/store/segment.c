@@ -86,7 +86,7 @@ void bp__segment_sealed(bp_store *s, uint64_t id, uint64_t size) {
 }
 
 void bp__segment_map_active(bp_store *s, uint64_t id, int fd, uint64_t reserve) {
-  if (reserve > ((uint64_t)1 << 40)) return;
+  if (reserve > ((uint64_t)1 << 40) || reserve > SIZE_MAX / 2) return; /* an absurd size, or more than this address space */
   size_t len = (size_t)bp__os_page_ceil(reserve);
   void *m = bp__os_table.mmap(NULL, len, PROT_READ, MAP_SHARED, fd, 0);
   if (m == MAP_FAILED) return;

@@ -238,7 +238,7 @@ static void close_segment(bp_store *s) {
 
 static void map_segment(bp_store *s) {
   uint64_t len = s->cfg.segment_max_bytes + BP__MAP_SLACK;
-  if (len > ((uint64_t)1 << 40)) return;  /* an absurd segment size: write() it is */
+  if (len > ((uint64_t)1 << 40) || len > SIZE_MAX / 2) return; /* an absurd segment size: write() it is */
   len = bp__os_page_ceil(len);
   void *m = bp__os_table.mmap(NULL, (size_t)len, PROT_READ | PROT_WRITE, MAP_SHARED, s->wfd, 0);
   if (m == MAP_FAILED) {
