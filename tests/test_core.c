@@ -1,5 +1,8 @@
 /* test_core.c - status codes, kinds, coordinates, regions, positions, headers. */
 #include "testutil.h"
+#include "internal.h"
+
+#include <errno.h>
 
 static void status_names_and_messages_are_stable(void **state) {
   (void)state;
@@ -24,6 +27,21 @@ static void last_error_records_the_failure_on_this_thread(void **state) {
   const bp_error *e = bp_last_error();
   assert_int_equal(e->code, BP_EINVAL);
   assert_non_null(strstr(e->message, "reserved"));
+}
+
+/* A failure's message may quote the previous failure's (how context is added
+ * to a decoder's reason); both with and without an errno suffix. */
+static void a_message_may_quote_the_last_one(void **state) {
+  (void)state;
+  bp__fail(BP_ESERIAL, "%s", "inner reason");
+  assert_status(bp__fail(BP_ECORRUPT, "outer: %s", bp_last_error()->message), BP_ECORRUPT);
+  assert_string_equal(bp_last_error()->message, "outer: inner reason");
+  bp__fail(BP_ESERIAL, "%s", "inner reason");
+  assert_status(bp__fail_errno(BP_EIO, ENOENT, "outer: %s", bp_last_error()->message), BP_EIO);
+  char want[128];
+  snprintf(want, sizeof want, "outer: inner reason: %s", strerror(ENOENT));
+  assert_string_equal(bp_last_error()->message, want);
+  assert_int_equal(bp_last_error()->sys_errno, ENOENT);
 }
 
 static void version_matches_the_header(void **state) {
@@ -211,6 +229,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(status_names_and_messages_are_stable),
       cmocka_unit_test(last_error_records_the_failure_on_this_thread),
+      cmocka_unit_test(a_message_may_quote_the_last_one),
       cmocka_unit_test(version_matches_the_header),
       cmocka_unit_test(kind_custom_packs_category_and_type),
       cmocka_unit_test(kind_custom_rejects_reserved_and_wide_categories),

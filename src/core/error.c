@@ -49,10 +49,15 @@ const char *bp_strerror(bp_status code) {
 
 const bp_error *bp_last_error(void) { return &last_error; }
 
+/* The message is formatted aside and then copied in, so that it may quote the
+ * previous one (bp_last_error()->message as an argument): formatting into the
+ * buffer an argument is read from overlaps, and glibc then repeats the prefix. */
 BP__PRINTF(3, 0) static bp_status record(bp_status code, int err, const char *fmt, va_list ap) {
+  char msg[sizeof last_error.message];
+  int n = vsnprintf(msg, sizeof msg, fmt, ap);
+  memcpy(last_error.message, msg, sizeof msg);
   last_error.code = code;
   last_error.sys_errno = err;
-  int n = vsnprintf(last_error.message, sizeof last_error.message, fmt, ap);
   if (err != 0 && n >= 0 && (size_t)n < sizeof last_error.message) {
     char sysbuf[96];
     const char *s = sysbuf;
