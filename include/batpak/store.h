@@ -113,7 +113,7 @@ typedef struct bp_disk_pos {
   uint32_t length;              /* the whole frame, prefix included */
 } bp_disk_pos;
 
-typedef struct bp_append_receipt {
+typedef struct bp_append_receipt { /* written whole by appends, padding included */
   bp_id event_id;
   uint64_t sequence;            /* the global sequence */
   bp_disk_pos disk_pos;
