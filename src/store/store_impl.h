@@ -58,7 +58,6 @@ typedef struct bp__remap {
   size_t n;
 } bp__remap;
 
-/* One append call waiting in the queue (a single event or a batch). */
 /* What an append works out for each event before it queues: no lock needed. */
 typedef struct bp__prep {
   uint8_t hash[32];         /* the content hash */
@@ -67,6 +66,7 @@ typedef struct bp__prep {
   bp__frame_parts parts;    /* the frame but for what the commit decides */
 } bp__prep;
 
+/* One append call waiting in the queue (a single event or a batch). */
 typedef struct bp__req {
   struct bp__req *next;
   const bp_event_in *events;
