@@ -13,6 +13,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -556,6 +557,161 @@ static void large_result_arrays_are_reused_by_the_next_query(void **state) {
   assert_ok(bp_close(s));
 }
 
+/* ------------------------------------------------ results shared with helpers */
+
+/* Results of 8,192 candidates or more are copied in chunks by the caller and
+ * the store's helper thread at once (query_threads); chunks that the region's
+ * filters thin out are moved together afterwards. Whatever thread copied what,
+ * a result must be the one the caller alone makes. */
+enum { SHARED_N = 30000 };
+
+typedef struct shared_query {
+  const char *what;
+  bp_region r;
+  const char *stream;       /* bp_stream of this entity instead of r */
+  size_t want;
+} shared_query;
+
+/* SHARED_N events: entities big:a/b/c in turn, scopes even and odd in turn,
+ * every fifth of kind 0x2002; each query below has 8,192 candidates or more. */
+static void shared_queries(shared_query q[5]) {
+  bp_region even = bp_region_scope("scope:even");
+  q[0] = (shared_query){"stream", bp_region_all(), "big:b", SHARED_N / 3};
+  q[1] = (shared_query){"scope", even, NULL, SHARED_N / 2};
+  /* From the scope's list (the smaller), less every tenth event: gaps in every chunk. */
+  q[2] = (shared_query){"scope and kind", bp_region_with_kind(even, 0x1001), NULL, SHARED_N / 2 - SHARED_N / 10};
+  /* From the kind's list, only clocks 2000-5999: whole chunks empty, later ones moved down. */
+  q[3] = (shared_query){"kind and clocks", bp_region_with_clock_range(bp_region_with_kind(bp_region_all(), 0x1001), 2000, 5999),
+                        NULL, 3 * 4000 * 4 / 5};
+  q[4] = (shared_query){"kind", bp_region_with_kind(bp_region_all(), 0x1001), NULL, SHARED_N - SHARED_N / 5};
+}
+
+static bp_status run_shared(bp_store *s, const shared_query *q, bp_entries *out) {
+  return q->stream ? bp_stream(s, q->stream, out) : bp_query(s, &q->r, out);
+}
+
+/* The first field in which two entries differ, or NULL. */
+static const char *differing_field(const bp_entry *g, const bp_entry *w) {
+  if (g->global_sequence != w->global_sequence) return "global_sequence";
+  if (!bp_id_eq(g->event_id, w->event_id)) return "event_id";
+  if (!bp_id_eq(g->correlation_id, w->correlation_id)) return "correlation_id";
+  if (!bp_id_eq(g->causation_id, w->causation_id)) return "causation_id";
+  if (strcmp(g->entity, w->entity) != 0) return "entity";
+  if (strcmp(g->scope, w->scope) != 0) return "scope";
+  if (g->kind != w->kind) return "kind";
+  if (g->wall_ms != w->wall_ms) return "wall_ms";
+  if (g->clock != w->clock) return "clock";
+  if (memcmp(&g->hash_chain, &w->hash_chain, sizeof g->hash_chain) != 0) return "hash_chain";
+  if (g->disk_pos.segment_id != w->disk_pos.segment_id || g->disk_pos.offset != w->disk_pos.offset ||
+      g->disk_pos.length != w->disk_pos.length)
+    return "disk_pos";
+  return NULL;
+}
+
+static void expect_equal_results(const char *what, const bp_entries *got, const bp_entries *want) {
+  if (got->len != want->len) fail_msg("%s: %zu results with helpers, %zu without", what, got->len, want->len);
+  for (size_t i = 0; i < got->len; i++) {
+    const char *field = differing_field(&got->items[i], &want->items[i]);
+    if (field)
+      fail_msg("%s: result %zu differs in %s: sequence %llu with helpers, %llu without", what, i, field,
+               (unsigned long long)got->items[i].global_sequence, (unsigned long long)want->items[i].global_sequence);
+  }
+}
+
+typedef struct shared_reader {
+  bp_store *s;
+  const shared_query *q;
+  const bp_entries *want;
+  int rounds;
+} shared_reader;
+
+static void *shared_reader_main(void *p) {
+  shared_reader *r = p;
+  for (int i = 0; i < r->rounds; i++) {
+    bp_entries got;
+    if (run_shared(r->s, r->q, &got) != BP_OK) return (void *)1;
+    bool same = got.len == r->want->len &&
+                (got.len == 0 || got.items[got.len - 1].global_sequence == r->want->items[got.len - 1].global_sequence);
+    bp_entries_free(&got);
+    if (!same) return (void *)2;
+  }
+  return NULL;
+}
+
+static void results_copied_with_helpers_equal_the_callers_own(void **state) {
+  fixture *f = *state;
+  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) skip(); /* no CPU for a helper: nothing to compare */
+  shared_query q[5];
+  shared_queries(q);
+  bp_entries alone[5];
+
+  f->cfg.query_threads = 1;
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  static const char *ents[] = {"big:a", "big:b", "big:c"};
+  for (uint32_t i = 0; i < SHARED_N; i++) {
+    bp_coord c = {ents[i % 3], i % 2 ? "scope:odd" : "scope:even"};
+    bp_append_receipt r;
+    assert_ok(bp_append(s, &c, i % 5 ? 0x1001 : 0x2002, &i, sizeof i, &r));
+  }
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.query_helpers, 0);
+  for (int k = 0; k < 5; k++) {
+    assert_ok(run_shared(s, &q[k], &alone[k]));
+    if (alone[k].len != q[k].want) fail_msg("%s: %zu results, expected %zu", q[k].what, alone[k].len, q[k].want);
+  }
+  /* The same events through a second, read-only store with a helper (the
+   * first stays open: its results' names are valid until it closes). */
+  bp_store *lone = s;
+  f->cfg.query_threads = 2;
+  assert_ok(bp_open_readonly(&f->cfg, &s));
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.query_helpers, 1);
+  for (int k = 0; k < 5; k++) {
+    bp_entries shared;
+    assert_ok(run_shared(s, &q[k], &shared));
+    expect_equal_results(q[k].what, &shared, &alone[k]);
+    bp_entries_free(&shared);
+  }
+  /* The helper does take part: an idle one wakes within a few queries. */
+  for (int i = 0; i < 2000 && d.helper_chunks == 0; i++) {
+    bp_entries shared;
+    assert_ok(run_shared(s, &q[2], &shared));
+    expect_equal_results(q[2].what, &shared, &alone[2]);
+    bp_entries_free(&shared);
+    bp_diagnostics(s, &d);
+  }
+  if (d.helper_chunks == 0) fail_msg("the helper copied no chunk in 2,000 large queries");
+  /* Callers at once: one has the helper, the others copy alone. */
+  pthread_t t[3];
+  shared_reader rd[3];
+  for (int i = 0; i < 3; i++) {
+    rd[i] = (shared_reader){s, &q[i + 2], &alone[i + 2], 30};
+    assert_int_equal(pthread_create(&t[i], NULL, shared_reader_main, &rd[i]), 0);
+  }
+  for (int i = 0; i < 3; i++) {
+    void *res;
+    pthread_join(t[i], &res);
+    if (res) fail_msg("reader %d: %s", i, res == (void *)1 ? "query failed" : "result differs");
+  }
+  assert_ok(bp_close(s));
+  for (int k = 0; k < 5; k++) bp_entries_free(&alone[k]);
+  assert_ok(bp_close(lone));
+}
+
+/* query_threads 0 is refused before anything is created. */
+static void zero_query_threads_is_a_config_error(void **state) {
+  fixture *f = *state;
+  f->cfg.query_threads = 0;
+  bp_store *s;
+  assert_status(bp_open(&f->cfg, &s), BP_ECONFIG);
+  assert_null(s);
+  assert_non_null(strstr(bp_last_error()->message, "query_threads"));
+  struct stat sb;
+  assert_int_not_equal(stat(f->dir, &sb), 0);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int main(void) {
@@ -575,6 +731,8 @@ int main(void) {
       T(ancestors_follow_the_stream_even_with_equal_payloads),
       T(large_results_match_entry_lookups_field_by_field),
       T(large_result_arrays_are_reused_by_the_next_query),
+      T(results_copied_with_helpers_equal_the_callers_own),
+      T(zero_query_threads_is_a_config_error),
       cmocka_unit_test(fixture_ancestor_walks_return_the_full_chain),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -34,6 +34,7 @@ void bp_config_init(bp_config *cfg, const char *data_dir) {
   cfg->restart_policy.max_restarts = 1;
   cfg->shutdown_drain_limit = 1024;
   cfg->writer_stack_size = 1u << 20;
+  cfg->query_threads = 2;
   cfg->sync_mode = BP_SYNC_ALL;
   cfg->group_commit_max_batch = 1;
   cfg->index_layout = BP_INDEX_AOS;
@@ -50,6 +51,7 @@ static bp_status validate(const bp_config *c) {
   if (c->writer_queue_capacity == 0) return bp__fail(BP_ECONFIG, "config: writer_queue_capacity must be above 0");
   if (c->fd_budget == 0) return bp__fail(BP_ECONFIG, "config: fd_budget must be above 0");
   if (c->broadcast_capacity == 0) return bp__fail(BP_ECONFIG, "config: broadcast_capacity must be above 0");
+  if (c->query_threads == 0) return bp__fail(BP_ECONFIG, "config: query_threads must be above 0 (1: the caller alone)");
   if (c->max_payload_bytes == 0 || c->max_payload_bytes > UINT32_MAX - 1024)
     return bp__fail(BP_ECONFIG, "config: max_payload_bytes must be between 1 and the u32 frame limit");
   if (c->sync_mode != BP_SYNC_ALL && c->sync_mode != BP_SYNC_DATA)
@@ -303,6 +305,11 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
   if (!readonly) bp__segment_renumber_footers(s);
   free(s->stale_footers);
   s->stale_footers = NULL;
+  /* Helpers for large results: one thread fewer than asked (the caller is
+   * one), at most one per CPU; without memory for them, callers work alone. */
+  uint32_t threads = cpus > 0 && (long)cfg->query_threads > cpus ? (uint32_t)cpus : cfg->query_threads;
+  s->helpers = malloc(sizeof *s->helpers);
+  if (s->helpers) bp__pool_init(s->helpers, threads - 1, cfg->writer_stack_size);
   bp__results_store_opened();
   *out = s;
   return BP_OK;
@@ -375,6 +382,10 @@ bp_status bp_close(bp_store *s) {
     }
   }
   bp_error saved = *bp_last_error();
+  if (s->helpers) {
+    bp__pool_stop(s->helpers);
+    free(s->helpers);
+  }
   bp__subs_close(s);
   bp__writer_free(s);
   bp__segments_free(s);
@@ -443,6 +454,10 @@ void bp_diagnostics(bp_store *s, bp_store_diagnostics *out) {
   out->read_only = s->readonly;
   out->index_layout = s->cfg.index_layout;
   out->index_tiles = bp__scan_tiles(&s->scan, n);
+  if (s->helpers) {
+    out->query_helpers = s->helpers->helpers;
+    out->helper_chunks = atomic_load_explicit(&s->helpers->helped, memory_order_relaxed);
+  }
   uint32_t names = bp__index_name_count(&s->ix);
   for (uint32_t i = 1; i < names; i++) {
     const bp__name *nm = bp__index_name(&s->ix, i);
