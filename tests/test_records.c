@@ -320,6 +320,24 @@ static void segment_header_rejects_bad_magic_version_and_length(void **state) {
   bp__buf_free(&b);
 }
 
+/* A header field the decoder does not know is skipped, so renaming one makes
+ * it missing; the message names the record once, not once per layer. */
+static void segment_header_with_a_missing_field_names_it_once(void **state) {
+  (void)state;
+  bp__segment_header h = {1, 0, 123456789, 7}, d;
+  bp__buf b;
+  bp__buf_init(&b);
+  bp__segment_header_encode(&b, &h);
+  uint8_t *key = memmem(b.data, b.len, "flags", 5);
+  assert_non_null(key);
+  key[4] = 'z';
+  size_t consumed;
+  assert_status(bp__segment_header_decode(b.data, b.len, &d, &consumed), BP_ECORRUPT);
+  const char *msg = bp_last_error()->message;
+  assert_string_equal(msg, "segment header: missing field \"flags\"");
+  bp__buf_free(&b);
+}
+
 static void wait_condition_trees_round_trip(void **state) {
   (void)state;
   uint8_t data[] = {1, 2, 250};
@@ -451,6 +469,7 @@ int main(void) {
       cmocka_unit_test(fast_and_general_frame_decoders_agree_on_damaged_bodies),
       cmocka_unit_test(frame_from_parts_is_byte_identical_to_the_one_pass_encoding),
       cmocka_unit_test(segment_header_rejects_bad_magic_version_and_length),
+      cmocka_unit_test(segment_header_with_a_missing_field_names_it_once),
       cmocka_unit_test(wait_condition_trees_round_trip),
       cmocka_unit_test(wait_condition_rejects_unknown_variant_and_deep_nesting),
       cmocka_unit_test(compensation_variants_round_trip),

@@ -90,6 +90,10 @@ bp_status bp__fail_errno(bp_status code, int err, const char *fmt, ...) {
 BP__PRINTF(1, 0) static void prefix_message(const char *fmt, va_list ap) {
   char prefix[128], old[sizeof last_error.message];
   vsnprintf(prefix, sizeof prefix, fmt, ap);
+  /* A message that names the place already (a decoder's own record name)
+   * keeps its one mention. */
+  size_t plen = strlen(prefix);
+  if (strncmp(last_error.message, prefix, plen) == 0 && strncmp(last_error.message + plen, ": ", 2) == 0) return;
   memcpy(old, last_error.message, sizeof old);
   /* prefix ": " old, truncated to the message buffer. */
   size_t cap = sizeof last_error.message - 1, n = 0;
