@@ -61,13 +61,24 @@ bp_status bp_get_entry(bp_store *s, bp_id id, bp_entry *out) {
   return found ? BP_OK : not_found(id);
 }
 
+/* [off, off + len) of segment seg where it is mapped, else NULL; the lookup
+ * (under the segment table's lock) is made again only for another segment or
+ * for bytes past what the last one allowed. */
+static const uint8_t *view_cached(bp_store *s, bp__evread *rd, uint64_t seg, uint64_t off, size_t len) {
+  if (!rd->seg_map || rd->seg_id != seg || off > rd->seg_len || len > rd->seg_len - off) {
+    rd->seg_id = seg;
+    rd->seg_map = bp__segment_map(s, seg, &rd->seg_len);
+  }
+  return rd->seg_map && off <= rd->seg_len && len <= rd->seg_len - off ? rd->seg_map + off : NULL;
+}
+
 bp_status bp__read_frame(bp_store *s, uint64_t seq, bp__evread *rd) {
   const bp__ientry *e = bp__index_at(&s->ix, seq);
   uint32_t len = e->length;
   uint64_t seg = e->segment_id, off = e->offset;
   if (len < BP__FRAME_PREFIX)
     return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame length %u too short", seg, off, len);
-  const uint8_t *frame = bp__segment_view(s, seg, off, len);
+  const uint8_t *frame = view_cached(s, rd, seg, off, len);
   if (frame) {
     /* Ask for every line of the frame at once: the CRC then waits for one
      * memory latency, not for one per line the prefetcher did not foresee. */
@@ -120,12 +131,8 @@ void bp__prefetch_entry(const bp_store *s, uint64_t seq) {
 
 void bp__prefetch_frame(bp_store *s, uint64_t seq, bp__evread *rd) {
   const bp__ientry *e = bp__index_at(&s->ix, seq);
-  if (e->segment_id != rd->ahead_seg || !rd->ahead_map) {
-    rd->ahead_seg = e->segment_id;
-    rd->ahead_map = bp__segment_map(s, e->segment_id, &rd->ahead_len);
-  }
-  if (!rd->ahead_map || e->offset > rd->ahead_len || e->length > rd->ahead_len - e->offset) return;
-  prefetch_lines(rd->ahead_map + e->offset, e->length);
+  const uint8_t *frame = view_cached(s, rd, e->segment_id, e->offset, e->length);
+  if (frame) prefetch_lines(frame, e->length);
 }
 
 void bp__evread_free(bp__evread *rd) {

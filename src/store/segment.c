@@ -140,12 +140,6 @@ void bp__segment_release(bp_store *s, uint64_t id) {
   pthread_mutex_unlock(&s->seg_lock);
 }
 
-const uint8_t *bp__segment_view(bp_store *s, uint64_t id, uint64_t off, size_t len) {
-  size_t map_len;
-  const uint8_t *map = bp__segment_map(s, id, &map_len);
-  return map && off <= map_len && len <= map_len - off ? map + off : NULL;
-}
-
 bp_status bp__segment_read(bp_store *s, uint64_t id, uint64_t off, void *buf, size_t len) {
   pthread_mutex_lock(&s->seg_lock);
   bp__segment *g = find_locked(s, id);

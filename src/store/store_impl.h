@@ -183,11 +183,9 @@ bp_status bp__segment_add(bp_store *s, uint64_t id, bool sealed, uint64_t size);
 void bp__segment_sealed(bp_store *s, uint64_t id, uint64_t size);
 /* Reads len bytes at off of segment id into buf. Errors: BP_EIO, BP_ECORRUPT. */
 bp_status bp__segment_read(bp_store *s, uint64_t id, uint64_t off, void *buf, size_t len);
-/* A pointer to len bytes at off of a segment that is already mapped (sealed
- * segments stay mapped until bp_close), or NULL: then use bp__segment_read. */
-const uint8_t *bp__segment_view(bp_store *s, uint64_t id, uint64_t off, size_t len);
-/* The mapping of a sealed segment that is already mapped (its length in
- * *len), or NULL. Valid while the caller holds the view lock. */
+/* The mapping of a segment that is mapped (a sealed one once read, the active
+ * one from its creation), how much of it may be read in *len, or NULL. The
+ * pointer stays valid while the caller holds the view lock; *len only grows. */
 const uint8_t *bp__segment_map(bp_store *s, uint64_t id, size_t *len);
 /* Maps the active segment id (descriptor fd) read-only at its full reserved
  * size, so that readers take its frames from memory instead of calling pread
@@ -300,10 +298,12 @@ typedef struct bp__evread {
   bp__buf frame, scratch;
   const uint8_t *raw;       /* the whole frame as stored (length in the index) */
   bp_event ev;
-  /* The segment bp__prefetch_frame looked up last (map NULL: not mapped). */
-  uint64_t ahead_seg;
-  const uint8_t *ahead_map;
-  size_t ahead_len;
+  /* The segment mapping looked up last (map NULL: not mapped). Mappings stay
+   * where they are while a view is held and only grow (the active segment's
+   * readable length), so an evread lives within one view. */
+  uint64_t seg_id;
+  const uint8_t *seg_map;
+  size_t seg_len;
 } bp__evread;
 bp_status bp__read_event(bp_store *s, uint64_t seq, bp__evread *rd);
 /* Only the stored frame of event seq, length and CRC checked, into rd->raw
