@@ -5,6 +5,7 @@
  */
 #include "testutil.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -362,6 +363,159 @@ static void watcher_yields_the_state_after_each_change(void **state) {
   assert_ok(bp_close(s));
 }
 
+/* ---------------------------------------- long replays decoded with helpers */
+
+/* A replay of 2,048 events or more is read and decoded a window at a time by
+ * the caller and the store's helper thread, then applied in order on the
+ * caller's thread. The fold below is order-sensitive (a skipped, repeated or
+ * reordered event changes it), so a shared replay must fold to exactly what
+ * the caller alone folds, and stop at a damaged frame exactly where it does. */
+enum { LONG_N = 6000, BIG_PAYLOAD = 70 * 1024 };
+
+typedef struct fold {
+  uint64_t events, bytes, mix;
+} fold;
+
+typedef struct fold_ctx {
+  uint64_t applied;
+} fold_ctx;
+
+static bp_status f_init(void *state, void *ctx) {
+  (void)ctx;
+  memset(state, 0, sizeof(fold));
+  return BP_OK;
+}
+
+static bp_status f_apply(void *state, const bp_event *ev, void *ctx) {
+  fold *f = state;
+  ((fold_ctx *)ctx)->applied++;
+  uint64_t h = f->mix ^ 0xcbf29ce484222325ull;
+  for (size_t i = 0; i < ev->payload_len; i++) h = (h ^ ev->payload[i]) * 0x100000001b3ull;
+  h = (h ^ ev->header.event_id.hi) * 0x100000001b3ull;
+  h = (h ^ ev->header.event_id.lo) * 0x100000001b3ull;
+  f->mix = h;
+  f->events++;
+  f->bytes += ev->payload_len;
+  return BP_OK;
+}
+
+static const bp_kind FOLDED[] = {0x1001};
+static const bp_projection FOLD = {BP_PROJECTION_VERSION, "fold", 1, FOLDED, 1, false,
+                                   f_init, f_apply, NULL, NULL, NULL};
+
+/* LONG_N events of "long:1" (every third of a kind the fold skips, every
+ * tenth BIG_PAYLOAD bytes, so that windows are cut by bytes and slot buffers
+ * grow past what is kept), with events of "long:2" between them. Returns the
+ * receipt of event `keep` of "long:1". */
+static bp_append_receipt append_long(bp_store *s, int keep) {
+  uint8_t *buf = malloc(BIG_PAYLOAD);
+  assert_non_null(buf);
+  bp_append_receipt kept = {0};
+  for (int i = 0; i < LONG_N; i++) {
+    size_t len = i % 10 == 0 ? BIG_PAYLOAD : 1 + (size_t)(i * 37 % 300);
+    for (size_t j = 0; j < len; j++) buf[j] = (uint8_t)(i * 31 + j * 7);
+    bp_coord c = {"long:1", "scope"};
+    bp_append_receipt r;
+    assert_ok(bp_append(s, &c, i % 3 == 2 ? 0x1002 : 0x1001, buf, len, &r));
+    if (i == keep) kept = r;
+    bp_coord other = {"long:2", "scope"};
+    if (i % 4 == 0) assert_ok(bp_append(s, &other, 0x1001, buf, 5, &r));
+  }
+  free(buf);
+  return kept;
+}
+
+/* Opens the store in f->dir twice: `lone` with query_threads 1 (read-write),
+ * `shared` read-only with query_threads 2; both stay open, so their results
+ * can be compared side by side. */
+static void open_lone_and_shared(fixture *f, bp_store **lone, bp_store **shared) {
+  f->cfg.query_threads = 1;
+  assert_ok(bp_open(&f->cfg, lone));
+  f->cfg.query_threads = 2;
+  assert_ok(bp_open_readonly(&f->cfg, shared));
+  bp_store_diagnostics d;
+  bp_diagnostics(*shared, &d);
+  assert_int_equal(d.query_helpers, 1);
+}
+
+static void long_replays_decoded_with_helpers_fold_like_the_callers_own(void **state) {
+  fixture *f = *state;
+  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) skip(); /* no CPU for a helper: nothing to compare */
+  bp_store *s;
+  f->cfg.query_threads = 1;
+  assert_ok(bp_open(&f->cfg, &s));
+  append_long(s, -1);
+  assert_ok(bp_close(s));
+
+  bp_store *lone, *shared;
+  open_lone_and_shared(f, &lone, &shared);
+  bp_freshness fresh = {BP_FRESH_CONSISTENT, 0};
+  fold a, b;
+  fold_ctx ca = {0}, cb = {0};
+  assert_ok(bp_project(lone, "long:1", &FOLD, &ca, fresh, &a));
+  assert_ok(bp_project(shared, "long:1", &FOLD, &cb, fresh, &b));
+  uint64_t want_events = LONG_N - LONG_N / 3;
+  if (a.events != want_events) fail_msg("alone: %llu events folded, expected %llu", (unsigned long long)a.events,
+                                        (unsigned long long)want_events);
+  if (b.events != a.events || b.bytes != a.bytes || b.mix != a.mix)
+    fail_msg("with a helper: %llu events, %llu bytes, mix %016llx; alone: %llu, %llu, %016llx",
+             (unsigned long long)b.events, (unsigned long long)b.bytes, (unsigned long long)b.mix,
+             (unsigned long long)a.events, (unsigned long long)a.bytes, (unsigned long long)a.mix);
+  assert_int_equal(cb.applied, ca.applied);
+  /* The helper does take part: an idle one wakes within a few replays. */
+  bp_store_diagnostics d;
+  bp_diagnostics(shared, &d);
+  for (int i = 0; i < 200 && d.helper_chunks == 0; i++) {
+    assert_ok(bp_project(shared, "long:1", &FOLD, &cb, fresh, &b));
+    if (b.mix != a.mix) fail_msg("replay %d with a helper folds to %016llx, alone %016llx", i,
+                                 (unsigned long long)b.mix, (unsigned long long)a.mix);
+    bp_diagnostics(shared, &d);
+  }
+  if (d.helper_chunks == 0) fail_msg("the helper decoded no chunk in 200 replays");
+  assert_ok(bp_close(shared));
+  assert_ok(bp_close(lone));
+}
+
+static void a_damaged_frame_stops_a_shared_replay_where_a_lone_one_stops(void **state) {
+  fixture *f = *state;
+  if (sysconf(_SC_NPROCESSORS_ONLN) < 2) skip();
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  bp_append_receipt r = append_long(s, 4000);
+  assert_ok(bp_close(s));
+  /* One byte of event 4000's frame (a folded kind), near its end. */
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%06llu.fbat", f->dir, (unsigned long long)r.disk_pos.segment_id);
+  int fd = open(path, O_RDWR);
+  assert_true(fd >= 0);
+  off_t at = (off_t)(r.disk_pos.offset + r.disk_pos.length - 3);
+  uint8_t byte;
+  assert_int_equal(pread(fd, &byte, 1, at), 1);
+  byte ^= 0x40;
+  assert_int_equal(pwrite(fd, &byte, 1, at), 1);
+  close(fd);
+
+  bp_store *lone, *shared;
+  open_lone_and_shared(f, &lone, &shared);
+  bp_freshness fresh = {BP_FRESH_CONSISTENT, 0};
+  fold a, b;
+  fold_ctx ca = {0}, cb = {0};
+  assert_status(bp_project(lone, "long:1", &FOLD, &ca, fresh, &a), BP_ECRC);
+  char lone_msg[sizeof bp_last_error()->message];
+  snprintf(lone_msg, sizeof lone_msg, "%s", bp_last_error()->message);
+  assert_status(bp_project(shared, "long:1", &FOLD, &cb, fresh, &b), BP_ECRC);
+  assert_string_equal(bp_last_error()->message, lone_msg);
+  /* Every folded event before event 4000, and nothing after it. */
+  uint64_t before = 4000 - 4000 / 3;
+  if (ca.applied != before || cb.applied != before)
+    fail_msg("applied before the damage: %llu alone, %llu with a helper, expected %llu",
+             (unsigned long long)ca.applied, (unsigned long long)cb.applied, (unsigned long long)before);
+  if (b.mix != a.mix) fail_msg("fold up to the damage: %016llx with a helper, %016llx alone",
+                               (unsigned long long)b.mix, (unsigned long long)a.mix);
+  assert_ok(bp_close(shared));
+  assert_ok(bp_close(lone));
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int main(void) {
@@ -376,6 +530,8 @@ int main(void) {
       T(incremental_projection_with_sqlite),
       T(lmdb_cache_in_the_store_survives_a_reopen),
       T(watcher_yields_the_state_after_each_change),
+      T(long_replays_decoded_with_helpers_fold_like_the_callers_own),
+      T(a_damaged_frame_stops_a_shared_replay_where_a_lone_one_stops),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -43,9 +43,10 @@ static uint8_t *cache_key(const char *entity, const bp_projection *p, size_t *le
   return k;
 }
 
-/* Applies the relevant events at positions [from, n) of the entity's stream. */
-static bp_status apply_range(bp_store *s, const bp_projection *p, void *ctx, void *state, const uint32_t *v,
-                             uint32_t from, uint32_t n) {
+/* Applies the relevant events at positions [from, n) of the entity's stream,
+ * reading and decoding each just before it is applied. */
+static bp_status apply_serial(bp_store *s, const bp_projection *p, void *ctx, void *state, const uint32_t *v,
+                              uint32_t from, uint32_t n) {
   bp__evread rd;
   memset(&rd, 0, sizeof rd);
   bp_status st = BP_OK;
@@ -58,6 +59,95 @@ static bp_status apply_range(bp_store *s, const bp_projection *p, void *ctx, voi
   }
   bp__evread_free(&rd);
   return st;
+}
+
+/*
+ * A long replay is read and decoded a window at a time, by the caller and the
+ * store's helper threads at once (pool.h, chunks of REPLAY_CHUNK events), and
+ * then applied in order on the caller's thread: reading a frame, checking its
+ * CRC and decoding it are most of a replay, while apply is the caller's code
+ * and runs where it always does. A window holds at most REPLAY_WINDOW events
+ * and REPLAY_WINDOW_BYTES of frames. An event that failed to decode is read
+ * again by the caller when its turn comes, so that its error is reported from
+ * the caller's thread, after every event before it was applied, exactly as
+ * the serial replay would.
+ */
+#define REPLAY_WINDOW 1024
+#define REPLAY_CHUNK 64
+#define REPLAY_WINDOW_BYTES (4u << 20)
+#define REPLAY_SHARED_MIN (2 * REPLAY_WINDOW)
+#define REPLAY_SLOT_KEEP (64u << 10) /* larger slot buffers are freed after each window */
+
+typedef struct replay_slot {
+  bp__evread rd;
+  uint64_t seq;
+  bool relevant;
+  bool decoded;
+} replay_slot;
+
+typedef struct replay_window {
+  bp_store *s;
+  replay_slot *slots;
+  uint32_t n;
+} replay_window;
+
+static void decode_chunk(void *ctx, uint64_t c) {
+  replay_window *w = ctx;
+  uint32_t from = (uint32_t)c * REPLAY_CHUNK, to = w->n - from < REPLAY_CHUNK ? w->n : from + REPLAY_CHUNK;
+  bp__evread ahead;
+  memset(&ahead, 0, sizeof ahead);
+  for (uint32_t i = from; i < to && i < from + 2 * BP__READ_AHEAD; i++) bp__prefetch_entry(w->s, w->slots[i].seq);
+  for (uint32_t i = from; i < to; i++) {
+    if (i + 2 * BP__READ_AHEAD < to) bp__prefetch_entry(w->s, w->slots[i + 2 * BP__READ_AHEAD].seq);
+    if (i + BP__READ_AHEAD < to) bp__prefetch_frame(w->s, w->slots[i + BP__READ_AHEAD].seq, &ahead);
+    replay_slot *sl = &w->slots[i];
+    sl->decoded = sl->relevant && bp__read_event(w->s, sl->seq, &sl->rd) == BP_OK;
+  }
+}
+
+static void release_large(bp__buf *b) {
+  if (b->cap > REPLAY_SLOT_KEEP) bp__buf_free(b);
+}
+
+static bp_status apply_shared(bp_store *s, const bp_projection *p, void *ctx, void *state, const uint32_t *v,
+                              uint32_t from, uint32_t n) {
+  replay_slot *slots = calloc(REPLAY_WINDOW, sizeof *slots);
+  if (!slots) return apply_serial(s, p, ctx, state, v, from, n);
+  bp_status st = BP_OK;
+  for (uint32_t i = from; i < n && !st;) {
+    /* The next window: which events, and which the projection wants. */
+    uint32_t k = 0;
+    uint64_t bytes = 0;
+    for (; i < n && k < REPLAY_WINDOW && bytes < REPLAY_WINDOW_BYTES; i++, k++) {
+      if (i + 2 * BP__READ_AHEAD < n) bp__prefetch_entry(s, v[i + 2 * BP__READ_AHEAD]);
+      const bp__ientry *e = bp__index_at(&s->ix, v[i]);
+      slots[k].seq = v[i];
+      slots[k].relevant = relevant(p, e->kind);
+      if (slots[k].relevant) bytes += e->length;
+    }
+    replay_window w = {s, slots, k};
+    bp__pool_run(s->helpers, decode_chunk, &w, (k + REPLAY_CHUNK - 1) / REPLAY_CHUNK);
+    for (uint32_t j = 0; j < k && !st; j++) {
+      replay_slot *sl = &slots[j];
+      if (!sl->relevant) continue;
+      if (sl->decoded || !(st = bp__read_event(s, sl->seq, &sl->rd))) st = p->apply(state, &sl->rd.ev, ctx);
+    }
+    for (uint32_t j = 0; j < k; j++) {
+      release_large(&slots[j].rd.frame);
+      release_large(&slots[j].rd.scratch);
+    }
+  }
+  for (uint32_t j = 0; j < REPLAY_WINDOW; j++) bp__evread_free(&slots[j].rd);
+  free(slots);
+  return st;
+}
+
+/* Applies the relevant events at positions [from, n) of the entity's stream. */
+static bp_status apply_range(bp_store *s, const bp_projection *p, void *ctx, void *state, const uint32_t *v,
+                             uint32_t from, uint32_t n) {
+  if (n - from >= REPLAY_SHARED_MIN && s->helpers && s->helpers->helpers)
+    return apply_shared(s, p, ctx, state, v, from, n);
+  return apply_serial(s, p, ctx, state, v, from, n);
 }
 
 static void cache_store(bp_store *s, const bp_projection *p, void *ctx, const void *state, const uint8_t *key,
