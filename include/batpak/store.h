@@ -73,8 +73,9 @@ typedef struct bp_config {
   bool salvage;                      /* open a damaged sealed segment, keep what precedes: false */
   void (*log_fn)(int level, const char *message, void *ctx);   /* NULL: silent */
   void *log_ctx;
-  uint32_t query_threads;            /* threads that copy a large result, the caller's
-                                      * included, at most one per CPU: 2 */
+  uint32_t query_threads;            /* threads that share a large query copy or
+                                      * projection replay, the caller's included,
+                                      * at most one per CPU: 2 */
 } bp_config;
 
 /* Fills cfg with the defaults above. data_dir is borrowed: it must outlive bp_open. */
@@ -564,8 +565,8 @@ typedef struct bp_store_diagnostics {
   uint64_t index_tiles;          /* tiles of the scan indexes (tiled layouts) */
   uint64_t entity_count, scope_count;
   uint64_t queued_appends;       /* appends waiting for the writer */
-  uint32_t query_helpers;        /* threads that help copy large results (query_threads) */
-  uint64_t helper_chunks;        /* pieces of large results they copied since open */
+  uint32_t query_helpers;        /* threads that help with large reads (query_threads - 1) */
+  uint64_t helper_chunks;        /* pieces of large reads they did since open */
 } bp_store_diagnostics;
 BP_API void bp_diagnostics(bp_store *store, bp_store_diagnostics *out);
 

@@ -305,7 +305,7 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
   if (!readonly) bp__segment_renumber_footers(s);
   free(s->stale_footers);
   s->stale_footers = NULL;
-  /* Helpers for large results: one thread fewer than asked (the caller is
+  /* Helpers for large reads: one thread fewer than asked (the caller is
    * one), at most one per CPU; without memory for them, callers work alone. */
   uint32_t threads = cpus > 0 && (long)cfg->query_threads > cpus ? (uint32_t)cpus : cfg->query_threads;
   s->helpers = malloc(sizeof *s->helpers);

@@ -110,7 +110,7 @@ struct bp_store {
   bp__req *qhead, *qtail;
   size_t qlen;
   _Atomic uint32_t appending; /* append calls in progress (submit) */
-  bp__pool *helpers;         /* threads that copy large results with their caller (NULL: none) */
+  bp__pool *helpers;         /* threads that share large reads with their caller (NULL: none) */
   _Atomic uint32_t spinners; /* callers spinning for their append to be committed */
   uint32_t spin_slots;      /* how many may: one CPU fewer than there are */
   bool leader;
