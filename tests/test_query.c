@@ -458,15 +458,30 @@ static void fixture_ancestor_walks_return_the_full_chain(void **state) {
   free(tmp);
 }
 
+/* The first field in which two entries differ, or NULL. */
+static const char *differing_field(const bp_entry *g, const bp_entry *w) {
+  if (g->global_sequence != w->global_sequence) return "global_sequence";
+  if (!bp_id_eq(g->event_id, w->event_id)) return "event_id";
+  if (!bp_id_eq(g->correlation_id, w->correlation_id)) return "correlation_id";
+  if (!bp_id_eq(g->causation_id, w->causation_id)) return "causation_id";
+  if (strcmp(g->entity, w->entity) != 0) return "entity";
+  if (strcmp(g->scope, w->scope) != 0) return "scope";
+  if (g->kind != w->kind) return "kind";
+  if (g->wall_ms != w->wall_ms) return "wall_ms";
+  if (g->clock != w->clock) return "clock";
+  if (memcmp(&g->hash_chain, &w->hash_chain, sizeof g->hash_chain) != 0) return "hash_chain";
+  if (g->disk_pos.segment_id != w->disk_pos.segment_id || g->disk_pos.offset != w->disk_pos.offset ||
+      g->disk_pos.length != w->disk_pos.length)
+    return "disk_pos";
+  return NULL;
+}
+
 static void expect_same_entry(const bp_entry *got, const bp_entry *want, size_t i) {
-  if (!bp_id_eq(got->event_id, want->event_id) || !bp_id_eq(got->correlation_id, want->correlation_id) ||
-      !bp_id_eq(got->causation_id, want->causation_id) || got->entity != want->entity ||
-      got->scope != want->scope || got->kind != want->kind || got->wall_ms != want->wall_ms ||
-      got->clock != want->clock || memcmp(&got->hash_chain, &want->hash_chain, sizeof got->hash_chain) != 0 ||
-      got->disk_pos.segment_id != want->disk_pos.segment_id || got->disk_pos.offset != want->disk_pos.offset ||
-      got->disk_pos.length != want->disk_pos.length || got->global_sequence != want->global_sequence)
-    fail_msg("result %zu (sequence %llu) differs from bp_get_entry of its id (sequence %llu)", i,
-             (unsigned long long)got->global_sequence, (unsigned long long)want->global_sequence);
+  const char *field = differing_field(got, want);
+  if (!field && (got->entity != want->entity || got->scope != want->scope)) field = "interned name pointer";
+  if (field)
+    fail_msg("result %zu (sequence %llu) differs from bp_get_entry of its id (sequence %llu) in %s", i,
+             (unsigned long long)got->global_sequence, (unsigned long long)want->global_sequence, field);
 }
 
 static bool count_visit(const bp_entry *e, void *ctx) {
@@ -479,12 +494,12 @@ static bool count_visit(const bp_entry *e, void *ctx) {
  * every field of every entry must still be what bp_get_entry says. */
 enum { BIG_N = 12000 };
 
-/* BIG_N events over three entities and two scopes, every fifth of kind 0x2002. */
-static bp_store *open_big_store(fixture *f) {
+/* n events over three entities and two scopes, every fifth of kind 0x2002. */
+static bp_store *open_big_store(fixture *f, uint32_t n) {
   bp_store *s;
   assert_ok(bp_open(&f->cfg, &s));
   static const char *ents[] = {"big:a", "big:b", "big:c"};
-  for (uint32_t i = 0; i < BIG_N; i++) {
+  for (uint32_t i = 0; i < n; i++) {
     bp_coord c = {ents[i % 3], i % 2 ? "scope:odd" : "scope:even"};
     bp_append_receipt r;
     assert_ok(bp_append(s, &c, i % 5 ? 0x1001 : 0x2002, &i, sizeof i, &r));
@@ -493,7 +508,7 @@ static bp_store *open_big_store(fixture *f) {
 }
 
 static void large_results_match_entry_lookups_field_by_field(void **state) {
-  bp_store *s = open_big_store(*state);
+  bp_store *s = open_big_store(*state, BIG_N);
   enum { N = BIG_N };
   bp_region all = bp_region_all(), kind = bp_region_with_kind(bp_region_all(), 0x1001);
   struct {
@@ -529,7 +544,7 @@ static void large_results_match_entry_lookups_field_by_field(void **state) {
  * are mapped already): the next result is written into it, completely, even
  * when the caller allocated a block of that size in between. */
 static void large_result_arrays_are_reused_by_the_next_query(void **state) {
-  bp_store *s = open_big_store(*state);
+  bp_store *s = open_big_store(*state, BIG_N);
   bp_region all = bp_region_all();
   bp_entries a, b;
   assert_ok(bp_query(s, &all, &a));
@@ -572,8 +587,8 @@ typedef struct shared_query {
   size_t want;
 } shared_query;
 
-/* SHARED_N events: entities big:a/b/c in turn, scopes even and odd in turn,
- * every fifth of kind 0x2002; each query below has 8,192 candidates or more. */
+/* Over SHARED_N events of open_big_store, each query below has 8,192
+ * candidates or more. */
 static void shared_queries(shared_query q[5]) {
   bp_region even = bp_region_scope("scope:even");
   q[0] = (shared_query){"stream", bp_region_all(), "big:b", SHARED_N / 3};
@@ -588,24 +603,6 @@ static void shared_queries(shared_query q[5]) {
 
 static bp_status run_shared(bp_store *s, const shared_query *q, bp_entries *out) {
   return q->stream ? bp_stream(s, q->stream, out) : bp_query(s, &q->r, out);
-}
-
-/* The first field in which two entries differ, or NULL. */
-static const char *differing_field(const bp_entry *g, const bp_entry *w) {
-  if (g->global_sequence != w->global_sequence) return "global_sequence";
-  if (!bp_id_eq(g->event_id, w->event_id)) return "event_id";
-  if (!bp_id_eq(g->correlation_id, w->correlation_id)) return "correlation_id";
-  if (!bp_id_eq(g->causation_id, w->causation_id)) return "causation_id";
-  if (strcmp(g->entity, w->entity) != 0) return "entity";
-  if (strcmp(g->scope, w->scope) != 0) return "scope";
-  if (g->kind != w->kind) return "kind";
-  if (g->wall_ms != w->wall_ms) return "wall_ms";
-  if (g->clock != w->clock) return "clock";
-  if (memcmp(&g->hash_chain, &w->hash_chain, sizeof g->hash_chain) != 0) return "hash_chain";
-  if (g->disk_pos.segment_id != w->disk_pos.segment_id || g->disk_pos.offset != w->disk_pos.offset ||
-      g->disk_pos.length != w->disk_pos.length)
-    return "disk_pos";
-  return NULL;
 }
 
 static void expect_equal_results(const char *what, const bp_entries *got, const bp_entries *want) {
@@ -646,14 +643,7 @@ static void results_copied_with_helpers_equal_the_callers_own(void **state) {
   bp_entries alone[5];
 
   f->cfg.query_threads = 1;
-  bp_store *s;
-  assert_ok(bp_open(&f->cfg, &s));
-  static const char *ents[] = {"big:a", "big:b", "big:c"};
-  for (uint32_t i = 0; i < SHARED_N; i++) {
-    bp_coord c = {ents[i % 3], i % 2 ? "scope:odd" : "scope:even"};
-    bp_append_receipt r;
-    assert_ok(bp_append(s, &c, i % 5 ? 0x1001 : 0x2002, &i, sizeof i, &r));
-  }
+  bp_store *s = open_big_store(f, SHARED_N);
   bp_store_diagnostics d;
   bp_diagnostics(s, &d);
   assert_int_equal(d.query_helpers, 0);
