@@ -44,6 +44,8 @@ typedef struct bp__pool {
 void bp__pool_init(bp__pool *p, uint32_t helpers, size_t stack_size);
 /* Stops and joins the helpers. The pool may not be used afterwards. */
 void bp__pool_stop(bp__pool *p);
+/* Whether work run on p may be shared with a helper (p may be NULL). */
+static inline bool bp__pool_shares(const bp__pool *p) { return p && p->helpers; }
 /* Runs fn over chunks 0 .. chunks-1 and returns when every chunk is done. */
 void bp__pool_run(bp__pool *p, bp__pool_fn fn, void *ctx, uint64_t chunks);
 

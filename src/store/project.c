@@ -145,7 +145,7 @@ static bp_status apply_shared(bp_store *s, const bp_projection *p, void *ctx, vo
 /* Applies the relevant events at positions [from, n) of the entity's stream. */
 static bp_status apply_range(bp_store *s, const bp_projection *p, void *ctx, void *state, const uint32_t *v,
                              uint32_t from, uint32_t n) {
-  if (n - from >= REPLAY_SHARED_MIN && s->helpers && s->helpers->helpers)
+  if (n - from >= REPLAY_SHARED_MIN && bp__pool_shares(s->helpers))
     return apply_shared(s, p, ctx, state, v, from, n);
   return apply_serial(s, p, ctx, state, v, from, n);
 }

@@ -523,7 +523,7 @@ static void collect_list(const bp_store *s, const qplan *p, const uint32_t *seqs
   bp__name *const *names = atomic_load_explicit(&s->ix.names, memory_order_acquire);
   bp_entry *to = k->out->items + k->out->len;
   uint64_t chunks = (n + COPY_CHUNK - 1) / COPY_CHUNK;
-  uint32_t *kept = n >= COPY_SHARED_MIN && s->helpers && s->helpers->helpers ? malloc(chunks * sizeof *kept) : NULL;
+  uint32_t *kept = n >= COPY_SHARED_MIN && bp__pool_shares(s->helpers) ? malloc(chunks * sizeof *kept) : NULL;
   if (!kept) {
     k->out->len += copy_entries(s, p, names, seqs, n, to, k->streaming);
     return;
