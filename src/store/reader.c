@@ -559,6 +559,37 @@ static void deliver_list(const bp_store *s, const qplan *p, const uint32_t *seqs
   }
 }
 
+/* A collection from the scan index: every match's sequence is gathered first
+ * (4 bytes each, against 184 for its entry), so that room for the entries is
+ * made once, at their exact number, and they are copied in one pass (shared
+ * with the helpers when large), instead of growing the result batch by batch
+ * (a copy of everything so far and fresh pages at each doubling). False when
+ * memory for the sequences runs out (nothing was delivered). */
+static bool deliver_scanned(const bp_store *s, const bp__scan_pred *q, uint64_t limit, qsink *k) {
+  /* Never more matches than events scanned: with room for limit, the room
+   * left is never less than the events left. */
+  size_t cap = limit < 16384 ? (size_t)limit : 16384, n = 0;
+  uint32_t *seqs = malloc(cap * sizeof *seqs);
+  if (!seqs) return false;
+  for (uint64_t seq = 0; seq < limit;) {
+    if (cap - n < 1024 && cap < limit) {
+      size_t more = (uint64_t)cap * 2 < limit ? cap * 2 : (size_t)limit;
+      uint32_t *grown = realloc(seqs, more * sizeof *seqs);
+      if (!grown) {
+        free(seqs);
+        return false;
+      }
+      seqs = grown;
+      cap = more;
+    }
+    n += bp__scan_filter(&s->scan, seq, limit, q, seqs + n, cap - n < 1024 ? cap - n : 1024, &seq);
+  }
+  const qplan matched = {NULL, true, 0, NULL}; /* the scan filter applied the region */
+  deliver_list(s, &matched, seqs, n, k);
+  free(seqs);
+  return true;
+}
+
 /* Runs the region over the index, reading the smallest index stream that can
  * serve it. exact_entity limits the result to one entity (bp_stream). */
 static bp_status run_planned(bp_store *s, const bp_region *r, const char *exact_entity, qsink *k, uint64_t limit,
@@ -637,6 +668,7 @@ static bp_status run_planned(bp_store *s, const bp_region *r, const char *exact_
     if (!r || (!r->entity_prefix && !r->scope && r->fact == BP_FACT_ANY && !r->has_clock_range)) (void)reserve(k, limit);
     bp__scan_pred q = scan_pred(p);
     const qplan matched = {NULL, true, 0, NULL}; /* the scan filter applied the region */
+    if (k->out && limit > COPY_CHUNK && deliver_scanned(s, &q, limit, k)) return BP_OK;
     uint32_t batch[1024];
     for (uint64_t seq = 0; seq < limit && !k->stop;) {
       size_t got = bp__scan_filter(&s->scan, seq, limit, &q, batch, 1024, &seq);
