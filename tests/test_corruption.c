@@ -65,17 +65,6 @@ static const original *find_original(bp_id id) {
   return NULL;
 }
 
-static void flip_byte(const char *path, size_t at) {
-  FILE *f = fopen(path, "r+b");
-  assert_non_null(f);
-  assert_int_equal(fseek(f, (long)at, SEEK_SET), 0);
-  int c = fgetc(f);
-  assert_true(c != EOF);
-  assert_int_equal(fseek(f, (long)at, SEEK_SET), 0);
-  fputc(c ^ 0x5a, f);
-  assert_int_equal(fclose(f), 0);
-}
-
 typedef struct tally {
   uint64_t flips, opened, refused, events_checked, gets_refused;
 } tally;
@@ -168,9 +157,9 @@ static void every_single_byte_flip_is_found_and_never_returns_a_wrong_event(void
     snprintf(path, sizeof path, "%s/%s", work, de->d_name);
     for (size_t at = 0; at < (size_t)sb.st_size; at += stride) {
       if (at >= ts_from && at < ts_to) continue;
-      flip_byte(path, at);
+      tu_flip_byte(path, (long)at, 0x5a);
       check_flipped(work, de->d_name, at, &t);
-      flip_byte(path, at);
+      tu_flip_byte(path, (long)at, 0x5a);
       t.flips++;
     }
   }

@@ -5,7 +5,6 @@
  */
 #include "testutil.h"
 
-#include <fcntl.h>
 #include <pthread.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -486,14 +485,7 @@ static void a_damaged_frame_stops_a_shared_replay_where_a_lone_one_stops(void **
   /* One byte of event 4000's frame (a folded kind), near its end. */
   char path[4200];
   snprintf(path, sizeof path, "%s/%06llu.fbat", f->dir, (unsigned long long)r.disk_pos.segment_id);
-  int fd = open(path, O_RDWR);
-  assert_true(fd >= 0);
-  off_t at = (off_t)(r.disk_pos.offset + r.disk_pos.length - 3);
-  uint8_t byte;
-  assert_int_equal(pread(fd, &byte, 1, at), 1);
-  byte ^= 0x40;
-  assert_int_equal(pwrite(fd, &byte, 1, at), 1);
-  close(fd);
+  tu_flip_byte(path, (long)(r.disk_pos.offset + r.disk_pos.length - 3), 0x40);
 
   bp_store *lone, *shared;
   open_lone_and_shared(f, &lone, &shared);

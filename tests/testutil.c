@@ -86,6 +86,17 @@ static int rm_entry(const char *path, const struct stat *sb, int flag, struct FT
 
 void tu_remove_tree(const char *path) { nftw(path, rm_entry, 16, FTW_DEPTH | FTW_PHYS); }
 
+void tu_flip_byte(const char *path, long at, uint8_t mask) {
+  FILE *f = fopen(path, "r+b");
+  if (!f) fail_msg("cannot open %s", path);
+  assert_int_equal(fseek(f, at, SEEK_SET), 0);
+  int c = fgetc(f);
+  if (c == EOF) fail_msg("%s has no byte at %ld", path, at);
+  assert_int_equal(fseek(f, at, SEEK_SET), 0);
+  fputc(c ^ mask, f);
+  assert_int_equal(fclose(f), 0);
+}
+
 void tu_copy_dir(const char *src, const char *dst) {
   mkdir(dst, 0700);
   DIR *d = opendir(src);

@@ -53,6 +53,9 @@ char *tu_make_temp_dir(const char *tag);
 void tu_remove_tree(const char *path);
 /* Copies every regular file of src into dst (created if missing). */
 void tu_copy_dir(const char *src, const char *dst);
+/* XORs the byte at `at` of the file at path with mask (damage for corruption
+ * tests; the same call again undoes it). Fails the test when it cannot. */
+void tu_flip_byte(const char *path, long at, uint8_t mask);
 
 #endif
 
