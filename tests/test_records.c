@@ -430,8 +430,9 @@ static void committed_rejects_missing_fields(void **state) {
   bp__buf_free(&b);
 }
 
-/* The folded CRC (PCLMULQDQ where the processor has it) equals zlib's for
- * every length up to 2 KiB at every alignment, and for a large buffer. */
+/* The folded CRC equals zlib's for every length up to 2 KiB at every
+ * alignment, and for a large buffer, by each code path this processor can
+ * run: 256-bit folds (VPCLMULQDQ), 128-bit folds (PCLMULQDQ), zlib alone. */
 static void crc32_matches_zlib_at_every_length_and_alignment(void **state) {
   (void)state;
   size_t big = 1u << 20;
@@ -442,15 +443,22 @@ static void crc32_matches_zlib_at_every_length_and_alignment(void **state) {
     x = x * 1103515245u + 12345u;
     buf[i] = (uint8_t)(x >> 16);
   }
-  for (size_t align = 0; align < 16; align++)
-    for (size_t len = 0; len <= 2048; len++) {
-      uint32_t want = (uint32_t)crc32(0, buf + align, (uInt)len), got = bp__crc32(buf + align, len);
-      if (got != want) fail_msg("length %zu at alignment %zu: %08x, zlib %08x", len, align, got, want);
-    }
-  assert_int_equal(bp__crc32(buf + 3, big), (uint32_t)crc32(0, buf + 3, (uInt)big));
-  /* Continued in pieces of every size, it is the same CRC. */
-  for (size_t cut = 0; cut < 300; cut++)
-    assert_int_equal(bp__crc32_update(bp__crc32(buf, cut), buf + cut, 4096 - cut), (uint32_t)crc32(0, buf, 4096));
+  const unsigned paths[] = {~0u, BP__CPU_CLMUL, 0};
+  for (size_t k = 0; k < 3; k++) {
+    unsigned cpu = paths[k];
+    for (size_t align = 0; align < 16; align++)
+      for (size_t len = 0; len <= 2048; len++) {
+        uint32_t want = (uint32_t)crc32(0, buf + align, (uInt)len);
+        uint32_t got = bp__crc32_update_using(cpu, 0, buf + align, len);
+        if (got != want)
+          fail_msg("features %#x, length %zu at alignment %zu: %08x, zlib %08x", cpu, len, align, got, want);
+      }
+    assert_int_equal(bp__crc32_update_using(cpu, 0, buf + 3, big), (uint32_t)crc32(0, buf + 3, (uInt)big));
+    /* Continued in pieces of every size, it is the same CRC. */
+    for (size_t cut = 0; cut < 300; cut++)
+      assert_int_equal(bp__crc32_update_using(cpu, bp__crc32_update_using(cpu, 0, buf, cut), buf + cut, 4096 - cut),
+                       (uint32_t)crc32(0, buf, 4096));
+  }
   memset(buf, 0xff, 4096);
   assert_int_equal(bp__crc32(buf, 4096), (uint32_t)crc32(0, buf, 4096));
   free(buf);

@@ -15,6 +15,8 @@ unsigned bp__cpu_features(void) {
     if (__builtin_cpu_supports("pclmul") && __builtin_cpu_supports("sse4.1")) f |= BP__CPU_CLMUL;
     if (__builtin_cpu_supports("ssse3")) f |= BP__CPU_SSSE3;
     if (__builtin_cpu_supports("popcnt")) f |= BP__CPU_POPCNT;
+    if ((f & BP__CPU_CLMUL) && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("vpclmulqdq"))
+      f |= BP__CPU_VCLMUL;
   }
 #endif
   __atomic_store_n(&features, f, __ATOMIC_RELAXED);

@@ -91,6 +91,9 @@ bool bp__frame_equal(const bp__frame *a, const bp__frame *b);
 uint32_t bp__crc32(const void *data, size_t len);
 /* Continues a CRC: bp__crc32_update(bp__crc32(a), b) is the CRC of a then b. */
 uint32_t bp__crc32_update(uint32_t crc, const void *data, size_t len);
+/* bp__crc32_update by the code for the given BP__CPU_* features (those the
+ * processor lacks are ignored): for tests of every path. */
+uint32_t bp__crc32_update_using(unsigned cpu, uint32_t crc, const void *data, size_t len);
 
 /* Segment header record. */
 typedef struct bp__segment_header {
