@@ -41,10 +41,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t count = data[0];
     uint8_t *got = malloc(count ? count : 1); /* exactly count bytes: ASan sees any write past them */
     if (!got) abort();
-    bool ok = bp__mp_take_int_bytes(&a, data + size, got, count);
-    if (ok != bp__mp_take_int_bytes_each(&b, data + size, want, count)) abort();
-    if (ok && (a != b || memcmp(got, want, count) != 0)) abort();
-    if (!ok && a != data + 1) abort();
+    bool want_ok = bp__mp_take_int_bytes_each(&b, data + size, want, count);
+    /* Every decoder this processor can run: PEXT blocks, SSSE3 blocks and
+     * windows, portable windows. */
+    const unsigned paths[] = {~0u, BP__CPU_SSSE3 | BP__CPU_POPCNT, BP__CPU_SSSE3, 0};
+    for (size_t k = 0; k < sizeof paths / sizeof paths[0]; k++) {
+      a = data + 1;
+      bool ok = bp__mp_take_int_bytes_using(paths[k], &a, data + size, got, count);
+      if (ok != want_ok) abort();
+      if (ok && (a != b || memcmp(got, want, count) != 0)) abort();
+      if (!ok && a != data + 1) abort();
+    }
     free(got);
   }
 

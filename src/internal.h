@@ -98,6 +98,8 @@ static inline uint64_t bp__get_le64(const uint8_t *p) {
 #define BP__CPU_SSSE3 2u   /* SSSE3: integer byte arrays a shuffle per window */
 #define BP__CPU_POPCNT 4u  /* POPCNT: with SSSE3, integer byte arrays 64 bytes at a time */
 #define BP__CPU_VCLMUL 8u  /* VPCLMULQDQ and AVX2, with CLMUL: the CRC-32 folded 256 bits a multiplication */
+#define BP__CPU_BMI2 16u   /* fast PDEP/PEXT and AVX2: integer byte arrays packed by PEXT */
+
 unsigned bp__cpu_features(void);
 
 #endif /* BATPAK_INTERNAL_H */

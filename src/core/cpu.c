@@ -3,6 +3,24 @@
 
 #include <stdlib.h>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+
+/* Whether PDEP and PEXT take a few cycles: on Intel processors with BMI2 and
+ * on AMD's from family 19h (Zen 3) on; AMD's Zen 1 and 2 run them in
+ * microcode, a few hundred cycles each. */
+static bool fast_pext(void) {
+  if (!__builtin_cpu_supports("bmi2")) return false;
+  if (__builtin_cpu_is("intel")) return true;
+  if (!__builtin_cpu_is("amd")) return false;
+  unsigned eax, ebx, ecx, edx;
+  if (!__get_cpuid(1, &eax, &ebx, &ecx, &edx)) return false;
+  unsigned family = (eax >> 8) & 0xf;
+  if (family == 0xf) family += (eax >> 20) & 0xff;
+  return family >= 0x19;
+}
+#endif
+
 static int features = -1; /* -1 until known; every thread computes the same value */
 
 unsigned bp__cpu_features(void) {
@@ -17,6 +35,8 @@ unsigned bp__cpu_features(void) {
     if (__builtin_cpu_supports("popcnt")) f |= BP__CPU_POPCNT;
     if ((f & BP__CPU_CLMUL) && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("vpclmulqdq"))
       f |= BP__CPU_VCLMUL;
+    if ((f & BP__CPU_SSSE3) && (f & BP__CPU_POPCNT) && __builtin_cpu_supports("avx2") && fast_pext())
+      f |= BP__CPU_BMI2;
   }
 #endif
   __atomic_store_n(&features, f, __ATOMIC_RELAXED);

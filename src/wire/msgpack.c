@@ -318,7 +318,8 @@ bp_status bp__mp_read_nil_or(bp__mp_reader *r, bool *present) {
 
 /* Byte arrays written as integer arrays (what the crate does with hashes, ids
  * and payloads) are decoded 8 input bytes at a time (with SSSE3 and POPCNT,
- * 64 at a time while that many remain: blocks_ssse3). Every element is a
+ * 64 at a time while that many remain: blocks_ssse3, or blocks_bmi2 where
+ * PEXT is fast). Every element is a
  * positive fixint (one byte) or cc xx (two); so for a window that starts on
  * an element, which bytes hold values depends only on which bytes are 0xcc.
  * windows[m], m having bit j set when byte j is 0xcc, lists the value bytes,
@@ -480,6 +481,91 @@ __attribute__((target("ssse3,popcnt"))) static size_t blocks_ssse3(const uint8_t
   *pp = p;
   return i + windows_ssse3(pp, end, out + i, n - i);
 }
+
+/*
+ * The same blocks with BMI2, where PDEP and PEXT are fast (bp__cpu_features):
+ * the last element's byte comes from one PDEP instead of a count per 8 bytes,
+ * and each 8 bytes' values are packed by one PEXT under a mask of their
+ * value bytes.
+ */
+static uint64_t byte_mask[256]; /* bit j of the index set: byte j all ones */
+
+static void build_byte_masks(void) {
+  for (unsigned m = 0; m < 256; m++)
+    for (unsigned j = 0; j < 8; j++)
+      if ((m >> j) & 1) byte_mask[m] |= 0xffull << (8 * j);
+}
+
+/* d[0..n) = s[0..n) for n <= 64, with no call. */
+__attribute__((target("avx2"))) static inline void copy_upto64(uint8_t *d, const uint8_t *s, size_t n) {
+  if (n >= 32) {
+    __m256i a = _mm256_loadu_si256((const __m256i *)(const void *)s);
+    __m256i b = _mm256_loadu_si256((const __m256i *)(const void *)(s + n - 32));
+    _mm256_storeu_si256((__m256i *)(void *)d, a);
+    _mm256_storeu_si256((__m256i *)(void *)(d + n - 32), b);
+  } else if (n >= 16) {
+    __m128i a = _mm_loadu_si128((const __m128i *)(const void *)s);
+    __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(s + n - 16));
+    _mm_storeu_si128((__m128i *)(void *)d, a);
+    _mm_storeu_si128((__m128i *)(void *)(d + n - 16), b);
+  } else if (n >= 8) {
+    uint64_t a = bp__get_le64(s), b = bp__get_le64(s + n - 8);
+    memcpy(d, &a, 8);
+    memcpy(d + n - 8, &b, 8);
+  } else {
+    for (size_t j = 0; j < n; j++) d[j] = s[j];
+  }
+}
+
+__attribute__((target("avx2,bmi,bmi2,popcnt"))) static size_t blocks_bmi2(const uint8_t **pp, const uint8_t *end,
+                                                                        uint8_t *out, size_t n) {
+  const uint8_t *p = *pp;
+  size_t i = 0;
+  const __m256i cc = _mm256_set1_epi8((char)0xcc);
+  while (i < n && end - p >= 64) {
+    __m256i lo = _mm256_loadu_si256((const __m256i *)(const void *)p);
+    __m256i hi = _mm256_loadu_si256((const __m256i *)(const void *)(p + 32));
+    uint64_t ccs = (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(lo, cc)) |
+                   (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(hi, cc)) << 32;
+    uint64_t high = (uint64_t)(uint32_t)_mm256_movemask_epi8(lo) | (uint64_t)(uint32_t)_mm256_movemask_epi8(hi) << 32;
+    uint64_t run_starts = ccs & ~(ccs << 1);
+    uint64_t odd_runs = ccs ^ (ccs + (run_starts & ODD_BITS));
+    uint64_t escaped = (ccs << 1) & ((odd_runs & ~ODD_BITS) | (~odd_runs & ODD_BITS));
+    uint64_t values = ~(ccs & ~escaped);
+    uint64_t bad = high & ~ccs & ~escaped;
+    size_t want = n - i, count = (size_t)__builtin_popcountll(values), used;
+    if (count >= want) { /* the last element ends in this block */
+      uint64_t last = _pdep_u64(1ull << (want - 1), values);
+      uint64_t upto = (last << 1) - 1; /* all ones when last is bit 63 */
+      values &= upto;
+      bad &= upto;
+      count = want;
+      used = (size_t)__builtin_ctzll(last) + 1;
+    } else {
+      used = 64 - (size_t)(~values >> 63); /* a prefix in the last byte starts the next block */
+    }
+    if (bad) {
+      *pp = p; /* not this form: the caller decides, from this block on */
+      return i;
+    }
+    /* Each 8 bytes' values land at the count so far, 8 bytes written each
+     * time: straight into out while 64 bytes of room remain, else via tmp. */
+    uint8_t tmp[64];
+    uint8_t *dst = want >= 64 ? out + i : tmp;
+    size_t k = 0;
+    for (unsigned c = 0; c < 64; c += 8) {
+      unsigned vm = (unsigned)(values >> c) & 0xff;
+      uint64_t packed = _pext_u64(bp__get_le64(p + c), byte_mask[vm]);
+      memcpy(dst + k, &packed, 8);
+      k += (size_t)__builtin_popcount(vm);
+    }
+    if (dst == tmp) copy_upto64(out + i, tmp, count);
+    i += count;
+    p += used;
+  }
+  *pp = p;
+  return i + windows_ssse3(pp, end, out + i, n - i);
+}
 #endif
 
 /* The windows in portable code: the masks by word arithmetic. Same contract
@@ -506,18 +592,27 @@ static size_t windows_scalar(const uint8_t **pp, const uint8_t *end, uint8_t *ou
 }
 
 typedef size_t (*windows_fn)(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n);
-static _Atomic(windows_fn) windows_impl;
 
-static void pick_windows(void) {
+static void build_tables(void) {
   build_windows();
-  windows_fn f = windows_scalar;
 #ifdef HAVE_WINDOWS_SSSE3
   build_gather();
-  unsigned cpu = bp__cpu_features();
-  if (cpu & BP__CPU_SSSE3) f = cpu & BP__CPU_POPCNT ? blocks_ssse3 : windows_ssse3;
+  build_byte_masks();
 #endif
-  atomic_store_explicit(&windows_impl, f, memory_order_release);
 }
+
+/* The windows for the given BP__CPU_* features. */
+static windows_fn windows_for(unsigned cpu) {
+  pthread_once(&windows_once, build_tables);
+#ifdef HAVE_WINDOWS_SSSE3
+  if ((cpu & BP__CPU_BMI2) && (cpu & BP__CPU_SSSE3)) return blocks_bmi2;
+  if (cpu & BP__CPU_SSSE3) return cpu & BP__CPU_POPCNT ? blocks_ssse3 : windows_ssse3;
+#endif
+  (void)cpu;
+  return windows_scalar;
+}
+
+static _Atomic(windows_fn) windows_impl;
 
 bool bp__mp_take_int_bytes_each(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n) {
   const uint8_t *p = *pp;
@@ -535,19 +630,28 @@ bool bp__mp_take_int_bytes_each(const uint8_t **pp, const uint8_t *end, uint8_t 
   return true;
 }
 
-bool bp__mp_take_int_bytes(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n) {
+/* bp__mp_take_int_bytes by the given windows. */
+static bool take_int_bytes(windows_fn windows_of, const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n) {
   const uint8_t *p = *pp;
-  windows_fn windows_of = atomic_load_explicit(&windows_impl, memory_order_acquire);
-  if (!windows_of) {
-    pthread_once(&windows_once, pick_windows);
-    windows_of = atomic_load_explicit(&windows_impl, memory_order_acquire);
-  }
   size_t i = windows_of(&p, end, out, n);
   /* What the windows left: the last elements of a buffer that ends within 8
    * bytes, or the element a window refused (then this fails). */
   if (!bp__mp_take_int_bytes_each(&p, end, out + i, n - i)) return false;
   *pp = p;
   return true;
+}
+
+bool bp__mp_take_int_bytes(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n) {
+  windows_fn windows_of = atomic_load_explicit(&windows_impl, memory_order_acquire);
+  if (!windows_of) {
+    windows_of = windows_for(bp__cpu_features());
+    atomic_store_explicit(&windows_impl, windows_of, memory_order_release);
+  }
+  return take_int_bytes(windows_of, pp, end, out, n);
+}
+
+bool bp__mp_take_int_bytes_using(unsigned cpu, const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n) {
+  return take_int_bytes(windows_for(cpu & bp__cpu_features()), pp, end, out, n);
 }
 
 static bp_status read_int_bytes(bp__mp_reader *r, uint8_t *out, size_t n) {

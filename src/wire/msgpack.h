@@ -132,6 +132,9 @@ bool bp__mp_take_int_bytes(const uint8_t **pp, const uint8_t *end, uint8_t *out,
 /* The same, one element at a time: the definition the windows must agree with
  * (they finish with it; tests and fuzzing compare the two). */
 bool bp__mp_take_int_bytes_each(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n);
+/* bp__mp_take_int_bytes by the code for the given BP__CPU_* features (those
+ * the processor lacks are ignored): for tests of every path. */
+bool bp__mp_take_int_bytes_using(unsigned cpu, const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n);
 /* A u128 id: bin of 16 bytes or an array of 16 integers. */
 bp_status bp__mp_read_id(bp__mp_reader *r, bp_id *out);
 /* A byte string of any length, as bin (pointing into the input, *copied false)
