@@ -46,9 +46,13 @@ typedef struct bp__buf {
   uint8_t *data;
   size_t len, cap;
   bool oom;            /* a growth failed: contents are incomplete */
+  bool borrowed;       /* data is the caller's memory (bp__buf_init_on), not the heap's */
 } bp__buf;
 
 void bp__buf_init(bp__buf *b);
+/* Starts b on cap bytes of memory the caller owns (a stack array, say): it
+ * moves to the heap only when it must grow past them. */
+void bp__buf_init_on(bp__buf *b, uint8_t *mem, size_t cap);
 void bp__buf_free(bp__buf *b);
 /* Makes room for n more bytes; false (and oom set) when memory runs out. */
 bool bp__buf_reserve(bp__buf *b, size_t n);

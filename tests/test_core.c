@@ -44,6 +44,27 @@ static void a_message_may_quote_the_last_one(void **state) {
   assert_int_equal(bp_last_error()->sys_errno, ENOENT);
 }
 
+/* A buffer started on the caller's memory stays there while it fits, then
+ * moves to the heap with its contents; freeing it never frees the caller's
+ * memory (ASan would report that). */
+static void buffer_on_caller_memory_moves_to_the_heap_when_it_grows(void **state) {
+  (void)state;
+  uint8_t mem[8];
+  bp__buf b;
+  bp__buf_init_on(&b, mem, sizeof mem);
+  bp__buf_append(&b, "abcde", 5);
+  assert_ptr_equal(b.data, mem);
+  bp__buf_append(&b, "fghijklmno", 10);
+  assert_ptr_not_equal(b.data, mem);
+  assert_false(b.oom);
+  tu_assert_bytes_eq(b.data, b.len, "abcdefghijklmno", 15, "contents after the move");
+  bp__buf_free(&b);
+  bp__buf_init_on(&b, mem, sizeof mem);
+  bp__buf_append(&b, "xy", 2);
+  bp__buf_free(&b);
+  assert_null(b.data);
+}
+
 static void version_matches_the_header(void **state) {
   (void)state;
   assert_string_equal(bp_version(), BP_VERSION_STRING);
@@ -230,6 +251,7 @@ int main(void) {
       cmocka_unit_test(status_names_and_messages_are_stable),
       cmocka_unit_test(last_error_records_the_failure_on_this_thread),
       cmocka_unit_test(a_message_may_quote_the_last_one),
+      cmocka_unit_test(buffer_on_caller_memory_moves_to_the_heap_when_it_grows),
       cmocka_unit_test(version_matches_the_header),
       cmocka_unit_test(kind_custom_packs_category_and_type),
       cmocka_unit_test(kind_custom_rejects_reserved_and_wide_categories),

@@ -265,6 +265,34 @@ static void get_trusts_a_hinted_frame_only_if_it_holds_the_id(void **state) {
   assert_ok(bp_close(s));
 }
 
+/* bp_get decodes small payloads into a buffer on its stack and larger ones
+ * on the heap: payloads of every size around that limit come back whole,
+ * from the active segment and after a reopen. */
+static void get_returns_payloads_of_every_size_around_its_stack_buffer(void **state) {
+  fixture *f = *state;
+  static const size_t sizes[] = {0, 1, 200, 255, 256, 257, 300, 4096, 70000};
+  enum { N = sizeof sizes / sizeof sizes[0] };
+  uint8_t *payload = malloc(70000);
+  assert_non_null(payload);
+  for (size_t i = 0; i < 70000; i++) payload[i] = (uint8_t)(i * 31 + 7);
+  bp_append_receipt r[N];
+  bp_store *s = open_ok(f);
+  for (size_t k = 0; k < N; k++) assert_ok(bp_append(s, &ALICE, 0x1001, payload, sizes[k], &r[k]));
+  for (int round = 0; round < 2; round++) {
+    for (size_t k = 0; k < N; k++) {
+      bp_event *ev;
+      assert_ok(bp_get(s, r[k].event_id, &ev));
+      char what[64];
+      snprintf(what, sizeof what, "%s payload of %zu bytes", round ? "reopened" : "active", sizes[k]);
+      tu_assert_bytes_eq(ev->payload, ev->payload_len, payload, sizes[k], what);
+      bp_event_free(ev);
+    }
+    assert_ok(bp_close(s));
+    if (round == 0) s = open_ok(f);
+  }
+  free(payload);
+}
+
 static void append_json_stores_msgpack_and_reads_back_json(void **state) {
   fixture *f = *state;
   bp_store *s = open_ok(f);
@@ -1956,6 +1984,7 @@ int main(void) {
       T(open_from_another_process_is_locked),
       T(append_then_get_returns_every_field),
       T(get_trusts_a_hinted_frame_only_if_it_holds_the_id),
+      T(get_returns_payloads_of_every_size_around_its_stack_buffer),
       T(append_json_stores_msgpack_and_reads_back_json),
       T(reaction_carries_correlation_and_causation),
       T(reopen_by_checkpoint_sidx_and_scan_gives_the_same_store),

@@ -133,8 +133,10 @@ unsigned bp_version_number(void) { return BP_VERSION_NUMBER; }
 
 void bp__buf_init(bp__buf *b) { memset(b, 0, sizeof *b); }
 
+void bp__buf_init_on(bp__buf *b, uint8_t *mem, size_t cap) { *b = (bp__buf){mem, 0, cap, false, true}; }
+
 void bp__buf_free(bp__buf *b) {
-  free(b->data);
+  if (!b->borrowed) free(b->data);
   memset(b, 0, sizeof *b);
 }
 
@@ -148,8 +150,10 @@ bool bp__buf_reserve(bp__buf *b, size_t n) {
     if (cap > SIZE_MAX / 2) { cap = want; break; }
     cap *= 2;
   }
-  uint8_t *p = realloc(b->data, cap);
+  uint8_t *p = b->borrowed ? malloc(cap) : realloc(b->data, cap);
   if (!p) { b->oom = true; return false; }
+  if (b->borrowed && b->len) memcpy(p, b->data, b->len);
+  b->borrowed = false;
   b->data = p;
   b->cap = cap;
   return true;

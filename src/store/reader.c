@@ -205,9 +205,14 @@ static bool get_by_hint(bp_store *s, bp_id id, bp__evread *rd, bp_event **out, b
 }
 
 /* bp_get with the view lock held. */
+/* Payloads up to this size are decoded into the stack by bp_get. */
+#define BP__GET_SCRATCH_BYTES 256
+
 static bp_status get_locked(bp_store *s, bp_id id, bp_event **out) {
   bp__evread rd;
   memset(&rd, 0, sizeof rd);
+  uint8_t scratch[BP__GET_SCRATCH_BYTES];
+  bp__buf_init_on(&rd.scratch, scratch, sizeof scratch);
   bp_status st;
   if (!get_by_hint(s, id, &rd, out, &st)) {
     uint64_t seq;
