@@ -328,7 +328,7 @@ static bp_status write_segment(compaction *c) {
   bp_status st = bp__index_reserve(&c->ix, visible);
   if (!st) st = copy_names(c);
   bp__evread rd;
-  memset(&rd, 0, sizeof rd);
+  bp__evread_init(&rd);
   uint64_t seq = 0;
   uint32_t reading = 0; /* the segment the last event came from */
   for (; seq < visible && !st; seq++) {

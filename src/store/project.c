@@ -48,7 +48,7 @@ static uint8_t *cache_key(const char *entity, const bp_projection *p, size_t *le
 static bp_status apply_serial(bp_store *s, const bp_projection *p, void *ctx, void *state, const uint32_t *v,
                               uint32_t from, uint32_t n) {
   bp__evread rd;
-  memset(&rd, 0, sizeof rd);
+  bp__evread_init(&rd);
   bp_status st = BP_OK;
   for (uint32_t i = from; i < n && i < from + 2 * BP__READ_AHEAD; i++) bp__prefetch_entry(s, v[i]);
   for (uint32_t i = from; i < n && !st; i++) {
@@ -95,7 +95,7 @@ static void decode_chunk(void *ctx, uint64_t c) {
   replay_window *w = ctx;
   uint32_t from = (uint32_t)c * REPLAY_CHUNK, to = w->n - from < REPLAY_CHUNK ? w->n : from + REPLAY_CHUNK;
   bp__evread ahead;
-  memset(&ahead, 0, sizeof ahead);
+  bp__evread_init(&ahead);
   for (uint32_t i = from; i < to && i < from + 2 * BP__READ_AHEAD; i++) bp__prefetch_entry(w->s, w->slots[i].seq);
   for (uint32_t i = from; i < to; i++) {
     if (i + 2 * BP__READ_AHEAD < to) bp__prefetch_entry(w->s, w->slots[i + 2 * BP__READ_AHEAD].seq);

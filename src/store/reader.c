@@ -210,7 +210,7 @@ static bool get_by_hint(bp_store *s, bp_id id, bp__evread *rd, bp_event **out, b
 
 static bp_status get_locked(bp_store *s, bp_id id, bp_event **out) {
   bp__evread rd;
-  memset(&rd, 0, sizeof rd);
+  bp__evread_init(&rd);
   uint8_t scratch[BP__GET_SCRATCH_BYTES];
   bp__buf_init_on(&rd.scratch, scratch, sizeof scratch);
   bp_status st;
@@ -769,7 +769,7 @@ static bp_status walk_locked(bp_store *s, bp_id id, size_t limit, bp_events *out
   bp_status st = BP_OK;
   size_t got = 0;
   bp__evread rd;
-  memset(&rd, 0, sizeof rd);
+  bp__evread_init(&rd);
   for (size_t k = 0; k < count && !st; k++) {
     if (k + 2 * BP__READ_AHEAD < count) bp__prefetch_entry(s, v[lo - k - 2 * BP__READ_AHEAD]);
     if (k + BP__READ_AHEAD < count) bp__prefetch_frame(s, v[lo - k - BP__READ_AHEAD], &rd);

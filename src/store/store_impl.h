@@ -305,6 +305,17 @@ typedef struct bp__evread {
   const uint8_t *seg_map;
   size_t seg_len;
 } bp__evread;
+/* Ready to read: no buffers and no mapping looked up yet (ev and raw are
+ * outputs). Cheaper than clearing the whole record, which bp_get would pay
+ * on every call. */
+static inline void bp__evread_init(bp__evread *rd) {
+  rd->frame = (bp__buf){0};
+  rd->scratch = (bp__buf){0};
+  rd->raw = NULL;
+  rd->seg_id = 0;
+  rd->seg_map = NULL;
+  rd->seg_len = 0;
+}
 bp_status bp__read_event(bp_store *s, uint64_t seq, bp__evread *rd);
 /* Only the stored frame of event seq, length and CRC checked, into rd->raw
  * (no decoding). Errors: as bp__read_event. */
