@@ -430,6 +430,17 @@ static void build_gather(void) {
 
 #define ODD_BITS 0xaaaaaaaaaaaaaaaaull
 
+/* Which of 64 bytes hold values (the rest are prefixes), from the 0xcc bytes
+ * among them (ccs) and those of 0x80 and more (high); *bad gets the bytes
+ * that are single-byte elements of 0x80 and more (not this form). */
+static inline uint64_t block_values(uint64_t ccs, uint64_t high, uint64_t *bad) {
+  uint64_t run_starts = ccs & ~(ccs << 1);
+  uint64_t odd_runs = ccs ^ (ccs + (run_starts & ODD_BITS)); /* odd-started runs, and the byte after each */
+  uint64_t escaped = (ccs << 1) & ((odd_runs & ~ODD_BITS) | (~odd_runs & ODD_BITS));
+  *bad = high & ~ccs & ~escaped;
+  return ~(ccs & ~escaped);
+}
+
 __attribute__((target("ssse3,popcnt"))) static size_t blocks_ssse3(const uint8_t **pp, const uint8_t *end,
                                                                     uint8_t *out, size_t n) {
   const uint8_t *p = *pp;
@@ -442,12 +453,7 @@ __attribute__((target("ssse3,popcnt"))) static size_t blocks_ssse3(const uint8_t
       ccs |= (uint64_t)(uint32_t)_mm_movemask_epi8(_mm_cmpeq_epi8(v, cc)) << (16 * b);
       high |= (uint64_t)(uint32_t)_mm_movemask_epi8(v) << (16 * b);
     }
-    uint64_t run_starts = ccs & ~(ccs << 1);
-    uint64_t odd_runs = ccs ^ (ccs + (run_starts & ODD_BITS)); /* odd-started runs, and the byte after each */
-    uint64_t after_cc = ccs << 1;
-    uint64_t escaped = after_cc & ((odd_runs & ~ODD_BITS) | (~odd_runs & ODD_BITS));
-    uint64_t values = ~(ccs & ~escaped);
-    uint64_t bad = high & ~ccs & ~escaped; /* single-byte elements of 0x80 and more */
+    uint64_t bad, values = block_values(ccs, high, &bad);
     size_t want = n - i, block_first = i;
     for (unsigned c = 0; c < 64; c += 8) {
       unsigned vm = (unsigned)(values >> c) & 0xff, bm = (unsigned)(bad >> c) & 0xff;
@@ -528,11 +534,7 @@ __attribute__((target("avx2,bmi,bmi2,popcnt"))) static size_t blocks_bmi2(const 
     uint64_t ccs = (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(lo, cc)) |
                    (uint64_t)(uint32_t)_mm256_movemask_epi8(_mm256_cmpeq_epi8(hi, cc)) << 32;
     uint64_t high = (uint64_t)(uint32_t)_mm256_movemask_epi8(lo) | (uint64_t)(uint32_t)_mm256_movemask_epi8(hi) << 32;
-    uint64_t run_starts = ccs & ~(ccs << 1);
-    uint64_t odd_runs = ccs ^ (ccs + (run_starts & ODD_BITS));
-    uint64_t escaped = (ccs << 1) & ((odd_runs & ~ODD_BITS) | (~odd_runs & ODD_BITS));
-    uint64_t values = ~(ccs & ~escaped);
-    uint64_t bad = high & ~ccs & ~escaped;
+    uint64_t bad, values = block_values(ccs, high, &bad);
     size_t want = n - i, count = (size_t)__builtin_popcountll(values), used;
     if (count >= want) { /* the last element ends in this block */
       uint64_t last = _pdep_u64(1ull << (want - 1), values);
