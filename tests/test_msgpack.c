@@ -261,6 +261,43 @@ static void integer_byte_arrays_decode_exactly(void **state) {
   }
 }
 
+/* Every writer of byte arrays this processor can run (SSSE3 shuffles, the
+ * portable loop) writes the same bytes, which decode back to the input, for
+ * every length up to 300 and for bytes all small, all large or mixed; none
+ * writes past the 5 + 2 * len bytes it may use. */
+static void emit_byte_array_is_the_same_by_every_path(void **state) {
+  (void)state;
+  enum { MAX = 300, ROOM = 5 + 2 * MAX };
+  uint8_t in[MAX], want[ROOM + 16], got[ROOM + 16], back[MAX];
+  uint32_t x = 99;
+  const unsigned paths[] = {~0u, BP__CPU_SSSE3 | BP__CPU_POPCNT};
+  for (size_t len = 0; len <= MAX; len++)
+    for (int mix = 0; mix < 3; mix++) {
+      for (size_t i = 0; i < len; i++) {
+        x = x * 1664525u + 1013904223u;
+        uint8_t v = (uint8_t)(x >> 24);
+        in[i] = mix == 0 ? v & 0x7f : mix == 1 ? v | 0x80 : v;
+      }
+      size_t want_len = (size_t)(bp__mp_emit_byte_array_using(0, want, in, len) - want);
+      for (size_t k = 0; k < sizeof paths / sizeof paths[0]; k++) {
+        memset(got, 0xa5, sizeof got);
+        size_t got_len = (size_t)(bp__mp_emit_byte_array_using(paths[k], got, in, len) - got);
+        if (got_len != want_len) fail_msg("length %zu, mix %d, features %#x: %zu bytes, portable %zu", len, mix, paths[k], got_len, want_len);
+        tu_assert_bytes_eq(got, got_len, want, want_len, "elements");
+        for (size_t i = 5 + 2 * len; i < sizeof got; i++)
+          if (got[i] != 0xa5) fail_msg("length %zu, features %#x: byte %zu written, past the room of %zu", len, paths[k], i, 5 + 2 * len);
+      }
+      bp__mp_reader r;
+      bp__mp_reader_init(&r, want, want_len);
+      uint32_t n;
+      assert_ok(bp__mp_read_array(&r, &n));
+      assert_int_equal(n, len);
+      const uint8_t *q = r.p;
+      assert_true(bp__mp_take_int_bytes(&q, want + want_len, back, len));
+      tu_assert_bytes_eq(back, len, in, len, "decoded back");
+    }
+}
+
 /* Every decoder of byte arrays this processor can run (PEXT blocks, SSSE3
  * blocks, SSSE3 windows, portable windows) agrees with the element-by-element
  * definition on inputs that are mostly what writers emit, with elements of
@@ -310,6 +347,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(integers_take_their_smallest_form),
       cmocka_unit_test(integer_byte_arrays_decode_exactly),
+      cmocka_unit_test(emit_byte_array_is_the_same_by_every_path),
       cmocka_unit_test(take_int_bytes_agrees_with_element_by_element),
       cmocka_unit_test(lengths_take_their_smallest_form),
       cmocka_unit_test(reader_round_trips_every_form),

@@ -60,10 +60,16 @@ void bp__mp_put_map(bp__buf *b, uint32_t n) {
   else put_tag_be(b, 0xdf, n, 4);
 }
 
-uint8_t *bp__mp_emit_byte_array(uint8_t *o, const uint8_t *p, size_t len) {
-  o = bp__mp_emit_array_header(o, len);
+/* The elements of a byte array, without its header: bytes >= 0x80 take the
+ * cc prefix. The processor-specific versions (emit_for, with the decoders
+ * below) may write up to 2 * len bytes, whatever the result's length. */
+typedef uint8_t *(*emit_fn)(uint8_t *o, const uint8_t *p, size_t len);
+static emit_fn emit_for(unsigned cpu);
+static _Atomic(emit_fn) emit_impl;
+
+static uint8_t *emit_bytes_portable(uint8_t *o, const uint8_t *p, size_t len) {
   for (size_t i = 0; i < len; i++) {
-    /* Without branches on the data: bytes >= 0x80 take the cc prefix. */
+    /* Without branches on the data. */
     uint8_t c = p[i];
     size_t big = c >> 7;
     o[0] = 0xcc;
@@ -71,6 +77,21 @@ uint8_t *bp__mp_emit_byte_array(uint8_t *o, const uint8_t *p, size_t len) {
     o += 1 + big;
   }
   return o;
+}
+
+uint8_t *bp__mp_emit_byte_array(uint8_t *o, const uint8_t *p, size_t len) {
+  o = bp__mp_emit_array_header(o, len);
+  if (len < 8) return emit_bytes_portable(o, p, len);
+  emit_fn emit = atomic_load_explicit(&emit_impl, memory_order_acquire);
+  if (!emit) {
+    emit = emit_for(bp__cpu_features());
+    atomic_store_explicit(&emit_impl, emit, memory_order_release);
+  }
+  return emit(o, p, len);
+}
+
+uint8_t *bp__mp_emit_byte_array_using(unsigned cpu, uint8_t *o, const uint8_t *p, size_t len) {
+  return emit_for(cpu & bp__cpu_features())(bp__mp_emit_array_header(o, len), p, len);
 }
 
 void bp__mp_put_byte_array(bp__buf *b, const uint8_t *p, size_t len) {
@@ -568,6 +589,41 @@ __attribute__((target("avx2,bmi,bmi2,popcnt"))) static size_t blocks_bmi2(const 
   *pp = p;
   return i + windows_ssse3(pp, end, out + i, n - i);
 }
+
+/*
+ * Writing byte arrays with SSSE3, 8 bytes at a time: which of them are 0x80
+ * or more (the sign bits) decides where each lands and where the cc prefixes
+ * go, so one shuffle spreads the 8 bytes over up to 16 and the prefixes fill
+ * the gaps. spread_ctl[h] gives, for each output byte, its source byte, or
+ * 0x80 for a prefix (and for the unused bytes at the end, which the next
+ * store overwrites or the caller's worst-case room absorbs).
+ */
+static uint8_t spread_ctl[256][16];
+
+static void build_spread(void) {
+  for (unsigned h = 0; h < 256; h++) {
+    unsigned k = 0;
+    for (unsigned j = 0; j < 8; j++) {
+      if ((h >> j) & 1) spread_ctl[h][k++] = 0x80;
+      spread_ctl[h][k++] = (uint8_t)j;
+    }
+    while (k < 16) spread_ctl[h][k++] = 0x80;
+  }
+}
+
+__attribute__((target("ssse3,popcnt"))) static uint8_t *emit_bytes_ssse3(uint8_t *o, const uint8_t *p, size_t len) {
+  const __m128i cc = _mm_set1_epi8((char)0xcc), prefix = _mm_set1_epi8((char)0x80);
+  size_t i = 0;
+  for (; len - i >= 8; i += 8) {
+    __m128i x = _mm_loadl_epi64((const __m128i *)(const void *)(p + i));
+    unsigned h = (unsigned)_mm_movemask_epi8(x) & 0xff;
+    __m128i ctl = _mm_loadu_si128((const __m128i *)(const void *)spread_ctl[h]);
+    __m128i out = _mm_or_si128(_mm_shuffle_epi8(x, ctl), _mm_and_si128(_mm_cmpeq_epi8(ctl, prefix), cc));
+    _mm_storeu_si128((__m128i *)(void *)o, out);
+    o += 8 + (unsigned)__builtin_popcount(h);
+  }
+  return emit_bytes_portable(o, p + i, len - i);
+}
 #endif
 
 /* The windows in portable code: the masks by word arithmetic. Same contract
@@ -600,6 +656,7 @@ static void build_tables(void) {
 #ifdef HAVE_WINDOWS_SSSE3
   build_gather();
   build_byte_masks();
+  build_spread();
 #endif
 }
 
@@ -615,6 +672,17 @@ static windows_fn windows_for(unsigned cpu) {
 }
 
 static _Atomic(windows_fn) windows_impl;
+
+static emit_fn emit_for(unsigned cpu) {
+#ifdef HAVE_WINDOWS_SSSE3
+  if ((cpu & BP__CPU_SSSE3) && (cpu & BP__CPU_POPCNT)) {
+    pthread_once(&windows_once, build_tables);
+    return emit_bytes_ssse3;
+  }
+#endif
+  (void)cpu;
+  return emit_bytes_portable;
+}
 
 bool bp__mp_take_int_bytes_each(const uint8_t **pp, const uint8_t *end, uint8_t *out, size_t n) {
   const uint8_t *p = *pp;

@@ -77,6 +77,10 @@ static inline uint8_t *bp__mp_emit_array_header(uint8_t *o, size_t n) {
 }
 /* An array with one integer per byte (bp__mp_put_byte_array). */
 uint8_t *bp__mp_emit_byte_array(uint8_t *o, const uint8_t *p, size_t len);
+/* The same by the code for the given BP__CPU_* features (those the processor
+ * lacks are ignored): for tests of every path. Both may write up to
+ * 5 + 2 * len bytes at o, the most the array can take, whatever its length. */
+uint8_t *bp__mp_emit_byte_array_using(unsigned cpu, uint8_t *o, const uint8_t *p, size_t len);
 
 /* ---- reader ---- */
 typedef enum bp__mp_type {
