@@ -398,7 +398,7 @@ static inline void window_store(uint8_t *out, size_t i, size_t n, const uint8_t 
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
-#define HAVE_WINDOWS_SSSE3 1
+#define HAVE_X86_SIMD 1 /* the SSSE3, POPCNT and BMI2 code below: decoders and a writer of byte arrays */
 /* The windows with SSSE3: the masks from byte compares, the gather one
  * shuffle. Returns the elements decoded; *pp moves past them. */
 __attribute__((target("ssse3"))) static size_t windows_ssse3(const uint8_t **pp, const uint8_t *end, uint8_t *out,
@@ -653,7 +653,7 @@ typedef size_t (*windows_fn)(const uint8_t **pp, const uint8_t *end, uint8_t *ou
 
 static void build_tables(void) {
   build_windows();
-#ifdef HAVE_WINDOWS_SSSE3
+#ifdef HAVE_X86_SIMD
   build_gather();
   build_byte_masks();
   build_spread();
@@ -663,7 +663,7 @@ static void build_tables(void) {
 /* The windows for the given BP__CPU_* features. */
 static windows_fn windows_for(unsigned cpu) {
   pthread_once(&windows_once, build_tables);
-#ifdef HAVE_WINDOWS_SSSE3
+#ifdef HAVE_X86_SIMD
   if ((cpu & BP__CPU_BMI2) && (cpu & BP__CPU_SSSE3)) return blocks_bmi2;
   if (cpu & BP__CPU_SSSE3) return cpu & BP__CPU_POPCNT ? blocks_ssse3 : windows_ssse3;
 #endif
@@ -674,7 +674,7 @@ static windows_fn windows_for(unsigned cpu) {
 static _Atomic(windows_fn) windows_impl;
 
 static emit_fn emit_for(unsigned cpu) {
-#ifdef HAVE_WINDOWS_SSSE3
+#ifdef HAVE_X86_SIMD
   if ((cpu & BP__CPU_SSSE3) && (cpu & BP__CPU_POPCNT)) {
     pthread_once(&windows_once, build_tables);
     return emit_bytes_ssse3;
