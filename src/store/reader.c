@@ -204,10 +204,10 @@ static bool get_by_hint(bp_store *s, bp_id id, bp__evread *rd, bp_event **out, b
   return true;
 }
 
-/* bp_get with the view lock held. */
 /* Payloads up to this size are decoded into the stack by bp_get. */
 #define BP__GET_SCRATCH_BYTES 256
 
+/* bp_get with the view lock held. */
 static bp_status get_locked(bp_store *s, bp_id id, bp_event **out) {
   bp__evread rd;
   bp__evread_init(&rd);
