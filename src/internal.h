@@ -10,6 +10,7 @@
 #include "batpak/core.h"
 
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -105,5 +106,12 @@ static inline uint64_t bp__get_le64(const uint8_t *p) {
 #define BP__CPU_BMI2 16u   /* fast PDEP/PEXT and AVX2: integer byte arrays packed by PEXT */
 
 unsigned bp__cpu_features(void);
+
+/* Sleeping until a word changes (park.c). bp__park_wait returns when *word
+ * is no longer seen, and may return early: callers check their condition in
+ * a loop. bp__park_wake_all rouses every thread waiting on word; change the
+ * word first. */
+void bp__park_wait(_Atomic uint32_t *word, uint32_t seen);
+void bp__park_wake_all(_Atomic uint32_t *word);
 
 #endif /* BATPAK_INTERNAL_H */
