@@ -1696,6 +1696,98 @@ static void group_commit_shares_fsyncs_between_concurrent_appends(void **state) 
   free(args);
 }
 
+/* Which thread called each fsync, and a gate that holds the first one armed. */
+static struct {
+  pthread_mutex_t lock;
+  pthread_cond_t cond;
+  bool armed, held, released;
+  pthread_t callers[8];
+  int calls;
+} sync_gate = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, false, false, false, {0}, 0};
+
+static int recording_fsync(int fd) {
+  pthread_mutex_lock(&sync_gate.lock);
+  if (sync_gate.calls < 8) sync_gate.callers[sync_gate.calls++] = pthread_self();
+  if (sync_gate.armed) {
+    sync_gate.armed = false;
+    sync_gate.held = true;
+    pthread_cond_broadcast(&sync_gate.cond);
+    while (!sync_gate.released) pthread_cond_wait(&sync_gate.cond, &sync_gate.lock);
+  }
+  pthread_mutex_unlock(&sync_gate.lock);
+  return fsync(fd);
+}
+
+typedef struct keyed_one {
+  bp_store *s;
+  const char *entity;
+  pthread_t self;
+  bp_append_receipt r;
+  bp_status st;
+} keyed_one;
+
+static void *append_keyed_once(void *p) {
+  keyed_one *a = p;
+  a->self = pthread_self();
+  bp_coord c = {a->entity, "scope:group"};
+  bp_append_options o;
+  memset(&o, 0, sizeof o);
+  o.idempotency_key = bp_id_v7();
+  a->st = bp_append_with(a->s, &c, 0x1001, "x", 1, &o, &a->r);
+  return NULL;
+}
+
+/* A leader whose group was fsynced does not go on to commit appends queued
+ * behind it: it returns, and one of their callers commits them (the second
+ * fsync is made on that caller's thread). */
+static void leader_hands_over_after_an_fsynced_group(void **state) {
+  fixture *f = *state;
+  f->cfg.sync_every_n_events = 1;
+  f->cfg.group_commit_max_batch = 0;
+  f->cfg.sync_mode = BP_SYNC_ALL;
+  bp_store *s = open_ok(f);
+  keyed_one first = {.s = s, .entity = "entity:first"};
+  keyed_one second = {.s = s, .entity = "entity:second"};
+  append_keyed_once(&first); /* the segment exists before the gate is armed */
+  assert_ok(first.st);
+
+  sync_gate.armed = true;
+  sync_gate.held = sync_gate.released = false;
+  sync_gate.calls = 0;
+  bp__os_table.fsync = recording_fsync;
+  pthread_t ta, tb;
+  pthread_create(&ta, NULL, append_keyed_once, &first);
+  pthread_mutex_lock(&sync_gate.lock);
+  while (!sync_gate.held) pthread_cond_wait(&sync_gate.cond, &sync_gate.lock);
+  pthread_mutex_unlock(&sync_gate.lock);
+  /* first's caller leads and waits in its fsync; second queues behind it. */
+  pthread_create(&tb, NULL, append_keyed_once, &second);
+  for (;;) {
+    pthread_mutex_lock(&s->qlock);
+    size_t queued = s->qlen;
+    pthread_mutex_unlock(&s->qlock);
+    if (queued == 1) break;
+    usleep(100);
+  }
+  pthread_mutex_lock(&sync_gate.lock);
+  sync_gate.released = true;
+  pthread_cond_broadcast(&sync_gate.cond);
+  pthread_mutex_unlock(&sync_gate.lock);
+  pthread_join(ta, NULL);
+  pthread_join(tb, NULL);
+  bp__os_table = bp__os_default;
+  assert_ok(first.st);
+  assert_ok(second.st);
+  assert_int_equal(sync_gate.calls, 2);
+  if (!pthread_equal(sync_gate.callers[0], first.self))
+    fail_msg("the first group's fsync was not made by its own caller");
+  if (!pthread_equal(sync_gate.callers[1], second.self))
+    fail_msg("the second group's fsync was made by the first caller's thread, not the second's: no hand-over");
+  assert_int_equal(second.r.sequence, first.r.sequence + 1);
+  assert_int_equal(count_of(s), 3);
+  assert_ok(bp_close(s));
+}
+
 typedef struct reader_arg {
   bp_store *s;
   _Atomic int *stop;
@@ -2031,6 +2123,7 @@ int main(void) {
       T(concurrent_appends_get_dense_sequences_and_clocks),
       T(readers_see_a_gap_free_prefix_while_writers_append),
       T(group_commit_shares_fsyncs_between_concurrent_appends),
+      T(leader_hands_over_after_an_fsynced_group),
       T(apply_transition_appends_its_kind_and_payload),
       T(snapshot_under_concurrent_appends_is_a_consistent_prefix),
       T(snapshot_refuses_the_store_itself_and_a_full_directory),

@@ -78,8 +78,6 @@ typedef struct bp__req {
   bp_status status;
   bp_error err;             /* the failure, copied back to the caller's thread */
   _Atomic bool done;        /* set (release) by the leader that committed it */
-  bool sleeping;            /* its caller waits on cv (qlock) */
-  pthread_cond_t cv;
 } bp__req;
 
 struct bp_store {
@@ -102,8 +100,8 @@ struct bp_store {
   pthread_mutex_t qlock;
   pthread_cond_t qspace;    /* signalled when the queue shrinks */
   pthread_cond_t qidle;     /* signalled when a leader finishes */
-  pthread_cond_t qarrive;   /* signalled on an enqueue while a leader gathers a group */
-  bool gathering;
+  pthread_cond_t qarrive;   /* signalled when the queue reaches gather_until */
+  size_t gather_until;      /* a leader gathering a group waits for this many queued appends (0: none) */
   size_t last_group;        /* appends in the last group */
   uint64_t last_sync_us;    /* duration of the last group's fsync */
   uint64_t write_groups, fsyncs;
@@ -113,7 +111,9 @@ struct bp_store {
   bp__pool *helpers;         /* threads that share large reads with their caller (NULL: none) */
   _Atomic uint32_t spinners; /* callers spinning for their append to be committed */
   uint32_t spin_slots;      /* how many may: one CPU fewer than there are */
-  bool leader;
+  _Atomic uint32_t committed; /* moves on when groups were committed or the leader left (bp__park) */
+  _Atomic uint32_t sleepers; /* callers parked on committed */
+  _Atomic bool leader;      /* a caller is committing the queue (set under qlock) */
   bool closing;
   uint32_t drained;         /* appends committed after closing began */
 

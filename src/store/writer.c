@@ -656,13 +656,14 @@ static bool group_writes(const bp_store *s, bp__req **group, size_t ng) {
   return false;
 }
 
-static void commit_group(bp_store *s, bp__req **group, size_t ng, hints *h) {
+/* Returns whether the group was fsynced. */
+static bool commit_group(bp_store *s, bp__req **group, size_t ng, hints *h) {
   /* A group of pure idempotent repeats touches no segment (no rotation, no new file). */
   bp_status st = group_writes(s, group, ng) ? writer_ensure_segment(s)
                  : s->failed ? bp__fail(BP_EWRITER, "the writer has failed; reopen the store") : BP_OK;
   if (st) {
     for (size_t i = 0; i < ng; i++) finish(group[i], st);
-    return;
+    return false;
   }
   /* Planning reads the id table slot of each event (a known key) or writes
    * it (a new event), late: start loading the first few now, so that the
@@ -689,6 +690,7 @@ static void commit_group(bp_store *s, bp__req **group, size_t ng, hints *h) {
   }
   new_events = (uint32_t)(s->ix.count - count0);
 
+  bool fsynced = false;
   if (s->wbuf.len > 0) {
     uint64_t at = s->wsize;
     h->gen = s->wgen;
@@ -724,9 +726,11 @@ static void commit_group(bp_store *s, bp__req **group, size_t ng, hints *h) {
       bp__index_publish(&s->ix);
       if (sync_now) atomic_store(&s->durable, s->ix.count);
       bp__notify(s, count0, s->ix.count);
+      fsynced = sync_now;
     }
   }
   free(undo.items);
+  return fsynced;
 }
 
 /* ------------------------------------------------------------- the queue */
@@ -755,30 +759,53 @@ static void gather(bp_store *s, size_t max) {
   if (s->cfg.sync_every_n_events != 1 || s->closing || s->last_sync_us == 0) return;
   if (s->qlen >= max || (s->last_group <= 1 && s->qlen <= 1)) return;
   uint64_t budget = s->last_sync_us / 2 < 1000 ? s->last_sync_us / 2 : 1000;
-  s->gathering = true;
   /* Everyone of the last group is back: nobody else is likely to come. */
   size_t cohort = s->last_group < max ? s->last_group : max;
+  s->gather_until = cohort;
   for (uint64_t waited = 0; waited < budget && !s->closing && s->qlen < cohort; waited += GATHER_SLICE_US) {
     size_t before = s->qlen;
     struct timespec until;
     deadline_in(&until, GATHER_SLICE_US);
-    while (s->qlen == before && !s->closing)
+    while (s->qlen < cohort && !s->closing)
       if (pthread_cond_timedwait(&s->qarrive, &s->qlock, &until) != 0) break;
     if (s->qlen == before) break; /* a quiet slice: everyone active has arrived */
   }
-  s->gathering = false;
+  s->gather_until = 0;
 }
 
-/* Waits until the leader has committed r. A leader commits an append in a
- * few microseconds, while sleeping and being woken costs about as much again
- * on each side (and more in a virtual machine): so the caller first spins for
- * up to BP__SPIN_NS, when a CPU is free for it (spin_slots), then sleeps. */
+/*
+ * Leading and waiting. The caller that finds no leader leads (lead): it
+ * takes groups off the queue and commits them until the queue is empty, or,
+ * once its own append is in, after a group that was fsynced. There waiting
+ * for the disk took far longer than the writer's state in one CPU's cache
+ * saves, and a leader that stayed on would leave its own next append out of
+ * every group: with eight durable appenders, groups of at most seven, and
+ * the leader's thread falling behind the others, to append its last events
+ * alone after they finished. It hands over instead: a caller still waiting
+ * in the queue takes the lead.
+ *
+ * A waiting caller (wait_committed) first spins for up to BP__SPIN_NS, when
+ * a CPU is free for it (spin_slots): a leader commits an append in a few
+ * microseconds, while sleeping and being woken costs about as much again on
+ * each side, more in a virtual machine. Then it parks on s->committed, which
+ * moves on after every group and whenever a leader leaves, with one wake for
+ * every parked caller (wake_waiters): a group's callers neither queue for a
+ * lock nor wait for a wake each on their way out. A caller woken while its
+ * append is still queued parks again, or leads if nobody does.
+ */
 #define BP__SPIN_NS 50000
+
+static void lead(bp_store *s, bp__req *own);
+
+static void wake_waiters(bp_store *s) {
+  atomic_fetch_add(&s->committed, 1);
+  if (atomic_load(&s->sleepers)) bp__park_wake_all(&s->committed);
+}
 
 static void wait_committed(bp_store *s, bp__req *r) {
   if (atomic_fetch_add_explicit(&s->spinners, 1, memory_order_relaxed) < s->spin_slots) {
     uint64_t start = 0;
-    for (unsigned i = 1; !atomic_load_explicit(&r->done, memory_order_acquire); i++) {
+    for (unsigned i = 1; !atomic_load_explicit(&r->done, memory_order_acquire) && atomic_load(&s->leader); i++) {
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();
 #endif
@@ -790,17 +817,90 @@ static void wait_committed(bp_store *s, bp__req *r) {
     }
   }
   atomic_fetch_sub_explicit(&s->spinners, 1, memory_order_relaxed);
-  if (atomic_load_explicit(&r->done, memory_order_acquire)) return;
-  pthread_mutex_lock(&s->qlock);
-  if (!atomic_load_explicit(&r->done, memory_order_acquire)) {
-    pthread_cond_init(&r->cv, NULL);
-    r->sleeping = true;
-    while (!atomic_load_explicit(&r->done, memory_order_acquire)) pthread_cond_wait(&r->cv, &s->qlock);
-    pthread_mutex_unlock(&s->qlock);
-    pthread_cond_destroy(&r->cv);
-    return;
+  /* Counted as a sleeper before the word is read: a leader that found no
+   * sleepers had moved the word on before it looked, so the read sees the
+   * new value, and done or the leader's leaving with it. */
+  for (;;) {
+    atomic_fetch_add(&s->sleepers, 1);
+    uint32_t seen = atomic_load(&s->committed);
+    bool done = atomic_load_explicit(&r->done, memory_order_acquire), led = atomic_load(&s->leader);
+    if (!done && led) bp__park_wait(&s->committed, seen);
+    atomic_fetch_sub(&s->sleepers, 1);
+    if (done) return;
+    if (!led) {
+      pthread_mutex_lock(&s->qlock);
+      if (!s->leader && !atomic_load_explicit(&r->done, memory_order_acquire)) lead(s, r);
+      pthread_mutex_unlock(&s->qlock);
+    }
   }
+}
+
+/* Commits the queue, which holds own, with qlock held on entry and on
+ * return (see above). */
+static void lead(bp_store *s, bp__req *own) {
+  atomic_store(&s->leader, true);
+  hints pending = {0};
+  size_t max = s->cfg.group_commit_max_batch ? s->cfg.group_commit_max_batch : SIZE_MAX;
+  bp__req *stack_group[16];
+  bp__req **group = stack_group;
+  size_t group_cap = 16;
+  bool more = true;
+  while (more) {
+    gather(s, max);
+    size_t ng = 0;
+    while (s->qhead && ng < max) {
+      if (ng == group_cap) {
+        size_t cap = group_cap * 2;
+        bp__req **ngp = group == stack_group ? malloc(cap * sizeof *ngp) : realloc(group, cap * sizeof *ngp);
+        if (!ngp) break;
+        if (group == stack_group) memcpy(ngp, stack_group, sizeof stack_group);
+        group = ngp;
+        group_cap = cap;
+      }
+      bp__req *r = s->qhead;
+      s->qhead = r->next;
+      if (!s->qhead) s->qtail = NULL;
+      s->qlen--;
+      group[ng++] = r;
+    }
+    s->last_group = ng;
+    /* Appends drained by bp_close beyond its limit are refused. */
+    size_t refused_from = ng;
+    if (s->closing) {
+      uint32_t left = s->cfg.shutdown_drain_limit > s->drained ? s->cfg.shutdown_drain_limit - s->drained : 0;
+      if (ng > left) refused_from = left;
+      s->drained += (uint32_t)(refused_from);
+    }
+    pthread_cond_broadcast(&s->qspace);
+    pthread_mutex_unlock(&s->qlock);
+
+    for (size_t i = refused_from; i < ng; i++) {
+      bp__fail(BP_ESHUTDOWN, "append: the store closed before this append was written");
+      finish(group[i], BP_ESHUTDOWN);
+    }
+    pthread_mutex_lock(&s->wlock);
+    hints h = {0};
+    bool fsynced = commit_group(s, group, refused_from, &h);
+    pthread_mutex_unlock(&s->wlock);
+    merge_hints(&pending, &h);
+
+    /* Once done is set its caller may return at once: a record is not
+     * touched after that. */
+    for (size_t i = 0; i < ng; i++) atomic_store_explicit(&group[i]->done, true, memory_order_release);
+    pthread_mutex_lock(&s->qlock);
+    more = s->qhead && !(fsynced && atomic_load_explicit(&own->done, memory_order_relaxed));
+    if (!more) {
+      atomic_store(&s->leader, false);
+      pthread_cond_broadcast(&s->qidle);
+    }
+    wake_waiters(s);
+  }
+  if (group != stack_group) free(group);
+  /* Another caller may commit now while this one gives the hints its groups
+   * called for. */
   pthread_mutex_unlock(&s->qlock);
+  give_hints(s, &pending);
+  pthread_mutex_lock(&s->qlock);
 }
 
 /* Works out what an event's append needs that no lock protects: its content
@@ -885,74 +985,14 @@ static bp_status submit_counted(bp_store *s, const bp_event_in *events, size_t n
   else s->qhead = &req;
   s->qtail = &req;
   s->qlen++;
-  if (s->gathering) pthread_cond_signal(&s->qarrive);
+  if (s->gather_until && s->qlen >= s->gather_until) pthread_cond_signal(&s->qarrive);
 
   if (s->leader) {
     pthread_mutex_unlock(&s->qlock);
     wait_committed(s, &req);
   } else {
-    s->leader = true;
-    hints pending = {0};
-    size_t max = s->cfg.group_commit_max_batch ? s->cfg.group_commit_max_batch : SIZE_MAX;
-    bp__req *stack_group[16];
-    bp__req **group = stack_group;
-    size_t group_cap = 16;
-    while (s->qhead) {
-      gather(s, max);
-      size_t ng = 0;
-      while (s->qhead && ng < max) {
-        if (ng == group_cap) {
-          size_t cap = group_cap * 2;
-          bp__req **ngp = group == stack_group ? malloc(cap * sizeof *ngp) : realloc(group, cap * sizeof *ngp);
-          if (!ngp) break;
-          if (group == stack_group) memcpy(ngp, stack_group, sizeof stack_group);
-          group = ngp;
-          group_cap = cap;
-        }
-        bp__req *r = s->qhead;
-        s->qhead = r->next;
-        if (!s->qhead) s->qtail = NULL;
-        s->qlen--;
-        group[ng++] = r;
-      }
-      s->last_group = ng;
-      /* Appends drained by bp_close beyond its limit are refused. */
-      size_t refused_from = ng;
-      if (s->closing) {
-        uint32_t left = s->cfg.shutdown_drain_limit > s->drained ? s->cfg.shutdown_drain_limit - s->drained : 0;
-        if (ng > left) refused_from = left;
-        s->drained += (uint32_t)(refused_from);
-      }
-      pthread_cond_broadcast(&s->qspace);
-      pthread_mutex_unlock(&s->qlock);
-
-      for (size_t i = refused_from; i < ng; i++) {
-        bp__fail(BP_ESHUTDOWN, "append: the store closed before this append was written");
-        finish(group[i], BP_ESHUTDOWN);
-      }
-      pthread_mutex_lock(&s->wlock);
-      hints h = {0};
-      commit_group(s, group, refused_from, &h);
-      pthread_mutex_unlock(&s->wlock);
-      merge_hints(&pending, &h);
-
-      pthread_mutex_lock(&s->qlock);
-      for (size_t i = 0; i < ng; i++) {
-        /* Once done is set the caller may return at once (it spun): its
-         * record is not touched after that unless it sleeps on cv, which
-         * it can only leave through qlock, held here. */
-        bool sleeping = group[i]->sleeping;
-        atomic_store_explicit(&group[i]->done, true, memory_order_release);
-        if (sleeping) pthread_cond_signal(&group[i]->cv);
-      }
-    }
-    if (group != stack_group) free(group);
-    s->leader = false;
-    pthread_cond_broadcast(&s->qidle);
+    lead(s, &req);
     pthread_mutex_unlock(&s->qlock);
-    /* No longer the leader: another caller commits while this one gives
-     * the hints its groups called for. */
-    give_hints(s, &pending);
   }
   free_prep(prep, n, one_prep);
   if (req.status) bp__set_error(&req.err);
