@@ -740,11 +740,14 @@ static bool commit_group(bp_store *s, bp__req **group, size_t ng, hints *h) {
  * into cohorts: those woken by one group's completion are still preparing
  * their next append when the next leader takes the queue, so each group holds
  * about half of the active appenders. Before taking a group that will be
- * fsynced, the leader therefore waits while appends keep arriving: in slices
- * of GATHER_SLICE_US, stopping at the first slice in which none arrived, and
- * after half the last fsync's duration (at most 1 ms) in any case. A lone
- * appender (the last group held one append and nothing else waits) never waits.
- * Called with qlock held.
+ * fsynced, the leader therefore waits until as many appends are queued as
+ * the last group held (gather_until), while they keep arriving: in slices of
+ * GATHER_SLICE_US, stopping at the first slice in which none arrived, and
+ * after half the last fsync's duration (at most 1 ms) in any case. Arrivals
+ * wake it only when the count is reached: each wake is a switch of threads,
+ * and in a virtual machine often the wake of an idle processor. A lone
+ * appender (the last group held one append and nothing else waits) never
+ * waits. Called with qlock held.
  */
 #define GATHER_SLICE_US 25
 
