@@ -8,16 +8,17 @@
  * (qlock). If no leader is committing, the caller becomes the leader: it
  * takes the queued appends (up to group_commit_max_batch, 0 = all) as a group
  * and commits them under wlock with one write (and at most one fsync), then
- * tells their callers, and repeats until the queue is empty. An uncontended
- * append therefore never waits for another thread; under contention, appends
- * that arrive while a group is being written form the next group (the
- * write-group idea). With group_commit_max_batch 1 every group is one append,
- * but the leader still commits the others' appends: the writer's state (chain
- * heads, index tail, the segment's pages) stays in one CPU's cache, where
- * handing wlock from thread to thread moved it on every append and made two
- * threads slower than one. A waiting caller spins briefly before it sleeps
- * (wait_committed). The queue holds at most writer_queue_capacity appends;
- * further callers block.
+ * tells their callers, and repeats until the queue is empty, or until a
+ * group with its own append was fsynced (then a waiting caller takes over:
+ * lead). An uncontended append therefore never waits for another thread;
+ * under contention, appends that arrive while a group is being written form
+ * the next group (the write-group idea). With group_commit_max_batch 1 every
+ * group is one append, but the leader still commits the others' appends: the
+ * writer's state (chain heads, index tail, the segment's pages) stays in one
+ * CPU's cache, where handing wlock from thread to thread moved it on every
+ * append and made two threads slower than one. A waiting caller spins
+ * briefly before it sleeps (wait_committed). The queue holds at most
+ * writer_queue_capacity appends; further callers block.
  *
  * Committing a group (commit_group), under wlock:
  *   1. seal the active segment if it reached segment_max_bytes; start one if
