@@ -109,9 +109,11 @@ unsigned bp__cpu_features(void);
 
 /* Sleeping until a word changes (park.c). bp__park_wait returns when *word
  * is no longer seen, and may return early: callers check their condition in
- * a loop. bp__park_wake_all rouses every thread waiting on word; change the
- * word first. */
-void bp__park_wait(_Atomic uint32_t *word, uint32_t seen);
-void bp__park_wake_all(_Atomic uint32_t *word);
+ * a loop. bp__park_wake_all rouses every thread waiting on word (change the
+ * word first) and returns how many of them it counted: each of those, and
+ * only those, sees bp__park_wait return true. Where there is no such count,
+ * it returns 0 and every wait false. */
+bool bp__park_wait(_Atomic uint32_t *word, uint32_t seen);
+unsigned bp__park_wake_all(_Atomic uint32_t *word);
 
 #endif /* BATPAK_INTERNAL_H */

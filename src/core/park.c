@@ -3,8 +3,11 @@
  * On Linux this is a private futex: a wait is one system call that returns
  * at once if the word no longer holds the value the caller saw, and one wake
  * call rouses every sleeper, without a mutex they would all have to take in
- * turn on the way out. Elsewhere a process-wide mutex and condition variable
- * do the same: the waiter checks the word under the mutex, and the waker
+ * turn on the way out. The wake also says how many it roused, and each of
+ * them learns that it was one, so that callers can keep count of who still
+ * sleeps (writer.c) without waiting for the woken to run.
+ * Elsewhere a process-wide mutex and condition variable do the same, without
+ * the count: the waiter checks the word under the mutex, and the waker
  * changes the word before it takes the mutex to broadcast, so a waiter either
  * sees the new value or is already asleep when the broadcast comes (built
  * on Linux too with BP__PARK_PORTABLE, for its test). */
@@ -16,13 +19,16 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-void bp__park_wait(_Atomic uint32_t *word, uint32_t seen) {
-  /* EAGAIN (the word changed), EINTR and spurious returns all mean: look again. */
-  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0);
+bool bp__park_wait(_Atomic uint32_t *word, uint32_t seen) {
+  /* 0 only when a wake took the caller off the futex's queue (the kernel
+   * retries a spurious return itself); -1 with EAGAIN when the word had
+   * changed, EINTR on a signal. */
+  return syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT_PRIVATE, seen, NULL, NULL, 0) == 0;
 }
 
-void bp__park_wake_all(_Atomic uint32_t *word) {
-  syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+unsigned bp__park_wake_all(_Atomic uint32_t *word) {
+  long woken = syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE_PRIVATE, INT_MAX, NULL, NULL, 0);
+  return woken > 0 ? (unsigned)woken : 0;
 }
 #else
 #include <pthread.h>
@@ -30,16 +36,18 @@ void bp__park_wake_all(_Atomic uint32_t *word) {
 static pthread_mutex_t park_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t park_cond = PTHREAD_COND_INITIALIZER;
 
-void bp__park_wait(_Atomic uint32_t *word, uint32_t seen) {
+bool bp__park_wait(_Atomic uint32_t *word, uint32_t seen) {
   pthread_mutex_lock(&park_lock);
   if (atomic_load(word) == seen) pthread_cond_wait(&park_cond, &park_lock);
   pthread_mutex_unlock(&park_lock);
+  return false;
 }
 
-void bp__park_wake_all(_Atomic uint32_t *word) {
+unsigned bp__park_wake_all(_Atomic uint32_t *word) {
   (void)word;
   pthread_mutex_lock(&park_lock);
   pthread_cond_broadcast(&park_cond);
   pthread_mutex_unlock(&park_lock);
+  return 0;
 }
 #endif

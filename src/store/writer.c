@@ -803,7 +803,10 @@ static void lead(bp_store *s, bp__req *own);
 
 static void wake_waiters(bp_store *s) {
   atomic_fetch_add(&s->committed, 1);
-  if (atomic_load(&s->sleepers)) bp__park_wake_all(&s->committed);
+  if (atomic_load(&s->sleepers)) {
+    unsigned woken = bp__park_wake_all(&s->committed);
+    if (woken) atomic_fetch_sub(&s->sleepers, woken);
+  }
 }
 
 static void wait_committed(bp_store *s, bp__req *r) {
@@ -821,6 +824,7 @@ static void wait_committed(bp_store *s, bp__req *r) {
     }
   }
   atomic_fetch_sub_explicit(&s->spinners, 1, memory_order_relaxed);
+  if (atomic_load_explicit(&r->done, memory_order_acquire)) return;
   /* Counted as a sleeper before the word is read: a leader that found no
    * sleepers had moved the word on before it looked, so the read sees the
    * new value, and done or the leader's leaving with it. */
@@ -828,8 +832,10 @@ static void wait_committed(bp_store *s, bp__req *r) {
     atomic_fetch_add(&s->sleepers, 1);
     uint32_t seen = atomic_load(&s->committed);
     bool done = atomic_load_explicit(&r->done, memory_order_acquire), led = atomic_load(&s->leader);
-    if (!done && led) bp__park_wait(&s->committed, seen);
-    atomic_fetch_sub(&s->sleepers, 1);
+    /* A caller counted by the wake was taken off the count by its waker:
+     * a thread woken but not yet running does not make the next leader
+     * wake again for nothing. */
+    if (done || !led || !bp__park_wait(&s->committed, seen)) atomic_fetch_sub(&s->sleepers, 1);
     if (done) return;
     if (!led) {
       pthread_mutex_lock(&s->qlock);
