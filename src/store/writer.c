@@ -812,11 +812,14 @@ static void wake_waiters(bp_store *s) {
 static void wait_committed(bp_store *s, bp__req *r) {
   if (atomic_fetch_add_explicit(&s->spinners, 1, memory_order_relaxed) < s->spin_slots) {
     uint64_t start = 0;
-    for (unsigned i = 1; !atomic_load_explicit(&r->done, memory_order_acquire) && atomic_load(&s->leader); i++) {
+    /* Only the caller's own record is read at every turn: the store's
+     * lines are the leader's to write. */
+    for (unsigned i = 1; !atomic_load_explicit(&r->done, memory_order_acquire); i++) {
 #if defined(__x86_64__) || defined(__i386__)
       __builtin_ia32_pause();
 #endif
       if (i % 64 == 0) {
+        if (!atomic_load_explicit(&s->leader, memory_order_relaxed)) break;
         uint64_t t = mono_ns();
         if (!start) start = t;
         else if (t - start > BP__SPIN_NS) break;
@@ -903,12 +906,14 @@ static void lead(bp_store *s, bp__req *own) {
       atomic_store(&s->leader, false);
       pthread_cond_broadcast(&s->qidle);
     }
+    /* The woken take qlock to append again: not while the wake holds it. */
+    pthread_mutex_unlock(&s->qlock);
     wake_waiters(s);
+    if (more) pthread_mutex_lock(&s->qlock);
   }
   if (group != stack_group) free(group);
   /* Another caller may commit now while this one gives the hints its groups
    * called for. */
-  pthread_mutex_unlock(&s->qlock);
   give_hints(s, &pending);
   pthread_mutex_lock(&s->qlock);
 }
