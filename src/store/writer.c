@@ -780,13 +780,13 @@ static void gather(bp_store *s, size_t max) {
 /*
  * Leading and waiting. The caller that finds no leader leads (lead): it
  * takes groups off the queue and commits them until the queue is empty, or,
- * once its own append is in, after a group that was fsynced. There waiting
- * for the disk took far longer than the writer's state in one CPU's cache
- * saves, and a leader that stayed on would leave its own next append out of
- * every group: with eight durable appenders, groups of at most seven, and
- * the leader's thread falling behind the others, to append its last events
- * alone after they finished. It hands over instead: a caller still waiting
- * in the queue takes the lead.
+ * once its own append is in, until a group was fsynced. Next to an fsync,
+ * what the writer's state in one CPU's cache saves is nothing; and a leader
+ * that stayed on would leave its own next append out of every group: with
+ * eight durable appenders, groups of at most seven, and the leader's thread
+ * falling behind the others, to append its last events alone after they
+ * had finished. So it hands over: a caller still waiting in the queue takes
+ * the lead.
  *
  * A waiting caller (wait_committed) first spins for up to BP__SPIN_NS, when
  * a CPU is free for it (spin_slots): a leader commits an append in a few
