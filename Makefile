@@ -10,7 +10,7 @@ DATA_DIR   ?= ./batpak-data
 JOBS       ?= $(shell nproc 2>/dev/null || echo 2)
 CMAKE_ARGS ?=
 
-.PHONY: all deps configure build demo test bench install asan tsan fuzz clean
+.PHONY: all deps configure build demo test bench install asan tsan portable-park fuzz clean
 
 all: build
 
@@ -50,6 +50,13 @@ tsan: deps
 	cmake --build build-tsan -j $(JOBS)
 	cd build-tsan && TSAN_OPTIONS=halt_on_error=1 ctest --output-on-failure -j $(JOBS) -L threads
 
+# The threaded tests with appenders parked by the portable fallback (park.c),
+# which builds elsewhere than on Linux.
+portable-park: deps
+	cmake -S . -B build-portable -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBATPAK_PORTABLE_PARK=ON -DBATPAK_BUILD_BENCH=OFF -DBATPAK_BUILD_EXAMPLES=OFF
+	cmake --build build-portable -j $(JOBS)
+	cd build-portable && ctest --output-on-failure -j $(JOBS) -L threads
+
 # libFuzzer targets, each run for FUZZ_SECONDS on its checked-in corpus.
 FUZZ_SECONDS ?= 10
 fuzz:
@@ -59,4 +66,4 @@ fuzz:
 	scripts/run-fuzzers.sh build-fuzz/fuzz $(FUZZ_SECONDS)
 
 clean:
-	rm -rf $(BUILD) build-asan build-tsan build-fuzz
+	rm -rf $(BUILD) build-asan build-tsan build-portable build-fuzz
