@@ -101,6 +101,42 @@ static void config_zero_fields_fail_naming_the_field_and_create_nothing(void **s
   }
 }
 
+/* Fields that are not zero but out of their range: refused the same way. */
+static void config_out_of_range_fields_fail_naming_the_field_and_create_nothing(void **state) {
+  fixture *f = *state;
+  struct { const char *name; bp_config c; } cases[6];
+  for (size_t i = 0; i < 6; i++) cases[i].c = f->cfg;
+  cases[0].name = "max_payload_bytes";
+  cases[0].c.max_payload_bytes = 0;
+  cases[1].name = "max_payload_bytes";
+  cases[1].c.max_payload_bytes = UINT32_MAX; /* no room left for the frame around it */
+  cases[2].name = "sync_mode";
+  cases[2].c.sync_mode = (bp_sync_mode)7;
+  cases[3].name = "index_layout";
+  cases[3].c.index_layout = (bp_index_layout)99;
+  cases[4].name = "restart_policy";
+  cases[4].c.restart_policy.kind = (bp_restart_kind)9;
+  cases[5].name = "within_ms";
+  cases[5].c.restart_policy = (bp_restart_policy){BP_RESTART_BOUNDED, 3, 0};
+  for (size_t i = 0; i < 6; i++) {
+    bp_store *s = (bp_store *)1;
+    bp_status st = bp_open(&cases[i].c, &s);
+    if (st != BP_ECONFIG)
+      fail_msg("case %zu (%s): bp_open returned %s, expected BP_ECONFIG", i, cases[i].name, bp_status_name(st));
+    assert_null(s);
+    if (!strstr(bp_last_error()->message, cases[i].name))
+      fail_msg("case %zu: message \"%s\" does not name %s", i, bp_last_error()->message, cases[i].name);
+    struct stat sb;
+    assert_int_not_equal(stat(f->dir, &sb), 0);
+  }
+  /* The largest payload limit that fits a frame is accepted. */
+  bp_config c = f->cfg;
+  c.max_payload_bytes = UINT32_MAX - 1024;
+  bp_store *s = NULL;
+  assert_ok(bp_open(&c, &s));
+  assert_ok(bp_close(s));
+}
+
 static void empty_store_opens_and_closes_without_files(void **state) {
   fixture *f = *state;
   bp_store *s = open_ok(f);
@@ -2069,6 +2105,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       T(config_defaults_are_documented_values),
       T(config_zero_fields_fail_naming_the_field_and_create_nothing),
+      T(config_out_of_range_fields_fail_naming_the_field_and_create_nothing),
       T(empty_store_opens_and_closes_without_files),
       T(store_files_are_private_to_the_owner),
       T(planted_segment_symlink_is_not_followed),
