@@ -1,7 +1,7 @@
 /*
  * test_faults.c - a failure injected at every file-system step of rotation,
- * close (seal and checkpoint) and open, plus short writes and refused
- * mappings. For each step k (until an operation gets through without
+ * close (seal and checkpoint) and open, plus short writes, refused
+ * mappings and the budget of read descriptors. For each step k (until an operation gets through without
  * meeting the fault): the call fails with a clear error or succeeds, nothing
  * acknowledged is lost, the store reopens and bp_verify finds it intact.
  * (Compaction has the same sweep in test_compact.)
@@ -10,7 +10,9 @@
 #include "testutil.h"
 #include "store/os.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <sys/mman.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -223,12 +225,95 @@ static void short_writes_and_refused_mappings_lose_nothing(void **state) {
   assert_all_there(f, &a, "short writes, then mmap again");
 }
 
+/* Descriptors this process holds open on segment files of dir; only on
+ * segment `only` when it is not 0. */
+static int open_segment_fds_of(const char *dir, uint64_t only) {
+  DIR *d = opendir("/proc/self/fd");
+  if (!d) return -1;
+  int n = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    char link[64], target[4300];
+    snprintf(link, sizeof link, "/proc/self/fd/%s", e->d_name);
+    ssize_t len = readlink(link, target, sizeof target - 1);
+    if (len <= 0) continue;
+    target[len] = '\0';
+    size_t dl = strlen(dir);
+    if (strncmp(target, dir, dl) != 0 || target[dl] != '/' || !strstr(target + dl, ".fbat")) continue;
+    if (only == 0 || strtoull(target + dl + 1, NULL, 10) == only) n++;
+  }
+  closedir(d);
+  return n;
+}
+
+static int open_segment_fds(const char *dir) { return open_segment_fds_of(dir, 0); }
+
+static uint64_t segment_of(bp_store *s, bp_id id) {
+  bp_entry e;
+  assert_ok(bp_get_entry(s, id, &e));
+  return e.disk_pos.segment_id;
+}
+
+/* Sealed segments that cannot be mapped are read with pread through a cache
+ * of descriptors that keeps at most fd_budget open, closing the least
+ * recently used first. */
+static void reads_keep_within_the_fd_budget_when_segments_cannot_be_mapped(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 1024;
+  f->cfg.fd_budget = 2;
+  bp__os_table.mmap = no_mmap;
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  acked a = {.n = 0};
+  for (int i = 0; i < 24; i++) assert_ok(append_one(s, &a, i));
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  if (d.segment_count < 8) fail_msg("only %" PRIu64 " segments; the test needs more than the budget", d.segment_count);
+  if (open_segment_fds(f->dir) < 0) skip();
+  /* Forwards, backwards and striding, so that every segment is reopened
+   * after others pushed it out. The writer holds the active segment open
+   * besides the budget. */
+  int most = 0;
+  for (int pass = 0; pass < 3; pass++)
+    for (size_t k = 0; k < a.n; k++) {
+      size_t i = pass == 0 ? k : pass == 1 ? a.n - 1 - k : (k * 7) % a.n;
+      bp_event *ev;
+      assert_ok(bp_get(s, a.ids[i], &ev));
+      tu_assert_bytes_eq(ev->payload, ev->payload_len, a.payloads[i], 7, "payload");
+      bp_event_free(ev);
+      int open_now = open_segment_fds(f->dir);
+      if (open_now > most) most = open_now;
+    }
+  if (most > 3) fail_msg("%d segment descriptors were open at once; the budget is 2 (+1 for the writer)", most);
+  if (most < 2) fail_msg("%d segment descriptors open at most: reads did not go through the descriptor cache", most);
+  /* The least recently used goes first: after reading from segments A, B,
+   * A and then C, A stays open and B was closed. Events 0, 6 and 12 are in
+   * three different sealed segments. */
+  uint64_t seg[3];
+  for (int k = 0; k < 3; k++) seg[k] = segment_of(s, a.ids[k * 6]);
+  if (seg[0] == seg[1] || seg[1] == seg[2] || seg[0] == seg[2])
+    fail_msg("events 0, 6 and 12 share a segment (%" PRIu64 ", %" PRIu64 ", %" PRIu64 ")", seg[0], seg[1], seg[2]);
+  size_t order[] = {0, 6, 0, 12};
+  for (size_t k = 0; k < 4; k++) {
+    bp_event *ev;
+    assert_ok(bp_get(s, a.ids[order[k]], &ev));
+    bp_event_free(ev);
+  }
+  int a_open = open_segment_fds_of(f->dir, seg[0]), b_open = open_segment_fds_of(f->dir, seg[1]);
+  if (a_open != 1 || b_open != 0)
+    fail_msg("after reading segments A, B, A, C: A has %d descriptors open (want 1), B %d (want 0)", a_open, b_open);
+  assert_ok(bp_close(s));
+  bp__os_table = bp__os_default;
+  assert_all_there(f, &a, "fd budget of 2");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(a_failure_at_every_step_of_rotation_loses_nothing, setup, teardown),
       cmocka_unit_test_setup_teardown(a_failure_at_every_step_of_close_loses_nothing, setup, teardown),
       cmocka_unit_test_setup_teardown(a_failure_at_every_step_of_open_changes_nothing, setup, teardown),
       cmocka_unit_test_setup_teardown(short_writes_and_refused_mappings_lose_nothing, setup, teardown),
+      cmocka_unit_test_setup_teardown(reads_keep_within_the_fd_budget_when_segments_cannot_be_mapped, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
