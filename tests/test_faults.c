@@ -1,10 +1,10 @@
 /*
  * test_faults.c - a failure injected at every file-system step of rotation,
- * close (seal and checkpoint) and open, plus short writes, refused
- * mappings and the budget of read descriptors. For each step k (until an operation gets through without
- * meeting the fault): the call fails with a clear error or succeeds, nothing
- * acknowledged is lost, the store reopens and bp_verify finds it intact.
- * (Compaction has the same sweep in test_compact.)
+ * close (seal and checkpoint) and open, plus short writes, refused mappings
+ * and the budget of read descriptors. For each step k (until an operation
+ * gets through without meeting the fault): the call fails with a clear error
+ * or succeeds, nothing acknowledged is lost, the store reopens and bp_verify
+ * finds it intact. (Compaction has the same sweep in test_compact.)
  */
 #include "faultfs.h"
 #include "testutil.h"
