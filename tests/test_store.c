@@ -778,6 +778,63 @@ static void segment_with_unknown_version_fails_ecorrupt(void **state) {
   assert_non_null(strstr(bp_last_error()->message, "version 2"));
 }
 
+/* A directory where a segment's name belongs is not skipped like a foreign
+ * file: the store could not create that segment later, and what it held
+ * cannot be told. */
+static void directory_named_like_a_segment_fails_ecorrupt_and_changes_nothing(void **state) {
+  fixture *f = *state;
+  make_store(f, 3);
+  char p[4200];
+  snprintf(p, sizeof p, "%s/000002.fbat", f->dir);
+  assert_int_equal(mkdir(p, 0700), 0);
+  long ckpt = file_size(f->dir, "index.ckpt"), seg = file_size(f->dir, "000001.fbat");
+  bp_store *s = (bp_store *)1;
+  assert_status(bp_open(&f->cfg, &s), BP_ECORRUPT);
+  assert_null(s);
+  const char *m = bp_last_error()->message;
+  if (!strstr(m, "000002") || !strstr(m, "not a regular file"))
+    fail_msg("message \"%s\" should name segment 000002 and say it is not a regular file", m);
+  assert_int_equal(file_size(f->dir, "index.ckpt"), ckpt);
+  assert_int_equal(file_size(f->dir, "000001.fbat"), seg);
+  assert_int_equal(rmdir(p), 0);
+  s = open_ok(f);
+  assert_int_equal(count_of(s), 3);
+  assert_ok(bp_close(s));
+}
+
+/* A crash while a segment's header was being written (the crate creates a
+ * segment in place) leaves a file shorter than its header: no events, and
+ * every earlier event opens; its bytes count as a torn tail. */
+static void segment_cut_inside_its_header_opens_as_empty(void **state) {
+  fixture *f = *state;
+  make_store(f, 3);
+  char p[4200];
+  snprintf(p, sizeof p, "%s/000001.fbat", f->dir);
+  size_t len;
+  uint8_t *first = tu_read_file(p, &len);
+  snprintf(p, sizeof p, "%s/000002.fbat", f->dir);
+  FILE *fp = fopen(p, "wb");
+  assert_int_equal(fwrite(first, 1, 11, fp), 11); /* magic, length, 3 bytes of the map */
+  fclose(fp);
+  free(first);
+  bp_store *s = open_ok(f);
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(count_of(s), 3);
+  assert_int_equal(d.torn_bytes_dropped, 11);
+  bp_append_receipt r;
+  assert_ok(bp_append(s, &ALICE, 0x1001, "\xa1y", 2, &r));
+  assert_ok(bp_close(s));
+  s = open_ok(f);
+  assert_int_equal(count_of(s), 4);
+  bp_event *ev;
+  assert_ok(bp_get(s, r.event_id, &ev));
+  tu_assert_bytes_eq(ev->payload, ev->payload_len, "\xa1y", 2, "payload");
+  bp_event_free(ev);
+  assert_ok(bp_close(s));
+  tu_assert_verifies(f->dir, "after a segment cut inside its header");
+}
+
 static void corrupt_checkpoint_is_rebuilt_not_fatal(void **state) {
   fixture *f = *state;
   make_store(f, 5);
@@ -2133,6 +2190,8 @@ int main(void) {
       T(foreign_file_in_the_directory_is_ignored),
       T(segment_with_bad_magic_fails_ecorrupt),
       T(segment_with_unknown_version_fails_ecorrupt),
+      T(directory_named_like_a_segment_fails_ecorrupt_and_changes_nothing),
+      T(segment_cut_inside_its_header_opens_as_empty),
       T(corrupt_checkpoint_is_rebuilt_not_fatal),
       T(truncated_checkpoint_is_rebuilt),
       T(lying_sidx_footer_is_ignored_for_a_scan),

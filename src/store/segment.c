@@ -395,12 +395,11 @@ bp_status bp__segfile_open(bp_store *s, uint64_t id, bp__segfile *f) {
     bp__fail(BP_ECORRUPT, "bad magic (not an FBAT segment)");
     goto bad;
   }
-  if (!f->has_trailer && (have < 8 || (size_t)bp__get_be32(head + 4) > size - 8)) {
+  if (!f->has_trailer && bp__segment_header_torn(head, have, size)) {
     /* Cut short while its header was being written: an empty segment. */
-    bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": header incomplete (%zu bytes); treated as empty", id, size);
-    s->torn_bytes += size;
     bp__segfile_close(f);
     f->id = id;
+    f->torn_header = size;
     return BP_OK;
   }
   if (have < 8 || (size_t)bp__get_be32(head + 4) > have - 8) {
@@ -639,6 +638,11 @@ static void entry_from_frame(bp__ientry *e, const bp__frame *fr, uint32_t entity
 
 bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bool *used_sidx) {
   *used_sidx = false;
+  if (f->torn_header) {
+    bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": header incomplete (%zu bytes); treated as empty", f->id,
+            f->torn_header);
+    s->torn_bytes += f->torn_header;
+  }
   if (f->fd < 0) return BP_OK;
   uint64_t count_before = s->ix.count;
   if (f->has_trailer && from_offset <= f->frames_start && load_sidx(s, f)) {

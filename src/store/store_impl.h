@@ -226,9 +226,11 @@ typedef struct bp__segfile {
   uint8_t trailer[BP__SIDX_TRAILER_SIZE];
   const uint8_t *data;      /* the whole file, once mapped (or read) for a scan */
   bool mapped;
+  size_t torn_header;       /* bytes of a header cut short (the segment is empty) */
 } bp__segfile;
 /* Opens segment id for recovery. A file too short to hold its header is
- * reported as empty (fd -1, size 0) rather than an error.
+ * reported as empty (fd -1, size 0, torn_header its length) rather than an
+ * error; bp__segment_load counts those bytes as torn.
  * Errors: BP_ECORRUPT (bad magic or version, with the segment id), BP_EIO. */
 bp_status bp__segfile_open(bp_store *s, uint64_t id, bp__segfile *f);
 void bp__segfile_close(bp__segfile *f);

@@ -183,6 +183,12 @@ static void check_segment(vctx *v, const char *dir, uint64_t id) {
     return;
   }
   bool sealed = size >= 4 && memcmp(d + size - 4, "SIDX", 4) == 0;
+  if (!sealed && bp__segment_header_torn(d, size, size)) {
+    /* A crash while the header was written: no events, as the store opens it. */
+    v->rep->torn_bytes += size;
+    munmap((void *)d, size);
+    return;
+  }
   bp__segment_header h;
   size_t off;
   if (bp__segment_header_decode(d, size, &h, &off) != BP_OK) {

@@ -492,6 +492,11 @@ static const bp__field segment_fields[] = {
     BP__FIELD("created_ns"),
     BP__FIELD("segment_id")};
 
+bool bp__segment_header_torn(const uint8_t *head, size_t have, size_t size) {
+  if (memcmp(head, BP__SEGMENT_MAGIC, have < 4 ? have : 4) != 0) return false;
+  return size < 8 || (have >= 8 && (size_t)bp__get_be32(head + 4) > size - 8);
+}
+
 bp_status bp__segment_header_decode(const uint8_t *data, size_t len, bp__segment_header *h,
                                     size_t *consumed) {
   if (len < 8) return bp__fail(BP_ECORRUPT, "segment header: file has only %zu bytes", len);

@@ -109,6 +109,12 @@ void bp__segment_header_encode(bp__buf *b, const bp__segment_header *h);
  * frame. Errors: BP_ECORRUPT (bad magic, unsupported version), BP_ESERIAL. */
 bp_status bp__segment_header_decode(const uint8_t *data, size_t len, bp__segment_header *h,
                                     size_t *consumed);
+/* Whether a segment file of size bytes, of which head holds the first have,
+ * was cut short while its header was written: what it holds of the magic is
+ * right, and it ends before the header_len it announces does (or before that
+ * length). Such a file holds no events. A sealed file (one that ends in a
+ * footer) is never torn: callers check that first. */
+bool bp__segment_header_torn(const uint8_t *head, size_t have, size_t size);
 
 /* Coordinate {entity, scope}. */
 void bp__coord_encode(bp__buf *b, const char *entity, size_t elen, const char *scope, size_t slen);
