@@ -863,6 +863,87 @@ static void truncated_checkpoint_is_rebuilt(void **state) {
   assert_ok(bp_close(s));
 }
 
+typedef struct log_capture {
+  int warnings;
+  char first_warning[512];
+  char last[512];
+} log_capture;
+
+static void capture_log(int level, const char *msg, void *ctx) {
+  log_capture *c = ctx;
+  if (level <= BP_LOG_WARN && c->warnings++ == 0) snprintf(c->first_warning, sizeof c->first_warning, "%s", msg);
+  snprintf(c->last, sizeof c->last, "%s", msg);
+}
+
+/* Where the value of the first MessagePack key `key` (a fixstr) starts in d,
+ * or -1. */
+static long value_of_key(const uint8_t *d, size_t len, const char *key) {
+  size_t kl = strlen(key);
+  for (size_t i = 0; i + 1 + kl < len; i++)
+    if (d[i] == (0xa0 | kl) && memcmp(d + i + 1, key, kl) == 0) return (long)(i + 1 + kl);
+  return -1;
+}
+
+/* A checkpoint whose CRC is right but whose contents contradict the store
+ * is not believed: the index is rebuilt from the segments, and the warning
+ * says what was wrong. */
+static void checkpoint_that_lies_under_a_valid_crc_is_rebuilt(void **state) {
+  fixture *f = *state;
+  make_store(f, 3);
+  char p[4200];
+  snprintf(p, sizeof p, "%s/index.ckpt", f->dir);
+  size_t len;
+  uint8_t *good = tu_read_file(p, &len);
+  /* Each lie: the key whose value changes (NULL: the header's version at
+   * offset 6), the encoding the value must have (its first byte), the
+   * bytes written over the value, and what the warning must say. */
+  struct {
+    const char *key;
+    uint8_t form;
+    uint8_t bytes[3];
+    size_t nbytes;
+    const char *reason;
+  } lies[] = {
+      {NULL, 2, {3}, 1, "unsupported version 3"},
+      {"global_sequence", 3, {4}, 1, "global_sequence 4 but 3 entries"},
+      {"watermark_offset", 0xcd, {0xcd, 0xff, 0xff}, 3, "past the end of segment 1"},
+      {"length", 0xcd, {0xcd, 0xff, 0xff}, 3, "entry 0 points outside segment 1"},
+      {"entity_id", 1, {0x7f}, 1, "entry 0: bad string id"},
+  };
+  for (size_t i = 0; i < sizeof lies / sizeof lies[0]; i++) {
+    uint8_t *d = malloc(len);
+    memcpy(d, good, len);
+    long at = lies[i].key ? value_of_key(d + 12, len - 12, lies[i].key) + 12 : 6;
+    if (at < 12 && lies[i].key) fail_msg("lie %zu: key %s not in the checkpoint", i, lies[i].key);
+    if (d[at] != lies[i].form)
+      fail_msg("lie %zu: %s is encoded 0x%02x, the test expects 0x%02x", i, lies[i].key ? lies[i].key : "version",
+               d[at], lies[i].form);
+    memcpy(d + at, lies[i].bytes, lies[i].nbytes);
+    uint32_t crc = bp__crc32(d + 12, len - 12);
+    for (int b = 0; b < 4; b++) d[8 + b] = (uint8_t)(crc >> (8 * b));
+    FILE *fp = fopen(p, "wb");
+    assert_int_equal(fwrite(d, 1, len, fp), len);
+    fclose(fp);
+    free(d);
+
+    log_capture cap = {0};
+    bp_config cfg = f->cfg;
+    cfg.log_fn = capture_log;
+    cfg.log_ctx = &cap;
+    bp_store *s = NULL;
+    assert_ok(bp_open(&cfg, &s));
+    bp_store_diagnostics diag;
+    bp_diagnostics(s, &diag);
+    if (diag.open_path == BP_OPEN_CHECKPOINT) fail_msg("lie %zu (%s): the checkpoint was believed", i, lies[i].reason);
+    if (!strstr(cap.first_warning, "checkpoint") || !strstr(cap.first_warning, lies[i].reason))
+      fail_msg("lie %zu: warning \"%s\" does not say \"%s\"", i, cap.first_warning, lies[i].reason);
+    assert_int_equal(count_of(s), 3);
+    assert_ok(bp_close(s));
+    tu_assert_verifies(f->dir, lies[i].reason);
+  }
+  free(good);
+}
+
 /* A value of a random bit length (so that every integer width occurs), at most max. */
 static uint64_t any_width(uint64_t *x, uint64_t max) {
   *x ^= *x << 13;
@@ -1636,17 +1717,6 @@ static void wall_clock_never_goes_backwards_for_an_entity(void **state) {
   assert_ok(bp_close(s));
 }
 
-typedef struct log_capture {
-  int warnings;
-  char last[512];
-} log_capture;
-
-static void capture_log(int level, const char *msg, void *ctx) {
-  log_capture *c = ctx;
-  if (level <= BP_LOG_WARN) c->warnings++;
-  snprintf(c->last, sizeof c->last, "%s", msg);
-}
-
 static void log_callback_reports_a_dropped_torn_tail(void **state) {
   fixture *f = *state;
   pid_t pid = fork();
@@ -2194,6 +2264,7 @@ int main(void) {
       T(segment_cut_inside_its_header_opens_as_empty),
       T(corrupt_checkpoint_is_rebuilt_not_fatal),
       T(truncated_checkpoint_is_rebuilt),
+      T(checkpoint_that_lies_under_a_valid_crc_is_rebuilt),
       T(lying_sidx_footer_is_ignored_for_a_scan),
       T(footer_claiming_billions_of_events_is_scanned),
       T(checkpoint_of_many_pieces_and_a_failed_piece),
