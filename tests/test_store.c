@@ -1668,6 +1668,35 @@ static void bp_sync_forces_durability(void **state) {
   assert_ok(bp_close(s));
 }
 
+/* An fsync that bp_sync asks for fails: BP_EIO naming the fsync, nothing
+ * acknowledged is lost, and the writer goes on in a fresh segment (the
+ * restart policy's one restart). */
+static void failed_bp_sync_fails_eio_and_keeps_acknowledged_events(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(f);
+  append_text(s, &ALICE, "one");
+  append_text(s, &ALICE, "two");
+  bp__os_table.fsync = failing_fsync;
+  fail_syncs = 1;
+  assert_status(bp_sync(s), BP_EIO);
+  assert_non_null(strstr(bp_last_error()->message, "fsync"));
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.durable_sequence, 0);
+  assert_int_equal(count_of(s), 2);
+  bp_append_receipt r = append_text(s, &ALICE, "three");
+  assert_int_equal(r.disk_pos.segment_id, 2);
+  assert_ok(bp_sync(s));
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.durable_sequence, 3);
+  assert_ok(bp_close(s));
+  bp__os_table = bp__os_default;
+  s = open_ok(f);
+  assert_int_equal(count_of(s), 3);
+  assert_ok(bp_close(s));
+  tu_assert_verifies(f->dir, "after a failed bp_sync");
+}
+
 /* ------------------------------------------------------------ misc */
 
 static void readonly_open_reads_and_refuses_appends(void **state) {
@@ -2284,6 +2313,7 @@ int main(void) {
       T(released_segment_pages_leave_and_come_back),
       T(a_failed_write_of_zeros_ahead_fails_no_append),
       T(bp_sync_forces_durability),
+      T(failed_bp_sync_fails_eio_and_keeps_acknowledged_events),
       T(readonly_open_reads_and_refuses_appends),
       T(wall_clock_never_goes_backwards_for_an_entity),
       T(log_callback_reports_a_dropped_torn_tail),
