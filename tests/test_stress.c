@@ -12,12 +12,16 @@
  * bp_verify finds nothing wrong after close. Also run under TSan (make tsan).
  *
  * BATPAK_STRESS_OPS overrides the appends per writer (default 400).
+ *
+ * Then one writer brings a new entity with every append while readers look
+ * up the names already there, across every growth of the name tables.
  */
 #include "testutil.h"
 
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
+#include <unistd.h>
 
 enum { WRITERS = 8, READERS = 8 };
 
@@ -232,10 +236,100 @@ static void eight_writers_and_eight_readers_keep_every_invariant(void **state) {
   bp_verify_report_free(&rep);
 }
 
+/* ----------------------------------------------- names that keep coming */
+
+enum { NAMES = 3000, NAME_SCOPES = 97, NAME_READERS = 2 };
+
+typedef struct names_shared {
+  bp_store *s;
+  atomic_int published; /* entities 0 .. published-1 have their event */
+  atomic_int failures;
+  char failure[256];
+} names_shared;
+
+static void *name_reader(void *p) {
+  names_shared *sh = p;
+  uint64_t x = 0x9e3779b97f4a7c15ull ^ (uintptr_t)&x;
+  while (atomic_load(&sh->published) < NAMES && !atomic_load(&sh->failures)) {
+    int n = atomic_load(&sh->published);
+    if (n == 0) continue;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    int i = (int)(x % (uint64_t)n);
+    char ent[32];
+    snprintf(ent, sizeof ent, "name:%d", i);
+    bp_entries e;
+    bp_status st = bp_stream(sh->s, ent, &e);
+    if (st || e.len != 1 || strcmp(e.items[0].entity, ent) != 0) {
+      if (atomic_fetch_add(&sh->failures, 1) == 0)
+        snprintf(sh->failure, sizeof sh->failure, "stream of %s: %s, %zu entries, first %s", ent,
+                 bp_status_name(st), st ? 0 : e.len, !st && e.len ? e.items[0].entity : "-");
+    }
+    if (!st) bp_entries_free(&e);
+  }
+  return NULL;
+}
+
+/* One writer brings a new entity with every append (and scopes now and
+ * then), so that the index's name tables grow many times, while readers
+ * look up names already there: each must be found, with its one event. */
+static void names_grow_while_readers_look_them_up(void **state) {
+  tu_store_fixture *f = *state;
+  names_shared sh;
+  memset(&sh, 0, sizeof sh);
+  assert_ok(bp_open(&f->cfg, &sh.s));
+  pthread_t rt[NAME_READERS];
+  for (int i = 0; i < NAME_READERS; i++) assert_int_equal(pthread_create(&rt[i], NULL, name_reader, &sh), 0);
+  for (int i = 0; i < NAMES && !atomic_load(&sh.failures); i++) {
+    char ent[32], scope[32];
+    snprintf(ent, sizeof ent, "name:%d", i);
+    snprintf(scope, sizeof scope, "scope:%d", i % NAME_SCOPES);
+    bp_coord c = {ent, scope};
+    bp_append_receipt r;
+    bp_status st = bp_append(sh.s, &c, 0x1001, "\xc0", 1, &r);
+    if (st) fail_msg("append %d: %s: %s", i, bp_status_name(st), bp_last_error()->message);
+    atomic_store(&sh.published, i + 1);
+  }
+  for (int i = 0; i < NAME_READERS; i++) pthread_join(rt[i], NULL);
+  if (atomic_load(&sh.failures)) fail_msg("%d failures; the first: %s", atomic_load(&sh.failures), sh.failure);
+  assert_ok(bp_close(sh.s));
+
+  /* Reopened by checkpoint, and by scan: every name and scope is found. */
+  for (int path = 0; path < 2; path++) {
+    if (path == 1) {
+      char ck[4200];
+      snprintf(ck, sizeof ck, "%s/index.ckpt", f->dir);
+      assert_int_equal(unlink(ck), 0);
+    }
+    bp_store *s;
+    assert_ok(bp_open(&f->cfg, &s));
+    for (int i = 0; i < NAMES; i++) {
+      char ent[32];
+      snprintf(ent, sizeof ent, "name:%d", i);
+      bp_entries e;
+      assert_ok(bp_stream(s, ent, &e));
+      if (e.len != 1) fail_msg("open path %d: %s has %zu events, want 1", path, ent, e.len);
+      bp_entries_free(&e);
+    }
+    for (int k = 0; k < NAME_SCOPES; k++) {
+      char scope[32];
+      snprintf(scope, sizeof scope, "scope:%d", k);
+      bp_entries e;
+      assert_ok(bp_by_scope(s, scope, &e));
+      size_t want = (size_t)(NAMES / NAME_SCOPES + (k < NAMES % NAME_SCOPES));
+      if (e.len != want) fail_msg("open path %d: %s has %zu events, want %zu", path, scope, e.len, want);
+      bp_entries_free(&e);
+    }
+    assert_ok(bp_close(s));
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(eight_writers_and_eight_readers_keep_every_invariant, tu_store_setup,
                                       tu_store_teardown),
+      cmocka_unit_test_setup_teardown(names_grow_while_readers_look_them_up, tu_store_setup, tu_store_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
