@@ -2,13 +2,21 @@
 #include "store/index.h"
 #include "store/os.h"
 
-static void retire(bp__index *ix, void *ptr) {
-  if (!ptr) return;
-  bp__retired *r = malloc(sizeof *r);
-  if (!r) return; /* leak rather than free memory a reader may hold */
-  r->ptr = ptr;
-  r->next = ix->retired;
-  ix->retired = r;
+/* Arrays that readers may still hold are not freed when replaced but kept on
+ * the retired list until bp__index_free. The list node is allocated before
+ * the new array (retire_node, NULL only when out of memory and old is not
+ * NULL), so that running out of memory leaves the index as it was rather
+ * than losing track of the old array. */
+static bool retire_node(const void *old, bp__retired **node) {
+  *node = old ? malloc(sizeof **node) : NULL;
+  return !old || *node;
+}
+
+static void retire(bp__index *ix, bp__retired *node, void *old) {
+  if (!old) return;
+  node->ptr = old;
+  node->next = ix->retired;
+  ix->retired = node;
 }
 
 static uint32_t hash_bytes(const char *s, size_t len) {
@@ -37,11 +45,16 @@ static bool seqvec_push(bp__index *ix, bp__seqvec *v, uint32_t seq) {
   if (len == v->cap) {
     uint32_t cap = v->cap ? v->cap * 2 : 4;
     if (cap < v->cap) return false;
+    bp__retired *node;
+    if (!retire_node(d, &node)) return false;
     uint32_t *nd = malloc((size_t)cap * sizeof *nd);
-    if (!nd) return false;
+    if (!nd) {
+      free(node);
+      return false;
+    }
     if (len) memcpy(nd, d, (size_t)len * sizeof *nd);
     atomic_store_explicit(&v->data, nd, memory_order_release);
-    retire(ix, d);
+    retire(ix, node, d);
     d = nd;
     v->cap = cap;
   }
@@ -120,8 +133,14 @@ void bp__index_free(bp__index *ix) {
 /* ---- names ---- */
 
 static bool name_table_resize(bp__index *ix, uint32_t slots) {
+  uint32_t *old = atomic_load_explicit(&ix->name_slots, memory_order_relaxed);
+  bp__retired *node;
+  if (!retire_node(old, &node)) return false;
   uint32_t *t = calloc(slots, sizeof *t);
-  if (!t) return false;
+  if (!t) {
+    free(node);
+    return false;
+  }
   uint32_t mask = slots - 1;
   bp__name **names = atomic_load_explicit(&ix->names, memory_order_relaxed);
   uint32_t n = atomic_load_explicit(&ix->name_count, memory_order_relaxed);
@@ -130,7 +149,6 @@ static bool name_table_resize(bp__index *ix, uint32_t slots) {
     while (t[h]) h = (h + 1) & mask;
     t[h] = i + 1;
   }
-  uint32_t *old = atomic_load_explicit(&ix->name_slots, memory_order_relaxed);
   /* Readers load the mask, then the table: publish the table first so that any
    * mask a reader sees fits the table it then loads. */
   if (old && slots > atomic_load_explicit(&ix->name_mask, memory_order_relaxed) + 1) {
@@ -140,7 +158,7 @@ static bool name_table_resize(bp__index *ix, uint32_t slots) {
     atomic_store_explicit(&ix->name_mask, mask, memory_order_release);
     atomic_store_explicit(&ix->name_slots, t, memory_order_release);
   }
-  retire(ix, old);
+  retire(ix, node, old);
   return true;
 }
 
@@ -167,11 +185,15 @@ bp_status bp__index_intern(bp__index *ix, const char *s, size_t len, bp__name **
     return bp__fail(BP_ENOMEM, "index: out of memory growing the name table");
   bp__name **names = atomic_load_explicit(&ix->names, memory_order_relaxed);
   if (n == ix->name_cap) {
-    bp__name **nn = malloc(sizeof *nn * ix->name_cap * 2);
-    if (!nn) return bp__fail(BP_ENOMEM, "index: out of memory growing the names");
+    bp__retired *node;
+    bp__name **nn = retire_node(names, &node) ? malloc(sizeof *nn * ix->name_cap * 2) : NULL;
+    if (!nn) {
+      free(node);
+      return bp__fail(BP_ENOMEM, "index: out of memory growing the names");
+    }
     memcpy(nn, names, sizeof *nn * n);
     atomic_store_explicit(&ix->names, nn, memory_order_release);
-    retire(ix, names);
+    retire(ix, node, names);
     names = nn;
     ix->name_cap *= 2;
   }
@@ -215,10 +237,15 @@ static inline uint64_t slot_key(const bp__idslot *t, uint64_t i) {
 static inline bool id_table_full(uint64_t used, uint64_t slots) { return used * 5 > slots * 4; }
 
 static bool id_table_resize(bp__index *ix, uint64_t slots) {
-  bp__idslot *t = calloc(slots, sizeof *t);
-  if (!t) return false;
-  uint64_t mask = slots - 1;
   bp__idslot *old = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
+  bp__retired *node;
+  if (!retire_node(old, &node)) return false;
+  bp__idslot *t = calloc(slots, sizeof *t);
+  if (!t) {
+    free(node);
+    return false;
+  }
+  uint64_t mask = slots - 1;
   uint64_t old_slots = old ? atomic_load(&ix->id_mask) + 1 : 0;
   uint64_t used = 0;
   for (uint64_t i = 0; i < old_slots; i++) {
@@ -241,7 +268,7 @@ static bool id_table_resize(bp__index *ix, uint64_t slots) {
     atomic_store_explicit(&ix->id_slots, t, memory_order_release);
   }
   ix->id_used = used;
-  retire(ix, old);
+  retire(ix, node, old);
   return true;
 }
 

@@ -209,6 +209,8 @@ static bp_status recover(bp_store *s) {
       st = load_segments(s, ids, n, from, wm_off);
       restored = (st == BP_OK);
       if (restored) s->open_path = BP_OPEN_CHECKPOINT;
+    } else if (ck == BP_ENOMEM) {
+      st = ck; /* a rebuild would need the same memory again */
     } else if (ck != BP_ENOTFOUND || bp_last_error()->sys_errno != ENOENT) {
       bp__log(s, BP_LOG_WARN, "checkpoint ignored, rebuilding the index: %s", bp_last_error()->message);
     }
