@@ -29,13 +29,15 @@
 /* Records a failure for bp_last_error() on this thread and returns code, so
  * that `return bp__fail(BP_EINVAL, "...")` reads as one step. */
 bp_status bp__fail(bp_status code, const char *fmt, ...) BP__PRINTF(2, 3);
-/* The same with the errno of a failed OS call, which is appended to the message. */
+/* The same with the errno of a failed OS call, which is appended to the
+ * message. ENOMEM makes the error BP_ENOMEM, whatever code says. */
 bp_status bp__fail_errno(bp_status code, int err, const char *fmt, ...) BP__PRINTF(3, 4);
 /* Prefixes the current thread's error message with context ("segment 3: ...")
  * and returns its code. */
 bp_status bp__fail_context(const char *fmt, ...) BP__PRINTF(1, 2);
 /* The same, and the error becomes one of kind code (a decoder's BP_ESERIAL
- * reported as a corrupt file, say); returns code. The message is never passed
+ * reported as a corrupt file, say), unless it is BP_ENOMEM, which stays;
+ * returns the error's code. The message is never passed
  * back in as a format argument, which would overlap the buffer written. */
 bp_status bp__fail_within(bp_status code, const char *fmt, ...) BP__PRINTF(2, 3);
 

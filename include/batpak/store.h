@@ -521,8 +521,8 @@ typedef struct bp_verify_report {
  * describes; every entity's hash chain (prev_hash links) and clocks; and the
  * checkpoint against the segments. Each problem is reported with its place.
  * Errors: BP_ECORRUPT when problems were found (report filled), BP_EIO,
- * BP_ENOMEM. The report is filled in every case; free it with
- * bp_verify_report_free. */
+ * BP_ENOMEM (the check was cut short: no problems are listed). The report is
+ * filled in every case; free it with bp_verify_report_free. */
 BP_API bp_status bp_verify(const char *dir, bp_verify_report *report);
 BP_API void bp_verify_report_free(bp_verify_report *report);
 

@@ -1,6 +1,8 @@
 /* error.c - status names, the thread-local last error, and small shared helpers. */
 #include "internal.h"
 
+#include <errno.h>
+
 #include <stdio.h>
 
 static _Thread_local bp_error last_error;
@@ -80,6 +82,9 @@ bp_status bp__fail(bp_status code, const char *fmt, ...) {
 }
 
 bp_status bp__fail_errno(bp_status code, int err, const char *fmt, ...) {
+  /* A call that failed for want of memory is reported as that, whatever
+   * kind of step it was: the caller can free memory and try again. */
+  if (err == ENOMEM) code = BP_ENOMEM;
   va_list ap;
   va_start(ap, fmt);
   record(code, err, fmt, ap);
@@ -120,8 +125,9 @@ bp_status bp__fail_within(bp_status code, const char *fmt, ...) {
   va_start(ap, fmt);
   prefix_message(fmt, ap);
   va_end(ap);
-  last_error.code = code;
-  return code;
+  /* Running out of memory while decoding does not make the data corrupt. */
+  if (last_error.code != BP_ENOMEM) last_error.code = code;
+  return last_error.code;
 }
 
 void bp_free(void *ptr) { free(ptr); }

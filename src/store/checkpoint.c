@@ -322,6 +322,7 @@ bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off) {
   bp__os_table.close(fd);
   if (rc) {
     if (!mapped) free(data);
+    if (rc == ENOMEM) return bp__fail(BP_ENOMEM, "checkpoint: out of memory reading %s", path);
     return bp__fail(BP_ECORRUPT, "checkpoint: cannot read %s (%s)", path,
                     rc == -1 ? "too short" : strerror(rc));
   }
@@ -350,8 +351,12 @@ bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off) {
     else if (bp__mp_key_is(k, kl, "watermark_offset")) { st = bp__mp_read_u64(&r, wm_off); have[2] = true; }
     else if (bp__mp_key_is(k, kl, "interner_strings")) {
       if ((st = bp__mp_read_array(&r, &nstr))) break;
-      if (nstr > bp__mp_remaining(&r) || !(idmap = malloc(sizeof *idmap * (nstr ? nstr : 1)))) {
+      if (nstr > bp__mp_remaining(&r)) {
         st = bp__fail(BP_ECORRUPT, "checkpoint: bad interner table");
+        break;
+      }
+      if (!(idmap = malloc(sizeof *idmap * (nstr ? nstr : 1)))) {
+        st = bp__fail(BP_ENOMEM, "checkpoint: out of memory for %u interned strings", nstr);
         break;
       }
       for (uint32_t j = 0; !st && j < nstr; j++) {

@@ -103,8 +103,11 @@ static void check_footer(vctx *v, const char *where, const uint8_t *d, size_t si
   const char **strs = calloc(nstr ? nstr : 1, sizeof *strs);
   uint32_t *lens = calloc(nstr ? nstr : 1, sizeof *lens);
   bool ok = strs && lens;
+  if (!ok) v->oom = true;
   for (uint32_t i = 0; ok && i < nstr; i++) ok = bp__mp_read_str(&r, &strs[i], &lens[i]) == BP_OK;
-  if (!ok || bp__mp_remaining(&r) != 0) {
+  if (v->oom) {
+    /* reported as BP_ENOMEM, not as a problem of the footer */
+  } else if (!ok || bp__mp_remaining(&r) != 0) {
     problem(v, where, "SIDX footer: the string table does not decode");
   } else {
     for (uint64_t i = 0; i < count && i < nfr; i++) {
@@ -251,7 +254,12 @@ static void check_segment(vctx *v, const char *dir, uint64_t id) {
       fr = n;
     }
     vframe *vf = &fr[nfr];
-    if (bp__frame_decode_body(body, len, &scratch, &vf->f) != BP_OK) {
+    bp_status dst = bp__frame_decode_body(body, len, &scratch, &vf->f);
+    if (dst == BP_ENOMEM) {
+      v->oom = true;
+      break;
+    }
+    if (dst != BP_OK) {
       problem(v, at, "frame does not decode: %s", bp_last_error()->message);
       off += BP__FRAME_PREFIX + (size_t)len;
       continue;
@@ -334,8 +342,10 @@ static void check_checkpoint(vctx *v, const char *dir) {
   cfg.log_fn = capture;
   cfg.log_ctx = &cap;
   bp_store *with = NULL, *without = NULL;
-  if (bp_open_readonly(&cfg, &with) != BP_OK) {
-    problem(v, "index.ckpt", "the store does not open: %s", bp_last_error()->message);
+  bp_status st = bp_open_readonly(&cfg, &with);
+  if (st == BP_ENOMEM) v->oom = true;
+  if (st) {
+    if (!v->oom) problem(v, "index.ckpt", "the store does not open: %s", bp_last_error()->message);
     return;
   }
   if (cap.ckpt_ignored) {
@@ -344,14 +354,15 @@ static void check_checkpoint(vctx *v, const char *dir) {
     return;
   }
   cfg.enable_checkpoint = false;
-  if (bp_open_readonly(&cfg, &without) != BP_OK) {
+  if ((st = bp_open_readonly(&cfg, &without)) != BP_OK) {
+    v->oom |= st == BP_ENOMEM;
     bp_close(with);
     return;
   }
   bp_region all = bp_region_all();
   bp_entries a, b;
-  if (bp_query(with, &all, &a) == BP_OK) {
-    if (bp_query(without, &all, &b) == BP_OK) {
+  if ((st = bp_query(with, &all, &a)) == BP_OK) {
+    if ((st = bp_query(without, &all, &b)) == BP_OK) {
       if (a.len != b.len)
         problem(v, "index.ckpt", "the checkpoint and the segments give %zu and %zu events", a.len, b.len);
       for (size_t i = 0; i < a.len && i < b.len; i++)
@@ -365,6 +376,7 @@ static void check_checkpoint(vctx *v, const char *dir) {
     }
     bp_entries_free(&a);
   }
+  v->oom |= st == BP_ENOMEM;
   bp_close(without);
   bp_close(with);
 }
@@ -388,13 +400,18 @@ bp_status bp_verify(const char *dir, bp_verify_report *rep) {
     if (n == cap) {
       cap = cap ? cap * 2 : 16;
       uint64_t *ni = realloc(ids, cap * sizeof *ni);
-      if (!ni) break;
+      if (!ni) {
+        /* Checking only the segments listed so far could pass a bad store. */
+        closedir(dp);
+        free(ids);
+        return bp__fail(BP_ENOMEM, "bp_verify: out of memory listing the segments of %s", dir);
+      }
       ids = ni;
     }
     ids[n++] = id;
   }
   closedir(dp);
-  qsort(ids, n, sizeof *ids, cmp_u64);
+  if (n > 1) qsort(ids, n, sizeof *ids, cmp_u64);
   vctx v = {rep, 0, false, NULL, 0, 0};
   for (size_t i = 0; i < n; i++) check_segment(&v, dir, ids[i]);
   rep->entities = v.nheads;
@@ -402,7 +419,14 @@ bp_status bp_verify(const char *dir, bp_verify_report *rep) {
   for (size_t i = 0; i < v.nheads; i++) free(v.heads[i].entity);
   free(v.heads);
   free(ids);
-  if (v.oom) return bp__fail(BP_ENOMEM, "bp_verify: out of memory");
+  if (v.oom) {
+    /* The check was cut short, and what it missed may show as problems (a
+     * footer longer than the frames read, say): none are reported. */
+    free(rep->problems);
+    rep->problems = NULL;
+    rep->problem_count = 0;
+    return bp__fail(BP_ENOMEM, "bp_verify: out of memory");
+  }
   if (rep->problem_count)
     return bp__fail(BP_ECORRUPT, "%zu problems; the first: %s: %s", rep->problem_count, rep->problems[0].where,
                     rep->problems[0].what);
