@@ -1,6 +1,7 @@
 /*
  * test_oom.c - an allocation that fails at every point of opening, appending,
- * reading and closing a store. The executable is linked with --wrap for
+ * reading, following, projecting, compacting, copying, checking and closing
+ * a store. The executable is linked with --wrap for
  * malloc, calloc, realloc and strdup, so every allocation the library makes
  * passes through here (those inside libc, json-c, zlib, LMDB and SQLite do
  * not). For each k, the k-th allocation from the start of the call fails, once;
@@ -117,6 +118,66 @@ static int teardown(void **state) {
   return tu_store_teardown(state);
 }
 
+/* What one sweep needs: the store and its acknowledged events, which call
+ * (kind), and what the call left for its check. */
+typedef struct sweep_ctx {
+  tu_store_fixture *f;
+  bp_store *s;
+  acked *a;
+  int kind;
+  bp_store *opened;
+  bp_entries entries;
+  bp_events events;
+  bp_event *event;
+  bp_cursor *cursor;
+  bp_subscription *sub;
+  long count;
+  char dest[4300];
+} sweep_ctx;
+
+typedef struct sweep_op {
+  const char *what;
+  bp_status (*run)(sweep_ctx *c);                   /* with the failure armed */
+  void (*check)(sweep_ctx *c, bp_status st, long k); /* disarmed: checks and frees */
+} sweep_op;
+
+/* Runs op with allocation k failing, for k = 0, 1, ... until it gets through
+ * without meeting the failure. */
+static void sweep(const sweep_op *op, sweep_ctx *c) {
+  long k = 0;
+  for (bool met = true; met; k++) {
+    arm(k);
+    bp_status st = op->run(c);
+    met = disarm();
+    assert_ok_or_enomem(st, op->what, k);
+    op->check(c, st, k);
+  }
+  print_message("%s: %ld allocations swept\n", op->what, k);
+}
+
+/* The status of a call that returns a pointer (NULL on failure). */
+static bp_status status_of(const void *p) { return p ? BP_OK : bp_last_error()->code; }
+
+/* ---------------------------------------------------------------- open */
+
+static bp_status run_open(sweep_ctx *c) {
+  c->opened = NULL;
+  return bp_open(&c->f->cfg, &c->opened);
+}
+
+static void check_open(sweep_ctx *c, bp_status st, long k) {
+  if (st) {
+    if (c->opened) fail_msg("%s, allocation %ld failing: bp_open failed but set *out", "bp_open", k);
+    return;
+  }
+  bp_store_diagnostics d;
+  bp_diagnostics(c->opened, &d);
+  if (d.event_count != c->a->n)
+    fail_msg("bp_open, allocation %ld failing: %" PRIu64 " events, want %zu", k, d.event_count, c->a->n);
+  if (c->kind == 2 && d.segments_scanned == 0) fail_msg("bp_open by scan: no segment was scanned");
+  assert_ok(bp_close(c->opened));
+}
+
 /* Opening by each path (checkpoint, SIDX footers, frame scan). */
 static void open_meets_a_failed_allocation_at_every_point(void **state) {
   tu_store_fixture *f = *state;
@@ -128,7 +189,9 @@ static void open_meets_a_failed_allocation_at_every_point(void **state) {
   assert_ok(bp_open(&f->cfg, &s));
   assert_ok(append_n(s, a, 60));
   assert_ok(bp_close(s));
-  const char *paths[] = {"checkpoint", "SIDX footers", "frame scan"};
+  const sweep_op ops[] = {{"open by checkpoint", run_open, check_open},
+                          {"open by SIDX footers", run_open, check_open},
+                          {"open by frame scan", run_open, check_open}};
   for (int path = 0; path < 3; path++) {
     f->cfg.enable_checkpoint = path == 0;
     if (path == 2) {
@@ -144,30 +207,45 @@ static void open_meets_a_failed_allocation_at_every_point(void **state) {
       assert_int_equal(waitpid(pid, &status, 0), pid);
       assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     }
-    long k = 0;
-    for (;; k++) {
-      arm(k);
-      s = NULL;
-      bp_status st = bp_open(&f->cfg, &s);
-      bool met = disarm();
-      assert_ok_or_enomem(st, paths[path], k);
-      if (st == BP_OK) {
-        bp_store_diagnostics d;
-        bp_diagnostics(s, &d);
-        if (d.event_count != a->n)
-          fail_msg("%s, allocation %ld failing: opened with %" PRIu64 " events, want %zu", paths[path], k,
-                   d.event_count, a->n);
-        if (path == 2 && d.segments_scanned == 0) fail_msg("frame scan: no segment was scanned");
-        assert_ok(bp_close(s));
-      } else if (s != NULL) {
-        fail_msg("%s, allocation %ld failing: bp_open failed but set *out", paths[path], k);
-      }
-      if (!met) break;
-    }
-    print_message("open by %s: %ld allocations swept\n", paths[path], k);
-    assert_all_there(f, a, paths[path]);
+    sweep_ctx c = {.f = f, .a = a, .kind = path};
+    sweep(&ops[path], &c);
+    assert_all_there(f, a, ops[path].what);
   }
   munmap(a, sizeof *a);
+}
+
+/* ------------------------------------------------------------- appends */
+
+static bp_status run_append(sweep_ctx *c) {
+  bp_append_receipt r[3];
+  bp_status st;
+  if (c->kind == 0) {
+    bp_coord co = coord_of(c->a->n);
+    st = bp_append(c->s, &co, 0x1001, "\xa1x", 2, &r[0]);
+  } else if (c->kind == 1) {
+    bp_event_in evs[3];
+    memset(evs, 0, sizeof evs);
+    for (int i = 0; i < 3; i++) {
+      evs[i].coord = coord_of(c->a->n + (size_t)i);
+      evs[i].kind = 0x1001;
+      evs[i].payload = "\xa1y";
+      evs[i].len = 2;
+    }
+    st = bp_append_batch(c->s, evs, 3, r);
+  } else {
+    bp_coord co = coord_of(c->a->n);
+    st = bp_append_json(c->s, &co, 0x1001, "{\"a\": [1, 2, {\"b\": \"c\"}]}", &r[0]);
+  }
+  if (st == BP_OK)
+    for (int i = 0; i < (c->kind == 1 ? 3 : 1); i++) c->a->ids[c->a->n++] = r[i].event_id;
+  return st;
+}
+
+static void check_append(sweep_ctx *c, bp_status st, long k) {
+  (void)st;
+  /* The store goes on. */
+  if (append_n(c->s, c->a, 1)) fail_msg("append kind %d, allocation %ld failing: the next append fails: %s", c->kind, k,
+                                       bp_last_error()->message);
 }
 
 /* Appends (single, batch, JSON), each followed by an append that must work. */
@@ -175,101 +253,197 @@ static void appends_meet_a_failed_allocation_at_every_point(void **state) {
   tu_store_fixture *f = *state;
   static acked a;
   a.n = 0;
-  bp_store *s;
-  assert_ok(bp_open(&f->cfg, &s));
-  assert_ok(append_n(s, &a, 5));
-  const char *kinds[] = {"bp_append", "bp_append_batch", "bp_append_json"};
-  for (int kind = 0; kind < 3; kind++) {
-    long k = 0;
-    for (;; k++) {
-      bp_status st;
-      bp_append_receipt r[3];
-      arm(k);
-      if (kind == 0) {
-        bp_coord c = coord_of(a.n);
-        st = bp_append(s, &c, 0x1001, "\xa1x", 2, &r[0]);
-      } else if (kind == 1) {
-        bp_event_in evs[3];
-        memset(evs, 0, sizeof evs);
-        for (int i = 0; i < 3; i++) {
-          evs[i].coord = coord_of(a.n + (size_t)i);
-          evs[i].kind = 0x1001;
-          evs[i].payload = "\xa1y";
-          evs[i].len = 2;
-        }
-        st = bp_append_batch(s, evs, 3, r);
-      } else {
-        bp_coord c = coord_of(a.n);
-        st = bp_append_json(s, &c, 0x1001, "{\"a\": [1, 2, {\"b\": \"c\"}]}", &r[0]);
-      }
-      bool met = disarm();
-      assert_ok_or_enomem(st, kinds[kind], k);
-      if (st == BP_OK)
-        for (int i = 0; i < (kind == 1 ? 3 : 1); i++) a.ids[a.n++] = r[i].event_id;
-      /* The store goes on. */
-      st = append_n(s, &a, 1);
-      if (st) fail_msg("%s, allocation %ld failing: the next append fails: %s", kinds[kind], k, bp_last_error()->message);
-      if (!met) break;
-    }
-    print_message("%s: %ld allocations swept\n", kinds[kind], k);
-  }
-  assert_ok(bp_close(s));
+  sweep_ctx c = {.f = f, .a = &a};
+  assert_ok(bp_open(&f->cfg, &c.s));
+  assert_ok(append_n(c.s, &a, 5));
+  const sweep_op ops[] = {{"bp_append", run_append, check_append},
+                          {"bp_append_batch", run_append, check_append},
+                          {"bp_append_json", run_append, check_append}};
+  for (c.kind = 0; c.kind < 3; c.kind++) sweep(&ops[c.kind], &c);
+  assert_ok(bp_close(c.s));
   assert_all_there(f, &a, "after the append sweeps");
 }
 
-/* Reads: get, stream, query and a cursor's poll. */
+/* --------------------------------------------------------------- reads */
+
+static bp_status run_read(sweep_ctx *c) {
+  bp_region odd = bp_region_with_scope(bp_region_all(), "scope:odd"), all = bp_region_all();
+  c->event = NULL;
+  switch (c->kind) {
+    case 0: return bp_get(c->s, c->a->ids[7], &c->event);
+    case 1: return bp_stream(c->s, "user:bo", &c->entries);
+    case 2: return bp_query(c->s, &odd, &c->entries);
+    case 3: return bp_walk_ancestors(c->s, c->a->ids[c->a->n - 1], 50, &c->events);
+    default:
+      c->cursor = bp_cursor_open(c->s, &all);
+      return c->cursor ? bp_cursor_poll_batch(c->cursor, 1000, &c->entries) : status_of(c->cursor);
+  }
+}
+
+static void check_read(sweep_ctx *c, bp_status st, long k) {
+  static const char *names[] = {"bp_get", "bp_stream", "bp_query", "bp_walk_ancestors", "bp_cursor_poll_batch"};
+  size_t n = c->a->n, want[] = {1, n / 3, n / 2, 50, n}, got = 0;
+  if (st == BP_OK) {
+    if (c->kind == 0) got = c->event != NULL, bp_event_free(c->event);
+    else if (c->kind == 3) got = c->events.len, bp_events_free(&c->events);
+    else got = c->entries.len, bp_entries_free(&c->entries);
+    if (got != want[c->kind]) fail_msg("%s, allocation %ld failing: %zu results, want %zu", names[c->kind], k, got,
+                                       want[c->kind]);
+  }
+  if (c->cursor) bp_cursor_close(c->cursor);
+  c->cursor = NULL;
+}
+
+/* Reads: get, stream, query, a walk of ancestors and a cursor's poll. */
 static void reads_meet_a_failed_allocation_at_every_point(void **state) {
   tu_store_fixture *f = *state;
   static acked a;
   a.n = 0;
-  bp_store *s;
-  assert_ok(bp_open(&f->cfg, &s));
-  assert_ok(append_n(s, &a, 300));
-  const char *kinds[] = {"bp_get", "bp_stream", "bp_query", "bp_cursor_poll_batch"};
-  for (int kind = 0; kind < 4; kind++) {
-    long k = 0;
-    for (;; k++) {
-      bp_status st;
-      size_t got = 0, want = 0;
-      bp_entries e;
-      bp_cursor *cur = NULL;
-      if (kind == 3) {
-        bp_region all = bp_region_all();
-        cur = bp_cursor_open(s, &all);
-        assert_non_null(cur);
-      }
-      arm(k);
-      if (kind == 0) {
-        bp_event *ev = NULL;
-        st = bp_get(s, a.ids[7], &ev);
-        got = st ? 0 : 1, want = 1;
-        bp_event_free(ev);
-      } else if (kind == 1) {
-        st = bp_stream(s, "user:bo", &e);
-        want = a.n / 3;
-      } else if (kind == 2) {
-        bp_region odd = bp_region_with_scope(bp_region_all(), "scope:odd");
-        st = bp_query(s, &odd, &e);
-        want = a.n / 2;
-      } else {
-        st = bp_cursor_poll_batch(cur, 1000, &e);
-        want = a.n;
-      }
-      bool met = disarm();
-      assert_ok_or_enomem(st, kinds[kind], k);
-      if (kind > 0 && st == BP_OK) {
-        got = e.len;
-        bp_entries_free(&e);
-      }
-      if (cur) bp_cursor_close(cur);
-      if (st == BP_OK && got != want)
-        fail_msg("%s, allocation %ld failing: %zu results, want %zu", kinds[kind], k, got, want);
-      if (!met) break;
-    }
-    print_message("%s: %ld allocations swept\n", kinds[kind], k);
-  }
-  assert_ok(bp_close(s));
+  sweep_ctx c = {.f = f, .a = &a};
+  assert_ok(bp_open(&f->cfg, &c.s));
+  assert_ok(append_n(c.s, &a, 300));
+  const sweep_op ops[] = {{"bp_get", run_read, check_read},
+                          {"bp_stream", run_read, check_read},
+                          {"bp_query", run_read, check_read},
+                          {"bp_walk_ancestors", run_read, check_read},
+                          {"bp_cursor_open and poll", run_read, check_read}};
+  for (c.kind = 0; c.kind < 5; c.kind++) sweep(&ops[c.kind], &c);
+  assert_ok(bp_close(c.s));
   assert_all_there(f, &a, "after the read sweeps");
+}
+
+/* ------------------------------------------- following and projecting */
+
+static bp_status run_follow(sweep_ctx *c) {
+  bp_region all = bp_region_all();
+  c->sub = bp_subscribe(c->s, &all);
+  bp_status st = status_of(c->sub);
+  if (!st) st = append_n(c->s, c->a, 1);
+  if (!st) {
+    bp_notification nt;
+    st = bp_sub_recv(c->sub, &nt, 1000);
+    if (!st && !bp_id_eq(nt.event_id, c->a->ids[c->a->n - 1])) fail_msg("the subscriber got another event");
+  }
+  return st;
+}
+
+static void check_follow(sweep_ctx *c, bp_status st, long k) {
+  (void)st, (void)k;
+  bp_sub_close(c->sub);
+  c->sub = NULL;
+}
+
+static bp_status count_init(void *state, void *ctx) {
+  (void)ctx;
+  *(long *)state = 0;
+  return BP_OK;
+}
+
+static bp_status count_apply(void *state, const bp_event *ev, void *ctx) {
+  (void)ev, (void)ctx;
+  ++*(long *)state;
+  return BP_OK;
+}
+
+static bp_status run_project(sweep_ctx *c) {
+  static const bp_projection counter = {BP_PROJECTION_VERSION, "counter", 1, NULL, 0, false,
+                                        count_init, count_apply, NULL, NULL, NULL};
+  bp_freshness fresh = {BP_FRESH_CONSISTENT, 0};
+  return bp_project(c->s, "user:ann", &counter, NULL, fresh, &c->count);
+}
+
+static void check_project(sweep_ctx *c, bp_status st, long k) {
+  long want = (long)((c->a->n + 2) / 3);
+  if (st == BP_OK && c->count != want) fail_msg("bp_project, allocation %ld failing: %ld events, want %ld", k, c->count, want);
+}
+
+/* A subscription (subscribe, an append, its notification) and a projection. */
+static void following_and_projecting_meet_a_failed_allocation_at_every_point(void **state) {
+  tu_store_fixture *f = *state;
+  static acked a;
+  a.n = 0;
+  sweep_ctx c = {.f = f, .a = &a};
+  assert_ok(bp_open(&f->cfg, &c.s));
+  assert_ok(append_n(c.s, &a, 30));
+  const sweep_op follow = {"bp_subscribe and bp_sub_recv", run_follow, check_follow};
+  const sweep_op project = {"bp_project", run_project, check_project};
+  sweep(&follow, &c);
+  sweep(&project, &c);
+  assert_ok(bp_close(c.s));
+  assert_all_there(f, &a, "after the subscription and projection sweeps");
+}
+
+/* ------------------------------------- compaction, snapshots, checking */
+
+static bp_status run_compact(sweep_ctx *c) {
+  bp_compaction_config cc = {BP_COMPACT_MERGE, NULL, NULL, 2};
+  bp_compaction_result res;
+  return bp_compact(c->s, &cc, &res);
+}
+
+static void check_store_goes_on(sweep_ctx *c, bp_status st, long k) {
+  (void)st;
+  if (append_n(c->s, c->a, 1)) fail_msg("allocation %ld failing: the next append fails: %s", k, bp_last_error()->message);
+}
+
+static bp_status run_snapshot(sweep_ctx *c) {
+  tu_remove_tree(c->dest);
+  return bp_snapshot(c->s, c->dest);
+}
+
+static void check_snapshot(sweep_ctx *c, bp_status st, long k) {
+  if (st) return;
+  bp_config cfg;
+  bp_config_init(&cfg, c->dest);
+  bp_store *copy;
+  assert_ok(bp_open(&cfg, &copy));
+  bp_store_diagnostics d;
+  bp_diagnostics(copy, &d);
+  if (d.event_count != c->a->n)
+    fail_msg("bp_snapshot, allocation %ld failing: the copy has %" PRIu64 " events, want %zu", k, d.event_count,
+             c->a->n);
+  assert_ok(bp_close(copy));
+}
+
+static bp_status run_verify(sweep_ctx *c) {
+  bp_verify_report rep;
+  bp_status st = bp_verify(c->f->dir, &rep);
+  if (st == BP_ENOMEM && rep.problem_count) fail_msg("bp_verify ran out of memory and still listed problems");
+  bp_verify_report_free(&rep);
+  return st;
+}
+
+static void check_nothing(sweep_ctx *c, bp_status st, long k) { (void)c, (void)st, (void)k; }
+
+/* Compaction (merge), a snapshot, and bp_verify of the closed store. */
+static void compaction_snapshot_and_verify_meet_a_failed_allocation_at_every_point(void **state) {
+  tu_store_fixture *f = *state;
+  static acked a;
+  a.n = 0;
+  sweep_ctx c = {.f = f, .a = &a};
+  snprintf(c.dest, sizeof c.dest, "%s/../snapshot", f->dir);
+  assert_ok(bp_open(&f->cfg, &c.s));
+  const sweep_op compact = {"bp_compact", run_compact, check_store_goes_on};
+  const sweep_op snapshot = {"bp_snapshot", run_snapshot, check_snapshot};
+  const sweep_op verify = {"bp_verify", run_verify, check_nothing};
+  assert_ok(append_n(c.s, &a, 200));
+  sweep(&compact, &c);
+  sweep(&snapshot, &c);
+  assert_ok(bp_close(c.s));
+  tu_remove_tree(c.dest);
+  sweep(&verify, &c);
+  assert_all_there(f, &a, "after the compaction, snapshot and verify sweeps");
+}
+
+/* --------------------------------------------------------------- close */
+
+static bp_status run_close(sweep_ctx *c) {
+  bp_store *s;
+  disarm();
+  assert_ok(bp_open(&c->f->cfg, &s));
+  assert_ok(append_n(s, c->a, 3));
+  arm(c->count++);
+  return bp_close(s);
 }
 
 /* Closing (seal, footer, checkpoint): the store is freed in every case and
@@ -279,18 +453,9 @@ static void close_meets_a_failed_allocation_at_every_point(void **state) {
   tu_store_fixture *f = *state;
   static acked a;
   a.n = 0;
-  long k = 0;
-  for (;; k++) {
-    bp_store *s;
-    assert_ok(bp_open(&f->cfg, &s));
-    assert_ok(append_n(s, &a, 3));
-    arm(k);
-    bp_status st = bp_close(s);
-    bool met = disarm();
-    assert_ok_or_enomem(st, "bp_close", k);
-    if (!met) break;
-  }
-  print_message("bp_close: %ld allocations swept\n", k);
+  sweep_ctx c = {.f = f, .a = &a};
+  const sweep_op close_op = {"bp_close", run_close, check_nothing};
+  sweep(&close_op, &c);
   assert_all_there(f, &a, "after the close sweep");
 }
 
@@ -299,6 +464,10 @@ int main(void) {
       cmocka_unit_test_setup_teardown(open_meets_a_failed_allocation_at_every_point, setup, teardown),
       cmocka_unit_test_setup_teardown(appends_meet_a_failed_allocation_at_every_point, setup, teardown),
       cmocka_unit_test_setup_teardown(reads_meet_a_failed_allocation_at_every_point, setup, teardown),
+      cmocka_unit_test_setup_teardown(following_and_projecting_meet_a_failed_allocation_at_every_point, setup,
+                                      teardown),
+      cmocka_unit_test_setup_teardown(compaction_snapshot_and_verify_meet_a_failed_allocation_at_every_point, setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(close_meets_a_failed_allocation_at_every_point, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
