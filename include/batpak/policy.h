@@ -69,7 +69,8 @@ BP_API const char *bp_gateset_description(const bp_gateset *set, size_t i);
 
 /* Runs the gates in order and stops at the first denial. On success *out is a
  * receipt holding a copy of payload and the names of the gates passed.
- * Errors: BP_EDENIED (*denial set: free it), BP_EINVAL, BP_ENOMEM.
+ * Errors: BP_EDENIED (*denial set: free it), BP_EINVAL, BP_ENOMEM (also when
+ * a gate denied and its denial could not be recorded whole: nothing to free).
  * Ownership: free the receipt with bp_receipt_free (after committing it or not). */
 BP_API bp_status bp_gateset_evaluate(const bp_gateset *set, const void *ctx, const void *payload, size_t len,
                                      bp_receipt **out, bp_denial **denial);

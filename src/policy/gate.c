@@ -56,8 +56,17 @@ void bp_denial_add_context(bp_denial *d, const char *key, const char *value) {
     }
     d->cap = cap;
   }
-  d->keys[d->n] = dup_str(key, &d->oom);
-  d->values[d->n] = dup_str(value, &d->oom);
+  bool oom = false;
+  char *k = dup_str(key, &oom), *v = dup_str(value, &oom);
+  if (oom) {
+    /* Not kept half: the evaluation reports BP_ENOMEM instead (complete). */
+    free(k);
+    free(v);
+    d->oom = true;
+    return;
+  }
+  d->keys[d->n] = k;
+  d->values[d->n] = v;
   d->n++;
 }
 
@@ -321,8 +330,8 @@ static bp_status make_receipt(const bp_gateset *set, const void *payload, size_t
   if (r && set->n) {
     r->gates = calloc(set->n, sizeof *r->gates);
     bool oom = !r->gates;
+    if (!oom) r->ngates = set->n; /* names not copied yet are NULL: freeing them is fine */
     for (size_t i = 0; !oom && i < set->n; i++) r->gates[i] = dup_str(set->gates[i].name, &oom);
-    r->ngates = set->n;
     if (oom) {
       receipt_destroy(r);
       r = NULL;
@@ -336,18 +345,25 @@ static bp_status make_receipt(const bp_gateset *set, const void *payload, size_t
   return BP_OK;
 }
 
-/* Evaluates gate i; on denial returns it (never NULL: an allocation failure
- * still denies, with a denial-less BP_ENOMEM reported by the caller). */
+/* A denial that lost part of what the gate said to a failed allocation. */
+static bool denial_complete(const bp_denial *d) { return d && !d->oom; }
+
+/* Evaluates gate g; on denial returns it in *denial, which is NULL (and
+ * nothing to free) when running out of memory left it incomplete: the caller
+ * reports BP_ENOMEM then. */
 static bool run_gate(const gate_entry *g, const void *ctx, bp_denial **denial) {
   bp_denial *d = denial_new(g->name);
   bool pass = g->evaluate(ctx, g->data, d);
-  if (pass) {
+  if (pass || !denial_complete(d)) {
     bp_denial_free(d);
-    *denial = NULL;
-  } else {
-    *denial = d;
+    d = NULL;
   }
+  *denial = d;
   return pass;
+}
+
+static bp_status denial_lost(const gate_entry *g) {
+  return bp__fail(BP_ENOMEM, "gate %s denied (out of memory recording the denial)", g->name);
 }
 
 bp_status bp_gateset_evaluate(const bp_gateset *set, const void *ctx, const void *payload, size_t len,
@@ -359,7 +375,7 @@ bp_status bp_gateset_evaluate(const bp_gateset *set, const void *ctx, const void
     bp_denial *d;
     if (!run_gate(&set->gates[i], ctx, &d)) {
       *denial = d;
-      if (!d) return bp__fail(BP_ENOMEM, "gate %s denied (out of memory for the denial)", set->gates[i].name);
+      if (!d) return denial_lost(&set->gates[i]);
       return bp__fail(BP_EDENIED, "[%s] %s", bp_denial_gate(d), bp_denial_message(d));
     }
   }
@@ -378,7 +394,12 @@ bp_status bp_gateset_evaluate_all(const bp_gateset *set, const void *ctx, const 
   size_t k = 0;
   for (size_t i = 0; i < set->n; i++) {
     bp_denial *d;
-    if (!run_gate(&set->gates[i], ctx, &d)) all[k++] = d ? d : denial_new(set->gates[i].name);
+    if (run_gate(&set->gates[i], ctx, &d)) continue;
+    if (!d) {
+      bp_denials_free(all, k);
+      return denial_lost(&set->gates[i]);
+    }
+    all[k++] = d;
   }
   if (k == 0) {
     free(all);
