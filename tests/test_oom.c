@@ -13,6 +13,8 @@
  */
 #include "testutil.h"
 
+#include <batpak/policy.h>
+
 #include <errno.h>
 #include <inttypes.h>
 #include <stdatomic.h>
@@ -53,8 +55,8 @@ static bool disarm(void) {
   return atomic_load(&hit);
 }
 
-/* The result of a call that met a failed allocation: success, or BP_ENOMEM
- * with a message. */
+/* The result of a call that met a failed allocation: success (what the call
+ * returns without one), or BP_ENOMEM with a message. */
 static void assert_ok_or_enomem(bp_status st, const char *what, long k) {
   if (st == BP_OK) return;
   if (st != BP_ENOMEM)
@@ -139,6 +141,7 @@ typedef struct sweep_op {
   const char *what;
   bp_status (*run)(sweep_ctx *c);                   /* with the failure armed */
   void (*check)(sweep_ctx *c, bp_status st, long k); /* disarmed: checks and frees */
+  bp_status expect;                                 /* what run returns without a failure */
 } sweep_op;
 
 /* Runs op with allocation k failing, for k = 0, 1, ... until it gets through
@@ -149,7 +152,8 @@ static void sweep(const sweep_op *op, sweep_ctx *c) {
     arm(k);
     bp_status st = op->run(c);
     met = disarm();
-    assert_ok_or_enomem(st, op->what, k);
+    assert_ok_or_enomem(st == op->expect ? BP_OK : st, op->what, k);
+    if (!met && st != op->expect) fail_msg("%s: %s without a failed allocation", op->what, bp_status_name(st));
     op->check(c, st, k);
   }
   print_message("%s: %ld allocations swept\n", op->what, k);
@@ -435,6 +439,90 @@ static void compaction_snapshot_and_verify_meet_a_failed_allocation_at_every_poi
   assert_all_there(f, &a, "after the compaction, snapshot and verify sweeps");
 }
 
+/* -------------------------------------------------------------- policy */
+
+static bool gate_pass(const void *ctx, void *data, bp_denial *denial) {
+  (void)ctx, (void)data, (void)denial;
+  return true;
+}
+
+static bool gate_deny(const void *ctx, void *data, bp_denial *denial) {
+  (void)ctx, (void)data;
+  bp_denial_set(denial, "E_LIMIT", "over the limit");
+  bp_denial_add_context(denial, "limit", "10");
+  return false;
+}
+
+/* kind 0: three gates pass and the receipt is appended; kind 1: the third
+ * gate denies (every gate evaluated); kind 2: a bypass appended with its
+ * audit event. */
+static bp_status run_policy(sweep_ctx *c) {
+  bp_gateset *set = bp_gateset_new();
+  if (!set) return BP_ENOMEM;
+  bp_gate gates[] = {{"first", "passes", gate_pass, NULL},
+                     {"second", NULL, gate_pass, NULL},
+                     {"third", "denies in kind 1", c->kind == 1 ? gate_deny : gate_pass, NULL}};
+  bp_status st = BP_OK;
+  for (int i = 0; i < 3 && !st; i++) st = bp_gateset_push(set, &gates[i]);
+  bp_receipt *receipt = NULL;
+  bp_coord co = coord_of(c->a->n);
+  bp_append_receipt r;
+  if (!st && c->kind == 2) {
+    receipt = bp_bypass("\xa1z", 2, "incident 7", "the limit service is down");
+    st = receipt ? bp_commit_bypass_append(c->s, &co, 0x1001, receipt, &r) : bp_last_error()->code;
+  } else if (!st && c->kind == 1) {
+    bp_denial **denials = NULL;
+    size_t n = 0;
+    st = bp_gateset_evaluate_all(set, NULL, "\xa1z", 2, &receipt, &denials, &n);
+    if (st == BP_EDENIED && (n != 1 || strcmp(bp_denial_gate(denials[0]), "third") != 0))
+      fail_msg("denied by %zu gates, the first %s", n, n ? bp_denial_gate(denials[0]) : "-");
+    bp_denials_free(denials, n);
+  } else if (!st) {
+    bp_denial *denial = NULL;
+    st = bp_gateset_evaluate(set, NULL, "\xa1z", 2, &receipt, &denial);
+    bp_denial_free(denial);
+    if (!st) st = bp_commit_append(c->s, &co, 0x1001, receipt, &r);
+  }
+  if (st == BP_OK) {
+    c->a->ids[c->a->n++] = r.event_id;
+    if (c->kind == 2) c->count++; /* its audit event */
+  }
+  bp_receipt_free(receipt);
+  bp_gateset_free(set);
+  return st;
+}
+
+/* Gate sets, evaluation (passing and denied), receipts committed by append,
+ * and a bypass with its audit event. */
+static void policy_meets_a_failed_allocation_at_every_point(void **state) {
+  tu_store_fixture *f = *state;
+  static acked a;
+  a.n = 0;
+  sweep_ctx c = {.f = f, .a = &a};
+  assert_ok(bp_open(&f->cfg, &c.s));
+  const sweep_op ops[] = {{"gates passed and committed", run_policy, check_store_goes_on, BP_OK},
+                          {"gates denying", run_policy, check_store_goes_on, BP_EDENIED},
+                          {"bypass committed", run_policy, check_store_goes_on, BP_OK}};
+  for (c.kind = 0; c.kind < 3; c.kind++) sweep(&ops[c.kind], &c);
+  assert_ok(bp_close(c.s));
+  /* Every committed payload is there, and an audit event for each bypass. */
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  for (size_t i = 0; i < a.n; i++) {
+    bp_entry e;
+    if (bp_get_entry(s, a.ids[i], &e)) fail_msg("committed event %zu lost: %s", i, bp_last_error()->message);
+  }
+  bp_entries audits;
+  assert_ok(bp_by_fact(s, BP_KIND_POLICY_BYPASS, &audits));
+  if (audits.len != (size_t)c.count) fail_msg("%zu bypass audit events, %ld bypasses committed", audits.len, c.count);
+  bp_entries_free(&audits);
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.event_count, a.n + (size_t)c.count);
+  assert_ok(bp_close(s));
+  tu_assert_verifies(f->dir, "after the policy sweeps");
+}
+
 /* --------------------------------------------------------------- close */
 
 static bp_status run_close(sweep_ctx *c) {
@@ -468,6 +556,7 @@ int main(void) {
                                       teardown),
       cmocka_unit_test_setup_teardown(compaction_snapshot_and_verify_meet_a_failed_allocation_at_every_point, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(policy_meets_a_failed_allocation_at_every_point, setup, teardown),
       cmocka_unit_test_setup_teardown(close_meets_a_failed_allocation_at_every_point, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
