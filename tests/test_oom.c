@@ -133,6 +133,8 @@ typedef struct sweep_ctx {
   bp_event *event;
   bp_cursor *cursor;
   bp_subscription *sub;
+  bp_cache *cache; /* the store's, when it has one */
+  bp_store *closing;
   long count;
   char dest[4300];
 } sweep_ctx;
@@ -142,6 +144,7 @@ typedef struct sweep_op {
   bp_status (*run)(sweep_ctx *c);                   /* with the failure armed */
   void (*check)(sweep_ctx *c, bp_status st, long k); /* disarmed: checks and frees */
   bp_status expect;                                 /* what run returns without a failure */
+  void (*prepare)(sweep_ctx *c);                    /* optional, disarmed, before each run */
 } sweep_op;
 
 /* Runs op with allocation k failing, for k = 0, 1, ... until it gets through
@@ -149,6 +152,7 @@ typedef struct sweep_op {
 static void sweep(const sweep_op *op, sweep_ctx *c) {
   long k = 0;
   for (bool met = true; met; k++) {
+    if (op->prepare) op->prepare(c);
     arm(k);
     bp_status st = op->run(c);
     met = disarm();
@@ -278,15 +282,27 @@ static bp_status run_read(sweep_ctx *c) {
     case 1: return bp_stream(c->s, "user:bo", &c->entries);
     case 2: return bp_query(c->s, &odd, &c->entries);
     case 3: return bp_walk_ancestors(c->s, c->a->ids[c->a->n - 1], 50, &c->events);
-    default:
+    case 4:
       c->cursor = bp_cursor_open(c->s, &all);
       return c->cursor ? bp_cursor_poll_batch(c->cursor, 1000, &c->entries) : status_of(c->cursor);
+    default: {
+      /* A durable cursor resumes where its last commit left it. */
+      c->cursor = bp_cursor_open_durable(c->s, "sweep", &all);
+      bp_status st = c->cursor ? bp_cursor_poll_batch(c->cursor, 1000, &c->entries) : status_of(c->cursor);
+      if (!st) {
+        bp_cursor_seek(c->cursor, 0);
+        st = bp_cursor_commit(c->cursor);
+        if (st) bp_entries_free(&c->entries);
+      }
+      return st;
+    }
   }
 }
 
 static void check_read(sweep_ctx *c, bp_status st, long k) {
-  static const char *names[] = {"bp_get", "bp_stream", "bp_query", "bp_walk_ancestors", "bp_cursor_poll_batch"};
-  size_t n = c->a->n, want[] = {1, n / 3, n / 2, 50, n}, got = 0;
+  static const char *names[] = {"bp_get", "bp_stream", "bp_query", "bp_walk_ancestors", "bp_cursor_poll_batch",
+                                "durable cursor"};
+  size_t n = c->a->n, want[] = {1, n / 3, n / 2, 50, n, n}, got = 0;
   if (st == BP_OK) {
     if (c->kind == 0) got = c->event != NULL, bp_event_free(c->event);
     else if (c->kind == 3) got = c->events.len, bp_events_free(&c->events);
@@ -298,7 +314,8 @@ static void check_read(sweep_ctx *c, bp_status st, long k) {
   c->cursor = NULL;
 }
 
-/* Reads: get, stream, query, a walk of ancestors and a cursor's poll. */
+/* Reads: get, stream, query, a walk of ancestors, a cursor's poll, and a
+ * durable cursor's poll and commit. */
 static void reads_meet_a_failed_allocation_at_every_point(void **state) {
   tu_store_fixture *f = *state;
   static acked a;
@@ -310,8 +327,9 @@ static void reads_meet_a_failed_allocation_at_every_point(void **state) {
                           {"bp_stream", run_read, check_read},
                           {"bp_query", run_read, check_read},
                           {"bp_walk_ancestors", run_read, check_read},
-                          {"bp_cursor_open and poll", run_read, check_read}};
-  for (c.kind = 0; c.kind < 5; c.kind++) sweep(&ops[c.kind], &c);
+                          {"bp_cursor_open and poll", run_read, check_read},
+                          {"bp_cursor_open_durable, poll and commit", run_read, check_read}};
+  for (c.kind = 0; c.kind < 6; c.kind++) sweep(&ops[c.kind], &c);
   assert_ok(bp_close(c.s));
   assert_all_there(f, &a, "after the read sweeps");
 }
@@ -349,12 +367,32 @@ static bp_status count_apply(void *state, const bp_event *ev, void *ctx) {
   return BP_OK;
 }
 
+static bp_status count_encode(const void *state, void **bytes, size_t *len, void *ctx) {
+  (void)ctx;
+  if (!(*bytes = malloc(sizeof(long)))) return BP_ENOMEM;
+  memcpy(*bytes, state, sizeof(long));
+  *len = sizeof(long);
+  return BP_OK;
+}
+
+static bp_status count_decode(void *state, const void *bytes, size_t len, void *ctx) {
+  (void)ctx;
+  if (len != sizeof(long)) return BP_ECORRUPT;
+  memcpy(state, bytes, sizeof(long));
+  return BP_OK;
+}
+
+/* kind 0: no cache; kind 1: a replay written to the store's cache (emptied
+ * first); kind 2: a state read from the cache. */
 static bp_status run_project(sweep_ctx *c) {
   static const bp_projection counter = {BP_PROJECTION_VERSION, "counter", 1, NULL, 0, false,
-                                        count_init, count_apply, NULL, NULL, NULL};
+                                        count_init, count_apply, count_encode, count_decode, NULL};
   bp_freshness fresh = {BP_FRESH_CONSISTENT, 0};
+  c->count = -1;
   return bp_project(c->s, "user:ann", &counter, NULL, fresh, &c->count);
 }
+
+static void empty_cache(sweep_ctx *c) { assert_ok(bp_cache_delete_prefix(c->cache, "", 0)); }
 
 static void check_project(sweep_ctx *c, bp_status st, long k) {
   long want = (long)((c->a->n + 2) / 3);
@@ -375,6 +413,47 @@ static void following_and_projecting_meet_a_failed_allocation_at_every_point(voi
   sweep(&project, &c);
   assert_ok(bp_close(c.s));
   assert_all_there(f, &a, "after the subscription and projection sweeps");
+}
+
+static bp_status run_cache_open(sweep_ctx *c) {
+  char path[4300];
+  snprintf(path, sizeof path, "%s/cache-%d", c->f->tmp, c->kind);
+  bp_status st = c->kind == 0 ? bp_cache_sqlite_open(path, &c->cache) : bp_cache_lmdb_open(path, 1u << 24, &c->cache);
+  if (st) c->cache = NULL;
+  return st;
+}
+
+static void check_cache_open(sweep_ctx *c, bp_status st, long k) {
+  (void)st, (void)k;
+  bp_cache_free(c->cache);
+  c->cache = NULL;
+}
+
+/* Opening each cache, then projections that write it and read it. */
+static void projection_caches_meet_a_failed_allocation_at_every_point(void **state) {
+  tu_store_fixture *f = *state;
+  static acked a;
+  static const char *names[][3] = {{"SQLite cache open", "bp_project into SQLite", "bp_project from SQLite"},
+                                   {"LMDB cache open", "bp_project into LMDB", "bp_project from LMDB"}};
+  for (int which = 0; which < 2; which++) {
+    a.n = 0;
+    sweep_ctx c = {.f = f, .a = &a, .kind = which};
+    const sweep_op open_op = {names[which][0], run_cache_open, check_cache_open};
+    sweep(&open_op, &c);
+    c.kind = which;
+    assert_ok(run_cache_open(&c));
+    assert_ok(bp_open_with_cache(&f->cfg, c.cache, &c.s));
+    assert_ok(append_n(c.s, &a, 30));
+    const sweep_op into = {names[which][1], run_project, check_project, BP_OK, empty_cache};
+    const sweep_op from = {names[which][2], run_project, check_project};
+    c.kind = 1;
+    sweep(&into, &c);
+    c.kind = 2;
+    sweep(&from, &c);
+    assert_ok(bp_close(c.s));
+    assert_all_there(f, &a, names[which][2]);
+    tu_remove_tree(f->dir);
+  }
 }
 
 /* ------------------------------------- compaction, snapshots, checking */
@@ -425,7 +504,7 @@ static void compaction_snapshot_and_verify_meet_a_failed_allocation_at_every_poi
   static acked a;
   a.n = 0;
   sweep_ctx c = {.f = f, .a = &a};
-  snprintf(c.dest, sizeof c.dest, "%s/../snapshot", f->dir);
+  snprintf(c.dest, sizeof c.dest, "%s/snapshot", f->tmp);
   assert_ok(bp_open(&f->cfg, &c.s));
   const sweep_op compact = {"bp_compact", run_compact, check_store_goes_on};
   const sweep_op snapshot = {"bp_snapshot", run_snapshot, check_snapshot};
@@ -525,14 +604,12 @@ static void policy_meets_a_failed_allocation_at_every_point(void **state) {
 
 /* --------------------------------------------------------------- close */
 
-static bp_status run_close(sweep_ctx *c) {
-  bp_store *s;
-  disarm();
-  assert_ok(bp_open(&c->f->cfg, &s));
-  assert_ok(append_n(s, c->a, 3));
-  arm(c->count++);
-  return bp_close(s);
+static void open_and_append(sweep_ctx *c) {
+  assert_ok(bp_open(&c->f->cfg, &c->closing));
+  assert_ok(append_n(c->closing, c->a, 3));
 }
+
+static bp_status run_close(sweep_ctx *c) { return bp_close(c->closing); }
 
 /* Closing (seal, footer, checkpoint): the store is freed in every case and
  * reopens with every event, rebuilding the index if the checkpoint was not
@@ -542,7 +619,7 @@ static void close_meets_a_failed_allocation_at_every_point(void **state) {
   static acked a;
   a.n = 0;
   sweep_ctx c = {.f = f, .a = &a};
-  const sweep_op close_op = {"bp_close", run_close, check_nothing};
+  const sweep_op close_op = {"bp_close", run_close, check_nothing, BP_OK, open_and_append};
   sweep(&close_op, &c);
   assert_all_there(f, &a, "after the close sweep");
 }
@@ -554,6 +631,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(reads_meet_a_failed_allocation_at_every_point, setup, teardown),
       cmocka_unit_test_setup_teardown(following_and_projecting_meet_a_failed_allocation_at_every_point, setup,
                                       teardown),
+      cmocka_unit_test_setup_teardown(projection_caches_meet_a_failed_allocation_at_every_point, setup, teardown),
       cmocka_unit_test_setup_teardown(compaction_snapshot_and_verify_meet_a_failed_allocation_at_every_point, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(policy_meets_a_failed_allocation_at_every_point, setup, teardown),
