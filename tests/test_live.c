@@ -262,6 +262,36 @@ static void bad_reactions_are_refused_at_emit(void **state) {
   assert_ok(bp_close(s));
 }
 
+/* With group commit every append needs an idempotency key; the reactor
+ * appends reactions itself, so it supplies theirs. */
+static void reactor_appends_reactions_to_a_group_commit_store(void **state) {
+  fixture *f = *state;
+  f->cfg.group_commit_max_batch = 8;
+  bp_store *s = open_ok(f);
+  bp_region chain = bp_region_scope("chain");
+  chain_ctx ab = {"a", "b", 0x1002};
+  bp_reactor *r = bp_react_loop(s, &chain, forward, &ab);
+  assert_non_null(r);
+  bp_coord a = {"a", "chain"};
+  bp_append_options o;
+  memset(&o, 0, sizeof o);
+  o.idempotency_key = bp_id_v7();
+  bp_append_receipt src;
+  assert_ok(bp_append_with(s, &a, 0x1001, "\x2a", 1, &o, &src));
+  bp_entries bs = {0};
+  for (int tries = 0; tries < 400; tries++) {
+    assert_ok(bp_stream(s, "b", &bs));
+    if (bs.len) break;
+    bp_entries_free(&bs);
+    usleep(5000);
+  }
+  bp_reactor_stop(r);
+  if (bs.len != 1) fail_msg("%zu reactions appended, want 1", bs.len);
+  assert_true(bp_id_eq(bs.items[0].causation_id, src.event_id));
+  bp_entries_free(&bs);
+  assert_ok(bp_close(s));
+}
+
 /* 64 subscribers, one of which never reads: the writer finishes every append,
  * the slow one drops (and counts) what did not fit, the others get everything. */
 static void fan_out_to_many_subscribers_with_a_slow_one(void **state) {
@@ -304,6 +334,7 @@ int main(void) {
       T(reactor_chain_carries_correlation_and_causation),
       T(reactor_misses_nothing_when_its_wakeups_drop),
       T(bad_reactions_are_refused_at_emit),
+      T(reactor_appends_reactions_to_a_group_commit_store),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
