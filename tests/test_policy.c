@@ -331,6 +331,36 @@ static void typestate_transitions_produce_events_to_apply(void **state) {
   assert_ok(bp_close(s));
 }
 
+/* A store in group commit refuses appends without an idempotency key. The
+ * commits that append for the caller take no options, so they supply the
+ * keys themselves: a receipt's event and a bypass with its audit event. */
+static void commits_by_append_work_on_a_group_commit_store(void **state) {
+  fixture *f = *state;
+  f->cfg.group_commit_max_batch = 4;
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  calls c = {0};
+  bp_gateset *g = make_gates(&c);
+  order o = {250, "bob"};
+  bp_receipt *r;
+  bp_denial *d;
+  assert_ok(bp_gateset_evaluate(g, &o, "\xc3", 1, &r, &d));
+  bp_coord coord = {"order:3", "shop"};
+  bp_append_receipt ar;
+  assert_ok(bp_commit_append(s, &coord, 0x1001, r, &ar));
+  bp_receipt *b = bp_bypass("\xc2", 1, "incident 43", "a manual fix");
+  assert_ok(bp_commit_bypass_append(s, &coord, 0x1001, b, &ar));
+  bp_entries st;
+  assert_ok(bp_stream(s, "order:3", &st));
+  assert_int_equal(st.len, 3);
+  assert_int_equal(st.items[2].kind, BP_KIND_POLICY_BYPASS);
+  bp_entries_free(&st);
+  bp_receipt_free(r);
+  bp_receipt_free(b);
+  bp_gateset_free(g);
+  assert_ok(bp_close(s));
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 int main(void) {
@@ -342,6 +372,7 @@ int main(void) {
       cmocka_unit_test(forged_and_freed_receipts_are_refused),
       T(pipeline_commits_into_a_real_store),
       T(bypass_leaves_an_audit_trail),
+      T(commits_by_append_work_on_a_group_commit_store),
       cmocka_unit_test(committed_record_matches_the_golden_vector),
       cmocka_unit_test(entity_ids_format_and_parse_with_their_prefix),
       T(typestate_transitions_produce_events_to_apply),
