@@ -46,27 +46,15 @@ static bp_status append_one(bp_store *s, acked *a, int i) {
   return st;
 }
 
+static void payload_is_acknowledged(const bp_event *ev, size_t i, void *ctx) {
+  const acked *a = ctx;
+  tu_assert_bytes_eq(ev->payload, ev->payload_len, a->payloads[i], 7, "payload");
+}
+
 /* Every acknowledged event is present once with its payload; sequences are
  * dense; the store verifies. */
 static void assert_all_there(fixture *f, const acked *a, const char *what) {
-  bp_store *s;
-  bp_status st = bp_open(&f->cfg, &s);
-  if (st) fail_msg("%s: reopen: %s: %s", what, bp_status_name(st), bp_last_error()->message);
-  for (size_t i = 0; i < a->n; i++) {
-    bp_event *ev;
-    st = bp_get(s, a->ids[i], &ev);
-    if (st) fail_msg("%s: acknowledged event %zu lost: %s", what, i, bp_last_error()->message);
-    tu_assert_bytes_eq(ev->payload, ev->payload_len, a->payloads[i], 7, "payload");
-    bp_event_free(ev);
-  }
-  bp_entries all;
-  bp_region r = bp_region_all();
-  assert_ok(bp_query(s, &r, &all));
-  if (all.len != a->n) fail_msg("%s: %zu events, %zu acknowledged", what, all.len, a->n);
-  for (size_t i = 0; i < all.len; i++) assert_int_equal(all.items[i].global_sequence, i);
-  bp_entries_free(&all);
-  assert_ok(bp_close(s));
-  tu_assert_verifies(f->dir, what);
+  tu_assert_acknowledged(&f->cfg, a->ids, a->n, payload_is_acknowledged, (void *)a, what);
 }
 
 static bool message_names_io(void) {

@@ -92,20 +92,7 @@ static bp_status append_n(bp_store *s, acked *a, size_t n) {
 
 /* Every acknowledged event is there, once, and the store verifies. */
 static void assert_all_there(tu_store_fixture *f, const acked *a, const char *what) {
-  bp_store *s;
-  bp_status st = bp_open(&f->cfg, &s);
-  if (st) fail_msg("%s: reopen: %s: %s", what, bp_status_name(st), bp_last_error()->message);
-  for (size_t i = 0; i < a->n; i++) {
-    bp_event *ev;
-    st = bp_get(s, a->ids[i], &ev);
-    if (st) fail_msg("%s: acknowledged event %zu lost: %s", what, i, bp_last_error()->message);
-    bp_event_free(ev);
-  }
-  bp_store_diagnostics d;
-  bp_diagnostics(s, &d);
-  if (d.event_count != a->n) fail_msg("%s: %" PRIu64 " events, %zu acknowledged", what, d.event_count, a->n);
-  assert_ok(bp_close(s));
-  tu_assert_verifies(f->dir, what);
+  tu_assert_acknowledged(&f->cfg, a->ids, a->n, NULL, NULL, what);
 }
 
 static int setup(void **state) {

@@ -2,6 +2,8 @@
 #define _GNU_SOURCE
 #include "testutil.h"
 
+#include <inttypes.h>
+
 #include <dirent.h>
 #include <ftw.h>
 #include <sys/stat.h>
@@ -171,6 +173,30 @@ void tu_assert_verifies(const char *dir, const char *what) {
     print_message("  %s: %s\n", rep.problems[i].where, rep.problems[i].what);
   if (st) fail_msg("%s: bp_verify returned %s with %zu problems", what, bp_status_name(st), rep.problem_count);
   bp_verify_report_free(&rep);
+}
+
+void tu_assert_acknowledged(const bp_config *cfg, const bp_id *ids, size_t n,
+                            void (*check)(const bp_event *ev, size_t i, void *ctx), void *ctx, const char *what) {
+  bp_store *s;
+  bp_status st = bp_open(cfg, &s);
+  if (st) fail_msg("%s: reopen: %s: %s", what, bp_status_name(st), bp_last_error()->message);
+  for (size_t i = 0; i < n; i++) {
+    bp_event *ev;
+    st = bp_get(s, ids[i], &ev);
+    if (st) fail_msg("%s: acknowledged event %zu lost: %s", what, i, bp_last_error()->message);
+    if (check) check(ev, i, ctx);
+    bp_event_free(ev);
+  }
+  bp_entries all;
+  bp_region r = bp_region_all();
+  assert_ok(bp_query(s, &r, &all));
+  if (all.len != n) fail_msg("%s: %zu events, %zu acknowledged", what, all.len, n);
+  for (size_t i = 0; i < all.len; i++)
+    if (all.items[i].global_sequence != i)
+      fail_msg("%s: event %zu has global sequence %" PRIu64, what, i, all.items[i].global_sequence);
+  bp_entries_free(&all);
+  assert_ok(bp_close(s));
+  tu_assert_verifies(cfg->data_dir, what);
 }
 
 void tu_fixstr_text(const bp_event *ev, char *text, size_t size) {

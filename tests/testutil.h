@@ -71,6 +71,12 @@ int tu_store_teardown(void **state);
 /* bp_verify on a closed store directory; on problems prints each and fails
  * the test, naming `what`. */
 void tu_assert_verifies(const char *dir, const char *what);
+/* Reopens the store of cfg and checks that each of the n acknowledged ids
+ * reads back (check, when not NULL, also sees each event with its index),
+ * that the store holds n events with global sequences 0..n-1, then closes it
+ * and verifies the directory. Failures name `what`. */
+void tu_assert_acknowledged(const bp_config *cfg, const bp_id *ids, size_t n,
+                            void (*check)(const bp_event *ev, size_t i, void *ctx), void *ctx, const char *what);
 /* The text of a payload that is one MessagePack fixstr (as the crash tests
  * write them), NUL-terminated and cut to size - 1 bytes. */
 void tu_fixstr_text(const bp_event *ev, char *text, size_t size);
