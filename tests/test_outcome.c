@@ -394,6 +394,29 @@ static void wire_round_trip_of_random_outcomes(void **state) {
   }
 }
 
+/* A constructor that fails returns NULL; whatever is built from it is NULL
+ * too, with the constructor's error, and the other parts are freed (the
+ * sanitizer build finds a leak if not). */
+static void a_failed_outcome_passes_through_combinators(void **state) {
+  (void)state;
+  bp_outcome *bad = bp_outcome_ok("\xc1", 1); /* 0xc1 is never valid MessagePack */
+  assert_null(bad);
+  assert_int_equal(bp_last_error()->code, BP_ESERIAL);
+  bp_outcome *items[2] = {bp_outcome_ok("\x01", 1), bad};
+  assert_null(bp_outcome_batch(items, 2));
+  assert_int_equal(bp_last_error()->code, BP_ESERIAL);
+  assert_null(bp_outcome_zip(bp_outcome_ok("\x02", 1), NULL));
+  assert_null(bp_outcome_zip(NULL, bp_outcome_cancelled("stop")));
+  bp_outcome *all[3] = {bp_outcome_ok("\x03", 1), NULL, bp_outcome_retry(5, 1, 2, "busy")};
+  assert_null(bp_outcome_join_all(all, 3));
+  for (int i = 0; i < 3; i++) assert_null(all[i]);
+  bp_outcome *any[2] = {NULL, bp_outcome_ok("\x04", 1)};
+  assert_null(bp_outcome_join_any(any, 2));
+  assert_null(any[1]);
+  assert_null(bp_outcome_map(NULL, NULL, NULL));
+  assert_int_equal(bp_last_error()->code, BP_ESERIAL);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(constructors_and_accessors),
@@ -407,6 +430,7 @@ int main(void) {
       cmocka_unit_test(monad_associativity),
       cmocka_unit_test(map_and_bind_distribute_over_batch),
       cmocka_unit_test(wire_round_trip_of_random_outcomes),
+      cmocka_unit_test(a_failed_outcome_passes_through_combinators),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -201,7 +201,11 @@ BP_API const bp_outcome *bp_outcome_batch_item(const bp_outcome *o, size_t i);
 /* Structural equality (values compared as bytes). */
 BP_API bool bp_outcome_equal(const bp_outcome *a, const bp_outcome *b);
 
-/* Combinators. They consume o and distribute over Batch as the crate does. */
+/* Combinators. They consume o and distribute over Batch as the crate does.
+ * A NULL outcome (a constructor or combinator that failed) gives NULL, with
+ * bp_last_error still the failure that made it; calls that take several
+ * outcomes (batch, zip, join_all, join_any) then free the others. So calls
+ * can be nested and checked once, at the end. */
 typedef bp_status (*bp_outcome_map_fn)(const void *value, size_t len, void **out, size_t *out_len, void *ctx);
 typedef bp_outcome *(*bp_outcome_bind_fn)(const void *value, size_t len, void *ctx);
 typedef bp_outcome_error (*bp_outcome_map_err_fn)(const bp_outcome_error *error, void *ctx);

@@ -59,6 +59,24 @@ static bp_outcome *alloc_outcome(bp_outcome_type t) {
   return o;
 }
 
+/* A NULL where an outcome is expected is a constructor or combinator that
+ * failed, whose error is already recorded. Calls that take several outcomes
+ * free the others and return NULL, so that calls can be nested without a
+ * check at every level. Returns true when some item was NULL (all freed,
+ * the slots cleared). */
+static bool drop_if_any_missing(bp_outcome **items, size_t n) {
+  bool missing = false;
+  for (size_t i = 0; i < n && !missing; i++) missing = !items[i];
+  if (!missing) return false;
+  for (size_t i = 0; i < n; i++) {
+    bp_outcome_free(items[i]);
+    items[i] = NULL;
+  }
+  /* Keep the failure that made the NULL; a NULL passed by mistake gets one. */
+  if (bp_last_error()->code == BP_OK) bp__fail(BP_EINVAL, "outcome: an item is NULL");
+  return true;
+}
+
 static uint8_t *copy_bytes(const void *p, size_t n) {
   uint8_t *c = malloc(n ? n : 1);
   if (c && n) memcpy(c, p, n);
@@ -177,17 +195,19 @@ bp_outcome *bp_outcome_cancelled(const char *reason) {
 }
 
 bp_outcome *bp_outcome_batch(bp_outcome **items, size_t n) {
-  bp_outcome *o = alloc_outcome(BP_OUTCOME_BATCH);
-  bool bad = !o || (n && !items);
-  for (size_t i = 0; !bad && i < n; i++) bad = !items[i];
-  if (!bad && n) {
-    o->items = malloc(n * sizeof *o->items);
-    bad = !o->items;
+  if (n && !items) {
+    bp__fail(BP_EINVAL, "outcome: a batch of %zu items without the items", n);
+    return NULL;
   }
-  if (bad) {
-    for (size_t i = 0; items && i < n; i++) bp_outcome_free(items[i]);
+  if (drop_if_any_missing(items, n)) return NULL;
+  bp_outcome *o = alloc_outcome(BP_OUTCOME_BATCH);
+  if (o && n && !(o->items = malloc(n * sizeof *o->items))) {
+    bp__fail(BP_ENOMEM, "out of memory for a batch of %zu outcomes", n);
     bp_outcome_free(o);
-    if (o) bp__fail(BP_EINVAL, "outcome: a batch item is missing (or out of memory)");
+    o = NULL;
+  }
+  if (!o) {
+    for (size_t i = 0; i < n; i++) bp_outcome_free(items[i]);
     return NULL;
   }
   if (n) memcpy(o->items, items, n * sizeof *items);
@@ -531,6 +551,7 @@ static bp_outcome *join_collect(bp_outcome **items, size_t n, bp__buf *vals, uin
 }
 
 bp_outcome *bp_outcome_join_all(bp_outcome **items, size_t n) {
+  if (drop_if_any_missing(items, n)) return NULL;
   bp__buf vals;
   bp__buf_init(&vals);
   uint32_t count = 0;
@@ -551,6 +572,7 @@ bp_outcome *bp_outcome_join_all(bp_outcome **items, size_t n) {
 }
 
 bp_outcome *bp_outcome_join_any(bp_outcome **items, size_t n) {
+  if (drop_if_any_missing(items, n)) return NULL;
   bp_outcome *last_err = NULL, *result = NULL;
   size_t i = 0;
   for (; i < n && !result; i++) {
