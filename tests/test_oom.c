@@ -589,6 +589,68 @@ static void policy_meets_a_failed_allocation_at_every_point(void **state) {
   tu_assert_verifies(f->dir, "after the policy sweeps");
 }
 
+/* ----------------------------------------------------- codecs, outcomes */
+
+static const char DOC[] = "{\"name\": \"ann\", \"tags\": [\"a\", \"b\", {\"deep\": [1, 2.5, null, true]}], \"n\": -7}";
+
+/* kind 0: JSON to MessagePack and back; kind 1: a committed record encoded
+ * and decoded; kind 2: outcomes built, batched, zipped, joined, encoded and
+ * decoded. Each checks its own result when nothing failed. */
+static bp_status run_codec(sweep_ctx *c) {
+  bp_status st = BP_OK;
+  if (c->kind == 0) {
+    uint8_t *mp = NULL;
+    size_t len = 0;
+    char *json = NULL;
+    st = bp_json_to_msgpack(DOC, strlen(DOC), &mp, &len);
+    if (!st) st = bp_msgpack_to_json(mp, len, &json);
+    if (!st && !strstr(json, "\"deep\":[1,2.5,null,true]")) fail_msg("JSON round trip gave %s", json);
+    bp_free(mp);
+    bp_free(json);
+  } else if (c->kind == 1) {
+    uint8_t payload[3] = {0x92, 0x01, 0x02};
+    bp_committed in = {payload, sizeof payload, bp_id_v7(), 42, {7}}, out;
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    st = bp_committed_encode(&in, &bytes, &len);
+    if (!st) st = bp_committed_decode(bytes, len, &out);
+    if (!st) {
+      if (out.sequence != 42 || out.payload_len != 3 || memcmp(out.payload, payload, 3) != 0)
+        fail_msg("committed record did not round-trip");
+      bp_committed_free(&out);
+    }
+    bp_free(bytes);
+  } else {
+    bp_outcome *items[2] = {bp_outcome_ok("\x01", 1), bp_outcome_ok("\x02", 1)};
+    bp_outcome *batch = bp_outcome_batch(items, 2);
+    bp_outcome *zipped = bp_outcome_zip(batch, bp_outcome_ok("\x03", 1));
+    bp_outcome *all[2] = {zipped, bp_outcome_retry(10, 1, 3, "busy")};
+    bp_outcome *joined = bp_outcome_join_all(all, 2);
+    if (!joined) return bp_last_error()->code;
+    uint8_t *bytes = NULL;
+    size_t len = 0;
+    bp_outcome *back = NULL;
+    st = bp_outcome_encode(joined, &bytes, &len);
+    if (!st) st = bp_outcome_decode(bytes, len, &back);
+    if (!st && !bp_outcome_equal(joined, back)) fail_msg("outcome did not round-trip");
+    bp_outcome_free(back);
+    bp_outcome_free(joined);
+    bp_free(bytes);
+  }
+  return st;
+}
+
+/* Codecs and outcome combinators, which take ownership of what they combine
+ * (LeakSanitizer finds what a failure drops). */
+static void codecs_and_outcomes_meet_a_failed_allocation_at_every_point(void **state) {
+  tu_store_fixture *f = *state;
+  sweep_ctx c = {.f = f};
+  const sweep_op ops[] = {{"JSON and MessagePack", run_codec, check_nothing},
+                          {"committed records", run_codec, check_nothing},
+                          {"outcomes", run_codec, check_nothing}};
+  for (c.kind = 0; c.kind < 3; c.kind++) sweep(&ops[c.kind], &c);
+}
+
 /* --------------------------------------------------------------- close */
 
 static void open_and_append(sweep_ctx *c) {
@@ -622,6 +684,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(compaction_snapshot_and_verify_meet_a_failed_allocation_at_every_point, setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(policy_meets_a_failed_allocation_at_every_point, setup, teardown),
+      cmocka_unit_test_setup_teardown(codecs_and_outcomes_meet_a_failed_allocation_at_every_point, setup, teardown),
       cmocka_unit_test_setup_teardown(close_meets_a_failed_allocation_at_every_point, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
