@@ -306,7 +306,8 @@ typedef struct bp_notification {
 BP_API bp_subscription *bp_subscribe(bp_store *store, const bp_region *region);
 /* Waits for the next notification: timeout_ms < 0 waits forever, 0 polls.
  * Errors: BP_ETIMEOUT, BP_ECLOSED (the store closed, or a take limit was
- * reached; nothing more will come). Threads: one receiver at a time. */
+ * reached; nothing more will come), BP_ENOMEM (an operation could not be
+ * added: ended). Threads: one receiver at a time. */
 BP_API bp_status bp_sub_recv(bp_subscription *sub, bp_notification *out, int timeout_ms);
 /* A descriptor that is readable exactly while notifications wait (for poll,
  * epoll, libuv). Do not read or close it: bp_sub_recv consumes. -1 if the
@@ -317,7 +318,9 @@ BP_API uint64_t bp_sub_dropped(const bp_subscription *sub);
 /* Chainable operations applied at receive time, in the order added (the
  * crate's SubscriptionOps). filter drops notifications pred rejects; map
  * rewrites a notification in place; take ends the subscription (BP_ECLOSED)
- * after n more deliveries. They return sub. ctx is borrowed until bp_sub_close. */
+ * after n more deliveries. They return sub. ctx is borrowed until bp_sub_close.
+ * An operation that cannot be added (out of memory) ends the subscription:
+ * bp_sub_recv then returns BP_ENOMEM. */
 BP_API bp_subscription *bp_sub_filter(bp_subscription *sub, bool (*pred)(const bp_notification *, void *ctx),
                                       void *ctx);
 BP_API bp_subscription *bp_sub_map(bp_subscription *sub, void (*fn)(bp_notification *, void *ctx), void *ctx);

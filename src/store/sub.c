@@ -52,7 +52,8 @@ struct bp_subscription {
   int efd;
   bool closed;                 /* the caller closed it */
   bool store_closed;
-  bool ended;                  /* a take limit was reached */
+  bool ended;                  /* a take limit was reached, or an operation was lost */
+  bool op_lost;                /* an operation could not be added (out of memory) */
   int refs;                    /* caller + store */
   int waiting;                 /* receivers blocked in bp_sub_recv */
   sub_op *ops;
@@ -214,6 +215,10 @@ bp_status bp_sub_recv(bp_subscription *sub, bp_notification *out, int timeout_ms
   pthread_mutex_lock(&sub->lock);
   bp_status st = BP_OK;
   for (;;) {
+    if (sub->op_lost) {
+      st = bp__fail(BP_ENOMEM, "subscription: ended, an operation could not be added (out of memory)");
+      break;
+    }
     if (sub->store_closed || sub->ended || sub->closed) {
       st = bp__fail(BP_ECLOSED, sub->ended ? "subscription: take limit reached" : "subscription: the store is closed");
       break;
@@ -270,8 +275,10 @@ static bp_subscription *add_op(bp_subscription *sub, sub_op op) {
     sub->ops = ops;
     sub->ops[sub->nops++] = op;
   } else {
-    /* Without the operation the stream would be wrong: end it instead. */
-    sub->ended = true;
+    /* Without the operation the stream would be wrong: end it instead, and
+     * say why at the next receive (the caller keeps a valid handle). */
+    sub->ended = sub->op_lost = true;
+    bp__fail(BP_ENOMEM, "subscription: out of memory adding an operation; the subscription has ended");
   }
   pthread_mutex_unlock(&sub->lock);
   return sub;
