@@ -342,6 +342,24 @@ static void check_follow(sweep_ctx *c, bp_status st, long k) {
   c->sub = NULL;
 }
 
+static bool is_ann(const bp_notification *n, void *ctx) {
+  (void)ctx;
+  return strcmp(n->entity, "user:ann") == 0;
+}
+
+/* A filtered, limited subscription: appends until one for user:ann is seen. */
+static bp_status run_follow_chain(sweep_ctx *c) {
+  bp_region all = bp_region_all();
+  c->sub = bp_subscribe(c->s, &all);
+  if (c->sub) c->sub = bp_sub_take(bp_sub_filter(c->sub, is_ann, NULL), 1);
+  bp_status st = status_of(c->sub);
+  if (!st) st = append_n(c->s, c->a, 3); /* one of every three is user:ann's */
+  bp_notification nt;
+  if (!st && !(st = bp_sub_recv(c->sub, &nt, 1000)) && strcmp(nt.entity, "user:ann") != 0)
+    fail_msg("the filter let %s through", nt.entity);
+  return st;
+}
+
 static bp_status count_init(void *state, void *ctx) {
   (void)ctx;
   *(long *)state = 0;
@@ -381,12 +399,26 @@ static bp_status run_project(sweep_ctx *c) {
 
 static void empty_cache(sweep_ctx *c) { assert_ok(bp_cache_delete_prefix(c->cache, "", 0)); }
 
+static bp_status run_watch(sweep_ctx *c) {
+  static const bp_projection counter = {BP_PROJECTION_VERSION, "counter", 1, NULL, 0, false,
+                                        count_init, count_apply, NULL, NULL, NULL};
+  bp_freshness fresh = {BP_FRESH_CONSISTENT, 0};
+  bp_watcher *w = bp_watch_projection(c->s, "user:ann", &counter, NULL, fresh);
+  bp_status st = status_of(w);
+  c->count = -1;
+  if (!st) st = append_n(c->s, c->a, 3);
+  if (!st) st = bp_watcher_recv(w, &c->count, 1000);
+  bp_watcher_close(w);
+  return st;
+}
+
 static void check_project(sweep_ctx *c, bp_status st, long k) {
   long want = (long)((c->a->n + 2) / 3);
   if (st == BP_OK && c->count != want) fail_msg("bp_project, allocation %ld failing: %ld events, want %ld", k, c->count, want);
 }
 
-/* A subscription (subscribe, an append, its notification) and a projection. */
+/* Subscriptions (plain, and filtered and limited), a projection and a
+ * projection watcher. */
 static void following_and_projecting_meet_a_failed_allocation_at_every_point(void **state) {
   tu_store_fixture *f = *state;
   static acked a;
@@ -395,9 +427,13 @@ static void following_and_projecting_meet_a_failed_allocation_at_every_point(voi
   assert_ok(bp_open(&f->cfg, &c.s));
   assert_ok(append_n(c.s, &a, 30));
   const sweep_op follow = {"bp_subscribe and bp_sub_recv", run_follow, check_follow};
+  const sweep_op chain = {"bp_sub_filter and bp_sub_take", run_follow_chain, check_follow};
   const sweep_op project = {"bp_project", run_project, check_project};
+  const sweep_op watch = {"bp_watch_projection and bp_watcher_recv", run_watch, check_project};
   sweep(&follow, &c);
+  sweep(&chain, &c);
   sweep(&project, &c);
+  sweep(&watch, &c);
   assert_ok(bp_close(c.s));
   assert_all_there(f, &a, "after the subscription and projection sweeps");
 }
