@@ -2,7 +2,6 @@
 #include "internal.h"
 
 #include <errno.h>
-
 #include <stdio.h>
 
 static _Thread_local bp_error last_error;

@@ -3,13 +3,19 @@
 #include "store/os.h"
 
 /* Arrays that readers may still hold are not freed when replaced but kept on
- * the retired list until bp__index_free. The list node is allocated before
- * the new array (retire_node, NULL only when out of memory and old is not
- * NULL), so that running out of memory leaves the index as it was rather
- * than losing track of the old array. */
-static bool retire_node(const void *old, bp__retired **node) {
+ * the retired list until bp__index_free. A replacement is allocated together
+ * with the list node that will keep the old array (none when old is NULL):
+ * both or neither, so that running out of memory leaves the index as it was
+ * rather than losing track of the old array. zero: calloc's zeroed memory. */
+static void *alloc_replacement(const void *old, size_t count, size_t size, bool zero, bp__retired **node) {
   *node = old ? malloc(sizeof **node) : NULL;
-  return !old || *node;
+  if (old && !*node) return NULL;
+  void *fresh = zero ? calloc(count, size) : malloc(count * size);
+  if (!fresh) {
+    free(*node);
+    *node = NULL;
+  }
+  return fresh;
 }
 
 static void retire(bp__index *ix, bp__retired *node, void *old) {
@@ -46,12 +52,8 @@ static bool seqvec_push(bp__index *ix, bp__seqvec *v, uint32_t seq) {
     uint32_t cap = v->cap ? v->cap * 2 : 4;
     if (cap < v->cap) return false;
     bp__retired *node;
-    if (!retire_node(d, &node)) return false;
-    uint32_t *nd = malloc((size_t)cap * sizeof *nd);
-    if (!nd) {
-      free(node);
-      return false;
-    }
+    uint32_t *nd = alloc_replacement(d, cap, sizeof *nd, false, &node);
+    if (!nd) return false;
     if (len) memcpy(nd, d, (size_t)len * sizeof *nd);
     atomic_store_explicit(&v->data, nd, memory_order_release);
     retire(ix, node, d);
@@ -135,12 +137,8 @@ void bp__index_free(bp__index *ix) {
 static bool name_table_resize(bp__index *ix, uint32_t slots) {
   uint32_t *old = atomic_load_explicit(&ix->name_slots, memory_order_relaxed);
   bp__retired *node;
-  if (!retire_node(old, &node)) return false;
-  uint32_t *t = calloc(slots, sizeof *t);
-  if (!t) {
-    free(node);
-    return false;
-  }
+  uint32_t *t = alloc_replacement(old, slots, sizeof *t, true, &node);
+  if (!t) return false;
   uint32_t mask = slots - 1;
   bp__name **names = atomic_load_explicit(&ix->names, memory_order_relaxed);
   uint32_t n = atomic_load_explicit(&ix->name_count, memory_order_relaxed);
@@ -186,11 +184,8 @@ bp_status bp__index_intern(bp__index *ix, const char *s, size_t len, bp__name **
   bp__name **names = atomic_load_explicit(&ix->names, memory_order_relaxed);
   if (n == ix->name_cap) {
     bp__retired *node;
-    bp__name **nn = retire_node(names, &node) ? malloc(sizeof *nn * ix->name_cap * 2) : NULL;
-    if (!nn) {
-      free(node);
-      return bp__fail(BP_ENOMEM, "index: out of memory growing the names");
-    }
+    bp__name **nn = alloc_replacement(names, (size_t)ix->name_cap * 2, sizeof *nn, false, &node);
+    if (!nn) return bp__fail(BP_ENOMEM, "index: out of memory growing the names");
     memcpy(nn, names, sizeof *nn * n);
     atomic_store_explicit(&ix->names, nn, memory_order_release);
     retire(ix, node, names);
@@ -239,12 +234,8 @@ static inline bool id_table_full(uint64_t used, uint64_t slots) { return used * 
 static bool id_table_resize(bp__index *ix, uint64_t slots) {
   bp__idslot *old = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
   bp__retired *node;
-  if (!retire_node(old, &node)) return false;
-  bp__idslot *t = calloc(slots, sizeof *t);
-  if (!t) {
-    free(node);
-    return false;
-  }
+  bp__idslot *t = alloc_replacement(old, slots, sizeof *t, true, &node);
+  if (!t) return false;
   uint64_t mask = slots - 1;
   uint64_t old_slots = old ? atomic_load(&ix->id_mask) + 1 : 0;
   uint64_t used = 0;
