@@ -102,12 +102,16 @@ static void check_footer(vctx *v, const char *where, const uint8_t *d, size_t si
   }
   const char **strs = calloc(nstr ? nstr : 1, sizeof *strs);
   uint32_t *lens = calloc(nstr ? nstr : 1, sizeof *lens);
-  bool ok = strs && lens;
-  if (!ok) v->oom = true;
+  if (!strs || !lens) {
+    /* The whole check fails BP_ENOMEM; this footer has no problem to report. */
+    v->oom = true;
+    free(strs);
+    free(lens);
+    return;
+  }
+  bool ok = true;
   for (uint32_t i = 0; ok && i < nstr; i++) ok = bp__mp_read_str(&r, &strs[i], &lens[i]) == BP_OK;
-  if (v->oom) {
-    /* reported as BP_ENOMEM, not as a problem of the footer */
-  } else if (!ok || bp__mp_remaining(&r) != 0) {
+  if (!ok || bp__mp_remaining(&r) != 0) {
     problem(v, where, "SIDX footer: the string table does not decode");
   } else {
     for (uint64_t i = 0; i < count && i < nfr; i++) {
