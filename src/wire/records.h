@@ -111,9 +111,9 @@ bp_status bp__segment_header_decode(const uint8_t *data, size_t len, bp__segment
                                     size_t *consumed);
 /* Whether a segment file of size bytes, of which head holds the first have,
  * was cut short while its header was written: what it holds of the magic is
- * right, and it ends before the header_len it announces does (or before that
- * length). Such a file holds no events. A sealed file (one that ends in a
- * footer) is never torn: callers check that first. */
+ * right, and it is too short for the magic and header_len (8 bytes) or for
+ * the header that header_len announces. Such a file holds no events. A sealed
+ * file (one that ends in a footer) is never torn: callers check that first. */
 bool bp__segment_header_torn(const uint8_t *head, size_t have, size_t size);
 
 /* Coordinate {entity, scope}. */
