@@ -461,7 +461,9 @@ BP_API void bp_watcher_close(bp_watcher *watcher);
  * opens as a store holding every event acknowledged before the call, even while
  * appends continue. Sealed segments are hard-linked where the file system
  * allows (they never change), copied otherwise; the active segment is copied up
- * to the last acknowledged frame. Errors: BP_EINVAL (dest_dir), BP_EIO. */
+ * to the last acknowledged frame. Errors: BP_EINVAL (dest_dir), BP_EIO,
+ * BP_ENOMEM; on error the files it made are removed, and dest_dir too if it
+ * created it. */
 BP_API bp_status bp_snapshot(bp_store *store, const char *dest_dir);
 
 /* ------------------------------------------------------------ compaction */

@@ -15,8 +15,8 @@ static int os_open(const char *path, int flags, mode_t mode) { return open(path,
   {                                                                                          \
     .open = os_open, .close = close, .pread = pread, .pwritev = pwritev, .fsync = fsync,     \
     .fdatasync = fdatasync, .ftruncate = ftruncate, .rename = rename, .unlink = unlink,       \
-    .mkdir = mkdir, .fstat = fstat, .mmap = mmap, .munmap = munmap, .flock = flock,          \
-    .fallocate = fallocate                                                                   \
+    .mkdir = mkdir, .rmdir = rmdir, .link = link, .fstat = fstat, .mmap = mmap,              \
+    .munmap = munmap, .flock = flock, .fallocate = fallocate                                 \
   }
 
 const bp__os bp__os_default = OS_DEFAULTS;

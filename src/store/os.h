@@ -24,6 +24,8 @@ typedef struct bp__os {
   int (*rename)(const char *from, const char *to);
   int (*unlink)(const char *path);
   int (*mkdir)(const char *path, mode_t mode);
+  int (*rmdir)(const char *path);
+  int (*link)(const char *from, const char *to);
   int (*fstat)(int fd, struct stat *st);
   void *(*mmap)(void *addr, size_t len, int prot, int flags, int fd, off_t off);
   int (*munmap)(void *addr, size_t len);

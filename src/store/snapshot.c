@@ -7,8 +7,10 @@
  * active segment only the recorded prefix is copied (later frames, and the
  * footer a later seal writes, lie beyond it). The copy has no checkpoint: the
  * first open rebuilds the index from footers and a scan of the last segment.
+ * A snapshot that fails removes what it made, so it can be tried again.
  */
 #include "store/store_impl.h"
+#include "store/os.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -25,26 +27,19 @@ typedef struct snap_seg {
 } snap_seg;
 
 static int copy_prefix(const char *from, const char *to, uint64_t size, bool whole) {
-  int in = open(from, O_RDONLY | O_CLOEXEC | O_NOFOLLOW);
-  if (in < 0) return errno;
+  int in = bp__os_table.open(from, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+  if (in < 0) return errno ? errno : EIO;
+  int rc = 0;
   if (whole) {
     struct stat st;
-    if (fstat(in, &st) != 0) {
-      int e = errno;
-      close(in);
-      return e;
-    }
-    size = (uint64_t)st.st_size;
+    if (bp__os_table.fstat(in, &st) != 0) rc = errno ? errno : EIO;
+    else size = (uint64_t)st.st_size;
   }
-  int out = open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (out < 0) {
-    int e = errno;
-    close(in);
-    return e;
-  }
+  int out = rc ? -1 : bp__os_table.open(to, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (!rc && out < 0) rc = errno ? errno : EIO;
   enum { CHUNK = 1 << 16 };
-  uint8_t *buf = malloc(CHUNK);
-  int rc = buf ? 0 : ENOMEM;
+  uint8_t *buf = rc ? NULL : malloc(CHUNK);
+  if (!rc && !buf) rc = ENOMEM;
   for (uint64_t off = 0; off < size && !rc;) {
     size_t n = size - off < CHUNK ? (size_t)(size - off) : CHUNK;
     rc = bp__os_read_all(in, buf, n, off);
@@ -55,9 +50,20 @@ static int copy_prefix(const char *from, const char *to, uint64_t size, bool who
   }
   if (!rc) rc = bp__os_sync(out, 0);
   free(buf);
-  close(in);
-  close(out);
+  bp__os_table.close(in);
+  if (out >= 0) bp__os_table.close(out);
   return rc;
+}
+
+/* Undoes a snapshot that failed: removes the segment files it may have made
+ * (the first n of segs) and dest itself when this call created it. */
+static void remove_partial(const char *dest, const snap_seg *segs, size_t n, bool created) {
+  for (size_t i = 0; i < n; i++) {
+    char to[4200];
+    snprintf(to, sizeof to, "%s/%06" PRIu64 ".fbat", dest, segs[i].id);
+    (void)bp__os_table.unlink(to);
+  }
+  if (created) (void)bp__os_table.rmdir(dest);
 }
 
 static bp_status snapshot_locked(bp_store *s, const char *dest);
@@ -86,7 +92,8 @@ static bp_status snapshot_locked(bp_store *s, const char *dest) {
   char dest_real[PATH_MAX];
   if (realpath(dest, dest_real) && strcmp(dest_real, src_real) == 0)
     return bp__fail(BP_EINVAL, "bp_snapshot: %s is the store itself", dest);
-  if (mkdir(dest, 0700) != 0) {
+  bool created = bp__os_table.mkdir(dest, 0700) == 0;
+  if (!created) {
     if (errno != EEXIST) return bp__fail_errno(BP_EIO, errno, "bp_snapshot: create %s", dest);
     DIR *d = opendir(dest);
     if (!d) return bp__fail_errno(BP_EIO, errno, "bp_snapshot: open %s", dest);
@@ -110,17 +117,21 @@ static bp_status snapshot_locked(bp_store *s, const char *dest) {
   }
   pthread_mutex_unlock(&s->seg_lock);
   pthread_mutex_unlock(&s->wlock);
-  if (!segs) return bp__fail(BP_ENOMEM, "bp_snapshot: out of memory");
+  if (!segs) {
+    remove_partial(dest, NULL, 0, created);
+    return bp__fail(BP_ENOMEM, "bp_snapshot: out of memory");
+  }
 
   bp_status st = BP_OK;
-  for (size_t i = 0; i < n && !st; i++) {
+  size_t tried = 0;
+  for (size_t i = 0; i < n && !st; i++, tried++) {
     char from[4200], to[4200];
     bp__segment_path(s, segs[i].id, from, sizeof from);
     snprintf(to, sizeof to, "%s/%06" PRIu64 ".fbat", dest, segs[i].id);
     bool active = !segs[i].whole && segs[i].size > 0;
     int rc = 0;
     if (segs[i].whole) {
-      if (link(from, to) != 0) rc = copy_prefix(from, to, 0, true);
+      if (bp__os_table.link(from, to) != 0) rc = copy_prefix(from, to, 0, true);
     } else {
       /* An unsealed segment: the active one up to its acknowledged frames, an
        * abandoned one (after a writer restart) as it is. */
@@ -128,7 +139,10 @@ static bp_status snapshot_locked(bp_store *s, const char *dest) {
     }
     if (rc) st = bp__fail_errno(BP_EIO, rc, "bp_snapshot: segment %06" PRIu64, segs[i].id);
   }
+  int rc = st ? 0 : bp__os_sync_dir(dest);
+  if (rc) st = bp__fail_errno(BP_EIO, rc, "bp_snapshot: fsync of directory %s", dest);
+  /* Nothing half made is left behind: a failed snapshot can be retried. */
+  if (st) remove_partial(dest, segs, tried, created);
   free(segs);
-  if (!st) bp__os_sync_dir(dest);
   return st;
 }
