@@ -145,6 +145,20 @@ static int ff_unlink(const char *p) {
   return r;
 }
 
+static int ff_link(const char *from, const char *to) {
+  if (enter()) return -1;
+  int r = bp__os_default.link(from, to);
+  pthread_mutex_unlock(&lock);
+  return r;
+}
+
+static int ff_mkdir(const char *p, mode_t m) {
+  if (enter()) return -1;
+  int r = bp__os_default.mkdir(p, m);
+  pthread_mutex_unlock(&lock);
+  return r;
+}
+
 static int ff_ftruncate(int fd, off_t len) {
   if (enter()) return -1;
   int r = bp__os_default.ftruncate(fd, len);
@@ -170,6 +184,8 @@ static void install(void) {
   bp__os_table.fdatasync = ff_fdatasync;
   bp__os_table.rename = ff_rename;
   bp__os_table.unlink = ff_unlink;
+  bp__os_table.link = ff_link;
+  bp__os_table.mkdir = ff_mkdir;
   bp__os_table.ftruncate = ff_ftruncate;
   bp__os_table.mmap = ff_mmap;
 }

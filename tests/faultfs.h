@@ -2,7 +2,8 @@
  * faultfs.h - the store's file-system table (store/os.h) wrapped for tests.
  *
  * Faults: ff_arm(k, ...) makes the k-th call from now (counting from 0) of
- * open, pwritev, fsync, fdatasync, rename, unlink or ftruncate fail with EIO,
+ * open, pwritev, fsync, fdatasync, rename, unlink, link, mkdir or ftruncate
+ * fail with EIO,
  * or end the process with _exit(FF_CRASH_EXIT), as a crash at that step.
  *
  * Power loss: between ff_power_track() and ff_power_cut(), every file the

@@ -1,6 +1,6 @@
 /*
  * test_faults.c - a failure injected at every file-system step of rotation,
- * close (seal and checkpoint) and open, plus short writes, refused mappings
+ * close (seal and checkpoint), open and snapshot, plus short writes, refused mappings
  * and the budget of read descriptors. For each step k (until an operation
  * gets through without meeting the fault): the call fails with a clear error
  * or succeeds, nothing acknowledged is lost, the store reopens and bp_verify
@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <inttypes.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -174,6 +175,45 @@ static void a_failure_at_every_step_of_open_changes_nothing(void **state) {
   assert_true(k >= 3);
 }
 
+/* bp_snapshot with the k-th call failing: it fails with BP_EIO and leaves
+ * no directory behind (so it can be tried again), or the copy opens with
+ * every acknowledged event. Sealed segments are linked, the active one
+ * copied. */
+static void a_failure_at_every_step_of_snapshot_leaves_nothing(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 1024;
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  acked a = {.n = 0};
+  for (int i = 0; i < 9; i++) assert_ok(append_one(s, &a, i));
+  char dest[4300];
+  snprintf(dest, sizeof dest, "%s/snapshot", f->tmp);
+  int k = 0;
+  for (;; k++) {
+    ff_arm(k, false);
+    bp_status st = bp_snapshot(s, dest);
+    bool hit = ff_hit();
+    ff_disarm();
+    struct stat sb;
+    if (st) {
+      if (st != BP_EIO) fail_msg("step %d: bp_snapshot returned %s", k, bp_status_name(st));
+      if (!strstr(bp_last_error()->message, "snapshot")) fail_msg("step %d: unclear message: %s", k, bp_last_error()->message);
+      if (stat(dest, &sb) == 0) fail_msg("step %d: a failed snapshot left %s behind", k, dest);
+    } else {
+      bp_config copy = f->cfg;
+      copy.data_dir = dest;
+      char what[48];
+      snprintf(what, sizeof what, "snapshot, failure at step %d", k);
+      tu_assert_acknowledged(&copy, a.ids, a.n, payload_is_acknowledged, &a, what);
+      tu_remove_tree(dest);
+    }
+    if (!hit) break;
+  }
+  print_message("snapshot: a failure injected at each of %d file-system steps\n", k);
+  assert_true(k >= 5);
+  assert_ok(bp_close(s));
+}
+
 /* ------------------------------------------------- short writes, mappings */
 
 static ssize_t short_pwritev(int fd, const struct iovec *iov, int cnt, off_t off) {
@@ -300,6 +340,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(a_failure_at_every_step_of_rotation_loses_nothing, setup, teardown),
       cmocka_unit_test_setup_teardown(a_failure_at_every_step_of_close_loses_nothing, setup, teardown),
       cmocka_unit_test_setup_teardown(a_failure_at_every_step_of_open_changes_nothing, setup, teardown),
+      cmocka_unit_test_setup_teardown(a_failure_at_every_step_of_snapshot_leaves_nothing, setup, teardown),
       cmocka_unit_test_setup_teardown(short_writes_and_refused_mappings_lose_nothing, setup, teardown),
       cmocka_unit_test_setup_teardown(reads_keep_within_the_fd_budget_when_segments_cannot_be_mapped, setup, teardown),
   };
