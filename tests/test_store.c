@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <linux/fiemap.h>
@@ -248,9 +249,9 @@ static void append_then_get_returns_every_field(void **state) {
 
 /* The id table's slot of event seq (the test's own search of the table). */
 static bp__idslot *id_slot_of(bp_store *s, uint64_t seq) {
-  bp__idslot *t = atomic_load(&s->ix.id_slots);
-  uint64_t mask = atomic_load(&s->ix.id_mask);
-  for (uint64_t i = 0; i <= mask; i++)
+  bp__idtable *tb = atomic_load(&s->ix.id_table);
+  bp__idslot *t = tb->slots;
+  for (uint64_t i = 0; i <= tb->mask; i++)
     if ((uint32_t)atomic_load(&t[i].key) == seq + 1) return &t[i];
   fail_msg("event %llu has no slot in the id table", (unsigned long long)seq);
   return NULL;
@@ -2133,6 +2134,101 @@ static void snapshot_refuses_the_store_itself_and_a_full_directory(void **state)
   assert_ok(bp_close(s));
 }
 
+/* ----------------------------------- lookups while the hash tables grow */
+
+/* A reader that looks up, without a lock, what the writer has published,
+ * while the writer's inserts keep growing the table. Rounds start from an
+ * empty index so that every growth happens again. */
+enum { GROW_ROUNDS = 40, GROW_NAMES = 2000, GROW_IDS = 20000 };
+
+typedef struct grow_shared {
+  bp__index *ix;
+  _Atomic uint32_t published; /* names name:0 .. published-1, or entries below it */
+  atomic_bool done;
+  atomic_int misses;
+  char first_miss[96];
+} grow_shared;
+
+static void *name_looker(void *p) {
+  grow_shared *g = p;
+  uint32_t x = 2463534242u;
+  while (!atomic_load(&g->done)) {
+    uint32_t n = atomic_load(&g->published);
+    if (!n) continue;
+    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+    char name[32];
+    int len = snprintf(name, sizeof name, "name:%u", x % n);
+    if (!bp__index_find_name(g->ix, name, (size_t)len) && atomic_fetch_add(&g->misses, 1) == 0)
+      snprintf(g->first_miss, sizeof g->first_miss, "%s (of %u interned)", name, n);
+  }
+  return NULL;
+}
+
+static void name_lookups_never_miss_while_the_name_table_grows(void **state) {
+  (void)state;
+  grow_shared g = {.ix = calloc(1, sizeof(bp__index))};
+  assert_non_null(g.ix);
+  for (int round = 0; round < GROW_ROUNDS && !atomic_load(&g.misses); round++) {
+    assert_ok(bp__index_init(g.ix));
+    atomic_store(&g.published, 0);
+    atomic_store(&g.done, false);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, name_looker, &g), 0);
+    for (uint32_t i = 0; i < GROW_NAMES; i++) {
+      char name[32];
+      int len = snprintf(name, sizeof name, "name:%u", i);
+      bp__name *nm;
+      assert_ok(bp__index_intern(g.ix, name, (size_t)len, &nm));
+      atomic_store(&g.published, i + 1);
+    }
+    atomic_store(&g.done, true);
+    pthread_join(t, NULL);
+    bp__index_free(g.ix);
+  }
+  free(g.ix);
+  if (atomic_load(&g.misses)) fail_msg("%d lookups missed a name already interned; the first: %s", atomic_load(&g.misses), g.first_miss);
+}
+
+static void *id_looker(void *p) {
+  grow_shared *g = p;
+  uint32_t x = 88675123u;
+  while (!atomic_load(&g->done)) {
+    uint64_t visible = bp__index_visible(g->ix);
+    if (!visible) continue;
+    x ^= x << 13, x ^= x >> 17, x ^= x << 5;
+    uint64_t want = x % visible, seq;
+    bp_id id = bp__index_at(g->ix, want)->event_id;
+    if ((!bp__index_find_id(g->ix, id, visible, &seq) || seq != want) && atomic_fetch_add(&g->misses, 1) == 0)
+      snprintf(g->first_miss, sizeof g->first_miss, "sequence %" PRIu64 " (of %" PRIu64 " visible)", want, visible);
+  }
+  return NULL;
+}
+
+static void id_lookups_never_miss_while_the_id_table_grows(void **state) {
+  (void)state;
+  grow_shared g = {.ix = calloc(1, sizeof(bp__index))};
+  assert_non_null(g.ix);
+  for (int round = 0; round < GROW_ROUNDS / 4 && !atomic_load(&g.misses); round++) {
+    assert_ok(bp__index_init(g.ix));
+    atomic_store(&g.done, false);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, id_looker, &g), 0);
+    for (uint32_t i = 0; i < GROW_IDS; i++) {
+      bp__ientry e;
+      memset(&e, 0, sizeof e);
+      e.event_id = bp_id_v7();
+      e.kind = 0x1001;
+      assert_ok(bp__index_push(g.ix, &e));
+      bp__index_publish(g.ix);
+    }
+    atomic_store(&g.done, true);
+    pthread_join(t, NULL);
+    bp__index_free(g.ix);
+  }
+  free(g.ix);
+  if (atomic_load(&g.misses)) fail_msg("%d lookups missed a visible event; the first: %s", atomic_load(&g.misses), g.first_miss);
+}
+
 #define T(name) cmocka_unit_test_setup_teardown(name, setup, teardown)
 
 /* Counts the resident pages of [p, p + pages pages). */
@@ -2321,6 +2417,8 @@ int main(void) {
       T(readers_see_a_gap_free_prefix_while_writers_append),
       T(group_commit_shares_fsyncs_between_concurrent_appends),
       T(leader_hands_over_after_an_fsynced_group),
+      cmocka_unit_test(name_lookups_never_miss_while_the_name_table_grows),
+      cmocka_unit_test(id_lookups_never_miss_while_the_id_table_grows),
       T(apply_transition_appends_its_kind_and_payload),
       T(snapshot_under_concurrent_appends_is_a_consistent_prefix),
       T(snapshot_refuses_the_store_itself_and_a_full_directory),

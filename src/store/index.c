@@ -116,8 +116,8 @@ void bp__index_free(bp__index *ix) {
     free(names[i]);
   }
   free(names);
-  free(atomic_load(&ix->name_slots));
-  free(atomic_load(&ix->id_slots));
+  free(atomic_load(&ix->name_table));
+  free(atomic_load(&ix->id_table));
   for (unsigned k = 0; k < 65536; k++) {
     bp__seqvec *v = atomic_load(&ix->kinds[k]);
     if (v) { seqvec_free(v); free(v); }
@@ -135,39 +135,32 @@ void bp__index_free(bp__index *ix) {
 /* ---- names ---- */
 
 static bool name_table_resize(bp__index *ix, uint32_t slots) {
-  uint32_t *old = atomic_load_explicit(&ix->name_slots, memory_order_relaxed);
+  bp__nametable *old = atomic_load_explicit(&ix->name_table, memory_order_relaxed);
   bp__retired *node;
-  uint32_t *t = alloc_replacement(old, slots, sizeof *t, true, &node);
+  bp__nametable *t = alloc_replacement(old, 1, sizeof *t + (size_t)slots * sizeof t->slots[0], true, &node);
   if (!t) return false;
-  uint32_t mask = slots - 1;
+  uint32_t mask = t->mask = slots - 1;
   bp__name **names = atomic_load_explicit(&ix->names, memory_order_relaxed);
   uint32_t n = atomic_load_explicit(&ix->name_count, memory_order_relaxed);
   for (uint32_t i = 0; i < n; i++) {
     uint32_t h = names[i]->hash & mask;
-    while (t[h]) h = (h + 1) & mask;
-    t[h] = i + 1;
+    while (atomic_load_explicit(&t->slots[h], memory_order_relaxed)) h = (h + 1) & mask;
+    atomic_store_explicit(&t->slots[h], i + 1, memory_order_relaxed);
   }
-  /* Readers load the mask, then the table: publish the table first so that any
-   * mask a reader sees fits the table it then loads. */
-  if (old && slots > atomic_load_explicit(&ix->name_mask, memory_order_relaxed) + 1) {
-    atomic_store_explicit(&ix->name_slots, t, memory_order_release);
-    atomic_store_explicit(&ix->name_mask, mask, memory_order_release);
-  } else {
-    atomic_store_explicit(&ix->name_mask, mask, memory_order_release);
-    atomic_store_explicit(&ix->name_slots, t, memory_order_release);
-  }
+  atomic_store_explicit(&ix->name_table, t, memory_order_release);
   retire(ix, node, old);
   return true;
 }
 
 bp__name *bp__index_find_name(const bp__index *ix, const char *s, size_t len) {
-  uint32_t mask = atomic_load_explicit(&ix->name_mask, memory_order_acquire);
-  const uint32_t *t = atomic_load_explicit(&ix->name_slots, memory_order_acquire);
-  bp__name **names = atomic_load_explicit(&ix->names, memory_order_acquire);
+  const bp__nametable *t = atomic_load_explicit(&ix->name_table, memory_order_acquire);
   uint32_t h = hash_bytes(s, len);
-  for (uint32_t i = h & mask;; i = (i + 1) & mask) {
-    uint32_t slot = atomic_load_explicit((_Atomic uint32_t *)&t[i], memory_order_acquire);
+  for (uint32_t i = h & t->mask;; i = (i + 1) & t->mask) {
+    uint32_t slot = atomic_load_explicit(&t->slots[i], memory_order_acquire);
     if (!slot) return NULL;
+    /* Loaded after the slot: the array that holds its name was published
+     * before the slot was (an array loaded earlier may be too short). */
+    bp__name **names = atomic_load_explicit(&ix->names, memory_order_acquire);
     bp__name *nm = names[slot - 1];
     if (nm->hash == h && nm->len == len && memcmp(nm->str, s, len) == 0) return nm;
   }
@@ -178,8 +171,8 @@ bp_status bp__index_intern(bp__index *ix, const char *s, size_t len, bp__name **
   if (found) { *out = found; return BP_OK; }
 
   uint32_t n = atomic_load_explicit(&ix->name_count, memory_order_relaxed);
-  if ((uint64_t)(n + 1) * 2 > (uint64_t)atomic_load(&ix->name_mask) + 1 &&
-      !name_table_resize(ix, (atomic_load(&ix->name_mask) + 1) * 2))
+  uint32_t slots = atomic_load_explicit(&ix->name_table, memory_order_relaxed)->mask + 1;
+  if ((uint64_t)(n + 1) * 2 > slots && !name_table_resize(ix, slots * 2))
     return bp__fail(BP_ENOMEM, "index: out of memory growing the name table");
   bp__name **names = atomic_load_explicit(&ix->names, memory_order_relaxed);
   if (n == ix->name_cap) {
@@ -207,11 +200,10 @@ bp_status bp__index_intern(bp__index *ix, const char *s, size_t len, bp__name **
   nm->id = n;
   names[n] = nm;
   atomic_store_explicit(&ix->name_count, n + 1, memory_order_release);
-  uint32_t mask = atomic_load_explicit(&ix->name_mask, memory_order_relaxed);
-  uint32_t *t = atomic_load_explicit(&ix->name_slots, memory_order_relaxed);
-  uint32_t h = nm->hash & mask;
-  while (t[h]) h = (h + 1) & mask;
-  atomic_store_explicit((_Atomic uint32_t *)&t[h], n + 1, memory_order_release);
+  bp__nametable *t = atomic_load_explicit(&ix->name_table, memory_order_relaxed);
+  uint32_t h = nm->hash & t->mask;
+  while (atomic_load_explicit(&t->slots[h], memory_order_relaxed)) h = (h + 1) & t->mask;
+  atomic_store_explicit(&t->slots[h], n + 1, memory_order_release);
   *out = nm;
   return BP_OK;
 }
@@ -232,32 +224,27 @@ static inline uint64_t slot_key(const bp__idslot *t, uint64_t i) {
 static inline bool id_table_full(uint64_t used, uint64_t slots) { return used * 5 > slots * 4; }
 
 static bool id_table_resize(bp__index *ix, uint64_t slots) {
-  bp__idslot *old = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
+  bp__idtable *old = atomic_load_explicit(&ix->id_table, memory_order_relaxed);
   bp__retired *node;
-  bp__idslot *t = alloc_replacement(old, slots, sizeof *t, true, &node);
-  if (!t) return false;
-  uint64_t mask = slots - 1;
-  uint64_t old_slots = old ? atomic_load(&ix->id_mask) + 1 : 0;
+  bp__idtable *tb = alloc_replacement(old, 1, sizeof *tb + slots * sizeof tb->slots[0], true, &node);
+  if (!tb) return false;
+  bp__idslot *t = tb->slots;
+  uint64_t mask = tb->mask = slots - 1;
+  uint64_t old_slots = old ? old->mask + 1 : 0;
   uint64_t used = 0;
   for (uint64_t i = 0; i < old_slots; i++) {
-    uint64_t v = atomic_load_explicit(&old[i].key, memory_order_relaxed);
+    uint64_t v = atomic_load_explicit(&old->slots[i].key, memory_order_relaxed);
     if (!v || slot_seq1(v) - 1 >= ix->count) continue;  /* drop slots of rolled-back entries */
     /* The stored half of the hash places the slot in any table of up to 2^32
      * slots; past that the entry supplies the rest. */
     uint64_t h = mask <= UINT32_MAX ? slot_hash(v) : hash_id(bp__index_at(ix, slot_seq1(v) - 1)->event_id);
     h &= mask;
     while (atomic_load_explicit(&t[h].key, memory_order_relaxed)) h = (h + 1) & mask;
-    t[h].where = old[i].where;
+    t[h].where = old->slots[i].where;
     atomic_store_explicit(&t[h].key, v, memory_order_relaxed);
     used++;
   }
-  if (old && slots > old_slots) {
-    atomic_store_explicit(&ix->id_slots, t, memory_order_release);
-    atomic_store_explicit(&ix->id_mask, mask, memory_order_release);
-  } else {
-    atomic_store_explicit(&ix->id_mask, mask, memory_order_release);
-    atomic_store_explicit(&ix->id_slots, t, memory_order_release);
-  }
+  atomic_store_explicit(&ix->id_table, tb, memory_order_release);
   ix->id_used = used;
   retire(ix, node, old);
   return true;
@@ -273,8 +260,9 @@ typedef struct id_probe {
 
 static id_probe probe_start(const bp__index *ix, bp_id id) {
   id_probe p;
-  p.mask = atomic_load_explicit(&ix->id_mask, memory_order_acquire);
-  p.t = atomic_load_explicit(&ix->id_slots, memory_order_acquire);
+  const bp__idtable *tb = atomic_load_explicit(&ix->id_table, memory_order_acquire);
+  p.mask = tb->mask;
+  p.t = tb->slots;
   uint64_t h = hash_id(id);
   p.i = h & p.mask;
   p.hash = (uint32_t)h;
@@ -341,8 +329,8 @@ bp_status bp__index_push(bp__index *ix, const bp__ientry *e) {
                     (unsigned long long)seq);
   bp__ientry *chunk = chunk_for(ix, (uint32_t)(seq >> BP__CHUNK_SHIFT), false);
   if (!chunk) return bp__fail(BP_ENOMEM, "index: out of memory for entries");
-  if (id_table_full(ix->id_used + 1, atomic_load(&ix->id_mask) + 1) &&
-      !id_table_resize(ix, (atomic_load(&ix->id_mask) + 1) * 2))
+  uint64_t id_slots = atomic_load_explicit(&ix->id_table, memory_order_relaxed)->mask + 1;
+  if (id_table_full(ix->id_used + 1, id_slots) && !id_table_resize(ix, id_slots * 2))
     return bp__fail(BP_ENOMEM, "index: out of memory growing the id table");
 
   bp__name **names = atomic_load_explicit(&ix->names, memory_order_relaxed);
@@ -362,9 +350,9 @@ bp_status bp__index_push(bp__index *ix, const bp__ientry *e) {
     return bp__fail(BP_ENOMEM, "index: out of memory growing a stream");
   }
 
-  uint64_t mask = atomic_load_explicit(&ix->id_mask, memory_order_relaxed);
-  bp__idslot *t = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
-  uint64_t hash = hash_id(e->event_id), h = hash & mask;
+  bp__idtable *tb = atomic_load_explicit(&ix->id_table, memory_order_relaxed);
+  bp__idslot *t = tb->slots;
+  uint64_t mask = tb->mask, hash = hash_id(e->event_id), h = hash & mask;
   while (atomic_load_explicit(&t[h].key, memory_order_relaxed)) h = (h + 1) & mask;
   bool fits = e->offset < (1ull << BP__WHERE_OFFSET_BITS) && e->segment_id < (1u << (64 - BP__WHERE_OFFSET_BITS));
   t[h].where = fits ? (uint64_t)e->segment_id << BP__WHERE_OFFSET_BITS | e->offset : 0;
@@ -374,9 +362,8 @@ bp_status bp__index_push(bp__index *ix, const bp__ientry *e) {
 }
 
 void bp__index_prefetch_id(const bp__index *ix, bp_id id) {
-  uint64_t mask = atomic_load_explicit(&ix->id_mask, memory_order_relaxed);
-  const bp__idslot *t = atomic_load_explicit(&ix->id_slots, memory_order_relaxed);
-  __builtin_prefetch(&t[hash_id(id) & mask], 1);
+  const bp__idtable *tb = atomic_load_explicit(&ix->id_table, memory_order_relaxed);
+  __builtin_prefetch(&tb->slots[hash_id(id) & tb->mask], 1);
 }
 
 bp_status bp__index_reserve(bp__index *ix, uint64_t more) {
@@ -389,7 +376,7 @@ bp_status bp__index_reserve(bp__index *ix, uint64_t more) {
     bp__ientry *chunk = chunk_for(ix, (uint32_t)ci, true);
     if (!chunk) return bp__fail(BP_ENOMEM, "index: out of memory for entries");
   }
-  uint64_t slots = atomic_load(&ix->id_mask) + 1, want = slots;
+  uint64_t slots = atomic_load_explicit(&ix->id_table, memory_order_relaxed)->mask + 1, want = slots;
   while (id_table_full(ix->id_used + more + 1, want)) want *= 2;
   if (want != slots && !id_table_resize(ix, want))
     return bp__fail(BP_ENOMEM, "index: out of memory sizing the id table for %llu events",

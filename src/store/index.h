@@ -86,6 +86,22 @@ typedef struct bp__name {
 #define BP__CHUNK_SIZE (1u << BP__CHUNK_SHIFT)
 #define BP__MAX_CHUNKS (1u << 19)   /* 2^32 events */
 
+/* The hash tables keep their mask in the same allocation as their slots and
+ * are published through one pointer, so that a reader probes with the mask of
+ * the very table it reads (a mask loaded apart from its table may belong to
+ * the table before or after, and a probe from the wrong home slot can miss a
+ * key that is there). */
+typedef struct bp__idtable {
+  uint64_t mask;
+  uint64_t unused;          /* keeps the slots 16-byte aligned */
+  bp__idslot slots[];
+} bp__idtable;
+
+typedef struct bp__nametable {
+  uint32_t mask;
+  _Atomic uint32_t slots[]; /* name id + 1; 0: empty */
+} bp__nametable;
+
 typedef struct bp__retired {
   struct bp__retired *next;
   void *ptr;
@@ -99,12 +115,10 @@ typedef struct bp__index {
   _Atomic(bp__name **) names;         /* by id; id 0 is "" */
   _Atomic uint32_t name_count;
   uint32_t name_cap;
-  _Atomic(uint32_t *) name_slots;     /* hash table of id+1, open addressing */
-  _Atomic uint32_t name_mask;
+  _Atomic(bp__nametable *) name_table; /* name -> id+1, open addressing */
 
-  /* Hash table event id -> sequence, open addressing (bp__idslot). */
-  _Atomic(bp__idslot *) id_slots;
-  _Atomic uint64_t id_mask;
+  /* Hash table event id -> sequence, open addressing. */
+  _Atomic(bp__idtable *) id_table;
   uint64_t id_used;
 
   _Atomic(bp__seqvec *) kinds[65536]; /* by exact kind, allocated on first use */
