@@ -170,6 +170,19 @@ static void forward(const bp_event *ev, bp_emitter *out, void *ctx) {
   assert_ok(bp_emit(out, &to, c->to_kind, ev->payload, ev->payload_len));
 }
 
+/* The entity's stream once it holds an event (a reactor appends on its own
+ * thread), or as it is after two seconds. */
+static bp_entries stream_when_there(bp_store *s, const char *entity) {
+  bp_entries got = {0};
+  for (int tries = 0; tries < 400; tries++) {
+    assert_ok(bp_stream(s, entity, &got));
+    if (got.len || tries == 399) break;
+    bp_entries_free(&got);
+    usleep(5000);
+  }
+  return got;
+}
+
 /* A -> B -> C: reactions carry the source's correlation and the source as cause. */
 static void reactor_chain_carries_correlation_and_causation(void **state) {
   fixture *f = *state;
@@ -183,13 +196,7 @@ static void reactor_chain_carries_correlation_and_causation(void **state) {
   bp_coord a = {"a", "chain"};
   bp_append_receipt src;
   assert_ok(bp_append(s, &a, 0x1001, "\x2a", 1, &src));
-  bp_entries got = {0};
-  for (int tries = 0; tries < 400; tries++) {
-    assert_ok(bp_stream(s, "c", &got));
-    if (got.len) break;
-    bp_entries_free(&got);
-    usleep(5000);
-  }
+  bp_entries got = stream_when_there(s, "c");
   assert_int_equal(got.len, 1);
   bp_entries bs;
   assert_ok(bp_stream(s, "b", &bs));
@@ -278,13 +285,7 @@ static void reactor_appends_reactions_to_a_group_commit_store(void **state) {
   o.idempotency_key = bp_id_v7();
   bp_append_receipt src;
   assert_ok(bp_append_with(s, &a, 0x1001, "\x2a", 1, &o, &src));
-  bp_entries bs = {0};
-  for (int tries = 0; tries < 400; tries++) {
-    assert_ok(bp_stream(s, "b", &bs));
-    if (bs.len) break;
-    bp_entries_free(&bs);
-    usleep(5000);
-  }
+  bp_entries bs = stream_when_there(s, "b");
   bp_reactor_stop(r);
   if (bs.len != 1) fail_msg("%zu reactions appended, want 1", bs.len);
   assert_true(bp_id_eq(bs.items[0].causation_id, src.event_id));
