@@ -920,8 +920,7 @@ static void checkpoint_that_lies_under_a_valid_crc_is_rebuilt(void **state) {
       fail_msg("lie %zu: %s is encoded 0x%02x, the test expects 0x%02x", i, lies[i].key ? lies[i].key : "version",
                d[at], lies[i].form);
     memcpy(d + at, lies[i].bytes, lies[i].nbytes);
-    uint32_t crc = bp__crc32(d + 12, len - 12);
-    for (int b = 0; b < 4; b++) d[8 + b] = (uint8_t)(crc >> (8 * b));
+    bp__put_le32(d + 8, bp__crc32(d + 12, len - 12));
     FILE *fp = fopen(p, "wb");
     assert_int_equal(fwrite(d, 1, len, fp), len);
     fclose(fp);
