@@ -8,6 +8,7 @@
 #define BATPAK_INTERNAL_H
 
 #include "batpak/core.h"
+#include "batpak/store.h"
 
 #include <stdarg.h>
 #include <stdatomic.h>
@@ -117,5 +118,12 @@ unsigned bp__cpu_features(void);
  * it returns 0 and every wait false. */
 bool bp__park_wait(_Atomic uint32_t *word, uint32_t seen);
 unsigned bp__park_wake_all(_Atomic uint32_t *word);
+
+/* An append the library makes itself for the caller (a reactor's reaction, a
+ * receipt committed by append): as bp_append_reaction, with a fresh id as its
+ * idempotency key, which a store in group commit requires of every append and
+ * which the caller had no way to give (writer.c). nil ids: none. */
+bp_status bp__append_own(bp_store *s, const bp_coord *coord, bp_kind kind, const void *payload, size_t len,
+                         bp_id correlation_id, bp_id causation_id, bp_append_receipt *out);
 
 #endif /* BATPAK_INTERNAL_H */

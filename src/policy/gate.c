@@ -438,12 +438,8 @@ bp_status bp_bypass_commit(bp_receipt *r, bp_commit_fn fn, void *ctx, bp_committ
 bp_status bp_commit_append(bp_store *s, const bp_coord *coord, bp_kind kind, bp_receipt *r, bp_append_receipt *out) {
   bp_status st = consume(r, false);
   if (st) return st;
-  /* A receipt is committed once, so a fresh key is as good as any; a store
-   * in group commit requires one of every append. */
-  bp_append_options o;
-  memset(&o, 0, sizeof o);
-  o.idempotency_key = bp_id_v7();
-  return bp_append_with(s, coord, kind, r->payload, r->len, &o, out);
+  /* A receipt is committed once, so a fresh key is as good as any. */
+  return bp__append_own(s, coord, kind, r->payload, r->len, BP_ID_NIL, BP_ID_NIL, out);
 }
 
 bp_receipt *bp_bypass(const void *payload, size_t len, const char *reason, const char *justification) {

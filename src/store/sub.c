@@ -391,14 +391,8 @@ static void handle(bp_reactor *r, const bp_entry *src, bp_emitter *em) {
   for (size_t i = 0; i < em->len; i++) {
     emitted *e = &em->items[i];
     bp_append_receipt rc;
-    bp_append_options o;
-    memset(&o, 0, sizeof o);
-    o.correlation_id = ev->header.correlation_id;
-    o.causation_id = ev->header.event_id;
-    /* The reactor makes the append, so it supplies the key that a store in
-     * group commit requires of every append (a fresh id, as one without). */
-    o.idempotency_key = bp_id_v7();
-    st = bp_append_with(s, &e->coord, e->kind, e->payload, e->len, &o, &rc);
+    st = bp__append_own(s, &e->coord, e->kind, e->payload, e->len, ev->header.correlation_id, ev->header.event_id,
+                        &rc);
     if (st) {
       bp_id_to_hex(ev->header.event_id, hex);
       bp__log(s, BP_LOG_ERROR, "reactor: reaction to %s not appended: %s: %s", hex, bp_status_name(st),

@@ -1045,13 +1045,24 @@ bp_status bp_append(bp_store *s, const bp_coord *coord, bp_kind kind, const void
   return bp_append_with(s, coord, kind, payload, len, NULL, out);
 }
 
-bp_status bp_append_reaction(bp_store *s, const bp_coord *coord, bp_kind kind, const void *payload,
-                             size_t len, bp_id correlation_id, bp_id causation_id, bp_append_receipt *out) {
+static bp_status append_caused(bp_store *s, const bp_coord *coord, bp_kind kind, const void *payload, size_t len,
+                               bp_id correlation_id, bp_id causation_id, bp_id key, bp_append_receipt *out) {
   bp_append_options o;
   memset(&o, 0, sizeof o);
   o.correlation_id = correlation_id;
   o.causation_id = causation_id;
+  o.idempotency_key = key;
   return bp_append_with(s, coord, kind, payload, len, &o, out);
+}
+
+bp_status bp_append_reaction(bp_store *s, const bp_coord *coord, bp_kind kind, const void *payload,
+                             size_t len, bp_id correlation_id, bp_id causation_id, bp_append_receipt *out) {
+  return append_caused(s, coord, kind, payload, len, correlation_id, causation_id, BP_ID_NIL, out);
+}
+
+bp_status bp__append_own(bp_store *s, const bp_coord *coord, bp_kind kind, const void *payload, size_t len,
+                         bp_id correlation_id, bp_id causation_id, bp_append_receipt *out) {
+  return append_caused(s, coord, kind, payload, len, correlation_id, causation_id, bp_id_v7(), out);
 }
 
 bp_status bp_append_json(bp_store *s, const bp_coord *coord, bp_kind kind, const char *json,
