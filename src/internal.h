@@ -108,6 +108,11 @@ static inline uint64_t bp__get_le64(const uint8_t *p) {
 #define BP__CPU_VCLMUL 8u  /* VPCLMULQDQ and AVX2, with CLMUL: the CRC-32 folded 256 bits a multiplication */
 #define BP__CPU_BMI2 16u   /* fast PDEP/PEXT and AVX2: integer byte arrays packed by PEXT */
 
+/* Where the first byte that is not strict UTF-8 (no overlong forms, no
+ * surrogates, nothing above U+10FFFF) starts in p[0..n), or SIZE_MAX when all
+ * of it is valid (utf8.c). */
+size_t bp__utf8_invalid_at(const uint8_t *p, size_t n);
+
 unsigned bp__cpu_features(void);
 
 /* Sleeping until a word changes (park.c). bp__park_wait returns when *word
@@ -123,6 +128,12 @@ unsigned bp__park_wake_all(_Atomic uint32_t *word);
  * receipt committed by append): as bp_append_reaction, with a fresh id as its
  * idempotency key, which a store in group commit requires of every append and
  * which the caller had no way to give (writer.c). nil ids: none. */
+/* BP_EINVAL naming the kind when it is in a reserved category (system 0x0,
+ * effect 0xD), which only the library may append; what prefixes the message. */
+bp_status bp__kind_check_appendable(bp_kind kind, const char *what);
+/* bp_append_batch for events the library writes itself, which may carry
+ * the reserved kinds that every public append refuses (writer.c). */
+bp_status bp__append_batch_library(bp_store *s, const bp_event_in *events, size_t n, bp_append_receipt *outs);
 bp_status bp__append_own(bp_store *s, const bp_coord *coord, bp_kind kind, const void *payload, size_t len,
                          bp_id correlation_id, bp_id causation_id, bp_append_receipt *out);
 

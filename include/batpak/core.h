@@ -151,6 +151,11 @@ BP_API bp_id bp_id_from_bytes(const uint8_t in[16]);
 /* An event kind: upper 4 bits category, lower 12 bits type. */
 typedef uint16_t bp_kind;
 
+/* Not the crate's EventKind::DATA (0x0000): that value lies in the reserved
+ * system category, which appends refuse (the crate's later versions refuse it
+ * too). BP_KIND_DATA is the first kind of the first product category, so a
+ * caller may append it. Events of kind 0x0000 in a crate-written store read
+ * back as kind 0x0000. */
 #define BP_KIND_DATA                 ((bp_kind)0x1000)
 #define BP_KIND_SYSTEM_INIT          ((bp_kind)0x0001)
 #define BP_KIND_SYSTEM_SHUTDOWN      ((bp_kind)0x0002)
@@ -191,7 +196,9 @@ typedef struct bp_coord {
   const char *scope;
 } bp_coord;
 
-/* Errors: BP_ECOORD naming the part that is NULL, empty or too long. */
+/* Errors: BP_ECOORD naming the part that is NULL, empty, too long or not
+ * valid UTF-8 (overlong forms, surrogates and code points above U+10FFFF are
+ * refused), and for UTF-8 the offset of the first bad byte. */
 BP_API bp_status bp_coord_validate(const bp_coord *coord);
 
 /* --------------------------------------------------------------- regions */

@@ -3,8 +3,12 @@
  * queries and maintenance.
  *
  * Threads: every function taking a bp_store is safe to call from any thread
- * at the same time as any other, except bp_close, which must be the last call
- * on the handle (no call may be running or start after it begins).
+ * at the same time as any other. bp_close is the last call on the handle,
+ * with one exception: appends may race it. An append that arrives once
+ * bp_close has begun (or after it returned) fails BP_ESHUTDOWN and touches
+ * nothing; appends already queued are committed up to shutdown_drain_limit.
+ * Reads, queries, cursors, subscriptions and maintenance calls must have
+ * returned (and cursors, watchers and reactors been closed) before bp_close.
  *
  * Durability (sync_every_n_events, sync_mode): an append returns after its
  * frame was handed to the operating system (write returned). With
@@ -98,7 +102,10 @@ BP_API bp_status bp_open_readonly(const bp_config *cfg, bp_store **out);
 /* Drains queued appends (up to shutdown_drain_limit; the rest fail
  * BP_ESHUTDOWN), writes the SIDX footer, fsyncs, writes the checkpoint and
  * frees the store. Accepts NULL. Returns the first error met; the store is
- * freed in every case. */
+ * freed in every case. Appends racing it fail BP_ESHUTDOWN (see "Threads"
+ * above): the handle's small record stays allocated for the next 1024 closes
+ * in the process so that a late append can be refused; a second bp_close of
+ * the same handle in that time fails BP_EINVAL. */
 BP_API bp_status bp_close(bp_store *store);
 
 /* ------------------------------------------------------------ appends */
@@ -140,11 +147,14 @@ typedef struct bp_event_in {
 } bp_event_in;
 
 /* Appends one event. payload (len bytes, may be NULL when len is 0) is copied.
- * Errors: BP_ECOORD, BP_ELIMIT (payload over max_payload_bytes), BP_EINVAL,
+ * Errors: BP_ECOORD (see bp_coord_validate), BP_ELIMIT (payload over
+ * max_payload_bytes), BP_EINVAL (among others a kind of the reserved system
+ * 0x0 or effect 0xD category, which only the library writes),
  * BP_ESEQUENCE (CAS; the message has expected and actual), BP_EIDEMPOTENCY_REQUIRED
  * (group commit without a key), BP_EIO (the write or fsync failed; nothing
  * was acknowledged), BP_EWRITER (failed for good), BP_ESHUTDOWN, BP_EREADONLY.
- * On error nothing was written. Blocks while writer_queue_capacity appends wait. */
+ * On error nothing was written and no file was created or changed. Blocks
+ * while writer_queue_capacity appends wait. */
 BP_API bp_status bp_append(bp_store *store, const bp_coord *coord, bp_kind kind,
                            const void *payload, size_t len, bp_append_receipt *out);
 /* Converts JSON text (NUL-terminated) to MessagePack and appends it. Also BP_EJSON. */
@@ -338,7 +348,8 @@ typedef struct bp_emitter bp_emitter;
 typedef void (*bp_react_fn)(const bp_event *ev, bp_emitter *out, void *ctx);
 /* Queues an event to append when react_fn returns, as a reaction: its
  * correlation id is the source event's, its causation the source event.
- * The payload is copied. Errors: BP_ECOORD, BP_ELIMIT, BP_ENOMEM. */
+ * The payload is copied. Errors: BP_ECOORD, BP_EINVAL (a reserved kind),
+ * BP_ELIMIT, BP_ENOMEM. */
 BP_API bp_status bp_emit(bp_emitter *out, const bp_coord *coord, bp_kind kind, const void *payload, size_t len);
 /* Starts a thread that reacts to every event matching region appended from
  * now on (it follows a cursor, so it misses none). Errors of reading or of

@@ -25,3 +25,13 @@ void bp_kind_format(bp_kind kind, char out[7]) {
   for (int i = 0; i < 4; i++) out[2 + i] = digits[(kind >> (12 - 4 * i)) & 0xF];
   out[6] = '\0';
 }
+
+bp_status bp__kind_check_appendable(bp_kind kind, const char *what) {
+  /* The reserved categories hold the tombstone and the policy-bypass audit
+   * kinds: a caller who could append them could forge either. */
+  if (!bp_kind_is_system(kind) && !bp_kind_is_effect(kind)) return BP_OK;
+  char k[7];
+  bp_kind_format(kind, k);
+  return bp__fail(BP_EINVAL, "%s: kind %s is in the reserved %s category (0x%X); only the library writes it", what, k,
+                  bp_kind_is_system(kind) ? "system" : "effect", bp_kind_category(kind));
+}

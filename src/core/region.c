@@ -7,6 +7,12 @@ static bp_status check_part(const char *value, const char *what) {
   if (n == 0) return bp__fail(BP_ECOORD, "coordinate: %s is empty", what);
   if (n > BP_MAX_COORD_LEN)
     return bp__fail(BP_ECOORD, "coordinate: %s is longer than %u bytes", what, BP_MAX_COORD_LEN);
+  /* Stored as a MessagePack str, which holds UTF-8 text: readers in other
+   * languages (the crate's among them) refuse anything else. */
+  size_t bad = bp__utf8_invalid_at((const uint8_t *)value, n);
+  if (bad != SIZE_MAX)
+    return bp__fail(BP_ECOORD, "coordinate: %s is not valid UTF-8 (byte 0x%02X at offset %zu)", what,
+                    (unsigned)(uint8_t)value[bad], bad);
   return BP_OK;
 }
 

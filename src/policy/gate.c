@@ -436,7 +436,9 @@ bp_status bp_bypass_commit(bp_receipt *r, bp_commit_fn fn, void *ctx, bp_committ
 }
 
 bp_status bp_commit_append(bp_store *s, const bp_coord *coord, bp_kind kind, bp_receipt *r, bp_append_receipt *out) {
-  bp_status st = consume(r, false);
+  /* Checked before the receipt is spent: a refused kind leaves it usable. */
+  bp_status st = bp__kind_check_appendable(kind, "bp_commit_append");
+  if (!st) st = consume(r, false);
   if (st) return st;
   /* A receipt is committed once, so a fresh key is as good as any. */
   return bp__append_own(s, coord, kind, r->payload, r->len, BP_ID_NIL, BP_ID_NIL, out);
@@ -464,7 +466,8 @@ bp_receipt *bp_bypass(const void *payload, size_t len, const char *reason, const
 
 bp_status bp_commit_bypass_append(bp_store *s, const bp_coord *coord, bp_kind kind, bp_receipt *r,
                                   bp_append_receipt *out) {
-  bp_status st = consume(r, true);
+  bp_status st = bp__kind_check_appendable(kind, "bp_commit_bypass_append");
+  if (!st) st = consume(r, true);
   if (st) return st;
   /* The event and its audit record, atomically: the event's id is fixed in
    * advance (as its idempotency key) so that the audit can point at it. */
@@ -497,7 +500,7 @@ bp_status bp_commit_bypass_append(bp_store *s, const bp_coord *coord, bp_kind ki
   evs[1].opts.correlation_id = id;
   evs[1].opts.idempotency_key = bp_id_v7();
   bp_append_receipt outs[2];
-  st = bp_append_batch(s, evs, 2, outs);
+  st = bp__append_batch_library(s, evs, 2, outs);
   bp__buf_free(&audit);
   if (!st && out) *out = outs[0];
   return st;

@@ -213,6 +213,7 @@ static bp_status recover(bp_store *s) {
       st = ck; /* a rebuild would need the same memory again */
     } else if (ck != BP_ENOTFOUND || bp_last_error()->sys_errno != ENOENT) {
       bp__log(s, BP_LOG_WARN, "checkpoint ignored, rebuilding the index: %s", bp_last_error()->message);
+      s->checkpoint_damaged = true;
     }
     if (!restored && st == BP_OK) {
       /* Start over from an empty index. */
@@ -361,8 +362,43 @@ bp_status bp_open_readonly(const bp_config *cfg, bp_store **out) {
 
 /* ---------------------------------------------------------------- close */
 
+/* Closed handles.
+ *
+ * docs/API.md promises that an append arriving once bp_close has begun fails
+ * BP_ESHUTDOWN. A thread cannot know whether its call arrives before or
+ * after bp_close returns, so the handle's own memory must outlive the close:
+ * bp_close frees everything the store holds but the bp_store record itself,
+ * which stays here, its shut flag set, until CLOSED_KEPT later closes have
+ * pushed it out (or the process exits). A call on a handle closed longer ago
+ * than that is a use after free, as it is in any C library. */
+#define CLOSED_KEPT 1024
+
+static pthread_mutex_t closed_lock = PTHREAD_MUTEX_INITIALIZER;
+static bp_store *closed_ring[CLOSED_KEPT];
+static size_t closed_next;
+
+static void keep_closed(bp_store *s) {
+  pthread_mutex_lock(&closed_lock);
+  bp_store *old = closed_ring[closed_next];
+  closed_ring[closed_next] = s;
+  closed_next = (closed_next + 1) % CLOSED_KEPT;
+  pthread_mutex_unlock(&closed_lock);
+  free(old);
+}
+
+__attribute__((destructor)) static void free_closed(void) {
+  pthread_mutex_lock(&closed_lock);
+  for (size_t i = 0; i < CLOSED_KEPT; i++) {
+    free(closed_ring[i]);
+    closed_ring[i] = NULL;
+  }
+  pthread_mutex_unlock(&closed_lock);
+}
+
 bp_status bp_close(bp_store *s) {
   if (!s) return BP_OK;
+  if (atomic_exchange_explicit(&s->shut, true, memory_order_seq_cst))
+    return bp__fail(BP_EINVAL, "bp_close: the store was already closed");
   bp_status st = BP_OK;
   if (!s->readonly) {
     pthread_mutex_lock(&s->qlock);
@@ -370,14 +406,19 @@ bp_status bp_close(bp_store *s) {
     pthread_cond_broadcast(&s->qspace);
     while (s->leader || s->qhead) pthread_cond_wait(&s->qidle, &s->qlock);
     pthread_mutex_unlock(&s->qlock);
-    /* Callers whose appends were just committed or refused are still on
-     * their way out (writer.c, submit). */
-    while (atomic_load_explicit(&s->appending, memory_order_acquire) != 0) usleep(50);
-
+  }
+  /* Callers whose appends were just committed or refused are still on their
+   * way out (writer.c, submit); later ones stop at shut. */
+  while (atomic_load_explicit(&s->appending, memory_order_acquire) != 0) usleep(50);
+  if (!s->readonly) {
     pthread_mutex_lock(&s->wlock);
     if (s->wfd >= 0) st = bp__writer_seal(s);
     pthread_mutex_unlock(&s->wlock);
-    if (s->cfg.enable_checkpoint) {
+    /* The checkpoint is written when events were committed or compacted
+     * since open, or to replace a damaged one: an open that changed nothing
+     * leaves every file as it was. */
+    bool changed = s->write_groups > 0 || atomic_load(&s->generation) > 0 || s->checkpoint_damaged;
+    if (s->cfg.enable_checkpoint && changed) {
       bp_status ck = bp__checkpoint_write(s);
       if (ck) bp__log(s, BP_LOG_WARN, "checkpoint not written: %s", bp_last_error()->message);
       if (!st) st = ck;
@@ -387,6 +428,7 @@ bp_status bp_close(bp_store *s) {
   if (s->helpers) {
     bp__pool_stop(s->helpers);
     free(s->helpers);
+    s->helpers = NULL;
   }
   bp__subs_close(s);
   bp__writer_free(s);
@@ -396,8 +438,10 @@ bp_status bp_close(bp_store *s) {
   if (s->cache) {
     bp_cache_sync(s->cache);
     bp_cache_free(s->cache);
+    s->cache = NULL;
   }
   if (s->lock_fd >= 0) bp__os_table.close(s->lock_fd);
+  s->lock_fd = -1;
   pthread_mutex_destroy(&s->seg_lock);
   pthread_mutex_destroy(&s->qlock);
   pthread_mutex_destroy(&s->wlock);
@@ -407,11 +451,14 @@ bp_status bp_close(bp_store *s) {
   pthread_rwlock_destroy(&s->view_lock);
   for (size_t i = 0; i < s->nremaps; i++) free(s->remaps[i].dropped);
   free(s->remaps);
+  s->remaps = NULL;
+  s->nremaps = 0;
   pthread_cond_destroy(&s->qspace);
   pthread_cond_destroy(&s->qidle);
   pthread_cond_destroy(&s->qarrive);
   free(s->dir);
-  free(s);
+  s->dir = NULL;
+  keep_closed(s);
   bp__results_store_closed();
   if (st) bp__set_error(&saved);
   return st;

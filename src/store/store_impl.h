@@ -115,6 +115,10 @@ struct bp_store {
   _Atomic uint32_t sleepers; /* callers parked on committed */
   _Atomic bool leader;      /* a caller is committing the queue (set under qlock) */
   bool closing;
+  /* bp_close has begun: an append that sees it leaves at once, touching
+   * nothing but appending. The handle's memory outlives bp_close for a while
+   * (store.c, "closed handles"), so that such a late call stays safe. */
+  _Atomic bool shut;
   uint32_t drained;         /* appends committed after closing began */
 
   /* the writer (wlock) */
@@ -154,6 +158,7 @@ struct bp_store {
   _Atomic uint64_t durable;
   uint64_t torn_bytes, batch_frames_dropped;
   bp_open_path open_path;
+  bool checkpoint_damaged;  /* open found index.ckpt and ignored it: close rewrites it */
   uint32_t from_sidx, scanned;
   /* Sealed segments whose SIDX footer numbers its events differently from
    * their place in the log (a crash between a retention compaction and the

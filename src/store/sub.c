@@ -340,6 +340,7 @@ struct bp_reactor {
 bp_status bp_emit(bp_emitter *out, const bp_coord *coord, bp_kind kind, const void *payload, size_t len) {
   if (!out || !coord || (!payload && len)) return bp__fail(BP_EINVAL, "bp_emit: NULL argument");
   bp_status st = bp_coord_validate(coord);
+  if (!st) st = bp__kind_check_appendable(kind, "bp_emit");
   if (st) return st;
   if (len > out->max_payload) return bp__fail(BP_ELIMIT, "bp_emit: payload of %zu bytes is too large", len);
   if (out->len == out->cap) {

@@ -646,14 +646,57 @@ static void finish(bp__req *r, bp_status st) {
   if (st) r->err = *bp_last_error();
 }
 
-/* Whether any event of the group will be written (not only idempotent repeats). */
+/* Whether an event's compare-and-swap expectation holds against the index as
+ * it is, after `earlier` events of its own batch to the same entity (the
+ * entity's name is looked up, never interned). */
+static bool expectation_holds(const bp_store *s, const bp_event_in *ev, uint32_t earlier) {
+  const bp_append_options *o = &ev->opts;
+  if (o->expect == BP_EXPECT_ANY) return true;
+  const bp__name *ent = bp__index_find_name(&s->ix, ev->coord.entity, strlen(ev->coord.entity));
+  uint64_t next = (uint64_t)(ent ? ent->next_clock : 0) + earlier;
+  if (o->expect == BP_EXPECT_EMPTY) return next == 0;
+  return next != 0 && next - 1 == o->expected_sequence;
+}
+
+/* Batches up to this size are worked out exactly; a larger one whose
+ * expectations name an entity it appends to earlier counts as writing
+ * (planning decides), to keep this check linear. */
+#define EXACT_BATCH 64
+
+/* Whether a request would write an event if it were planned against the
+ * index as it is. A request is all or nothing: one failed expectation and
+ * it writes nothing. */
+static bool request_writes(const bp_store *s, const bp__req *r) {
+  bool any_new = false;
+  for (size_t j = 0; j < r->n; j++) {
+    const bp_event_in *ev = &r->events[j];
+    uint64_t seq;
+    bp_id key = ev->opts.idempotency_key;
+    if (!bp_id_is_nil(key) && (bp__index_find_id(&s->ix, key, s->ix.count, &seq) || key_seen_before(r->events, j)))
+      continue;
+    uint32_t earlier = 0;
+    if (ev->opts.expect != BP_EXPECT_ANY)
+      for (size_t k = 0; k < j; k++) {
+        const bp_event_in *e = &r->events[k];
+        if (strcmp(e->coord.entity, ev->coord.entity) != 0) continue;
+        if (r->n > EXACT_BATCH) return true;
+        bp_id ek = e->opts.idempotency_key;
+        if (bp_id_is_nil(ek) || !(bp__index_find_id(&s->ix, ek, s->ix.count, &seq) || key_seen_before(r->events, k)))
+          earlier++;
+      }
+    if (!expectation_holds(s, ev, earlier)) return false;
+    any_new = true;
+  }
+  return any_new;
+}
+
+/* Whether any event of the group will be written: not when every request is
+ * an idempotent repeat or refused by its expectation, so that a refused
+ * append creates no segment. Requests are planned in order and a refused one
+ * changes nothing, so until one writes, each sees the index as it is now. */
 static bool group_writes(const bp_store *s, bp__req **group, size_t ng) {
   for (size_t i = 0; i < ng; i++)
-    for (size_t j = 0; j < group[i]->n; j++) {
-      uint64_t seq;
-      bp_id key = group[i]->events[j].opts.idempotency_key;
-      if (bp_id_is_nil(key) || !bp__index_find_id(&s->ix, key, s->ix.count, &seq)) return true;
-    }
+    if (request_writes(s, group[i])) return true;
   return false;
 }
 
@@ -950,7 +993,7 @@ static void free_prep(bp__prep *prep, size_t n, bp__prep *inline_prep) {
 }
 
 static bp_status submit_counted(bp_store *s, const bp_event_in *events, size_t n, bool is_batch,
-                                bp_append_receipt *outs) {
+                                bool library, bp_append_receipt *outs) {
   if (s->readonly) return bp__fail(BP_EREADONLY, "the store was opened read-only");
   if (n == 0) return BP_OK;
   for (size_t i = 0; i < n; i++) {
@@ -958,6 +1001,8 @@ static bp_status submit_counted(bp_store *s, const bp_event_in *events, size_t n
     bp_status st = bp_coord_validate(&ev->coord);
     if (st) return is_batch ? bp__fail_context("batch event %zu", i) : st;
     if (!ev->payload && ev->len > 0) return bp__fail(BP_EINVAL, "append: payload is NULL but len is %zu", ev->len);
+    if (!library && (st = bp__kind_check_appendable(ev->kind, "append")))
+      return is_batch ? bp__fail_context("batch event %zu", i) : st;
     if (ev->len > s->cfg.max_payload_bytes)
       return bp__fail(BP_ELIMIT, "append: payload of %zu bytes exceeds max_payload_bytes (%" PRIu64 ")%s",
                       ev->len, s->cfg.max_payload_bytes, is_batch ? " in a batch" : "");
@@ -1016,11 +1061,19 @@ static bp_status submit_counted(bp_store *s, const bp_event_in *events, size_t n
 
 /* Every append call is counted while it runs (appending), so that bp_close
  * frees the store only after the last caller, committed or refused, has let
- * go of it: a caller still leaves qlock after its append was committed. */
-static bp_status submit(bp_store *s, const bp_event_in *events, size_t n, bool is_batch,
+ * go of it: a caller still leaves qlock after its append was committed. A
+ * call that starts once bp_close has begun is refused at the door. */
+static bp_status submit(bp_store *s, const bp_event_in *events, size_t n, bool is_batch, bool library,
                         bp_append_receipt *outs) {
   atomic_fetch_add_explicit(&s->appending, 1, memory_order_seq_cst);
-  bp_status st = submit_counted(s, events, n, is_batch, outs);
+  /* Paired with bp_close, which sets shut and then waits for appending to
+   * reach 0: either close sees this call counted and waits for it, or this
+   * call sees shut and leaves without touching the store's resources. */
+  if (atomic_load_explicit(&s->shut, memory_order_seq_cst)) {
+    atomic_fetch_sub_explicit(&s->appending, 1, memory_order_release);
+    return bp__fail(BP_ESHUTDOWN, "append: the store is closing or closed");
+  }
+  bp_status st = submit_counted(s, events, n, is_batch, library, outs);
   atomic_fetch_sub_explicit(&s->appending, 1, memory_order_release);
   return st;
 }
@@ -1037,7 +1090,7 @@ bp_status bp_append_with(bp_store *s, const bp_coord *coord, bp_kind kind, const
   ev.payload = payload;
   ev.len = len;
   if (opts) ev.opts = *opts;
-  return submit(s, &ev, 1, false, out);
+  return submit(s, &ev, 1, false, false, out);
 }
 
 bp_status bp_append(bp_store *s, const bp_coord *coord, bp_kind kind, const void *payload, size_t len,
@@ -1085,7 +1138,11 @@ bp_status bp_apply_transition(bp_store *s, const bp_coord *coord, const bp_trans
 
 bp_status bp_append_batch(bp_store *s, const bp_event_in *events, size_t n, bp_append_receipt *outs) {
   if (!s || (!events && n)) return bp__fail(BP_EINVAL, "append batch: NULL argument");
-  return submit(s, events, n, true, outs);
+  return submit(s, events, n, true, false, outs);
+}
+
+bp_status bp__append_batch_library(bp_store *s, const bp_event_in *events, size_t n, bp_append_receipt *outs) {
+  return submit(s, events, n, true, true, outs);
 }
 
 bp_status bp__writer_sync(bp_store *s) {
