@@ -395,8 +395,11 @@ bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off) {
           if (seq != at) st = bp__fail(BP_ECORRUPT, "checkpoint: entry %u has global sequence %" PRIu64, at, seq);
           else if (e->entity >= nstr || e->scope >= nstr)
             st = bp__fail(BP_ECORRUPT, "checkpoint: entry %u: bad string id", at);
-          else if (!g || e->offset + e->length > g->size)
+          else if (!g || e->offset + e->length > g->size) {
             st = bp__fail(BP_ECORRUPT, "checkpoint: entry %u points outside segment %u", at, e->segment_id);
+            s->ckpt_evidence.segment = e->segment_id;
+            s->ckpt_evidence.upto = e->offset + e->length;
+          }
           if (st) break;
           e->entity = idmap[e->entity];
           e->scope = idmap[e->scope];
@@ -421,6 +424,10 @@ bp_status bp__checkpoint_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off) {
     else if (*wm_off > g->size)
       st = bp__fail(BP_ECORRUPT, "checkpoint: watermark offset %" PRIu64 " past the end of segment %" PRIu64,
                     *wm_off, *wm_seg);
+    if (st) {
+      s->ckpt_evidence.segment = *wm_seg;
+      s->ckpt_evidence.upto = *wm_off;
+    }
   }
   if (st && st != BP_ENOMEM) st = BP_ECORRUPT;
 out:

@@ -14,6 +14,19 @@
  *          wall_ms u64 | clock u32 | prev_hash 32 | event_hash 32 |
  *          frame_offset u64 | frame_length u32 | global_sequence u64 |
  *          correlation_id u128 | causation_id u128 (0 = none)
+ *
+ * The seal. The crate's footer has no checksum, so a flipped byte in an entry
+ * would be believed. Footers written here end their string table with one
+ * more string, which no entry refers to and no name can equal (names are C
+ * strings; this one starts with a NUL byte):
+ *
+ *   "\0bpseal1" then the CRC-32 (IEEE) of the footer without that string,
+ *   as 8 lowercase hex digits: 16 bytes, a fixstr
+ *
+ * The CRC covers the string table up to the seal (array header included),
+ * then the entries and the trailer. The crate reads the seal as one more
+ * string of the table and ignores it. A footer without a seal (the crate's,
+ * or one written before seals) is never believed: its segment is scanned.
  */
 #include "store/store_impl.h"
 
@@ -213,28 +226,48 @@ void bp__segments_free(bp_store *s) {
 
 /* ------------------------------------------------------------ SIDX footer */
 
-void bp__segment_renumber_footers(bp_store *s) {
-  for (size_t i = 0; i < s->nstale_footers; i++) {
-    const struct bp__stale_footer *sf = &s->stale_footers[i];
+bool bp__segment_note_fix(bp_store *s, uint64_t id, uint64_t first, uint64_t count, uint64_t frames_end, int why) {
+  if (s->readonly) return true;
+  struct bp__footer_fix *v = realloc(s->footer_fixes, (s->nfooter_fixes + 1) * sizeof *v);
+  if (!v) return false;
+  s->footer_fixes = v;
+  v[s->nfooter_fixes++] = (struct bp__footer_fix){id, first, count, frames_end, why};
+  return true;
+}
+
+bp_status bp__segment_fix_footers(bp_store *s) {
+  static const char *const what[] = {"", "crashed segment finished", "damaged SIDX footer rewritten",
+                                     "SIDX footer renumbered"};
+  bp_status st = BP_OK;
+  for (size_t i = 0; i < s->nfooter_fixes && !st; i++) {
+    const struct bp__footer_fix *x = &s->footer_fixes[i];
     char path[4096];
-    bp__segment_path(s, sf->id, path, sizeof path);
-    uint64_t want = 0, len = 0;
-    int rc = bp__sidx_length(&s->ix, sf->first, sf->first + sf->count, &want);
-    int fd = rc ? -1 : bp__os_table.open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0);
-    struct stat st;
-    if (!rc && fd < 0) rc = errno ? errno : EIO;
-    if (!rc && bp__os_table.fstat(fd, &st) != 0) rc = errno ? errno : EIO;
-    /* Same events, same names: the footer keeps its length. */
-    if (!rc && (uint64_t)st.st_size != sf->frames_end + want) rc = EINVAL;
-    if (!rc) rc = bp__sidx_write(&s->ix, sf->first, sf->first + sf->count, sf->frames_end, fd, &len);
+    bp__segment_path(s, x->id, path, sizeof path);
+    uint64_t len = 0;
+    int fd = bp__os_table.open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0);
+    int rc = fd < 0 ? (errno ? errno : EIO) : 0;
+    /* Written over what follows the frames (a torn tail, zeros allocated
+     * ahead, an old footer), then the file is cut where the footer ends: a
+     * crash in between leaves a footer whose seal does not match, which the
+     * next open rewrites. */
+    if (!rc) rc = bp__sidx_write(&s->ix, x->first, x->first + x->count, x->frames_end, fd, &len);
+    if (!rc && bp__os_table.ftruncate(fd, (off_t)(x->frames_end + len)) != 0) rc = errno ? errno : EIO;
     if (!rc) rc = bp__os_sync(fd, 0);
     if (fd >= 0) bp__os_table.close(fd);
-    if (rc) bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": SIDX footer not renumbered: %s", sf->id, strerror(rc));
-    else bp__log(s, BP_LOG_INFO, "segment %06" PRIu64 ": SIDX footer renumbered", sf->id);
+    if (!rc) {
+      bp__segment_sealed(s, x->id, x->frames_end + len);
+      bp__log(s, BP_LOG_INFO, "segment %06" PRIu64 ": %s (%" PRIu64 " events)", x->id, what[x->why], x->count);
+    } else if (x->why == BP__FIX_CRASHED) {
+      st = bp__fail_errno(BP_EIO, rc, "segment %06" PRIu64 ": finishing the crashed segment (writing its footer)",
+                          x->id);
+    } else {
+      bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": %s failed: %s", x->id, what[x->why], strerror(rc));
+    }
   }
-  free(s->stale_footers);
-  s->stale_footers = NULL;
-  s->nstale_footers = 0;
+  free(s->footer_fixes);
+  s->footer_fixes = NULL;
+  s->nfooter_fixes = 0;
+  return st;
 }
 
 /* A footer is handed to its file in pieces of about this many bytes when it
@@ -266,7 +299,7 @@ static uint32_t *sidx_names(const bp__index *ix, uint64_t first, uint64_t end, b
         order[used++] = ids[k];
       }
   }
-  bp__mp_put_array(b, used);
+  bp__mp_put_array(b, used + 1); /* and the seal */
   for (uint32_t i = 0; i < used; i++) {
     const bp__name *nm = bp__index_name(ix, order[i]);
     bp__mp_put_str(b, nm->str, nm->len);
@@ -275,14 +308,63 @@ static uint32_t *sidx_names(const bp__index *ix, uint64_t first, uint64_t end, b
   return local;
 }
 
+static void put_entry(uint8_t *p, const bp__ientry *e, uint32_t entity, uint32_t scope, uint64_t seq) {
+  bp__put_le64(p, e->event_id.lo);
+  bp__put_le64(p + 8, e->event_id.hi);
+  bp__put_le32(p + 16, entity);
+  bp__put_le32(p + 20, scope);
+  bp__put_le16(p + 24, e->kind);
+  bp__put_le64(p + 26, e->wall_ms);
+  bp__put_le32(p + 34, e->clock);
+  memcpy(p + 38, e->prev_hash, 32);
+  memcpy(p + 70, e->event_hash, 32);
+  bp__put_le64(p + 102, e->offset);
+  bp__put_le32(p + 110, e->length);
+  bp__put_le64(p + 114, seq);
+  bp__put_le64(p + 122, e->correlation_id.lo);
+  bp__put_le64(p + 130, e->correlation_id.hi);
+  bp__put_le64(p + 138, e->causation_id.lo);
+  bp__put_le64(p + 146, e->causation_id.hi);
+}
+
+static void put_trailer(uint8_t *t, uint64_t frames_end, uint64_t count) {
+  bp__put_le64(t, frames_end);
+  bp__put_le32(t + 8, (uint32_t)count);
+  memcpy(t + 12, "SIDX", 4);
+}
+
+/* The seal string's 16 bytes for a CRC. */
+static void seal_text(uint32_t crc, char out[BP__SIDX_SEAL_LEN]) {
+  static const char hex[] = "0123456789abcdef";
+  memcpy(out, BP__SIDX_SEAL_MAGIC, 8);
+  for (int i = 0; i < 8; i++) out[8 + i] = hex[(crc >> (28 - 4 * i)) & 0xF];
+}
+
 /* The footer of entries [first, end) into b; with fd >= 0, b's bytes go to fd
- * at *at whenever they make a piece (the last piece stays in b). Returns 0,
- * ENOMEM, or an errno value of a write. */
+ * at *at whenever they make a piece (the last piece stays in b). The entries
+ * are encoded twice: once for the seal's CRC, which precedes them, then for
+ * good. Returns 0, ENOMEM, or an errno value of a write. */
 static int sidx_emit(const bp__index *ix, uint64_t first, uint64_t end, uint64_t frames_end, bp__buf *b, int fd,
                      uint64_t *at) {
+  size_t table_at = b->len;
   uint32_t *local = sidx_names(ix, first, end, b);
   if (!local) return ENOMEM;
   uint64_t count = end - first;
+  if (!b->oom) {
+    uint32_t crc = bp__crc32(b->data + table_at, b->len - table_at);
+    uint8_t one[BP__SIDX_ENTRY_SIZE];
+    for (uint64_t seq = first; seq < end; seq++) {
+      const bp__ientry *e = bp__index_at(ix, seq);
+      put_entry(one, e, local[e->entity], local[e->scope], seq);
+      crc = bp__crc32_update(crc, one, sizeof one);
+    }
+    uint8_t t[BP__SIDX_TRAILER_SIZE];
+    put_trailer(t, frames_end, count);
+    crc = bp__crc32_update(crc, t, sizeof t);
+    char seal[BP__SIDX_SEAL_LEN];
+    seal_text(crc, seal);
+    bp__mp_put_str(b, seal, sizeof seal);
+  }
   uint64_t per_piece = fd >= 0 ? SIDX_PIECE / BP__SIDX_ENTRY_SIZE : count;
   int rc = 0;
   for (uint64_t seq = first; seq < end && !rc && !b->oom;) {
@@ -290,36 +372,41 @@ static int sidx_emit(const bp__index *ix, uint64_t first, uint64_t end, uint64_t
     if (!bp__buf_reserve(b, k * BP__SIDX_ENTRY_SIZE + BP__SIDX_TRAILER_SIZE)) break;
     for (uint64_t stop = seq + k; seq < stop; seq++) {
       const bp__ientry *e = bp__index_at(ix, seq);
-      uint8_t *p = b->data + b->len;
-      bp__put_le64(p, e->event_id.lo);
-      bp__put_le64(p + 8, e->event_id.hi);
-      bp__put_le32(p + 16, local[e->entity]);
-      bp__put_le32(p + 20, local[e->scope]);
-      bp__put_le16(p + 24, e->kind);
-      bp__put_le64(p + 26, e->wall_ms);
-      bp__put_le32(p + 34, e->clock);
-      memcpy(p + 38, e->prev_hash, 32);
-      memcpy(p + 70, e->event_hash, 32);
-      bp__put_le64(p + 102, e->offset);
-      bp__put_le32(p + 110, e->length);
-      bp__put_le64(p + 114, seq);
-      bp__put_le64(p + 122, e->correlation_id.lo);
-      bp__put_le64(p + 130, e->correlation_id.hi);
-      bp__put_le64(p + 138, e->causation_id.lo);
-      bp__put_le64(p + 146, e->causation_id.hi);
+      put_entry(b->data + b->len, e, local[e->entity], local[e->scope], seq);
       b->len += BP__SIDX_ENTRY_SIZE;
     }
     if (fd >= 0 && seq < end) rc = bp__os_write_buf(fd, b, at);
   }
   if (!rc && !b->oom && bp__buf_reserve(b, BP__SIDX_TRAILER_SIZE)) {
-    uint8_t *t = b->data + b->len;
-    bp__put_le64(t, frames_end);
-    bp__put_le32(t + 8, (uint32_t)count);
-    memcpy(t + 12, "SIDX", 4);
+    put_trailer(b->data + b->len, frames_end, count);
     b->len += BP__SIDX_TRAILER_SIZE;
   }
   free(local);
   return rc ? rc : b->oom ? ENOMEM : 0;
+}
+
+int bp__sidx_seal_check(const uint8_t *table, size_t table_len, const uint8_t *rest, size_t rest_len,
+                        uint32_t *names) {
+  bp__mp_reader r;
+  bp__mp_reader_init(&r, table, table_len);
+  uint32_t n;
+  if (bp__mp_read_array(&r, &n) != BP_OK || n > bp__mp_remaining(&r)) return -1;
+  size_t last_at = 0;
+  const char *str = NULL;
+  uint32_t len = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    last_at = bp__mp_offset(&r);
+    if (bp__mp_read_str(&r, &str, &len) != BP_OK) return -1;
+  }
+  if (bp__mp_remaining(&r) != 0) return -1;
+  *names = n;
+  if (n == 0 || len != BP__SIDX_SEAL_LEN || memcmp(str, BP__SIDX_SEAL_MAGIC, 8) != 0) return 0;
+  *names = n - 1;
+  uint32_t crc = bp__crc32(table, last_at);
+  crc = bp__crc32_update(crc, rest, rest_len);
+  char want[BP__SIDX_SEAL_LEN];
+  seal_text(crc, want);
+  return memcmp(str, want, sizeof want) == 0 ? 1 : 2;
 }
 
 int bp__sidx_length(const bp__index *ix, uint64_t first, uint64_t end, uint64_t *len) {
@@ -327,7 +414,7 @@ int bp__sidx_length(const bp__index *ix, uint64_t first, uint64_t end, uint64_t 
   bp__buf_init(&b);
   uint32_t *local = sidx_names(ix, first, end, &b);
   int rc = local && !b.oom ? 0 : ENOMEM;
-  *len = b.len + (end - first) * BP__SIDX_ENTRY_SIZE + BP__SIDX_TRAILER_SIZE;
+  *len = b.len + 1 + BP__SIDX_SEAL_LEN + (end - first) * BP__SIDX_ENTRY_SIZE + BP__SIDX_TRAILER_SIZE;
   free(local);
   bp__buf_free(&b);
   return rc;
@@ -501,15 +588,20 @@ static void tail_close(tail_bytes *t) {
   t->base = NULL;
 }
 
-/* Reads the footer into entries; false (with a log line saying why) when it
- * is inconsistent with the file. */
-static bool load_sidx(bp_store *s, const bp__segfile *f) {
+/* What became of a footer (load_sidx). */
+enum { SIDX_USED, SIDX_UNSEALED, SIDX_BAD };
+
+/* Reads the footer into entries: SIDX_USED. Otherwise (with a log line
+ * saying why) SIDX_UNSEALED for a footer without a seal, SIDX_BAD for one
+ * that is damaged or inconsistent with the file; nothing was added. */
+static int load_sidx(bp_store *s, const bp__segfile *f) {
   size_t size = f->size;
-  if (size < f->frames_start + BP__SIDX_TRAILER_SIZE) return false;
+  if (size < f->frames_start + BP__SIDX_TRAILER_SIZE) return SIDX_BAD;
   const uint8_t *t = f->trailer;
   uint64_t st_off = bp__get_le64(t);
   uint64_t count = bp__get_le32(t + 8);
   const char *why = NULL;
+  bool unsealed = false;
   uint64_t entries_at = 0;
   tail_bytes footer = {0};
   const uint8_t *d = NULL;   /* d[x] is file offset x, valid for x >= st_off */
@@ -522,13 +614,22 @@ static bool load_sidx(bp_store *s, const bp__segfile *f) {
   if (!tail_open(f, st_off, &footer)) { why = "cannot read the footer"; goto reject; }
   d = footer.at;
 
-  bp__mp_reader r;
-  bp__mp_reader_init(&r, d + st_off, entries_at - st_off);
-  uint32_t nstr;
-  if (bp__mp_read_array(&r, &nstr) != BP_OK || nstr > bp__mp_remaining(&r)) {
-    why = "string table is not a MessagePack array";
+  /* Nothing of a footer is believed before its seal is: names are interned
+   * only once it matched. */
+  uint32_t nstr = 0;
+  switch (bp__sidx_seal_check(d + st_off, entries_at - st_off, d + entries_at, size - entries_at, &nstr)) {
+  case 1: break;
+  case 2: why = "its seal does not match: the footer is damaged"; goto reject;
+  case 0:
+    why = "it has no seal (written by the Rust crate, or before footers were sealed)";
+    unsealed = true;
     goto reject;
+  default: why = "string table is not an array of strings"; goto reject;
   }
+  bp__mp_reader r;
+  uint32_t all;
+  bp__mp_reader_init(&r, d + st_off, entries_at - st_off);
+  if (bp__mp_read_array(&r, &all) != BP_OK) { why = "string table is not a MessagePack array"; goto reject; }
   ids = malloc(sizeof *ids * (nstr ? nstr : 1));
   if (!ids) { why = "out of memory"; goto reject; }
   for (uint32_t i = 0; i < nstr; i++) {
@@ -539,7 +640,6 @@ static bool load_sidx(bp_store *s, const bp__segfile *f) {
     if (bp__index_intern(&s->ix, str, len, &nm) != BP_OK) { why = "out of memory"; break; }
     ids[i] = nm->id;
   }
-  if (!why && bp__mp_remaining(&r) != 0) why = "string table does not end where the entries begin";
 
   /* Check every entry before adding any: frames must tile [frames_start, st_off)
    * exactly. The frames' own length fields are compared for the first, the
@@ -567,11 +667,7 @@ static bool load_sidx(bp_store *s, const bp__segfile *f) {
   uint64_t first = s->ix.count;
   for (uint64_t i = 0; i < count; i++) {
     if (bp__get_le64(d + entries_at + i * BP__SIDX_ENTRY_SIZE + 114) == first + i) continue;
-    struct bp__stale_footer *v = realloc(s->stale_footers, (s->nstale_footers + 1) * sizeof *v);
-    if (v) {
-      s->stale_footers = v;
-      v[s->nstale_footers++] = (struct bp__stale_footer){f->id, first, count, st_off};
-    }
+    bp__segment_note_fix(s, f->id, first, count, st_off, BP__FIX_STALE); /* out of memory: stays stale */
     break;
   }
   for (uint64_t i = 0; i < count; i++) {
@@ -598,18 +694,19 @@ static bool load_sidx(bp_store *s, const bp__segfile *f) {
     if (bp__recover_entry(s, &e) != BP_OK) {
       free(ids);
       tail_close(&footer);
-      return false; /* out of memory: the caller's scan will fail the same way */
+      return SIDX_BAD; /* out of memory: the caller's scan will fail the same way */
     }
   }
   free(ids);
   tail_close(&footer);
-  return true;
+  return SIDX_USED;
 
 reject:
   free(ids);
   tail_close(&footer);
-  bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": SIDX footer ignored (%s); scanning frames", f->id, why);
-  return false;
+  bp__log(s, unsealed ? BP_LOG_INFO : BP_LOG_WARN, "segment %06" PRIu64 ": SIDX footer not used (%s); scanning frames",
+          f->id, why);
+  return unsealed ? SIDX_UNSEALED : SIDX_BAD;
 }
 
 /* Fills an index entry from a decoded frame. */
@@ -636,16 +733,65 @@ static void entry_from_frame(bp__ientry *e, const bp__frame *fr, uint32_t entity
   e->length = len;
 }
 
-bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bool *used_sidx) {
+/* Whether every byte of d[from, end) is zero (space allocated ahead of the
+ * frames, never written). */
+static bool all_zero(const uint8_t *d, size_t from, size_t end) {
+  for (size_t i = from; i < end; i++)
+    if (d[i]) return false;
+  return true;
+}
+
+/* The smallest frame body there is (a frame's map with its keys and an
+ * empty payload takes well over this): shorter lengths are not frames. */
+#define MIN_FRAME_BODY 32u
+
+/* Where the next valid frame (length, CRC and body all good) starts in
+ * d[from, end), or SIZE_MAX: how salvage finds its way past damage. */
+static size_t next_frame_at(const uint8_t *d, size_t from, size_t end) {
+  for (size_t p = from; p < end && end - p >= BP__FRAME_PREFIX + MIN_FRAME_BODY; p++) {
+    uint32_t len = bp__get_be32(d + p);
+    if (len < MIN_FRAME_BODY || len > end - p - BP__FRAME_PREFIX) continue;
+    if (bp__crc32(d + p + BP__FRAME_PREFIX, len) != bp__get_be32(d + p + 4)) continue;
+    bp__frame fr;
+    if (bp__frame_decode_body(d + p + BP__FRAME_PREFIX, len, NULL, &fr) == BP_OK) return p;
+  }
+  return SIZE_MAX;
+}
+
+/* Where the frames of a scanned segment that the index kept end: after the
+ * last entry of segment id, else at its first frame. */
+static uint64_t kept_end(const bp_store *s, const bp__segfile *f, uint64_t *first) {
+  uint64_t n = s->ix.count, k = n;
+  while (k > 0 && bp__index_at(&s->ix, k - 1)->segment_id == (uint32_t)f->id) k--;
+  *first = k;
+  if (k == n) return f->frames_start;
+  const bp__ientry *last = bp__index_at(&s->ix, n - 1);
+  return last->offset + last->length;
+}
+
+bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bool may_tear, bool *used_sidx) {
   *used_sidx = false;
   if (f->torn_header) {
+    if (!may_tear && !s->cfg.salvage)
+      return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 ": only %zu bytes, a header cut short, and later segments hold "
+                      "events: a damaged segment, not a crash (open with salvage to go on without it)",
+                      f->id, f->torn_header);
     bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": header incomplete (%zu bytes); treated as empty", f->id,
             f->torn_header);
     s->torn_bytes += f->torn_header;
   }
-  if (f->fd < 0) return BP_OK;
+  if (f->fd < 0) {
+    /* An empty file: the writer never leaves one (a segment is named only
+     * once its header is durable), so only a crash inside another writer's
+     * creation of the newest segment explains it. */
+    if (!f->torn_header && !may_tear && !s->cfg.salvage)
+      return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " is empty (0 bytes) and later segments hold events: "
+                      "its events are lost (open with salvage to go on without it)", f->id);
+    return BP_OK;
+  }
   uint64_t count_before = s->ix.count;
-  if (f->has_trailer && from_offset <= f->frames_start && load_sidx(s, f)) {
+  int sidx = -1; /* not read: the scan starts past the first frame */
+  if (f->has_trailer && from_offset <= f->frames_start && (sidx = load_sidx(s, f)) == SIDX_USED) {
     *used_sidx = true;
     return BP_OK;
   }
@@ -653,13 +799,24 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
   bp_status mst = segfile_map(s, f);
   if (mst) return mst;
 
-  /* Where the frames end, if the (ignored) footer still says so plausibly. */
-  size_t end = f->size, known_end = 0;
+  /* Where the trailer says the frames end. Not believed blindly: frames are
+   * decoded for as long as they are valid, and the first place that is not
+   * a frame must be that one. */
+  bool claimed = false;
+  size_t claimed_end = 0;
   if (f->has_trailer && f->size >= f->frames_start + BP__SIDX_TRAILER_SIZE) {
     uint64_t st_off = bp__get_le64(f->trailer);
-    if (st_off >= f->frames_start && st_off <= f->size - BP__SIDX_TRAILER_SIZE) known_end = end = st_off;
+    if (st_off >= f->frames_start && st_off <= f->size - BP__SIDX_TRAILER_SIZE) {
+      claimed = true;
+      claimed_end = (size_t)st_off;
+    }
   }
+  size_t end = f->size;
   size_t off = from_offset > f->frames_start ? from_offset : f->frames_start;
+  /* A checkpoint's watermark at or past the end of the frames: nothing left. */
+  bool nothing_left = claimed && off >= claimed_end;
+  bool skipped = false;                /* salvage skipped damage */
+  if (nothing_left) end = off;
   bp_status st = BP_OK;
   const char *damage = NULL;
   uint64_t last_closed = s->ix.count;  /* index count after the last frame outside a batch */
@@ -676,7 +833,9 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
       uint32_t len = bp__get_be32(f->data + off);
       uint32_t crc = bp__get_be32(f->data + off + 4);
       if (len == 0 && crc == 0 && !f->has_trailer) {
-        /* Space the writer allocated ahead of its frames: the data ends here. */
+        /* Space the writer allocated ahead of its frames: the data ends here,
+         * provided nothing but zeros follows. */
+        if (!all_zero(f->data, off, f->size)) { damage = "zeros in the middle of the frames"; break; }
         bp__log(s, BP_LOG_DEBUG, "segment %06" PRIu64 ": frames end at %zu (%zu bytes allocated ahead)", f->id, off,
                 f->size - off);
         end = off;
@@ -700,6 +859,20 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
       if ((st = bp__recover_entry(s, &batch[i]))) return st;
       if (closes[i]) last_closed = s->ix.count;
     }
+    if (damage && s->cfg.salvage) {
+      /* Salvage keeps what it can: past the damage, the next valid frame
+       * (the damaged one's successor when its length survived). */
+      size_t limit = claimed && claimed_end > off ? claimed_end : f->size;
+      size_t next = next_frame_at(f->data, off + 1, limit);
+      if (next != SIZE_MAX) {
+        bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": %s at offset %zu; salvage skips %zu bytes to the frame at %zu",
+                f->id, damage, off, next - off, next);
+        s->torn_bytes += next - off;
+        off = next;
+        damage = NULL;
+        skipped = true;
+      }
+    }
     if (f->mapped && off - released >= (8u << 20)) {
       /* Frames behind the scan are not needed again: let their pages go. */
       size_t upto = off / 4096 * 4096;
@@ -707,15 +880,22 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
       released = upto;
     }
   }
+  if (f->has_trailer) {
+    /* The frames must end exactly where the footer begins. */
+    if (nothing_left || (claimed && off == claimed_end && (damage || off == end))) damage = NULL;
+    else if (!damage) damage = "the frames run into the SIDX footer";
+  }
 
-  if (damage && f->has_trailer && !s->cfg.salvage) {
-    /* A sealed segment must be intact. */
+  if (damage && (f->has_trailer || !may_tear) && !s->cfg.salvage) {
+    /* A sealed segment must be intact, and only the newest segment can have
+     * been cut short by a crash: anywhere else, damage is corruption. */
     bp__index_rollback(&s->ix, count_before);
-    return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " at offset %zu: %s in a sealed segment "
-                    "(open with salvage to keep the events before it)", f->id, off, damage);
+    return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " at offset %zu: %s in a %s segment "
+                    "(open with salvage to keep the events before it)", f->id, off, damage,
+                    f->has_trailer ? "sealed" : "crashed, not the newest,");
   }
   if (damage) {
-    size_t dropped = (known_end ? known_end : f->size) - off;
+    size_t dropped = (claimed && claimed_end >= off ? claimed_end : f->size) - off;
     s->torn_bytes += dropped;
     bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": %s at offset %zu; %zu bytes dropped", f->id, damage,
             off, dropped);
@@ -736,6 +916,17 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
       if (e->wall_ms > nm->last_wall_ms) nm->last_wall_ms = e->wall_ms;
       memcpy(nm->last_hash, e->event_hash, 32);
     }
+  }
+  /* A read-write open seals what it had to scan: a crashed segment (cut to
+   * its last kept frame), and a damaged footer of ours. A footer without a
+   * seal (the crate's) is correct as far as anyone knows, and left alone. */
+  bool crashed = !f->has_trailer && f->size > f->frames_start && !skipped && (!damage || may_tear);
+  if (crashed || (f->has_trailer && sidx == SIDX_BAD && !damage && !skipped)) {
+    uint64_t first;
+    uint64_t frames_end = kept_end(s, f, &first);
+    if (!bp__segment_note_fix(s, f->id, first, s->ix.count - first, frames_end,
+                              crashed ? BP__FIX_CRASHED : BP__FIX_DAMAGED))
+      return bp__fail(BP_ENOMEM, "out of memory noting segment %06" PRIu64 " to finish", f->id);
   }
   return BP_OK;
 }

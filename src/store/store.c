@@ -165,24 +165,69 @@ static uint64_t footer_counts(bp_store *s, const uint64_t *ids, size_t n, size_t
   return total;
 }
 
+/* The place in ids of the newest segment that holds frames (anything after
+ * its header), or 0 when none does: the only one a crash may have left with
+ * a torn tail. Later ones can only be empty or header-only, as another
+ * writer leaves a segment it created before crashing. */
+static size_t newest_with_frames(bp_store *s, const uint64_t *ids, size_t n) {
+  for (size_t i = n; i-- > 0;) {
+    bp__segfile f;
+    if (bp__segfile_open(s, ids[i], &f) != BP_OK) return i; /* the load reports it */
+    bool frames = f.fd >= 0 && f.size > f.frames_start;
+    bp__segfile_close(&f);
+    if (frames) return i;
+  }
+  return 0;
+}
+
 /* Loads segments[from..] (the first from watermark offset wm_off). */
 static bp_status load_segments(bp_store *s, const uint64_t *ids, size_t n, size_t from, uint64_t wm_off) {
   if (n - from > 1) {
     bp_status st = bp__index_reserve(&s->ix, footer_counts(s, ids, n, from));
     if (st) return st;
   }
+  size_t newest = newest_with_frames(s, ids, n);
   for (size_t i = from; i < n; i++) {
     bp__segfile f;
     bp_status st = bp__segfile_open(s, ids[i], &f);
     if (st) return st;
     bool sidx;
-    st = bp__segment_load(s, &f, i == from ? wm_off : 0, &sidx);
+    st = bp__segment_load(s, &f, i == from ? wm_off : 0, i >= newest, &sidx);
     bp__segfile_close(&f);
     if (st) return st;
     if (sidx) s->from_sidx++;
     else s->scanned++;
   }
   return BP_OK;
+}
+
+/* A checkpoint whose CRC holds named a segment that is missing, or events
+ * past a segment's end. Either the checkpoint lies, or the segment lost
+ * events: it is the segment that tells. One that ends in a SIDX trailer was
+ * not cut short (the checkpoint lies: rebuilt from the segments), and the
+ * newest one may have lost unsynced bytes to a power cut. Otherwise the
+ * events are gone: BP_ECORRUPT naming the segment, or with salvage a warning
+ * and a rebuild from what is there. */
+static bp_status check_evidence(bp_store *s, const uint64_t *ids, size_t n) {
+  uint64_t id = s->ckpt_evidence.segment, upto = s->ckpt_evidence.upto;
+  const char *what = NULL;
+  if (!listed(ids, n, id)) {
+    what = "is missing";
+  } else if (id != ids[n - 1]) {
+    bp__segfile f;
+    bp_status st = bp__segfile_open(s, id, &f);
+    if (st) return st;
+    if (!f.has_trailer) what = f.size == 0 ? "is empty" : "has lost its end";
+    bp__segfile_close(&f);
+  }
+  if (!what) return BP_OK;
+  if (s->cfg.salvage) {
+    bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 " %s: index.ckpt lists events in it up to offset %" PRIu64
+            "; salvage goes on with what the segments hold", id, what, upto);
+    return BP_OK;
+  }
+  return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " %s, yet index.ckpt (its CRC intact) lists events in it up to "
+                  "offset %" PRIu64 ": events were lost (open with salvage to keep the rest)", id, what, upto);
 }
 
 static bp_status recover(bp_store *s) {
@@ -211,6 +256,8 @@ static bp_status recover(bp_store *s) {
       if (restored) s->open_path = BP_OPEN_CHECKPOINT;
     } else if (ck == BP_ENOMEM) {
       st = ck; /* a rebuild would need the same memory again */
+    } else if (s->ckpt_evidence.segment && (st = check_evidence(s, ids, n))) {
+      /* events the checkpoint proves were written are gone */
     } else if (ck != BP_ENOTFOUND || bp_last_error()->sys_errno != ENOENT) {
       bp__log(s, BP_LOG_WARN, "checkpoint ignored, rebuilding the index: %s", bp_last_error()->message);
       s->checkpoint_damaged = true;
@@ -221,7 +268,9 @@ static bp_status recover(bp_store *s) {
       st = bp__index_init(&s->ix);
       s->from_sidx = s->scanned = 0;
       s->torn_bytes = s->batch_frames_dropped = 0;
-      s->nstale_footers = 0;
+      free(s->footer_fixes);
+      s->footer_fixes = NULL;
+      s->nfooter_fixes = 0;
     }
   }
   if (!st && !restored) {
@@ -305,9 +354,7 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
     }
   }
   if ((st = recover(s))) goto fail;
-  if (!readonly) bp__segment_renumber_footers(s);
-  free(s->stale_footers);
-  s->stale_footers = NULL;
+  if (!readonly && (st = bp__segment_fix_footers(s))) goto fail;
   /* Helpers for large reads: one thread fewer than asked (the caller is
    * one), at most one per CPU; without memory for them, callers work alone. */
   uint32_t threads = cpus > 0 && (long)cfg->query_threads > cpus ? (uint32_t)cpus : cfg->query_threads;
@@ -327,7 +374,7 @@ fail:;
   bp__buf_free(&s->wbuf);
   pthread_mutex_destroy(&s->compact_lock);
   pthread_rwlock_destroy(&s->view_lock);
-  free(s->stale_footers);
+  free(s->footer_fixes);
   free(s->dir);
   free(s);
   bp__set_error(&saved);

@@ -37,6 +37,8 @@
 #define BP__SEGMENT_NEW_SUFFIX ".new"     /* after NNNNNN.fbat: a segment before its header is durable */
 #define BP__SIDX_ENTRY_SIZE 154u
 #define BP__SIDX_TRAILER_SIZE 16u
+#define BP__SIDX_SEAL_MAGIC "\0bpseal1"     /* 8 bytes: the seal string's start (segment.c) */
+#define BP__SIDX_SEAL_LEN 16u
 
 typedef struct bp__segment {
   uint64_t id;
@@ -159,14 +161,24 @@ struct bp_store {
   uint64_t torn_bytes, batch_frames_dropped;
   bp_open_path open_path;
   bool checkpoint_damaged;  /* open found index.ckpt and ignored it: close rewrites it */
+  /* A checkpoint whose CRC holds but which names a segment that is missing,
+   * or events past a segment's end (checkpoint.c): either it lies, or that
+   * segment lost events. Recovery tells which (store.c). 0: none. */
+  struct {
+    uint64_t segment, upto;
+  } ckpt_evidence;
   uint32_t from_sidx, scanned;
-  /* Sealed segments whose SIDX footer numbers its events differently from
-   * their place in the log (a crash between a retention compaction and the
-   * rewrite of a later footer): rewritten after a read-write open. */
-  struct bp__stale_footer {
+  /* Segments whose SIDX footer a read-write open writes anew once recovery
+   * is done (segment.c, bp__segment_fix_footers): a crashed segment (no
+   * footer: its torn or zero tail is cut off), a footer of ours that is
+   * damaged, and one that numbers its events differently from their place in
+   * the log (a crash between a retention compaction and the rewrite of a
+   * later footer). */
+  struct bp__footer_fix {
     uint64_t id, first, count, frames_end;
-  } *stale_footers;
-  size_t nstale_footers;
+    int why;                /* BP__FIX_CRASHED, _DAMAGED or _STALE */
+  } *footer_fixes;
+  size_t nfooter_fixes;
 };
 
 static inline bool bp__has_suffix(const char *name, const char *suffix) {
@@ -215,6 +227,14 @@ bp_status bp__sidx_encode(const bp__index *ix, uint64_t first, uint64_t end, uin
 /* Writes that footer to fd right after the frames (at frames_end), a piece
  * at a time, its length in *len. Returns 0, ENOMEM or an errno value. */
 int bp__sidx_write(const bp__index *ix, uint64_t first, uint64_t end, uint64_t frames_end, int fd, uint64_t *len);
+/* Checks a footer's seal. table is its string table (table_len bytes, up to
+ * the entries), rest the entries and the trailer. Returns 1 when the last
+ * string is a seal that matches, 2 when it is a seal that does not (the
+ * footer is damaged), 0 when there is no seal, -1 when the table does not
+ * decode; *names is the number of strings before the seal (every string when
+ * there is none). */
+int bp__sidx_seal_check(const uint8_t *table, size_t table_len, const uint8_t *rest, size_t rest_len,
+                        uint32_t *names);
 /* That footer's length in bytes, without encoding its entries (they have a
  * fixed size). Returns 0 or ENOMEM. */
 int bp__sidx_length(const bp__index *ix, uint64_t first, uint64_t end, uint64_t *len);
@@ -240,15 +260,24 @@ typedef struct bp__segfile {
 bp_status bp__segfile_open(bp_store *s, uint64_t id, bp__segfile *f);
 void bp__segfile_close(bp__segfile *f);
 /* Adds the segment's events to the index: from its SIDX footer when that is
- * present, consistent and from_offset is the first frame; else by scanning
- * frames from from_offset. Torn tails of unsealed segments and interrupted
- * batches are dropped (counted in the store's diagnostics).
- * Errors: BP_ECORRUPT (a damaged sealed segment without cfg.salvage). */
-bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bool *used_sidx);
-/* Rewrites, in place, the SIDX footers recorded in stale_footers with the
- * global sequences of the index (read-write open, after recovery). Failures
- * are logged: loading never relies on those fields. */
-void bp__segment_renumber_footers(bp_store *s);
+ * present, sealed, consistent and from_offset is the first frame; else by
+ * scanning frames from from_offset. may_tear says the segment is the newest
+ * one holding frames: only there may a crash have left a torn tail, which is
+ * dropped (counted in the store's diagnostics), as are interrupted batches.
+ * A read-write open notes the footers to write (footer_fixes).
+ * Errors: BP_ECORRUPT (damage in a sealed segment, or anywhere in a segment
+ * that is not the newest, without cfg.salvage; the message names segment and
+ * offset). */
+bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bool may_tear, bool *used_sidx);
+enum { BP__FIX_CRASHED = 1, BP__FIX_DAMAGED, BP__FIX_STALE };
+/* Writes the footers recorded in footer_fixes: each after its segment's
+ * frames, the file cut to its end, fsynced. Errors: BP_EIO when a crashed
+ * segment cannot be finished (a store must not grow past an unsealed
+ * segment); the other fixes only log a failure (loading never relies on
+ * them, and the next open tries again). */
+bp_status bp__segment_fix_footers(bp_store *s);
+/* Records a footer to write; false when out of memory. */
+bool bp__segment_note_fix(bp_store *s, uint64_t id, uint64_t first, uint64_t count, uint64_t frames_end, int why);
 /* Adds one recovered entry to the index and the entity's chain head. */
 bp_status bp__recover_entry(bp_store *s, bp__ientry *e);
 

@@ -111,9 +111,30 @@ static void check_footer(vctx *v, const char *where, const uint8_t *d, size_t si
   }
   bool ok = true;
   for (uint32_t i = 0; ok && i < nstr; i++) ok = bp__mp_read_str(&r, &strs[i], &lens[i]) == BP_OK;
+  uint32_t names = nstr;
+  int seal = ok && bp__mp_remaining(&r) == 0
+                 ? bp__sidx_seal_check(d + st_off, entries_at - st_off, d + entries_at, size - entries_at, &names)
+                 : -1;
   if (!ok || bp__mp_remaining(&r) != 0) {
     problem(v, where, "SIDX footer: the string table does not decode");
   } else {
+    if (seal == 2) problem(v, where, "SIDX footer: its seal does not match (the footer is damaged)");
+    /* Every name is some entry's entity or scope: a string no entry uses
+     * (a seal whose start is damaged, say) is not a footer's. */
+    uint8_t *used = calloc(names ? names : 1, 1);
+    if (!used) v->oom = true;
+    for (uint64_t i = 0; used && i < count; i++) {
+      const uint8_t *p = d + entries_at + i * BP__SIDX_ENTRY_SIZE;
+      uint32_t ei = bp__get_le32(p + 16), si = bp__get_le32(p + 20);
+      if (ei < names) used[ei] = 1;
+      if (si < names) used[si] = 1;
+    }
+    for (uint32_t i = 0; used && i < names; i++)
+      if (!used[i]) {
+        problem(v, where, "SIDX footer: string %u of the table is used by no entry", i);
+        break;
+      }
+    free(used);
     for (uint64_t i = 0; i < count && i < nfr; i++) {
       const uint8_t *p = d + entries_at + i * BP__SIDX_ENTRY_SIZE;
       const bp__frame *f = &fr[i].f;
@@ -123,8 +144,8 @@ static void check_footer(vctx *v, const char *where, const uint8_t *d, size_t si
       bp_id caus = {bp__get_le64(p + 146), bp__get_le64(p + 138)};
       const char *bad = NULL;
       if (!bp_id_eq(id, f->header.event_id)) bad = "event_id";
-      else if (ei >= nstr || lens[ei] != f->entity_len || memcmp(strs[ei], f->entity, f->entity_len)) bad = "entity";
-      else if (si >= nstr || lens[si] != f->scope_len || memcmp(strs[si], f->scope, f->scope_len)) bad = "scope";
+      else if (ei >= names || lens[ei] != f->entity_len || memcmp(strs[ei], f->entity, f->entity_len)) bad = "entity";
+      else if (si >= names || lens[si] != f->scope_len || memcmp(strs[si], f->scope, f->scope_len)) bad = "scope";
       else if (bp__get_le16(p + 24) != f->header.kind) bad = "kind";
       else if (bp__get_le64(p + 26) != f->header.position.wall_ms) bad = "wall_ms";
       else if (bp__get_le32(p + 34) != f->header.position.sequence) bad = "clock";
