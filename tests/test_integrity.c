@@ -14,6 +14,7 @@
 #include <pthread.h>
 #include <stdatomic.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 typedef tu_store_fixture fixture;
@@ -332,8 +333,317 @@ static void refused_appends_and_idle_opens_leave_every_file_as_it_was(void **sta
   image_free(&before);
 }
 
+/* ------------------------------------------------------------ SIDX footers */
+
+typedef struct log_capture {
+  char text[8192];
+} log_capture;
+
+static void capture_log(int level, const char *msg, void *ctx) {
+  log_capture *c = ctx;
+  if (level > BP_LOG_INFO) return;
+  size_t n = strlen(c->text);
+  snprintf(c->text + n, sizeof c->text - n, "%s\n", msg);
+}
+
+static tu_image image_of(const bp_config *cfg, bool readonly) {
+  bp_store *s;
+  if (readonly) assert_ok(bp_open_readonly(cfg, &s));
+  else assert_ok(bp_open(cfg, &s));
+  tu_image im;
+  tu_image_take(s, &im);
+  assert_ok(bp_close(s));
+  return im;
+}
+
+static void assert_same_image(const tu_image *got, const tu_image *want, const char *what) {
+  const char *d = tu_image_diff(got, want, false, NULL);
+  if (d) fail_msg("%s: %s", what, d);
+}
+
+/* Where entry k of the footer of a segment file starts. */
+static size_t footer_entry_at(const uint8_t *d, size_t n, uint32_t k) {
+  uint32_t count = bp__get_le32(d + n - 8);
+  assert_true(k < count);
+  return n - 16 - (size_t)(count - k) * BP__SIDX_ENTRY_SIZE;
+}
+
+static const struct {
+  const char *field;
+  size_t at;
+} ENTRY_FIELDS[] = {{"event_id", 3},   {"entity", 16},     {"scope", 20},        {"kind", 25},
+                    {"wall_ms", 27},   {"clock", 34},      {"prev_hash", 50},    {"event_hash", 80},
+                    {"frame offset", 102}, {"frame length", 110}, {"global_sequence", 114},
+                    {"correlation_id", 125}, {"causation_id", 140}};
+
+/* A flipped byte in any field of an entry of a sealed footer of ours breaks
+ * its seal: the segment is scanned (the reason logged), every event shows
+ * as it was, and a read-write open writes the footer anew. */
+static void damaged_footer_entry_is_never_believed_and_is_rewritten(void **state) {
+  fixture *f = *state;
+  f->cfg.enable_checkpoint = false;
+  f->cfg.segment_max_bytes = 1024;
+  bp_store *s = open_ok(&f->cfg);
+  for (int i = 0; i < 12; i++) {
+    char e[16];
+    snprintf(e, sizeof e, "thing:%d", i % 3);
+    bp_coord c = {e, i % 2 ? "odd" : "even"};
+    bp_append_options o;
+    memset(&o, 0, sizeof o);
+    o.causation_id = bp_id_v7();
+    assert_ok(bp_append_with(s, &c, (bp_kind)(0x1001 + i % 3), "payload of some length", 22, &o, NULL));
+  }
+  assert_ok(bp_close(s));
+  tu_image want = image_of(&f->cfg, true);
+  char seg[4300];
+  snprintf(seg, sizeof seg, "%s/000001.fbat", f->dir);
+  size_t n;
+  uint8_t *orig = tu_read_file(seg, &n);
+  assert_non_null(orig);
+  assert_memory_equal(orig + n - 4, "SIDX", 4);
+  size_t entry = footer_entry_at(orig, n, 1);
+  for (size_t i = 0; i < sizeof ENTRY_FIELDS / sizeof *ENTRY_FIELDS; i++) {
+    tu_flip_byte(seg, (long)(entry + ENTRY_FIELDS[i].at), 0x01);
+    log_capture cap = {{0}};
+    bp_config cfg = f->cfg;
+    cfg.log_fn = capture_log;
+    cfg.log_ctx = &cap;
+    tu_image got = image_of(&cfg, true);
+    assert_same_image(&got, &want, ENTRY_FIELDS[i].field);
+    tu_image_free(&got);
+    if (!strstr(cap.text, "000001: SIDX footer not used (its seal does not match"))
+      fail_msg("%s flipped: the log does not say the footer was not used:\n%s", ENTRY_FIELDS[i].field, cap.text);
+    got = image_of(&cfg, false);
+    assert_same_image(&got, &want, ENTRY_FIELDS[i].field);
+    tu_image_free(&got);
+    size_t m;
+    uint8_t *now = tu_read_file(seg, &m);
+    if (m != n || memcmp(now, orig, n) != 0) fail_msg("%s flipped: the footer was not rewritten", ENTRY_FIELDS[i].field);
+    free(now);
+  }
+  free(orig);
+  tu_image_free(&want);
+}
+
+/* The crate's footers have no seal: one flipped field in an entry would be
+ * believed, so they are not read at all; the segment is scanned. */
+static void crate_footer_with_a_flipped_field_is_not_believed(void **state) {
+  fixture *f = *state;
+  char src[4096];
+  tu_fixture_path("basic", "", src, sizeof src);
+  tu_copy_dir(src, f->dir);
+  char p[4300];
+  snprintf(p, sizeof p, "%s/index.ckpt", f->dir);
+  assert_int_equal(unlink(p), 0);
+  f->cfg.enable_checkpoint = false;
+  tu_image want = image_of(&f->cfg, true);
+  snprintf(p, sizeof p, "%s/000002.fbat", f->dir);
+  size_t n;
+  uint8_t *d = tu_read_file(p, &n);
+  size_t entry = footer_entry_at(d, n, 0);
+  free(d);
+  for (size_t i = 0; i < sizeof ENTRY_FIELDS / sizeof *ENTRY_FIELDS; i++) {
+    if (ENTRY_FIELDS[i].at >= 102 && ENTRY_FIELDS[i].at < 122) continue; /* positions: checked against the file */
+    tu_flip_byte(p, (long)(entry + ENTRY_FIELDS[i].at), 0x01);
+    tu_image got = image_of(&f->cfg, true);
+    assert_same_image(&got, &want, ENTRY_FIELDS[i].field);
+    tu_image_free(&got);
+    tu_flip_byte(p, (long)(entry + ENTRY_FIELDS[i].at), 0x01);
+  }
+  tu_image_free(&want);
+}
+
+/* ------------------------------------------------------- crashed segments */
+
+/* A child appends n durable events to the store and dies without closing. */
+static void crash_after_appending(const bp_config *base, int n) {
+  pid_t pid = fork();
+  if (pid == 0) {
+    bp_config cfg = *base;
+    cfg.sync_every_n_events = 1;
+    bp_store *s;
+    if (bp_open(&cfg, &s)) _exit(1);
+    for (int i = 0; i < n; i++) {
+      char text[32];
+      int len = snprintf(text, sizeof text, "crash payload %d", i);
+      bp_coord c = {"crashed:1", "crash"};
+      if (bp_append(s, &c, 0x1001, text, (size_t)len, NULL)) _exit(2);
+    }
+    _exit(0);
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
+static uint8_t *read_segment(const char *dir, int id, size_t *n) {
+  char p[4300];
+  snprintf(p, sizeof p, "%s/%06d.fbat", dir, id);
+  uint8_t *d = tu_read_file(p, n);
+  assert_non_null(d);
+  return d;
+}
+
+/* A read-write open after a crash seals the crashed segment (its zero tail
+ * cut, its footer written and fsynced), so that damage found in it later is
+ * corruption: the events after the damage are not dropped as a torn tail. */
+static void crashed_segment_is_finished_and_later_damage_is_not_a_torn_tail(void **state) {
+  fixture *f = *state;
+  f->cfg.enable_checkpoint = false;
+  f->cfg.log_fn = no_log;
+  crash_after_appending(&f->cfg, 10);
+  size_t n;
+  uint8_t *d = read_segment(f->dir, 1, &n);
+  assert_memory_not_equal(d + n - 4, "SIDX", 4);
+  free(d);
+  bp_store *s = open_ok(&f->cfg);
+  bp_coord c = {"after:1", "crash"};
+  assert_ok(bp_append(s, &c, 0x1001, "later", 5, NULL));
+  tu_image want;
+  tu_image_take(s, &want);
+  assert_ok(bp_close(s));
+  assert_int_equal(want.n, 11);
+  d = read_segment(f->dir, 1, &n);
+  assert_memory_equal(d + n - 4, "SIDX", 4);
+  uint64_t st_off = bp__get_le64(d + n - 16);
+  assert_int_equal(st_off, want.v[9].entry.disk_pos.offset + want.v[9].entry.disk_pos.length);
+  free(d);
+  tu_assert_verifies(f->dir, "after the crashed segment was finished");
+  /* Damage in the fifth event's frame: a read error, never lost events. */
+  char p[4300];
+  snprintf(p, sizeof p, "%s/000001.fbat", f->dir);
+  tu_flip_byte(p, (long)(want.v[4].entry.disk_pos.offset + 12), 0x20);
+  for (int cp = 0; cp < 2; cp++) {
+    f->cfg.enable_checkpoint = cp;
+    bp_store *r;
+    bp_status st = bp_open_readonly(&f->cfg, &r);
+    if (st == BP_ECORRUPT) continue;
+    assert_ok(st);
+    tu_image got;
+    tu_image_take(r, &got);
+    assert_ok(bp_close(r));
+    size_t read_fail = 0;
+    const char *diff = tu_image_diff(&got, &want, true, &read_fail);
+    if (diff) fail_msg("checkpoint %d: %s", cp, diff);
+    assert_int_equal(read_fail, 1);
+    tu_image_free(&got);
+  }
+  tu_image_free(&want);
+}
+
+/* An unsealed segment that is not the newest (left by a crash under an
+ * earlier version, which never finished it) may not lose its tail: damage
+ * in it fails the open, naming the segment. */
+static void damage_in_an_unsealed_segment_before_the_newest_is_corruption(void **state) {
+  fixture *f = *state;
+  f->cfg.enable_checkpoint = false;
+  f->cfg.log_fn = no_log;
+  crash_after_appending(&f->cfg, 10);
+  size_t n;
+  uint8_t *crashed = read_segment(f->dir, 1, &n);
+  bp_store *s = open_ok(&f->cfg);
+  tu_image want;
+  bp_coord c = {"after:1", "crash"};
+  assert_ok(bp_append(s, &c, 0x1001, "later", 5, NULL));
+  tu_image_take(s, &want);
+  assert_ok(bp_close(s));
+  /* Put the crashed segment back as the crash left it. */
+  char p[4300];
+  snprintf(p, sizeof p, "%s/000001.fbat", f->dir);
+  FILE *fp = fopen(p, "wb");
+  assert_int_equal(fwrite(crashed, 1, n, fp), n);
+  fclose(fp);
+  free(crashed);
+  tu_image got = image_of(&f->cfg, true);
+  assert_same_image(&got, &want, "unsealed segment before the newest, intact");
+  tu_image_free(&got);
+  tu_flip_byte(p, (long)(want.v[4].entry.disk_pos.offset + 12), 0x20);
+  bp_store *r = NULL;
+  assert_status(bp_open_readonly(&f->cfg, &r), BP_ECORRUPT);
+  assert_non_null(strstr(bp_last_error()->message, "segment 000001"));
+  assert_status(bp_open(&f->cfg, &r), BP_ECORRUPT);
+  f->cfg.salvage = true;
+  assert_ok(bp_open_readonly(&f->cfg, &r));
+  bp_store_stats st;
+  bp_stats(r, &st);
+  assert_int_equal(st.event_count, 10); /* salvage skips the damaged frame and keeps the rest */
+  assert_ok(bp_close(r));
+  tu_image_free(&want);
+}
+
+/* ------------------------------------------------ missing sealed segments */
+
+/* A sealed segment in the middle of the store that is deleted, emptied or
+ * cut short, while a checkpoint whose CRC holds lists events in it: the
+ * open fails BP_ECORRUPT naming it, on every path; salvage opens what is
+ * left. */
+static void missing_emptied_or_cut_sealed_segment_fails_naming_it(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 1024;
+  f->cfg.log_fn = no_log;
+  bp_store *s = open_ok(&f->cfg);
+  bp_append_receipt last_in_2 = {0};
+  for (int i = 0; i < 30; i++) {
+    char text[64];
+    int len = snprintf(text, sizeof text, "event number %d with some bytes", i);
+    bp_coord c = {"thing:1", "scope"};
+    bp_append_receipt r;
+    assert_ok(bp_append(s, &c, 0x1001, text, (size_t)len, &r));
+    if (r.disk_pos.segment_id == 2) last_in_2 = r;
+  }
+  assert_ok(bp_close(s));
+  assert_int_equal(last_in_2.disk_pos.segment_id, 2);
+  char *copy = tu_make_temp_dir("intact");
+  tu_copy_dir(f->dir, copy);
+  char p[4300];
+  snprintf(p, sizeof p, "%s/000002.fbat", f->dir);
+  const struct {
+    const char *damage;
+    long size; /* -1: deleted */
+  } cases[] = {{"deleted", -1},
+               {"emptied", 0},
+               {"cut in a frame", (long)last_in_2.disk_pos.offset + 9},
+               {"cut at a frame's start", (long)last_in_2.disk_pos.offset}};
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    tu_remove_tree(f->dir);
+    tu_copy_dir(copy, f->dir);
+    if (cases[i].size < 0) assert_int_equal(unlink(p), 0);
+    else assert_int_equal(truncate(p, cases[i].size), 0);
+    for (int ro = 0; ro < 2; ro++) {
+      f->cfg.salvage = false;
+      bp_store *r = NULL;
+      bp_status st = ro ? bp_open_readonly(&f->cfg, &r) : bp_open(&f->cfg, &r);
+      if (st != BP_ECORRUPT)
+        fail_msg("segment 2 %s, %s open: %s, expected BP_ECORRUPT", cases[i].damage, ro ? "read-only" : "read-write",
+                 bp_status_name(st));
+      if (!strstr(bp_last_error()->message, "000002"))
+        fail_msg("segment 2 %s: the message does not name it: %s", cases[i].damage, bp_last_error()->message);
+    }
+    f->cfg.salvage = true;
+    bp_store *r;
+    assert_ok(bp_open_readonly(&f->cfg, &r));
+    bp_store_stats st;
+    bp_stats(r, &st);
+    assert_true(st.event_count < 30);
+    assert_ok(bp_close(r));
+    f->cfg.salvage = false;
+  }
+  tu_remove_tree(copy);
+  free(copy);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(damaged_footer_entry_is_never_believed_and_is_rewritten, tu_store_setup,
+                                      tu_store_teardown),
+      cmocka_unit_test_setup_teardown(crate_footer_with_a_flipped_field_is_not_believed, tu_store_setup,
+                                      tu_store_teardown),
+      cmocka_unit_test_setup_teardown(crashed_segment_is_finished_and_later_damage_is_not_a_torn_tail, tu_store_setup,
+                                      tu_store_teardown),
+      cmocka_unit_test_setup_teardown(damage_in_an_unsealed_segment_before_the_newest_is_corruption, tu_store_setup,
+                                      tu_store_teardown),
+      cmocka_unit_test_setup_teardown(missing_emptied_or_cut_sealed_segment_fails_naming_it, tu_store_setup,
+                                      tu_store_teardown),
       cmocka_unit_test_setup_teardown(reserved_kinds_are_refused_on_every_append_path, tu_store_setup,
                                       tu_store_teardown),
       cmocka_unit_test_setup_teardown(coordinates_that_are_not_utf8_fail_ecoord, tu_store_setup, tu_store_teardown),

@@ -231,3 +231,107 @@ int tu_store_teardown(void **state) {
   free(f);
   return 0;
 }
+
+/* ------------------------------------------------------------ store images */
+
+void tu_image_take(bp_store *s, tu_image *out) {
+  bp_region all = bp_region_all();
+  bp_entries e;
+  assert_ok(bp_query(s, &all, &e));
+  out->n = e.len;
+  out->v = calloc(e.len ? e.len : 1, sizeof *out->v);
+  for (size_t i = 0; i < e.len; i++) {
+    tu_shown *w = &out->v[i];
+    w->entry = e.items[i];
+    snprintf(w->entity, sizeof w->entity, "%s", e.items[i].entity);
+    snprintf(w->scope, sizeof w->scope, "%s", e.items[i].scope);
+    w->entry.entity = w->entity;
+    w->entry.scope = w->scope;
+    bp_event *ev;
+    w->get = bp_get(s, e.items[i].event_id, &ev);
+    if (w->get) continue;
+    w->header = ev->header;
+    snprintf(w->ev_entity, sizeof w->ev_entity, "%s", ev->entity);
+    snprintf(w->ev_scope, sizeof w->ev_scope, "%s", ev->scope);
+    w->has_chain = ev->has_hash_chain;
+    w->chain = ev->hash_chain;
+    w->payload_len = ev->payload_len;
+    w->payload = malloc(ev->payload_len ? ev->payload_len : 1);
+    memcpy(w->payload, ev->payload, ev->payload_len);
+    bp_event_free(ev);
+  }
+  bp_entries_free(&e);
+}
+
+void tu_image_free(tu_image *im) {
+  for (size_t i = 0; i < im->n; i++) free(im->v[i].payload);
+  free(im->v);
+  im->v = NULL;
+  im->n = 0;
+}
+
+static const char *entry_diff(const bp_entry *a, const bp_entry *b) {
+  if (!bp_id_eq(a->event_id, b->event_id)) return "event_id";
+  if (!bp_id_eq(a->correlation_id, b->correlation_id)) return "correlation_id";
+  if (!bp_id_eq(a->causation_id, b->causation_id)) return "causation_id";
+  if (strcmp(a->entity, b->entity)) return "entity";
+  if (strcmp(a->scope, b->scope)) return "scope";
+  if (a->kind != b->kind) return "kind";
+  if (a->wall_ms != b->wall_ms) return "wall_ms";
+  if (a->clock != b->clock) return "clock";
+  if (memcmp(a->hash_chain.prev_hash, b->hash_chain.prev_hash, 32)) return "prev_hash";
+  if (memcmp(a->hash_chain.event_hash, b->hash_chain.event_hash, 32)) return "event_hash";
+  if (a->global_sequence != b->global_sequence) return "global_sequence";
+  if (a->disk_pos.segment_id != b->disk_pos.segment_id || a->disk_pos.offset != b->disk_pos.offset ||
+      a->disk_pos.length != b->disk_pos.length)
+    return "disk_pos";
+  return NULL;
+}
+
+static const char *event_diff(const tu_shown *a, const tu_shown *b) {
+  const bp_header *x = &a->header, *y = &b->header;
+  if (!bp_id_eq(x->event_id, y->event_id)) return "header.event_id";
+  if (!bp_id_eq(x->correlation_id, y->correlation_id)) return "header.correlation_id";
+  if (!bp_id_eq(x->causation_id, y->causation_id)) return "header.causation_id";
+  if (x->timestamp_us != y->timestamp_us) return "header.timestamp_us";
+  if (x->position.wall_ms != y->position.wall_ms || x->position.counter != y->position.counter ||
+      x->position.depth != y->position.depth || x->position.lane != y->position.lane ||
+      x->position.sequence != y->position.sequence)
+    return "header.position";
+  if (x->payload_size != y->payload_size) return "header.payload_size";
+  if (x->kind != y->kind) return "header.kind";
+  if (x->flags != y->flags) return "header.flags";
+  if (memcmp(x->content_hash, y->content_hash, 32)) return "header.content_hash";
+  if (strcmp(a->ev_entity, b->ev_entity)) return "event entity";
+  if (strcmp(a->ev_scope, b->ev_scope)) return "event scope";
+  if (a->has_chain != b->has_chain || memcmp(a->chain.prev_hash, b->chain.prev_hash, 32) ||
+      memcmp(a->chain.event_hash, b->chain.event_hash, 32))
+    return "hash chain";
+  if (a->payload_len != b->payload_len || memcmp(a->payload, b->payload, a->payload_len)) return "payload";
+  return NULL;
+}
+
+const char *tu_image_diff(const tu_image *got, const tu_image *want, bool reads_may_fail, size_t *read_failures) {
+  static char why[256];
+  if (got->n != want->n) {
+    snprintf(why, sizeof why, "%zu events listed, %zu expected", got->n, want->n);
+    return why;
+  }
+  for (size_t i = 0; i < got->n; i++) {
+    const tu_shown *a = &got->v[i], *b = &want->v[i];
+    const char *d = entry_diff(&a->entry, &b->entry);
+    if (!d && a->get != b->get) {
+      if (reads_may_fail && (a->get == BP_ECRC || a->get == BP_ECORRUPT) && b->get == BP_OK) {
+        if (read_failures) (*read_failures)++;
+        continue;
+      }
+      d = "bp_get status";
+    }
+    if (!d && a->get == BP_OK) d = event_diff(a, b);
+    if (d) {
+      snprintf(why, sizeof why, "event %zu: %s differs", i, d);
+      return why;
+    }
+  }
+  return NULL;
+}

@@ -84,6 +84,33 @@ void tu_fixstr_text(const bp_event *ev, char *text, size_t size);
  * sequence `count` (its event count), closes cleanly and verifies. */
 void tu_finish_after_crash(bp_store *s, uint64_t count, const char *dir, const char *what);
 
+/* ---- everything a store shows, for comparing two opens of it ---- */
+/* One event as the store shows it: its entry (the index) and its event (the
+ * frame), or the status bp_get returned for it. */
+typedef struct tu_shown {
+  bp_entry entry;           /* entity and scope point into the names below */
+  char entity[256], scope[256];
+  bp_status get;            /* bp_get's status; the fields below when BP_OK */
+  bp_header header;
+  char ev_entity[256], ev_scope[256];
+  bool has_chain;
+  bp_hash_chain chain;
+  uint8_t *payload;
+  size_t payload_len;
+} tu_shown;
+typedef struct tu_image {
+  tu_shown *v;
+  size_t n;
+} tu_image;
+/* Every event of the store in global order, each field of entry and event. */
+void tu_image_take(bp_store *s, tu_image *out);
+void tu_image_free(tu_image *im);
+/* NULL when got shows exactly what want does; else a description of the
+ * first difference (a static buffer). An event that got could not read
+ * (bp_get failed ECRC or ECORRUPT) but lists identically counts as the same
+ * when reads_may_fail is set, and is counted in *read_failures. */
+const char *tu_image_diff(const tu_image *got, const tu_image *want, bool reads_may_fail, size_t *read_failures);
+
 /* ---- fixture manifests (json-c) ---- */
 struct json_object;
 /* Parses tests/data/fixtures/<name>/manifest.json. Free with json_object_put. */
