@@ -6,6 +6,7 @@
  * per class; each failed on the code before its fix.
  */
 #include "testutil.h"
+#include "store/os.h"
 #include "store/store_impl.h"
 
 #include <dirent.h>
@@ -632,8 +633,60 @@ static void missing_emptied_or_cut_sealed_segment_fails_naming_it(void **state) 
   free(copy);
 }
 
+/* ---------------------------------------------------------------- snapshots */
+
+static char synced_dirs[8][4096];
+static size_t nsynced;
+static char dir_of_fd[64][4096];
+
+static int record_open(const char *path, int flags, mode_t mode) {
+  int fd = bp__os_default.open(path, flags, mode);
+  if (fd >= 0 && fd < 64) snprintf(dir_of_fd[fd], sizeof dir_of_fd[fd], "%s", (flags & O_DIRECTORY) ? path : "");
+  return fd;
+}
+
+static int record_fsync(int fd) {
+  if (fd >= 0 && fd < 64 && dir_of_fd[fd][0] && nsynced < 8) {
+    char real[4096];
+    snprintf(synced_dirs[nsynced++], sizeof synced_dirs[0], "%s", realpath(dir_of_fd[fd], real) ? real : dir_of_fd[fd]);
+  }
+  return bp__os_default.fsync(fd);
+}
+
+/* The directory a snapshot creates is made durable in its parent too. */
+static void snapshot_fsyncs_the_parent_of_the_directory_it_creates(void **state) {
+  fixture *f = *state;
+  bp_store *s = open_ok(&f->cfg);
+  bp_coord c = {"a", "b"};
+  assert_ok(bp_append(s, &c, 0x1001, "x", 1, NULL));
+  char parent[4300], dest[4400];
+  snprintf(parent, sizeof parent, "%s/backups", f->tmp);
+  assert_int_equal(mkdir(parent, 0700), 0);
+  snprintf(dest, sizeof dest, "%s/snap", parent);
+  nsynced = 0;
+  memset(dir_of_fd, 0, sizeof dir_of_fd);
+  bp__os_table.open = record_open;
+  bp__os_table.fsync = record_fsync;
+  bp_status st = bp_snapshot(s, dest);
+  bp__os_table = bp__os_default;
+  assert_ok(st);
+  char real_parent[4096], real_dest[4096];
+  assert_non_null(realpath(parent, real_parent));
+  assert_non_null(realpath(dest, real_dest));
+  bool dest_synced = false, parent_synced = false;
+  for (size_t i = 0; i < nsynced; i++) {
+    dest_synced |= strcmp(synced_dirs[i], real_dest) == 0;
+    parent_synced |= strcmp(synced_dirs[i], real_parent) == 0;
+  }
+  assert_true(dest_synced);
+  if (!parent_synced) fail_msg("bp_snapshot created %s but never fsynced %s", dest, parent);
+  assert_ok(bp_close(s));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(snapshot_fsyncs_the_parent_of_the_directory_it_creates, tu_store_setup,
+                                      tu_store_teardown),
       cmocka_unit_test_setup_teardown(damaged_footer_entry_is_never_believed_and_is_rewritten, tu_store_setup,
                                       tu_store_teardown),
       cmocka_unit_test_setup_teardown(crate_footer_with_a_flipped_field_is_not_believed, tu_store_setup,

@@ -141,6 +141,10 @@ static bp_status snapshot_locked(bp_store *s, const char *dest) {
   }
   int rc = st ? 0 : bp__os_sync_dir(dest);
   if (rc) st = bp__fail_errno(BP_EIO, rc, "bp_snapshot: fsync of directory %s", dest);
+  /* A directory this call made is an entry of its parent: until the parent
+   * is flushed, a power cut may lose the whole snapshot. */
+  if (!st && created && (rc = bp__os_sync_dir(dest_parent)))
+    st = bp__fail_errno(BP_EIO, rc, "bp_snapshot: fsync of directory %s", dest_parent);
   /* Nothing half made is left behind: a failed snapshot can be retried. */
   if (st) remove_partial(dest, segs, tried, created);
   free(segs);
