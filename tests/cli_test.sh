@@ -35,6 +35,19 @@ expect_exit 2 "$B" frobnicate "$S"
 expect_exit 1 "$B" get "$S" not-an-id
 "$B" stats "$S" --json | grep -q '"events": 3' || fail "bad input changed the store"
 expect_exit 0 "$B" append --help
+# Numbers are read whole: never as 0 or cut short, which would defeat a CAS.
+for n in abc '' -1 ' 1' 1x 4294967296 99999999999999999999 0x2; do
+  expect_exit 2 "$B" append "$S" --entity user:1 --scope s --json-payload 1 --expect-sequence "$n"
+  grep -q "expect-sequence" "$T/err" || fail "--expect-sequence '$n': $(cat "$T/err")"
+done
+for k in 0x10000 -1 0x 12z ''; do
+  expect_exit 2 "$B" append "$S" --entity user:1 --scope s --json-payload 1 --kind "$k"
+done
+expect_exit 2 "$B" query "$S" --category 16
+expect_exit 2 "$B" query "$S" --category x
+expect_exit 2 "$B" compact "$S" --min-segments 0
+expect_exit 2 "$B" compact "$S" --strategy retention --drop-before-ms 12abc
+"$B" stats "$S" --json | grep -q '"events": 3' || fail "refused numbers changed the store"
 
 # Export, import into a new store, export again: the same lines.
 "$B" export "$S" > "$T/a.jsonl"
@@ -52,6 +65,19 @@ for bad in 's/"kind":[0-9]*/"kind":70000/' 's/"payload_msgpack_hex":"\([0-9a-f]*
   rm -rf "$T/bad-import"
   expect_exit 1 "$B" import "$T/bad-import" < "$T/bad.jsonl"
   grep -q "line 1 is not an exported event: " "$T/err" || fail "import error for $bad: $(cat "$T/err")"
+done
+# ... and names the line and the reason for a NUL in a string, a number past
+# 64 bits (which JSON parsers clamp) and a key given twice.
+for case in 's/"entity":"user:1"/"entity":"user\\u00001"/@holds a NUL' \
+            's/"timestamp_us":[0-9]*/"timestamp_us":99999999999999999999/@out of range' \
+            's/"timestamp_us":[0-9]*/"timestamp_us":-99999999999999999999/@out of range' \
+            's/"kind":[0-9]*/"kind":18446744073709551617/@out of range' \
+            's/"flags":0/"flags":0,"flags":1/@appears twice'; do
+  bad=${case%@*}; why=${case#*@}
+  { echo "$good"; echo "$good" | sed "$bad"; } > "$T/bad.jsonl"
+  rm -rf "$T/bad-import"
+  expect_exit 1 "$B" import "$T/bad-import" < "$T/bad.jsonl"
+  grep -q "line 2 is not an exported event: .*$why" "$T/err" || fail "import error for $bad: $(cat "$T/err")"
 done
 
 # Snapshot, then verify it.

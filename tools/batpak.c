@@ -10,6 +10,7 @@
 
 #include "jsonline.h"
 
+#include <ctype.h>
 #include <errno.h>
 #include <inttypes.h>
 #include <json-c/json.h>
@@ -58,11 +59,32 @@ static bool flag(int argc, char **argv, const char *name) {
   return false;
 }
 
-static bool parse_kind(const char *s, bp_kind *out) {
-  if (!s) return false;
+/* A whole unsigned number of at most max (decimal, or 0x hexadecimal when
+ * hex_ok): no sign, no space, nothing after it, no overflow. strtoul alone
+ * would read "" and "abc" as 0, "-1" as the largest value and "12x" as 12,
+ * and a compare-and-swap given such a number would silently check another. */
+static bool parse_uint(const char *s, uint64_t max, bool hex_ok, uint64_t *out) {
+  if (!s || !*s) return false;
+  int base = 10;
+  const char *digits = s;
+  if (hex_ok && s[0] == '0' && (s[1] == 'x' || s[1] == 'X')) {
+    base = 16;
+    digits = s + 2;
+  }
+  if (!*digits) return false;
+  for (const char *p = digits; *p; p++)
+    if (!(base == 16 ? isxdigit((unsigned char)*p) : isdigit((unsigned char)*p))) return false;
+  errno = 0;
   char *end;
-  unsigned long v = strtoul(s, &end, 0);
-  if (*end || v > 0xFFFF) return false;
+  unsigned long long v = strtoull(digits, &end, base);
+  if (errno == ERANGE || *end || v > max) return false;
+  *out = v;
+  return true;
+}
+
+static bool parse_kind(const char *s, bp_kind *out) {
+  uint64_t v;
+  if (!parse_uint(s, 0xFFFF, true, &v)) return false;
   *out = (bp_kind)v;
   return true;
 }
@@ -153,8 +175,11 @@ static int cmd_append(const char *dir, int argc, char **argv) {
   bp_append_options o;
   memset(&o, 0, sizeof o);
   if (opt(argc, argv, "--expect-sequence")) {
+    uint64_t v;
+    if (!parse_uint(opt(argc, argv, "--expect-sequence"), UINT32_MAX, false, &v))
+      return usage("batpak append: --expect-sequence takes a clock from 0 to 4294967295\n");
     o.expect = BP_EXPECT_SEQUENCE;
-    o.expected_sequence = (uint32_t)strtoul(opt(argc, argv, "--expect-sequence"), NULL, 10);
+    o.expected_sequence = (uint32_t)v;
   }
   if (flag(argc, argv, "--expect-empty")) o.expect = BP_EXPECT_EMPTY;
   if (opt(argc, argv, "--idempotency-key") && bp_id_from_hex(opt(argc, argv, "--idempotency-key"), &o.idempotency_key))
@@ -231,7 +256,11 @@ static bp_region region_from(int argc, char **argv, bool *bad) {
     if (!parse_kind(opt(argc, argv, "--kind"), &k)) *bad = true;
     r = bp_region_with_kind(r, k);
   }
-  if (opt(argc, argv, "--category")) r = bp_region_with_category(r, (uint8_t)strtoul(opt(argc, argv, "--category"), NULL, 0));
+  if (opt(argc, argv, "--category")) {
+    uint64_t c = 0;
+    if (!parse_uint(opt(argc, argv, "--category"), 15, true, &c)) *bad = true;
+    r = bp_region_with_category(r, (uint8_t)c);
+  }
   return r;
 }
 
@@ -349,15 +378,16 @@ static int cmd_compact(const char *dir, int argc, char **argv) {
   else return usage("batpak compact: --strategy is merge, retention or tombstone\n");
   if (kind && !(rule.has_kind = parse_kind(kind, &rule.kind)))
     return usage("batpak compact: --drop-kind takes a kind from 0 to 0xFFFF\n");
-  char *end = NULL;
   if (before) {
-    rule.before_ms = strtoull(before, &end, 10);
-    if (*end) return usage("batpak compact: --drop-before-ms takes milliseconds since 1970\n");
+    if (!parse_uint(before, UINT64_MAX, false, &rule.before_ms))
+      return usage("batpak compact: --drop-before-ms takes milliseconds since 1970\n");
     rule.has_before = true;
   }
   if (min) {
-    cfg.min_segments = strtoul(min, &end, 10);
-    if (*end || cfg.min_segments == 0) return usage("batpak compact: --min-segments takes a number from 1\n");
+    uint64_t v;
+    if (!parse_uint(min, SIZE_MAX, false, &v) || v == 0)
+      return usage("batpak compact: --min-segments takes a number from 1\n");
+    cfg.min_segments = (size_t)v;
   }
   if (cfg.strategy != BP_COMPACT_MERGE && !rule.entity_prefix && !rule.has_kind && !rule.has_before)
     return usage("batpak compact: retention and tombstone need --drop-entity-prefix, --drop-kind or "

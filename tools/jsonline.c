@@ -3,6 +3,7 @@
 #include "jsonline.h"
 
 #include <errno.h>
+#include <inttypes.h>
 #include <json-c/json.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +22,87 @@ static bool field(struct json_object *o, const char *k, json_type t, struct json
   return false;
 }
 
+/* The members of the line's top-level object as written: json-c keeps only
+ * the last of two equal keys and clamps integers past 64 bits to the nearest
+ * bound, both silently, so the line's own text is read for those two checks.
+ * The line has already parsed as JSON, so the walk can be simple. */
+enum { MAX_MEMBERS = 32 };
+typedef struct raw_member {
+  char *key;              /* decoded, malloc'd */
+  const char *val;        /* the value's text */
+  size_t val_len;
+} raw_member;
+
+static size_t skip_ws(const char *p, size_t i, size_t len) {
+  while (i < len && (p[i] == ' ' || p[i] == '\t' || p[i] == '\r' || p[i] == '\n')) i++;
+  return i;
+}
+
+/* Index just past the string starting at p[i] (a quote). */
+static size_t skip_string(const char *p, size_t i, size_t len) {
+  for (i++; i < len && p[i] != '"'; i++)
+    if (p[i] == '\\') i++;
+  return i + 1;
+}
+
+static size_t skip_value(const char *p, size_t i, size_t len) {
+  if (p[i] == '"') return skip_string(p, i, len);
+  if (p[i] == '{' || p[i] == '[') {
+    int depth = 0;
+    while (i < len) {
+      if (p[i] == '"') {
+        i = skip_string(p, i, len);
+        continue;
+      }
+      if (p[i] == '{' || p[i] == '[') depth++;
+      if (p[i] == '}' || p[i] == ']') depth--;
+      i++;
+      if (depth == 0) break;
+    }
+    return i;
+  }
+  while (i < len && p[i] != ',' && p[i] != '}' && p[i] != ' ' && p[i] != '\t' && p[i] != '\r' && p[i] != '\n') i++;
+  return i;
+}
+
+static void free_members(raw_member *m, int n) {
+  for (int i = 0; i < n; i++) free(m[i].key);
+}
+
+/* Returns the number of members, or -1 (too many, out of memory). */
+static int raw_members(const char *p, size_t len, raw_member *out) {
+  size_t i = skip_ws(p, 0, len);
+  if (i >= len || p[i] != '{') return -1;
+  int n = 0;
+  for (i = skip_ws(p, i + 1, len); i < len && p[i] == '"';) {
+    size_t end = skip_string(p, i, len);
+    if (n == MAX_MEMBERS) break;
+    char *quoted = strndup(p + i, end - i);
+    struct json_object *k = quoted ? json_tokener_parse(quoted) : NULL;
+    free(quoted);
+    out[n].key = k ? strdup(json_object_get_string(k)) : NULL;
+    json_object_put(k);
+    if (!out[n].key) break;
+    i = skip_ws(p, end, len);
+    i = skip_ws(p, i + 1, len); /* the colon */
+    out[n].val = p + i;
+    size_t vend = skip_value(p, i, len);
+    out[n].val_len = vend - i;
+    n++;
+    i = skip_ws(p, vend, len);
+    if (i < len && p[i] == ',') i = skip_ws(p, i + 1, len);
+    else return n;
+  }
+  free_members(out, n);
+  return -1;
+}
+
+static const raw_member *member(const raw_member *m, int n, const char *k) {
+  for (int i = n - 1; i >= 0; i--)
+    if (strcmp(m[i].key, k) == 0) return &m[i];
+  return NULL;
+}
+
 static bool id_field(struct json_object *o, const char *k, bool nullable, bp_id *out, char *why, size_t n) {
   struct json_object *v;
   *out = (bp_id){0, 0};
@@ -34,14 +116,25 @@ static bool id_field(struct json_object *o, const char *k, bool nullable, bp_id 
   return true;
 }
 
-static bool int_field(struct json_object *o, const char *k, int64_t lo, int64_t hi, int64_t *out, char *why,
-                      size_t n) {
+/* The value is read from the line's text (json-c would clamp it). */
+static bool int_field(struct json_object *o, const raw_member *m, int nm, const char *k, int64_t lo, int64_t hi,
+                      int64_t *out, char *why, size_t n) {
   struct json_object *v;
   if (!field(o, k, json_type_int, &v, why, n)) return false;
-  errno = 0;
-  *out = json_object_get_int64(v);
-  if (errno || *out < lo || *out > hi) {
-    snprintf(why, n, "field \"%s\" is out of range", k);
+  const raw_member *r = member(m, nm, k);
+  char text[32];
+  bool fits = r && r->val_len < sizeof text;
+  if (fits) {
+    memcpy(text, r->val, r->val_len);
+    text[r->val_len] = 0;
+    errno = 0;
+    char *end;
+    long long x = strtoll(text, &end, 10);
+    fits = errno == 0 && *end == 0;
+    *out = x;
+  }
+  if (!fits || *out < lo || *out > hi) {
+    snprintf(why, n, "field \"%s\" is out of range (%" PRId64 " to %" PRId64 ")", k, lo, hi);
     return false;
   }
   return true;
@@ -50,7 +143,13 @@ static bool int_field(struct json_object *o, const char *k, int64_t lo, int64_t 
 static bool str_field(struct json_object *o, const char *k, char **out, char *why, size_t n) {
   struct json_object *v;
   if (!field(o, k, json_type_string, &v, why, n)) return false;
-  *out = strdup(json_object_get_string(v));
+  const char *str = json_object_get_string(v);
+  if (strlen(str) != (size_t)json_object_get_string_len(v)) {
+    /* A C string would end at the NUL: the store would get another name. */
+    snprintf(why, n, "field \"%s\" holds a NUL character", k);
+    return false;
+  }
+  *out = strdup(str);
   if (!*out) snprintf(why, n, "out of memory");
   return *out != NULL;
 }
@@ -77,15 +176,29 @@ bool jl_parse(const char *line, size_t len, jl_event *ev, char *why, size_t n) {
     snprintf(why, n, "not a JSON object");
     ok = false;
   }
+  raw_member m[MAX_MEMBERS];
+  int nm = ok ? raw_members(line, len, m) : 0;
+  if (ok && nm < 0) {
+    snprintf(why, n, "more than %d fields, or out of memory", MAX_MEMBERS);
+    ok = false;
+    nm = 0;
+  }
+  for (int i = 0; ok && i < nm; i++)
+    for (int j = 0; ok && j < i; j++)
+      if (strcmp(m[i].key, m[j].key) == 0) {
+        snprintf(why, n, "field \"%.60s\" appears twice", m[i].key);
+        ok = false;
+      }
   int64_t kind = 0, flags = 0;
   struct json_object *hex = NULL;
   ok = ok && id_field(o, "event_id", false, &ev->event_id, why, n) &&
        id_field(o, "correlation_id", false, &ev->correlation_id, why, n) &&
        id_field(o, "causation_id", true, &ev->causation_id, why, n) && str_field(o, "entity", &ev->entity, why, n) &&
-       str_field(o, "scope", &ev->scope, why, n) && int_field(o, "kind", 0, 0xFFFF, &kind, why, n) &&
-       int_field(o, "flags", 0, 0xFF, &flags, why, n) &&
-       int_field(o, "timestamp_us", INT64_MIN, INT64_MAX, &ev->timestamp_us, why, n) &&
+       str_field(o, "scope", &ev->scope, why, n) && int_field(o, m, nm, "kind", 0, 0xFFFF, &kind, why, n) &&
+       int_field(o, m, nm, "flags", 0, 0xFF, &flags, why, n) &&
+       int_field(o, m, nm, "timestamp_us", INT64_MIN, INT64_MAX, &ev->timestamp_us, why, n) &&
        field(o, "payload_msgpack_hex", json_type_string, &hex, why, n);
+  free_members(m, nm);
   if (ok) {
     ev->kind = (bp_kind)kind;
     ev->flags = (uint8_t)flags;
