@@ -151,6 +151,58 @@ static void nested_non_string_keys_are_bounded(void **state) {
   free(mp);
 }
 
+/* JSON that json-c would quietly turn into another value is refused: an
+ * integer past 64 bits (clamped), a lone surrogate escape (replaced by
+ * U+FFFD), bytes that are not strict UTF-8, raw control characters. */
+static void json_that_would_change_value_is_ejson(void **state) {
+  (void)state;
+  const char *bad[] = {
+      "18446744073709551616",          /* 2^64 */
+      "-9223372036854775809",          /* below INT64_MIN */
+      "[1, 99999999999999999999999]",  /* inside an array */
+      "{\"a\": -99999999999999999999}",
+      "\"\\ud800\"",                  /* a lone high surrogate */
+      "\"\\udc00\"",                  /* a lone low surrogate */
+      "\"\\ud800\\u0041\"",           /* high surrogate, then not a low one */
+      "{\"\\ud83d\": 1}",             /* in a key */
+      "\"\xc0\xaf\"",                 /* overlong '/' */
+      "\"\xed\xa0\x80\"",             /* a surrogate in UTF-8 */
+      "\"\xf4\x90\x80\x80\"",         /* above U+10FFFF */
+      "\"tab\there\"",                 /* a raw control character */
+      "\"nul\x01\"",
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    uint8_t *mp = (uint8_t *)"sentinel";
+    size_t n;
+    bp_status st = bp_json_to_msgpack(bad[i], strlen(bad[i]), &mp, &n);
+    if (st != BP_EJSON) fail_msg("case %zu (%s) gave %s, expected BP_EJSON", i, bad[i], bp_status_name(st));
+    assert_null(mp);
+  }
+  /* Their lawful neighbours still convert, to the exact value. */
+  json_to_hex("18446744073709551615", "cfffffffffffffffff");
+  json_to_hex("-9223372036854775808", "d38000000000000000");
+  json_to_hex("\"\\ud83d\\ude00\"", "a4f09f9880");
+  json_to_hex("\"\\u0000\"", "a100");
+  json_to_hex("\"\xf4\x8f\xbf\xbf\"", "a4f48fbfbf");
+}
+
+/* A MessagePack str whose bytes are not UTF-8 has no JSON form: converting
+ * it fails BP_ESERIAL instead of writing invalid JSON. */
+static void msgpack_str_that_is_not_utf8_is_refused_not_written(void **state) {
+  (void)state;
+  const char *cases[] = {"a1ff", "a2c0af", "a3eda080", "81a1ff01", "91a2c328"};
+  for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+    size_t n;
+    uint8_t *mp = tu_from_hex(cases[i], &n);
+    char *json = (char *)"sentinel";
+    bp_status st = bp_msgpack_to_json(mp, n, &json);
+    if (st != BP_ESERIAL) fail_msg("%s gave %s, expected BP_ESERIAL", cases[i], bp_status_name(st));
+    assert_null(json);
+    assert_non_null(strstr(bp_last_error()->message, "not UTF-8"));
+    free(mp);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(fixture_payloads_convert_to_the_crate_bytes),
@@ -162,6 +214,8 @@ int main(void) {
       cmocka_unit_test(malformed_msgpack_is_rejected),
       cmocka_unit_test(msgpack_nesting_deeper_than_the_limit_is_rejected),
       cmocka_unit_test(nested_non_string_keys_are_bounded),
+      cmocka_unit_test(json_that_would_change_value_is_ejson),
+      cmocka_unit_test(msgpack_str_that_is_not_utf8_is_refused_not_written),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

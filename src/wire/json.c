@@ -6,6 +6,7 @@
 #include "wire/msgpack.h"
 #include "batpak/wire.h"
 
+#include <errno.h>
 #include <json-c/json.h>
 #include <math.h>
 #include <stdio.h>
@@ -90,10 +91,97 @@ static size_t find_single_quote(const char *text, size_t len) {
   return len;
 }
 
+static unsigned hex4(const char *p) {
+  unsigned v = 0;
+  for (int i = 0; i < 4; i++) {
+    char c = p[i];
+    v = v * 16 + (unsigned)(c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                            : c >= 'A' && c <= 'F' ? c - 'A' + 10 : 0);
+  }
+  return v;
+}
+
+static bool is_hex4(const char *p, size_t left) {
+  if (left < 4) return false;
+  for (int i = 0; i < 4; i++)
+    if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f') || (p[i] >= 'A' && p[i] <= 'F'))) return false;
+  return true;
+}
+
+static bp_status text_fail(const char *json, size_t at, const char *what) {
+  size_t line, col;
+  line_col(json, at, &line, &col);
+  return bp__fail(BP_EJSON, "json: %s at line %zu column %zu", what, line, col);
+}
+
+/* What json-c would let through as another value, found in the text itself:
+ * bytes that are not strict UTF-8 (overlong forms, surrogates, code points
+ * above U+10FFFF), raw control characters in strings, \u escapes of a lone
+ * surrogate (json-c substitutes U+FFFD), and integers beyond 64 bits
+ * (json-c clamps them to the nearest bound). */
+static bp_status check_json_text(const char *json, size_t len) {
+  size_t bad = bp__utf8_invalid_at((const uint8_t *)json, len);
+  if (bad != SIZE_MAX) return text_fail(json, bad, "text that is not UTF-8");
+  bool in_string = false;
+  for (size_t i = 0; i < len; i++) {
+    unsigned char c = (unsigned char)json[i];
+    if (in_string) {
+      if (c == '"') {
+        in_string = false;
+      } else if (c < 0x20) {
+        return text_fail(json, i, "a raw control character in a string");
+      } else if (c == '\\' && i + 1 < len) {
+        i++;
+        if (json[i] != 'u' || !is_hex4(json + i + 1, len - i - 1)) continue;
+        unsigned u = hex4(json + i + 1);
+        if (u >= 0xDC00 && u <= 0xDFFF) return text_fail(json, i - 1, "a lone low surrogate escape");
+        if (u >= 0xD800 && u <= 0xDBFF) {
+          const char *n = json + i + 5;
+          size_t left = len - i - 5;
+          if (left < 6 || n[0] != '\\' || n[1] != 'u' || !is_hex4(n + 2, left - 2) || hex4(n + 2) < 0xDC00 ||
+              hex4(n + 2) > 0xDFFF)
+            return text_fail(json, i - 1, "a lone high surrogate escape");
+          i += 6;
+        }
+        i += 4;
+      }
+    } else if (c == '"') {
+      in_string = true;
+    } else if (c == '-' || (c >= '0' && c <= '9')) {
+      size_t end = i, digits = 0;
+      bool integer = true;
+      while (end < len && strchr("+-0123456789.eE", json[end])) {
+        if (json[end] == '.' || json[end] == 'e' || json[end] == 'E') integer = false;
+        if (json[end] >= '0' && json[end] <= '9') digits++;
+        end++;
+      }
+      if (integer && digits >= 19) {
+        char num[32];
+        size_t n = end - i;
+        bool fits = n < sizeof num;
+        if (fits) {
+          memcpy(num, json + i, n);
+          num[n] = 0;
+          errno = 0;
+          char *stop;
+          if (num[0] == '-') (void)strtoll(num, &stop, 10);
+          else (void)strtoull(num, &stop, 10);
+          fits = errno == 0 && *stop == 0;
+        }
+        if (!fits) return text_fail(json, i, "an integer outside 64 bits");
+      }
+      i = end - 1;
+    }
+  }
+  return BP_OK;
+}
+
 bp_status bp_json_to_msgpack(const char *json, size_t len, uint8_t **out, size_t *out_len) {
   if (out) *out = NULL;
   if (!json || !out || !out_len) return bp__fail(BP_EINVAL, "bp_json_to_msgpack: NULL argument");
   if (len > INT32_MAX) return bp__fail(BP_ELIMIT, "json: text of %zu bytes is too long", len);
+  bp_status checked = check_json_text(json, len);
+  if (checked) return checked;
 
   struct json_tokener *tok = json_tokener_new_ex(BP_JSON_MAX_DEPTH);
   if (!tok) return bp__fail(BP_ENOMEM, "json: out of memory");
@@ -170,6 +258,16 @@ static bp_status to_json(bp__mp_reader *r, int depth, struct json_object **out);
 
 #define MAX_KEY_TEXT 4096
 
+/* JSON text is Unicode: a MessagePack str whose bytes are not UTF-8 has no
+ * JSON form. It is refused rather than passed through (invalid JSON) or
+ * patched with U+FFFD (another value). */
+static bp_status check_str(const uint8_t *p, uint32_t n, const bp__mp_reader *r) {
+  size_t bad = bp__utf8_invalid_at(p, n);
+  if (bad == SIZE_MAX) return BP_OK;
+  return bp__fail(BP_ESERIAL, "msgpack: a str before offset %zu is not UTF-8 (byte 0x%02X at %zu of it); JSON cannot "
+                  "hold it", bp__mp_offset(r), p[bad], bad);
+}
+
 static struct json_object *bytes_array(const uint8_t *p, uint32_t n) {
   struct json_object *a = json_object_new_array_ext((int)n);
   if (!a) return NULL;
@@ -197,7 +295,10 @@ static bp_status to_json(bp__mp_reader *r, int depth, struct json_object **out) 
         o = json_object_new_double_s(v.f, buf);
       }
       break;
-    case BP__MP_STR: o = json_object_new_string_len((const char *)v.ptr, (int)v.len); break;
+    case BP__MP_STR:
+      if ((st = check_str(v.ptr, v.len, r))) return st;
+      o = json_object_new_string_len((const char *)v.ptr, (int)v.len);
+      break;
     case BP__MP_BIN: o = bytes_array(v.ptr, v.len); break;
     case BP__MP_EXT:
       o = json_object_new_object();
@@ -229,7 +330,10 @@ static bp_status to_json(bp__mp_reader *r, int depth, struct json_object **out) 
         if (r->p < r->end && ((*r->p & 0xe0) == 0xa0 || (*r->p >= 0xd9 && *r->p <= 0xdb))) {
           const char *s;
           uint32_t n;
-          if ((st = bp__mp_read_str(r, &s, &n))) { json_object_put(o); return st; }
+          if ((st = bp__mp_read_str(r, &s, &n)) || (st = check_str((const uint8_t *)s, n, r))) {
+            json_object_put(o);
+            return st;
+          }
           keytext = malloc((size_t)n + 1);
           if (keytext) { memcpy(keytext, s, n); keytext[n] = '\0'; }
         } else {
