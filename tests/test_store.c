@@ -543,7 +543,15 @@ static void idempotency_key_returns_the_original_receipt_and_writes_nothing(void
   assert_ok(bp_append_with(s, &ALICE, 0x1001, "one", 3, &o, &a));
   assert_true(bp_id_eq(a.event_id, o.idempotency_key));
   uint64_t size = frames_end(s);
-  assert_ok(bp_append_with(s, &ALICE, 0x1001, "different", 9, &o, &b));
+  /* The same key for another event is a conflict, not a repeat. */
+  assert_status(bp_append_with(s, &ALICE, 0x1001, "different", 9, &o, &b), BP_EIDEMPOTENCY_CONFLICT);
+  assert_non_null(strstr(bp_last_error()->message, "another payload"));
+  bp_coord bob = {"user:bob", "scope:test"};
+  assert_status(bp_append_with(s, &bob, 0x1001, "one", 3, &o, &b), BP_EIDEMPOTENCY_CONFLICT);
+  assert_non_null(strstr(bp_last_error()->message, "another entity"));
+  assert_status(bp_append_with(s, &ALICE, 0x1002, "one", 3, &o, &b), BP_EIDEMPOTENCY_CONFLICT);
+  assert_non_null(strstr(bp_last_error()->message, "another kind"));
+  assert_ok(bp_append_with(s, &ALICE, 0x1001, "one", 3, &o, &b));
   assert_true(bp_id_eq(a.event_id, b.event_id));
   assert_int_equal(a.sequence, b.sequence);
   assert_int_equal(a.disk_pos.offset, b.disk_pos.offset);
@@ -552,7 +560,8 @@ static void idempotency_key_returns_the_original_receipt_and_writes_nothing(void
   assert_ok(bp_close(s));
   /* Also after reopen. */
   s = open_ok(f);
-  assert_ok(bp_append_with(s, &ALICE, 0x1001, "again", 5, &o, &b));
+  assert_status(bp_append_with(s, &ALICE, 0x1001, "again", 5, &o, &b), BP_EIDEMPOTENCY_CONFLICT);
+  assert_ok(bp_append_with(s, &ALICE, 0x1001, "one", 3, &o, &b));
   assert_int_equal(b.sequence, 0);
   assert_int_equal(count_of(s), 1);
   assert_ok(bp_close(s));

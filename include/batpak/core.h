@@ -88,7 +88,8 @@ typedef enum bp_status {
   BP_EDENIED = 19,                /* a policy gate denied the proposal */
   BP_ERECEIPT = 20,               /* a receipt was already consumed, freed or forged */
   BP_EREADONLY = 21,              /* the store was opened read-only */
-  BP_EUNSUPPORTED = 22            /* the operation is not available in this build */
+  BP_EUNSUPPORTED = 22,           /* the operation is not available in this build */
+  BP_EIDEMPOTENCY_CONFLICT = 23   /* an idempotency key already names a different event */
 } bp_status;
 
 /* The code's enumerator name, e.g. "BP_ECRC"; "BP_E?" for an unknown value. */

@@ -34,6 +34,7 @@ static const struct {
   [BP_ERECEIPT] = {"BP_ERECEIPT", "receipt is consumed or invalid"},
   [BP_EREADONLY] = {"BP_EREADONLY", "store is read-only"},
   [BP_EUNSUPPORTED] = {"BP_EUNSUPPORTED", "not supported by this build"},
+  [BP_EIDEMPOTENCY_CONFLICT] = {"BP_EIDEMPOTENCY_CONFLICT", "idempotency key already used for another event"},
 };
 
 #define STATUS_COUNT (sizeof status_table / sizeof status_table[0])

@@ -518,6 +518,40 @@ static bool key_seen_before(const bp_event_in *ev, size_t i) {
   return false;
 }
 
+/* A repeat of an idempotency key must repeat its event: the same payload
+ * (compared by its BLAKE3), entity, scope and kind. Anything else is a
+ * caller's bug that a silent "already done" would hide. */
+static bp_status same_event(const bp_store *s, const bp__ientry *e, uint64_t seq, const bp_event_in *ev,
+                            const uint8_t hash[32]) {
+  const bp__name *ent = bp__index_name(&s->ix, e->entity), *scp = bp__index_name(&s->ix, e->scope);
+  const char *what = memcmp(e->event_hash, hash, 32) != 0 ? "payload"
+                     : strcmp(ent->str, ev->coord.entity) != 0 ? "entity"
+                     : strcmp(scp->str, ev->coord.scope) != 0 ? "scope"
+                     : e->kind != ev->kind ? "kind"
+                                           : NULL;
+  if (!what) return BP_OK;
+  char key[33];
+  bp_id_to_hex(e->event_id, key);
+  return bp__fail(BP_EIDEMPOTENCY_CONFLICT, "append: idempotency key %s already names event %" PRIu64
+                  " with another %s (entity %s)", key, seq, what, ent->str);
+}
+
+/* The same within one batch: event i repeats the key of an earlier one. */
+static bp_status same_as_earlier(const bp_event_in *evs, const bp__prep *prep, size_t i) {
+  for (size_t j = 0; j < i; j++) {
+    if (!bp_id_eq(evs[j].opts.idempotency_key, evs[i].opts.idempotency_key)) continue;
+    const char *what = memcmp(prep[j].hash, prep[i].hash, 32) != 0 ? "payload"
+                       : strcmp(evs[j].coord.entity, evs[i].coord.entity) != 0 ? "entity"
+                       : strcmp(evs[j].coord.scope, evs[i].coord.scope) != 0 ? "scope"
+                       : evs[j].kind != evs[i].kind ? "kind"
+                                                    : NULL;
+    if (!what) return BP_OK;
+    return bp__fail(BP_EIDEMPOTENCY_CONFLICT, "append: batch events %zu and %zu share an idempotency key with "
+                    "another %s", j, i, what);
+  }
+  return BP_OK;
+}
+
 /* A receipt for the event at seq, every byte of it written (padding too), so
  * that callers may copy, hash or compare receipts as bytes. */
 static void set_receipt(bp_append_receipt *r, const bp__ientry *e, uint64_t seq) {
@@ -556,9 +590,12 @@ static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
     bp_append_receipt *rcpt = req->outs ? &req->outs[i] : NULL;
     if (dup[i]) {
       uint64_t seq;
-      if (bp__index_find_id(&s->ix, o->idempotency_key, s->ix.count, &seq) && rcpt) {
+      if (bp__index_find_id(&s->ix, o->idempotency_key, s->ix.count, &seq)) {
         const bp__ientry *e = bp__index_at(&s->ix, seq);
-        set_receipt(rcpt, e, seq);
+        if ((st = same_event(s, e, seq, ev, req->prep[i].hash))) break;
+        if (rcpt) set_receipt(rcpt, e, seq);
+      } else if ((st = same_as_earlier(req->events, req->prep, i))) {
+        break;
       }
       continue;
     }
