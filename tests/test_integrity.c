@@ -683,8 +683,110 @@ static void snapshot_fsyncs_the_parent_of_the_directory_it_creates(void **state)
   assert_ok(bp_close(s));
 }
 
+/* ------------------------------------------- durable cursors and retention */
+
+static bool keep_not_dropped(const bp_event *ev, void *ctx) {
+  (void)ctx;
+  return strncmp(ev->entity, "drop:", 5) != 0;
+}
+
+/* 40 events, every other one of an entity "drop:N"; their ids in order. */
+static void forty_events(const bp_config *cfg, bp_id ids[40]) {
+  bp_store *s = open_ok(cfg);
+  for (int i = 0; i < 40; i++) {
+    char e[16];
+    snprintf(e, sizeof e, "%s:%d", i % 2 ? "drop" : "keep", i);
+    bp_coord c = {e, "cursor"};
+    bp_append_receipt r;
+    assert_ok(bp_append(s, &c, 0x1001, "some payload bytes", 18, &r));
+    ids[i] = r.event_id;
+  }
+  assert_ok(bp_close(s));
+}
+
+static void retain(const bp_config *cfg) {
+  bp_store *s = open_ok(cfg);
+  bp_compaction_config cc = {BP_COMPACT_RETENTION, keep_not_dropped, NULL, 0};
+  bp_compaction_result res;
+  assert_ok(bp_compact(s, &cc, &res));
+  assert_true(res.segments_removed > 0);
+  assert_ok(bp_close(s));
+}
+
+/* After a restart the cursor delivers exactly the surviving events after
+ * the last one it had delivered (from index `from` of ids). */
+static void assert_resumes_at(const bp_config *cfg, const bp_id ids[40], int from, const char *what) {
+  bp_store *s = open_ok(cfg);
+  bp_region all = bp_region_all();
+  bp_cursor *cur = bp_cursor_open_durable(s, "reader", &all);
+  assert_non_null(cur);
+  int want = from;
+  bp_entry e;
+  while (bp_cursor_poll(cur, &e) == BP_OK) {
+    while (want < 40 && want % 2 == 1) want++; /* the drop: events are gone */
+    if (want >= 40 || !bp_id_eq(e.event_id, ids[want]))
+      fail_msg("%s: delivered %s, expected event %d", what, e.entity, want);
+    want++;
+  }
+  while (want < 40 && want % 2 == 1) want++;
+  if (want != 40) fail_msg("%s: stopped before event %d", what, want);
+  bp_cursor_close(cur);
+  assert_ok(bp_close(s));
+}
+
+/* A durable cursor whose last delivered event is dropped by a retention
+ * compaction resumes, after a restart, at the first surviving event after
+ * it: nothing skipped, nothing twice. */
+static void durable_cursor_resumes_after_retention_dropped_its_last_event(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 1024;
+  f->cfg.log_fn = no_log;
+  bp_id ids[40];
+  forty_events(&f->cfg, ids);
+  bp_store *s = open_ok(&f->cfg);
+  bp_region all = bp_region_all();
+  bp_cursor *cur = bp_cursor_open_durable(s, "reader", &all);
+  bp_entry e;
+  for (int i = 0; i < 25; i++) assert_ok(bp_cursor_poll(cur, &e));
+  assert_true(bp_id_eq(e.event_id, ids[24]));
+  assert_ok(bp_cursor_poll(cur, &e)); /* index 25: drop:25 */
+  assert_true(bp_id_eq(e.event_id, ids[25]));
+  assert_ok(bp_cursor_commit(cur));
+  bp_cursor_close(cur);
+  assert_ok(bp_close(s));
+  retain(&f->cfg);
+  assert_resumes_at(&f->cfg, ids, 26, "after a retention compaction by another open");
+}
+
+/* A cursor that commits after a compaction on its own handle saves a
+ * position of today's numbering. */
+static void cursor_commit_after_a_compaction_saves_todays_numbering(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 1024;
+  f->cfg.log_fn = no_log;
+  bp_id ids[40];
+  forty_events(&f->cfg, ids);
+  bp_store *s = open_ok(&f->cfg);
+  bp_region all = bp_region_all();
+  bp_cursor *cur = bp_cursor_open_durable(s, "reader", &all);
+  bp_entry e;
+  for (int i = 0; i < 32; i++) assert_ok(bp_cursor_poll(cur, &e));
+  assert_true(bp_id_eq(e.event_id, ids[31])); /* drop:31, which the compaction drops */
+  bp_compaction_config cc = {BP_COMPACT_RETENTION, keep_not_dropped, NULL, 0};
+  bp_compaction_result res;
+  assert_ok(bp_compact(s, &cc, &res));
+  assert_ok(bp_cursor_commit(cur));
+  bp_cursor_close(cur);
+  assert_ok(bp_close(s));
+  assert_resumes_at(&f->cfg, ids, 32, "committed after a compaction on its handle");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(durable_cursor_resumes_after_retention_dropped_its_last_event, tu_store_setup,
+                                      tu_store_teardown),
+      cmocka_unit_test_setup_teardown(cursor_commit_after_a_compaction_saves_todays_numbering, tu_store_setup,
+                                      tu_store_teardown),
       cmocka_unit_test_setup_teardown(snapshot_fsyncs_the_parent_of_the_directory_it_creates, tu_store_setup,
                                       tu_store_teardown),
       cmocka_unit_test_setup_teardown(damaged_footer_entry_is_never_believed_and_is_rewritten, tu_store_setup,

@@ -289,7 +289,11 @@ BP_API void bp_cursor_seek(bp_cursor *cursor, uint64_t position);
 /* How many visible events lie at or after the cursor's position (its lag). */
 BP_API uint64_t bp_cursor_behind(const bp_cursor *cursor);
 /* Saves a durable cursor's position (write to a temporary file, fsync,
- * rename). Errors: BP_EINVAL (not durable), BP_EIO. */
+ * rename), in the numbering of the log as it is now, anchored on the last
+ * event the cursor examined: after a restart it resumes right after that
+ * event, and when a retention compaction drops it, at the first event kept
+ * after it. Waits for a compaction that is committing; not from inside a
+ * query, cursor or projection callback. Errors: BP_EINVAL (not durable), BP_EIO. */
 BP_API bp_status bp_cursor_commit(bp_cursor *cursor);
 /* Frees the cursor (a durable one is not committed). Accepts NULL. Must be
  * called before bp_close of its store. */

@@ -38,6 +38,7 @@
  * global sequences of later events down: cursors translate their positions
  * through the list of dropped sequences kept for each compaction.
  */
+#include "store/cursor_file.h"
 #include "store/store_impl.h"
 
 #include <dirent.h>
@@ -470,8 +471,18 @@ static void swap_index(compaction *c) {
 /* Steps 2-5 and the swap. */
 static bp_status commit(compaction *c) {
   bp_store *s = c->s;
+  /* Durable cursors anchored on an event this compaction drops move to the
+   * last event it keeps before that one, before anything is committed; no
+   * cursor commit comes in between until the swap is done. */
+  pthread_mutex_lock(&s->cursor_files_lock);
+  bp_status cst = bp__cursor_files_reanchor(s, c->dropped, c->ndropped);
+  if (cst) {
+    pthread_mutex_unlock(&s->cursor_files_lock);
+    return cst;
+  }
   int rc = write_intent(s, c->ids[0], c->ids + 1, c->n - 1);
   if (rc) {
+    pthread_mutex_unlock(&s->cursor_files_lock);
     char path[4200];
     intent_path(s, path, sizeof path);
     bp__os_table.unlink(path);
@@ -502,6 +513,7 @@ static bp_status commit(compaction *c) {
     }
   }
   pthread_rwlock_unlock(&s->view_lock);
+  pthread_mutex_unlock(&s->cursor_files_lock);
   uint64_t n = 0, wm_seg = 0, wm_off = 0;
   bool checkpoint = !st && s->cfg.enable_checkpoint;
   /* A checkpoint must not describe frames a power loss could still take. */

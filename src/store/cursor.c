@@ -9,12 +9,11 @@
  * stream cannot match, so after a poll that found nothing the position moves
  * to `visible`: no event is ever skipped, none is delivered twice.
  *
- * Durable cursor file, cursors/NAME (little-endian):
- *   "BPCR" | crc32 u32 of the rest | position u64 | has_last u8 | last event id 16 (BE)
- * written to NAME.tmp, fsynced, renamed, and the directory fsynced. The last
- * delivered event's id lets a cursor re-anchor after a compaction renumbered
- * global sequences.
+ * A durable cursor keeps its position in cursors/NAME (cursor_file.c),
+ * anchored on the last event it examined, so that it resumes right after
+ * that event however compactions renumber the log.
  */
+#include "store/cursor_file.h"
 #include "store/store_impl.h"
 
 #include <errno.h>
@@ -22,7 +21,6 @@
 #include <stdio.h>
 
 #define CURSOR_DIR "cursors"
-#define CURSOR_FILE_SIZE (4 + 4 + 8 + 1 + 16)
 
 struct bp_cursor {
   bp_store *store;
@@ -30,8 +28,6 @@ struct bp_cursor {
   char *prefix, *scope;       /* owned copies of the region's strings */
   uint64_t position;
   char *path;                 /* durable: the cursor file */
-  bool has_last;
-  bp_id last_id;
   uint64_t generation;        /* the store's compaction generation `position` belongs to */
 };
 
@@ -186,10 +182,6 @@ static size_t poll_seqs(bp_cursor *c, uint64_t *out, size_t max) {
       }
     }
   }
-  if (got > 0) {
-    c->has_last = true;
-    c->last_id = bp__index_at(&c->store->ix, out[got - 1])->event_id;
-  }
   return got;
 }
 
@@ -274,30 +266,28 @@ bp_cursor *bp_cursor_open_durable(bp_store *s, const char *name, const bp_region
   }
   snprintf(c->path, plen, "%s/%s/%s", s->dir, CURSOR_DIR, name);
 
-  int fd = bp__os_table.open(c->path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
-  if (fd < 0) {
-    if (errno == ENOENT) return c; /* never committed: start at 0 */
-    bp__fail_errno(BP_EIO, errno, "open cursor file %s", c->path);
+  bp__cursor_file f;
+  bp_status st = bp__cursor_file_read(c->path, &f);
+  if (st == BP_ENOTFOUND) return c; /* never committed: start at 0 */
+  if (st) {
     bp_cursor_close(c);
     return NULL;
   }
-  uint8_t buf[CURSOR_FILE_SIZE];
-  int rc = bp__os_read_all(fd, buf, sizeof buf, 0);
-  bp__os_table.close(fd);
-  if (rc != 0 || memcmp(buf, "BPCR", 4) != 0 ||
-      bp__crc32(buf + 8, CURSOR_FILE_SIZE - 8) != bp__get_le32(buf + 4)) {
-    bp__fail(BP_ECORRUPT, "cursor file %s is damaged", c->path);
-    bp_cursor_close(c);
-    return NULL;
-  }
-  c->position = bp__get_le64(buf + 8);
-  c->has_last = buf[16] != 0;
-  c->last_id = bp_id_from_bytes(buf + 17);
-  if (c->has_last) {
-    /* Re-anchor on the last delivered event: a compaction may have renumbered it. */
+  c->position = f.position;
+  if (f.has_anchor) {
+    /* Resume right after the anchor, wherever compactions have moved it. An
+     * anchor that is gone (a file of the first format, whose anchor was the
+     * last event delivered, dropped by retention) leaves no place known to
+     * be safe: the cursor starts over rather than skip an event. */
     uint64_t seq;
     bp__view_enter(s);
-    if (bp__index_find_id(&s->ix, c->last_id, bp__index_visible(&s->ix), &seq)) c->position = seq + 1;
+    if (bp__index_find_id(&s->ix, f.anchor, bp__index_visible(&s->ix), &seq)) {
+      c->position = seq + 1;
+    } else {
+      c->position = 0;
+      bp__log(s, BP_LOG_WARN, "cursor %s: the event it was anchored on is gone; it starts over (at-least-once)",
+              name);
+    }
     bp__view_leave(s);
   }
   return c;
@@ -306,27 +296,26 @@ bp_cursor *bp_cursor_open_durable(bp_store *s, const char *name, const bp_region
 bp_status bp_cursor_commit(bp_cursor *c) {
   if (!c) return bp__fail(BP_EINVAL, "bp_cursor_commit: NULL cursor");
   if (!c->path) return bp__fail(BP_EINVAL, "bp_cursor_commit: the cursor is not durable");
-  char dir[4200], tmp[4300];
-  snprintf(dir, sizeof dir, "%s/%s", c->store->dir, CURSOR_DIR);
+  bp_store *s = c->store;
+  char dir[4200];
+  snprintf(dir, sizeof dir, "%s/%s", s->dir, CURSOR_DIR);
   if (bp__os_table.mkdir(dir, 0700) != 0 && errno != EEXIST)
     return bp__fail_errno(BP_EIO, errno, "create %s", dir);
-  snprintf(tmp, sizeof tmp, "%s.tmp", c->path);
-  uint8_t buf[CURSOR_FILE_SIZE] = {'B', 'P', 'C', 'R'};
-  bp__put_le64(buf + 8, c->position);
-  buf[16] = c->has_last ? 1 : 0;
-  bp_id_to_bytes(c->last_id, buf + 17);
-  bp__put_le32(buf + 4, bp__crc32(buf + 8, CURSOR_FILE_SIZE - 8));
-  int fd = bp__os_table.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) return bp__fail_errno(BP_EIO, errno, "create %s", tmp);
-  struct iovec iov = {buf, sizeof buf};
-  int rc = bp__os_write_all(fd, &iov, 1, 0);
-  if (!rc) rc = bp__os_sync(fd, 0);
-  bp__os_table.close(fd);
-  if (!rc && bp__os_table.rename(tmp, c->path) != 0) rc = errno ? errno : EIO;
-  if (rc) {
-    bp__os_table.unlink(tmp);
-    return bp__fail_errno(BP_EIO, rc, "commit cursor %s", c->path);
-  }
-  bp__os_sync_dir(dir);
+  /* The position in today's numbering, anchored on the event before it: a
+   * retention compaction (which re-anchors files under the same lock) cannot
+   * come between the two. */
+  pthread_mutex_lock(&s->cursor_files_lock);
+  bp__cursor_file f = {0};
+  bp__view_enter(s);
+  catch_up(c);
+  f.position = c->position;
+  f.has_anchor = c->position > 0 && c->position <= bp__index_visible(&s->ix);
+  if (f.has_anchor) f.anchor = bp__index_at(&s->ix, c->position - 1)->event_id;
+  bp__view_leave(s);
+  int rc = bp__cursor_file_write(c->path, &f);
+  pthread_mutex_unlock(&s->cursor_files_lock);
+  if (rc) return bp__fail_errno(BP_EIO, rc, "commit cursor %s", c->path);
+  rc = bp__os_sync_dir(dir);
+  if (rc) return bp__fail_errno(BP_EIO, rc, "commit cursor %s: fsync %s", c->path, dir);
   return BP_OK;
 }

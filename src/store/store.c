@@ -312,6 +312,7 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
   pthread_mutex_init(&s->hint_lock, NULL);
   pthread_mutex_init(&s->sub_lock, NULL);
   pthread_mutex_init(&s->compact_lock, NULL);
+  pthread_mutex_init(&s->cursor_files_lock, NULL);
   pthread_rwlock_init(&s->view_lock, NULL);
   pthread_cond_init(&s->qspace, NULL);
   pthread_cond_init(&s->qidle, NULL);
@@ -373,6 +374,7 @@ fail:;
   if (s->lock_fd >= 0) bp__os_table.close(s->lock_fd);
   bp__buf_free(&s->wbuf);
   pthread_mutex_destroy(&s->compact_lock);
+  pthread_mutex_destroy(&s->cursor_files_lock);
   pthread_rwlock_destroy(&s->view_lock);
   free(s->footer_fixes);
   free(s->dir);
@@ -495,6 +497,7 @@ bp_status bp_close(bp_store *s) {
   pthread_mutex_destroy(&s->hint_lock);
   pthread_mutex_destroy(&s->sub_lock);
   pthread_mutex_destroy(&s->compact_lock);
+  pthread_mutex_destroy(&s->cursor_files_lock);
   pthread_rwlock_destroy(&s->view_lock);
   for (size_t i = 0; i < s->nremaps; i++) free(s->remaps[i].dropped);
   free(s->remaps);

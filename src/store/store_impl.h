@@ -7,6 +7,8 @@
  *
  * Locks, always taken in this order when nested:
  *   compact_lock  one compaction at a time (compact.c)
+ *   cursor_files_lock  durable cursor files: a commit writes one, a retention
+ *              compaction re-anchors them and commits (cursor_file.c)
  *   view_lock  readers shared, a compaction's commit exclusive; a reader may
  *              append while holding it (a callback), the writer never takes it
  *   qlock      the append queue (the waiting appends, leader election, closing)
@@ -147,6 +149,7 @@ struct bp_store {
    * segment positions; a compaction's commit holds it exclusively. */
   pthread_rwlock_t view_lock;
   pthread_mutex_t compact_lock;  /* one compaction at a time */
+  pthread_mutex_t cursor_files_lock; /* durable cursor files (see the lock order above) */
   _Atomic uint64_t generation;   /* compactions committed since open */
   bp__remap *remaps;             /* view_lock */
   size_t nremaps;
