@@ -781,8 +781,75 @@ static void cursor_commit_after_a_compaction_saves_todays_numbering(void **state
   assert_resumes_at(&f->cfg, ids, 32, "committed after a compaction on its handle");
 }
 
+/* ------------------------------------------------ read-only beside a writer */
+
+/* A process appends and compacts (merging) over and over while this one
+ * opens the store read-only again and again: every open succeeds and lists
+ * a prefix of the final log, no event twice, none missing in between. */
+static void readonly_opens_beside_a_compacting_writer_see_one_set_of_segments(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 1024;
+  f->cfg.log_fn = no_log;
+  f->cfg.sync_every_n_events = 1;
+  bp_store *s = open_ok(&f->cfg);
+  bp_coord c = {"seed", "live"};
+  assert_ok(bp_append(s, &c, 0x1001, "seed", 4, NULL));
+  assert_ok(bp_close(s));
+  pid_t pid = fork();
+  if (pid == 0) {
+    bp_store *w;
+    if (bp_open(&f->cfg, &w)) _exit(1);
+    for (int round = 0; round < 120; round++) {
+      for (int i = 0; i < 4; i++) {
+        char e[32];
+        snprintf(e, sizeof e, "writer:%d", i);
+        bp_coord wc = {e, "live"};
+        if (bp_append(w, &wc, 0x1001, "payload of the writer", 21, NULL)) _exit(2);
+      }
+      bp_compaction_config cc = {BP_COMPACT_MERGE, NULL, NULL, 2};
+      bp_compaction_result res;
+      if (bp_compact(w, &cc, &res)) _exit(3);
+    }
+    _exit(bp_close(w) ? 4 : 0);
+  }
+  size_t cap = 64, nseen = 0;
+  bp_entries *seen = calloc(cap, sizeof *seen);
+  int status = 0;
+  while (waitpid(pid, &status, WNOHANG) == 0) {
+    bp_store *r;
+    bp_status st = bp_open_readonly(&f->cfg, &r);
+    if (st) fail_msg("read-only open beside the writer: %s: %s", bp_status_name(st), bp_last_error()->message);
+    bp_region all = bp_region_all();
+    if (nseen == cap) seen = realloc(seen, (cap *= 2) * sizeof *seen);
+    assert_ok(bp_query(r, &all, &seen[nseen]));
+    /* The entries' strings live in the store: keep only what is compared. */
+    for (size_t i = 0; i < seen[nseen].len; i++) seen[nseen].items[i].entity = seen[nseen].items[i].scope = NULL;
+    nseen++;
+    assert_ok(bp_close(r));
+  }
+  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  assert_ok(bp_open_readonly(&f->cfg, &s));
+  bp_entries final;
+  bp_region all = bp_region_all();
+  assert_ok(bp_query(s, &all, &final));
+  assert_int_equal(final.len, 1 + 120 * 4);
+  for (size_t k = 0; k < nseen; k++) {
+    if (seen[k].len > final.len) fail_msg("open %zu listed %zu events, more than were ever written", k, seen[k].len);
+    for (size_t i = 0; i < seen[k].len; i++)
+      if (!bp_id_eq(seen[k].items[i].event_id, final.items[i].event_id) || seen[k].items[i].global_sequence != i)
+        fail_msg("open %zu (of %zu events): event %zu is not the log's event %zu", k, seen[k].len, i, i);
+    bp_entries_free(&seen[k]);
+  }
+  print_message("%zu read-only opens beside the writer, each a prefix of the log\n", nseen);
+  free(seen);
+  bp_entries_free(&final);
+  assert_ok(bp_close(s));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(readonly_opens_beside_a_compacting_writer_see_one_set_of_segments,
+                                      tu_store_setup, tu_store_teardown),
       cmocka_unit_test_setup_teardown(durable_cursor_resumes_after_retention_dropped_its_last_event, tu_store_setup,
                                       tu_store_teardown),
       cmocka_unit_test_setup_teardown(cursor_commit_after_a_compaction_saves_todays_numbering, tu_store_setup,

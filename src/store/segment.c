@@ -447,35 +447,45 @@ bp_status bp__segfile_open(bp_store *s, uint64_t id, bp__segfile *f) {
   bp__segment_path(s, id, path, sizeof path);
   int fd = bp__os_table.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
   if (fd < 0) return bp__fail_errno(BP_EIO, errno, "open %s", path);
-  struct stat st;
-  if (bp__os_table.fstat(fd, &st) != 0) {
-    int err = errno;
-    bp__os_table.close(fd);
-    return bp__fail_errno(BP_EIO, err, "stat %s", path);
-  }
-  if (!S_ISREG(st.st_mode)) {
-    bp__os_table.close(fd);
-    return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " is not a regular file", id);
-  }
-  size_t size = (size_t)st.st_size;
-  if (size == 0) {
-    bp__os_table.close(fd);
-    return BP_OK;
+  /* The size, the trailer and the header, read again should the file be
+   * found shorter than its size said: beside a read-only open, a writer in
+   * another process may seal the segment, cutting the space it allocated
+   * ahead, between the two. */
+  uint8_t head[4096];
+  size_t size = 0, have = 0;
+  for (int tries = 0;; tries++) {
+    struct stat st;
+    if (bp__os_table.fstat(fd, &st) != 0) {
+      int err = errno;
+      bp__os_table.close(fd);
+      return bp__fail_errno(BP_EIO, err, "stat %s", path);
+    }
+    if (!S_ISREG(st.st_mode)) {
+      bp__os_table.close(fd);
+      return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " is not a regular file", id);
+    }
+    size = (size_t)st.st_size;
+    if (size == 0) {
+      bp__os_table.close(fd);
+      return BP_OK;
+    }
+    f->has_trailer = false;
+    int trc = size >= BP__SIDX_TRAILER_SIZE
+                  ? bp__os_read_all(fd, f->trailer, BP__SIDX_TRAILER_SIZE, size - BP__SIDX_TRAILER_SIZE)
+                  : 0;
+    if (trc == 0 && size >= BP__SIDX_TRAILER_SIZE) f->has_trailer = memcmp(f->trailer + 12, "SIDX", 4) == 0;
+    /* The header: magic, length, and the map (read with pread, a page at most). */
+    have = size < sizeof head ? size : sizeof head;
+    int rc = trc > 0 ? trc : bp__os_read_all(fd, head, have, 0);
+    if ((rc == -1 || trc == -1) && tries < 3) continue; /* shorter than it was: look again */
+    if (rc) {
+      bp__os_table.close(fd);
+      return bp__fail_errno(BP_EIO, rc > 0 ? rc : EIO, "read %s", path);
+    }
+    break;
   }
   f->fd = fd;
   f->size = size;
-  if (size >= BP__SIDX_TRAILER_SIZE &&
-      bp__os_read_all(fd, f->trailer, BP__SIDX_TRAILER_SIZE, size - BP__SIDX_TRAILER_SIZE) == 0)
-    f->has_trailer = memcmp(f->trailer + 12, "SIDX", 4) == 0;
-
-  /* The header: magic, length, and the map (read with pread, a page at most). */
-  uint8_t head[4096];
-  size_t have = size < sizeof head ? size : sizeof head;
-  int rc = bp__os_read_all(fd, head, have, 0);
-  if (rc) {
-    bp__segfile_close(f);
-    return bp__fail_errno(BP_EIO, rc > 0 ? rc : EIO, "read %s", path);
-  }
   bp__segment_header h;
   size_t consumed;
   if (memcmp(head, BP__SEGMENT_MAGIC, have < 4 ? have : 4) != 0) {
@@ -504,14 +514,44 @@ bad:
   return bp__fail_within(BP_ECORRUPT, "segment %06" PRIu64, id);
 }
 
-/* Maps (or, failing that, reads) the whole file for a frame scan. */
+/* Makes data[0, upto) readable; false when the file ends before upto. A
+ * read-only open reads the file as the scan goes: a writer in another
+ * process may seal the segment meanwhile, cutting the space it allocated
+ * ahead, and a mapping of those pages would fault. A file found shorter than
+ * at open is taken to end there (the open compares the directory before and
+ * after, and reads again on a change). */
+static bool have_upto(bp__segfile *f, size_t upto) {
+  if (upto <= f->have) return true;
+  if (!f->incremental || upto > f->size) return false;
+  if (upto > f->cap) {
+    size_t cap = f->cap * 2 > upto ? f->cap * 2 : upto;
+    if (cap < (1u << 20)) cap = 1u << 20;
+    if (cap > f->size) cap = f->size;
+    uint8_t *d = realloc((void *)f->data, cap);
+    if (!d) return false;
+    f->data = d;
+    f->cap = cap;
+  }
+  size_t want = f->cap - f->have;
+  ssize_t got = bp__os_table.pread(f->fd, (uint8_t *)f->data + f->have, want, (off_t)f->have);
+  if (got > 0) f->have += (size_t)got;
+  if (got < (ssize_t)want) f->size = f->have; /* shorter than it was */
+  return upto <= f->have;
+}
+
+/* Maps (or, failing that, reads) the whole file for a frame scan; a
+ * read-only store reads it as the scan goes (have_upto). */
 static bp_status segfile_map(bp_store *s, bp__segfile *f) {
-  (void)s;
-  if (f->data || f->fd < 0) return BP_OK;
+  if (f->data || f->incremental || f->fd < 0) return BP_OK;
+  if (s->readonly) {
+    f->incremental = true;
+    return BP_OK;
+  }
   void *m = bp__os_table.mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, f->fd, 0);
   if (m != MAP_FAILED) {
     f->data = m;
     f->mapped = true;
+    f->have = f->size;
     madvise(m, f->size, MADV_SEQUENTIAL);
     return BP_OK;
   }
@@ -523,6 +563,7 @@ static bp_status segfile_map(bp_store *s, bp__segfile *f) {
     return bp__fail_errno(BP_EIO, rc > 0 ? rc : EIO, "read segment %06" PRIu64, f->id);
   }
   f->data = buf;
+  f->have = f->size;
   return BP_OK;
 }
 
@@ -829,19 +870,29 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
   while (off < end && !damage) {
     size_t got = 0;
     for (; got < BATCH && off < end; got++) {
-      if (end - off < BP__FRAME_PREFIX) { damage = "truncated frame header"; break; }
+      if (end - off < BP__FRAME_PREFIX || !have_upto(f, off + BP__FRAME_PREFIX)) {
+        damage = "truncated frame header";
+        break;
+      }
+      if (end > f->size) end = f->size; /* the file was found shorter */
       uint32_t len = bp__get_be32(f->data + off);
       uint32_t crc = bp__get_be32(f->data + off + 4);
       if (len == 0 && crc == 0 && !f->has_trailer) {
         /* Space the writer allocated ahead of its frames: the data ends here,
          * provided nothing but zeros follows. */
-        if (!all_zero(f->data, off, f->size)) { damage = "zeros in the middle of the frames"; break; }
+        if (!may_tear && (!have_upto(f, f->size) || !all_zero(f->data, off, f->size))) {
+          damage = "zeros in the middle of the frames";
+          break;
+        }
         bp__log(s, BP_LOG_DEBUG, "segment %06" PRIu64 ": frames end at %zu (%zu bytes allocated ahead)", f->id, off,
                 f->size - off);
         end = off;
         break;
       }
-      if (len > end - off - BP__FRAME_PREFIX) { damage = "frame runs past the end"; break; }
+      if (len > end - off - BP__FRAME_PREFIX || !have_upto(f, off + BP__FRAME_PREFIX + len)) {
+        damage = "frame runs past the end";
+        break;
+      }
       const uint8_t *body = f->data + off + BP__FRAME_PREFIX;
       if (bp__crc32(body, len) != crc) { damage = "CRC mismatch"; break; }
       bp__frame fr;
@@ -863,7 +914,7 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
       /* Salvage keeps what it can: past the damage, the next valid frame
        * (the damaged one's successor when its length survived). */
       size_t limit = claimed && claimed_end > off ? claimed_end : f->size;
-      size_t next = next_frame_at(f->data, off + 1, limit);
+      size_t next = have_upto(f, limit) ? next_frame_at(f->data, off + 1, limit) : SIZE_MAX;
       if (next != SIZE_MAX) {
         bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": %s at offset %zu; salvage skips %zu bytes to the frame at %zu",
                 f->id, damage, off, next - off, next);

@@ -230,7 +230,7 @@ static bp_status check_evidence(bp_store *s, const uint64_t *ids, size_t n) {
                   "offset %" PRIu64 ": events were lost (open with salvage to keep the rest)", id, what, upto);
 }
 
-static bp_status recover(bp_store *s) {
+static bp_status recover_once(bp_store *s) {
   uint64_t *ids = NULL, *hidden = NULL;
   size_t n = 0, nhidden = 0;
   bool stale_checkpoint = false;
@@ -285,6 +285,105 @@ static bp_status recover(bp_store *s) {
   }
   free(ids);
   return st;
+}
+
+/* ------------------------------------------------- read-only, beside a writer */
+
+/* What a directory's files were when a read-only open looked: each segment's
+ * id, inode and size (the newest one's size aside: appends grow it), and the
+ * compaction intent's and the checkpoint's inode and size. */
+typedef struct dir_state {
+  uint64_t *v; /* triples: id, inode, size */
+  size_t n;
+  uint64_t intent[2], ckpt[2];
+} dir_state;
+
+static void file_id(const char *dir, const char *name, uint64_t out[2]) {
+  char path[4400];
+  snprintf(path, sizeof path, "%s/%s", dir, name);
+  struct stat st;
+  if (stat(path, &st) != 0) out[0] = out[1] = 0;
+  else {
+    out[0] = (uint64_t)st.st_ino;
+    out[1] = (uint64_t)st.st_size;
+  }
+}
+
+static bp_status dir_state_take(bp_store *s, dir_state *d) {
+  memset(d, 0, sizeof *d);
+  uint64_t *ids;
+  size_t n;
+  bp_status st = list_segments(s, NULL, 0, &ids, &n);
+  if (st) return st;
+  d->v = malloc(sizeof *d->v * 3 * (n ? n : 1));
+  if (!d->v) {
+    free(ids);
+    return bp__fail(BP_ENOMEM, "out of memory listing %s", s->dir);
+  }
+  for (size_t i = 0; i < n; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "%06" PRIu64 ".fbat", ids[i]);
+    d->v[3 * i] = ids[i];
+    file_id(s->dir, name, &d->v[3 * i + 1]);
+    if (i + 1 == n) d->v[3 * i + 2] = 0;
+  }
+  d->n = n;
+  free(ids);
+  file_id(s->dir, BP__COMPACT_INTENT, d->intent);
+  file_id(s->dir, BP__CHECKPOINT_FILE, d->ckpt);
+  return BP_OK;
+}
+
+static bool dir_state_same(const dir_state *a, const dir_state *b) {
+  return a->n == b->n && memcmp(a->v, b->v, sizeof *a->v * 3 * a->n) == 0 &&
+         memcmp(a->intent, b->intent, sizeof a->intent) == 0 && memcmp(a->ckpt, b->ckpt, sizeof a->ckpt) == 0;
+}
+
+/* Back to the state before recovery, for another attempt. */
+static bp_status recovery_reset(bp_store *s) {
+  bp__segments_free(s);
+  bp__index_free(&s->ix);
+  bp__scan_free(&s->scan);
+  s->from_sidx = s->scanned = 0;
+  s->torn_bytes = s->batch_frames_dropped = 0;
+  s->checkpoint_damaged = false;
+  s->ckpt_evidence.segment = s->ckpt_evidence.upto = 0;
+  bp_status st = bp__index_init(&s->ix);
+  if (!st) st = bp__scan_init(&s->scan, s->cfg.index_layout);
+  return st;
+}
+
+/* A read-only open beside a writer may meet a compaction halfway: segments
+ * replaced or deleted between the listing and the reading, and so events
+ * read twice (old segments and the merged one) or a segment gone. The open
+ * therefore compares the directory before and after it read it, and reads
+ * again until the two agree: the events are then exactly those of one
+ * moment's set of segments. */
+#define READONLY_ATTEMPTS 16
+
+static bp_status recover(bp_store *s) {
+  if (!s->readonly) return recover_once(s);
+  for (int attempt = 0;; attempt++) {
+    dir_state before, after;
+    bp_status st = dir_state_take(s, &before);
+    if (st) return st;
+    st = recover_once(s);
+    bp_error err = *bp_last_error();
+    bp_status st2 = dir_state_take(s, &after);
+    bool same = !st2 && dir_state_same(&before, &after);
+    free(before.v);
+    free(after.v);
+    if (st2 && !st) return st2;
+    if (same) {
+      if (st) bp__set_error(&err);
+      return st;
+    }
+    if (attempt + 1 == READONLY_ATTEMPTS)
+      return bp__fail(BP_EIO, "%s changed under each of %d attempts to read it (a writer compacting?)", s->dir,
+                      READONLY_ATTEMPTS);
+    bp__log(s, BP_LOG_INFO, "%s changed while it was read (a compaction?); reading it again", s->dir);
+    if ((st = recovery_reset(s))) return st;
+  }
 }
 
 static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly, bp_store **out) {

@@ -252,8 +252,13 @@ typedef struct bp__segfile {
   size_t frames_start;      /* offset of the first frame */
   bool has_trailer;         /* ends in "SIDX" */
   uint8_t trailer[BP__SIDX_TRAILER_SIZE];
-  const uint8_t *data;      /* the whole file, once mapped (or read) for a scan */
+  const uint8_t *data;      /* the file for a scan: mapped whole, or read into memory */
   bool mapped;
+  bool incremental;         /* read as the scan goes (a read-only open: a writer may
+                               shorten the file meanwhile, which a mapping would
+                               answer with SIGBUS) */
+  size_t have;              /* bytes of data read so far (incremental) */
+  size_t cap;
   size_t torn_header;       /* bytes of a header cut short (the segment is empty) */
 } bp__segfile;
 /* Opens segment id for recovery. A file too short to hold its header is
