@@ -229,6 +229,7 @@ typedef struct compaction {
   uint32_t *dropped;        /* old global sequences retention left out */
   size_t ndropped, dropcap;
   bool rewritten;           /* some event was tombstoned */
+  int64_t created_ns;       /* the new segment's header: the log's next epoch */
   int fd;
   char tmp[4200];
   uint64_t size;            /* bytes written to the temporary file */
@@ -323,6 +324,7 @@ static bp_status write_segment(compaction *c) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   bp__segment_header h = {BP__SEGMENT_VERSION, 0, (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec, c->ids[0]};
+  c->created_ns = h.created_ns;
   bp__segment_header_encode(&c->out, &h);
 
   uint64_t visible = bp__index_visible(&s->ix);
@@ -466,6 +468,7 @@ static void swap_index(compaction *c) {
     }
   }
   atomic_store(&s->generation, gen);
+  atomic_store(&s->log_epoch, c->created_ns);
 }
 
 /* Steps 2-5 and the swap. */

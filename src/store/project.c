@@ -5,16 +5,20 @@
  * Cache entry for (entity, projection):
  *   key   = entity bytes | 0x00 | u64 LE name hash (first 8 bytes of BLAKE3(name))
  *           | u64 LE schema_version
- *   value = encoded state | watermark u64 LE | cached_at_us i64 LE
+ *   value = encoded state | log epoch u64 LE | watermark u64 LE | cached_at_us i64 LE
  * The watermark is the global sequence of the last relevant event the state
- * includes.
+ * includes. The log epoch names the log's history: it changes whenever a
+ * compaction rewrites it (store_impl.h, log_epoch), in this process or in
+ * another that opened the store without this cache (`batpak compact`), so a
+ * state cached before that is never served after it: retention renumbers
+ * events and tombstones rewrite them, and a watermark alone cannot tell.
  */
 #include "store/store_impl.h"
 
 #include <inttypes.h>
 #include <time.h>
 
-#define META_LEN 16
+#define META_LEN 24
 
 static bool relevant(const bp_projection *p, bp_kind kind) {
   if (p->kinds_len == 0) return true;
@@ -162,8 +166,9 @@ static void cache_store(bp_store *s, const bp_projection *p, void *ctx, const vo
   uint8_t *val = malloc(len + META_LEN);
   if (val) {
     if (len) memcpy(val, bytes, len);
-    bp__put_le64(val + len, watermark);
-    bp__put_le64(val + len + 8, (uint64_t)wall_us());
+    bp__put_le64(val + len, (uint64_t)atomic_load(&s->log_epoch));
+    bp__put_le64(val + len + 8, watermark);
+    bp__put_le64(val + len + 16, (uint64_t)wall_us());
     if (bp_cache_put(s->cache, key, klen, val, len + META_LEN) != BP_OK)
       bp__log(s, BP_LOG_WARN, "projection %s: cache put failed: %s", p->name, bp_last_error()->message);
   }
@@ -196,8 +201,9 @@ static bp_status project_locked(bp_store *s, const char *entity, const bp_projec
   if (cacheable) {
     void *val = NULL;
     size_t vlen = 0;
-    if (bp_cache_get(s->cache, key, klen, &val, &vlen) == BP_OK && vlen >= META_LEN) {
-      uint64_t cached_wm = bp__get_le64((uint8_t *)val + vlen - META_LEN);
+    if (bp_cache_get(s->cache, key, klen, &val, &vlen) == BP_OK && vlen >= META_LEN &&
+        bp__get_le64((uint8_t *)val + vlen - META_LEN) == (uint64_t)atomic_load(&s->log_epoch)) {
+      uint64_t cached_wm = bp__get_le64((uint8_t *)val + vlen - 16);
       int64_t cached_at = (int64_t)bp__get_le64((uint8_t *)val + vlen - 8);
       bool serve = fresh.mode == BP_FRESH_BEST_EFFORT
                        ? cached_wm <= watermark && (uint64_t)(wall_us() - cached_at) <= fresh.max_stale_ms * 1000

@@ -507,6 +507,7 @@ bp_status bp__segfile_open(bp_store *s, uint64_t id, bp__segfile *f) {
   if (h.segment_id != id)
     bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": header says segment %" PRIu64, id, h.segment_id);
   f->frames_start = consumed;
+  f->created_ns = h.created_ns;
   return BP_OK;
 
 bad:

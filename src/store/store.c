@@ -243,6 +243,11 @@ static bp_status recover_once(bp_store *s) {
     if (!(st = segment_size(s, ids[i], &size))) st = bp__segment_add(s, ids[i], true, size);
   }
   if (!st) s->next_segment_id = n ? ids[n - 1] + 1 : 1;
+  if (!st && n > 0) {
+    bp__segfile f;
+    if (bp__segfile_open(s, ids[0], &f) == BP_OK) atomic_store(&s->log_epoch, f.created_ns);
+    bp__segfile_close(&f); /* a failure is the load's to report */
+  }
 
   bool restored = false;
   if (!st && s->cfg.enable_checkpoint && n > 0 && !stale_checkpoint) {

@@ -163,6 +163,10 @@ struct bp_store {
   _Atomic uint64_t durable;
   uint64_t torn_bytes, batch_frames_dropped;
   bp_open_path open_path;
+  /* The log's history: the created_ns of its lowest segment's header, which
+   * every compaction rewrites with a new time (it merges into the lowest id),
+   * 0 while there is no segment. Cached projections carry it (project.c). */
+  _Atomic int64_t log_epoch;
   bool checkpoint_damaged;  /* open found index.ckpt and ignored it: close rewrites it */
   /* A checkpoint whose CRC holds but which names a segment that is missing,
    * or events past a segment's end (checkpoint.c): either it lies, or that
@@ -260,6 +264,7 @@ typedef struct bp__segfile {
   size_t have;              /* bytes of data read so far (incremental) */
   size_t cap;
   size_t torn_header;       /* bytes of a header cut short (the segment is empty) */
+  int64_t created_ns;       /* the header's */
 } bp__segfile;
 /* Opens segment id for recovery. A file too short to hold its header is
  * reported as empty (fd -1, size 0, torn_header its length) rather than an

@@ -408,6 +408,7 @@ static bp_status writer_open_segment(bp_store *s) {
     return st;
   }
   s->next_segment_id = id + 1;
+  if (atomic_load(&s->log_epoch) == 0) atomic_store(&s->log_epoch, h.created_ns); /* the store's first segment */
   pthread_mutex_lock(&s->hint_lock);
   s->wfd = fd;
   pthread_mutex_unlock(&s->hint_lock);
