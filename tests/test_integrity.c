@@ -10,6 +10,7 @@
 #include "store/store_impl.h"
 
 #include <dirent.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
 #include <pthread.h>
@@ -19,6 +20,12 @@
 #include <unistd.h>
 
 typedef tu_store_fixture fixture;
+
+/* Every test's teardown: a failed test must not leave its faults behind. */
+static int teardown(void **state) {
+  bp__os_table = bp__os_default;
+  return tu_store_teardown(state);
+}
 
 /* ------------------------------------------------ every file of a directory */
 
@@ -913,35 +920,128 @@ static void projection_cache_notices_a_compaction_by_another_handle(void **state
   assert_ok(bp_close(s));
 }
 
+/* --------------------------------------------------------- a full disk */
+
+/* A disk with free_bytes left: allocations and writes that grow a file
+ * past it fail ENOSPC. */
+static int64_t free_bytes;
+
+static int64_t growth(int fd, uint64_t end) {
+  struct stat st;
+  if (fstat(fd, &st) != 0) return 0;
+  return end > (uint64_t)st.st_size ? (int64_t)(end - (uint64_t)st.st_size) : 0;
+}
+
+static int small_fallocate(int fd, int mode, off_t off, off_t len) {
+  int64_t g = growth(fd, (uint64_t)(off + len));
+  if (g > free_bytes) {
+    errno = ENOSPC;
+    return -1;
+  }
+  free_bytes -= g;
+  return bp__os_default.fallocate(fd, mode, off, len);
+}
+
+static ssize_t small_pwritev(int fd, const struct iovec *iov, int cnt, off_t off) {
+  size_t n = 0;
+  for (int i = 0; i < cnt; i++) n += iov[i].iov_len;
+  int64_t g = growth(fd, (uint64_t)off + n);
+  if (g > free_bytes) {
+    errno = ENOSPC;
+    return -1;
+  }
+  free_bytes -= g;
+  return bp__os_default.pwritev(fd, iov, cnt, off);
+}
+
+/* With 3 MiB free an append of a few bytes succeeds (space used to be
+ * reserved 4 MiB at a time), and a real ENOSPC fails the appends without
+ * killing the writer: once space is freed, appends go on. Both write paths:
+ * the mapping (sync every 1000) and write() (sync every event). */
+static void appends_fit_in_the_space_left_and_a_full_disk_is_not_fatal(void **state) {
+  fixture *f = *state;
+  f->cfg.log_fn = no_log;
+  for (int path = 0; path < 2; path++) {
+    f->cfg.sync_every_n_events = path == 0 ? 1000 : 1;
+    bp_store *s = open_ok(&f->cfg);
+    bp_coord c = {"disk", "full"};
+    static bp_id ids[1024];
+    size_t n = 0;
+    bp_append_receipt r;
+    bp__os_table.fallocate = small_fallocate;
+    bp__os_table.pwritev = small_pwritev;
+    free_bytes = 3 << 20;
+    bp_status st = bp_append(s, &c, 0x1001, "ab", 2, &r);
+    if (st) fail_msg("path %d: a 2-byte append with 3 MiB free: %s", path, bp_last_error()->message);
+    ids[n++] = r.event_id;
+    /* Nothing left: appends go on into space reserved already, then fail
+     * ENOSPC, again and again, without the writer failing for good. */
+    free_bytes = 0;
+    char text[4096];
+    memset(text, 'x', sizeof text);
+    int refused = 0;
+    for (int i = 0; i < 2000 && refused < 5; i++) {
+      st = bp_append(s, &c, 0x1001, text, sizeof text, &r);
+      if (st == BP_OK) {
+        assert_int_equal(refused, 0);
+        if (n < 1000) ids[n++] = r.event_id; /* at most 3 MiB of 4 KiB frames */
+        else fail_msg("path %d: more space was used than there was", path);
+        continue;
+      }
+      if (st != BP_EIO || bp_last_error()->sys_errno != ENOSPC)
+        fail_msg("path %d: a full disk gave %s (%s)", path, bp_status_name(st), bp_last_error()->message);
+      refused++;
+    }
+    assert_int_equal(refused, 5);
+    free_bytes = 64 << 20;
+    for (int i = 0; i < 3; i++) {
+      memset(text, 'y', sizeof text);
+      st = bp_append(s, &c, 0x1001, text, sizeof text, &r);
+      if (st) fail_msg("path %d: space freed, yet the append failed: %s", path, bp_last_error()->message);
+      ids[n++] = r.event_id;
+    }
+    bp_store_diagnostics d;
+    bp_diagnostics(s, &d);
+    assert_false(d.writer_failed);
+    assert_int_equal(d.writer_restarts, 0);
+    assert_ok(bp_close(s));
+    bp__os_table = bp__os_default;
+    tu_assert_acknowledged(&f->cfg, ids, n, NULL, NULL, "after a full disk");
+    tu_remove_tree(f->dir);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(appends_fit_in_the_space_left_and_a_full_disk_is_not_fatal, tu_store_setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(projection_cache_notices_a_compaction_by_another_handle, tu_store_setup,
-                                      tu_store_teardown),
+                                      teardown),
       cmocka_unit_test_setup_teardown(readonly_opens_beside_a_compacting_writer_see_one_set_of_segments,
-                                      tu_store_setup, tu_store_teardown),
+                                      tu_store_setup, teardown),
       cmocka_unit_test_setup_teardown(durable_cursor_resumes_after_retention_dropped_its_last_event, tu_store_setup,
-                                      tu_store_teardown),
+                                      teardown),
       cmocka_unit_test_setup_teardown(cursor_commit_after_a_compaction_saves_todays_numbering, tu_store_setup,
-                                      tu_store_teardown),
+                                      teardown),
       cmocka_unit_test_setup_teardown(snapshot_fsyncs_the_parent_of_the_directory_it_creates, tu_store_setup,
-                                      tu_store_teardown),
+                                      teardown),
       cmocka_unit_test_setup_teardown(damaged_footer_entry_is_never_believed_and_is_rewritten, tu_store_setup,
-                                      tu_store_teardown),
+                                      teardown),
       cmocka_unit_test_setup_teardown(crate_footer_with_a_flipped_field_is_not_believed, tu_store_setup,
-                                      tu_store_teardown),
+                                      teardown),
       cmocka_unit_test_setup_teardown(crashed_segment_is_finished_and_later_damage_is_not_a_torn_tail, tu_store_setup,
-                                      tu_store_teardown),
+                                      teardown),
       cmocka_unit_test_setup_teardown(damage_in_an_unsealed_segment_before_the_newest_is_corruption, tu_store_setup,
-                                      tu_store_teardown),
+                                      teardown),
       cmocka_unit_test_setup_teardown(missing_emptied_or_cut_sealed_segment_fails_naming_it, tu_store_setup,
-                                      tu_store_teardown),
+                                      teardown),
       cmocka_unit_test_setup_teardown(reserved_kinds_are_refused_on_every_append_path, tu_store_setup,
-                                      tu_store_teardown),
-      cmocka_unit_test_setup_teardown(coordinates_that_are_not_utf8_fail_ecoord, tu_store_setup, tu_store_teardown),
+                                      teardown),
+      cmocka_unit_test_setup_teardown(coordinates_that_are_not_utf8_fail_ecoord, tu_store_setup, teardown),
       cmocka_unit_test_setup_teardown(refused_appends_and_idle_opens_leave_every_file_as_it_was, tu_store_setup,
-                                      tu_store_teardown),
+                                      teardown),
       cmocka_unit_test_setup_teardown(appends_racing_close_fail_eshutdown_and_lose_nothing, tu_store_setup,
-                                      tu_store_teardown),
+                                      teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -260,8 +260,17 @@ static int reserve_space(bp_store *s, uint64_t end, hints *h) {
   uint64_t cap = (end + BP__GROW_STEP - 1) / BP__GROW_STEP * BP__GROW_STEP;
   if (cap > s->wmap_len) cap = s->wmap_len;
   if (cap < end) return EOPNOTSUPP;
-  if (bp__os_table.fallocate(s->wfd, 0, (off_t)s->wcap, (off_t)(cap - s->wcap)) != 0)
-    return errno == ENOSYS ? EOPNOTSUPP : (errno ? errno : EIO);
+  if (bp__os_table.fallocate(s->wfd, 0, (off_t)s->wcap, (off_t)(cap - s->wcap)) != 0) {
+    int err = errno;
+    /* Without room for a whole step, room for this write is enough: an
+     * append that fits must not fail for the space reserved ahead of it. */
+    if ((err == ENOSPC || err == EDQUOT) && cap > end) {
+      cap = end;
+      if (bp__os_table.fallocate(s->wfd, 0, (off_t)s->wcap, (off_t)(cap - s->wcap)) == 0) err = 0;
+      else err = errno;
+    }
+    if (err) return err == ENOSYS ? EOPNOTSUPP : (err ? err : EIO);
+  }
   /* Map the new range now, in one call, rather than one page fault per page
    * as frames arrive. Readable only: a page mapped writable is dirty at once,
    * so every fsync would write the whole range ahead (zeros) and then
@@ -786,12 +795,18 @@ static bool commit_group(bp_store *s, bp__req **group, size_t ng, hints *h) {
       what = s->cfg.sync_mode == BP_SYNC_DATA ? "fdatasync" : "fsync";
     }
     if (rc) {
+      /* A full disk refused the frames before any became visible, and left
+       * the segment as it was: the appends fail, the writer goes on (once
+       * space is freed, the next append succeeds). Anything else, or any
+       * failed flush, leaves the segment in doubt: the writer restarts. */
+      bool full = !sync_now && (rc == ENOSPC || rc == EDQUOT);
+      if (full) what = "write (no space left; nothing was written, the store goes on)";
       st = bp__fail_errno(BP_EIO, rc, "%s to segment %06" PRIu64 " at offset %" PRIu64 " failed", what,
                           s->wseg, at);
       bp_error err = *bp_last_error();
       bp__index_rollback(&s->ix, count0);
       undo_to(&undo, 0);
-      writer_failed(s, at, err.message);
+      if (!full) writer_failed(s, at, err.message);
       for (size_t i = 0; i < ng; i++)
         if (group[i]->status == BP_OK) {
           group[i]->status = BP_EIO;
