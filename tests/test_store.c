@@ -1334,10 +1334,10 @@ static void failed_write_fails_eio_then_restarts_once(void **state) {
   bp_append_receipt ok1 = append_text(s, &ALICE, "acknowledged");
   bp__os_table.pwritev = failing_pwritev;
   fail_writes = 1;
-  fail_errno = ENOSPC;
+  fail_errno = EIO; /* (a full disk is not fatal: appends_fit_in_the_space_left_... in test_integrity) */
   bp_append_receipt r;
   assert_status(bp_append(s, &ALICE, 0x1001, "lost", 4, &r), BP_EIO);
-  assert_int_equal(bp_last_error()->sys_errno, ENOSPC);
+  assert_int_equal(bp_last_error()->sys_errno, EIO);
   assert_int_equal(count_of(s), 1);
   /* The policy (once) restarts on a fresh segment. */
   bp_append_receipt ok2 = append_text(s, &ALICE, "after restart");
@@ -1406,18 +1406,20 @@ static void failed_fsync_fails_the_append_and_keeps_earlier_events(void **state)
 }
 
 /* The mapped write path: running out of space is an error from the space
- * reservation (fallocate), never a crash, and follows the restart policy. */
-static void failed_space_reservation_fails_eio_and_restarts(void **state) {
+ * reservation (fallocate), never a crash. A step that does not fit falls back
+ * to what the append needs; when that fails too the append fails, and the
+ * writer goes on in the same segment (a full disk damages nothing). */
+static void failed_space_reservation_fails_eio_and_the_writer_goes_on(void **state) {
   fixture *f = *state;
   bp_store *s = open_ok(f);
   bp__os_table.fallocate = failing_fallocate;
-  fail_fallocates = 1;
+  fail_fallocates = 2;
   bp_append_receipt r;
   assert_status(bp_append(s, &ALICE, 0x1001, "x", 1, &r), BP_EIO);
   assert_int_equal(bp_last_error()->sys_errno, ENOSPC);
-  bp_append_receipt ok = append_text(s, &ALICE, "after restart");
+  bp_append_receipt ok = append_text(s, &ALICE, "space again");
   assert_int_equal(ok.sequence, 0);
-  assert_int_equal(ok.disk_pos.segment_id, 2);
+  assert_int_equal(ok.disk_pos.segment_id, 1);
   assert_ok(bp_close(s));
   bp__os_table = bp__os_default;
   s = open_ok(f);
@@ -2416,7 +2418,7 @@ int main(void) {
       T(failed_write_fails_eio_then_restarts_once),
       T(bounded_restart_policy_allows_n_restarts),
       T(failed_fsync_fails_the_append_and_keeps_earlier_events),
-      T(failed_space_reservation_fails_eio_and_restarts),
+      T(failed_space_reservation_fails_eio_and_the_writer_goes_on),
       T(space_allocated_ahead_is_not_a_torn_tail),
       T(durable_appends_land_on_zeros_written_ahead),
       T(filled_pages_leave_the_mapping_when_written_back),
