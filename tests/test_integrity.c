@@ -1011,8 +1011,41 @@ static void appends_fit_in_the_space_left_and_a_full_disk_is_not_fatal(void **st
   }
 }
 
+static bool keep_not_second_kind(const bp_event *ev, void *ctx) {
+  (void)ctx;
+  return ev->header.kind != 0x1002;
+}
+
+/* bp_verify accepts what retention leaves: entities whose clocks jump and
+ * whose chains link to dropped events, in the merged (lowest) segment,
+ * followed by new appends to the same entities. */
+static void verify_accepts_retention_gaps(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 1024;
+  f->cfg.log_fn = no_log;
+  bp_id ids[40];
+  forty_events(&f->cfg, ids);
+  /* Entities keep:N and drop:N are one event each: give keep:0 a chain
+   * whose middle retention drops. */
+  bp_store *s = open_ok(&f->cfg);
+  for (int i = 0; i < 6; i++) {
+    bp_coord c = {"keep:0", "cursor"};
+    assert_ok(bp_append(s, &c, i % 2 ? 0x1002 : 0x1001, "chain link payload", 18, NULL));
+  }
+  assert_ok(bp_close(s));
+  s = open_ok(&f->cfg);
+  bp_compaction_config cc = {BP_COMPACT_RETENTION, keep_not_second_kind, NULL, 0};
+  bp_compaction_result res;
+  assert_ok(bp_compact(s, &cc, &res));
+  bp_coord c = {"keep:0", "cursor"};
+  assert_ok(bp_append(s, &c, 0x1001, "after the retention", 19, NULL));
+  assert_ok(bp_close(s));
+  tu_assert_verifies(f->dir, "after retention and new appends");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(verify_accepts_retention_gaps, tu_store_setup, teardown),
       cmocka_unit_test_setup_teardown(appends_fit_in_the_space_left_and_a_full_disk_is_not_fatal, tu_store_setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(projection_cache_notices_a_compaction_by_another_handle, tu_store_setup,

@@ -540,6 +540,10 @@ typedef struct bp_verify_report {
  * is the BLAKE3 of its payload; every SIDX footer against the frames it
  * describes; every entity's hash chain (prev_hash links) and clocks; and the
  * checkpoint against the segments. Each problem is reported with its place.
+ * What retention leaves is not a problem: in the lowest segment (where a
+ * compaction writes) an entity's clock may jump forward and its chain link to
+ * a dropped event, and so may its next event after that segment. Such a jump
+ * anywhere else is reported.
  * Errors: BP_ECORRUPT when problems were found (report filled), BP_EIO,
  * BP_ENOMEM (the check was cut short: no problems are listed). The report is
  * filled in every case; free it with bp_verify_report_free. */
