@@ -8,6 +8,7 @@
 #include "testutil.h"
 #include "store/os.h"
 #include "store/store_impl.h"
+#include "wire/msgpack.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -1043,8 +1044,146 @@ static void verify_accepts_retention_gaps(void **state) {
   tu_assert_verifies(f->dir, "after retention and new appends");
 }
 
+/* ------------------------------------- the crate's view of a torn batch */
+
+/* Writes index.ckpt as the crate would after opening a store whose last
+ * segment ends inside a batch: every entry listed, the batch's frames too
+ * (it does not know the batch flag), the watermark at the segment's end. */
+static void write_crate_like_checkpoint(const char *dir, const bp_entry *e, size_t n, uint64_t wm_off) {
+  bp__buf b;
+  bp__buf_init(&b);
+  bp__mp_put_map(&b, 5);
+  bp__mp_put_lit(&b, "global_sequence");
+  bp__mp_put_uint(&b, n);
+  bp__mp_put_lit(&b, "watermark_segment_id");
+  bp__mp_put_uint(&b, 1);
+  bp__mp_put_lit(&b, "watermark_offset");
+  bp__mp_put_uint(&b, wm_off);
+  /* Names: "" then each entity and scope once. */
+  const char *names[16] = {""};
+  uint32_t nn = 1;
+  uint32_t ids[16][2];
+  for (size_t i = 0; i < n; i++)
+    for (int k = 0; k < 2; k++) {
+      const char *x = k ? e[i].scope : e[i].entity;
+      uint32_t j = 1;
+      while (j < nn && strcmp(names[j], x) != 0) j++;
+      if (j == nn) names[nn++] = x;
+      ids[i][k] = j;
+    }
+  bp__mp_put_lit(&b, "interner_strings");
+  bp__mp_put_array(&b, nn);
+  for (uint32_t j = 0; j < nn; j++) bp__mp_put_str(&b, names[j], strlen(names[j]));
+  bp__mp_put_lit(&b, "entries");
+  bp__mp_put_array(&b, (uint32_t)n);
+  for (size_t i = 0; i < n; i++) {
+    bp__ientry x;
+    memset(&x, 0, sizeof x);
+    x.event_id = e[i].event_id;
+    x.correlation_id = e[i].correlation_id;
+    x.causation_id = e[i].causation_id;
+    memcpy(x.prev_hash, e[i].hash_chain.prev_hash, 32);
+    memcpy(x.event_hash, e[i].hash_chain.event_hash, 32);
+    x.wall_ms = e[i].wall_ms;
+    x.offset = e[i].disk_pos.offset;
+    x.length = e[i].disk_pos.length;
+    x.segment_id = (uint32_t)e[i].disk_pos.segment_id;
+    x.entity = ids[i][0];
+    x.scope = ids[i][1];
+    x.clock = e[i].clock;
+    x.kind = e[i].kind;
+    bp__checkpoint_put_entry(&b, &x, i);
+  }
+  assert_false(b.oom);
+  uint8_t head[12] = {'F', 'B', 'A', 'T', 'C', 'K', 2, 0};
+  bp__put_le32(head + 8, bp__crc32(b.data, b.len));
+  char p[4300];
+  snprintf(p, sizeof p, "%s/index.ckpt", dir);
+  FILE *fp = fopen(p, "wb");
+  assert_int_equal(fwrite(head, 1, 12, fp), 12);
+  assert_int_equal(fwrite(b.data, 1, b.len, fp), b.len);
+  fclose(fp);
+  bp__buf_free(&b);
+}
+
+/* A batch cut short by a crash, then the crate opened the store and wrote
+ * a checkpoint listing the batch's frames. This library shows the store
+ * without the batch (all or nothing) on every path, rebuilds rather than
+ * believe that checkpoint, and verifies the store once it has finished it. */
+static void crate_checkpoint_listing_a_torn_batch_shows_no_part_of_it(void **state) {
+  fixture *f = *state;
+  f->cfg.log_fn = no_log;
+  pid_t pid = fork();
+  if (pid == 0) {
+    bp_config cfg = f->cfg;
+    cfg.sync_every_n_events = 1;
+    bp_store *s;
+    if (bp_open(&cfg, &s)) _exit(1);
+    bp_coord c = {"order:1", "shop"};
+    if (bp_append(s, &c, 0x1001, "placed", 6, NULL) || bp_append(s, &c, 0x1001, "paid", 4, NULL)) _exit(2);
+    bp_event_in evs[3];
+    memset(evs, 0, sizeof evs);
+    static const char *const t[] = {"line 1", "line 2", "shipped"};
+    for (int i = 0; i < 3; i++) {
+      evs[i].coord = c;
+      evs[i].kind = 0x1002;
+      evs[i].payload = t[i];
+      evs[i].len = strlen(t[i]);
+    }
+    if (bp_append_batch(s, evs, 3, NULL)) _exit(3);
+    _exit(0);
+  }
+  int status;
+  assert_int_equal(waitpid(pid, &status, 0), pid);
+  assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+  /* All five are there; then the crash is made to cut the batch's last frame. */
+  bp_store *s;
+  assert_ok(bp_open_readonly(&f->cfg, &s));
+  bp_entries all;
+  bp_region r = bp_region_all();
+  assert_ok(bp_query(s, &r, &all));
+  assert_int_equal(all.len, 5);
+  bp_entry e[5];
+  memcpy(e, all.items, sizeof e);
+  char names[5][2][32];
+  for (int i = 0; i < 5; i++) {
+    snprintf(names[i][0], 32, "%s", e[i].entity);
+    snprintf(names[i][1], 32, "%s", e[i].scope);
+    e[i].entity = names[i][0];
+    e[i].scope = names[i][1];
+  }
+  bp_entries_free(&all);
+  assert_ok(bp_close(s));
+  char seg[4300];
+  snprintf(seg, sizeof seg, "%s/000001.fbat", f->dir);
+  assert_int_equal(truncate(seg, (off_t)e[4].disk_pos.offset), 0);
+  write_crate_like_checkpoint(f->dir, e, 4, e[4].disk_pos.offset);
+  tu_assert_verifies(f->dir, "the crate's view of a torn batch");
+
+  for (int path = 0; path < 3; path++) {
+    bp_config cfg = f->cfg;
+    cfg.enable_checkpoint = path != 1;
+    bp_store *o;
+    if (path == 2) assert_ok(bp_open(&cfg, &o));
+    else assert_ok(bp_open_readonly(&cfg, &o));
+    bp_store_stats st;
+    bp_stats(o, &st);
+    if (st.event_count != 2) fail_msg("path %d: %" PRIu64 " events; the batch was cut short, 2 stand", path, st.event_count);
+    assert_ok(bp_close(o));
+  }
+  tu_assert_verifies(f->dir, "after a read-write open finished the store");
+  bp_store *o;
+  assert_ok(bp_open(&f->cfg, &o));
+  bp_store_diagnostics d;
+  bp_diagnostics(o, &d);
+  assert_int_equal(d.event_count, 2);
+  assert_ok(bp_close(o));
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(crate_checkpoint_listing_a_torn_batch_shows_no_part_of_it, tu_store_setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(verify_accepts_retention_gaps, tu_store_setup, teardown),
       cmocka_unit_test_setup_teardown(appends_fit_in_the_space_left_and_a_full_disk_is_not_fatal, tu_store_setup,
                                       teardown),

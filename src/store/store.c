@@ -201,6 +201,40 @@ static bp_status load_segments(bp_store *s, const uint64_t *ids, size_t n, size_
   return BP_OK;
 }
 
+/* Whether a checkpoint just loaded ends one of its unsealed segments inside
+ * an atomic batch: frames flagged BATCH_MEMBER with no closing frame after
+ * them, the mark of a batch a crash cut short. This library never writes
+ * such a checkpoint (recovery drops the frames), but the crate, which does
+ * not know the flag, lists them once it has opened the store. Only the last
+ * frame of each unsealed segment the checkpoint covers is read. */
+static bool checkpoint_ends_inside_a_batch(bp_store *s, const uint64_t *ids, size_t n) {
+  uint64_t count = s->ix.count;
+  bool inside = false;
+  for (size_t i = 0; i < n && !inside; i++) {
+    bp__segfile f;
+    if (bp__segfile_open(s, ids[i], &f) != BP_OK) continue; /* the load reports it */
+    bool unsealed = f.fd >= 0 && !f.has_trailer;
+    bp__segfile_close(&f);
+    if (!unsealed) continue;
+    /* The segment's last entry: entries are in segment order. */
+    uint64_t lo = 0, hi = count;
+    while (lo < hi) {
+      uint64_t mid = lo + (hi - lo) / 2;
+      if (bp__index_at(&s->ix, mid)->segment_id <= ids[i]) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lo == 0 || bp__index_at(&s->ix, lo - 1)->segment_id != ids[i]) continue;
+    const bp__ientry *e = bp__index_at(&s->ix, lo - 1);
+    uint8_t *frame = malloc(e->length ? e->length : 1);
+    bp__frame fr;
+    if (frame && bp__segment_read(s, ids[i], e->offset, frame, e->length) == BP_OK && e->length > BP__FRAME_PREFIX &&
+        bp__frame_decode_body(frame + BP__FRAME_PREFIX, e->length - BP__FRAME_PREFIX, NULL, &fr) == BP_OK)
+      inside = (fr.header.flags & BP_FLAG_BATCH_MEMBER) != 0;
+    free(frame);
+  }
+  return inside;
+}
+
 /* A checkpoint whose CRC holds named a segment that is missing, or events
  * past a segment's end. Either the checkpoint lies, or the segment lost
  * events: it is the segment that tells. One that ends in a SIDX trailer was
@@ -253,6 +287,16 @@ static bp_status recover_once(bp_store *s) {
   if (!st && s->cfg.enable_checkpoint && n > 0 && !stale_checkpoint) {
     uint64_t wm_seg = 0, wm_off = 0;
     bp_status ck = bp__checkpoint_load(s, &wm_seg, &wm_off);
+    bool torn_batch = ck == BP_OK && checkpoint_ends_inside_a_batch(s, ids, n);
+    if (torn_batch) {
+      /* Rebuilt from the segments, which drop the interrupted batch: a batch
+       * is all or nothing, whoever wrote the checkpoint. Not damage: the
+       * crate writes such a checkpoint, not knowing the batch flag. */
+      bp__log(s, BP_LOG_INFO, "checkpoint not used: it lists the frames of a batch that a crash cut short (as the "
+              "Rust crate writes it); rebuilding the index from the segments");
+      s->checkpoint_damaged = true;
+      ck = BP_ECORRUPT;
+    }
     if (ck == BP_OK) {
       size_t from = 0;
       while (from < n && ids[from] < wm_seg) from++;
@@ -261,6 +305,8 @@ static bp_status recover_once(bp_store *s) {
       if (restored) s->open_path = BP_OPEN_CHECKPOINT;
     } else if (ck == BP_ENOMEM) {
       st = ck; /* a rebuild would need the same memory again */
+    } else if (torn_batch) {
+      /* logged above */
     } else if (s->ckpt_evidence.segment && (st = check_evidence(s, ids, n))) {
       /* events the checkpoint proves were written are gone */
     } else if (ck != BP_ENOTFOUND || bp_last_error()->sys_errno != ENOENT) {
