@@ -18,11 +18,18 @@ static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int calls_left = -1;     /* calls before the fault; -1: none armed */
 static bool crash_mode, hit;
 
-/* ---- power-loss record: per file, the bytes an fsync made durable ---- */
+/* ---- power-loss record: per file, what an fsync made durable ----
+ *
+ * Each fsync of a file copies what it holds then to a shadow file (its data
+ * regions only: space allocated ahead and never written is a hole): the
+ * durable image. Frames written through a writable mapping reach the file
+ * without a call through the table, so the image is what tells, after the
+ * cut, which sectors no fsync covered: those that differ from it. */
 #define MAX_FILES 4096
 #define MAX_FDS 4096
 typedef struct tracked {
   char path[512];
+  char shadow[600];             /* the durable image, "" before the first */
   int64_t durable;              /* bytes durable from the start of the file */
 } tracked;
 static tracked files[MAX_FILES];
@@ -30,6 +37,46 @@ static int nfiles;
 static int fd_file[MAX_FDS];    /* fd -> index in files, -1 */
 static bool tracking;
 static const char *cut_record;
+static char shadow_dir[64];
+
+/* Copies the data regions of the file open as wfd (size bytes; it may be
+ * open for writing only) to the file at to. */
+static int copy_data(int wfd, off_t size, const char *to) {
+  char self[64];
+  snprintf(self, sizeof self, "/proc/self/fd/%d", wfd);
+  int fd = open(self, O_RDONLY);
+  if (fd < 0) return -1;
+  int out = open(to, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+  if (out < 0) {
+    close(fd);
+    return -1;
+  }
+  static uint8_t buf[1 << 16];
+  off_t at = 0;
+  int rc = 0;
+  while (at < size && !rc) {
+    off_t d = lseek(fd, at, SEEK_DATA);
+    if (d < 0 || d >= size) break;
+    off_t h = lseek(fd, d, SEEK_HOLE);
+    if (h < 0 || h > size) h = size;
+    for (off_t x = d; x < h && !rc;) {
+      size_t n = (size_t)(h - x < (off_t)sizeof buf ? h - x : (off_t)sizeof buf);
+      ssize_t got = pread(fd, buf, n, x);
+      if (got <= 0 || pwrite(out, buf, (size_t)got, x) != got) rc = -1;
+      else x += got;
+    }
+    at = h;
+  }
+  if (!rc && ftruncate(out, size) != 0) rc = -1;
+  close(out);
+  close(fd);
+  return rc;
+}
+
+static void take_image(tracked *t, int fd, off_t size) {
+  if (!t->shadow[0]) snprintf(t->shadow, sizeof t->shadow, "%s/%d", shadow_dir, (int)(t - files));
+  if (copy_data(fd, size, t->shadow) != 0) _exit(92);
+}
 
 static tracked *file_of(const char *path) {
   for (int i = 0; i < nfiles; i++)
@@ -37,6 +84,7 @@ static tracked *file_of(const char *path) {
   if (nfiles == MAX_FILES) return NULL;
   tracked *t = &files[nfiles++];
   snprintf(t->path, sizeof t->path, "%s", path);
+  t->shadow[0] = 0;
   t->durable = -1;
   return t;
 }
@@ -45,8 +93,9 @@ static void save_record(const char *path) {
   int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
   if (fd < 0) _exit(90);
   for (int i = 0; i < nfiles; i++) {
-    char line[600];
-    int n = snprintf(line, sizeof line, "%lld %s\n", (long long)files[i].durable, files[i].path);
+    char line[1200];
+    int n = snprintf(line, sizeof line, "%lld %s\t%s\n", (long long)files[i].durable, files[i].path,
+                     files[i].shadow[0] ? files[i].shadow : "-");
     if (write(fd, line, (size_t)n) != n) _exit(91);
   }
   fsync(fd);
@@ -85,7 +134,10 @@ static int ff_open(const char *p, int fl, mode_t m) {
     tracked *t = file_of(p);
     if (t) {
       /* What was there before tracking began, or before the truncation, was durable. */
-      if (t->durable < 0 || (fl & O_TRUNC)) t->durable = existed && !(fl & O_TRUNC) ? (int64_t)st.st_size : 0;
+      if (t->durable < 0 || (fl & O_TRUNC)) {
+        t->durable = existed && !(fl & O_TRUNC) ? (int64_t)st.st_size : 0;
+        take_image(t, fd, (off_t)t->durable);
+      }
       fd_file[fd] = (int)(t - files);
     }
   }
@@ -112,7 +164,10 @@ static int synced(int fd, int (*fn)(int)) {
   int r = fn(fd);
   if (r == 0 && tracking && fd >= 0 && fd < MAX_FDS && fd_file[fd] >= 0) {
     struct stat st;
-    if (fstat(fd, &st) == 0) files[fd_file[fd]].durable = (int64_t)st.st_size;
+    if (fstat(fd, &st) == 0) {
+      files[fd_file[fd]].durable = (int64_t)st.st_size;
+      take_image(&files[fd_file[fd]], fd, st.st_size);
+    }
   }
   pthread_mutex_unlock(&lock);
   return r;
@@ -129,7 +184,14 @@ static int ff_rename(const char *a, const char *b) {
     for (int i = 0; i < nfiles; i++)
       if (strcmp(files[i].path, a) == 0) from = &files[i];
     tracked *to = file_of(b);
-    if (to) to->durable = from ? from->durable : to->durable;
+    if (to && from && to != from) {
+      to->durable = from->durable;
+      /* The image goes with the file; the old name has none. */
+      char keep[600];
+      snprintf(keep, sizeof keep, "%s", to->shadow);
+      snprintf(to->shadow, sizeof to->shadow, "%s", from->shadow);
+      snprintf(from->shadow, sizeof from->shadow, "%s", keep);
+    }
     if (from) from->durable = 0;
     for (int fd = 0; from && to && fd < MAX_FDS; fd++)
       if (fd_file[fd] == (int)(from - files)) fd_file[fd] = (int)(to - files);
@@ -162,17 +224,15 @@ static int ff_mkdir(const char *p, mode_t m) {
 static int ff_ftruncate(int fd, off_t len) {
   if (enter()) return -1;
   int r = bp__os_default.ftruncate(fd, len);
-  if (r == 0 && tracking && fd >= 0 && fd < MAX_FDS && fd_file[fd] >= 0 && files[fd_file[fd]].durable > len)
+  if (r == 0 && tracking && fd >= 0 && fd < MAX_FDS && fd_file[fd] >= 0 && files[fd_file[fd]].durable > len) {
     files[fd_file[fd]].durable = len;
+    if (files[fd_file[fd]].shadow[0] && truncate(files[fd_file[fd]].shadow, len) != 0) _exit(93);
+  }
   pthread_mutex_unlock(&lock);
   return r;
 }
 
 static void *ff_mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
-  if (tracking && (prot & PROT_WRITE)) {
-    errno = ENODEV; /* every write through the table */
-    return MAP_FAILED;
-  }
   return bp__os_default.mmap(addr, len, prot, flags, fd, off);
 }
 
@@ -217,6 +277,8 @@ bool ff_hit(void) {
 
 void ff_power_track(void) {
   pthread_mutex_lock(&lock);
+  snprintf(shadow_dir, sizeof shadow_dir, "/tmp/batpak-ffshadow-XXXXXX");
+  if (!mkdtemp(shadow_dir)) _exit(94);
   nfiles = 0;
   for (int i = 0; i < MAX_FDS; i++) fd_file[i] = -1;
   tracking = true;
@@ -237,37 +299,65 @@ void ff_power_cut(const char *record_path) {
   _exit(0);
 }
 
+/* Reads bytes [at, at + n) of a file into buf, zeros past its end. */
+static void read_zero_padded(int fd, off_t size, off_t at, uint8_t *buf, size_t n) {
+  memset(buf, 0, n);
+  if (at >= size) return;
+  size_t have = (size_t)(size - at < (off_t)n ? size - at : (off_t)n);
+  if (pread(fd, buf, have, at) < 0) memset(buf, 0, n);
+}
+
 int ff_power_apply(const char *record_path, unsigned seed) {
   FILE *f = fopen(record_path, "r");
   if (!f) return -1;
   srand(seed);
   int damaged = 0;
   long long durable;
-  char path[600];
-  while (fscanf(f, "%lld %599[^\n]\n", &durable, path) == 2) {
+  char path[600], shadow[700];
+  char dir[700] = "";
+  while (fscanf(f, "%lld %599[^\t]\t%699[^\n]\n", &durable, path, shadow) == 3) {
+    bool has_image = strcmp(shadow, "-") != 0;
+    if (has_image && !dir[0]) {
+      snprintf(dir, sizeof dir, "%s", shadow);
+      char *slash = strrchr(dir, '/');
+      if (slash) *slash = 0;
+    }
     struct stat st;
-    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode) || st.st_size <= durable) continue;
+    if (stat(path, &st) != 0 || !S_ISREG(st.st_mode)) continue;
     if (durable < 0) durable = 0;
-    int what = rand() % 3;                /* 0: dropped, 1: garbled, 2: kept */
-    if (what == 2) continue;
-    damaged++;
-    if (what == 0) {
-      if (truncate(path, durable) != 0) return -1;
-      continue;
-    }
-    int fd = open(path, O_WRONLY);
+    int fd = open(path, O_RDWR);
+    int img = has_image ? open(shadow, O_RDONLY) : -1;
     if (fd < 0) return -1;
-    /* A power failure tears at sector granularity: garble whole 512-byte
-     * sectors from one at or after the durable end. */
-    off_t from = (off_t)durable + (off_t)(rand() % 2 ? 0 : rand() % 512);
-    for (off_t at = from; at < st.st_size; at += 512) {
-      uint8_t junk[512];
-      for (size_t i = 0; i < sizeof junk; i++) junk[i] = (uint8_t)rand();
-      size_t n = (size_t)(st.st_size - at < 512 ? st.st_size - at : 512);
-      if (pwrite(fd, junk, n, at) != (ssize_t)n) return -1;
+    /* What no fsync covered is lost, garbled or kept, 512-byte sector by
+     * sector, as a power failure tears it: every sector that differs from
+     * the durable image, and the file's length past the durable one. */
+    off_t size = st.st_size;
+    if (size > durable && rand() % 2 == 0) size = (off_t)durable;
+    bool touched = size != st.st_size;
+    for (off_t at = 0; at < size; at += 512) {
+      uint8_t now[512], then[512];
+      size_t n = (size_t)(size - at < 512 ? size - at : 512);
+      read_zero_padded(fd, st.st_size, at, now, n);
+      read_zero_padded(img, img >= 0 ? (off_t)durable : 0, at, then, n);
+      if (memcmp(now, then, n) == 0) continue;
+      int what = rand() % 3;              /* 0: lost, 1: garbled, 2: kept */
+      if (what == 2) continue;
+      /* Garbled: the bytes written since the fsync turn to junk; those the
+       * fsync had made durable and nothing rewrote stay (a drive writes a
+       * sector whole or not at all; it is what the write held that tears). */
+      if (what == 1)
+        for (size_t i = 0; i < n; i++)
+          if (now[i] != then[i]) then[i] = (uint8_t)rand();
+      if (pwrite(fd, then, n, at) != (ssize_t)n) return -1;
+      touched = true;
     }
+    if (size != st.st_size && ftruncate(fd, size) != 0) return -1;
     close(fd);
+    if (img >= 0) close(img);
+    if (has_image) unlink(shadow);
+    damaged += touched;
   }
   fclose(f);
+  if (dir[0]) rmdir(dir);
   return damaged;
 }

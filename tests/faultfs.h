@@ -7,11 +7,14 @@
  * or end the process with _exit(FF_CRASH_EXIT), as a crash at that step.
  *
  * Power loss: between ff_power_track() and ff_power_cut(), every file the
- * store writes is followed: how much of it an fsync made durable. Writable
- * mappings are refused, so that every write goes through the table. The cut
- * (in a child process) saves that record and exits; ff_power_apply() (in the
- * parent) then does to each file what a power failure may do to data that was
- * never fsynced: drops it, garbles it, or keeps it, chosen by a seed.
+ * store writes is followed: each fsync copies what the file then holds to a
+ * durable image (in a temporary directory). Writes through the store's
+ * writable mapping are covered too: they reach the file without a call
+ * through the table, and the image is compared with what the file holds. The
+ * cut (in a child process) saves the record and exits; ff_power_apply() (in
+ * the parent) then does to each 512-byte sector that differs from the image,
+ * and to the length past the durable one, what a power failure may do to data
+ * that was never fsynced: loses it, garbles it, or keeps it, chosen by a seed.
  * Directory operations (create, rename, unlink) are taken as durable.
  */
 #ifndef BATPAK_TEST_FAULTFS_H

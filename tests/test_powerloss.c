@@ -6,7 +6,10 @@
  * faultfs follows what each fsync made durable. At a seeded file-system call
  * the power goes: the child records that state and exits, and the parent does
  * to every file what a power failure may do to data no fsync covered (drop it,
- * garble it sector by sector, or keep it). Then it checks:
+ * garble it sector by sector, or keep it). Seeds with sync_every_n_events
+ * above 1 write frames through the writable mapping (the default path), and
+ * the model covers those writes too: every sector that differs from what the
+ * last fsync saw is in play. Then it checks:
  *   - the store opens, and opens for writing;
  *   - every append acknowledged and covered by an fsync before the cut is
  *     present with its payload (the store's durable_sequence at each

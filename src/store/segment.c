@@ -751,6 +751,23 @@ reject:
   return unsealed ? SIDX_UNSEALED : SIDX_BAD;
 }
 
+/* The seal check of a sealed segment's footer (bp__sidx_seal_check), or -1
+ * when the trailer or the footer cannot be read. */
+static int footer_seal_state(const bp__segfile *f) {
+  if (f->size < f->frames_start + BP__SIDX_TRAILER_SIZE) return -1;
+  uint64_t st_off = bp__get_le64(f->trailer), count = bp__get_le32(f->trailer + 8);
+  if (st_off < f->frames_start || st_off > f->size - BP__SIDX_TRAILER_SIZE ||
+      count * BP__SIDX_ENTRY_SIZE > f->size - BP__SIDX_TRAILER_SIZE - st_off)
+    return 2;
+  tail_bytes t = {0};
+  if (!tail_open(f, st_off, &t)) return -1;
+  uint64_t entries_at = f->size - BP__SIDX_TRAILER_SIZE - count * BP__SIDX_ENTRY_SIZE;
+  uint32_t names;
+  int seal = bp__sidx_seal_check(t.at + st_off, entries_at - st_off, t.at + entries_at, f->size - entries_at, &names);
+  tail_close(&t);
+  return seal == -1 ? 2 : seal;
+}
+
 /* Fills an index entry from a decoded frame. */
 static void entry_from_frame(bp__ientry *e, const bp__frame *fr, uint32_t entity, uint32_t scope,
                              uint64_t seg, uint64_t off, uint32_t len) {
@@ -837,6 +854,10 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
     *used_sidx = true;
     return BP_OK;
   }
+  /* A checkpoint's watermark inside a sealed segment: its footer is not
+   * needed, but one of ours that a crash damaged (a seal cut short) is
+   * noted, so that a read-write open writes it anew. */
+  if (f->has_trailer && sidx == -1 && footer_seal_state(f) == 2) sidx = SIDX_BAD;
   if (s->ix.count != count_before) bp__index_rollback(&s->ix, count_before);
   bp_status mst = segfile_map(s, f);
   if (mst) return mst;

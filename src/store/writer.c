@@ -472,10 +472,16 @@ static void writer_failed(bp_store *s, uint64_t keep_from, const char *what) {
 }
 
 bp_status bp__writer_seal(bp_store *s) {
-  /* Footer after the last frame, then drop the space allocated ahead. */
+  /* The frames are made durable before the footer is written: a power cut
+   * may keep a later write and lose an earlier one, and a footer that
+   * outlived the frames it describes would make a sealed segment of a
+   * crashed one, whose lost frames then read as corruption instead of a torn
+   * tail. Then the footer after the last frame, the space allocated ahead
+   * dropped, and the whole made durable. */
   unmap_segment(s);
   uint64_t len = 0;
-  int rc = bp__sidx_write(&s->ix, s->wseg_first, s->ix.count, s->wsize, s->wfd, &len);
+  int rc = s->unsynced ? bp__os_sync(s->wfd, s->cfg.sync_mode) : 0;
+  if (!rc) rc = bp__sidx_write(&s->ix, s->wseg_first, s->ix.count, s->wsize, s->wfd, &len);
   if (!rc && s->wcap > s->wsize + len && bp__os_table.ftruncate(s->wfd, (off_t)(s->wsize + len)) != 0)
     rc = errno ? errno : EIO;
   if (!rc) rc = bp__os_sync(s->wfd, s->cfg.sync_mode);
