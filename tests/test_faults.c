@@ -156,8 +156,16 @@ static void a_failure_at_every_step_of_open_changes_nothing(void **state) {
   int ws;
   assert_int_equal(waitpid(pid, &ws, 0), pid);
   assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+  /* Each step starts from the store as the crash left it: a read-write open
+   * finishes the crashed segment (its footer written, the file cut, fsynced),
+   * and those steps are among the ones that fail, or crash. */
+  char pristine[4300];
+  snprintf(pristine, sizeof pristine, "%s/crashed", f->tmp);
+  tu_copy_dir(f->dir, pristine);
   int k = 0;
   for (;; k++) {
+    tu_remove_tree(f->dir);
+    tu_copy_dir(pristine, f->dir);
     bp_store *s;
     ff_arm(k, false);
     bp_status st = bp_open(&f->cfg, &s);
@@ -168,10 +176,25 @@ static void a_failure_at_every_step_of_open_changes_nothing(void **state) {
     char what[48];
     snprintf(what, sizeof what, "open, failure at step %d", k);
     assert_all_there(f, a, what);
+    /* The same step as a crash: the process dies there. */
+    tu_remove_tree(f->dir);
+    tu_copy_dir(pristine, f->dir);
+    pid = fork();
+    if (pid == 0) {
+      ff_arm(k, true);
+      bp_store *c;
+      if (bp_open(&f->cfg, &c) == BP_OK) bp_close(c);
+      _exit(0);
+    }
+    assert_int_equal(waitpid(pid, &ws, 0), pid);
+    assert_true(WIFEXITED(ws) && (WEXITSTATUS(ws) == 0 || WEXITSTATUS(ws) == FF_CRASH_EXIT));
+    snprintf(what, sizeof what, "open, crash at step %d", k);
+    assert_all_there(f, a, what);
     if (!hit) break;
   }
+  tu_remove_tree(pristine);
   munmap(a, sizeof *a);
-  print_message("open: a failure injected at each of %d file-system steps\n", k);
+  print_message("open: a failure and a crash injected at each of %d file-system steps\n", k);
   assert_true(k >= 3);
 }
 

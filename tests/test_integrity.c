@@ -6,6 +6,7 @@
  * per class; each failed on the code before its fix.
  */
 #include "testutil.h"
+#include "faultfs.h"
 #include "store/os.h"
 #include "store/store_impl.h"
 #include "wire/msgpack.h"
@@ -1180,8 +1181,97 @@ static void crate_checkpoint_listing_a_torn_batch_shows_no_part_of_it(void **sta
   assert_ok(bp_close(o));
 }
 
+/* A retention compaction that fails, or crashes, at any file-system step
+ * (the cursor files it re-anchors among them) never makes a durable cursor
+ * skip an event: after the restart it delivers a suffix of the log that
+ * holds every event after the one it had delivered (a compaction that did
+ * not commit may make it deliver a few again: at-least-once). */
+static void retention_failing_at_every_step_never_makes_a_cursor_skip(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 1024;
+  f->cfg.log_fn = no_log;
+  bp_id ids[40];
+  forty_events(&f->cfg, ids);
+  bp_store *s = open_ok(&f->cfg);
+  bp_region all = bp_region_all();
+  bp_cursor *cur = bp_cursor_open_durable(s, "reader", &all);
+  bp_entry e;
+  for (int i = 0; i < 26; i++) assert_ok(bp_cursor_poll(cur, &e));
+  assert_ok(bp_cursor_commit(cur));
+  bp_cursor_close(cur);
+  assert_ok(bp_close(s));
+  char pristine[4300], from[4400], to[4400];
+  snprintf(pristine, sizeof pristine, "%s/pristine", f->tmp);
+  tu_copy_dir(f->dir, pristine);
+  snprintf(from, sizeof from, "%s/cursors", f->dir);
+  snprintf(to, sizeof to, "%s/cursors", pristine);
+  tu_copy_dir(from, to);
+  int k = 0;
+  for (;; k++) {
+    bool hit = false;
+    for (int crash = 0; crash < 2; crash++) {
+      tu_remove_tree(f->dir);
+      tu_copy_dir(pristine, f->dir);
+      snprintf(from, sizeof from, "%s/cursors", pristine);
+      snprintf(to, sizeof to, "%s/cursors", f->dir);
+      tu_copy_dir(from, to);
+      pid_t pid = fork();
+      if (pid == 0) {
+        bp_store *w;
+        if (bp_open(&f->cfg, &w)) _exit(1);
+        ff_arm(k, crash);
+        bp_compaction_config cc = {BP_COMPACT_RETENTION, keep_not_dropped, NULL, 0};
+        bp_compaction_result res;
+        bp_status st = bp_compact(w, &cc, &res);
+        bool h = ff_hit();
+        ff_disarm();
+        bp_close(w);
+        _exit(h ? (st ? 10 : 11) : 12);
+      }
+      int ws;
+      assert_int_equal(waitpid(pid, &ws, 0), pid);
+      assert_true(WIFEXITED(ws));
+      int code = WEXITSTATUS(ws);
+      if (code == FF_CRASH_EXIT || code == 10 || code == 11) hit = true;
+      else if (code != 12) fail_msg("step %d: the child ended with %d", k, code);
+      /* The log now, and what the cursor delivers. */
+      s = open_ok(&f->cfg);
+      bp_entries log;
+      assert_ok(bp_query(s, &all, &log));
+      cur = bp_cursor_open_durable(s, "reader", &all);
+      assert_non_null(cur);
+      size_t nd = 0;
+      bp_id got[40];
+      while (bp_cursor_poll(cur, &e) == BP_OK) {
+        assert_true(nd < 40);
+        got[nd++] = e.event_id;
+      }
+      bp_cursor_close(cur);
+      if (nd > log.len) fail_msg("step %d: delivered more than the log holds", k);
+      for (size_t i = 0; i < nd; i++)
+        if (!bp_id_eq(got[i], log.items[log.len - nd + i].event_id))
+          fail_msg("step %d%s: the cursor skipped an event (delivered %zu of %zu)", k, crash ? " (crash)" : "", nd,
+                   log.len);
+      for (int i = 26; i < 40; i++) {
+        bool in_log = false, delivered = false;
+        for (size_t j = 0; j < log.len; j++) in_log |= bp_id_eq(log.items[j].event_id, ids[i]);
+        for (size_t j = 0; j < nd; j++) delivered |= bp_id_eq(got[j], ids[i]);
+        if (in_log && !delivered) fail_msg("step %d%s: event %d was skipped", k, crash ? " (crash)" : "", i);
+      }
+      bp_entries_free(&log);
+      assert_ok(bp_close(s));
+    }
+    if (!hit) break;
+  }
+  print_message("retention: a failure and a crash at each of %d steps, cursors exact or at-least-once\n", k);
+  assert_true(k > 5);
+  tu_remove_tree(pristine);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(retention_failing_at_every_step_never_makes_a_cursor_skip, tu_store_setup,
+                                      teardown),
       cmocka_unit_test_setup_teardown(crate_checkpoint_listing_a_torn_batch_shows_no_part_of_it, tu_store_setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(verify_accepts_retention_gaps, tu_store_setup, teardown),
