@@ -117,6 +117,13 @@ static void build_retained(const char *dir) {
   config_for(&cfg, dir);
   bp_store *s;
   assert_ok(bp_open(&cfg, &s));
+  /* A durable cursor part way, so that its file is swept too. */
+  bp_region all = bp_region_all();
+  bp_cursor *cur = bp_cursor_open_durable(s, "reader", &all);
+  bp_entry e;
+  for (int i = 0; i < 7; i++) assert_ok(bp_cursor_poll(cur, &e));
+  assert_ok(bp_cursor_commit(cur));
+  bp_cursor_close(cur);
   bp_compaction_config cc = {BP_COMPACT_RETENTION, keep_most, NULL, 0};
   bp_compaction_result res;
   assert_ok(bp_compact(s, &cc, &res));
@@ -212,16 +219,37 @@ static void created_ns_range(const char *file, const uint8_t *head, size_t len, 
 
 static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
 
+/* A store's files: its own and those of cursors/. */
+static void copy_store(const char *src, const char *dst) {
+  tu_copy_dir(src, dst);
+  char a[4300], b[4300];
+  snprintf(a, sizeof a, "%s/cursors", src);
+  snprintf(b, sizeof b, "%s/cursors", dst);
+  struct stat st;
+  if (stat(a, &st) == 0) tu_copy_dir(a, b);
+}
+
+static void list_files(const char *root, const char *sub, char **files, size_t *n) {
+  char dirpath[4300];
+  snprintf(dirpath, sizeof dirpath, "%s%s%s", root, sub ? "/" : "", sub ? sub : "");
+  DIR *d = opendir(dirpath);
+  if (!d) return;
+  struct dirent *de;
+  while ((de = readdir(d))) {
+    if (de->d_name[0] == '.' || strcmp(de->d_name, "batpak.lock") == 0 || *n == 64) continue;
+    char rel[600];
+    snprintf(rel, sizeof rel, "%s%s%s", sub ? sub : "", sub ? "/" : "", de->d_name);
+    if (!sub && strcmp(de->d_name, "cursors") == 0) list_files(root, "cursors", files, n);
+    else files[(*n)++] = strdup(rel);
+  }
+  closedir(d);
+}
+
 static void sweep_store(const char *label, const char *clean, const char *work, size_t stride_main) {
   size_t stride_other = 5 * stride_main + 2;
   char *files[64];
   size_t nfiles = 0;
-  DIR *d = opendir(clean);
-  assert_non_null(d);
-  struct dirent *de;
-  while ((de = readdir(d)))
-    if (de->d_name[0] != '.' && strcmp(de->d_name, "batpak.lock") != 0 && nfiles < 64) files[nfiles++] = strdup(de->d_name);
-  closedir(d);
+  list_files(clean, NULL, files, &nfiles);
   qsort(files, nfiles, sizeof *files, cmp_str);
 
   for (size_t pi = 0; pi < sizeof PATHS / sizeof *PATHS; pi++) {
@@ -229,7 +257,7 @@ static void sweep_store(const char *label, const char *clean, const char *work, 
     bool main_path = p->readonly && p->checkpoint;
     size_t stride = main_path ? stride_main : stride_other;
     tu_remove_tree(work);
-    tu_copy_dir(clean, work);
+    copy_store(clean, work);
     tu_image want;
     char what[512];
     snprintf(what, sizeof what, "%s, %s, unflipped", label, p->name);
@@ -248,7 +276,7 @@ static void sweep_store(const char *label, const char *clean, const char *work, 
         if (!p->readonly) {
           /* A read-write open may write: each flip gets a fresh copy. */
           tu_remove_tree(work);
-          tu_copy_dir(clean, work);
+          copy_store(clean, work);
         }
         snprintf(dst, sizeof dst, "%s/%s", work, files[fi]);
         tu_flip_byte(dst, (long)at, 0x5a);

@@ -1268,8 +1268,48 @@ static void retention_failing_at_every_step_never_makes_a_cursor_skip(void **sta
   tu_remove_tree(pristine);
 }
 
+/* An idempotency key keeps working after retention drops its event: a
+ * repeat writes nothing (its receipt says the event was retired), a
+ * different event under the key is a conflict; across reopens too. */
+static void idempotency_keys_survive_retention_of_their_event(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 1024;
+  f->cfg.log_fn = no_log;
+  bp_id ids[40];
+  forty_events(&f->cfg, ids);
+  bp_store *s = open_ok(&f->cfg);
+  bp_append_options o;
+  memset(&o, 0, sizeof o);
+  o.idempotency_key = bp_id_v7();
+  bp_coord doomed = {"drop:keyed", "cursor"};
+  assert_ok(bp_append_with(s, &doomed, 0x1001, "keyed payload", 13, &o, NULL));
+  assert_ok(bp_close(s));
+  s = open_ok(&f->cfg);
+  bp_compaction_config cc = {BP_COMPACT_RETENTION, keep_not_dropped, NULL, 1};
+  bp_compaction_result res;
+  assert_ok(bp_compact(s, &cc, &res));
+  bp_store_stats st;
+  bp_stats(s, &st);
+  uint64_t count = st.event_count;
+  assert_int_equal(count, 20);
+  for (int round = 0; round < 2; round++) {
+    bp_append_receipt r;
+    assert_ok(bp_append_with(s, &doomed, 0x1001, "keyed payload", 13, &o, &r));
+    assert_true(bp_id_eq(r.event_id, o.idempotency_key));
+    assert_true(r.sequence == BP_SEQUENCE_RETIRED);
+    assert_status(bp_append_with(s, &doomed, 0x1001, "other payload", 13, &o, &r), BP_EIDEMPOTENCY_CONFLICT);
+    bp_stats(s, &st);
+    assert_int_equal(st.event_count, count);
+    assert_ok(bp_close(s));
+    s = open_ok(&f->cfg); /* and after a reopen, from retired.keys */
+  }
+  assert_ok(bp_close(s));
+  tu_assert_verifies(f->dir, "after retired keys");
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(idempotency_keys_survive_retention_of_their_event, tu_store_setup, teardown),
       cmocka_unit_test_setup_teardown(retention_failing_at_every_step_never_makes_a_cursor_skip, tu_store_setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(crate_checkpoint_listing_a_torn_batch_shows_no_part_of_it, tu_store_setup,

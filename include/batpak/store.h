@@ -110,6 +110,11 @@ BP_API bp_status bp_close(bp_store *store);
 
 /* ------------------------------------------------------------ appends */
 
+/* The sequence in the receipt of an idempotent repeat whose event a
+ * retention compaction has dropped since (its key is remembered: see
+ * bp_append_with). */
+#define BP_SEQUENCE_RETIRED UINT64_MAX
+
 #define BP_EXPECT_ANY 0u
 #define BP_EXPECT_EMPTY 1u
 #define BP_EXPECT_SEQUENCE 2u
@@ -129,6 +134,14 @@ typedef struct bp_append_receipt { /* written whole by appends, padding included
   bp_disk_pos disk_pos;
 } bp_append_receipt;
 
+/* Idempotency: an append whose key names an event already in the log writes
+ * nothing and returns that event's receipt, provided it repeats it (same
+ * payload, entity, scope and kind); otherwise it fails
+ * BP_EIDEMPOTENCY_CONFLICT. The keys of the latest 262,144 events that
+ * retention compactions dropped are remembered (retired.keys): a repeat of
+ * one writes nothing either, and its receipt has the key as event_id,
+ * sequence BP_SEQUENCE_RETIRED and a zero disk_pos. Past that window such a
+ * key is new again. */
 typedef struct bp_append_options {  /* all-zero = a plain append */
   uint32_t expect;                  /* BP_EXPECT_ANY, _EMPTY or _SEQUENCE */
   uint32_t expected_sequence;       /* with BP_EXPECT_SEQUENCE: the entity's latest clock */

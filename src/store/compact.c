@@ -230,6 +230,8 @@ typedef struct compaction {
   size_t ndropped, dropcap;
   bool rewritten;           /* some event was tombstoned */
   int64_t created_ns;       /* the new segment's header: the log's next epoch */
+  bp__retired_keys retired; /* the retired keys with the ones this compaction drops */
+  bool retired_ready;
   int fd;
   char tmp[4200];
   uint64_t size;            /* bytes written to the temporary file */
@@ -469,6 +471,37 @@ static void swap_index(compaction *c) {
   }
   atomic_store(&s->generation, gen);
   atomic_store(&s->log_epoch, c->created_ns);
+  if (c->retired_ready) {
+    bp__retired_free(&s->retired);
+    s->retired = c->retired;
+    c->retired_ready = false;
+  }
+}
+
+/* The idempotency keys of the events this compaction drops join the retired
+ * ones (retired.c), on disk before the compaction commits. */
+static bp_status retire_keys(compaction *c) {
+  if (c->ndropped == 0) return BP_OK;
+  bp_store *s = c->s;
+  bp_id *ids = malloc(sizeof *ids * c->ndropped);
+  uint64_t *dig = malloc(sizeof *dig * c->ndropped);
+  if (!ids || !dig) {
+    free(ids);
+    free(dig);
+    return bp__fail(BP_ENOMEM, "compaction: out of memory");
+  }
+  for (size_t i = 0; i < c->ndropped; i++) {
+    const bp__ientry *e = bp__index_at(&s->ix, c->dropped[i]);
+    ids[i] = e->event_id;
+    dig[i] = bp__retired_digest(e->event_hash, bp__index_name(&s->ix, e->entity)->str,
+                                bp__index_name(&s->ix, e->scope)->str, e->kind);
+  }
+  bp_status st = bp__retired_add(s->dir, &s->retired, ids, dig, c->ndropped, &c->retired);
+  c->retired_ready = st == BP_OK;
+  if (st) bp__fail_context("compaction: remembering the keys of the events it drops");
+  free(ids);
+  free(dig);
+  return st;
 }
 
 /* Steps 2-5 and the swap. */
@@ -479,6 +512,7 @@ static bp_status commit(compaction *c) {
    * cursor commit comes in between until the swap is done. */
   pthread_mutex_lock(&s->cursor_files_lock);
   bp_status cst = bp__cursor_files_reanchor(s, c->dropped, c->ndropped);
+  if (!cst) cst = retire_keys(c);
   if (cst) {
     pthread_mutex_unlock(&s->cursor_files_lock);
     return cst;
@@ -603,6 +637,7 @@ bp_status bp_compact(bp_store *s, const bp_compaction_config *cfg, bp_compaction
   bp__buf_free(&c.out);
   free(c.dropped);
   free(c.ids);
+  if (c.retired_ready) bp__retired_free(&c.retired);
   if (st) bp__set_error(&saved);
   return st;
 }

@@ -90,7 +90,8 @@ static int cmp_u64(const void *a, const void *b) {
 
 static bool is_store_file(const char *name) {
   static const char *const known[] = {".", "..", BP__LOCK_FILE, BP__CHECKPOINT_FILE, BP__CHECKPOINT_TMP,
-                                      BP__COMPACT_INTENT, "cursors", "cache"};
+                                      BP__COMPACT_INTENT, "cursors", "cache", BP__RETIRED_FILE,
+                                      BP__RETIRED_FILE ".tmp"};
   for (size_t i = 0; i < sizeof known / sizeof *known; i++)
     if (strcmp(name, known[i]) == 0) return true;
   return bp__has_suffix(name, ".fbat" BP__COMPACT_SUFFIX) || bp__has_suffix(name, ".fbat" BP__SEGMENT_NEW_SUFFIX);
@@ -506,6 +507,14 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
   }
   if ((st = recover(s))) goto fail;
   if (!readonly && (st = bp__segment_fix_footers(s))) goto fail;
+  st = bp__retired_load(s->dir, &s->retired);
+  if (st == BP_ECORRUPT) {
+    /* It only spares repeats: without it, a repeat of a retired key writes
+     * its event again, as it would past the window. */
+    bp__log(s, BP_LOG_WARN, "%s; the keys of events retention dropped are forgotten", bp_last_error()->message);
+    st = BP_OK;
+  }
+  if (st) goto fail;
   /* Helpers for large reads: one thread fewer than asked (the caller is
    * one), at most one per CPU; without memory for them, callers work alone. */
   uint32_t threads = cpus > 0 && (long)cfg->query_threads > cpus ? (uint32_t)cpus : cfg->query_threads;
@@ -527,6 +536,7 @@ fail:;
   pthread_mutex_destroy(&s->cursor_files_lock);
   pthread_rwlock_destroy(&s->view_lock);
   free(s->footer_fixes);
+  bp__retired_free(&s->retired);
   free(s->dir);
   free(s);
   bp__set_error(&saved);
@@ -634,6 +644,7 @@ bp_status bp_close(bp_store *s) {
   bp__segments_free(s);
   bp__index_free(&s->ix);
   bp__scan_free(&s->scan);
+  bp__retired_free(&s->retired);
   if (s->cache) {
     bp_cache_sync(s->cache);
     bp_cache_free(s->cache);

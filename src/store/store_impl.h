@@ -27,6 +27,7 @@
 #include "store/scan.h"
 #include "store/os.h"
 #include "store/pool.h"
+#include "store/retired.h"
 #include "wire/records.h"
 
 #include <pthread.h>
@@ -168,6 +169,9 @@ struct bp_store {
    * 0 while there is no segment. Cached projections carry it (project.c). */
   _Atomic int64_t log_epoch;
   bool checkpoint_damaged;  /* open found index.ckpt and ignored it: close rewrites it */
+  /* Keys of events retention dropped (retired.c): read by the writer (wlock),
+   * replaced by a compaction's swap (wlock and view_lock held). */
+  bp__retired_keys retired;
   /* A checkpoint whose CRC holds but which names a segment that is missing,
    * or events past a segment's end (checkpoint.c): either it lies, or that
    * segment lost events. Recovery tells which (store.c). 0: none. */

@@ -6,6 +6,7 @@
  * frames; follows every entity's chain across segments; and compares the
  * index the checkpoint restores with the one the segments alone give.
  */
+#include "store/cursor_file.h"
 #include "store/store_impl.h"
 
 #include <dirent.h>
@@ -416,6 +417,34 @@ static void check_checkpoint(vctx *v, const char *dir) {
   bp_close(with);
 }
 
+/* This library's own files beside the segments: the retired idempotency
+ * keys and the durable cursors, each with its CRC. */
+static void check_own_files(vctx *v, const char *dir) {
+  bp__retired_keys r;
+  bp_status st = bp__retired_load(dir, &r);
+  if (st == BP_ENOMEM) v->oom = true;
+  else if (st) problem(v, BP__RETIRED_FILE, "%s", bp_last_error()->message);
+  bp__retired_free(&r);
+  char cdir[4200];
+  snprintf(cdir, sizeof cdir, "%s/cursors", dir);
+  DIR *d = opendir(cdir);
+  if (!d) return;
+  struct dirent *e;
+  while ((e = readdir(d))) {
+    if (e->d_name[0] == '.' || bp__has_suffix(e->d_name, ".tmp")) continue;
+    char path[4500];
+    snprintf(path, sizeof path, "%s/%s", cdir, e->d_name);
+    bp__cursor_file f;
+    st = bp__cursor_file_read(path, &f);
+    if (st && st != BP_ENOTFOUND) {
+      char w[96];
+      snprintf(w, sizeof w, "cursors/%.80s", e->d_name);
+      problem(v, w, "%s", bp_last_error()->message);
+    }
+  }
+  closedir(d);
+}
+
 static int cmp_u64(const void *a, const void *b) {
   uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
   return (x > y) - (x < y);
@@ -454,6 +483,7 @@ bp_status bp_verify(const char *dir, bp_verify_report *rep) {
   }
   rep->entities = v.nheads;
   check_checkpoint(&v, dir);
+  check_own_files(&v, dir);
   for (size_t i = 0; i < v.nheads; i++) free(v.heads[i].entity);
   free(v.heads);
   free(ids);

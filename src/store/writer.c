@@ -592,10 +592,10 @@ static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
   size_t last_new = SIZE_MAX;
   for (size_t i = 0; i < n; i++) {
     const bp_event_in *ev = &req->events[i];
-    uint64_t seq;
+    uint64_t seq, digest;
     dup[i] = !bp_id_is_nil(ev->opts.idempotency_key) &&
              (bp__index_find_id(&s->ix, ev->opts.idempotency_key, s->ix.count, &seq) ||
-              key_seen_before(req->events, i));
+              key_seen_before(req->events, i) || bp__retired_find(&s->retired, ev->opts.idempotency_key, &digest));
     if (!dup[i]) last_new = i;
   }
 
@@ -606,12 +606,28 @@ static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
     bp_append_receipt *rcpt = req->outs ? &req->outs[i] : NULL;
     if (dup[i]) {
       uint64_t seq;
+      uint64_t digest;
       if (bp__index_find_id(&s->ix, o->idempotency_key, s->ix.count, &seq)) {
         const bp__ientry *e = bp__index_at(&s->ix, seq);
         if ((st = same_event(s, e, seq, ev, req->prep[i].hash))) break;
         if (rcpt) set_receipt(rcpt, e, seq);
-      } else if ((st = same_as_earlier(req->events, req->prep, i))) {
-        break;
+      } else if (key_seen_before(req->events, i)) {
+        if ((st = same_as_earlier(req->events, req->prep, i))) break;
+      } else if (bp__retired_find(&s->retired, o->idempotency_key, &digest)) {
+        /* Its event was appended, then dropped by retention: a repeat
+         * still, with nothing to point at. */
+        if (digest != bp__retired_digest(req->prep[i].hash, ev->coord.entity, ev->coord.scope, ev->kind)) {
+          char key[33];
+          bp_id_to_hex(o->idempotency_key, key);
+          st = bp__fail(BP_EIDEMPOTENCY_CONFLICT, "append: idempotency key %s named another event, since "
+                        "dropped by retention", key);
+          break;
+        }
+        if (rcpt) {
+          memset(rcpt, 0, sizeof *rcpt);
+          rcpt->event_id = o->idempotency_key;
+          rcpt->sequence = BP_SEQUENCE_RETIRED;
+        }
       }
       continue;
     }
@@ -725,7 +741,9 @@ static bool request_writes(const bp_store *s, const bp__req *r) {
     const bp_event_in *ev = &r->events[j];
     uint64_t seq;
     bp_id key = ev->opts.idempotency_key;
-    if (!bp_id_is_nil(key) && (bp__index_find_id(&s->ix, key, s->ix.count, &seq) || key_seen_before(r->events, j)))
+    uint64_t digest;
+    if (!bp_id_is_nil(key) && (bp__index_find_id(&s->ix, key, s->ix.count, &seq) || key_seen_before(r->events, j) ||
+                               bp__retired_find(&s->retired, key, &digest)))
       continue;
     uint32_t earlier = 0;
     if (ev->opts.expect != BP_EXPECT_ANY)
@@ -734,7 +752,8 @@ static bool request_writes(const bp_store *s, const bp__req *r) {
         if (strcmp(e->coord.entity, ev->coord.entity) != 0) continue;
         if (r->n > EXACT_BATCH) return true;
         bp_id ek = e->opts.idempotency_key;
-        if (bp_id_is_nil(ek) || !(bp__index_find_id(&s->ix, ek, s->ix.count, &seq) || key_seen_before(r->events, k)))
+        if (bp_id_is_nil(ek) || !(bp__index_find_id(&s->ix, ek, s->ix.count, &seq) || key_seen_before(r->events, k) ||
+                                  bp__retired_find(&s->retired, ek, &digest)))
           earlier++;
       }
     if (!expectation_holds(s, ev, earlier)) return false;
