@@ -189,6 +189,17 @@ static void appends_racing_close_fail_eshutdown_and_lose_nothing(void **state) {
   }
 }
 
+/* A batch of two events of kind 0x1001 to c, each with payload text; the
+ * caller changes the second. */
+static void batch_of_two(bp_event_in evs[2], bp_coord c, const char *text) {
+  memset(evs, 0, 2 * sizeof *evs);
+  evs[0].coord = c;
+  evs[0].kind = 0x1001;
+  evs[0].payload = text;
+  evs[0].len = strlen(text);
+  evs[1] = evs[0];
+}
+
 /* --------------------------------------------------- bad input is refused */
 
 static const bp_kind RESERVED[] = {0x0000, BP_KIND_SYSTEM_INIT, BP_KIND_SYSTEM_CHECKPOINT, BP_KIND_POLICY_BYPASS,
@@ -217,12 +228,7 @@ static void reserved_kinds_are_refused_on_every_append_path(void **state) {
     bp_transition t = {k, "x", 1};
     assert_status(bp_apply_transition(s, &c, &t, NULL, NULL), BP_EINVAL);
     bp_event_in evs[2];
-    memset(evs, 0, sizeof evs);
-    evs[0].coord = c;
-    evs[0].kind = 0x1001;
-    evs[0].payload = "ok";
-    evs[0].len = 2;
-    evs[1] = evs[0];
+    batch_of_two(evs, c, "ok");
     evs[1].kind = k;
     assert_status(bp_append_batch(s, evs, 2, NULL), BP_EINVAL);
     assert_non_null(strstr(bp_last_error()->message, "batch event 1"));
@@ -310,14 +316,8 @@ static void refused_appends_and_idle_opens_leave_every_file_as_it_was(void **sta
   cas.expected_sequence = 0;
   assert_status(bp_append_with(s, &fresh, 0x1001, "c", 1, &cas, NULL), BP_ESEQUENCE);
   bp_event_in evs[2];
-  memset(evs, 0, sizeof evs);
-  evs[0].coord = c;
-  evs[0].kind = 0x1001;
-  evs[0].payload = "d";
-  evs[0].len = 1;
-  evs[1] = evs[0];
+  batch_of_two(evs, c, "d");
   evs[1].opts.expect = BP_EXPECT_EMPTY;
-  evs[1].coord = c;
   assert_status(bp_append_batch(s, evs, 2, NULL), BP_ESEQUENCE);
   assert_status(bp_append(s, &c, BP_KIND_TOMBSTONE, "e", 1, NULL), BP_EINVAL);
   bp_coord empty = {"", "bank"};
@@ -722,6 +722,26 @@ static void retain(const bp_config *cfg) {
   assert_ok(bp_close(s));
 }
 
+/* The forty-event store (small segments, no log), opened. */
+static bp_store *forty_event_store(fixture *f, bp_id ids[40]) {
+  f->cfg.segment_max_bytes = 1024;
+  f->cfg.log_fn = no_log;
+  forty_events(&f->cfg, ids);
+  return open_ok(&f->cfg);
+}
+
+/* The durable cursor "reader" over every event, after `polled` polls (the
+ * last of them delivered event polled - 1). */
+static bp_cursor *reader_after(bp_store *s, const bp_id ids[40], int polled) {
+  bp_region all = bp_region_all();
+  bp_cursor *cur = bp_cursor_open_durable(s, "reader", &all);
+  assert_non_null(cur);
+  bp_entry e;
+  for (int i = 0; i < polled; i++) assert_ok(bp_cursor_poll(cur, &e));
+  assert_true(bp_id_eq(e.event_id, ids[polled - 1]));
+  return cur;
+}
+
 /* After a restart the cursor delivers exactly the surviving events after
  * the last one it had delivered (from index `from` of ids). */
 static void assert_resumes_at(const bp_config *cfg, const bp_id ids[40], int from, const char *what) {
@@ -748,18 +768,9 @@ static void assert_resumes_at(const bp_config *cfg, const bp_id ids[40], int fro
  * it: nothing skipped, nothing twice. */
 static void durable_cursor_resumes_after_retention_dropped_its_last_event(void **state) {
   fixture *f = *state;
-  f->cfg.segment_max_bytes = 1024;
-  f->cfg.log_fn = no_log;
   bp_id ids[40];
-  forty_events(&f->cfg, ids);
-  bp_store *s = open_ok(&f->cfg);
-  bp_region all = bp_region_all();
-  bp_cursor *cur = bp_cursor_open_durable(s, "reader", &all);
-  bp_entry e;
-  for (int i = 0; i < 25; i++) assert_ok(bp_cursor_poll(cur, &e));
-  assert_true(bp_id_eq(e.event_id, ids[24]));
-  assert_ok(bp_cursor_poll(cur, &e)); /* index 25: drop:25 */
-  assert_true(bp_id_eq(e.event_id, ids[25]));
+  bp_store *s = forty_event_store(f, ids);
+  bp_cursor *cur = reader_after(s, ids, 26); /* the last delivered, drop:25, is dropped */
   assert_ok(bp_cursor_commit(cur));
   bp_cursor_close(cur);
   assert_ok(bp_close(s));
@@ -771,16 +782,9 @@ static void durable_cursor_resumes_after_retention_dropped_its_last_event(void *
  * position of today's numbering. */
 static void cursor_commit_after_a_compaction_saves_todays_numbering(void **state) {
   fixture *f = *state;
-  f->cfg.segment_max_bytes = 1024;
-  f->cfg.log_fn = no_log;
   bp_id ids[40];
-  forty_events(&f->cfg, ids);
-  bp_store *s = open_ok(&f->cfg);
-  bp_region all = bp_region_all();
-  bp_cursor *cur = bp_cursor_open_durable(s, "reader", &all);
-  bp_entry e;
-  for (int i = 0; i < 32; i++) assert_ok(bp_cursor_poll(cur, &e));
-  assert_true(bp_id_eq(e.event_id, ids[31])); /* drop:31, which the compaction drops */
+  bp_store *s = forty_event_store(f, ids);
+  bp_cursor *cur = reader_after(s, ids, 32); /* drop:31, which the compaction drops */
   bp_compaction_config cc = {BP_COMPACT_RETENTION, keep_not_dropped, NULL, 0};
   bp_compaction_result res;
   assert_ok(bp_compact(s, &cc, &res));
@@ -1023,13 +1027,10 @@ static bool keep_not_second_kind(const bp_event *ev, void *ctx) {
  * followed by new appends to the same entities. */
 static void verify_accepts_retention_gaps(void **state) {
   fixture *f = *state;
-  f->cfg.segment_max_bytes = 1024;
-  f->cfg.log_fn = no_log;
   bp_id ids[40];
-  forty_events(&f->cfg, ids);
   /* Entities keep:N and drop:N are one event each: give keep:0 a chain
    * whose middle retention drops. */
-  bp_store *s = open_ok(&f->cfg);
+  bp_store *s = forty_event_store(f, ids);
   for (int i = 0; i < 6; i++) {
     bp_coord c = {"keep:0", "cursor"};
     assert_ok(bp_append(s, &c, i % 2 ? 0x1002 : 0x1001, "chain link payload", 18, NULL));
@@ -1188,15 +1189,11 @@ static void crate_checkpoint_listing_a_torn_batch_shows_no_part_of_it(void **sta
  * not commit may make it deliver a few again: at-least-once). */
 static void retention_failing_at_every_step_never_makes_a_cursor_skip(void **state) {
   fixture *f = *state;
-  f->cfg.segment_max_bytes = 1024;
-  f->cfg.log_fn = no_log;
   bp_id ids[40];
-  forty_events(&f->cfg, ids);
-  bp_store *s = open_ok(&f->cfg);
+  bp_store *s = forty_event_store(f, ids);
   bp_region all = bp_region_all();
-  bp_cursor *cur = bp_cursor_open_durable(s, "reader", &all);
   bp_entry e;
-  for (int i = 0; i < 26; i++) assert_ok(bp_cursor_poll(cur, &e));
+  bp_cursor *cur = reader_after(s, ids, 26);
   assert_ok(bp_cursor_commit(cur));
   bp_cursor_close(cur);
   assert_ok(bp_close(s));
@@ -1273,11 +1270,8 @@ static void retention_failing_at_every_step_never_makes_a_cursor_skip(void **sta
  * different event under the key is a conflict; across reopens too. */
 static void idempotency_keys_survive_retention_of_their_event(void **state) {
   fixture *f = *state;
-  f->cfg.segment_max_bytes = 1024;
-  f->cfg.log_fn = no_log;
   bp_id ids[40];
-  forty_events(&f->cfg, ids);
-  bp_store *s = open_ok(&f->cfg);
+  bp_store *s = forty_event_store(f, ids);
   bp_append_options o;
   memset(&o, 0, sizeof o);
   o.idempotency_key = bp_id_v7();
