@@ -515,36 +515,80 @@ bad:
   return bp__fail_within(BP_ECORRUPT, "segment %06" PRIu64, id);
 }
 
-/* Makes data[0, upto) readable; false when the file ends before upto. A
- * read-only open reads the file as the scan goes: a writer in another
- * process may seal the segment meanwhile, cutting the space it allocated
- * ahead, and a mapping of those pages would fault. A file found shorter than
+/* The byte at file offset off of a segment being scanned. */
+static inline const uint8_t *at(const bp__segfile *f, size_t off) { return f->data + (off - f->base); }
+
+#define WINDOW (4u << 20)
+
+/* Makes file offsets [from, upto) readable through at(); false when the file
+ * ends before upto. A read-only open reads the newest segment as the scan
+ * goes, through a window that slides forward (a writer in another process
+ * may seal that segment meanwhile, cutting the space it allocated ahead, and
+ * a mapping of those pages would fault). The window holds the frame being
+ * read, and grows only for a frame larger than it. A file found shorter than
  * at open is taken to end there (the open compares the directory before and
  * after, and reads again on a change). */
-static bool have_upto(bp__segfile *f, size_t upto) {
-  if (upto <= f->have) return true;
-  if (!f->incremental || upto > f->size) return false;
-  if (upto > f->cap) {
-    size_t cap = f->cap * 2 > upto ? f->cap * 2 : upto;
-    if (cap < (1u << 20)) cap = 1u << 20;
-    if (cap > f->size) cap = f->size;
-    uint8_t *d = realloc((void *)f->data, cap);
-    if (!d) return false;
-    f->data = d;
+static bool have_range(bp__segfile *f, size_t from, size_t upto) {
+  if (from >= f->base && upto <= f->base + f->have) return true;
+  if (!f->incremental || upto > f->size || from < f->base) return false;
+  uint8_t *buf = (uint8_t *)f->data;
+  size_t drop = from - f->base;
+  if (drop > f->have) drop = f->have;
+  if (drop) {
+    memmove(buf, buf + drop, f->have - drop);
+    f->have -= drop;
+    f->base += drop;
+  }
+  if (f->base < from) { /* the window was behind: start it at from */
+    f->have = 0;
+    f->base = from;
+  }
+  size_t need = upto - f->base;
+  if (need > f->cap) {
+    size_t cap = need > WINDOW ? need : WINDOW;
+    buf = realloc(buf, cap);
+    if (!buf) return false;
+    f->data = buf;
     f->cap = cap;
   }
-  size_t want = f->cap - f->have;
-  ssize_t got = bp__os_table.pread(f->fd, (uint8_t *)f->data + f->have, want, (off_t)f->have);
-  if (got > 0) f->have += (size_t)got;
-  if (got < (ssize_t)want) f->size = f->have; /* shorter than it was */
-  return upto <= f->have;
+  size_t fill = f->size - f->base < f->cap ? f->size - f->base : f->cap;
+  while (f->have < fill) {
+    ssize_t got = bp__os_table.pread(f->fd, buf + f->have, fill - f->have, (off_t)(f->base + f->have));
+    if (got <= 0) {
+      f->size = f->base + f->have; /* shorter than it was */
+      break;
+    }
+    f->have += (size_t)got;
+  }
+  return upto <= f->base + f->have;
 }
 
-/* Maps (or, failing that, reads) the whole file for a frame scan; a
- * read-only store reads it as the scan goes (have_upto). */
-static bp_status segfile_map(bp_store *s, bp__segfile *f) {
+/* Whether every byte of d[from, end) is zero (space allocated ahead of the
+ * frames, never written). */
+static bool all_zero(const uint8_t *d, size_t from, size_t end) {
+  for (size_t i = from; i < end; i++)
+    if (d[i]) return false;
+  return true;
+}
+
+/* Whether every byte from off to the end of the file is zero. */
+static bool tail_all_zero(bp__segfile *f, size_t off) {
+  while (off < f->size) {
+    size_t upto = f->incremental ? (f->size - off < WINDOW ? f->size : off + WINDOW) : f->size;
+    if (!have_range(f, off, upto)) return false;
+    if (!all_zero(at(f, off), 0, upto - off)) return false;
+    off = upto;
+  }
+  return true;
+}
+
+/* Maps (or, failing that, reads) the whole file for a frame scan. A
+ * read-only store reads the newest segment as the scan goes instead
+ * (have_range): only that one can be the active segment of a writer in
+ * another process, which shortens it when it seals it. */
+static bp_status segfile_map(bp_store *s, bp__segfile *f, bool newest) {
   if (f->data || f->incremental || f->fd < 0) return BP_OK;
-  if (s->readonly) {
+  if (s->readonly && newest) {
     f->incremental = true;
     return BP_OK;
   }
@@ -792,13 +836,6 @@ static void entry_from_frame(bp__ientry *e, const bp__frame *fr, uint32_t entity
   e->length = len;
 }
 
-/* Whether every byte of d[from, end) is zero (space allocated ahead of the
- * frames, never written). */
-static bool all_zero(const uint8_t *d, size_t from, size_t end) {
-  for (size_t i = from; i < end; i++)
-    if (d[i]) return false;
-  return true;
-}
 
 /* The smallest frame body there is (a frame's map with its keys and an
  * empty payload takes well over this): shorter lengths are not frames. */
@@ -859,7 +896,7 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
    * noted, so that a read-write open writes it anew. */
   if (f->has_trailer && sidx == -1 && footer_seal_state(f) == 2) sidx = SIDX_BAD;
   if (s->ix.count != count_before) bp__index_rollback(&s->ix, count_before);
-  bp_status mst = segfile_map(s, f);
+  bp_status mst = segfile_map(s, f, may_tear);
   if (mst) return mst;
 
   /* Where the trailer says the frames end. Not believed blindly: frames are
@@ -892,17 +929,17 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
   while (off < end && !damage) {
     size_t got = 0;
     for (; got < BATCH && off < end; got++) {
-      if (end - off < BP__FRAME_PREFIX || !have_upto(f, off + BP__FRAME_PREFIX)) {
+      if (end - off < BP__FRAME_PREFIX || !have_range(f, off, off + BP__FRAME_PREFIX)) {
         damage = "truncated frame header";
         break;
       }
       if (end > f->size) end = f->size; /* the file was found shorter */
-      uint32_t len = bp__get_be32(f->data + off);
-      uint32_t crc = bp__get_be32(f->data + off + 4);
+      uint32_t len = bp__get_be32(at(f, off));
+      uint32_t crc = bp__get_be32(at(f, off) + 4);
       if (len == 0 && crc == 0 && !f->has_trailer) {
         /* Space the writer allocated ahead of its frames: the data ends here,
          * provided nothing but zeros follows. */
-        if (!may_tear && (!have_upto(f, f->size) || !all_zero(f->data, off, f->size))) {
+        if (!may_tear && !tail_all_zero(f, off)) {
           damage = "zeros in the middle of the frames";
           break;
         }
@@ -911,11 +948,11 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
         end = off;
         break;
       }
-      if (len > end - off - BP__FRAME_PREFIX || !have_upto(f, off + BP__FRAME_PREFIX + len)) {
+      if (len > end - off - BP__FRAME_PREFIX || !have_range(f, off, off + BP__FRAME_PREFIX + len)) {
         damage = "frame runs past the end";
         break;
       }
-      const uint8_t *body = f->data + off + BP__FRAME_PREFIX;
+      const uint8_t *body = at(f, off) + BP__FRAME_PREFIX;
       if (bp__crc32(body, len) != crc) { damage = "CRC mismatch"; break; }
       bp__frame fr;
       if (bp__frame_decode_body(body, len, NULL, &fr) != BP_OK) { damage = "undecodable frame"; break; }
@@ -936,7 +973,9 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
       /* Salvage keeps what it can: past the damage, the next valid frame
        * (the damaged one's successor when its length survived). */
       size_t limit = claimed && claimed_end > off ? claimed_end : f->size;
-      size_t next = have_upto(f, limit) ? next_frame_at(f->data, off + 1, limit) : SIZE_MAX;
+      size_t next = have_range(f, off, limit) ? next_frame_at(at(f, f->base), off + 1 - f->base, limit - f->base)
+                                              : SIZE_MAX;
+      if (next != SIZE_MAX) next += f->base;
       if (next != SIZE_MAX) {
         bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": %s at offset %zu; salvage skips %zu bytes to the frame at %zu",
                 f->id, damage, off, next - off, next);

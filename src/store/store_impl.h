@@ -265,7 +265,8 @@ typedef struct bp__segfile {
   bool incremental;         /* read as the scan goes (a read-only open: a writer may
                                shorten the file meanwhile, which a mapping would
                                answer with SIGBUS) */
-  size_t have;              /* bytes of data read so far (incremental) */
+  size_t base;              /* the file offset of data[0] (incremental: the window's start) */
+  size_t have;              /* bytes of data that hold the file from base */
   size_t cap;
   size_t torn_header;       /* bytes of a header cut short (the segment is empty) */
   int64_t created_ns;       /* the header's */
