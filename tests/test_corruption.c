@@ -26,6 +26,12 @@
  * header's created_ns value (no checksum covers it in the format, and any
  * timestamp is a plausible one; no event changes).
  *
+ * Then every file is cut short at every (5N+2)th length, on the read-only
+ * paths: with a checkpoint that covers the file the cut is refused or
+ * changes nothing; without one, a segment cut at a frame's end (or the newest
+ * cut anywhere) can only be read as a crash (docs/FORMAT.md section 2): its
+ * events after the cut are gone, and those shown must be unchanged.
+ *
  * BATPAK_CORRUPTION_STRIDE=N tries every Nth byte on the read-only path with
  * the checkpoint (default 11) and every 5N+2th on the others; 1 tries every
  * byte everywhere (about 300k opens).
@@ -301,6 +307,94 @@ static void sweep_store(const char *label, const char *clean, const char *work, 
   for (size_t i = 0; i < nfiles; i++) free(files[i]);
 }
 
+/* Every event of got is one of want's, with the same fields but for its
+ * global sequence (events before it may be gone); NULL or what differs. */
+static const char *subset_of(const tu_image *got, const tu_image *want) {
+  static char why[160];
+  size_t j = 0;
+  for (size_t i = 0; i < got->n; i++) {
+    while (j < want->n && !bp_id_eq(want->v[j].entry.event_id, got->v[i].entry.event_id)) j++;
+    if (j == want->n) {
+      snprintf(why, sizeof why, "event %zu is not one of the store's, or out of order", i);
+      return why;
+    }
+    tu_image one = {&got->v[i], 1}, other = {&want->v[j], 1};
+    tu_shown a = got->v[i];
+    a.entry.global_sequence = want->v[j].entry.global_sequence;
+    one.v = &a;
+    const char *d = tu_image_diff(&one, &other, true, NULL);
+    if (d) {
+      snprintf(why, sizeof why, "event %zu: %s", i, d);
+      return why;
+    }
+    j++;
+  }
+  return NULL;
+}
+
+/* A file of the store cut short at every Nth length. With the checkpoint the
+ * cut is refused or changes nothing; without it (the format has no record of
+ * a clean close) a segment cut at a frame's end, or the newest segment cut
+ * anywhere, can only be read as a crash: the events after the cut are gone,
+ * and every event still shown must be unchanged. */
+static void truncation_sweep(const char *label, const char *clean, const char *work, size_t stride) {
+  char *files[64];
+  size_t nfiles = 0;
+  list_files(clean, NULL, files, &nfiles);
+  qsort(files, nfiles, sizeof *files, cmp_str);
+  static const path paths[] = {{"read-only", true, true}, {"read-only, checkpoint off", true, false}};
+  char ck[4400];
+  snprintf(ck, sizeof ck, "%s/index.ckpt", clean);
+  struct stat cst;
+  bool store_has_checkpoint = stat(ck, &cst) == 0;
+  for (size_t pi = 0; pi < 2; pi++) {
+    const path *p = &paths[pi];
+    bool checkpoint = p->checkpoint && store_has_checkpoint;
+    tu_remove_tree(work);
+    copy_store(clean, work);
+    tu_image want;
+    if (!take(work, p, &want, label)) fail_msg("%s: refused unflipped", label);
+    uint64_t cuts = 0, refused = 0, identical = 0, lost = 0;
+    for (size_t fi = 0; fi < nfiles; fi++) {
+      char src[4400], dst[4400];
+      snprintf(src, sizeof src, "%s/%s", clean, files[fi]);
+      snprintf(dst, sizeof dst, "%s/%s", work, files[fi]);
+      struct stat sb;
+      assert_int_equal(stat(src, &sb), 0);
+      for (size_t len = (fi * 3) % stride; len < (size_t)sb.st_size; len += stride) {
+        assert_int_equal(truncate(dst, (off_t)len), 0);
+        char what[512];
+        snprintf(what, sizeof what, "%s, %s: %s cut to %zu bytes", label, p->name, files[fi], len);
+        tu_image got;
+        cuts++;
+        if (!take(work, p, &got, what)) {
+          refused++;
+        } else {
+          size_t rf = 0;
+          const char *d = tu_image_diff(&got, &want, true, &rf);
+          if (!d) {
+            identical++;
+          } else {
+            bool segment = strstr(files[fi], ".fbat") != NULL;
+            const char *sd = subset_of(&got, &want);
+            if (checkpoint || !segment || sd) fail_msg("%s: WRONG: %s", what, sd ? sd : d);
+            lost++;
+          }
+          tu_image_free(&got);
+        }
+        /* Back to whole. */
+        tu_remove_tree(work);
+        copy_store(clean, work);
+      }
+    }
+    tu_image_free(&want);
+    print_message("%-14s %-27s cuts  %5" PRIu64 "  refused %5" PRIu64 "  survived identical %5" PRIu64
+                  "  read as a crash %3" PRIu64 "  wrong 0\n",
+                  label, p->name, cuts, refused, identical, lost);
+  }
+  for (size_t i = 0; i < nfiles; i++) free(files[i]);
+}
+
 /* Flushes that the sweep's thousands of read-write opens would wait for:
  * durability is not what is tested here. */
 static int no_sync(int fd) {
@@ -341,6 +435,7 @@ static void every_flip_on_every_open_path_is_detected_or_survived_identically(vo
       assert_int_equal(unlink(ck), 0);
     }
     sweep_store(stores[i].label, clean, work, stride);
+    truncation_sweep(stores[i].label, clean, work, 5 * stride + 2);
     tu_remove_tree(clean);
   }
   bp__os_table = bp__os_default;

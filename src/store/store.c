@@ -239,16 +239,18 @@ static bool checkpoint_ends_inside_a_batch(bp_store *s, const uint64_t *ids, siz
 /* A checkpoint whose CRC holds named a segment that is missing, or events
  * past a segment's end. Either the checkpoint lies, or the segment lost
  * events: it is the segment that tells. One that ends in a SIDX trailer was
- * not cut short (the checkpoint lies: rebuilt from the segments), and the
- * newest one may have lost unsynced bytes to a power cut. Otherwise the
- * events are gone: BP_ECORRUPT naming the segment, or with salvage a warning
- * and a rebuild from what is there. */
+ * not cut short (the checkpoint lies: rebuilt from the segments). Otherwise
+ * the events are gone, the newest segment's too: a checkpoint only ever
+ * describes frames that were fsynced before it was written (bp_close seals
+ * first, a compaction syncs the writer first), which no power cut takes.
+ * BP_ECORRUPT naming the segment, or with salvage a warning and a rebuild
+ * from what is there. */
 static bp_status check_evidence(bp_store *s, const uint64_t *ids, size_t n) {
   uint64_t id = s->ckpt_evidence.segment, upto = s->ckpt_evidence.upto;
   const char *what = NULL;
   if (!listed(ids, n, id)) {
     what = "is missing";
-  } else if (id != ids[n - 1]) {
+  } else {
     bp__segfile f;
     bp_status st = bp__segfile_open(s, id, &f);
     if (st) return st;
@@ -506,6 +508,9 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
     }
   }
   if ((st = recover(s))) goto fail;
+  /* Segments finished or footers rewritten: the store changed, and close
+   * writes a checkpoint that covers them (so that a later cut is seen). */
+  if (!readonly && s->nfooter_fixes) s->checkpoint_damaged = true;
   if (!readonly && (st = bp__segment_fix_footers(s))) goto fail;
   st = bp__retired_load(s->dir, &s->retired);
   if (st == BP_ECORRUPT) {

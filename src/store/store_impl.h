@@ -168,7 +168,7 @@ struct bp_store {
    * every compaction rewrites with a new time (it merges into the lowest id),
    * 0 while there is no segment. Cached projections carry it (project.c). */
   _Atomic int64_t log_epoch;
-  bool checkpoint_damaged;  /* open found index.ckpt and ignored it: close rewrites it */
+  bool checkpoint_damaged;  /* index.ckpt ignored, or segments repaired at open: close rewrites it */
   /* Keys of events retention dropped (retired.c): read by the writer (wlock),
    * replaced by a compaction's swap (wlock and view_lock held). */
   bp__retired_keys retired;
