@@ -56,7 +56,15 @@ uint8_t *tu_read_file(const char *path, size_t *len) {
   fseek(f, 0, SEEK_END);
   long n = ftell(f);
   fseek(f, 0, SEEK_SET);
+  if (n < 0 || n > (1l << 40)) { /* not a file's length: a directory, say */
+    fclose(f);
+    return NULL;
+  }
   uint8_t *buf = malloc((size_t)n + 1);
+  if (!buf) {
+    fclose(f);
+    return NULL;
+  }
   if (fread(buf, 1, (size_t)n, f) != (size_t)n) { free(buf); fclose(f); return NULL; }
   buf[n] = 0;
   fclose(f);
@@ -109,6 +117,8 @@ void tu_copy_dir(const char *src, const char *dst) {
     char from[4096], to[4096];
     snprintf(from, sizeof from, "%s/%s", src, e->d_name);
     snprintf(to, sizeof to, "%s/%s", dst, e->d_name);
+    struct stat sb;
+    if (lstat(from, &sb) != 0 || !S_ISREG(sb.st_mode)) continue; /* regular files only */
     size_t n;
     uint8_t *buf = tu_read_file(from, &n);
     if (!buf) continue;
