@@ -83,10 +83,11 @@ static bool id_table_resize(bp__index *ix, uint64_t slots);
 bp_status bp__index_init(bp__index *ix) {
   memset(ix, 0, sizeof *ix);
   ix->chunks = calloc(BP__MAX_CHUNKS, sizeof *ix->chunks);
+  ix->kinds = calloc(65536, sizeof *ix->kinds);
   ix->name_cap = 64;
   bp__name **names = calloc(ix->name_cap, sizeof *names);
   atomic_store(&ix->names, names);
-  if (!ix->chunks || !names || !name_table_resize(ix, 128) || !id_table_resize(ix, 1024)) {
+  if (!ix->chunks || !ix->kinds || !names || !name_table_resize(ix, 128) || !id_table_resize(ix, 1024)) {
     bp__index_free(ix);
     return bp__fail(BP_ENOMEM, "index: out of memory");
   }
@@ -118,10 +119,12 @@ void bp__index_free(bp__index *ix) {
   free(names);
   free(atomic_load(&ix->name_table));
   free(atomic_load(&ix->id_table));
-  for (unsigned k = 0; k < 65536; k++) {
+  for (unsigned k = 0; ix->kinds && k < 65536; k++) {
     bp__seqvec *v = atomic_load(&ix->kinds[k]);
     if (v) { seqvec_free(v); free(v); }
   }
+  free(ix->kinds);
+  ix->kinds = NULL;
   for (int c = 0; c < 16; c++) seqvec_free(&ix->categories[c]);
   while (ix->retired) {
     bp__retired *r = ix->retired;

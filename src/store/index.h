@@ -121,7 +121,10 @@ typedef struct bp__index {
   _Atomic(bp__idtable *) id_table;
   uint64_t id_used;
 
-  _Atomic(bp__seqvec *) kinds[65536]; /* by exact kind, allocated on first use */
+  /* By exact kind, each allocated on first use. The table of 65,536 (512 KiB)
+   * is allocated apart, so that the store's own record stays small: a
+   * closed store's record outlives it (store.c, "closed handles"). */
+  _Atomic(bp__seqvec *) *kinds;
   bp__seqvec categories[16];
 
   bp__retired *retired;               /* arrays replaced while readers may hold them */
