@@ -822,6 +822,7 @@ static void readonly_opens_beside_a_compacting_writer_see_one_set_of_segments(vo
       bp_compaction_config cc = {BP_COMPACT_MERGE, NULL, NULL, 2};
       bp_compaction_result res;
       if (bp_compact(w, &cc, &res)) _exit(3);
+      usleep(300); /* a writer that does something else between compactions */
     }
     _exit(bp_close(w) ? 4 : 0);
   }

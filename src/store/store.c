@@ -413,7 +413,7 @@ static bp_status recovery_reset(bp_store *s) {
  * therefore compares the directory before and after it read it, and reads
  * again until the two agree: the events are then exactly those of one
  * moment's set of segments. */
-#define READONLY_ATTEMPTS 16
+#define READONLY_ATTEMPTS 64
 
 static bp_status recover(bp_store *s) {
   if (!s->readonly) return recover_once(s);
@@ -437,6 +437,10 @@ static bp_status recover(bp_store *s) {
                       READONLY_ATTEMPTS);
     bp__log(s, BP_LOG_INFO, "%s changed while it was read (a compaction?); reading it again", s->dir);
     if ((st = recovery_reset(s))) return st;
+    /* A little later each time, up to 10 ms: the changes come in bursts (a
+     * compaction renames and deletes a few files), and waiting for one to end
+     * costs less than reading the store again under it. */
+    usleep((useconds_t)(attempt < 20 ? 500 * (attempt + 1) : 10000));
   }
 }
 
