@@ -97,7 +97,11 @@ BP_API void bp_config_init(bp_config *cfg, const char *data_dir);
  * Ownership: cfg is only read during the call. *out is freed by bp_close. */
 BP_API bp_status bp_open(const bp_config *cfg, bp_store **out);
 /* Opens for reading only: no lock, no new segment, nothing written, appends
- * fail BP_EREADONLY. Sees the events present when it was opened. */
+ * fail BP_EREADONLY. Sees the events present when it was opened. Beside a
+ * writer in another process it reads one consistent set of segments: when a
+ * compaction changes them under it, it reads them again (BP_EIO if they kept
+ * changing through 64 attempts). Reads of such a handle after a compaction by
+ * the writer may fail BP_ECORRUPT; they never return another event. */
 BP_API bp_status bp_open_readonly(const bp_config *cfg, bp_store **out);
 /* Drains queued appends (up to shutdown_drain_limit; the rest fail
  * BP_ESHUTDOWN), writes the SIDX footer, fsyncs, writes the checkpoint and
