@@ -674,8 +674,9 @@ static void tail_close(tail_bytes *t) {
   t->base = NULL;
 }
 
-/* What became of a footer (load_sidx). */
-enum { SIDX_USED, SIDX_UNSEALED, SIDX_BAD };
+/* What became of a footer (load_sidx). SIDX_GAP: it proves events before
+ * it are gone (the error is set). */
+enum { SIDX_USED, SIDX_UNSEALED, SIDX_BAD, SIDX_GAP };
 
 /* Reads the footer into entries: SIDX_USED. Otherwise (with a log line
  * saying why) SIDX_UNSEALED for a footer without a seal, SIDX_BAD for one
@@ -748,9 +749,21 @@ static int load_sidx(bp_store *s, const bp__segfile *f) {
   if (!why && bp__index_reserve(&s->ix, count) != BP_OK) why = "out of memory";
   if (!why && expect != st_off) why = "frames do not end at the string table";
   if (why) goto reject;
-  /* Events are placed by their order; a footer that numbers them otherwise is
-   * noted for rewriting. */
+  /* Events are placed by their order. A footer that numbers them from further
+   * on is what a crash between a retention compaction and the rewrite of a
+   * later footer leaves (retention has run: retired.keys holds its keys), and
+   * is noted for rewriting. Otherwise the events it counts before its own are
+   * gone: a segment before it is missing or was cut. */
   uint64_t first = s->ix.count;
+  uint64_t numbered_from = count ? bp__get_le64(d + entries_at + 114) : first;
+  if (numbered_from != first && !(numbered_from > first && s->retired.n > 0) && !s->cfg.salvage) {
+    free(ids);
+    tail_close(&footer);
+    bp__fail(BP_ECORRUPT, "segment %06" PRIu64 ": its sealed footer numbers its first event %" PRIu64
+             ", but the segments before it hold %" PRIu64 " events: a segment before it is missing or was cut "
+             "(open with salvage to keep the rest)", f->id, numbered_from, first);
+    return SIDX_GAP;
+  }
   for (uint64_t i = 0; i < count; i++) {
     if (bp__get_le64(d + entries_at + i * BP__SIDX_ENTRY_SIZE + 114) == first + i) continue;
     bp__segment_note_fix(s, f->id, first, count, st_off, BP__FIX_STALE); /* out of memory: stays stale */
@@ -891,6 +904,7 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
     *used_sidx = true;
     return BP_OK;
   }
+  if (sidx == SIDX_GAP) return BP_ECORRUPT;
   /* A checkpoint's watermark inside a sealed segment: its footer is not
    * needed, but one of ours that a crash damaged (a seal cut short) is
    * noted, so that a read-write open writes it anew. */

@@ -511,11 +511,7 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
       goto fail;
     }
   }
-  if ((st = recover(s))) goto fail;
-  /* Segments finished or footers rewritten: the store changed, and close
-   * writes a checkpoint that covers them (so that a later cut is seen). */
-  if (!readonly && s->nfooter_fixes) s->checkpoint_damaged = true;
-  if (!readonly && (st = bp__segment_fix_footers(s))) goto fail;
+  /* Before recovery, which asks whether retention ever ran. */
   st = bp__retired_load(s->dir, &s->retired);
   if (st == BP_ECORRUPT) {
     /* It only spares repeats: without it, a repeat of a retired key writes
@@ -524,6 +520,11 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
     st = BP_OK;
   }
   if (st) goto fail;
+  if ((st = recover(s))) goto fail;
+  /* Segments finished or footers rewritten: the store changed, and close
+   * writes a checkpoint that covers them (so that a later cut is seen). */
+  if (!readonly && s->nfooter_fixes) s->checkpoint_damaged = true;
+  if (!readonly && (st = bp__segment_fix_footers(s))) goto fail;
   /* Helpers for large reads: one thread fewer than asked (the caller is
    * one), at most one per CPU; without memory for them, callers work alone. */
   uint32_t threads = cpus > 0 && (long)cfg->query_threads > cpus ? (uint32_t)cpus : cfg->query_threads;

@@ -32,6 +32,7 @@ typedef struct vctx {
   chain_head *heads;
   size_t nheads, headcap;
   bool lowest;              /* checking the store's lowest segment */
+  bool retention_ran;       /* retired.keys holds keys: retention dropped events */
 } vctx;
 
 BP__PRINTF(3, 4) static void problem(vctx *v, const char *where, const char *fmt, ...) {
@@ -310,9 +311,13 @@ static void check_segment(vctx *v, const char *dir, uint64_t id) {
      * the events it kept: an entity's clock may jump forward there, its
      * chain linking to an event that was dropped, and so may the entity's
      * next event after that segment (a writer that was open through the
-     * compaction goes on from the dropped event). That is the documented
-     * shape of a store after retention, not damage; any other jump is. */
-    bool retention_gap = (v->lowest || hd->last_in_lowest) && vf->f.header.position.sequence > hd->next_clock;
+     * compaction goes on from the dropped event), and, once retention has
+     * run (retired.keys), an entity's first event seen when retention
+     * dropped all those before it. That is the documented shape of a store
+     * after retention, not damage; any other jump is. */
+    bool first_seen = hd->next_clock == 0 && !hd->last_in_lowest;
+    bool retention_gap = (v->lowest || hd->last_in_lowest || (first_seen && v->retention_ran)) &&
+                         vf->f.header.position.sequence > hd->next_clock;
     if (vf->f.header.position.sequence != hd->next_clock && !retention_gap) {
       char ew[96];
       snprintf(ew, sizeof ew, "entity %.40s clock %u", hd->entity, vf->f.header.position.sequence);
@@ -476,7 +481,10 @@ bp_status bp_verify(const char *dir, bp_verify_report *rep) {
   }
   closedir(dp);
   if (n > 1) qsort(ids, n, sizeof *ids, cmp_u64);
-  vctx v = {rep, 0, false, NULL, 0, 0};
+  vctx v = {rep, 0, false, NULL, 0, 0, false, false};
+  bp__retired_keys rk;
+  if (bp__retired_load(dir, &rk) == BP_OK) v.retention_ran = rk.n > 0;
+  bp__retired_free(&rk);
   for (size_t i = 0; i < n; i++) {
     v.lowest = i == 0;
     check_segment(&v, dir, ids[i]);
