@@ -1329,8 +1329,60 @@ static void deleted_segment_without_checkpoint_is_found_by_the_next_footer(void 
   assert_ok(bp_close(r));
 }
 
+/* A full disk while segments rotate: sealing a full segment or starting the
+ * next one fails the appends with ENOSPC, never the writer; once space is
+ * freed the store goes on, and every acknowledged event is there. */
+static void a_full_disk_across_rotations_is_not_fatal(void **state) {
+  fixture *f = *state;
+  f->cfg.log_fn = no_log;
+  f->cfg.segment_max_bytes = 8192;
+  for (int path = 0; path < 2; path++) {
+    f->cfg.sync_every_n_events = path == 0 ? 1000 : 1;
+    bp_store *s = open_ok(&f->cfg);
+    bp_coord c = {"disk", "rotation"};
+    static bp_id ids[256];
+    size_t n = 0;
+    char text[700];
+    memset(text, 'r', sizeof text);
+    bp__os_table.fallocate = small_fallocate;
+    bp__os_table.pwritev = small_pwritev;
+    for (int rotation = 0; rotation < 3; rotation++) {
+      /* Fill the active segment to its limit with room to spare... */
+      free_bytes = 64 << 20;
+      bp_store_diagnostics d;
+      do {
+        bp_append_receipt r;
+        assert_ok(bp_append(s, &c, 0x1001, text, sizeof text, &r));
+        assert_true(n < 256);
+        ids[n++] = r.event_id;
+        bp_diagnostics(s, &d);
+      } while (d.active_segment_bytes < f->cfg.segment_max_bytes);
+      /* ...then the disk is full when the next append must seal it and
+       * start the next segment: refused, again and again, not fatal. */
+      free_bytes = 0;
+      for (int i = 0; i < 4; i++) {
+        bp_status st = bp_append(s, &c, 0x1001, text, sizeof text, NULL);
+        if (st != BP_EIO || bp_last_error()->sys_errno != ENOSPC)
+          fail_msg("path %d rotation %d: a full disk gave %s (%s)", path, rotation, bp_status_name(st),
+                   bp_last_error()->message);
+      }
+      bp_diagnostics(s, &d);
+      assert_false(d.writer_failed);
+    }
+    free_bytes = 64 << 20;
+    bp_append_receipt r;
+    assert_ok(bp_append(s, &c, 0x1001, text, sizeof text, &r));
+    ids[n++] = r.event_id;
+    assert_ok(bp_close(s));
+    bp__os_table = bp__os_default;
+    tu_assert_acknowledged(&f->cfg, ids, n, NULL, NULL, "after a full disk across rotations");
+    tu_remove_tree(f->dir);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(a_full_disk_across_rotations_is_not_fatal, tu_store_setup, teardown),
       cmocka_unit_test_setup_teardown(deleted_segment_without_checkpoint_is_found_by_the_next_footer, tu_store_setup,
                                       teardown),
       cmocka_unit_test_setup_teardown(idempotency_keys_survive_retention_of_their_event, tu_store_setup, teardown),

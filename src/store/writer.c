@@ -481,10 +481,20 @@ bp_status bp__writer_seal(bp_store *s) {
   unmap_segment(s);
   uint64_t len = 0;
   int rc = s->unsynced ? bp__os_sync(s->wfd, s->cfg.sync_mode) : 0;
+  bool frames_durable = rc == 0;
   if (!rc) rc = bp__sidx_write(&s->ix, s->wseg_first, s->ix.count, s->wsize, s->wfd, &len);
   if (!rc && s->wcap > s->wsize + len && bp__os_table.ftruncate(s->wfd, (off_t)(s->wsize + len)) != 0)
     rc = errno ? errno : EIO;
   if (!rc) rc = bp__os_sync(s->wfd, s->cfg.sync_mode);
+  if (rc && frames_durable && (rc == ENOSPC || rc == EDQUOT)) {
+    /* No room for the footer. The frames are durable and nothing is lost:
+     * the segment stays the active one (written without its mapping now),
+     * and the next append, or bp_close, seals it again. */
+    s->unsynced = 0;
+    atomic_store(&s->durable, s->ix.count);
+    return bp__fail_errno(BP_EIO, rc, "seal segment %06" PRIu64 ": no space for its footer; it stays open and "
+                          "is sealed once space is freed", s->wseg);
+  }
   if (rc) {
     bp_status st = rc == ENOMEM ? bp__fail(BP_ENOMEM, "seal segment %06" PRIu64 ": out of memory for its SIDX footer", s->wseg)
                                 : bp__fail_errno(BP_EIO, rc, "seal segment %06" PRIu64, s->wseg);
@@ -510,6 +520,10 @@ static bp_status writer_ensure_segment(bp_store *s) {
   if (s->wfd < 0) {
     bp_status st = writer_open_segment(s);
     if (st) {
+      /* A full disk left nothing behind (the new file is removed): the next
+       * append tries again, and it does not count against the policy. */
+      int err = bp_last_error()->sys_errno;
+      if (err == ENOSPC || err == EDQUOT) return st;
       bool go_on = allow_restart(s);
       if (!go_on) s->failed = true;
       return st;
