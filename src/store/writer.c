@@ -548,6 +548,16 @@ static bool key_seen_before(const bp_event_in *ev, size_t i) {
   return false;
 }
 
+/* Whether event i of a request repeats an idempotency key: one of an event
+ * in the log, of an earlier event of the same request, or of an event
+ * retention dropped (retired.c). A repeat writes nothing. */
+static bool key_repeats(const bp_store *s, const bp_event_in *evs, size_t i) {
+  bp_id key = evs[i].opts.idempotency_key;
+  uint64_t seq, digest;
+  return !bp_id_is_nil(key) && (bp__index_find_id(&s->ix, key, s->ix.count, &seq) || key_seen_before(evs, i) ||
+                                bp__retired_find(&s->retired, key, &digest));
+}
+
 /* A repeat of an idempotency key must repeat its event: the same payload
  * (compared by its BLAKE3), entity, scope and kind. Anything else is a
  * caller's bug that a silent "already done" would hide. */
@@ -605,11 +615,7 @@ static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
   if (!dup) return bp__fail(BP_ENOMEM, "out of memory planning a batch");
   size_t last_new = SIZE_MAX;
   for (size_t i = 0; i < n; i++) {
-    const bp_event_in *ev = &req->events[i];
-    uint64_t seq, digest;
-    dup[i] = !bp_id_is_nil(ev->opts.idempotency_key) &&
-             (bp__index_find_id(&s->ix, ev->opts.idempotency_key, s->ix.count, &seq) ||
-              key_seen_before(req->events, i) || bp__retired_find(&s->retired, ev->opts.idempotency_key, &digest));
+    dup[i] = key_repeats(s, req->events, i);
     if (!dup[i]) last_new = i;
   }
 
@@ -753,22 +759,14 @@ static bool request_writes(const bp_store *s, const bp__req *r) {
   bool any_new = false;
   for (size_t j = 0; j < r->n; j++) {
     const bp_event_in *ev = &r->events[j];
-    uint64_t seq;
-    bp_id key = ev->opts.idempotency_key;
-    uint64_t digest;
-    if (!bp_id_is_nil(key) && (bp__index_find_id(&s->ix, key, s->ix.count, &seq) || key_seen_before(r->events, j) ||
-                               bp__retired_find(&s->retired, key, &digest)))
-      continue;
+    if (key_repeats(s, r->events, j)) continue;
     uint32_t earlier = 0;
     if (ev->opts.expect != BP_EXPECT_ANY)
       for (size_t k = 0; k < j; k++) {
         const bp_event_in *e = &r->events[k];
         if (strcmp(e->coord.entity, ev->coord.entity) != 0) continue;
         if (r->n > EXACT_BATCH) return true;
-        bp_id ek = e->opts.idempotency_key;
-        if (bp_id_is_nil(ek) || !(bp__index_find_id(&s->ix, ek, s->ix.count, &seq) || key_seen_before(r->events, k) ||
-                                  bp__retired_find(&s->retired, ek, &digest)))
-          earlier++;
+        if (!key_repeats(s, r->events, k)) earlier++;
       }
     if (!expectation_holds(s, ev, earlier)) return false;
     any_new = true;
