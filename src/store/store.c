@@ -149,45 +149,58 @@ static bp_status segment_size(bp_store *s, uint64_t id, uint64_t *size) {
   return BP_OK;
 }
 
-/* Events the SIDX footers of segments[from..] announce (0 for a segment
- * without one): the id table is sized once for them all, rather than doubling
- * segment after segment. */
-static uint64_t footer_counts(bp_store *s, const uint64_t *ids, size_t n, size_t from) {
-  uint64_t total = 0;
-  for (size_t i = from; i < n; i++) {
+/* What recovery needs to know of each listed segment before loading any,
+ * from its header and trailer: read once per open (survey), for the id
+ * table's size, the newest segment holding frames, the log epoch, and the
+ * checks of a checkpoint against the segments. */
+typedef struct seg_look {
+  bool opened;              /* false: the load reports why */
+  bool empty;               /* no bytes, or a header cut short */
+  bool sealed;              /* ends in a SIDX trailer */
+  bool frames;              /* holds anything after its header */
+  uint64_t footer_count;    /* events its trailer announces, when they fit the file */
+  int64_t created_ns;
+} seg_look;
+
+static bp_status survey(bp_store *s, const uint64_t *ids, size_t n, seg_look **out) {
+  seg_look *v = calloc(n ? n : 1, sizeof *v);
+  if (!v) return bp__fail(BP_ENOMEM, "out of memory surveying the segments of %s", s->dir);
+  for (size_t i = 0; i < n; i++) {
     bp__segfile f;
-    if (bp__segfile_open(s, ids[i], &f) != BP_OK) continue; /* the load reports it */
-    /* A count whose entries cannot fit the file is not believed (the load
-     * scans that segment): memory is reserved for what is there. */
+    if (bp__segfile_open(s, ids[i], &f) != BP_OK) continue;
     uint64_t count = f.has_trailer ? bp__get_le32(f.trailer + 8) : 0;
-    if (count * BP__SIDX_ENTRY_SIZE <= f.size) total += count;
+    v[i] = (seg_look){true, f.size == 0, f.has_trailer, f.fd >= 0 && f.size > f.frames_start,
+                      /* a count whose entries cannot fit the file is not believed */
+                      count * BP__SIDX_ENTRY_SIZE <= f.size ? count : 0, f.created_ns};
     bp__segfile_close(&f);
   }
-  return total;
+  *out = v;
+  return BP_OK;
 }
 
-/* The place in ids of the newest segment that holds frames (anything after
- * its header), or 0 when none does: the only one a crash may have left with
- * a torn tail. Later ones can only be empty or header-only, as another
- * writer leaves a segment it created before crashing. */
-static size_t newest_with_frames(bp_store *s, const uint64_t *ids, size_t n) {
-  for (size_t i = n; i-- > 0;) {
-    bp__segfile f;
-    if (bp__segfile_open(s, ids[i], &f) != BP_OK) return i; /* the load reports it */
-    bool frames = f.fd >= 0 && f.size > f.frames_start;
-    bp__segfile_close(&f);
-    if (frames) return i;
-  }
+/* The place of the newest segment that holds frames, or 0 when none does:
+ * the only one a crash may have left with a torn tail. Later ones can only
+ * be empty or header-only, as another writer leaves a segment it created
+ * before crashing. (One that did not open counts as holding frames: its
+ * load reports it.) */
+static size_t newest_with_frames(const seg_look *look, size_t n) {
+  for (size_t i = n; i-- > 0;)
+    if (!look[i].opened || look[i].frames) return i;
   return 0;
 }
 
 /* Loads segments[from..] (the first from watermark offset wm_off). */
-static bp_status load_segments(bp_store *s, const uint64_t *ids, size_t n, size_t from, uint64_t wm_off) {
+static bp_status load_segments(bp_store *s, const uint64_t *ids, const seg_look *look, size_t n, size_t from,
+                               uint64_t wm_off) {
   if (n - from > 1) {
-    bp_status st = bp__index_reserve(&s->ix, footer_counts(s, ids, n, from));
+    /* The id table is sized once for the events the footers announce,
+     * rather than doubling segment after segment. */
+    uint64_t total = 0;
+    for (size_t i = from; i < n; i++) total += look[i].footer_count;
+    bp_status st = bp__index_reserve(&s->ix, total);
     if (st) return st;
   }
-  size_t newest = newest_with_frames(s, ids, n);
+  size_t newest = newest_with_frames(look, n);
   for (size_t i = from; i < n; i++) {
     bp__segfile f;
     bp_status st = bp__segfile_open(s, ids[i], &f);
@@ -208,15 +221,11 @@ static bp_status load_segments(bp_store *s, const uint64_t *ids, size_t n, size_
  * such a checkpoint (recovery drops the frames), but the crate, which does
  * not know the flag, lists them once it has opened the store. Only the last
  * frame of each unsealed segment the checkpoint covers is read. */
-static bool checkpoint_ends_inside_a_batch(bp_store *s, const uint64_t *ids, size_t n) {
+static bool checkpoint_ends_inside_a_batch(bp_store *s, const uint64_t *ids, const seg_look *look, size_t n) {
   uint64_t count = s->ix.count;
   bool inside = false;
   for (size_t i = 0; i < n && !inside; i++) {
-    bp__segfile f;
-    if (bp__segfile_open(s, ids[i], &f) != BP_OK) continue; /* the load reports it */
-    bool unsealed = f.fd >= 0 && !f.has_trailer;
-    bp__segfile_close(&f);
-    if (!unsealed) continue;
+    if (!look[i].opened || look[i].empty || look[i].sealed) continue;
     /* The segment's last entry: entries are in segment order. */
     uint64_t lo = 0, hi = count;
     while (lo < hi) {
@@ -245,18 +254,21 @@ static bool checkpoint_ends_inside_a_batch(bp_store *s, const uint64_t *ids, siz
  * first, a compaction syncs the writer first), which no power cut takes.
  * BP_ECORRUPT naming the segment, or with salvage a warning and a rebuild
  * from what is there. */
-static bp_status check_evidence(bp_store *s, const uint64_t *ids, size_t n) {
+static bp_status check_evidence(bp_store *s, const uint64_t *ids, const seg_look *look, size_t n) {
   uint64_t id = s->ckpt_evidence.segment, upto = s->ckpt_evidence.upto;
-  const char *what = NULL;
-  if (!listed(ids, n, id)) {
-    what = "is missing";
-  } else {
+  size_t i = 0;
+  while (i < n && ids[i] != id) i++;
+  if (i < n && !look[i].opened) {
+    /* It did not open: that error is the one to report. */
     bp__segfile f;
     bp_status st = bp__segfile_open(s, id, &f);
-    if (st) return st;
-    if (!f.has_trailer) what = f.size == 0 ? "is empty" : "has lost its end";
     bp__segfile_close(&f);
+    if (st) return st;
   }
+  const char *what = i == n ? "is missing"
+                     : look[i].sealed ? NULL
+                     : look[i].empty ? "is empty"
+                                     : "has lost its end";
   if (!what) return BP_OK;
   if (s->cfg.salvage) {
     bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 " %s: index.ckpt lists events in it up to offset %" PRIu64
@@ -280,17 +292,15 @@ static bp_status recover_once(bp_store *s) {
     if (!(st = segment_size(s, ids[i], &size))) st = bp__segment_add(s, ids[i], true, size);
   }
   if (!st) s->next_segment_id = n ? ids[n - 1] + 1 : 1;
-  if (!st && n > 0) {
-    bp__segfile f;
-    if (bp__segfile_open(s, ids[0], &f) == BP_OK) atomic_store(&s->log_epoch, f.created_ns);
-    bp__segfile_close(&f); /* a failure is the load's to report */
-  }
+  seg_look *look = NULL;
+  if (!st) st = survey(s, ids, n, &look);
+  if (!st && n > 0 && look[0].opened) atomic_store(&s->log_epoch, look[0].created_ns);
 
   bool restored = false;
   if (!st && s->cfg.enable_checkpoint && n > 0 && !stale_checkpoint) {
     uint64_t wm_seg = 0, wm_off = 0;
     bp_status ck = bp__checkpoint_load(s, &wm_seg, &wm_off);
-    bool torn_batch = ck == BP_OK && checkpoint_ends_inside_a_batch(s, ids, n);
+    bool torn_batch = ck == BP_OK && checkpoint_ends_inside_a_batch(s, ids, look, n);
     if (torn_batch) {
       /* Rebuilt from the segments, which drop the interrupted batch: a batch
        * is all or nothing, whoever wrote the checkpoint. Not damage: the
@@ -303,14 +313,14 @@ static bp_status recover_once(bp_store *s) {
     if (ck == BP_OK) {
       size_t from = 0;
       while (from < n && ids[from] < wm_seg) from++;
-      st = load_segments(s, ids, n, from, wm_off);
+      st = load_segments(s, ids, look, n, from, wm_off);
       restored = (st == BP_OK);
       if (restored) s->open_path = BP_OPEN_CHECKPOINT;
     } else if (ck == BP_ENOMEM) {
       st = ck; /* a rebuild would need the same memory again */
     } else if (torn_batch) {
       /* logged above */
-    } else if (s->ckpt_evidence.segment && (st = check_evidence(s, ids, n))) {
+    } else if (s->ckpt_evidence.segment && (st = check_evidence(s, ids, look, n))) {
       /* events the checkpoint proves were written are gone */
     } else if (ck != BP_ENOTFOUND || bp_last_error()->sys_errno != ENOENT) {
       bp__log(s, BP_LOG_WARN, "checkpoint ignored, rebuilding the index: %s", bp_last_error()->message);
@@ -328,7 +338,7 @@ static bp_status recover_once(bp_store *s) {
     }
   }
   if (!st && !restored) {
-    st = load_segments(s, ids, n, 0, 0);
+    st = load_segments(s, ids, look, n, 0, 0);
     s->open_path = s->from_sidx ? BP_OPEN_SIDX : (s->scanned ? BP_OPEN_SCAN : BP_OPEN_EMPTY);
     if (s->ix.count == 0) s->open_path = BP_OPEN_EMPTY;
   }
@@ -337,6 +347,7 @@ static bp_status recover_once(bp_store *s) {
     atomic_store(&s->durable, s->ix.count);
     bp__log(s, BP_LOG_INFO, "opened %s: %" PRIu64 " events in %zu segments", s->dir, s->ix.count, n);
   }
+  free(look);
   free(ids);
   return st;
 }
