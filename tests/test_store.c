@@ -249,7 +249,7 @@ static void append_then_get_returns_every_field(void **state) {
 
 /* The id table's slot of event seq (the test's own search of the table). */
 static bp__idslot *id_slot_of(bp_store *s, uint64_t seq) {
-  bp__idtable *tb = atomic_load(&s->ix.id_table);
+  bp__idtable *tb = atomic_load(&s->ix.cur->id_table);
   bp__idslot *t = tb->slots;
   for (uint64_t i = 0; i <= tb->mask; i++)
     if ((uint32_t)atomic_load(&t[i].key) == seq + 1) return &t[i];

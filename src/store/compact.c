@@ -373,8 +373,10 @@ static bp_status add_tail(compaction *c) {
   if (st) return st;
   /* The writer's per-entity state carries over as it is. */
   for (uint32_t i = 1; i < c->names; i++) {
-    const bp__name *a = bp__index_name(from, i);
+    bp__name *a = bp__index_name(from, i);
     bp__name *b = bp__index_name(&c->ix, i);
+    bp__index_entity_head(from, a);
+    b->head_known = a->head_known;
     b->next_clock = a->next_clock;
     b->last_wall_ms = a->last_wall_ms;
     memcpy(b->last_hash, a->last_hash, 32);

@@ -105,30 +105,28 @@ uint64_t bp_cursor_behind(const bp_cursor *c) {
   return n;
 }
 
-/* The stream that serves the region, or NULL to examine the log itself. An
- * unknown scope or kind yields an empty stream (*empty). */
-static const uint32_t *source(const bp_cursor *c, uint64_t limit, uint32_t *n, bool *empty) {
+/* The stream that serves the region into *out (false: examine the log
+ * itself). An unknown scope or kind yields an empty stream (*empty). */
+static bool source(const bp_cursor *c, uint64_t limit, bp__stream *out, bool *empty) {
   const bp__index *ix = &c->store->ix;
   const bp_region *r = &c->region;
-  const uint32_t *best = NULL;
-  uint32_t best_n = UINT32_MAX;
+  bool have = false;
   *empty = false;
   if (r->scope) {
     const bp__name *nm = bp__index_find_name(ix, r->scope, strlen(r->scope));
-    if (!nm) { *empty = true; return NULL; }
-    best = bp__seqvec_view(&nm->as_scope, limit, &best_n);
+    if (!nm) { *empty = true; return false; }
+    bp__index_stream(ix, BP__STREAM_SCOPE, nm->id, limit, out);
+    have = true;
   }
   if (r->fact == BP_FACT_EXACT || r->fact == BP_FACT_CATEGORY) {
-    const bp__seqvec *v = NULL;
-    if (r->fact == BP_FACT_EXACT) v = bp__index_kind(ix, r->kind);
-    else if (r->category < 16) v = &ix->categories[r->category];
-    if (!v) { *empty = true; return NULL; }
-    uint32_t kn;
-    const uint32_t *k = bp__seqvec_view(v, limit, &kn);
-    if (!best || kn < best_n) { best = k; best_n = kn; }
+    if (r->fact == BP_FACT_CATEGORY && r->category >= 16) { *empty = true; return false; }
+    bp__stream k;
+    bp__index_stream(ix, r->fact == BP_FACT_EXACT ? BP__STREAM_KIND : BP__STREAM_CATEGORY,
+                     r->fact == BP_FACT_EXACT ? r->kind : r->category, limit, &k);
+    if (!have || k.total < out->total) *out = k;
+    have = true;
   }
-  *n = best ? best_n : 0;
-  return best;
+  return have;
 }
 
 static bool matches(const bp_cursor *c, uint64_t seq) {
@@ -143,23 +141,28 @@ static size_t poll_seqs(bp_cursor *c, uint64_t *out, size_t max) {
   uint64_t limit = bp__index_visible(&c->store->ix);
   size_t got = 0;
   if (c->position >= limit) return 0;
-  uint32_t n;
   bool empty;
-  const uint32_t *v = source(c, limit, &n, &empty);
+  bp__stream st;
+  bool streamed = source(c, limit, &st, &empty);
   if (empty) {
     c->position = limit;
     return 0;
   }
-  if (v) {
-    uint32_t lo = 0, hi = n;
-    while (lo < hi) {
-      uint32_t mid = lo + (hi - lo) / 2;
-      if (v[mid] < c->position) lo = mid + 1;
-      else hi = mid;
-    }
-    for (uint32_t i = lo; i < n && got < max; i++) {
-      if (matches(c, v[i])) out[got++] = v[i];
-      c->position = (uint64_t)v[i] + 1;
+  if (streamed) {
+    /* From the first item at or past the position, piece by piece. */
+    uint64_t skip = bp__stream_lower_bound(&st, c->position);
+    for (uint32_t k = 0; k < st.n && got < max; k++) {
+      const uint32_t *v = st.p[k].v;
+      uint32_t n = st.p[k].n;
+      if (skip >= n) {
+        skip -= n;
+        continue;
+      }
+      for (uint32_t i = (uint32_t)skip; i < n && got < max; i++) {
+        if (matches(c, v[i])) out[got++] = v[i];
+        c->position = (uint64_t)v[i] + 1;
+      }
+      skip = 0;
     }
     if (got < max) c->position = limit;
   } else {

@@ -176,13 +176,33 @@ static void cache_store(bp_store *s, const bp_projection *p, void *ctx, const vo
   free(bytes);
 }
 
+static bp_status project_stream(bp_store *s, const char *entity, const bp_projection *p, void *ctx,
+                                bp_freshness fresh, void *state, const uint32_t *v, uint32_t n);
+
 /* bp_project with the view lock held. */
 static bp_status project_locked(bp_store *s, const char *entity, const bp_projection *p, void *ctx,
                                 bp_freshness fresh, void *state) {
   uint64_t limit = bp__index_visible(&s->ix);
   const bp__name *nm = bp__index_find_name(&s->ix, entity, strlen(entity));
-  uint32_t n = 0;
-  const uint32_t *v = nm ? bp__seqvec_view(&nm->as_entity, limit, &n) : NULL;
+  bp__stream stream = {0};
+  if (nm) bp__index_stream(&s->ix, BP__STREAM_ENTITY, nm->id, limit, &stream);
+  /* Replay reads the stream by place (helpers take slices of it): one array,
+   * the stream's only piece or a copy of its pieces. */
+  uint32_t n = (uint32_t)stream.total, *owned = NULL;
+  const uint32_t *v = stream.n == 1 ? stream.p[0].v : NULL;
+  if (stream.n > 1) {
+    if (!(owned = malloc(sizeof *owned * n))) return bp__fail(BP_ENOMEM, "bp_project: out of memory");
+    bp__stream_copy(&stream, 0, n, owned);
+    v = owned;
+  }
+  bp_status rs = project_stream(s, entity, p, ctx, fresh, state, v, n);
+  free(owned);
+  return rs;
+}
+
+/* project_locked over the entity's stream v[0, n). */
+static bp_status project_stream(bp_store *s, const char *entity, const bp_projection *p, void *ctx,
+                                bp_freshness fresh, void *state, const uint32_t *v, uint32_t n) {
   /* The latest relevant event decides what a cached state must include. */
   int64_t last = -1;
   for (uint32_t i = n; i-- > 0;)

@@ -599,36 +599,30 @@ static bool deliver_scanned(const bp_store *s, const bp__scan_pred *q, uint64_t 
  * serve it. exact_entity limits the result to one entity (bp_stream). */
 static bp_status run_planned(bp_store *s, const bp_region *r, const char *exact_entity, qsink *k, uint64_t limit,
                              const qplan *p) {
-  const uint32_t *best = NULL;
-  uint32_t best_n = UINT32_MAX;
+  /* Two streams: the best so far and the one being weighed. */
+  bp__stream streams[2];
+  bp__stream *best = &streams[0], *cand = &streams[1];
   bool have_source = false;
 
   if (exact_entity) {
     const bp__name *nm = bp__index_find_name(&s->ix, exact_entity, strlen(exact_entity));
     if (!nm) return BP_OK;
-    best = bp__seqvec_view(&nm->as_entity, limit, &best_n);
+    bp__index_stream(&s->ix, BP__STREAM_ENTITY, nm->id, limit, best);
     have_source = true;
   }
   if (r && r->scope) {
     const bp__name *nm = bp__index_find_name(&s->ix, r->scope, strlen(r->scope));
     if (!nm) return BP_OK;
-    uint32_t n;
-    const uint32_t *v = bp__seqvec_view(&nm->as_scope, limit, &n);
-    if (!have_source || n < best_n) { best = v; best_n = n; }
+    bp__index_stream(&s->ix, BP__STREAM_SCOPE, nm->id, limit, cand);
+    if (!have_source || cand->total < best->total) { bp__stream *t = best; best = cand; cand = t; }
     have_source = true;
   }
-  if (r && r->fact == BP_FACT_EXACT) {
-    bp__seqvec *kv = bp__index_kind(&s->ix, r->kind);
-    if (!kv) return BP_OK;
-    uint32_t n;
-    const uint32_t *v = bp__seqvec_view(kv, limit, &n);
-    if (!have_source || n < best_n) { best = v; best_n = n; }
-    have_source = true;
-  } else if (r && r->fact == BP_FACT_CATEGORY) {
-    if (r->category > 15) return BP_OK;
-    uint32_t n;
-    const uint32_t *v = bp__seqvec_view(&s->ix.categories[r->category], limit, &n);
-    if (!have_source || n < best_n) { best = v; best_n = n; }
+  if (r && (r->fact == BP_FACT_EXACT || r->fact == BP_FACT_CATEGORY)) {
+    if (r->fact == BP_FACT_CATEGORY && r->category > 15) return BP_OK;
+    if (r->fact == BP_FACT_EXACT) bp__index_stream(&s->ix, BP__STREAM_KIND, r->kind, limit, cand);
+    else bp__index_stream(&s->ix, BP__STREAM_CATEGORY, r->category, limit, cand);
+    if (cand->total == 0) return BP_OK;
+    if (!have_source || cand->total < best->total) { bp__stream *t = best; best = cand; cand = t; }
     have_source = true;
   }
 
@@ -640,22 +634,20 @@ static bp_status run_planned(bp_store *s, const bp_region *r, const char *exact_
     for (uint32_t i = 1; i < names; i++) {
       const bp__name *nm = bp__index_name(&s->ix, i);
       if (nm->len >= plen && memcmp(nm->str, r->entity_prefix, plen) == 0) {
-        uint32_t n;
-        bp__seqvec_view(&nm->as_entity, limit, &n);
-        total += n;
+        bp__index_stream(&s->ix, BP__STREAM_ENTITY, i, limit, cand);
+        total += cand->total;
       }
     }
-    if (!have_source || total < best_n) {
+    if (!have_source || total < best->total) {
       uint32_t *seqs = malloc(sizeof *seqs * (total ? total : 1));
       if (!seqs) return bp__fail(BP_ENOMEM, "query: out of memory");
       uint64_t got = 0;
       for (uint32_t i = 1; i < names && got < total; i++) {
         const bp__name *nm = bp__index_name(&s->ix, i);
         if (nm->len >= plen && memcmp(nm->str, r->entity_prefix, plen) == 0) {
-          uint32_t n;
-          const uint32_t *v = bp__seqvec_view(&nm->as_entity, limit, &n);
-          if (n > total - got) n = (uint32_t)(total - got);
-          memcpy(seqs + got, v, sizeof *seqs * n);
+          bp__index_stream(&s->ix, BP__STREAM_ENTITY, i, limit, cand);
+          uint64_t n = cand->total < total - got ? cand->total : total - got;
+          bp__stream_copy(cand, 0, n, seqs + got);
           got += n;
         }
       }
@@ -667,7 +659,7 @@ static bp_status run_planned(bp_store *s, const bp_region *r, const char *exact_
   }
 
   if (have_source) {
-    deliver_list(s, p, best, best_n, k);
+    for (uint32_t i = 0; i < best->n && !k->stop; i++) deliver_list(s, p, best->p[i].v, best->p[i].n, k);
   } else {
     /* No stream narrows it down: filter the scan index, then read entries. */
     if (!r || (!r->entity_prefix && !r->scope && r->fact == BP_FACT_ANY && !r->has_clock_range)) (void)reserve(k, limit);
@@ -754,33 +746,39 @@ static bp_status walk_locked(bp_store *s, bp_id id, size_t limit, bp_events *out
   if (limit == 0) return BP_OK;
   const bp__ientry *start = bp__index_at(&s->ix, seq);
   const bp__name *ent = bp__index_name(&s->ix, start->entity);
-  uint32_t n;
-  const uint32_t *v = bp__seqvec_view(&ent->as_entity, visible, &n);
-  /* The event's place in its entity's stream (sorted by global sequence). */
-  uint32_t lo = 0, hi = n;
-  while (lo < hi) {
-    uint32_t mid = lo + (hi - lo) / 2;
-    if (v[mid] < seq) lo = mid + 1;
-    else hi = mid;
-  }
-  size_t count = (size_t)lo + 1 < limit ? (size_t)lo + 1 : limit;
+  bp__stream stream;
+  bp__index_stream(&s->ix, BP__STREAM_ENTITY, ent->id, visible, &stream);
+  /* The event's place in its entity's stream (sorted by global sequence),
+   * and the stream up to it in one array, walked backwards. */
+  uint64_t lo = bp__stream_lower_bound(&stream, seq);
+  /* Only the items walked, and the one before them (for the last link). */
+  size_t walked = (size_t)lo + 1 < limit ? (size_t)lo + 1 : limit;
+  uint64_t base = lo + 1 - walked > 0 ? lo - walked : 0;
+  uint32_t *window = malloc(sizeof *window * (lo + 1 - base));
+  if (!window) return bp__fail(BP_ENOMEM, "out of memory for the ancestors of an event");
+  bp__stream_copy(&stream, base, lo + 1 - base, window);
+  const uint64_t top = lo - base; /* window[top] is the event itself */
+  size_t count = walked;
   bp_event **items = calloc(count, sizeof *items);
-  if (!items) return bp__fail(BP_ENOMEM, "out of memory for %zu ancestors", count);
+  if (!items) {
+    free(window);
+    return bp__fail(BP_ENOMEM, "out of memory for %zu ancestors", count);
+  }
   bp_status st = BP_OK;
   size_t got = 0;
   bp__evread rd;
   bp__evread_init(&rd);
   for (size_t k = 0; k < count && !st; k++) {
-    if (k + 2 * BP__READ_AHEAD < count) bp__prefetch_entry(s, v[lo - k - 2 * BP__READ_AHEAD]);
-    if (k + BP__READ_AHEAD < count) bp__prefetch_frame(s, v[lo - k - BP__READ_AHEAD], &rd);
-    uint64_t at = v[lo - k];
+    if (k + 2 * BP__READ_AHEAD < count) bp__prefetch_entry(s, window[top - k - 2 * BP__READ_AHEAD]);
+    if (k + BP__READ_AHEAD < count) bp__prefetch_frame(s, window[top - k - BP__READ_AHEAD], &rd);
+    uint64_t at = window[top - k];
     const bp__ientry *e = bp__index_at(&s->ix, at);
     if ((st = event_at(s, at, &rd, &items[got]))) break;
     got++;
     /* Each link: this event's prev_hash is the event_hash of the one before it. */
     const uint8_t *prev = items[got - 1]->hash_chain.prev_hash;
     static const uint8_t zero[32];
-    const uint8_t *want = lo - k > 0 ? bp__index_at(&s->ix, v[lo - k - 1])->event_hash : zero;
+    const uint8_t *want = lo - k > 0 ? bp__index_at(&s->ix, window[top - k - 1])->event_hash : zero;
     if (memcmp(prev, want, 32) != 0) {
       char hex[33];
       bp_id_to_hex(e->event_id, hex);
@@ -789,6 +787,7 @@ static bp_status walk_locked(bp_store *s, bp_id id, size_t limit, bp_events *out
     }
   }
   bp__evread_free(&rd);
+  free(window);
   out->items = items;
   out->len = got;
   if (st) bp_events_free(out);

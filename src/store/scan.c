@@ -59,6 +59,7 @@ bp__scan_pred bp__scan_pred_of(const bp_region *r) {
 
 bp_status bp__scan_init(bp__scan *sc, bp_index_layout layout) {
   memset(sc, 0, sizeof *sc);
+  sc->file.fd = -1;
   sc->layout = layout;
   sc->tile = layout == BP_INDEX_AOSOA8 ? 8 : layout == BP_INDEX_AOSOA16 ? 16 : layout == BP_INDEX_AOSOA64 ? 64 : 0;
   sc->chunks = calloc(BP__MAX_CHUNKS, sizeof *sc->chunks);
@@ -68,14 +69,45 @@ bp_status bp__scan_init(bp__scan *sc, bp_index_layout layout) {
 
 void bp__scan_free(bp__scan *sc) {
   if (!sc->chunks) return;
-  for (uint32_t i = 0; i < BP__MAX_CHUNKS; i++) {
+  for (uint32_t i = sc->heap_from; i < BP__MAX_CHUNKS; i++) {
     uint8_t *c = atomic_load(&sc->chunks[i]);
     if (!c) break;
     free(c);
   }
   free(sc->chunks);
   sc->chunks = NULL;
+  if (sc->file_open) bp__cfile_close(&sc->file);
+  sc->file_open = false;
+  sc->heap_from = 0;
 }
+
+bp_status bp__scan_open_file(bp__scan *sc, const char *path, bool writable, uint64_t count, bool *fresh) {
+  bp_status st = bp__cfile_open(&sc->file, path, "BPXSCAN1", (uint32_t)sc->layout, chunk_bytes(sc), writable, fresh);
+  if (st) return st;
+  sc->file_open = true;
+  if (*fresh) count = 0;
+  uint32_t full = (uint32_t)(count >> BP__CHUNK_SHIFT), part = (uint32_t)(count & (CS - 1));
+  if (full + (part != 0) > sc->file.allocated && !writable)
+    return bp__fail(BP_ECORRUPT, "%s is shorter than the index says", path);
+  for (uint32_t ci = 0; ci < full + (writable && part); ci++) {
+    uint8_t *c = bp__cfile_chunk(&sc->file, ci);
+    if (!c) return bp_last_error()->code;
+    atomic_store_explicit(&sc->chunks[ci], c, memory_order_release);
+  }
+  sc->heap_from = full + (writable && part);
+  if (!writable && part) {
+    uint8_t *from = bp__cfile_chunk(&sc->file, full), *c = malloc(chunk_bytes(sc));
+    if (!from || !c) {
+      free(c);
+      return from ? bp__fail(BP_ENOMEM, "scan index: out of memory") : bp_last_error()->code;
+    }
+    memcpy(c, from, chunk_bytes(sc));
+    atomic_store_explicit(&sc->chunks[full], c, memory_order_release);
+  }
+  return BP_OK;
+}
+
+int bp__scan_sync(bp__scan *sc) { return sc->file_open ? bp__cfile_sync(&sc->file) : 0; }
 
 uint64_t bp__scan_tiles(const bp__scan *sc, uint64_t count) {
   return sc->tile ? (count + sc->tile - 1) / sc->tile : 0;
@@ -99,8 +131,13 @@ bp_status bp__scan_set(bp__scan *sc, uint64_t seq, bp_kind kind, uint32_t clock,
   uint32_t ci = (uint32_t)(seq >> BP__CHUNK_SHIFT);
   uint8_t *chunk = atomic_load_explicit(&sc->chunks[ci], memory_order_relaxed);
   if (!chunk) {
-    chunk = malloc(chunk_bytes(sc));
-    if (!chunk) return bp__fail(BP_ENOMEM, "scan index: out of memory");
+    if (sc->file_open && sc->file.writable) {
+      bp_status st = bp__cfile_alloc(&sc->file, ci, &chunk);
+      if (st) return st;
+      sc->heap_from = ci + 1;
+    } else if (!(chunk = malloc(chunk_bytes(sc)))) {
+      return bp__fail(BP_ENOMEM, "scan index: out of memory");
+    }
     atomic_store_explicit(&sc->chunks[ci], chunk, memory_order_release);
   }
   size_t i = seq & (CS - 1);

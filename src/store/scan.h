@@ -22,11 +22,17 @@
 
 #include "batpak/store.h"
 #include "store/index.h"
+#include "store/ixfile.h"
 
 typedef struct bp__scan {
   bp_index_layout layout;
   uint32_t tile;                 /* events per tile (AOSOA layouts), else 0 */
   _Atomic(uint8_t *) *chunks;    /* BP__MAX_CHUNKS slots */
+  /* With a persistent index the chunks are pieces of index/scan (those below
+   * heap_from; the others, of a read-only handle, heap memory). */
+  bp__cfile file;
+  bool file_open;
+  uint32_t heap_from;
 } bp__scan;
 
 /* What a region asks of the four fields (names resolved to ids). */
@@ -46,6 +52,13 @@ typedef struct bp__scan_pred {
 bp__scan_pred bp__scan_pred_of(const bp_region *r);
 
 bp_status bp__scan_init(bp__scan *sc, bp_index_layout layout);
+/* Opens index/scan at path (writable: created, or emptied when it holds
+ * another layout; *fresh then says so) and takes the fields of events
+ * [0, count) from it: a read-only handle copies a last chunk filled in part
+ * into memory, so that it can go on past count. Errors: as bp__cfile_open. */
+bp_status bp__scan_open_file(bp__scan *sc, const char *path, bool writable, uint64_t count, bool *fresh);
+/* Makes index/scan's chunks durable. Returns 0 or an errno value. */
+int bp__scan_sync(bp__scan *sc);
 void bp__scan_free(bp__scan *sc);
 /* Records event seq's fields (writer; before the event is published). */
 bp_status bp__scan_set(bp__scan *sc, uint64_t seq, bp_kind kind, uint32_t clock, uint32_t entity, uint32_t scope);

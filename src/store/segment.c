@@ -627,6 +627,8 @@ bp_status bp__recover_entry(bp_store *s, bp__ientry *e) {
   if (!st) st = bp__index_push(&s->ix, e);
   if (st) return st;
   bp__name *nm = bp__index_name(&s->ix, e->entity);
+  if (!nm->head_known) nm->last_wall_ms = 0;
+  nm->head_known = true;
   nm->next_clock = e->clock + 1;
   if (e->wall_ms > nm->last_wall_ms) nm->last_wall_ms = e->wall_ms;
   memcpy(nm->last_hash, e->event_hash, 32);
@@ -1033,15 +1035,9 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
     bp__log(s, BP_LOG_WARN, "segment %06" PRIu64 ": %" PRIu64 " frames of an interrupted batch dropped",
             f->id, n);
     bp__index_rollback(&s->ix, last_closed);
-    /* Chain heads were advanced by the dropped frames: rebuild them. */
-    for (uint32_t i = 0; i < bp__index_name_count(&s->ix); i++) bp__index_name(&s->ix, i)->next_clock = 0;
-    for (uint64_t seq = 0; seq < s->ix.count; seq++) {
-      const bp__ientry *e = bp__index_at(&s->ix, seq);
-      bp__name *nm = bp__index_name(&s->ix, e->entity);
-      nm->next_clock = e->clock + 1;
-      if (e->wall_ms > nm->last_wall_ms) nm->last_wall_ms = e->wall_ms;
-      memcpy(nm->last_hash, e->event_hash, 32);
-    }
+    /* Chain heads were advanced by the dropped frames: each is learnt
+     * again from its entity's stream, which the rollback cut, when used. */
+    for (uint32_t i = 0; i < bp__index_name_count(&s->ix); i++) bp__index_name(&s->ix, i)->head_known = false;
   }
   /* A read-write open seals what it had to scan: a crashed segment (cut to
    * its last kept frame), and a damaged footer of ours. A footer without a

@@ -741,9 +741,11 @@ void bp_diagnostics(bp_store *s, bp_store_diagnostics *out) {
   }
   uint32_t names = bp__index_name_count(&s->ix);
   for (uint32_t i = 1; i < names; i++) {
-    const bp__name *nm = bp__index_name(&s->ix, i);
-    if (atomic_load(&nm->as_entity.len)) out->entity_count++;
-    if (atomic_load(&nm->as_scope.len)) out->scope_count++;
+    bp__stream st;
+    bp__index_stream(&s->ix, BP__STREAM_ENTITY, i, n, &st);
+    if (st.total) out->entity_count++;
+    bp__index_stream(&s->ix, BP__STREAM_SCOPE, i, n, &st);
+    if (st.total) out->scope_count++;
   }
   bp__view_leave(s);
 }

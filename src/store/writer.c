@@ -655,6 +655,7 @@ static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
     if ((st = bp__index_intern(&s->ix, ev->coord.entity, strlen(ev->coord.entity), &ent)) ||
         (st = bp__index_intern(&s->ix, ev->coord.scope, strlen(ev->coord.scope), &scp)))
       break;
+    bp__index_entity_head(&s->ix, ent);
     if (o->expect == BP_EXPECT_EMPTY && ent->next_clock != 0) {
       st = bp__fail(BP_ESEQUENCE, "entity %s: expected no events, found %" PRIu32 " (latest clock %" PRIu32 ")",
                     ent->str, ent->next_clock, ent->next_clock - 1);
@@ -738,10 +739,11 @@ static void finish(bp__req *r, bp_status st) {
 /* Whether an event's compare-and-swap expectation holds against the index as
  * it is, after `earlier` events of its own batch to the same entity (the
  * entity's name is looked up, never interned). */
-static bool expectation_holds(const bp_store *s, const bp_event_in *ev, uint32_t earlier) {
+static bool expectation_holds(bp_store *s, const bp_event_in *ev, uint32_t earlier) {
   const bp_append_options *o = &ev->opts;
   if (o->expect == BP_EXPECT_ANY) return true;
-  const bp__name *ent = bp__index_find_name(&s->ix, ev->coord.entity, strlen(ev->coord.entity));
+  bp__name *ent = bp__index_find_name(&s->ix, ev->coord.entity, strlen(ev->coord.entity));
+  if (ent) bp__index_entity_head(&s->ix, ent);
   uint64_t next = (uint64_t)(ent ? ent->next_clock : 0) + earlier;
   if (o->expect == BP_EXPECT_EMPTY) return next == 0;
   return next != 0 && next - 1 == o->expected_sequence;
@@ -755,7 +757,7 @@ static bool expectation_holds(const bp_store *s, const bp_event_in *ev, uint32_t
 /* Whether a request would write an event if it were planned against the
  * index as it is. A request is all or nothing: one failed expectation and
  * it writes nothing. */
-static bool request_writes(const bp_store *s, const bp__req *r) {
+static bool request_writes(bp_store *s, const bp__req *r) {
   bool any_new = false;
   for (size_t j = 0; j < r->n; j++) {
     const bp_event_in *ev = &r->events[j];
@@ -778,7 +780,7 @@ static bool request_writes(const bp_store *s, const bp__req *r) {
  * an idempotent repeat or refused by its expectation, so that a refused
  * append creates no segment. Requests are planned in order and a refused one
  * changes nothing, so until one writes, each sees the index as it is now. */
-static bool group_writes(const bp_store *s, bp__req **group, size_t ng) {
+static bool group_writes(bp_store *s, bp__req **group, size_t ng) {
   for (size_t i = 0; i < ng; i++)
     if (request_writes(s, group[i])) return true;
   return false;

@@ -1,0 +1,396 @@
+/* ixfile.c - the persistent index's chunk files, names file and state file (see ixfile.h). */
+#include "store/ixfile.h"
+#include "store/os.h"
+#include "wire/records.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#define CF_VERSION 1u
+#define MAX_EXTENTS (((1u << 19) + BP__IX_EXTENT_CHUNKS - 1) / BP__IX_EXTENT_CHUNKS)
+
+static void path_in(char *buf, size_t size, const char *dir, const char *name) {
+  snprintf(buf, size, "%s/%s", dir, name);
+}
+
+/* ---------------------------------------------------------- chunk files */
+
+static void cf_header(uint8_t h[64], const char magic[8], uint32_t param, size_t chunk_bytes) {
+  memset(h, 0, 64);
+  memcpy(h, magic, 8);
+  bp__put_le32(h + 8, CF_VERSION);
+  bp__put_le32(h + 12, param);
+  bp__put_le64(h + 16, chunk_bytes);
+  bp__put_le32(h + 60, bp__crc32(h, 60));
+}
+
+bp_status bp__cfile_open(bp__cfile *cf, const char *path, const char magic[8], uint32_t param, size_t chunk_bytes,
+                         bool writable, bool *fresh) {
+  memset(cf, 0, sizeof *cf);
+  cf->fd = -1;
+  cf->writable = writable;
+  cf->chunk_bytes = chunk_bytes;
+  *fresh = false;
+  cf->extents = calloc(MAX_EXTENTS, sizeof *cf->extents);
+  if (!cf->extents) return bp__fail(BP_ENOMEM, "out of memory opening %s", path);
+  pthread_mutex_init(&cf->lock, NULL);
+  cf->fd = bp__os_table.open(path, (writable ? O_RDWR | O_CREAT : O_RDONLY) | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (cf->fd < 0) {
+    int err = errno;
+    bp__cfile_close(cf);
+    return bp__fail_errno(err == ENOENT ? BP_ENOTFOUND : BP_EIO, err, "open %s", path);
+  }
+  uint8_t want[64], have[64];
+  cf_header(want, magic, param, chunk_bytes);
+  int rc = bp__os_read_all(cf->fd, have, sizeof have, 0);
+  if (rc == 0 && memcmp(want, have, sizeof want) == 0) {
+    struct stat st;
+    if (bp__os_table.fstat(cf->fd, &st) == 0 && (uint64_t)st.st_size > BP__IX_HEADER)
+      cf->allocated = ((uint64_t)st.st_size - BP__IX_HEADER) / chunk_bytes;
+    return BP_OK;
+  }
+  if (rc > 0) {
+    bp__cfile_close(cf);
+    return bp__fail_errno(BP_EIO, rc, "read %s", path);
+  }
+  if (!writable) {
+    bp__cfile_close(cf);
+    return bp__fail(BP_ECORRUPT, "%s: not an index file of this kind (header)", path);
+  }
+  /* New, or of another layout or version: start it over. */
+  uint8_t page[BP__IX_HEADER];
+  memset(page, 0, sizeof page);
+  memcpy(page, want, sizeof want);
+  struct iovec iov = {page, sizeof page};
+  if (bp__os_table.ftruncate(cf->fd, 0) != 0 || (rc = bp__os_write_all(cf->fd, &iov, 1, 0)) != 0) {
+    int err = rc ? rc : errno;
+    bp__cfile_close(cf);
+    return bp__fail_errno(BP_EIO, err, "initialize %s", path);
+  }
+  *fresh = true;
+  return BP_OK;
+}
+
+static uint8_t *map_extent(bp__cfile *cf, uint32_t e) {
+  uint8_t *m = atomic_load_explicit(&cf->extents[e], memory_order_acquire);
+  if (m) return m;
+  pthread_mutex_lock(&cf->lock);
+  m = atomic_load_explicit(&cf->extents[e], memory_order_relaxed);
+  if (!m) {
+    size_t len = cf->chunk_bytes * BP__IX_EXTENT_CHUNKS;
+    off_t off = (off_t)BP__IX_HEADER + (off_t)e * (off_t)len;
+    /* The extent may reach past the end of the file: only chunks that the
+     * file holds are ever touched. */
+    void *p = bp__os_table.mmap(NULL, len, cf->writable ? PROT_READ | PROT_WRITE : PROT_READ, MAP_SHARED, cf->fd, off);
+    if (p == MAP_FAILED) {
+      bp__fail_errno(BP_EIO, errno, "map an index file");
+    } else {
+      m = p;
+      atomic_store_explicit(&cf->extents[e], m, memory_order_release);
+      if (e + 1 > cf->nextents) cf->nextents = e + 1;
+    }
+  }
+  pthread_mutex_unlock(&cf->lock);
+  return m;
+}
+
+uint8_t *bp__cfile_chunk(bp__cfile *cf, uint32_t ci) {
+  uint8_t *m = map_extent(cf, ci / BP__IX_EXTENT_CHUNKS);
+  return m ? m + (size_t)(ci % BP__IX_EXTENT_CHUNKS) * cf->chunk_bytes : NULL;
+}
+
+bp_status bp__cfile_alloc(bp__cfile *cf, uint32_t ci, uint8_t **out) {
+  if (ci >= cf->allocated) {
+    off_t off = (off_t)BP__IX_HEADER + (off_t)ci * (off_t)cf->chunk_bytes;
+    if (bp__os_table.fallocate(cf->fd, 0, off, (off_t)cf->chunk_bytes) != 0) {
+      int err = errno;
+      /* A file system without fallocate: extend the file (space is then
+       * allocated as pages are written back). */
+      if (err != EOPNOTSUPP || bp__os_table.ftruncate(cf->fd, off + (off_t)cf->chunk_bytes) != 0)
+        return bp__fail_errno(BP_EIO, err, "allocate space for the index");
+    }
+    cf->allocated = ci + 1;
+  }
+  *out = bp__cfile_chunk(cf, ci);
+  return *out ? BP_OK : BP_EIO;
+}
+
+int bp__cfile_sync(bp__cfile *cf) { return cf->fd >= 0 ? bp__os_sync(cf->fd, 1) : 0; }
+
+void bp__cfile_close(bp__cfile *cf) {
+  if (cf->extents) {
+    for (uint32_t e = 0; e < cf->nextents; e++) {
+      uint8_t *m = atomic_load(&cf->extents[e]);
+      if (m) bp__os_table.munmap(m, cf->chunk_bytes * BP__IX_EXTENT_CHUNKS);
+    }
+    free(cf->extents);
+    pthread_mutex_destroy(&cf->lock);
+  }
+  if (cf->fd >= 0) bp__os_table.close(cf->fd);
+  memset(cf, 0, sizeof *cf);
+  cf->fd = -1;
+}
+
+/* ----------------------------------------------------------- state file */
+
+#define STATE_MAGIC "BPXSTAT1"
+#define STATE_FIXED 112u
+#define STATE_RUN 32u
+#define STATE_SEG 32u
+#define STATE_MAX_SEGS (1u << 24)
+
+bp_status bp__ixstate_read(const char *ixdir, bp__ixstate *st) {
+  memset(st, 0, sizeof *st);
+  char path[4200];
+  path_in(path, sizeof path, ixdir, BP__IX_STATE);
+  int fd = bp__os_table.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+  if (fd < 0) {
+    int err = errno;
+    return bp__fail_errno(err == ENOENT ? BP_ENOTFOUND : BP_EIO, err, "open %s", path);
+  }
+  struct stat sb;
+  uint8_t *b = NULL;
+  bp_status rs = BP_OK;
+  if (bp__os_table.fstat(fd, &sb) != 0) {
+    rs = bp__fail_errno(BP_EIO, errno, "stat %s", path);
+    goto out;
+  }
+  size_t len = (size_t)sb.st_size;
+  if (len < STATE_FIXED + 4 || len > STATE_FIXED + BP__IX_MAX_RUNS * STATE_RUN + (size_t)STATE_MAX_SEGS * STATE_SEG + 4) {
+    rs = bp__fail(BP_ECORRUPT, "%s: %zu bytes is not a state file's size", path, len);
+    goto out;
+  }
+  if (!(b = malloc(len))) {
+    rs = bp__fail(BP_ENOMEM, "out of memory reading %s", path);
+    goto out;
+  }
+  int rc = bp__os_read_all(fd, b, len, 0);
+  if (rc) {
+    rs = rc > 0 ? bp__fail_errno(BP_EIO, rc, "read %s", path) : bp__fail(BP_ECORRUPT, "%s: cut short", path);
+    goto out;
+  }
+  if (memcmp(b, STATE_MAGIC, 8) != 0 || bp__get_le32(b + len - 4) != bp__crc32(b, len - 4)) {
+    rs = bp__fail(BP_ECORRUPT, "%s: damaged (magic or CRC)", path);
+    goto out;
+  }
+  st->count = bp__get_le64(b + 16);
+  st->names = bp__get_le64(b + 24);
+  st->names_bytes = bp__get_le64(b + 32);
+  st->epoch = (int64_t)bp__get_le64(b + 40);
+  st->layout = bp__get_le32(b + 48);
+  st->nruns = bp__get_le32(b + 52);
+  st->next_run_no = bp__get_le64(b + 56);
+  st->last_id.hi = bp__get_le64(b + 64);
+  st->last_id.lo = bp__get_le64(b + 72);
+  st->nsegs = bp__get_le32(b + 80);
+  if (bp__get_le32(b + 8) != 1 || st->nruns > BP__IX_MAX_RUNS || st->nsegs > STATE_MAX_SEGS ||
+      len != STATE_FIXED + (size_t)st->nruns * STATE_RUN + (size_t)st->nsegs * STATE_SEG + 4) {
+    rs = bp__fail(BP_ECORRUPT, "%s: version, run or segment count does not fit", path);
+    goto out;
+  }
+  const uint8_t *p = b + STATE_FIXED;
+  uint64_t expect_first = 0;
+  for (uint32_t i = 0; i < st->nruns; i++, p += STATE_RUN) {
+    bp__ixrun_ref *r = &st->runs[i];
+    r->no = bp__get_le64(p);
+    r->first = bp__get_le64(p + 8);
+    r->end = bp__get_le64(p + 16);
+    r->level = bp__get_le32(p + 24);
+    if (r->first != expect_first || r->end <= r->first || r->end > st->count || r->no >= st->next_run_no) {
+      rs = bp__fail(BP_ECORRUPT, "%s: run %u does not follow the one before it", path, i);
+      goto out;
+    }
+    expect_first = r->end;
+  }
+  st->segs = calloc(st->nsegs ? st->nsegs : 1, sizeof *st->segs);
+  if (!st->segs) {
+    rs = bp__fail(BP_ENOMEM, "out of memory reading %s", path);
+    goto out;
+  }
+  uint64_t seq = 0;
+  for (uint32_t i = 0; i < st->nsegs; i++, p += STATE_SEG) {
+    bp__ixseg *g = &st->segs[i];
+    g->id = bp__get_le64(p);
+    g->first = bp__get_le64(p + 8);
+    g->count = bp__get_le64(p + 16);
+    g->frames_end = bp__get_le64(p + 24);
+    if (g->first != seq || g->count == 0 || (i > 0 && g->id <= st->segs[i - 1].id)) {
+      rs = bp__fail(BP_ECORRUPT, "%s: segment %u does not follow the one before it", path, i);
+      goto out;
+    }
+    seq += g->count;
+  }
+  if (seq != st->count) rs = bp__fail(BP_ECORRUPT, "%s: its segments hold %" PRIu64 " events, not %" PRIu64, path,
+                                      seq, st->count);
+out:
+  free(b);
+  bp__os_table.close(fd);
+  if (rs) bp__ixstate_free(st);
+  return rs;
+}
+
+bp_status bp__ixstate_write(const char *ixdir, const bp__ixstate *st) {
+  size_t len = STATE_FIXED + (size_t)st->nruns * STATE_RUN + (size_t)st->nsegs * STATE_SEG + 4;
+  uint8_t *b = calloc(1, len);
+  if (!b) return bp__fail(BP_ENOMEM, "out of memory writing the index state");
+  memcpy(b, STATE_MAGIC, 8);
+  bp__put_le32(b + 8, 1);
+  bp__put_le64(b + 16, st->count);
+  bp__put_le64(b + 24, st->names);
+  bp__put_le64(b + 32, st->names_bytes);
+  bp__put_le64(b + 40, (uint64_t)st->epoch);
+  bp__put_le32(b + 48, st->layout);
+  bp__put_le32(b + 52, st->nruns);
+  bp__put_le64(b + 56, st->next_run_no);
+  bp__put_le64(b + 64, st->last_id.hi);
+  bp__put_le64(b + 72, st->last_id.lo);
+  bp__put_le32(b + 80, st->nsegs);
+  uint8_t *p = b + STATE_FIXED;
+  for (uint32_t i = 0; i < st->nruns; i++, p += STATE_RUN) {
+    bp__put_le64(p, st->runs[i].no);
+    bp__put_le64(p + 8, st->runs[i].first);
+    bp__put_le64(p + 16, st->runs[i].end);
+    bp__put_le32(p + 24, st->runs[i].level);
+  }
+  for (uint32_t i = 0; i < st->nsegs; i++, p += STATE_SEG) {
+    bp__put_le64(p, st->segs[i].id);
+    bp__put_le64(p + 8, st->segs[i].first);
+    bp__put_le64(p + 16, st->segs[i].count);
+    bp__put_le64(p + 24, st->segs[i].frames_end);
+  }
+  bp__put_le32(b + len - 4, bp__crc32(b, len - 4));
+
+  char tmp[4200], path[4200];
+  path_in(tmp, sizeof tmp, ixdir, BP__IX_STATE_TMP);
+  path_in(path, sizeof path, ixdir, BP__IX_STATE);
+  bp_status rs = BP_OK;
+  int fd = bp__os_table.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    rs = bp__fail_errno(BP_EIO, errno, "create %s", tmp);
+  } else {
+    struct iovec iov = {b, len};
+    int rc = bp__os_write_all(fd, &iov, 1, 0);
+    if (!rc) rc = bp__os_sync(fd, 0);
+    bp__os_table.close(fd);
+    if (!rc && bp__os_table.rename(tmp, path) != 0) rc = errno;
+    if (!rc) rc = bp__os_sync_dir(ixdir);
+    if (rc) {
+      rs = bp__fail_errno(BP_EIO, rc, "write %s", path);
+      bp__os_table.unlink(tmp);
+    }
+  }
+  free(b);
+  return rs;
+}
+
+void bp__ixstate_free(bp__ixstate *st) {
+  free(st->segs);
+  st->segs = NULL;
+  st->nsegs = 0;
+}
+
+/* ----------------------------------------------------------- names file */
+
+#define NAMES_MAGIC "BPXNAME1"
+
+bp_status bp__ixnames_read(const char *ixdir, uint64_t bytes, bp_status (*fn)(void *ctx, const char *s, size_t len),
+                           void *ctx) {
+  if (bytes == 0) return BP_OK;
+  char path[4200];
+  path_in(path, sizeof path, ixdir, BP__IX_NAMES);
+  if (bytes < BP__IX_NAMES_HEADER || bytes > ((uint64_t)1 << 40))
+    return bp__fail(BP_ECORRUPT, "%s: %" PRIu64 " bytes is not a names file's size", path, bytes);
+  int fd = bp__os_table.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+  if (fd < 0) return bp__fail_errno(BP_EIO, errno, "open %s", path);
+  uint8_t *b = malloc(bytes);
+  bp_status rs = BP_OK;
+  int rc;
+  if (!b) {
+    rs = bp__fail(BP_ENOMEM, "out of memory reading %s", path);
+  } else if ((rc = bp__os_read_all(fd, b, bytes, 0)) != 0) {
+    rs = rc > 0 ? bp__fail_errno(BP_EIO, rc, "read %s", path) : bp__fail(BP_ECORRUPT, "%s: cut short", path);
+  } else if (memcmp(b, NAMES_MAGIC, 8) != 0) {
+    rs = bp__fail(BP_ECORRUPT, "%s: not a names file", path);
+  } else {
+    for (uint64_t at = BP__IX_NAMES_HEADER; at < bytes && !rs;) {
+      if (bytes - at < 4 || bytes - at - 4 < bp__get_le32(b + at)) {
+        rs = bp__fail(BP_ECORRUPT, "%s: a name at byte %" PRIu64 " runs past the end", path, at);
+        break;
+      }
+      uint32_t len = bp__get_le32(b + at);
+      rs = fn(ctx, (const char *)b + at + 4, len);
+      at += 4 + (uint64_t)len;
+    }
+  }
+  free(b);
+  bp__os_table.close(fd);
+  return rs;
+}
+
+bp_status bp__ixnames_append(const char *ixdir, uint64_t *bytes, uint32_t n,
+                             const char *(*get)(void *ctx, uint32_t i, uint32_t *len), void *ctx) {
+  char path[4200];
+  path_in(path, sizeof path, ixdir, BP__IX_NAMES);
+  int fd = bp__os_table.open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return bp__fail_errno(BP_EIO, errno, "open %s", path);
+  bp__buf b;
+  bp__buf_init(&b);
+  uint64_t at = *bytes;
+  if (at == 0) {
+    uint8_t h[BP__IX_NAMES_HEADER] = {0};
+    memcpy(h, NAMES_MAGIC, 8);
+    bp__buf_append(&b, h, sizeof h);
+  }
+  int rc = 0;
+  for (uint32_t i = 0; i < n && !rc; i++) {
+    uint32_t len;
+    const char *s = get(ctx, i, &len);
+    uint8_t l[4];
+    bp__put_le32(l, len);
+    bp__buf_append(&b, l, 4);
+    bp__buf_append(&b, s, len);
+    if (b.len >= (1u << 20)) rc = bp__os_write_buf(fd, &b, &at);
+  }
+  if (b.oom) rc = ENOMEM;
+  if (!rc) rc = bp__os_write_buf(fd, &b, &at);
+  if (!rc) rc = bp__os_sync(fd, 1);
+  bp__buf_free(&b);
+  bp__os_table.close(fd);
+  if (rc) return bp__fail_errno(BP_EIO, rc, "append to %s", path);
+  *bytes = at;
+  return BP_OK;
+}
+
+/* ------------------------------------------------------------ directory */
+
+bp_status bp__ixdir_make(const char *ixdir) {
+  if (bp__os_table.mkdir(ixdir, 0700) != 0) {
+    if (errno != EEXIST) return bp__fail_errno(BP_EIO, errno, "create %s", ixdir);
+    return BP_OK;
+  }
+  char parent[4200];
+  snprintf(parent, sizeof parent, "%s", ixdir);
+  char *slash = strrchr(parent, '/');
+  if (slash) *slash = '\0';
+  int rc = bp__os_sync_dir(slash ? parent : ".");
+  return rc ? bp__fail_errno(BP_EIO, rc, "sync %s", parent) : BP_OK;
+}
+
+int bp__ixdir_remove(const char *ixdir) {
+  DIR *d = opendir(ixdir);
+  if (!d) return errno == ENOENT ? 0 : errno;
+  int rc = 0;
+  for (struct dirent *e; (e = readdir(d));) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    char p[4400];
+    snprintf(p, sizeof p, "%s/%s", ixdir, e->d_name);
+    if (bp__os_table.unlink(p) != 0 && errno != ENOENT) rc = errno;
+  }
+  closedir(d);
+  if (!rc && bp__os_table.rmdir(ixdir) != 0 && errno != ENOENT) rc = errno;
+  return rc;
+}

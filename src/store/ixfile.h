@@ -1,0 +1,107 @@
+/*
+ * ixfile.h - the files of the persistent index (docs/INDEX.md), below the
+ * index itself: chunk files (entries, scan fields), the names file and the
+ * state file. No knowledge of the store; every system call goes through
+ * bp__os_table so that fault sweeps reach these files too.
+ */
+#ifndef BATPAK_STORE_IXFILE_H
+#define BATPAK_STORE_IXFILE_H
+
+#include "internal.h"
+
+#include <pthread.h>
+
+#define BP__IX_DIR "index"
+#define BP__IX_STATE "state"
+#define BP__IX_STATE_TMP "state.tmp"
+#define BP__IX_ENTRIES "entries"
+#define BP__IX_SCAN "scan"
+#define BP__IX_NAMES "names"
+#define BP__IX_HEADER 4096u           /* bytes before a chunk file's first chunk */
+#define BP__IX_EXTENT_CHUNKS 64u      /* chunks per mapping of a chunk file */
+#define BP__IX_MAX_RUNS 48u
+#define BP__IX_NAMES_HEADER 16u
+
+/* A file of fixed-size chunks after a header, mapped an extent at a time.
+ * Chunk ci's bytes are at BP__IX_HEADER + ci * chunk_bytes; chunk_bytes is a
+ * whole number of pages so that every chunk is page-aligned. Mappings only
+ * grow while the file is open, so a chunk pointer stays valid until close. */
+typedef struct bp__cfile {
+  int fd;
+  bool writable;
+  size_t chunk_bytes;
+  uint64_t allocated;               /* chunks the file has disk space for (writable) */
+  _Atomic(uint8_t *) *extents;      /* by extent number */
+  uint32_t nextents;
+  pthread_mutex_t lock;             /* mapping a new extent */
+} bp__cfile;
+
+/* Opens (writable: creates or, when its header does not match, empties) a
+ * chunk file whose header says magic, chunk_bytes and param (the entry size,
+ * or the scan layout). *fresh: the file holds no chunks (created or emptied).
+ * Errors: BP_EIO, BP_ECORRUPT (read-only and the header does not match),
+ * BP_ENOMEM. */
+bp_status bp__cfile_open(bp__cfile *cf, const char *path, const char magic[8], uint32_t param, size_t chunk_bytes,
+                         bool writable, bool *fresh);
+/* Chunk ci, mapped (existing bytes; read-only files never grow), or NULL
+ * when it cannot be mapped (the error is set). */
+uint8_t *bp__cfile_chunk(bp__cfile *cf, uint32_t ci);
+/* Chunk ci with disk space allocated for it first (writable files), so that
+ * stores into its mapping never meet a full disk. Errors: BP_EIO (ENOSPC). */
+bp_status bp__cfile_alloc(bp__cfile *cf, uint32_t ci, uint8_t **out);
+/* Makes the chunks' bytes durable. Returns 0 or an errno value. */
+int bp__cfile_sync(bp__cfile *cf);
+void bp__cfile_close(bp__cfile *cf);
+
+/* One run as the state file lists it. */
+typedef struct bp__ixrun_ref {
+  uint64_t no;                      /* its file: index/run-<no> */
+  uint64_t first, end;              /* global sequences [first, end) */
+  uint32_t level;
+} bp__ixrun_ref;
+
+/* Where the indexed events of one segment are. */
+typedef struct bp__ixseg {
+  uint64_t id, first, count, frames_end;
+} bp__ixseg;
+
+/* The state file: what of the index is valid, and of which log. */
+typedef struct bp__ixstate {
+  uint64_t count;                   /* entries [0, count) are valid and durable */
+  uint64_t names;                   /* names (with "" as name 0) */
+  uint64_t names_bytes;             /* valid bytes of the names file */
+  int64_t epoch;                    /* the log epoch it was made for */
+  uint32_t layout;                  /* the scan file's layout */
+  bp_id last_id;                    /* the id of event count - 1 */
+  uint64_t next_run_no;
+  uint32_t nruns;
+  bp__ixrun_ref runs[BP__IX_MAX_RUNS];
+  uint32_t nsegs;
+  bp__ixseg *segs;                  /* malloc'd */
+} bp__ixstate;
+
+/* Reads index/state. Errors: BP_ENOTFOUND (no state file), BP_ECORRUPT
+ * (damaged: CRC, size, impossible values; the message says which), BP_EIO,
+ * BP_ENOMEM. */
+bp_status bp__ixstate_read(const char *ixdir, bp__ixstate *st);
+/* Replaces index/state atomically (temporary file, fsync, rename, directory
+ * fsync). Errors: BP_EIO, BP_ENOMEM. */
+bp_status bp__ixstate_write(const char *ixdir, const bp__ixstate *st);
+void bp__ixstate_free(bp__ixstate *st);
+
+/* Calls fn for each name of the names file, in id order from id 1, up to
+ * `bytes`. Errors: BP_ECORRUPT (a record past the end), fn's, BP_EIO. */
+bp_status bp__ixnames_read(const char *ixdir, uint64_t bytes, bp_status (*fn)(void *ctx, const char *s, size_t len),
+                           void *ctx);
+/* Appends names [0, n) (by the caller's getter) at byte *bytes of the names
+ * file (created with its header when *bytes is 0) and fsyncs it; *bytes moves
+ * past them. Errors: BP_EIO. */
+bp_status bp__ixnames_append(const char *ixdir, uint64_t *bytes, uint32_t n,
+                             const char *(*get)(void *ctx, uint32_t i, uint32_t *len), void *ctx);
+
+/* Creates the index directory (and makes its creation durable). Errors: BP_EIO. */
+bp_status bp__ixdir_make(const char *ixdir);
+/* Removes the index directory and everything in it. Returns 0 or an errno value. */
+int bp__ixdir_remove(const char *ixdir);
+
+#endif

@@ -1,0 +1,290 @@
+/* run.c - building, mapping and reading runs (see run.h). */
+#include "store/run.h"
+#include "store/os.h"
+#include "wire/records.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <unistd.h>
+
+#define RUN_MAGIC "BPXRUN01"
+#define RUN_VERSION 1u
+
+void bp__run_path(const char *ixdir, uint64_t no, char *buf, size_t size) {
+  snprintf(buf, size, "%s/run-%08" PRIu64, ixdir, no);
+}
+
+/* Where each section starts, from the counts (the header need not say). */
+typedef struct run_layout {
+  uint64_t edir, sdir, kdir, cdir, post, slots, total;
+} run_layout;
+
+static run_layout layout_of(uint32_t nent, uint32_t nscope, uint32_t nkind, uint64_t npost, uint64_t nslots) {
+  run_layout l;
+  l.edir = BP__RUN_HEADER;
+  l.sdir = l.edir + (uint64_t)nent * 12;
+  l.kdir = l.sdir + (uint64_t)nscope * 12;
+  l.cdir = l.kdir + (uint64_t)nkind * 12;
+  l.post = l.cdir + 16 * 8;
+  l.slots = (l.post + npost * 4 + 7) & ~(uint64_t)7;
+  l.total = l.slots + nslots * 8;
+  return l;
+}
+
+/* ---------------------------------------------------------------- build */
+
+typedef struct counts {
+  uint32_t *ent, *scope, *kind; /* by key: events, then the next free posting */
+  uint32_t cat[16];
+} counts;
+
+bp_status bp__run_build(const char *ixdir, const bp__ixrun_ref *ref, uint32_t nnames, bp__run_entry_fn at, void *ctx) {
+  uint64_t n = ref->end - ref->first;
+  counts c;
+  memset(&c, 0, sizeof c);
+  c.ent = calloc(nnames ? nnames : 1, sizeof *c.ent);
+  c.scope = calloc(nnames ? nnames : 1, sizeof *c.scope);
+  c.kind = calloc(65536, sizeof *c.kind);
+  bp_status rs = BP_OK;
+  int fd = -1;
+  uint8_t *m = MAP_FAILED;
+  run_layout l = {0};
+  char path[4200], tmp[4300];
+  bp__run_path(ixdir, ref->no, path, sizeof path);
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  if (!c.ent || !c.scope || !c.kind) {
+    rs = bp__fail(BP_ENOMEM, "out of memory building an index run");
+    goto out;
+  }
+  bp_id lo = {UINT64_MAX, UINT64_MAX}, hi = {0, 0};
+  for (uint64_t seq = ref->first; seq < ref->end; seq++) {
+    const bp__ientry *e = at(ctx, seq);
+    if (e->entity >= nnames || e->scope >= nnames) {
+      rs = bp__fail(BP_ECORRUPT, "index entry %" PRIu64 " names an unknown name", seq);
+      goto out;
+    }
+    c.ent[e->entity]++;
+    c.scope[e->scope]++;
+    c.kind[e->kind]++;
+    c.cat[bp_kind_category(e->kind)]++;
+    if (bp_id_cmp(e->event_id, lo) < 0) lo = e->event_id;
+    if (bp_id_cmp(e->event_id, hi) > 0) hi = e->event_id;
+  }
+  uint32_t nent = 0, nscope = 0, nkind = 0;
+  for (uint32_t i = 0; i < nnames; i++) nent += c.ent[i] != 0, nscope += c.scope[i] != 0;
+  for (uint32_t k = 0; k < 65536; k++) nkind += c.kind[k] != 0;
+  uint64_t nslots = 16;
+  while (nslots < 2 * n) nslots *= 2;
+  l = layout_of(nent, nscope, nkind, 4 * n, nslots);
+
+  fd = bp__os_table.open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) {
+    rs = bp__fail_errno(BP_EIO, errno, "create %s", tmp);
+    goto out;
+  }
+  if (bp__os_table.fallocate(fd, 0, 0, (off_t)l.total) != 0 &&
+      (errno != EOPNOTSUPP || bp__os_table.ftruncate(fd, (off_t)l.total) != 0)) {
+    rs = bp__fail_errno(BP_EIO, errno, "allocate %s", tmp);
+    goto out;
+  }
+  m = bp__os_table.mmap(NULL, l.total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  if (m == MAP_FAILED) {
+    rs = bp__fail_errno(BP_EIO, errno, "map %s", tmp);
+    goto out;
+  }
+  /* Directories, and each key's first posting (counts become cursors). */
+  uint32_t *edir = (uint32_t *)(m + l.edir), *sdir = (uint32_t *)(m + l.sdir), *kdir = (uint32_t *)(m + l.kdir);
+  uint32_t *cdir = (uint32_t *)(m + l.cdir), *post = (uint32_t *)(m + l.post);
+  uint32_t off = 0, j = 0;
+  for (uint32_t i = 0; i < nnames; i++)
+    if (c.ent[i]) {
+      edir[3 * j] = i, edir[3 * j + 1] = off, edir[3 * j + 2] = c.ent[i], j++;
+      uint32_t k = c.ent[i];
+      c.ent[i] = off;
+      off += k;
+    }
+  j = 0;
+  for (uint32_t i = 0; i < nnames; i++)
+    if (c.scope[i]) {
+      sdir[3 * j] = i, sdir[3 * j + 1] = off, sdir[3 * j + 2] = c.scope[i], j++;
+      uint32_t k = c.scope[i];
+      c.scope[i] = off;
+      off += k;
+    }
+  j = 0;
+  for (uint32_t i = 0; i < 65536; i++)
+    if (c.kind[i]) {
+      kdir[3 * j] = i, kdir[3 * j + 1] = off, kdir[3 * j + 2] = c.kind[i], j++;
+      uint32_t k = c.kind[i];
+      c.kind[i] = off;
+      off += k;
+    }
+  for (int i = 0; i < 16; i++) {
+    cdir[2 * i] = off, cdir[2 * i + 1] = c.cat[i];
+    uint32_t k = c.cat[i];
+    c.cat[i] = off;
+    off += k;
+  }
+  uint32_t *slots = (uint32_t *)(m + l.slots);
+  uint64_t mask = nslots - 1;
+  for (uint64_t seq = ref->first; seq < ref->end; seq++) {
+    const bp__ientry *e = at(ctx, seq);
+    uint32_t s32 = (uint32_t)seq;
+    post[c.ent[e->entity]++] = s32;
+    post[c.scope[e->scope]++] = s32;
+    post[c.kind[e->kind]++] = s32;
+    post[c.cat[bp_kind_category(e->kind)]++] = s32;
+    uint64_t h = bp__hash_id(e->event_id), i = h & mask;
+    while (slots[2 * i + 1]) i = (i + 1) & mask;
+    slots[2 * i] = (uint32_t)(h >> 32);
+    slots[2 * i + 1] = s32 + 1;
+  }
+  uint8_t *h = m;
+  memcpy(h, RUN_MAGIC, 8);
+  bp__put_le32(h + 8, RUN_VERSION);
+  bp__put_le32(h + 12, ref->level);
+  bp__put_le64(h + 16, ref->first);
+  bp__put_le64(h + 24, ref->end);
+  bp__put_le64(h + 32, ref->no);
+  bp__put_le32(h + 40, nent);
+  bp__put_le32(h + 44, nscope);
+  bp__put_le32(h + 48, nkind);
+  bp__put_le64(h + 56, nslots);
+  bp__put_le64(h + 64, 4 * n);
+  bp__put_le64(h + 72, lo.hi);
+  bp__put_le64(h + 80, lo.lo);
+  bp__put_le64(h + 88, hi.hi);
+  bp__put_le64(h + 96, hi.lo);
+  bp__put_le64(h + 104, l.total);
+  bp__put_le32(h + 112, bp__crc32(m + BP__RUN_HEADER, l.total - BP__RUN_HEADER));
+  bp__put_le32(h + 124, bp__crc32(h, 124));
+  int rc = msync(m, l.total, MS_SYNC) != 0 ? errno : bp__os_sync(fd, 0);
+  if (!rc && bp__os_table.rename(tmp, path) != 0) rc = errno;
+  if (!rc) rc = bp__os_sync_dir(ixdir);
+  if (rc) rs = bp__fail_errno(BP_EIO, rc, "write %s", path);
+out:
+  if (m != MAP_FAILED) bp__os_table.munmap(m, l.total);
+  if (fd >= 0) bp__os_table.close(fd);
+  if (rs) bp__os_table.unlink(tmp);
+  free(c.ent);
+  free(c.scope);
+  free(c.kind);
+  return rs;
+}
+
+/* ------------------------------------------------------------------ map */
+
+bp_status bp__run_map(const char *ixdir, const bp__ixrun_ref *ref, bp__run *out) {
+  memset(out, 0, sizeof *out);
+  char path[4200];
+  bp__run_path(ixdir, ref->no, path, sizeof path);
+  int fd = bp__os_table.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+  if (fd < 0) {
+    int err = errno;
+    return bp__fail_errno(err == ENOENT ? BP_ENOTFOUND : BP_EIO, err, "open %s", path);
+  }
+  struct stat st;
+  if (bp__os_table.fstat(fd, &st) != 0) {
+    int err = errno;
+    bp__os_table.close(fd);
+    return bp__fail_errno(BP_EIO, err, "stat %s", path);
+  }
+  if ((uint64_t)st.st_size < BP__RUN_HEADER) {
+    bp__os_table.close(fd);
+    return bp__fail(BP_ECORRUPT, "%s: shorter than its header", path);
+  }
+  uint8_t *m = bp__os_table.mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+  int err = errno;
+  bp__os_table.close(fd);
+  if (m == MAP_FAILED) return bp__fail_errno(BP_EIO, err, "map %s", path);
+  out->map = m;
+  out->len = (size_t)st.st_size;
+  const uint8_t *h = m;
+  const char *why = NULL;
+  if (memcmp(h, RUN_MAGIC, 8) != 0 || bp__get_le32(h + 124) != bp__crc32(h, 124)) why = "header damaged";
+  else if (bp__get_le32(h + 8) != RUN_VERSION) why = "unknown version";
+  else if (bp__get_le32(h + 12) != ref->level || bp__get_le64(h + 16) != ref->first ||
+           bp__get_le64(h + 24) != ref->end || bp__get_le64(h + 32) != ref->no)
+    why = "not the run the index state names";
+  if (!why) {
+    out->nent = bp__get_le32(h + 40);
+    out->nscope = bp__get_le32(h + 44);
+    out->nkind = bp__get_le32(h + 48);
+    out->nslots = bp__get_le64(h + 56);
+    out->npost = bp__get_le64(h + 64);
+    uint64_t n = ref->end - ref->first;
+    if (out->npost != 4 * n || out->nslots < 2 * n || (out->nslots & (out->nslots - 1)) || out->nkind > 65536 ||
+        out->nent > n || out->nscope > n)
+      why = "counts do not fit its range";
+  }
+  run_layout l = {0};
+  if (!why) {
+    l = layout_of(out->nent, out->nscope, out->nkind, out->npost, out->nslots);
+    if (l.total != bp__get_le64(h + 104) || l.total != out->len) why = "cut short or overlong";
+  }
+  if (why) {
+    bp__run_unmap(out);
+    return bp__fail(BP_ECORRUPT, "%s: %s", path, why);
+  }
+  out->ref = *ref;
+  out->min_id = (bp_id){bp__get_le64(h + 72), bp__get_le64(h + 80)};
+  out->max_id = (bp_id){bp__get_le64(h + 88), bp__get_le64(h + 96)};
+  out->body_crc = bp__get_le32(h + 112);
+  out->edir = (const uint32_t *)(m + l.edir);
+  out->sdir = (const uint32_t *)(m + l.sdir);
+  out->kdir = (const uint32_t *)(m + l.kdir);
+  out->cdir = (const uint32_t *)(m + l.cdir);
+  out->post = (const uint32_t *)(m + l.post);
+  out->slots = (const uint32_t *)(m + l.slots);
+  return BP_OK;
+}
+
+bp_status bp__run_check_body(const bp__run *r) {
+  if (bp__crc32(r->map + BP__RUN_HEADER, r->len - BP__RUN_HEADER) != r->body_crc)
+    return bp__fail(BP_ECORRUPT, "index run %08" PRIu64 " (events %" PRIu64 "..%" PRIu64 "): its body fails its CRC",
+                    r->ref.no, r->ref.first, r->ref.end);
+  return BP_OK;
+}
+
+void bp__run_unmap(bp__run *r) {
+  if (r->map) bp__os_table.munmap(r->map, r->len);
+  memset(r, 0, sizeof *r);
+}
+
+/* --------------------------------------------------------------- lookup */
+
+/* Binary search of a (key, offset, count) directory. */
+static const uint32_t *dir_find(const uint32_t *dir, uint32_t n, uint32_t key) {
+  uint32_t lo = 0, hi = n;
+  while (lo < hi) {
+    uint32_t mid = lo + (hi - lo) / 2;
+    if (dir[3 * mid] < key) lo = mid + 1;
+    else hi = mid;
+  }
+  return lo < n && dir[3 * lo] == key ? &dir[3 * lo] : NULL;
+}
+
+bool bp__run_postings(const bp__run *r, int what, uint32_t key, const uint32_t **v, uint32_t *n) {
+  const uint32_t *d = NULL;
+  uint32_t off = 0, cnt = 0;
+  switch (what) {
+    case BP__STREAM_ENTITY: d = dir_find(r->edir, r->nent, key); break;
+    case BP__STREAM_SCOPE: d = dir_find(r->sdir, r->nscope, key); break;
+    case BP__STREAM_KIND: d = dir_find(r->kdir, r->nkind, key); break;
+    default:
+      if (key < 16) off = r->cdir[2 * key], cnt = r->cdir[2 * key + 1];
+      break;
+  }
+  if (d) off = d[1], cnt = d[2];
+  /* A damaged directory must not send a reader outside the postings. */
+  if (cnt == 0 || off > r->npost || cnt > r->npost - off) {
+    *n = 0;
+    *v = NULL;
+    return false;
+  }
+  *v = r->post + off;
+  *n = cnt;
+  return true;
+}

@@ -1,0 +1,66 @@
+/*
+ * run.h - runs: immutable files of the persistent index (docs/INDEX.md).
+ *
+ * A run indexes the events of one range of global sequences [first, end):
+ * an open-addressing table from event id to sequence, and the postings (the
+ * sorted sequences) of every entity, scope, kind and kind category that
+ * occurs in the range. Runs are built from index entries, never changed,
+ * and replaced by a merged run covering several of them.
+ *
+ * Layout (native byte order; this file never leaves the machine):
+ *   header   128 bytes: magic, version, level, range, counts, id fences,
+ *            total length, CRC-32 of the body, CRC-32 of the header
+ *   entity directory  (name id, offset, count) x nent, by name id
+ *   scope directory   (name id, offset, count) x nscope, by name id
+ *   kind directory    (kind, offset, count) x nkind, by kind
+ *   category directory (offset, count) x 16
+ *   postings  u32 sequences; a directory's offset counts u32 from here
+ *   id table  (high half of the id's hash, sequence + 1) x nslots, a power
+ *             of two, half full or less; 0 marks an empty slot
+ */
+#ifndef BATPAK_STORE_RUN_H
+#define BATPAK_STORE_RUN_H
+
+#include "store/index_entry.h"
+#include "store/ixfile.h"
+
+#define BP__RUN_HEADER 128u
+
+typedef struct bp__run {
+  bp__ixrun_ref ref;
+  uint8_t *map;
+  size_t len;
+  bp_id min_id, max_id;
+  const uint32_t *edir, *sdir, *kdir, *cdir, *post, *slots;
+  uint32_t nent, nscope, nkind;
+  uint64_t npost, nslots;
+  uint32_t body_crc;
+} bp__run;
+
+/* The entries a run is built from: entry seq of the index (any thread may
+ * call it; the entries are immutable once indexed). */
+typedef const bp__ientry *(*bp__run_entry_fn)(void *ctx, uint64_t seq);
+
+/* Writes run ref->no for entries [ref->first, ref->end) (names below
+ * nnames), fsynced, under its final name. Memory: O(nnames + kinds); the
+ * file is filled through a mapping. Errors: BP_EIO, BP_ENOMEM. */
+bp_status bp__run_build(const char *ixdir, const bp__ixrun_ref *ref, uint32_t nnames, bp__run_entry_fn at, void *ctx);
+/* Maps a run and checks its header against ref. Errors: BP_ENOTFOUND,
+ * BP_ECORRUPT (the message says what), BP_EIO. */
+bp_status bp__run_map(const char *ixdir, const bp__ixrun_ref *ref, bp__run *out);
+/* Checks the body's CRC (bp_verify, and before a run is trusted by a merge).
+ * Errors: BP_ECORRUPT. */
+bp_status bp__run_check_body(const bp__run *r);
+void bp__run_unmap(bp__run *r);
+void bp__run_path(const char *ixdir, uint64_t no, char *buf, size_t size);
+
+enum { BP__STREAM_ENTITY, BP__STREAM_SCOPE, BP__STREAM_KIND, BP__STREAM_CATEGORY };
+/* The postings of one key in a run; false (and *n 0) when it does not occur. */
+bool bp__run_postings(const bp__run *r, int what, uint32_t key, const uint32_t **v, uint32_t *n);
+
+/* Whether id may be in the run, by its fences. */
+static inline bool bp__run_may_hold(const bp__run *r, bp_id id) {
+  return bp_id_cmp(id, r->min_id) >= 0 && bp_id_cmp(id, r->max_id) <= 0;
+}
+
+#endif
