@@ -211,10 +211,21 @@ static void merge_keeps_every_event_in_one_segment_with_the_lowest_id(void **sta
   assert_events(&after, &before);
   free(after.v);
 
-  /* Appends go on; reopen by checkpoint, then by SIDX footers. */
+  /* Appends go on; reopen by the persistent index (the compaction dropped
+   * the one of the old numbering, close wrote the new one), then by the
+   * checkpoint the compaction wrote, then by SIDX footers. */
   append_events(s, 60, 10);
   recs later = snapshot_events(s);
+  assert_false(exists(f, "index"));
   reopen(f, &s);
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.open_path, BP_OPEN_INDEX);
+  after = snapshot_events(s);
+  assert_events(&after, &later);
+  free(after.v);
+  assert_ok(bp_close(s));
+  tu_drop_index(f->dir);
+  assert_ok(bp_open(&f->cfg, &s));
   bp_diagnostics(s, &d);
   assert_int_equal(d.open_path, BP_OPEN_CHECKPOINT);
   after = snapshot_events(s);
@@ -223,6 +234,7 @@ static void merge_keeps_every_event_in_one_segment_with_the_lowest_id(void **sta
   assert_ok(bp_close(s));
   snprintf(p, sizeof p, "%s/index.ckpt", f->dir);
   assert_int_equal(unlink(p), 0);
+  tu_drop_index(f->dir);
   assert_ok(bp_open(&f->cfg, &s));
   bp_diagnostics(s, &d);
   assert_int_equal(d.open_path, BP_OPEN_SIDX);
@@ -754,6 +766,7 @@ static void stale_footer_sequences_are_renumbered_at_open(void **state) {
   char ck[4200];
   snprintf(ck, sizeof ck, "%s/index.ckpt", f->dir);
   unlink(ck); /* so that the footers are read */
+  tu_drop_index(f->dir);
 
   bp_store *s;
   assert_ok(bp_open_readonly(&f->cfg, &s));

@@ -60,7 +60,7 @@ static void assert_all_there(fixture *f, const acked *a, const char *what) {
 
 static bool message_names_io(void) {
   const char *m = bp_last_error()->message;
-  return strstr(m, "segment") || strstr(m, "checkpoint") || strstr(m, "writer") || strstr(m, "fsync");
+  return strstr(m, "segment") || strstr(m, "checkpoint") || strstr(m, "writer") || strstr(m, "fsync") || strstr(m, "index");
 }
 
 /* Appends across a segment boundary with the k-th file-system call failing. */

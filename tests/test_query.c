@@ -154,9 +154,10 @@ static void run_model(fixture *f, bp_index_layout layout) {
   assert_ok(bp_close(s));
 
   /* After a reopen by each path the answers are the same. */
-  bp_open_path want[2] = {BP_OPEN_CHECKPOINT, BP_OPEN_SIDX};
-  for (int round = 0; round < 2; round++) {
-    f->cfg.enable_checkpoint = round == 0;
+  bp_open_path want[3] = {BP_OPEN_INDEX, BP_OPEN_CHECKPOINT, BP_OPEN_SIDX};
+  for (int round = 0; round < 3; round++) {
+    f->cfg.enable_checkpoint = round < 2;
+    if (round == 1) assert_ok(tu_write_checkpoint(f->dir));
     assert_ok(bp_open(&f->cfg, &s));
     bp_store_diagnostics d;
     bp_diagnostics(s, &d);

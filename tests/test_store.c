@@ -156,7 +156,7 @@ static void store_files_are_private_to_the_owner(void **state) {
   bp_store *s = open_ok(f);
   append_text(s, &ALICE, "x");
   assert_ok(bp_close(s));
-  const char *names[] = {"000001.fbat", "index.ckpt", "batpak.lock"};
+  const char *names[] = {"000001.fbat", "index", "index/state", "index/entries", "index/names", "batpak.lock"};
   for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
     char p[4200];
     snprintf(p, sizeof p, "%s/%s", f->dir, names[i]);
@@ -377,9 +377,10 @@ static void reopen_by_checkpoint_sidx_and_scan_gives_the_same_store(void **state
     ids[i] = append_text(s, i % 3 ? &ALICE : &bob, text).event_id;
   }
   assert_ok(bp_close(s));
-  bp_open_path paths[] = {BP_OPEN_CHECKPOINT, BP_OPEN_SIDX};
-  for (int round = 0; round < 2; round++) {
-    f->cfg.enable_checkpoint = round == 0;
+  bp_open_path paths[] = {BP_OPEN_INDEX, BP_OPEN_CHECKPOINT, BP_OPEN_SIDX};
+  for (int round = 0; round < 3; round++) {
+    f->cfg.enable_checkpoint = round < 2;
+    if (round == 1) assert_ok(tu_write_checkpoint(f->dir));
     s = open_ok(f);
     bp_store_diagnostics d;
     bp_diagnostics(s, &d);
@@ -848,6 +849,7 @@ static void segment_cut_inside_its_header_opens_as_empty(void **state) {
 static void corrupt_checkpoint_is_rebuilt_not_fatal(void **state) {
   fixture *f = *state;
   make_store(f, 5);
+  assert_ok(tu_write_checkpoint(f->dir));
   write_file_byte(f->dir, "index.ckpt", 40, read_file_byte(f->dir, "index.ckpt", 40) ^ 0xff);
   bp_store *s = open_ok(f);
   bp_store_diagnostics d;
@@ -855,16 +857,17 @@ static void corrupt_checkpoint_is_rebuilt_not_fatal(void **state) {
   assert_int_equal(d.open_path, BP_OPEN_SIDX);
   assert_int_equal(count_of(s), 5);
   assert_ok(bp_close(s));
-  /* Close wrote a good one again. */
+  /* The open built the persistent index, and the next open takes it. */
   s = open_ok(f);
   bp_diagnostics(s, &d);
-  assert_int_equal(d.open_path, BP_OPEN_CHECKPOINT);
+  assert_int_equal(d.open_path, BP_OPEN_INDEX);
   assert_ok(bp_close(s));
 }
 
 static void truncated_checkpoint_is_rebuilt(void **state) {
   fixture *f = *state;
   make_store(f, 5);
+  assert_ok(tu_write_checkpoint(f->dir));
   char p[4200];
   snprintf(p, sizeof p, "%s/index.ckpt", f->dir);
   assert_int_equal(truncate(p, 30), 0);
@@ -900,6 +903,7 @@ static long value_of_key(const uint8_t *d, size_t len, const char *key) {
 static void checkpoint_that_lies_under_a_valid_crc_is_rebuilt(void **state) {
   fixture *f = *state;
   make_store(f, 3);
+  assert_ok(tu_write_checkpoint(f->dir));
   char p[4200];
   snprintf(p, sizeof p, "%s/index.ckpt", f->dir);
   size_t len;
@@ -934,6 +938,7 @@ static void checkpoint_that_lies_under_a_valid_crc_is_rebuilt(void **state) {
     assert_int_equal(fwrite(d, 1, len, fp), len);
     fclose(fp);
     free(d);
+    tu_drop_index(f->dir); /* the open before built one */
 
     log_capture cap = {0};
     bp_config cfg = f->cfg;
@@ -1261,7 +1266,7 @@ static void sidx_footer_in_pieces_is_the_encoded_footer(void **state) {
 }
 
 /* A checkpoint of several 1 MiB pieces is the same file as ever (the store
- * reopens by it); a failed piece fails close with BP_EIO, leaves no
+ * reopens by it); a failed piece fails the write with BP_EIO, leaves no
  * temporary file, and loses nothing: the older checkpoint and the segments
  * still hold every event. */
 static void checkpoint_of_many_pieces_and_a_failed_piece(void **state) {
@@ -1269,27 +1274,30 @@ static void checkpoint_of_many_pieces_and_a_failed_piece(void **state) {
   bp_store *s = open_ok(f);
   for (int i = 0; i < 4000; i++) append_text(s, &ALICE, "piece by piece");
   assert_ok(bp_close(s));
+  assert_ok(tu_write_checkpoint(f->dir));
   char ckpt[4200], tmp[4200];
   snprintf(ckpt, sizeof ckpt, "%s/index.ckpt", f->dir);
   snprintf(tmp, sizeof tmp, "%s/index.ckpt.tmp", f->dir);
   struct stat sb;
   assert_int_equal(stat(ckpt, &sb), 0);
   if (sb.st_size <= 1 << 20) fail_msg("checkpoint of %lld bytes: one piece only", (long long)sb.st_size);
+  f->cfg.enable_checkpoint = false; /* keeps index.ckpt: no persistent index replaces it */
   s = open_ok(f);
-  bp_store_diagnostics d;
-  bp_diagnostics(s, &d);
-  assert_int_equal(d.open_path, BP_OPEN_CHECKPOINT);
-  assert_int_equal(count_of(s), 4000);
   bp_append_receipt last = append_text(s, &ALICE, "after");
+  assert_ok(bp_close(s));
   fail_writes = 0;
   bp__os_table.pwritev = failing_checkpoint_piece;
-  bp_status st = bp_close(s);
+  bp_status st = tu_write_checkpoint(f->dir);
   bp__os_table = bp__os_default;
   assert_int_equal(fail_writes, 1);
   assert_int_equal(st, BP_EIO);
   if (!strstr(bp_last_error()->message, "checkpoint")) fail_msg("unclear message: %s", bp_last_error()->message);
   if (stat(tmp, &sb) == 0) fail_msg("%s left behind", tmp);
+  f->cfg.enable_checkpoint = true;
   s = open_ok(f);
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.open_path, BP_OPEN_CHECKPOINT); /* the older one, then the segment after it */
   assert_int_equal(count_of(s), 4001);
   bp_event *ev;
   assert_ok(bp_get(s, last.event_id, &ev));

@@ -222,6 +222,7 @@ static void undefined_segment_header_flags_are_reported(void **state) {
 static void damaged_checkpoint_is_reported(void **state) {
   fixture *f = *state;
   make_store(f);
+  assert_ok(tu_write_checkpoint(f->dir));
   char ck[4200];
   snprintf(ck, sizeof ck, "%s/index.ckpt", f->dir);
   uint8_t junk = 0x00;
@@ -235,6 +236,7 @@ static void damaged_checkpoint_is_reported(void **state) {
 static void checkpoint_that_disagrees_with_the_segments_is_reported(void **state) {
   fixture *f = *state;
   make_store(f);
+  assert_ok(tu_write_checkpoint(f->dir));
   char ck[4200];
   snprintf(ck, sizeof ck, "%s/index.ckpt", f->dir);
   size_t n;

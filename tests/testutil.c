@@ -1,6 +1,7 @@
 /* testutil.c - helpers shared by the tests. */
 #define _GNU_SOURCE
 #include "testutil.h"
+#include "store/store_impl.h"
 
 #include <inttypes.h>
 
@@ -118,7 +119,12 @@ void tu_copy_dir(const char *src, const char *dst) {
     snprintf(from, sizeof from, "%s/%s", src, e->d_name);
     snprintf(to, sizeof to, "%s/%s", dst, e->d_name);
     struct stat sb;
-    if (lstat(from, &sb) != 0 || !S_ISREG(sb.st_mode)) continue; /* regular files only */
+    if (lstat(from, &sb) != 0) continue;
+    if (S_ISDIR(sb.st_mode) && strcmp(e->d_name, "index") == 0) {
+      tu_copy_dir(from, to); /* the persistent index */
+      continue;
+    }
+    if (!S_ISREG(sb.st_mode)) continue; /* regular files only */
     size_t n;
     uint8_t *buf = tu_read_file(from, &n);
     if (!buf) continue;
@@ -344,4 +350,25 @@ const char *tu_image_diff(const tu_image *got, const tu_image *want, bool reads_
     }
   }
   return NULL;
+}
+
+void tu_drop_index(const char *dir) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/index", dir);
+  tu_remove_tree(p);
+}
+
+bp_status tu_write_checkpoint(const char *dir) {
+  bp_config cfg;
+  bp_config_init(&cfg, dir);
+  cfg.enable_checkpoint = false;
+  bp_store *s;
+  bp_status st = bp_open(&cfg, &s);
+  if (st) return st;
+  st = bp__checkpoint_write(s);
+  bp_error err = *bp_last_error();
+  bp_close(s);
+  tu_drop_index(dir);
+  if (st) bp__set_error(&err);
+  return st;
 }

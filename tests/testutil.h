@@ -71,6 +71,14 @@ int tu_store_teardown(void **state);
 /* bp_verify on a closed store directory; on problems prints each and fails
  * the test, naming `what`. */
 void tu_assert_verifies(const char *dir, const char *what);
+
+/* Writes index.ckpt for the store in dir as the Rust crate would (this
+ * library no longer writes one at close) and removes the persistent index,
+ * so that the next open takes the checkpoint's path. Returns the write's
+ * status (its error is this thread's). */
+bp_status tu_write_checkpoint(const char *dir);
+/* Removes dir's persistent index (index/), for opens by the other paths. */
+void tu_drop_index(const char *dir);
 /* Reopens the store of cfg and checks that each of the n acknowledged ids
  * reads back (check, when not NULL, also sees each event with its index),
  * that the store holds n events with global sequences 0..n-1, then closes it

@@ -583,7 +583,8 @@ typedef enum bp_open_path {
   BP_OPEN_EMPTY = 0,            /* no events */
   BP_OPEN_CHECKPOINT = 1,       /* index.ckpt, then the segments after its watermark */
   BP_OPEN_SIDX = 2,             /* SIDX footers (and scans of unsealed segments) */
-  BP_OPEN_SCAN = 3              /* frame scans only */
+  BP_OPEN_SCAN = 3,             /* frame scans only */
+  BP_OPEN_INDEX = 4             /* the persistent index (index/), then the segments after it */
 } bp_open_path;
 
 typedef struct bp_store_diagnostics {

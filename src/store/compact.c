@@ -449,6 +449,9 @@ static void swap_index(compaction *c) {
     a->str = b->str;
     b->str = t;
   }
+  /* The persistent index numbers the old log: it goes (the next open builds
+   * it again), and the new index lives in memory until then. */
+  bp__ixstore_detach(s);
   bp__index_free(&s->ix);
   memcpy(&s->ix, &c->ix, sizeof s->ix);
   c->ix_ready = false;
@@ -630,9 +633,12 @@ bp_status bp_compact(bp_store *s, const bp_compaction_config *cfg, bp_compaction
   c.fd = -1;
   bp__buf_init(&c.out);
   pthread_mutex_lock(&s->compact_lock);
+  /* The index thread stops first: it takes the locks the commit holds. */
+  bp__ixstore_pause(s);
   bp_status st = compact_locked(&c, res);
-  pthread_mutex_unlock(&s->compact_lock);
   bp_error saved = *bp_last_error();
+  if (bp__ixstore_start(s) != BP_OK) bp__log(s, BP_LOG_WARN, "%s", bp_last_error()->message);
+  pthread_mutex_unlock(&s->compact_lock);
   if (c.fd >= 0) bp__os_table.close(c.fd);
   if (c.ix_ready) bp__index_free(&c.ix);
   if (c.scan_ready) bp__scan_free(&c.scan);

@@ -1,6 +1,7 @@
 /* index.c - the index: entries, names, gens and runs (see the concurrency essay in index.h). */
 #include "store/index.h"
 #include "store/os.h"
+#include "wire/records.h"
 
 /* Arrays that readers may still hold are not freed when replaced but kept on
  * a retired list until their owner is freed. A replacement is allocated
@@ -172,6 +173,7 @@ bp_status bp__index_init(bp__index *ix) {
   memset(ix, 0, sizeof *ix);
   ix->efile.fd = -1;
   pthread_mutex_init(&ix->dead_lock, NULL);
+  pthread_mutex_init(&ix->lazy_lock, NULL);
   ix->chunks = calloc(BP__MAX_CHUNKS, sizeof *ix->chunks);
   ix->name_cap = 64;
   bp__name **names = calloc(ix->name_cap, sizeof *names);
@@ -243,8 +245,43 @@ void bp__index_free(bp__index *ix) {
     dead_free(d);
   }
   pthread_mutex_destroy(&ix->dead_lock);
+  pthread_mutex_destroy(&ix->lazy_lock);
+  retired_free(&ix->repaired);
+  free((void *)ix->sums);
   memset(ix, 0, sizeof *ix);
   ix->efile.fd = -1;
+}
+
+bp__ientry *bp__index_chunk_slow(const bp__index *cix, uint32_t ci) {
+  bp__index *ix = (bp__index *)cix; /* installing a checked chunk changes no answer */
+  pthread_mutex_lock(&ix->lazy_lock);
+  bp__ientry *chunk = atomic_load_explicit(&ix->chunks[ci], memory_order_acquire);
+  if (!chunk && ci < ix->lazy_end) {
+    bp_error saved = *bp_last_error(); /* a reader's error stays its own */
+    uint8_t *p = bp__cfile_chunk(&ix->efile, ci);
+    if (p && bp__crc32(p, sizeof(bp__ientry) * BP__CHUNK_SIZE) == ix->sums[ci]) {
+      chunk = (bp__ientry *)p;
+    } else {
+      bp__retired *node = malloc(sizeof *node);
+      chunk = node && ix->repair ? ix->repair(ix->repair_ctx, ci) : NULL;
+      if (chunk) {
+        node->ptr = chunk;
+        node->next = ix->repaired;
+        ix->repaired = node;
+      } else {
+        free(node);
+      }
+    }
+    bp__set_error(&saved);
+    if (chunk) atomic_store_explicit(&ix->chunks[ci], chunk, memory_order_release);
+  }
+  pthread_mutex_unlock(&ix->lazy_lock);
+  /* Repair returns a chunk whenever it has memory (zeroed entries where the
+   * log fails too, which every read of those events reports). Without
+   * memory, entries that no read accepts (length 0), and the next touch
+   * tries again. */
+  static const bp__ientry none[BP__CHUNK_SIZE];
+  return chunk ? chunk : (bp__ientry *)none;
 }
 
 /* ---- names ---- */
@@ -427,7 +464,20 @@ bool bp__index_frame_hint(const bp__index *ix, bp_id id, uint64_t limit, uint64_
   return false;
 }
 
+static const bp__ientry *entry_at(void *ctx, uint64_t seq) { return bp__index_at(ctx, seq); }
+
+static void log_run(void *ctx, const char *msg) {
+  const bp__index *ix = ctx;
+  if (ix->log) ix->log(ix->log_ctx, msg);
+}
+
+/* Run i of a runset, its body checked on first use (run.h). */
+static const bp__run *run_of(const bp__index *ix, const bp__runset *rs, uint32_t i) {
+  return bp__run_ready(&rs->runs[i], bp__index_name_count(ix), entry_at, (void *)ix, log_run, (void *)ix);
+}
+
 static bool run_find_id(const bp__index *ix, const bp__run *r, bp_id id, uint64_t h, uint64_t limit, uint64_t *seq) {
+  if (!r->nslots) return false;
   uint64_t mask = r->nslots - 1;
   uint32_t check = (uint32_t)(h >> 32);
   for (uint64_t i = h & mask, probes = 0; probes <= mask; i = (i + 1) & mask, probes++) {
@@ -458,7 +508,7 @@ bool bp__index_find_id(const bp__index *ix, bp_id id, uint64_t limit, uint64_t *
   }
   const bp__runset *rs = v->runs;
   for (uint32_t r = rs->n; r-- > 0;)
-    if (bp__run_may_hold(&rs->runs[r], id) && run_find_id(ix, &rs->runs[r], id, h, limit, seq)) return true;
+    if (bp__run_may_hold(&rs->runs[r], id) && run_find_id(ix, run_of(ix, rs, r), id, h, limit, seq)) return true;
   return false;
 }
 
@@ -480,7 +530,7 @@ void bp__index_stream(const bp__index *ix, int what, uint32_t key, uint64_t limi
   for (uint32_t r = 0; r < v->runs->n; r++) {
     const uint32_t *p;
     uint32_t n;
-    if (!bp__run_postings(&v->runs->runs[r], what, key, &p, &n)) continue;
+    if (!bp__run_postings(run_of(ix, v->runs, r), what, key, &p, &n)) continue;
     while (n > 0 && p[n - 1] >= limit) n--;
     if (!n) continue;
     out->p[out->n].v = p;
@@ -553,9 +603,10 @@ void bp__stream_copy(const bp__stream *st, uint64_t from, uint64_t n, uint32_t *
 static bp__ientry *chunk_for(bp__index *ix, uint32_t ci, bool prefault) {
   bp__ientry *chunk = atomic_load_explicit(&ix->chunks[ci], memory_order_relaxed);
   if (chunk) return chunk;
+  if (ci < ix->lazy_end) return bp__index_chunk_slow(ix, ci); /* in index/entries */
   if (ix->efile_open && ix->efile.writable && ci >= ix->heap_from) {
     uint8_t *p;
-    if (bp__cfile_alloc(&ix->efile, ci, &p) != BP_OK) return NULL;
+    if (bp__cfile_alloc(&ix->efile, ci, sizeof(bp__ientry), &p) != BP_OK) return NULL;
     chunk = (bp__ientry *)p;
     ix->heap_from = ci + 1;
   } else {
@@ -570,13 +621,9 @@ static bp__ientry *chunk_for(bp__index *ix, uint32_t ci, bool prefault) {
   return chunk;
 }
 
-bp_status bp__index_push(bp__index *ix, const bp__ientry *e) {
-  uint64_t seq = ix->count;
-  if (seq >= (uint64_t)BP__MAX_CHUNKS * BP__CHUNK_SIZE - 1)
-    return bp__fail(BP_ELIMIT, "index: the store holds the maximum of %llu events",
-                    (unsigned long long)seq);
-  bp__ientry *chunk = chunk_for(ix, (uint32_t)(seq >> BP__CHUNK_SHIFT), false);
-  if (!chunk) return bp_last_error()->code;
+/* Adds entry seq (in its chunk, or about to be: e) to the newest gen's
+ * streams and id table; count moves past it. */
+static bp_status gen_add(bp__index *ix, uint64_t seq, const bp__ientry *e, bp__ientry *slot) {
   bp__gen *g = ix->cur;
   uint64_t id_slots = atomic_load_explicit(&g->id_table, memory_order_relaxed)->mask + 1;
   if (id_table_full(g->id_used + 1, id_slots) && !id_table_resize(g, ix, id_slots * 2))
@@ -591,7 +638,7 @@ bp_status bp__index_push(bp__index *ix, const bp__ientry *e) {
   bp__seqvec *ent = streams_make(&g->ent, &g->retired, e->entity);
   bp__seqvec *scope = ent ? streams_make(&g->scope, &g->retired, e->scope) : NULL;
   if (!scope) return bp__fail(BP_ENOMEM, "index: out of memory for a stream");
-  chunk[seq & (BP__CHUNK_SIZE - 1)] = *e;
+  if (slot) *slot = *e;
   ix->count = seq + 1;
   uint32_t s = (uint32_t)seq;
   if (!seqvec_push(&g->retired, ent, s) || !seqvec_push(&g->retired, scope, s) ||
@@ -610,6 +657,29 @@ bp_status bp__index_push(bp__index *ix, const bp__ientry *e) {
   atomic_store_explicit(&t[h].key, id_slot(hash, s), memory_order_release);
   g->id_used++;
   return BP_OK;
+}
+
+bp_status bp__index_push(bp__index *ix, const bp__ientry *e) {
+  uint64_t seq = ix->count;
+  if (seq >= (uint64_t)BP__MAX_CHUNKS * BP__CHUNK_SIZE - 1)
+    return bp__fail(BP_ELIMIT, "index: the store holds the maximum of %llu events",
+                    (unsigned long long)seq);
+  bp__ientry *chunk = chunk_for(ix, (uint32_t)(seq >> BP__CHUNK_SHIFT), false);
+  if (!chunk) return bp_last_error()->code;
+  /* index/entries grows a step at a time, ahead of the entries. */
+  if (ix->efile_open && ix->efile.writable && (seq + 1) * sizeof(bp__ientry) > ix->efile.size) {
+    bp_status st = bp__cfile_reserve(&ix->efile, (seq + 1) * sizeof(bp__ientry));
+    if (st) return st;
+  }
+  return gen_add(ix, seq, e, &chunk[seq & (BP__CHUNK_SIZE - 1)]);
+}
+
+bp_status bp__index_adopt(bp__index *ix) {
+  uint64_t seq = ix->count;
+  bp__ientry e = *bp__index_at(ix, seq);
+  if (e.entity >= bp__index_name_count(ix) || e.scope >= bp__index_name_count(ix))
+    return bp__fail(BP_ECORRUPT, "index entry %llu names an unknown name", (unsigned long long)seq);
+  return gen_add(ix, seq, &e, NULL);
 }
 
 void bp__index_prefetch_id(const bp__index *ix, bp_id id) {
@@ -684,7 +754,10 @@ void bp__index_rollback(bp__index *ix, uint64_t to_count) {
     seqvec_truncate(atomic_load_explicit(&g->kinds[e->kind], memory_order_relaxed), (uint32_t)to_count);
     seqvec_truncate(&g->categories[bp_kind_category(e->kind)], (uint32_t)to_count);
   }
-  /* Stale id slots stay: lookups check the entry they point at. */
+  /* Stale id slots stay: lookups check the entry they point at, which is
+   * cleared, so that a refused write leaves index/entries as it found it
+   * (space allocated ahead is zeros). */
+  for (uint64_t seq = to_count; seq < ix->count; seq++) memset(bp__index_at(ix, seq), 0, sizeof(bp__ientry));
   if (to_count < ix->count) ix->count = to_count;
 }
 

@@ -159,10 +159,22 @@ typedef struct bp__index {
   uint64_t count;                     /* writer: entries written (>= visible) */
 
   /* Entries come from index/entries when efile is open: chunks below
-   * heap_from are pieces of its mapping, the others heap memory. */
+   * heap_from are pieces of its mapping, the others heap memory. Chunks
+   * below lazy_end were read back from the file and are checked against
+   * their CRC-32 (sums) the first time this process touches one: until
+   * then their slot is NULL and bp__index_at takes the slow path, which
+   * checks the chunk, or has repair read it again from the log. */
   bp__cfile efile;
   bool efile_open;
   uint32_t heap_from;
+  uint32_t lazy_end;
+  const uint32_t *sums;               /* CRC-32 of each chunk below lazy_end */
+  pthread_mutex_t lazy_lock;
+  bp__ientry *(*repair)(void *ctx, uint32_t ci); /* a damaged chunk's entries, read from the log (malloc'd) */
+  void *repair_ctx;
+  bp__retired *repaired;              /* chunks repair returned */
+  void (*log)(void *ctx, const char *msg); /* damage found in index files (a warning) */
+  void *log_ctx;
 
   _Atomic(bp__name **) names;         /* by id; id 0 is "" */
   _Atomic uint32_t name_count;
@@ -188,6 +200,10 @@ bp_status bp__index_intern(bp__index *ix, const char *s, size_t len, bp__name **
 /* Appends an entry at sequence ix->count (not yet visible). Errors: BP_ENOMEM,
  * BP_ELIMIT, BP_EIO (no disk space for index/entries). */
 bp_status bp__index_push(bp__index *ix, const bp__ientry *e);
+/* Indexes the entry at sequence ix->count, which is in its chunk already
+ * (read back from index/entries). Errors: BP_ENOMEM, BP_ECORRUPT (it names
+ * an unknown name). */
+bp_status bp__index_adopt(bp__index *ix);
 /* Sizes the id table for `more` further entries, so that loading a known
  * number of entries does not rehash on the way. Errors: BP_ENOMEM. */
 bp_status bp__index_reserve(bp__index *ix, uint64_t more);
@@ -223,8 +239,11 @@ static inline const bp__runset *bp__index_runs(const bp__index *ix) {
 static inline uint64_t bp__index_visible(const bp__index *ix) {
   return atomic_load_explicit(&ix->visible, memory_order_acquire);
 }
+/* Chunk ci below lazy_end, checked (or repaired) and installed. */
+bp__ientry *bp__index_chunk_slow(const bp__index *ix, uint32_t ci);
 static inline bp__ientry *bp__index_at(const bp__index *ix, uint64_t seq) {
   bp__ientry *chunk = atomic_load_explicit(&ix->chunks[seq >> BP__CHUNK_SHIFT], memory_order_acquire);
+  if (BP__UNLIKELY(!chunk)) chunk = bp__index_chunk_slow(ix, (uint32_t)(seq >> BP__CHUNK_SHIFT));
   return &chunk[seq & (BP__CHUNK_SIZE - 1)];
 }
 static inline bp__name *bp__index_name(const bp__index *ix, uint32_t id) {

@@ -19,13 +19,15 @@ static void path_in(char *buf, size_t size, const char *dir, const char *name) {
 
 /* ---------------------------------------------------------- chunk files */
 
-static void cf_header(uint8_t h[64], const char magic[8], uint32_t param, size_t chunk_bytes) {
-  memset(h, 0, 64);
+/* The header page: magic, version, param, chunk size, zeros, and a CRC-32
+ * of the rest of the page in its last 4 bytes. */
+static void cf_header(uint8_t h[BP__IX_HEADER], const char magic[8], uint32_t param, size_t chunk_bytes) {
+  memset(h, 0, BP__IX_HEADER);
   memcpy(h, magic, 8);
   bp__put_le32(h + 8, CF_VERSION);
   bp__put_le32(h + 12, param);
   bp__put_le64(h + 16, chunk_bytes);
-  bp__put_le32(h + 60, bp__crc32(h, 60));
+  bp__put_le32(h + BP__IX_HEADER - 4, bp__crc32(h, BP__IX_HEADER - 4));
 }
 
 bp_status bp__cfile_open(bp__cfile *cf, const char *path, const char magic[8], uint32_t param, size_t chunk_bytes,
@@ -44,33 +46,40 @@ bp_status bp__cfile_open(bp__cfile *cf, const char *path, const char magic[8], u
     bp__cfile_close(cf);
     return bp__fail_errno(err == ENOENT ? BP_ENOTFOUND : BP_EIO, err, "open %s", path);
   }
-  uint8_t want[64], have[64];
+  uint8_t *want = malloc(2 * BP__IX_HEADER), *have = want + BP__IX_HEADER;
+  if (!want) {
+    bp__cfile_close(cf);
+    return bp__fail(BP_ENOMEM, "out of memory opening %s", path);
+  }
   cf_header(want, magic, param, chunk_bytes);
-  int rc = bp__os_read_all(cf->fd, have, sizeof have, 0);
-  if (rc == 0 && memcmp(want, have, sizeof want) == 0) {
+  int rc = bp__os_read_all(cf->fd, have, BP__IX_HEADER, 0);
+  bool same = rc == 0 && memcmp(want, have, BP__IX_HEADER) == 0;
+  if (same || rc != -1 || !writable) free(want);
+  if (same) {
     struct stat st;
     if (bp__os_table.fstat(cf->fd, &st) == 0 && (uint64_t)st.st_size > BP__IX_HEADER)
-      cf->allocated = ((uint64_t)st.st_size - BP__IX_HEADER) / chunk_bytes;
+      cf->size = (uint64_t)st.st_size - BP__IX_HEADER;
     return BP_OK;
   }
   if (rc > 0) {
     bp__cfile_close(cf);
     return bp__fail_errno(BP_EIO, rc, "read %s", path);
   }
-  if (!writable) {
+  if (!writable || rc == 0) {
+    /* A header that is there and differs is damage (or another layout):
+     * never started over in place, where a reader may have it mapped. */
     bp__cfile_close(cf);
-    return bp__fail(BP_ECORRUPT, "%s: not an index file of this kind (header)", path);
+    return bp__fail(BP_ECORRUPT, "%s: not an index file of this kind, or its header is damaged", path);
   }
-  /* New, or of another layout or version: start it over. */
-  uint8_t page[BP__IX_HEADER];
-  memset(page, 0, sizeof page);
-  memcpy(page, want, sizeof want);
-  struct iovec iov = {page, sizeof page};
+  /* New (shorter than its header): written. */
+  struct iovec iov = {want, BP__IX_HEADER};
   if (bp__os_table.ftruncate(cf->fd, 0) != 0 || (rc = bp__os_write_all(cf->fd, &iov, 1, 0)) != 0) {
     int err = rc ? rc : errno;
+    free(want);
     bp__cfile_close(cf);
     return bp__fail_errno(BP_EIO, err, "initialize %s", path);
   }
+  free(want);
   *fresh = true;
   return BP_OK;
 }
@@ -103,20 +112,43 @@ uint8_t *bp__cfile_chunk(bp__cfile *cf, uint32_t ci) {
   return m ? m + (size_t)(ci % BP__IX_EXTENT_CHUNKS) * cf->chunk_bytes : NULL;
 }
 
-bp_status bp__cfile_alloc(bp__cfile *cf, uint32_t ci, uint8_t **out) {
-  if (ci >= cf->allocated) {
-    off_t off = (off_t)BP__IX_HEADER + (off_t)ci * (off_t)cf->chunk_bytes;
-    if (bp__os_table.fallocate(cf->fd, 0, off, (off_t)cf->chunk_bytes) != 0) {
-      int err = errno;
-      /* A file system without fallocate: extend the file (space is then
-       * allocated as pages are written back). */
-      if (err != EOPNOTSUPP || bp__os_table.ftruncate(cf->fd, off + (off_t)cf->chunk_bytes) != 0)
-        return bp__fail_errno(BP_EIO, err, "allocate space for the index");
-    }
-    cf->allocated = ci + 1;
+bp_status bp__cfile_reserve(bp__cfile *cf, uint64_t upto) {
+  if (upto <= cf->size) return BP_OK;
+  uint64_t size = (upto + BP__IX_GROW - 1) / BP__IX_GROW * BP__IX_GROW;
+  off_t off = (off_t)BP__IX_HEADER + (off_t)cf->size, len = (off_t)(size - cf->size);
+  if (bp__os_table.fallocate(cf->fd, 0, off, len) != 0) {
+    int err = errno;
+    /* A file system without fallocate: extend the file (space is then
+     * allocated as pages are written back). */
+    if (err != EOPNOTSUPP || bp__os_table.ftruncate(cf->fd, off + len) != 0)
+      return bp__fail_errno(BP_EIO, err, "allocate space for the index");
   }
-  *out = bp__cfile_chunk(cf, ci);
-  return *out ? BP_OK : BP_EIO;
+  cf->size = size;
+  return BP_OK;
+}
+
+bp_status bp__cfile_alloc(bp__cfile *cf, uint32_t ci, size_t need, uint8_t **out) {
+  bp_status st = bp__cfile_reserve(cf, (uint64_t)ci * cf->chunk_bytes + need);
+  if (st) return st;
+  return (*out = bp__cfile_chunk(cf, ci)) ? BP_OK : BP_EIO;
+}
+
+bool bp__cfile_clear_from(bp__cfile *cf, uint64_t from, bool fix) {
+  bool clear = true;
+  for (uint64_t ci = from / cf->chunk_bytes; ci * cf->chunk_bytes < cf->size; ci++) {
+    uint8_t *c = bp__cfile_chunk(cf, (uint32_t)ci);
+    if (!c) return false;
+    uint64_t at = ci == from / cf->chunk_bytes ? from % cf->chunk_bytes : 0;
+    uint64_t end = cf->size - ci * cf->chunk_bytes < cf->chunk_bytes ? cf->size - ci * cf->chunk_bytes : cf->chunk_bytes;
+    for (uint64_t i = at; i < end; i++) {
+      if (!c[i]) continue;
+      clear = false;
+      if (!fix) return false;
+      memset(c + i, 0, end - i);
+      break;
+    }
+  }
+  return clear;
 }
 
 int bp__cfile_sync(bp__cfile *cf) { return cf->fd >= 0 ? bp__os_sync(cf->fd, 1) : 0; }
@@ -187,6 +219,10 @@ bp_status bp__ixstate_read(const char *ixdir, bp__ixstate *st) {
   st->last_id.hi = bp__get_le64(b + 64);
   st->last_id.lo = bp__get_le64(b + 72);
   st->nsegs = bp__get_le32(b + 80);
+  st->names_crc = bp__get_le32(b + 84);
+  st->sums_crc = bp__get_le32(b + 88);
+  st->tail_crc = bp__get_le32(b + 92);
+  st->scan_tail_crc = bp__get_le32(b + 96);
   if (bp__get_le32(b + 8) != 1 || st->nruns > BP__IX_MAX_RUNS || st->nsegs > STATE_MAX_SEGS ||
       len != STATE_FIXED + (size_t)st->nruns * STATE_RUN + (size_t)st->nsegs * STATE_SEG + 4) {
     rs = bp__fail(BP_ECORRUPT, "%s: version, run or segment count does not fit", path);
@@ -249,6 +285,10 @@ bp_status bp__ixstate_write(const char *ixdir, const bp__ixstate *st) {
   bp__put_le64(b + 64, st->last_id.hi);
   bp__put_le64(b + 72, st->last_id.lo);
   bp__put_le32(b + 80, st->nsegs);
+  bp__put_le32(b + 84, st->names_crc);
+  bp__put_le32(b + 88, st->sums_crc);
+  bp__put_le32(b + 92, st->tail_crc);
+  bp__put_le32(b + 96, st->scan_tail_crc);
   uint8_t *p = b + STATE_FIXED;
   for (uint32_t i = 0; i < st->nruns; i++, p += STATE_RUN) {
     bp__put_le64(p, st->runs[i].no);
@@ -298,7 +338,7 @@ void bp__ixstate_free(bp__ixstate *st) {
 #define NAMES_MAGIC "BPXNAME1"
 
 bp_status bp__ixnames_read(const char *ixdir, uint64_t bytes, bp_status (*fn)(void *ctx, const char *s, size_t len),
-                           void *ctx) {
+                           void *ctx, uint32_t want_crc) {
   if (bytes == 0) return BP_OK;
   char path[4200];
   path_in(path, sizeof path, ixdir, BP__IX_NAMES);
@@ -315,6 +355,8 @@ bp_status bp__ixnames_read(const char *ixdir, uint64_t bytes, bp_status (*fn)(vo
     rs = rc > 0 ? bp__fail_errno(BP_EIO, rc, "read %s", path) : bp__fail(BP_ECORRUPT, "%s: cut short", path);
   } else if (memcmp(b, NAMES_MAGIC, 8) != 0) {
     rs = bp__fail(BP_ECORRUPT, "%s: not a names file", path);
+  } else if (bp__crc32(b, bytes) != want_crc) {
+    rs = bp__fail(BP_ECORRUPT, "%s: damaged (CRC)", path);
   } else {
     for (uint64_t at = BP__IX_NAMES_HEADER; at < bytes && !rs;) {
       if (bytes - at < 4 || bytes - at - 4 < bp__get_le32(b + at)) {
@@ -331,7 +373,7 @@ bp_status bp__ixnames_read(const char *ixdir, uint64_t bytes, bp_status (*fn)(vo
   return rs;
 }
 
-bp_status bp__ixnames_append(const char *ixdir, uint64_t *bytes, uint32_t n,
+bp_status bp__ixnames_append(const char *ixdir, uint64_t *bytes, uint32_t *crc, uint32_t n,
                              const char *(*get)(void *ctx, uint32_t i, uint32_t *len), void *ctx) {
   char path[4200];
   path_in(path, sizeof path, ixdir, BP__IX_NAMES);
@@ -346,6 +388,7 @@ bp_status bp__ixnames_append(const char *ixdir, uint64_t *bytes, uint32_t n,
     bp__buf_append(&b, h, sizeof h);
   }
   int rc = 0;
+  uint32_t c = *crc;
   for (uint32_t i = 0; i < n && !rc; i++) {
     uint32_t len;
     const char *s = get(ctx, i, &len);
@@ -353,16 +396,116 @@ bp_status bp__ixnames_append(const char *ixdir, uint64_t *bytes, uint32_t n,
     bp__put_le32(l, len);
     bp__buf_append(&b, l, 4);
     bp__buf_append(&b, s, len);
-    if (b.len >= (1u << 20)) rc = bp__os_write_buf(fd, &b, &at);
+    if (b.len >= (1u << 20)) {
+      if (!b.oom) c = bp__crc32_update(c, b.data, b.len);
+      rc = bp__os_write_buf(fd, &b, &at);
+    }
   }
   if (b.oom) rc = ENOMEM;
-  if (!rc) rc = bp__os_write_buf(fd, &b, &at);
+  if (!rc) {
+    c = bp__crc32_update(c, b.data, b.len);
+    rc = bp__os_write_buf(fd, &b, &at);
+  }
   if (!rc) rc = bp__os_sync(fd, 1);
   bp__buf_free(&b);
   bp__os_table.close(fd);
   if (rc) return bp__fail_errno(BP_EIO, rc, "append to %s", path);
   *bytes = at;
+  *crc = c;
   return BP_OK;
+}
+
+/* ------------------------------------------------------------ sums file */
+
+#define SUMS_MAGIC "BPXSUMS1"
+#define SUMS_HEADER 16u
+
+bp_status bp__ixsums_read(const char *ixdir, uint32_t n, uint32_t **entries, uint32_t **scan, uint32_t *crc) {
+  *entries = *scan = NULL;
+  *crc = 0;
+  char path[4200];
+  path_in(path, sizeof path, ixdir, BP__IX_SUMS);
+  if (n == 0) return BP_OK;
+  int fd = bp__os_table.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+  if (fd < 0) return bp__fail_errno(errno == ENOENT ? BP_ECORRUPT : BP_EIO, errno, "open %s", path);
+  size_t len = SUMS_HEADER + (size_t)n * 8;
+  uint8_t *b = malloc(len);
+  uint32_t *e = malloc(sizeof *e * n), *c = malloc(sizeof *c * n);
+  bp_status rs = BP_OK;
+  int rc;
+  if (!b || !e || !c) {
+    rs = bp__fail(BP_ENOMEM, "out of memory reading %s", path);
+  } else if ((rc = bp__os_read_all(fd, b, len, 0)) != 0) {
+    rs = rc > 0 ? bp__fail_errno(BP_EIO, rc, "read %s", path) : bp__fail(BP_ECORRUPT, "%s: cut short", path);
+  } else if (memcmp(b, SUMS_MAGIC, 8) != 0) {
+    rs = bp__fail(BP_ECORRUPT, "%s: not a sums file", path);
+  } else {
+    for (uint32_t i = 0; i < n; i++) {
+      e[i] = bp__get_le32(b + SUMS_HEADER + 8 * (size_t)i);
+      c[i] = bp__get_le32(b + SUMS_HEADER + 8 * (size_t)i + 4);
+    }
+    *crc = bp__crc32(b, len);
+  }
+  bp__os_table.close(fd);
+  free(b);
+  if (rs) {
+    free(e);
+    free(c);
+    return rs;
+  }
+  *entries = e;
+  *scan = c;
+  return BP_OK;
+}
+
+bp_status bp__ixsums_write(const char *ixdir, uint32_t from, uint32_t n, const uint32_t *entries,
+                           const uint32_t *scan, uint32_t *crc) {
+  char path[4200];
+  path_in(path, sizeof path, ixdir, BP__IX_SUMS);
+  int fd = bp__os_table.open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return bp__fail_errno(BP_EIO, errno, "open %s", path);
+  size_t len = (size_t)n * 8 + (from == 0 ? SUMS_HEADER : 0);
+  uint8_t *b = malloc(len ? len : 1);
+  int rc = b ? 0 : ENOMEM;
+  if (b) {
+    uint8_t *p = b;
+    if (from == 0) {
+      memset(p, 0, SUMS_HEADER);
+      memcpy(p, SUMS_MAGIC, 8);
+      p += SUMS_HEADER;
+    }
+    for (uint32_t i = 0; i < n; i++, p += 8) {
+      bp__put_le32(p, entries[i]);
+      bp__put_le32(p + 4, scan[i]);
+    }
+    struct iovec iov = {b, len};
+    rc = bp__os_write_all(fd, &iov, 1, from == 0 ? 0 : SUMS_HEADER + (uint64_t)from * 8);
+    if (!rc) rc = bp__os_sync(fd, 1);
+    if (!rc) *crc = bp__crc32_update(*crc, b, len);
+  }
+  free(b);
+  bp__os_table.close(fd);
+  return rc ? bp__fail_errno(BP_EIO, rc, "write %s", path) : BP_OK;
+}
+
+int bp__ixfile_cut(const char *ixdir, const char *name, uint64_t len) {
+  char path[4200];
+  path_in(path, sizeof path, ixdir, name);
+  struct stat st;
+  if (stat(path, &st) != 0) return errno == ENOENT ? 0 : errno;
+  if ((uint64_t)st.st_size <= len) return 0;
+  int fd = bp__os_table.open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0);
+  if (fd < 0) return errno;
+  int rc = bp__os_table.ftruncate(fd, (off_t)len) != 0 ? errno : bp__os_sync(fd, 1);
+  bp__os_table.close(fd);
+  return rc;
+}
+
+int64_t bp__ixfile_size(const char *ixdir, const char *name) {
+  char path[4200];
+  path_in(path, sizeof path, ixdir, name);
+  struct stat st;
+  return stat(path, &st) == 0 ? (int64_t)st.st_size : -1;
 }
 
 /* ------------------------------------------------------------ directory */

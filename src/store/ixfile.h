@@ -17,6 +17,7 @@
 #define BP__IX_ENTRIES "entries"
 #define BP__IX_SCAN "scan"
 #define BP__IX_NAMES "names"
+#define BP__IX_SUMS "sums"
 #define BP__IX_HEADER 4096u           /* bytes before a chunk file's first chunk */
 #define BP__IX_EXTENT_CHUNKS 64u      /* chunks per mapping of a chunk file */
 #define BP__IX_MAX_RUNS 48u
@@ -30,7 +31,7 @@ typedef struct bp__cfile {
   int fd;
   bool writable;
   size_t chunk_bytes;
-  uint64_t allocated;               /* chunks the file has disk space for (writable) */
+  uint64_t size;                    /* bytes of chunk data the file holds (allocated, for a writer) */
   _Atomic(uint8_t *) *extents;      /* by extent number */
   uint32_t nextents;
   pthread_mutex_t lock;             /* mapping a new extent */
@@ -46,9 +47,18 @@ bp_status bp__cfile_open(bp__cfile *cf, const char *path, const char magic[8], u
 /* Chunk ci, mapped (existing bytes; read-only files never grow), or NULL
  * when it cannot be mapped (the error is set). */
 uint8_t *bp__cfile_chunk(bp__cfile *cf, uint32_t ci);
-/* Chunk ci with disk space allocated for it first (writable files), so that
- * stores into its mapping never meet a full disk. Errors: BP_EIO (ENOSPC). */
-bp_status bp__cfile_alloc(bp__cfile *cf, uint32_t ci, uint8_t **out);
+/* Chunk ci, mapped, with disk space for its first `need` bytes (writable
+ * files), so that stores into its mapping never meet a full disk. Errors:
+ * BP_EIO (ENOSPC). */
+bp_status bp__cfile_alloc(bp__cfile *cf, uint32_t ci, size_t need, uint8_t **out);
+/* Disk space for the chunk data's first `upto` bytes, grown a step
+ * (BP__IX_GROW) ahead. Errors: BP_EIO (ENOSPC). */
+bp_status bp__cfile_reserve(bp__cfile *cf, uint64_t upto);
+#define BP__IX_GROW (256u << 10)
+/* Whether the chunk data's bytes from byte `from` to the end of the file
+ * are all zero; when not and fix is set (a writable file), they are
+ * cleared through the mapping. */
+bool bp__cfile_clear_from(bp__cfile *cf, uint64_t from, bool fix);
 /* Makes the chunks' bytes durable. Returns 0 or an errno value. */
 int bp__cfile_sync(bp__cfile *cf);
 void bp__cfile_close(bp__cfile *cf);
@@ -72,6 +82,10 @@ typedef struct bp__ixstate {
   uint64_t names_bytes;             /* valid bytes of the names file */
   int64_t epoch;                    /* the log epoch it was made for */
   uint32_t layout;                  /* the scan file's layout */
+  uint32_t names_crc;               /* CRC-32 of the names file's valid bytes */
+  uint32_t sums_crc;                /* CRC-32 of the sums file's records */
+  uint32_t tail_crc;                /* CRC-32 of the entries of the last chunk filled in part */
+  uint32_t scan_tail_crc;           /* bp__scan_chunk_crc of that chunk's scan fields */
   bp_id last_id;                    /* the id of event count - 1 */
   uint64_t next_run_no;
   uint32_t nruns;
@@ -90,14 +104,32 @@ bp_status bp__ixstate_write(const char *ixdir, const bp__ixstate *st);
 void bp__ixstate_free(bp__ixstate *st);
 
 /* Calls fn for each name of the names file, in id order from id 1, up to
- * `bytes`. Errors: BP_ECORRUPT (a record past the end), fn's, BP_EIO. */
+ * `bytes`, once those bytes match want_crc. Errors: BP_ECORRUPT (CRC, or a
+ * record past the end), fn's, BP_EIO. */
 bp_status bp__ixnames_read(const char *ixdir, uint64_t bytes, bp_status (*fn)(void *ctx, const char *s, size_t len),
-                           void *ctx);
+                           void *ctx, uint32_t want_crc);
 /* Appends names [0, n) (by the caller's getter) at byte *bytes of the names
  * file (created with its header when *bytes is 0) and fsyncs it; *bytes moves
- * past them. Errors: BP_EIO. */
-bp_status bp__ixnames_append(const char *ixdir, uint64_t *bytes, uint32_t n,
+ * past them and *crc, the CRC-32 of the file's bytes, is carried on.
+ * Errors: BP_EIO. */
+bp_status bp__ixnames_append(const char *ixdir, uint64_t *bytes, uint32_t *crc, uint32_t n,
                              const char *(*get)(void *ctx, uint32_t i, uint32_t *len), void *ctx);
+
+/* index/sums: a 16-byte header, then for each full chunk the CRC-32 of its
+ * entries and of its scan fields. Reads the first n records into two
+ * malloc'd arrays and returns their CRC in *crc. Errors: BP_ECORRUPT (too
+ * short, bad header), BP_EIO, BP_ENOMEM. */
+bp_status bp__ixsums_read(const char *ixdir, uint32_t n, uint32_t **entries, uint32_t **scan, uint32_t *crc);
+/* Writes records [from, from + n) and fsyncs; *crc is carried on over them.
+ * Errors: BP_EIO. */
+bp_status bp__ixsums_write(const char *ixdir, uint32_t from, uint32_t n, const uint32_t *entries,
+                           const uint32_t *scan, uint32_t *crc);
+
+/* Cuts index/<name> to len bytes when it is longer (what a crash left after
+ * the state's end). Returns 0 or an errno value. */
+int bp__ixfile_cut(const char *ixdir, const char *name, uint64_t len);
+/* The size of index/<name>, or -1. */
+int64_t bp__ixfile_size(const char *ixdir, const char *name);
 
 /* Creates the index directory (and makes its creation durable). Errors: BP_EIO. */
 bp_status bp__ixdir_make(const char *ixdir);

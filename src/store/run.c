@@ -40,7 +40,10 @@ typedef struct counts {
   uint32_t cat[16];
 } counts;
 
-bp_status bp__run_build(const char *ixdir, const bp__ixrun_ref *ref, uint32_t nnames, bp__run_entry_fn at, void *ctx) {
+/* Builds the run of ref into its file under ixdir or, with ixdir NULL, into
+ * anonymous memory returned in *mem (its length in *mem_len). */
+static bp_status build(const char *ixdir, const bp__ixrun_ref *ref, uint32_t nnames, bp__run_entry_fn at, void *ctx,
+                       const _Atomic bool *cancel, uint8_t **mem, size_t *mem_len) {
   uint64_t n = ref->end - ref->first;
   counts c;
   memset(&c, 0, sizeof c);
@@ -51,9 +54,11 @@ bp_status bp__run_build(const char *ixdir, const bp__ixrun_ref *ref, uint32_t nn
   int fd = -1;
   uint8_t *m = MAP_FAILED;
   run_layout l = {0};
-  char path[4200], tmp[4300];
-  bp__run_path(ixdir, ref->no, path, sizeof path);
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  char path[4200] = "", tmp[4300] = "";
+  if (ixdir) {
+    bp__run_path(ixdir, ref->no, path, sizeof path);
+    snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  }
   if (!c.ent || !c.scope || !c.kind) {
     rs = bp__fail(BP_ENOMEM, "out of memory building an index run");
     goto out;
@@ -79,20 +84,28 @@ bp_status bp__run_build(const char *ixdir, const bp__ixrun_ref *ref, uint32_t nn
   while (nslots < 2 * n) nslots *= 2;
   l = layout_of(nent, nscope, nkind, 4 * n, nslots);
 
-  fd = bp__os_table.open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) {
-    rs = bp__fail_errno(BP_EIO, errno, "create %s", tmp);
-    goto out;
-  }
-  if (bp__os_table.fallocate(fd, 0, 0, (off_t)l.total) != 0 &&
-      (errno != EOPNOTSUPP || bp__os_table.ftruncate(fd, (off_t)l.total) != 0)) {
-    rs = bp__fail_errno(BP_EIO, errno, "allocate %s", tmp);
-    goto out;
-  }
-  m = bp__os_table.mmap(NULL, l.total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-  if (m == MAP_FAILED) {
-    rs = bp__fail_errno(BP_EIO, errno, "map %s", tmp);
-    goto out;
+  if (!ixdir) {
+    m = mmap(NULL, l.total, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) {
+      rs = bp__fail(BP_ENOMEM, "out of memory building an index run");
+      goto out;
+    }
+  } else {
+    fd = bp__os_table.open(tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+    if (fd < 0) {
+      rs = bp__fail_errno(BP_EIO, errno, "create %s", tmp);
+      goto out;
+    }
+    if (bp__os_table.fallocate(fd, 0, 0, (off_t)l.total) != 0 &&
+        (errno != EOPNOTSUPP || bp__os_table.ftruncate(fd, (off_t)l.total) != 0)) {
+      rs = bp__fail_errno(BP_EIO, errno, "allocate %s", tmp);
+      goto out;
+    }
+    m = bp__os_table.mmap(NULL, l.total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (m == MAP_FAILED) {
+      rs = bp__fail_errno(BP_EIO, errno, "map %s", tmp);
+      goto out;
+    }
   }
   /* Directories, and each key's first posting (counts become cursors). */
   uint32_t *edir = (uint32_t *)(m + l.edir), *sdir = (uint32_t *)(m + l.sdir), *kdir = (uint32_t *)(m + l.kdir);
@@ -130,6 +143,10 @@ bp_status bp__run_build(const char *ixdir, const bp__ixrun_ref *ref, uint32_t nn
   uint32_t *slots = (uint32_t *)(m + l.slots);
   uint64_t mask = nslots - 1;
   for (uint64_t seq = ref->first; seq < ref->end; seq++) {
+    if ((seq & 0xffff) == 0 && cancel && atomic_load(cancel)) {
+      rs = bp__fail(BP_ESHUTDOWN, "index run %08" PRIu64 " abandoned: the store is closing", ref->no);
+      goto out;
+    }
     const bp__ientry *e = at(ctx, seq);
     uint32_t s32 = (uint32_t)seq;
     post[c.ent[e->entity]++] = s32;
@@ -160,23 +177,72 @@ bp_status bp__run_build(const char *ixdir, const bp__ixrun_ref *ref, uint32_t nn
   bp__put_le64(h + 104, l.total);
   bp__put_le32(h + 112, bp__crc32(m + BP__RUN_HEADER, l.total - BP__RUN_HEADER));
   bp__put_le32(h + 124, bp__crc32(h, 124));
+  if (!ixdir) {
+    *mem = m;
+    *mem_len = l.total;
+    m = MAP_FAILED;
+    goto out;
+  }
   int rc = msync(m, l.total, MS_SYNC) != 0 ? errno : bp__os_sync(fd, 0);
   if (!rc && bp__os_table.rename(tmp, path) != 0) rc = errno;
   if (!rc) rc = bp__os_sync_dir(ixdir);
   if (rc) rs = bp__fail_errno(BP_EIO, rc, "write %s", path);
 out:
-  if (m != MAP_FAILED) bp__os_table.munmap(m, l.total);
+  if (m != MAP_FAILED) {
+    if (ixdir) bp__os_table.munmap(m, l.total);
+    else munmap(m, l.total);
+  }
   if (fd >= 0) bp__os_table.close(fd);
-  if (rs) bp__os_table.unlink(tmp);
+  if (rs && ixdir) bp__os_table.unlink(tmp);
   free(c.ent);
   free(c.scope);
   free(c.kind);
   return rs;
 }
 
+bp_status bp__run_build(const char *ixdir, const bp__ixrun_ref *ref, uint32_t nnames, bp__run_entry_fn at, void *ctx,
+                        const _Atomic bool *cancel) {
+  return build(ixdir, ref, nnames, at, ctx, cancel, NULL, NULL);
+}
+
 /* ------------------------------------------------------------------ map */
 
-bp_status bp__run_map(const char *ixdir, const bp__ixrun_ref *ref, bp__run *out) {
+/* Reads the header of the run in m (len bytes) into out; the reason it
+ * cannot be used, or NULL. */
+static const char *parse(uint8_t *m, size_t len, const bp__ixrun_ref *ref, bp__run *out) {
+  out->map = m;
+  out->len = len;
+  const uint8_t *h = m;
+  if (memcmp(h, RUN_MAGIC, 8) != 0 || bp__get_le32(h + 124) != bp__crc32(h, 124)) return "header damaged";
+  if (bp__get_le32(h + 8) != RUN_VERSION) return "unknown version";
+  if (bp__get_le32(h + 12) != ref->level || bp__get_le64(h + 16) != ref->first || bp__get_le64(h + 24) != ref->end ||
+      bp__get_le64(h + 32) != ref->no)
+    return "not the run the index state names";
+  out->nent = bp__get_le32(h + 40);
+  out->nscope = bp__get_le32(h + 44);
+  out->nkind = bp__get_le32(h + 48);
+  out->nslots = bp__get_le64(h + 56);
+  out->npost = bp__get_le64(h + 64);
+  uint64_t n = ref->end - ref->first;
+  if (out->npost != 4 * n || out->nslots < 2 * n || (out->nslots & (out->nslots - 1)) || out->nkind > 65536 ||
+      out->nent > n || out->nscope > n)
+    return "counts do not fit its range";
+  run_layout l = layout_of(out->nent, out->nscope, out->nkind, out->npost, out->nslots);
+  if (l.total != bp__get_le64(h + 104) || l.total != out->len) return "cut short or overlong";
+  out->ref = *ref;
+  out->min_id = (bp_id){bp__get_le64(h + 72), bp__get_le64(h + 80)};
+  out->max_id = (bp_id){bp__get_le64(h + 88), bp__get_le64(h + 96)};
+  out->body_crc = bp__get_le32(h + 112);
+  out->edir = (const uint32_t *)(m + l.edir);
+  out->sdir = (const uint32_t *)(m + l.sdir);
+  out->kdir = (const uint32_t *)(m + l.kdir);
+  out->cdir = (const uint32_t *)(m + l.cdir);
+  out->post = (const uint32_t *)(m + l.post);
+  out->slots = (const uint32_t *)(m + l.slots);
+  return NULL;
+}
+
+bp_status bp__run_map(const char *ixdir, const bp__ixrun_ref *ref, bool trusted, bp__run *out) {
   memset(out, 0, sizeof *out);
   char path[4200];
   bp__run_path(ixdir, ref->no, path, sizeof path);
@@ -199,46 +265,54 @@ bp_status bp__run_map(const char *ixdir, const bp__ixrun_ref *ref, bp__run *out)
   int err = errno;
   bp__os_table.close(fd);
   if (m == MAP_FAILED) return bp__fail_errno(BP_EIO, err, "map %s", path);
-  out->map = m;
-  out->len = (size_t)st.st_size;
-  const uint8_t *h = m;
-  const char *why = NULL;
-  if (memcmp(h, RUN_MAGIC, 8) != 0 || bp__get_le32(h + 124) != bp__crc32(h, 124)) why = "header damaged";
-  else if (bp__get_le32(h + 8) != RUN_VERSION) why = "unknown version";
-  else if (bp__get_le32(h + 12) != ref->level || bp__get_le64(h + 16) != ref->first ||
-           bp__get_le64(h + 24) != ref->end || bp__get_le64(h + 32) != ref->no)
-    why = "not the run the index state names";
-  if (!why) {
-    out->nent = bp__get_le32(h + 40);
-    out->nscope = bp__get_le32(h + 44);
-    out->nkind = bp__get_le32(h + 48);
-    out->nslots = bp__get_le64(h + 56);
-    out->npost = bp__get_le64(h + 64);
-    uint64_t n = ref->end - ref->first;
-    if (out->npost != 4 * n || out->nslots < 2 * n || (out->nslots & (out->nslots - 1)) || out->nkind > 65536 ||
-        out->nent > n || out->nscope > n)
-      why = "counts do not fit its range";
-  }
-  run_layout l = {0};
-  if (!why) {
-    l = layout_of(out->nent, out->nscope, out->nkind, out->npost, out->nslots);
-    if (l.total != bp__get_le64(h + 104) || l.total != out->len) why = "cut short or overlong";
-  }
+  const char *why = parse(m, (size_t)st.st_size, ref, out);
+  if (!why && !(out->check = calloc(1, sizeof *out->check))) why = "out of memory";
   if (why) {
     bp__run_unmap(out);
-    return bp__fail(BP_ECORRUPT, "%s: %s", path, why);
+    return strcmp(why, "out of memory") == 0 ? bp__fail(BP_ENOMEM, "out of memory mapping %s", path)
+                                             : bp__fail(BP_ECORRUPT, "%s: %s", path, why);
   }
-  out->ref = *ref;
-  out->min_id = (bp_id){bp__get_le64(h + 72), bp__get_le64(h + 80)};
-  out->max_id = (bp_id){bp__get_le64(h + 88), bp__get_le64(h + 96)};
-  out->body_crc = bp__get_le32(h + 112);
-  out->edir = (const uint32_t *)(m + l.edir);
-  out->sdir = (const uint32_t *)(m + l.sdir);
-  out->kdir = (const uint32_t *)(m + l.kdir);
-  out->cdir = (const uint32_t *)(m + l.cdir);
-  out->post = (const uint32_t *)(m + l.post);
-  out->slots = (const uint32_t *)(m + l.slots);
+  pthread_mutex_init(&out->check->lock, NULL);
+  atomic_store(&out->check->state, trusted ? BP__RUN_GOOD : BP__RUN_UNCHECKED);
   return BP_OK;
+}
+
+const bp__run *bp__run_ready(const bp__run *r, uint32_t nnames, bp__run_entry_fn at, void *ctx, bp__run_log_fn log,
+                             void *log_ctx) {
+  bp__runcheck *c = r->check;
+  if (!c) return r;
+  int state = atomic_load_explicit(&c->state, memory_order_acquire);
+  if (BP__LIKELY(state == BP__RUN_GOOD)) return r;
+  if (state == BP__RUN_REPLACED) return c->replacement;
+  static const bp__run empty; /* no postings, no slots: nothing found */
+  pthread_mutex_lock(&c->lock);
+  state = atomic_load_explicit(&c->state, memory_order_acquire);
+  if (state == BP__RUN_UNCHECKED) {
+    bp_error saved = *bp_last_error();
+    if (bp__run_check_body(r) == BP_OK) {
+      state = BP__RUN_GOOD;
+    } else {
+      char msg[512];
+      snprintf(msg, sizeof msg, "%s; its postings are made again from the index entries", bp_last_error()->message);
+      log(log_ctx, msg);
+      bp__run *rep = calloc(1, sizeof *rep);
+      uint8_t *m = NULL;
+      size_t len = 0;
+      if (rep && build(NULL, &r->ref, nnames, at, ctx, NULL, &m, &len) == BP_OK && !parse(m, len, &r->ref, rep)) {
+        rep->anonymous = true;
+        c->replacement = rep;
+        state = BP__RUN_REPLACED;
+      } else {
+        if (m) munmap(m, len);
+        free(rep);
+        log(log_ctx, "out of memory for a replacement run: its events are missing from streams until reopened");
+      }
+    }
+    bp__set_error(&saved);
+    if (state != BP__RUN_UNCHECKED) atomic_store_explicit(&c->state, state, memory_order_release);
+  }
+  pthread_mutex_unlock(&c->lock);
+  return state == BP__RUN_GOOD ? r : state == BP__RUN_REPLACED ? c->replacement : &empty;
 }
 
 bp_status bp__run_check_body(const bp__run *r) {
@@ -249,7 +323,18 @@ bp_status bp__run_check_body(const bp__run *r) {
 }
 
 void bp__run_unmap(bp__run *r) {
-  if (r->map) bp__os_table.munmap(r->map, r->len);
+  if (r->map) {
+    if (r->anonymous) munmap(r->map, r->len);
+    else bp__os_table.munmap(r->map, r->len);
+  }
+  if (r->check) {
+    if (r->check->replacement) {
+      bp__run_unmap(r->check->replacement);
+      free(r->check->replacement);
+    }
+    pthread_mutex_destroy(&r->check->lock);
+    free(r->check);
+  }
   memset(r, 0, sizeof *r);
 }
 

@@ -24,7 +24,18 @@
 #include "store/index_entry.h"
 #include "store/ixfile.h"
 
+#include <pthread.h>
+
 #define BP__RUN_HEADER 128u
+
+/* Whether a run's body was checked against its CRC in this process, shared
+ * by every copy of the run (runsets copy runs by value). */
+typedef struct bp__runcheck {
+  _Atomic int state;        /* BP__RUN_UNCHECKED, _GOOD or _REPLACED */
+  pthread_mutex_t lock;
+  struct bp__run *replacement; /* built from the entries when the body failed */
+} bp__runcheck;
+enum { BP__RUN_UNCHECKED, BP__RUN_GOOD, BP__RUN_REPLACED };
 
 typedef struct bp__run {
   bp__ixrun_ref ref;
@@ -35,6 +46,8 @@ typedef struct bp__run {
   uint32_t nent, nscope, nkind;
   uint64_t npost, nslots;
   uint32_t body_crc;
+  bp__runcheck *check;      /* NULL for a replacement (built here, in memory) */
+  bool anonymous;           /* map is anonymous memory, not the file */
 } bp__run;
 
 /* The entries a run is built from: entry seq of the index (any thread may
@@ -43,11 +56,22 @@ typedef const bp__ientry *(*bp__run_entry_fn)(void *ctx, uint64_t seq);
 
 /* Writes run ref->no for entries [ref->first, ref->end) (names below
  * nnames), fsynced, under its final name. Memory: O(nnames + kinds); the
- * file is filled through a mapping. Errors: BP_EIO, BP_ENOMEM. */
-bp_status bp__run_build(const char *ixdir, const bp__ixrun_ref *ref, uint32_t nnames, bp__run_entry_fn at, void *ctx);
-/* Maps a run and checks its header against ref. Errors: BP_ENOTFOUND,
- * BP_ECORRUPT (the message says what), BP_EIO. */
-bp_status bp__run_map(const char *ixdir, const bp__ixrun_ref *ref, bp__run *out);
+ * file is filled through a mapping. Errors: BP_EIO, BP_ENOMEM, BP_ESHUTDOWN
+ * (cancel was set: the file is removed). */
+bp_status bp__run_build(const char *ixdir, const bp__ixrun_ref *ref, uint32_t nnames, bp__run_entry_fn at, void *ctx,
+                        const _Atomic bool *cancel);
+/* Maps a run and checks its header against ref; its body is checked on
+ * first use (bp__run_ready) unless trusted (this process just wrote it).
+ * Errors: BP_ENOTFOUND, BP_ECORRUPT (the message says what), BP_EIO,
+ * BP_ENOMEM. */
+bp_status bp__run_map(const char *ixdir, const bp__ixrun_ref *ref, bool trusted, bp__run *out);
+/* The run to read: r once its body has passed its CRC, else a run with the
+ * same contents built in memory from the entries (nnames names), the
+ * failure logged through log. Never NULL: without memory for a replacement,
+ * an empty run (its events then missing from streams, which is logged). */
+typedef void (*bp__run_log_fn)(void *ctx, const char *msg);
+const bp__run *bp__run_ready(const bp__run *r, uint32_t nnames, bp__run_entry_fn at, void *ctx, bp__run_log_fn log,
+                             void *log_ctx);
 /* Checks the body's CRC (bp_verify, and before a run is trusted by a merge).
  * Errors: BP_ECORRUPT. */
 bp_status bp__run_check_body(const bp__run *r);

@@ -33,6 +33,14 @@ typedef struct bp__scan {
   bp__cfile file;
   bool file_open;
   uint32_t heap_from;
+  /* Chunks below lazy_end were read back from index/scan: each is checked
+   * against its CRC-32 (sums) the first time it is used, and made again
+   * from the index entries (ix) when it fails. */
+  uint32_t lazy_end;
+  const uint32_t *sums;
+  const bp__index *ix;
+  pthread_mutex_t lazy_lock;
+  bp__retired *repaired;
 } bp__scan;
 
 /* What a region asks of the four fields (names resolved to ids). */
@@ -57,6 +65,14 @@ bp_status bp__scan_init(bp__scan *sc, bp_index_layout layout);
  * [0, count) from it: a read-only handle copies a last chunk filled in part
  * into memory, so that it can go on past count. Errors: as bp__cfile_open. */
 bp_status bp__scan_open_file(bp__scan *sc, const char *path, bool writable, uint64_t count, bool *fresh);
+/* The CRC-32 of chunk ci's bytes (a full chunk, or the first n events'
+ * bytes of each of its arrays for a last chunk filled in part). */
+uint32_t bp__scan_chunk_crc(const bp__scan *sc, const uint8_t *chunk, uint32_t n);
+/* Whether the slots [from, chunk size) of a chunk are all zero; when not
+ * and fix is set, they are cleared. */
+bool bp__scan_chunk_clear_from(const bp__scan *sc, uint8_t *chunk, uint32_t from, bool fix);
+/* Bytes of one chunk. */
+size_t bp__scan_chunk_bytes(const bp__scan *sc);
 /* Makes index/scan's chunks durable. Returns 0 or an errno value. */
 int bp__scan_sync(bp__scan *sc);
 void bp__scan_free(bp__scan *sc);

@@ -828,8 +828,8 @@ static int footer_seal_state(const bp__segfile *f) {
 }
 
 /* Fills an index entry from a decoded frame. */
-static void entry_from_frame(bp__ientry *e, const bp__frame *fr, uint32_t entity, uint32_t scope,
-                             uint64_t seg, uint64_t off, uint32_t len) {
+void bp__entry_from_frame(bp__ientry *e, const bp__frame *fr, uint32_t entity, uint32_t scope, uint64_t seg,
+                          uint64_t off, uint32_t len) {
   memset(e, 0, sizeof *e);
   e->event_id = fr->header.event_id;
   e->correlation_id = fr->header.correlation_id;
@@ -976,7 +976,7 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
       if ((st = bp__index_intern(&s->ix, fr.entity, fr.entity_len, &ent)) ||
           (st = bp__index_intern(&s->ix, fr.scope, fr.scope_len, &scp)))
         return st;
-      entry_from_frame(&batch[got], &fr, ent->id, scp->id, f->id, off, len + BP__FRAME_PREFIX);
+      bp__entry_from_frame(&batch[got], &fr, ent->id, scp->id, f->id, off, len + BP__FRAME_PREFIX);
       closes[got] = !(fr.header.flags & BP_FLAG_BATCH_MEMBER);
       bp__index_prefetch_id(&s->ix, batch[got].event_id);
       off += BP__FRAME_PREFIX + (size_t)len;

@@ -90,7 +90,7 @@ static int cmp_u64(const void *a, const void *b) {
 
 static bool is_store_file(const char *name) {
   static const char *const known[] = {".", "..", BP__LOCK_FILE, BP__CHECKPOINT_FILE, BP__CHECKPOINT_TMP,
-                                      BP__COMPACT_INTENT, "cursors", "cache", BP__RETIRED_FILE,
+                                      BP__COMPACT_INTENT, "cursors", "cache", BP__IX_DIR, BP__RETIRED_FILE,
                                       BP__RETIRED_FILE ".tmp"};
   for (size_t i = 0; i < sizeof known / sizeof *known; i++)
     if (strcmp(name, known[i]) == 0) return true;
@@ -211,6 +211,12 @@ static bp_status load_segments(bp_store *s, const uint64_t *ids, const seg_look 
     if (st) return st;
     if (sidx) s->from_sidx++;
     else s->scanned++;
+    /* A persistent index being built writes runs as it goes: memory stays
+     * bounded by a segment's events. */
+    if (s->ixon && (st = bp__ixstore_drain(s))) return st;
+    if (s->ixon && n - from > 1)
+      bp__log(s, BP_LOG_INFO, "indexing %s: segment %zu of %zu, %" PRIu64 " events", s->dir, i + 1, n,
+              s->ix.count);
   }
   return BP_OK;
 }
@@ -279,6 +285,30 @@ static bp_status check_evidence(bp_store *s, const uint64_t *ids, const seg_look
                   "offset %" PRIu64 ": events were lost (open with salvage to keep the rest)", id, what, upto);
 }
 
+/* An empty index and scan index again (a persistent index found unusable,
+ * or a checkpoint that failed halfway); their files are detached. */
+static bp_status index_reset(bp_store *s) {
+  bp__index_free(&s->ix);
+  bp__scan_free(&s->scan);
+  bp_status st = bp__index_init(&s->ix);
+  if (!st) st = bp__scan_init(&s->scan, s->cfg.index_layout);
+  return st;
+}
+
+/* Fresh index files for a read-write store about to index its log. Where
+ * they cannot be made (no space, no shared writable mapping), the index is
+ * kept in memory, as it is without enable_checkpoint, and the log says why. */
+static bp_status start_index_files(bp_store *s) {
+  bp_status st = bp__ixstore_create(s);
+  s->ixon = st == BP_OK;
+  if (st && st != BP_ENOMEM) {
+    bp__log(s, BP_LOG_WARN, "%s: the index is kept in memory: %s", s->dir, bp_last_error()->message);
+    st = index_reset(s);
+  }
+  s->ix.freeze = s->ixon;
+  return st;
+}
+
 static bp_status recover_once(bp_store *s) {
   uint64_t *ids = NULL, *hidden = NULL;
   size_t n = 0, nhidden = 0;
@@ -297,7 +327,26 @@ static bp_status recover_once(bp_store *s) {
   if (!st && n > 0 && look[0].opened) atomic_store(&s->log_epoch, look[0].created_ns);
 
   bool restored = false;
-  if (!st && s->cfg.enable_checkpoint && n > 0 && !stale_checkpoint) {
+  if (!st && s->ixdir && n > 0) {
+    /* The persistent index, then the log after what it covers. */
+    uint64_t wm_seg = 0, wm_off = 0;
+    bp_status ix = bp__ixstore_load(s, &wm_seg, &wm_off);
+    if (ix == BP_OK) {
+      size_t from = 0;
+      while (from < n && ids[from] < wm_seg) from++;
+      s->ixon = !s->readonly;
+      s->ix.freeze = s->ixon;
+      st = load_segments(s, ids, look, n, from, wm_off);
+      restored = (st == BP_OK);
+      if (restored) s->open_path = BP_OPEN_INDEX;
+    } else if (ix == BP_ENOTFOUND) {
+      st = index_reset(s);
+    } else {
+      st = ix;
+    }
+  }
+  if (!st && !restored && s->ixdir && !s->readonly) st = start_index_files(s);
+  if (!st && !restored && s->cfg.enable_checkpoint && n > 0 && !stale_checkpoint) {
     uint64_t wm_seg = 0, wm_off = 0;
     bp_status ck = bp__checkpoint_load(s, &wm_seg, &wm_off);
     bool torn_batch = ck == BP_OK && checkpoint_ends_inside_a_batch(s, ids, look, n);
@@ -307,7 +356,7 @@ static bp_status recover_once(bp_store *s) {
        * crate writes such a checkpoint, not knowing the batch flag. */
       bp__log(s, BP_LOG_INFO, "checkpoint not used: it lists the frames of a batch that a crash cut short (as the "
               "Rust crate writes it); rebuilding the index from the segments");
-      s->checkpoint_damaged = true;
+      s->checkpoint_damaged = s->ckpt_unusable = true;
       ck = BP_ECORRUPT;
     }
     if (ck == BP_OK) {
@@ -324,12 +373,12 @@ static bp_status recover_once(bp_store *s) {
       /* events the checkpoint proves were written are gone */
     } else if (ck != BP_ENOTFOUND || bp_last_error()->sys_errno != ENOENT) {
       bp__log(s, BP_LOG_WARN, "checkpoint ignored, rebuilding the index: %s", bp_last_error()->message);
-      s->checkpoint_damaged = true;
+      s->checkpoint_damaged = s->ckpt_unusable = true;
     }
     if (!restored && st == BP_OK) {
       /* Start over from an empty index. */
-      bp__index_free(&s->ix);
-      st = bp__index_init(&s->ix);
+      st = index_reset(s);
+      if (!st && s->ixon) st = start_index_files(s);
       s->from_sidx = s->scanned = 0;
       s->torn_bytes = s->batch_frames_dropped = 0;
       free(s->footer_fixes);
@@ -455,7 +504,7 @@ static bp_status recover(bp_store *s) {
   }
 }
 
-static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly, bp_store **out) {
+static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly, bool no_index, bp_store **out) {
   if (out) *out = NULL;
   bp_status st = validate(cfg);
   if (st) return st;
@@ -481,6 +530,8 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
   pthread_mutex_init(&s->sub_lock, NULL);
   pthread_mutex_init(&s->compact_lock, NULL);
   pthread_mutex_init(&s->cursor_files_lock, NULL);
+  pthread_mutex_init(&s->ixlock, NULL);
+  pthread_cond_init(&s->ixcond, NULL);
   pthread_rwlock_init(&s->view_lock, NULL);
   pthread_cond_init(&s->qspace, NULL);
   pthread_cond_init(&s->qidle, NULL);
@@ -491,6 +542,11 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
   pthread_condattr_destroy(&ca);
   bp__buf_init(&s->wbuf);
   if (!s->dir) { st = bp__fail(BP_ENOMEM, "out of memory"); goto fail; }
+  if (cfg->enable_checkpoint && !no_index) {
+    size_t len = strlen(s->dir) + sizeof "/" BP__IX_DIR;
+    if (!(s->ixdir = malloc(len))) { st = bp__fail(BP_ENOMEM, "out of memory"); goto fail; }
+    snprintf(s->ixdir, len, "%s/%s", s->dir, BP__IX_DIR);
+  }
   if ((st = bp__index_init(&s->ix))) goto fail;
   if ((st = bp__scan_init(&s->scan, cfg->index_layout))) goto fail;
 
@@ -536,6 +592,19 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
    * writes a checkpoint that covers them (so that a later cut is seen). */
   if (!readonly && s->nfooter_fixes) s->checkpoint_damaged = true;
   if (!readonly && (st = bp__segment_fix_footers(s))) goto fail;
+  /* A first build is kept at once: a crash would otherwise waste it. An
+   * index.ckpt (the crate's) stays as it is: appends only make it old, and
+   * both the crate and this library read the log after its watermark. */
+  if (s->ixon && s->open_path != BP_OPEN_INDEX && (st = bp__ixstore_persist(s))) goto fail;
+  if (s->ixon && s->ckpt_unusable) {
+    /* A checkpoint that was not believed (damaged, lying, or cut inside a
+     * batch) would only be read and refused again, by this library and the
+     * crate: the persistent index replaces it. */
+    char ck[4096];
+    snprintf(ck, sizeof ck, "%s/%s", s->dir, BP__CHECKPOINT_FILE);
+    if (bp__os_table.unlink(ck) == 0) bp__os_sync_dir(s->dir);
+  }
+  if ((st = bp__ixstore_start(s))) goto fail;
   /* Helpers for large reads: one thread fewer than asked (the caller is
    * one), at most one per CPU; without memory for them, callers work alone. */
   uint32_t threads = cpus > 0 && (long)cfg->query_threads > cpus ? (uint32_t)cpus : cfg->query_threads;
@@ -548,6 +617,7 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
 fail:;
   bp_error saved = *bp_last_error();
   s->cache = NULL; /* bp_open_with_cache frees it */
+  bp__ixstore_detach_quietly(s);
   bp__segments_free(s);
   if (s->ix.chunks) bp__index_free(&s->ix);
   bp__scan_free(&s->scan);
@@ -555,19 +625,23 @@ fail:;
   bp__buf_free(&s->wbuf);
   pthread_mutex_destroy(&s->compact_lock);
   pthread_mutex_destroy(&s->cursor_files_lock);
+  pthread_mutex_destroy(&s->ixlock);
+  pthread_cond_destroy(&s->ixcond);
   pthread_rwlock_destroy(&s->view_lock);
   free(s->footer_fixes);
+  free(s->ix_segs);
   bp__retired_free(&s->retired);
+  free(s->ixdir);
   free(s->dir);
   free(s);
   bp__set_error(&saved);
   return st;
 }
 
-bp_status bp_open(const bp_config *cfg, bp_store **out) { return open_store(cfg, NULL, false, out); }
+bp_status bp_open(const bp_config *cfg, bp_store **out) { return open_store(cfg, NULL, false, false, out); }
 
 bp_status bp_open_with_cache(const bp_config *cfg, bp_cache *cache, bp_store **out) {
-  bp_status st = open_store(cfg, cache, false, out);
+  bp_status st = open_store(cfg, cache, false, false, out);
   if (st) bp_cache_free(cache);
   return st;
 }
@@ -586,7 +660,11 @@ bp_status bp_open_with_lmdb_cache(const bp_config *cfg, bp_store **out) {
 }
 
 bp_status bp_open_readonly(const bp_config *cfg, bp_store **out) {
-  return open_store(cfg, NULL, true, out);
+  return open_store(cfg, NULL, true, false, out);
+}
+
+bp_status bp__open_readonly_unindexed(const bp_config *cfg, bp_store **out) {
+  return open_store(cfg, NULL, true, true, out);
 }
 
 
@@ -644,16 +722,12 @@ bp_status bp_close(bp_store *s) {
     pthread_mutex_lock(&s->wlock);
     if (s->wfd >= 0) st = bp__writer_seal(s);
     pthread_mutex_unlock(&s->wlock);
-    /* The checkpoint is written when events were committed or compacted
-     * since open, or to replace a damaged one: an open that changed nothing
-     * leaves every file as it was. */
-    bool changed = s->write_groups > 0 || atomic_load(&s->generation) > 0 || s->checkpoint_damaged;
-    if (s->cfg.enable_checkpoint && changed) {
-      bp_status ck = bp__checkpoint_write(s);
-      if (ck) bp__log(s, BP_LOG_WARN, "checkpoint not written: %s", bp_last_error()->message);
-      if (!st) st = ck;
-    }
+    /* Once the segment is sealed (its frames durable), the index's state
+     * may claim every event. Nothing changed, nothing is written. */
+    bp_status ix = st ? BP_OK : bp__ixstore_close(s);
+    if (!st) st = ix;
   }
+  bp__ixstore_detach_quietly(s);
   bp_error saved = *bp_last_error();
   if (s->helpers) {
     bp__pool_stop(s->helpers);
@@ -680,6 +754,8 @@ bp_status bp_close(bp_store *s) {
   pthread_mutex_destroy(&s->sub_lock);
   pthread_mutex_destroy(&s->compact_lock);
   pthread_mutex_destroy(&s->cursor_files_lock);
+  pthread_mutex_destroy(&s->ixlock);
+  pthread_cond_destroy(&s->ixcond);
   pthread_rwlock_destroy(&s->view_lock);
   for (size_t i = 0; i < s->nremaps; i++) free(s->remaps[i].dropped);
   free(s->remaps);
@@ -688,6 +764,10 @@ bp_status bp_close(bp_store *s) {
   pthread_cond_destroy(&s->qspace);
   pthread_cond_destroy(&s->qidle);
   pthread_cond_destroy(&s->qarrive);
+  free(s->ixdir);
+  s->ixdir = NULL;
+  free(s->ix_segs);
+  s->ix_segs = NULL;
   free(s->dir);
   s->dir = NULL;
   keep_closed(s);

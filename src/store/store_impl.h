@@ -24,6 +24,7 @@
 
 #include "batpak/store.h"
 #include "store/index.h"
+#include "store/ixfile.h"
 #include "store/scan.h"
 #include "store/os.h"
 #include "store/pool.h"
@@ -168,7 +169,29 @@ struct bp_store {
    * every compaction rewrites with a new time (it merges into the lowest id),
    * 0 while there is no segment. Cached projections carry it (project.c). */
   _Atomic int64_t log_epoch;
-  bool checkpoint_damaged;  /* index.ckpt ignored, or segments repaired at open: close rewrites it */
+  bool checkpoint_damaged;  /* index.ckpt ignored, or segments repaired at open */
+  bool ckpt_unusable;       /* index.ckpt was there and not believed */
+  /* The persistent index (ixstore.c, docs/INDEX.md). ixdir is <dir>/index
+   * when cfg.enable_checkpoint is set; ixon says its files are attached for
+   * writing (a read-write store), and the index thread then turns frozen
+   * gens into runs. */
+  char *ixdir;
+  bool ixon;
+  pthread_t ixthread;
+  bool ixthread_started;
+  pthread_mutex_t ixlock;
+  pthread_cond_t ixcond;
+  bool ixwake, ixstop;      /* ixlock */
+  _Atomic bool ixcancel;    /* close: abandon a run being written */
+  uint64_t ix_names_bytes;  /* valid bytes of index/names */
+  uint32_t ix_names_written; /* names in it ("" implied) */
+  uint64_t ix_next_run;
+  uint64_t ix_state_count;  /* events the last index/state written or read claims */
+  uint32_t ix_names_crc;    /* CRC-32 of index/names */
+  uint32_t ix_sums_written; /* full chunks with their CRCs in index/sums */
+  uint32_t ix_sums_crc;     /* CRC-32 of its records */
+  bp__ixseg *ix_segs;       /* the segments of the state read at open (chunk repair) */
+  uint32_t ix_nsegs;
   /* Keys of events retention dropped (retired.c): read by the writer (wlock),
    * replaced by a compaction's swap (wlock and view_lock held). */
   bp__retired_keys retired;
@@ -296,6 +319,9 @@ enum { BP__FIX_CRASHED = 1, BP__FIX_DAMAGED, BP__FIX_STALE };
 bp_status bp__segment_fix_footers(bp_store *s);
 /* Records a footer to write; false when out of memory. */
 bool bp__segment_note_fix(bp_store *s, uint64_t id, uint64_t first, uint64_t count, uint64_t frames_end, int why);
+/* Fills an index entry from a decoded frame found at (seg, off, len). */
+void bp__entry_from_frame(bp__ientry *e, const bp__frame *fr, uint32_t entity, uint32_t scope, uint64_t seg,
+                          uint64_t off, uint32_t len);
 /* Adds one recovered entry to the index and the entity's chain head. */
 bp_status bp__recover_entry(bp_store *s, bp__ientry *e);
 
@@ -319,6 +345,40 @@ bp_status bp__checkpoint_read_entry(bp__mp_reader *r, bp__ientry *e, uint64_t *s
 bp_status bp__checkpoint_read_entry_general(bp__mp_reader *r, bp__ientry *e, uint64_t *seq);
 /* Appends one entry as every writer lays it out. */
 void bp__checkpoint_put_entry(bp__buf *b, const bp__ientry *e, uint64_t seq);
+
+/* ---- open (store.c) ---- */
+/* bp_open_readonly without the persistent index (index.ckpt, footers and
+ * scans only): bp_verify's view of the checkpoint. */
+bp_status bp__open_readonly_unindexed(const bp_config *cfg, bp_store **out);
+
+/* ---- the persistent index (ixstore.c) ---- */
+/* Loads index/ into the (empty) index after the segments were registered and
+ * the log epoch set: on success events [0, n) are indexed and *wm_seg,
+ * *wm_off say where in the log the rest begins. BP_ENOTFOUND: there is no
+ * index, or it cannot be used (the reason logged; the caller resets the index
+ * and builds it). BP_ECORRUPT: it proves that events it lists left the log
+ * (not with salvage). BP_ENOMEM. */
+bp_status bp__ixstore_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off);
+/* Starts index/ afresh for a read-write store about to index its log.
+ * Errors: BP_EIO, BP_ENOMEM. */
+bp_status bp__ixstore_create(bp_store *s);
+/* Publishes what was indexed and writes frozen gens as runs, in the calling
+ * thread (recovery, before any other thread exists). Errors: BP_EIO, BP_ENOMEM. */
+bp_status bp__ixstore_drain(bp_store *s);
+/* Makes events [0, count) durable in index/state (ixstore's write_state,
+ * for the end of a first build). */
+bp_status bp__ixstore_persist(bp_store *s);
+/* Starts the index thread. Errors: BP_EIO. */
+bp_status bp__ixstore_start(bp_store *s);
+/* Stops the index thread and writes what changed (close); a failure is only logged: the index is derived from the log. */
+bp_status bp__ixstore_close(bp_store *s);
+/* Stops the index thread and forgets index/ (a compaction renumbered the
+ * log: the next open builds it again). */
+void bp__ixstore_detach(bp_store *s);
+/* Stops the index thread until bp__ixstore_start (a compaction). */
+void bp__ixstore_pause(bp_store *s);
+/* Stops the index thread, writing nothing (a failed open, the end of close). */
+void bp__ixstore_detach_quietly(bp_store *s);
 
 /* ---- writer (writer.c) ---- */
 bp_status bp__writer_seal(bp_store *s);

@@ -3,8 +3,10 @@
  *
  * It reads every segment from front to back (whatever its footer says),
  * checking each frame; compares each SIDX footer, entry by entry, with the
- * frames; follows every entity's chain across segments; and compares the
- * index the checkpoint restores with the one the segments alone give.
+ * frames; follows every entity's chain across segments; checks the files
+ * of the persistent index against their CRCs; and compares the index the
+ * checkpoint, and the persistent index, restore with the one the segments
+ * alone give.
  */
 #include "store/cursor_file.h"
 #include "store/store_impl.h"
@@ -372,6 +374,8 @@ static bool same_entry(const bp_entry *a, const bp_entry *b) {
          a->disk_pos.length == b->disk_pos.length && a->global_sequence == b->global_sequence;
 }
 
+static void compare_with_segments(vctx *v, const char *file, const char *what, bp_store *with);
+
 static void check_checkpoint(vctx *v, const char *dir) {
   char path[4200];
   snprintf(path, sizeof path, "%s/%s", dir, BP__CHECKPOINT_FILE);
@@ -382,8 +386,8 @@ static void check_checkpoint(vctx *v, const char *dir) {
   cfg.salvage = true;
   cfg.log_fn = capture;
   cfg.log_ctx = &cap;
-  bp_store *with = NULL, *without = NULL;
-  bp_status st = bp_open_readonly(&cfg, &with);
+  bp_store *with = NULL;
+  bp_status st = bp__open_readonly_unindexed(&cfg, &with);
   if (st == BP_ENOMEM) v->oom = true;
   if (st) {
     if (!v->oom) problem(v, "index.ckpt", "the store does not open: %s", bp_last_error()->message);
@@ -394,7 +398,18 @@ static void check_checkpoint(vctx *v, const char *dir) {
     bp_close(with);
     return;
   }
+  compare_with_segments(v, "index.ckpt", "the checkpoint", with);
+}
+
+/* Both indexes of a store opened read-only, with (an index the caller opened
+ * by) and without anything but the segments, list the same entries. */
+static void compare_with_segments(vctx *v, const char *file, const char *what, bp_store *with) {
+  bp_config cfg;
+  bp_config_init(&cfg, with->dir);
+  cfg.salvage = true;
   cfg.enable_checkpoint = false;
+  bp_store *without = NULL;
+  bp_status st;
   if ((st = bp_open_readonly(&cfg, &without)) != BP_OK) {
     v->oom |= st == BP_ENOMEM;
     bp_close(with);
@@ -404,12 +419,11 @@ static void check_checkpoint(vctx *v, const char *dir) {
   bp_entries a, b;
   if ((st = bp_query(with, &all, &a)) == BP_OK) {
     if ((st = bp_query(without, &all, &b)) == BP_OK) {
-      if (a.len != b.len)
-        problem(v, "index.ckpt", "the checkpoint and the segments give %zu and %zu events", a.len, b.len);
+      if (a.len != b.len) problem(v, file, "%s and the segments give %zu and %zu events", what, a.len, b.len);
       for (size_t i = 0; i < a.len && i < b.len; i++)
         if (!same_entry(&a.items[i], &b.items[i])) {
           char w[96];
-          snprintf(w, sizeof w, "index.ckpt entry %zu", i);
+          snprintf(w, sizeof w, "%s entry %zu", file, i);
           problem(v, w, "differs from the event the segments hold at that sequence");
           break;
         }
@@ -420,6 +434,111 @@ static void check_checkpoint(vctx *v, const char *dir) {
   v->oom |= st == BP_ENOMEM;
   bp_close(without);
   bp_close(with);
+}
+
+/* A failed check of an index file: a problem, or out of memory. */
+static void index_problem(vctx *v, bp_status rs, const char *where) {
+  if (rs == BP_ENOMEM) v->oom = true;
+  else problem(v, where, "%s", bp_last_error()->message);
+}
+
+static bp_status name_seen(void *ctx, const char *str, size_t len) {
+  (void)ctx, (void)str, (void)len;
+  return BP_OK;
+}
+
+/* The persistent index (docs/INDEX.md), file by file against the CRCs its
+ * state keeps, then its answers against the segments'. An index directory
+ * without a state is one a first build left unfinished: nothing to check. */
+static void check_index(vctx *v, const char *dir) {
+  char ixdir[4200], p[4400], w[128];
+  snprintf(ixdir, sizeof ixdir, "%s/%s", dir, BP__IX_DIR);
+  bp__ixstate st;
+  bp_status rs = bp__ixstate_read(ixdir, &st);
+  if (rs == BP_ENOTFOUND) return;
+  if (rs == BP_ENOMEM) v->oom = true;
+  if (rs) {
+    if (!v->oom) problem(v, BP__IX_DIR "/" BP__IX_STATE, "%s", bp_last_error()->message);
+    return;
+  }
+  if ((rs = bp__ixnames_read(ixdir, st.names_bytes, name_seen, NULL, st.names_crc)))
+    index_problem(v, rs, BP__IX_DIR "/" BP__IX_NAMES);
+  /* Bytes past what the state counts (in names, sums, entries and scan
+   * fields) are the index's own torn tail after a crash: every open ignores
+   * them and a read-write open clears them. */
+  uint32_t full = (uint32_t)(st.count >> BP__CHUNK_SHIFT), part = (uint32_t)(st.count & (BP__CHUNK_SIZE - 1));
+  uint32_t *esums = NULL, *ssums = NULL, crc = 0;
+  if ((rs = bp__ixsums_read(ixdir, full, &esums, &ssums, &crc)) || crc != st.sums_crc) {
+    if (rs) index_problem(v, rs, BP__IX_DIR "/" BP__IX_SUMS);
+    else problem(v, BP__IX_DIR "/" BP__IX_SUMS, "damaged (CRC)");
+    free(esums);
+    free(ssums);
+    esums = ssums = NULL;
+  }
+  /* Entries and scan fields, chunk by chunk (the scan file's chunk size
+   * follows the layout the state names). */
+  bp__scan sc;
+  bool scan_ok = bp__scan_init(&sc, (bp_index_layout)st.layout) == BP_OK;
+  struct {
+    const char *name, *magic;
+    uint32_t param;
+    size_t chunk;
+    const uint32_t *sums;
+    uint32_t tail;
+  } files[2] = {{BP__IX_ENTRIES, "BPXENTR1", (uint32_t)sizeof(bp__ientry), sizeof(bp__ientry) * BP__CHUNK_SIZE, esums,
+                 st.tail_crc},
+                {BP__IX_SCAN, "BPXSCAN1", st.layout, scan_ok ? bp__scan_chunk_bytes(&sc) : 0, ssums, st.scan_tail_crc}};
+  for (int fi = 0; fi < 2 && files[fi].chunk; fi++) {
+    snprintf(p, sizeof p, "%s/%s", ixdir, files[fi].name);
+    bp__cfile cf;
+    bool fresh;
+    if ((rs = bp__cfile_open(&cf, p, files[fi].magic, files[fi].param, files[fi].chunk, false, &fresh))) {
+      snprintf(w, sizeof w, "%s/%s", BP__IX_DIR, files[fi].name);
+      index_problem(v, rs, w);
+      continue;
+    }
+    if ((fi == 0 ? st.count * sizeof(bp__ientry) : (uint64_t)(full + (part != 0)) * files[fi].chunk) > cf.size) {
+      snprintf(w, sizeof w, "%s/%s", BP__IX_DIR, files[fi].name);
+      problem(v, w, "shorter than the %" PRIu64 " events its state lists", st.count);
+    } else {
+      for (uint32_t ci = 0; ci <= full && (ci < full || part); ci++) {
+        const uint8_t *c = bp__cfile_chunk(&cf, ci);
+        uint32_t got = !c ? 0 : ci == full ? (fi == 0 ? bp__crc32(c, (size_t)part * sizeof(bp__ientry)) : bp__scan_chunk_crc(&sc, c, part))
+                                           : bp__crc32(c, files[fi].chunk);
+        uint32_t want = ci == full ? files[fi].tail : files[fi].sums ? files[fi].sums[ci] : got;
+        if (!c || got != want) {
+          snprintf(w, sizeof w, "%s/%s chunk %u", BP__IX_DIR, files[fi].name, ci);
+          problem(v, w, "events %" PRIu64 "..%" PRIu64 " fail their CRC", (uint64_t)ci << BP__CHUNK_SHIFT,
+                  ((uint64_t)ci << BP__CHUNK_SHIFT) + (ci == full ? part : BP__CHUNK_SIZE) - 1);
+        }
+      }
+    }
+    bp__cfile_close(&cf);
+  }
+  if (scan_ok) bp__scan_free(&sc);
+  free(esums);
+  free(ssums);
+  for (uint32_t i = 0; i < st.nruns; i++) {
+    bp__run r;
+    snprintf(w, sizeof w, "%s/run-%08" PRIu64, BP__IX_DIR, st.runs[i].no);
+    if ((rs = bp__run_map(ixdir, &st.runs[i], false, &r))) {
+      index_problem(v, rs, w);
+      continue;
+    }
+    if (bp__run_check_body(&r)) problem(v, w, "%s", bp_last_error()->message);
+    bp__run_unmap(&r);
+  }
+  bp__ixstate_free(&st);
+  /* What the index answers, against the segments. */
+  bp_config cfg;
+  bp_config_init(&cfg, dir);
+  cfg.salvage = true;
+  bp_store *with = NULL;
+  if ((rs = bp_open_readonly(&cfg, &with))) {
+    v->oom |= rs == BP_ENOMEM;
+    return;
+  }
+  compare_with_segments(v, BP__IX_DIR, "the persistent index", with);
 }
 
 /* This library's own files beside the segments: the retired idempotency
@@ -491,6 +610,7 @@ bp_status bp_verify(const char *dir, bp_verify_report *rep) {
   }
   rep->entities = v.nheads;
   check_checkpoint(&v, dir);
+  check_index(&v, dir);
   check_own_files(&v, dir);
   for (size_t i = 0; i < v.nheads; i++) free(v.heads[i].entity);
   free(v.heads);

@@ -786,6 +786,13 @@ static bool group_writes(bp_store *s, bp__req **group, size_t ng) {
   return false;
 }
 
+/* Drops the entries planned from seq on, and their scan fields: cleared, so
+ * that a refused write leaves the index files as it found them. */
+static void forget_from(bp_store *s, uint64_t seq) {
+  for (uint64_t i = seq; i < s->ix.count; i++) (void)bp__scan_set(&s->scan, i, 0, 0, 0, 0);
+  bp__index_rollback(&s->ix, seq);
+}
+
 /* Returns whether the group was fsynced. */
 static bool commit_group(bp_store *s, bp__req **group, size_t ng, hints *h) {
   /* A group of pure idempotent repeats touches no segment (no rotation, no new file). */
@@ -811,7 +818,7 @@ static bool commit_group(bp_store *s, bp__req **group, size_t ng, hints *h) {
     uint64_t ix_mark = s->ix.count;
     st = plan_request(s, r, &undo);
     if (st) {
-      bp__index_rollback(&s->ix, ix_mark);
+      forget_from(s, ix_mark);
       undo_to(&undo, undo_mark);
       s->wbuf.len = buf_mark;
       s->wbuf.oom = false;
@@ -843,7 +850,7 @@ static bool commit_group(bp_store *s, bp__req **group, size_t ng, hints *h) {
       st = bp__fail_errno(BP_EIO, rc, "%s to segment %06" PRIu64 " at offset %" PRIu64 " failed", what,
                           s->wseg, at);
       bp_error err = *bp_last_error();
-      bp__index_rollback(&s->ix, count0);
+      forget_from(s, count0);
       undo_to(&undo, 0);
       if (!full) writer_failed(s, at, err.message);
       for (size_t i = 0; i < ng; i++)
