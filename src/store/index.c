@@ -138,9 +138,9 @@ static bp__gen *gen_new(const bp__index *ix, uint64_t first) {
   bp__gen *g = calloc(1, sizeof *g);
   if (!g) return NULL;
   g->first = first;
-  g->kinds = calloc(65536, sizeof *g->kinds);
+  g->kinds = bp__os_zalloc(65536 * sizeof *g->kinds);
   if (!g->kinds || !id_table_resize(g, ix, 1024)) {
-    free(g->kinds);
+    bp__os_zfree(g->kinds, 65536 * sizeof *g->kinds);
     free(g);
     return NULL;
   }
@@ -151,14 +151,13 @@ static void gen_free(bp__gen *g) {
   if (!g) return;
   streams_free(&g->ent);
   streams_free(&g->scope);
-  for (unsigned k = 0; g->kinds && k < 65536; k++) {
-    bp__seqvec *v = atomic_load(&g->kinds[k]);
-    if (v) {
-      seqvec_free(v);
-      free(v);
-    }
+  for (uint32_t i = 0; i < g->nkinds; i++) {
+    bp__seqvec *v = atomic_load(&g->kinds[g->kind_list[i]]);
+    seqvec_free(v);
+    free(v);
   }
-  free(g->kinds);
+  free(g->kind_list);
+  bp__os_zfree(g->kinds, 65536 * sizeof *g->kinds);
   for (int c = 0; c < 16; c++) seqvec_free(&g->categories[c]);
   free(atomic_load(&g->id_table));
   retired_free(&g->retired);
@@ -174,7 +173,7 @@ bp_status bp__index_init(bp__index *ix) {
   ix->efile.fd = -1;
   pthread_mutex_init(&ix->dead_lock, NULL);
   pthread_mutex_init(&ix->lazy_lock, NULL);
-  ix->chunks = calloc(BP__MAX_CHUNKS, sizeof *ix->chunks);
+  ix->chunks = bp__os_zalloc(BP__MAX_CHUNKS * sizeof *ix->chunks);
   ix->name_cap = 64;
   bp__name **names = calloc(ix->name_cap, sizeof *names);
   atomic_store(&ix->names, names);
@@ -220,7 +219,7 @@ void bp__index_free(bp__index *ix) {
       if (!c) break;
       free(c);
     }
-    free(ix->chunks);
+    bp__os_zfree(ix->chunks, BP__MAX_CHUNKS * sizeof *ix->chunks);
   }
   if (ix->efile_open) bp__cfile_close(&ix->efile);
   bp__name **names = atomic_load(&ix->names);
@@ -631,8 +630,16 @@ static bp_status gen_add(bp__index *ix, uint64_t seq, const bp__ientry *e, bp__i
 
   bp__seqvec *kind = atomic_load_explicit(&g->kinds[e->kind], memory_order_relaxed);
   if (!kind) {
+    if (g->nkinds == g->kinds_cap) {
+      uint32_t cap = g->kinds_cap ? g->kinds_cap * 2 : 16;
+      uint16_t *l = realloc(g->kind_list, sizeof *l * cap);
+      if (!l) return bp__fail(BP_ENOMEM, "index: out of memory");
+      g->kind_list = l;
+      g->kinds_cap = cap;
+    }
     kind = calloc(1, sizeof *kind);
     if (!kind) return bp__fail(BP_ENOMEM, "index: out of memory");
+    g->kind_list[g->nkinds++] = e->kind;
     atomic_store_explicit(&g->kinds[e->kind], kind, memory_order_release);
   }
   bp__seqvec *ent = streams_make(&g->ent, &g->retired, e->entity);

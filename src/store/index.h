@@ -123,6 +123,8 @@ typedef struct bp__gen {
   /* By exact kind, each allocated on first use; the table of 65,536 is
    * allocated apart so that a gen's record stays small. */
   _Atomic(bp__seqvec *) *kinds;
+  uint16_t *kind_list;      /* the kinds that occur (writer; freeing) */
+  uint32_t nkinds, kinds_cap;
   bp__seqvec categories[16];
   bp__retired *retired;     /* arrays replaced while readers may hold them */
 } bp__gen;

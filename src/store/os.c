@@ -124,3 +124,12 @@ void bp__os_prefault_write(void *p, size_t len) {
     from += pages * page;
   }
 }
+
+void *bp__os_zalloc(size_t size) {
+  void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return p == MAP_FAILED ? NULL : p;
+}
+
+void bp__os_zfree(void *p, size_t size) {
+  if (p) munmap(p, size);
+}

@@ -70,6 +70,13 @@ static inline uint64_t bp__os_page_ceil(uint64_t x) { return bp__os_page_floor(x
 #  define BP__MADV_POPULATE_WRITE 23
 #endif
 
+/* Zeroed memory for large tables that are mostly never touched (directories
+ * of chunks, tables by kind): fresh pages from the kernel, so that nothing
+ * is written to zero them and untouched pages cost nothing. NULL when out
+ * of memory. Freed with bp__os_zfree and the same size. */
+void *bp__os_zalloc(size_t size);
+void bp__os_zfree(void *p, size_t size);
+
 /* Maps in, writable, the pages of [p, p + len) of private memory that are not
  * mapped yet, a run of pages per call. Memory the allocator hands out again
  * is usually mapped already: asking the kernel to populate it anyway costs a

@@ -49,7 +49,7 @@ static bp_status build(const char *ixdir, const bp__ixrun_ref *ref, uint32_t nna
   memset(&c, 0, sizeof c);
   c.ent = calloc(nnames ? nnames : 1, sizeof *c.ent);
   c.scope = calloc(nnames ? nnames : 1, sizeof *c.scope);
-  c.kind = calloc(65536, sizeof *c.kind);
+  c.kind = bp__os_zalloc(65536 * sizeof *c.kind);
   bp_status rs = BP_OK;
   int fd = -1;
   uint8_t *m = MAP_FAILED;
@@ -196,7 +196,7 @@ out:
   if (rs && ixdir) bp__os_table.unlink(tmp);
   free(c.ent);
   free(c.scope);
-  free(c.kind);
+  bp__os_zfree(c.kind, 65536 * sizeof *c.kind);
   return rs;
 }
 

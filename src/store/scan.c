@@ -1,5 +1,6 @@
 /* scan.c - the scan index in six layouts (see scan.h). */
 #include "store/scan.h"
+#include "store/os.h"
 #include "wire/records.h"
 
 #define CS BP__CHUNK_SIZE
@@ -64,7 +65,7 @@ bp_status bp__scan_init(bp__scan *sc, bp_index_layout layout) {
   pthread_mutex_init(&sc->lazy_lock, NULL);
   sc->layout = layout;
   sc->tile = layout == BP_INDEX_AOSOA8 ? 8 : layout == BP_INDEX_AOSOA16 ? 16 : layout == BP_INDEX_AOSOA64 ? 64 : 0;
-  sc->chunks = calloc(BP__MAX_CHUNKS, sizeof *sc->chunks);
+  sc->chunks = bp__os_zalloc(BP__MAX_CHUNKS * sizeof *sc->chunks);
   if (!sc->chunks) return bp__fail(BP_ENOMEM, "scan index: out of memory");
   return BP_OK;
 }
@@ -76,7 +77,7 @@ void bp__scan_free(bp__scan *sc) {
     if (!c) break;
     free(c);
   }
-  free(sc->chunks);
+  bp__os_zfree(sc->chunks, BP__MAX_CHUNKS * sizeof *sc->chunks);
   sc->chunks = NULL;
   if (sc->file_open) bp__cfile_close(&sc->file);
   sc->file_open = false;
