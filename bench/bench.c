@@ -887,15 +887,22 @@ static double sqlite_compact(void *p) {
   return el * 1000;
 }
 
+int run_scale(const char *exe, const char *root, const char *list, int runs, bool json);
+int scale_child(int argc, char **argv);
+
 static void usage(void) {
   puts("usage: batpak-bench [--quick] [--json] [--runs N] [--events N] [--dir DIR] [--only a,b,...]\n"
+       "       batpak-bench --scale N[,N...] [--json] [--runs N] [--dir DIR]\n"
        "  --quick    small data set and 3 runs (well under a minute)\n"
        "  --json     one JSON object per workload and line\n"
        "  --runs N   measured runs per figure (after one warm-up)\n"
        "  --events N events in the main data set (default 100000)\n"
        "  --compact-events N  events compacted (default 1000000)\n"
        "  --dir DIR  where to put the stores (default ./bench-data, removed afterwards)\n"
-       "  --only L   run only the listed workloads");
+       "  --only L   run only the listed workloads\n"
+       "  --scale L  the scale set at each listed number of events (bench/scale.c): load, open + first get\n"
+       "             warm and cold, heap after open, bytes written by an open that appends 1 or 1000 events,\n"
+       "             and reads, with SQLite beside it");
 }
 
 int main(int argc, char **argv) {
@@ -905,6 +912,8 @@ int main(int argc, char **argv) {
   opt.compact_events = 1000000;
   snprintf(opt.dir, sizeof opt.dir, "./bench-data");
   if (argc == 3 && !strcmp(argv[1], "--rss-child")) return rss_child(argv[2]);
+  if (argc >= 2 && !strcmp(argv[1], "--scale-child")) return scale_child(argc, argv);
+  const char *scale = NULL;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--quick")) { opt.quick = true; opt.runs = 3; opt.events = 20000; opt.durable_events = 300;
       opt.compact_events = 20000; }
@@ -914,6 +923,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--compact-events") && i + 1 < argc) opt.compact_events = strtoull(argv[++i], NULL, 10);
     else if (!strcmp(argv[i], "--dir") && i + 1 < argc) snprintf(opt.dir, sizeof opt.dir, "%s", argv[++i]);
     else if (!strcmp(argv[i], "--only") && i + 1 < argc) opt.only = argv[++i];
+    else if (!strcmp(argv[i], "--scale") && i + 1 < argc) scale = argv[++i];
     else if (!strcmp(argv[i], "--") ) continue;
     else { usage(); return strcmp(argv[i], "--help") && strcmp(argv[i], "-h") ? 2 : 0; }
   }
@@ -922,6 +932,15 @@ int main(int argc, char **argv) {
   if (opt.events < 1000) opt.events = 1000;
   opt.events -= opt.events % 8;
   mkdir(opt.dir, 0700);
+  if (scale) {
+    char exe[4096];
+    ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (len <= 0) die("readlink /proc/self/exe");
+    exe[len] = '\0';
+    int rc = run_scale(exe, opt.dir, scale, opt.runs, opt.json);
+    rm_rf(opt.dir);
+    return rc;
+  }
   if (!opt.json) {
     printf("batpak-bench %s: %" PRIu64 " events, %d runs per figure after a warm-up, data in %s\n", bp_version(),
            opt.events, opt.runs, opt.dir);

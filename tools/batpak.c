@@ -293,7 +293,7 @@ static int cmd_stats(const char *dir, int argc, char **argv) {
   if (!s) return 1;
   bp_store_diagnostics d;
   bp_diagnostics(s, &d);
-  static const char *paths[] = {"empty", "checkpoint", "SIDX footers", "frame scan"};
+  static const char *paths[] = {"empty", "checkpoint", "SIDX footers", "frame scan", "persistent index"};
   if (json_out)
     printf("{\"events\": %" PRIu64 ", \"segments\": %" PRIu64 ", \"entities\": %" PRIu64 ", \"scopes\": %" PRIu64
            ", \"open_path\": \"%s\", \"torn_bytes\": %" PRIu64 "}\n",

@@ -46,11 +46,12 @@ bp_status bp__cfile_open(bp__cfile *cf, const char *path, const char magic[8], u
     bp__cfile_close(cf);
     return bp__fail_errno(err == ENOENT ? BP_ENOTFOUND : BP_EIO, err, "open %s", path);
   }
-  uint8_t *want = malloc(2 * BP__IX_HEADER), *have = want + BP__IX_HEADER;
+  uint8_t *want = malloc(2 * BP__IX_HEADER);
   if (!want) {
     bp__cfile_close(cf);
     return bp__fail(BP_ENOMEM, "out of memory opening %s", path);
   }
+  uint8_t *have = want + BP__IX_HEADER;
   cf_header(want, magic, param, chunk_bytes);
   int rc = bp__os_read_all(cf->fd, have, BP__IX_HEADER, 0);
   bool same = rc == 0 && memcmp(want, have, BP__IX_HEADER) == 0;

@@ -1,0 +1,336 @@
+/*
+ * test_index.c - the persistent index (docs/INDEX.md): runs written and
+ * merged by the index thread while readers read, reopening by the index,
+ * crashes, and damage inside the index's own files.
+ */
+#include "testutil.h"
+#include "store/store_impl.h"
+
+#include <dirent.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+typedef tu_store_fixture fixture;
+
+#define ENTITIES 16
+#define KINDS 5
+
+static const char *entity_of(uint64_t i, char *buf, size_t size) {
+  snprintf(buf, size, "thing:%u", (unsigned)(i % ENTITIES));
+  return buf;
+}
+
+static bp_kind kind_of(uint64_t i) { return (bp_kind)(0x1000 + (i % KINDS)); }
+
+/* Appends n events numbered from first; ids[i] gets event first + i's id. */
+static void append_n(bp_store *s, uint64_t first, uint64_t n, bp_id *ids) {
+  for (uint64_t i = first; i < first + n; i++) {
+    char ent[32], text[32];
+    int len = snprintf(text, sizeof text, "event %llu", (unsigned long long)i);
+    bp_coord c = {entity_of(i, ent, sizeof ent), i % 2 ? "scope:odd" : "scope:even"};
+    bp_append_receipt r;
+    assert_ok(bp_append(s, &c, kind_of(i), text, (size_t)len, &r));
+    assert_int_equal(r.sequence, i);
+    if (ids) ids[i - first] = r.event_id;
+  }
+}
+
+static size_t count_runs(const char *dir) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/index", dir);
+  DIR *d = opendir(p);
+  if (!d) return 0;
+  size_t n = 0;
+  for (struct dirent *e; (e = readdir(d));) n += strncmp(e->d_name, "run-", 4) == 0 && !strstr(e->d_name, ".tmp");
+  closedir(d);
+  return n;
+}
+
+/* Every event is where its number says, and every stream and query agrees
+ * with the numbering (the events appended by append_n). */
+static void check_all(bp_store *s, const bp_id *ids, uint64_t n, const char *what) {
+  for (uint64_t i = 0; i < n; i += 97) {
+    bp_entry e;
+    bp_status st = bp_get_entry(s, ids[i], &e);
+    if (st) fail_msg("%s: event %llu: %s", what, (unsigned long long)i, bp_last_error()->message);
+    if (e.global_sequence != i) fail_msg("%s: event %llu at sequence %llu", what, (unsigned long long)i,
+                                         (unsigned long long)e.global_sequence);
+  }
+  for (unsigned k = 0; k < ENTITIES; k++) {
+    char ent[32];
+    bp_entries got;
+    assert_ok(bp_stream(s, entity_of(k, ent, sizeof ent), &got));
+    uint64_t want = n / ENTITIES + (k < n % ENTITIES);
+    if (got.len != want) fail_msg("%s: %s has %zu events, expected %llu", what, ent, got.len, (unsigned long long)want);
+    for (size_t j = 0; j < got.len; j++)
+      if (got.items[j].global_sequence != k + j * ENTITIES || got.items[j].clock != j)
+        fail_msg("%s: %s item %zu is sequence %llu clock %u", what, ent, j,
+                 (unsigned long long)got.items[j].global_sequence, got.items[j].clock);
+    bp_entries_free(&got);
+  }
+  bp_region r = bp_region_with_kind(bp_region_scope("scope:odd"), kind_of(3));
+  bp_entries got;
+  assert_ok(bp_query(s, &r, &got));
+  uint64_t want = 0;
+  for (uint64_t i = 0; i < n; i++) want += i % 2 == 1 && i % KINDS == 3;
+  if (got.len != want) fail_msg("%s: the scope and kind query gave %zu, expected %llu", what, got.len,
+                                (unsigned long long)want);
+  bp_entries_free(&got);
+}
+
+/* ------------------------------------------------------------ readers */
+
+typedef struct reader_ctx {
+  bp_store *s;
+  const bp_id *ids;
+  _Atomic uint64_t *published;
+  _Atomic bool *stop;
+  _Atomic int failures;
+  char failure[256];
+} reader_ctx;
+
+static void *reader(void *p) {
+  reader_ctx *c = p;
+  uint64_t x = 88172645463325252ull;
+  while (!atomic_load(c->stop)) {
+    uint64_t n = atomic_load(c->published);
+    if (n == 0) continue;
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    uint64_t i = x % n;
+    bp_entry e;
+    if (bp_get_entry(c->s, c->ids[i], &e) != BP_OK || e.global_sequence != i) {
+      if (atomic_fetch_add(&c->failures, 1) == 0)
+        snprintf(c->failure, sizeof c->failure, "get of event %llu: %s", (unsigned long long)i,
+                 bp_last_error()->message);
+      continue;
+    }
+    char ent[32];
+    bp_entries got;
+    if (bp_stream(c->s, entity_of(i, ent, sizeof ent), &got) != BP_OK) continue;
+    /* A gap-free prefix: item j is the entity's j-th event. */
+    for (size_t j = 0; j < got.len; j++)
+      if (got.items[j].global_sequence != i % ENTITIES + j * ENTITIES) {
+        if (atomic_fetch_add(&c->failures, 1) == 0)
+          snprintf(c->failure, sizeof c->failure, "stream %s item %zu is sequence %llu", ent, j,
+                   (unsigned long long)got.items[j].global_sequence);
+        break;
+      }
+    bp_entries_free(&got);
+  }
+  return NULL;
+}
+
+/* Enough events for the index thread to write runs and merge eight of them
+ * (32,768 events a run), while two threads read: every read sees the right
+ * event, every stream a gap-free prefix. Then the store reopens by the
+ * index, read-write and read-only, with the same answers, and verifies. */
+static void runs_are_written_and_merged_while_readers_read(void **state) {
+  fixture *f = *state;
+  const uint64_t n = 9 * BP__GEN_EVENTS + 1234;
+  bp_id *ids = calloc(n + 10, sizeof *ids);
+  f->cfg.sync_every_n_events = 4096;
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  _Atomic uint64_t published = 0;
+  _Atomic bool stop = false;
+  reader_ctx rc = {s, ids, &published, &stop, 0, ""};
+  pthread_t t[2];
+  for (int i = 0; i < 2; i++) assert_int_equal(pthread_create(&t[i], NULL, reader, &rc), 0);
+  for (uint64_t i = 0; i < n; i += 1000) {
+    uint64_t k = n - i < 1000 ? n - i : 1000;
+    append_n(s, i, k, ids + i);
+    atomic_store(&published, i + k);
+  }
+  atomic_store(&stop, true);
+  for (int i = 0; i < 2; i++) pthread_join(t[i], NULL);
+  if (atomic_load(&rc.failures)) fail_msg("%d reader failures; the first: %s", atomic_load(&rc.failures), rc.failure);
+  check_all(s, ids, n, "live");
+  assert_ok(bp_close(s));
+  if (count_runs(f->dir) == 0) fail_msg("no run was written");
+
+  assert_ok(bp_open(&f->cfg, &s));
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.open_path, BP_OPEN_INDEX);
+  check_all(s, ids, n, "reopened");
+  append_n(s, n, 10, ids + n);
+  assert_ok(bp_close(s));
+  assert_ok(bp_open_readonly(&f->cfg, &s));
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.open_path, BP_OPEN_INDEX);
+  assert_int_equal(d.event_count, n + 10);
+  check_all(s, ids, n + 10, "read-only");
+  assert_ok(bp_close(s));
+  tu_assert_verifies(f->dir, "after runs and merges");
+  free(ids);
+}
+
+/* A process that dies without closing leaves the index as its last state
+ * said (runs written meanwhile, entries past it): the next open takes the
+ * index, indexes the log after it, and loses nothing acknowledged. */
+static void a_crash_leaves_an_index_the_next_open_brings_up_to_date(void **state) {
+  fixture *f = *state;
+  const uint64_t n = 3 * BP__GEN_EVENTS + 500;
+  bp_id *ids = mmap(NULL, sizeof *ids * n, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+  assert_true(ids != MAP_FAILED);
+  f->cfg.sync_every_n_events = 1;
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  append_n(s, 0, 2000, ids);
+  assert_ok(bp_close(s));
+  f->cfg.sync_every_n_events = 500;
+  pid_t pid = fork();
+  if (pid == 0) {
+    bp_store *c;
+    if (bp_open(&f->cfg, &c)) _exit(2);
+    append_n(c, 2000, n - 2000, ids + 2000);
+    if (bp_sync(c)) _exit(3);
+    _exit(0); /* no close */
+  }
+  int ws;
+  assert_int_equal(waitpid(pid, &ws, 0), pid);
+  assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+  assert_ok(bp_open(&f->cfg, &s));
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.open_path, BP_OPEN_INDEX);
+  assert_int_equal(d.event_count, n);
+  check_all(s, ids, n, "after the crash");
+  assert_ok(bp_close(s));
+  tu_assert_verifies(f->dir, "after the crash");
+  munmap(ids, sizeof *ids * n);
+}
+
+/* ------------------------------------------------------------ damage */
+
+typedef struct warnings {
+  int n;
+  char text[4096];
+} warnings;
+
+static void collect(int level, const char *msg, void *ctx) {
+  warnings *w = ctx;
+  if (level > BP_LOG_WARN) return;
+  w->n++;
+  size_t used = strlen(w->text);
+  snprintf(w->text + used, sizeof w->text - used, "%s\n", msg);
+}
+
+static void flip(const char *dir, const char *file, long at) {
+  char p[4300];
+  snprintf(p, sizeof p, "%s/%s", dir, file);
+  tu_flip_byte(p, at, 0x5a);
+}
+
+/* A byte of a full chunk of index/entries flipped: the open takes the index
+ * (its state and the chunk holding the last event are intact); the first
+ * read of the damaged chunk finds its CRC wrong, reads those entries from
+ * the log again, and says so; every answer is right. bp_verify names the
+ * chunk. */
+static void a_damaged_chunk_of_entries_is_read_again_from_the_log(void **state) {
+  fixture *f = *state;
+  const uint64_t n = 2 * BP__CHUNK_SIZE + 100;
+  bp_id *ids = calloc(n, sizeof *ids);
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  append_n(s, 0, n, ids);
+  assert_ok(bp_close(s));
+  /* Event 1000's clock field: entries start after a 4 KiB header. */
+  flip(f->dir, "index/entries", 4096 + 1000 * (long)sizeof(bp__ientry) + offsetof(bp__ientry, clock));
+  bp_verify_report rep;
+  assert_status(bp_verify(f->dir, &rep), BP_ECORRUPT);
+  bool named = false;
+  for (size_t i = 0; i < rep.problem_count; i++) named |= strstr(rep.problems[i].where, "index/entries chunk 0") != NULL;
+  if (!named) fail_msg("bp_verify does not name the chunk");
+  bp_verify_report_free(&rep);
+  for (int ro = 0; ro < 2; ro++) {
+    warnings w = {0, ""};
+    bp_config cfg = f->cfg;
+    cfg.log_fn = collect;
+    cfg.log_ctx = &w;
+    assert_ok(ro ? bp_open_readonly(&cfg, &s) : bp_open(&cfg, &s));
+    bp_store_diagnostics d;
+    bp_diagnostics(s, &d);
+    assert_int_equal(d.open_path, BP_OPEN_INDEX);
+    check_all(s, ids, n, ro ? "read-only" : "read-write");
+    bp_entry e;
+    assert_ok(bp_get_entry(s, ids[1000], &e));
+    assert_int_equal(e.clock, 1000 / ENTITIES);
+    if (!strstr(w.text, "fail their CRC")) fail_msg("no warning of the damage: %s", w.text);
+    assert_ok(bp_close(s));
+  }
+  free(ids);
+}
+
+/* A byte of a run's postings flipped: its body fails its CRC on first use,
+ * the run is made again in memory from the entries, and every stream is
+ * right. */
+static void a_damaged_run_is_made_again_from_the_entries(void **state) {
+  fixture *f = *state;
+  const uint64_t n = 2 * BP__GEN_EVENTS + 10;
+  bp_id *ids = calloc(n, sizeof *ids);
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  append_n(s, 0, n, ids);
+  assert_ok(bp_close(s));
+  assert_true(count_runs(f->dir) >= 1);
+  /* The first run's postings begin after its header and directories; a
+   * byte 64 KiB in lies in them (32,768 events make 512 KiB of postings). */
+  flip(f->dir, "index/run-00000001", 65536);
+  warnings w = {0, ""};
+  bp_config cfg = f->cfg;
+  cfg.log_fn = collect;
+  cfg.log_ctx = &w;
+  assert_ok(bp_open_readonly(&cfg, &s));
+  check_all(s, ids, n, "damaged run");
+  if (!strstr(w.text, "made again")) fail_msg("no warning of the damage: %s", w.text);
+  assert_ok(bp_close(s));
+  bp_verify_report rep;
+  assert_status(bp_verify(f->dir, &rep), BP_ECORRUPT);
+  bp_verify_report_free(&rep);
+  free(ids);
+}
+
+/* A state that names a segment no longer there proves events were lost:
+ * the open fails naming the segment, unless salvage is asked for. */
+static void an_index_naming_a_missing_segment_fails_the_open(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 4096;
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  append_n(s, 0, 200, NULL);
+  assert_ok(bp_close(s));
+  char p[4200];
+  snprintf(p, sizeof p, "%s/000003.fbat", f->dir);
+  assert_int_equal(unlink(p), 0);
+  for (int ro = 0; ro < 2; ro++) {
+    bp_status st = ro ? bp_open_readonly(&f->cfg, &s) : bp_open(&f->cfg, &s);
+    assert_int_equal(st, BP_ECORRUPT);
+    if (!strstr(bp_last_error()->message, "000003")) fail_msg("unclear: %s", bp_last_error()->message);
+  }
+  f->cfg.salvage = true;
+  assert_ok(bp_open_readonly(&f->cfg, &s));
+  bp_store_stats stats;
+  bp_stats(s, &stats);
+  assert_true(stats.event_count < 200);
+  assert_ok(bp_close(s));
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test_setup_teardown(runs_are_written_and_merged_while_readers_read, tu_store_setup,
+                                      tu_store_teardown),
+      cmocka_unit_test_setup_teardown(a_crash_leaves_an_index_the_next_open_brings_up_to_date, tu_store_setup,
+                                      tu_store_teardown),
+      cmocka_unit_test_setup_teardown(a_damaged_chunk_of_entries_is_read_again_from_the_log, tu_store_setup,
+                                      tu_store_teardown),
+      cmocka_unit_test_setup_teardown(a_damaged_run_is_made_again_from_the_entries, tu_store_setup,
+                                      tu_store_teardown),
+      cmocka_unit_test_setup_teardown(an_index_naming_a_missing_segment_fails_the_open, tu_store_setup,
+                                      tu_store_teardown),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
