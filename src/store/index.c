@@ -470,26 +470,9 @@ static void log_run(void *ctx, const char *msg) {
   if (ix->log) ix->log(ix->log_ctx, msg);
 }
 
-/* Run i of a runset, its body checked on first use (run.h). */
-static const bp__run *run_of(const bp__index *ix, const bp__runset *rs, uint32_t i) {
-  return bp__run_ready(&rs->runs[i], bp__index_name_count(ix), entry_at, (void *)ix, log_run, (void *)ix);
-}
-
-static bool run_find_id(const bp__index *ix, const bp__run *r, bp_id id, uint64_t h, uint64_t limit, uint64_t *seq) {
-  if (!r->nslots) return false;
-  uint64_t mask = r->nslots - 1;
-  uint32_t check = (uint32_t)(h >> 32);
-  for (uint64_t i = h & mask, probes = 0; probes <= mask; i = (i + 1) & mask, probes++) {
-    uint32_t s1 = r->slots[2 * i + 1];
-    if (!s1) return false;
-    /* A damaged slot must not send a reader past the run's entries. */
-    if (r->slots[2 * i] != check || s1 - 1 < r->ref.first || s1 - 1 >= r->ref.end || s1 - 1 >= limit) continue;
-    if (bp_id_eq(bp__index_at(ix, s1 - 1)->event_id, id)) {
-      *seq = s1 - 1;
-      return true;
-    }
-  }
-  return false;
+/* What a reader needs to replace a damaged run (run.h). */
+static bp__run_fix fix_of(const bp__index *ix) {
+  return (bp__run_fix){bp__index_name_count(ix), entry_at, (void *)ix, log_run, (void *)ix};
 }
 
 bool bp__index_find_id(const bp__index *ix, bp_id id, uint64_t limit, uint64_t *seq) {
@@ -506,8 +489,9 @@ bool bp__index_find_id(const bp__index *ix, bp_id id, uint64_t limit, uint64_t *
     }
   }
   const bp__runset *rs = v->runs;
+  bp__run_fix fix = fix_of(ix);
   for (uint32_t r = rs->n; r-- > 0;)
-    if (bp__run_may_hold(&rs->runs[r], id) && run_find_id(ix, run_of(ix, rs, r), id, h, limit, seq)) return true;
+    if (bp__run_may_hold(&rs->runs[r], id) && bp__run_find(&rs->runs[r], id, h, limit, seq, &fix)) return true;
   return false;
 }
 
@@ -526,10 +510,11 @@ void bp__index_stream(const bp__index *ix, int what, uint32_t key, uint64_t limi
   const bp__ixview *v = view_of(ix);
   out->n = 0;
   out->total = 0;
+  bp__run_fix fix = fix_of(ix);
   for (uint32_t r = 0; r < v->runs->n; r++) {
     const uint32_t *p;
     uint32_t n;
-    if (!bp__run_postings(run_of(ix, v->runs, r), what, key, &p, &n)) continue;
+    if (!bp__run_postings(&v->runs->runs[r], what, key, &p, &n, &fix)) continue;
     while (n > 0 && p[n - 1] >= limit) n--;
     if (!n) continue;
     out->p[out->n].v = p;

@@ -18,7 +18,7 @@ void bp__run_path(const char *ixdir, uint64_t no, char *buf, size_t size) {
 
 /* Where each section starts, from the counts (the header need not say). */
 typedef struct run_layout {
-  uint64_t edir, sdir, kdir, cdir, post, slots, total;
+  uint64_t edir, sdir, kdir, cdir, post, slots, blocks, nblocks, total;
 } run_layout;
 
 static run_layout layout_of(uint32_t nent, uint32_t nscope, uint32_t nkind, uint64_t npost, uint64_t nslots) {
@@ -29,7 +29,9 @@ static run_layout layout_of(uint32_t nent, uint32_t nscope, uint32_t nkind, uint
   l.cdir = l.kdir + (uint64_t)nkind * 12;
   l.post = l.cdir + 16 * 8;
   l.slots = (l.post + npost * 4 + 7) & ~(uint64_t)7;
-  l.total = l.slots + nslots * 8;
+  l.blocks = l.slots + nslots * 8;
+  l.nblocks = (l.blocks - BP__RUN_HEADER + BP__RUN_BLOCK - 1) / BP__RUN_BLOCK;
+  l.total = l.blocks + l.nblocks * 4;
   return l;
 }
 
@@ -175,7 +177,12 @@ static bp_status build(const char *ixdir, const bp__ixrun_ref *ref, uint32_t nna
   bp__put_le64(h + 88, hi.hi);
   bp__put_le64(h + 96, hi.lo);
   bp__put_le64(h + 104, l.total);
-  bp__put_le32(h + 112, bp__crc32(m + BP__RUN_HEADER, l.total - BP__RUN_HEADER));
+  uint8_t *table = m + l.blocks;
+  for (uint64_t b = 0; b < l.nblocks; b++) {
+    uint64_t from = BP__RUN_HEADER + b * BP__RUN_BLOCK, to = from + BP__RUN_BLOCK < l.blocks ? from + BP__RUN_BLOCK : l.blocks;
+    bp__put_le32(table + 4 * b, bp__crc32(m + from, to - from));
+  }
+  bp__put_le32(h + 112, bp__crc32(table, l.nblocks * 4));
   bp__put_le32(h + 124, bp__crc32(h, 124));
   if (!ixdir) {
     *mem = m;
@@ -232,7 +239,9 @@ static const char *parse(uint8_t *m, size_t len, const bp__ixrun_ref *ref, bp__r
   out->ref = *ref;
   out->min_id = (bp_id){bp__get_le64(h + 72), bp__get_le64(h + 80)};
   out->max_id = (bp_id){bp__get_le64(h + 88), bp__get_le64(h + 96)};
-  out->body_crc = bp__get_le32(h + 112);
+  out->block_crcs = (const uint32_t *)(m + l.blocks);
+  out->nblocks = l.nblocks;
+  if (bp__crc32(m + l.blocks, l.nblocks * 4) != bp__get_le32(h + 112)) return "its table of block CRCs is damaged";
   out->edir = (const uint32_t *)(m + l.edir);
   out->sdir = (const uint32_t *)(m + l.sdir);
   out->kdir = (const uint32_t *)(m + l.kdir);
@@ -267,58 +276,82 @@ bp_status bp__run_map(const char *ixdir, const bp__ixrun_ref *ref, bool trusted,
   if (m == MAP_FAILED) return bp__fail_errno(BP_EIO, err, "map %s", path);
   const char *why = parse(m, (size_t)st.st_size, ref, out);
   if (!why && !(out->check = calloc(1, sizeof *out->check))) why = "out of memory";
+  if (!why && !(out->check->done = calloc((out->nblocks + 63) / 64 + 1, sizeof *out->check->done)))
+    why = "out of memory";
   if (why) {
     bp__run_unmap(out);
     return strcmp(why, "out of memory") == 0 ? bp__fail(BP_ENOMEM, "out of memory mapping %s", path)
                                              : bp__fail(BP_ECORRUPT, "%s: %s", path, why);
   }
   pthread_mutex_init(&out->check->lock, NULL);
-  atomic_store(&out->check->state, trusted ? BP__RUN_GOOD : BP__RUN_UNCHECKED);
+  atomic_store(&out->check->state, trusted ? BP__RUN_GOOD : BP__RUN_CHECKING);
   return BP_OK;
 }
 
-const bp__run *bp__run_ready(const bp__run *r, uint32_t nnames, bp__run_entry_fn at, void *ctx, bp__run_log_fn log,
-                             void *log_ctx) {
+static bool block_good(const bp__run *r, uint64_t b) {
+  uint64_t from = BP__RUN_HEADER + b * BP__RUN_BLOCK;
+  uint64_t end = (const uint8_t *)r->block_crcs - r->map;
+  uint64_t to = from + BP__RUN_BLOCK < end ? from + BP__RUN_BLOCK : end;
+  return bp__crc32(r->map + from, to - from) == r->block_crcs[b];
+}
+
+/* The run to read bytes [from, to) of: r once the blocks holding them passed
+ * their CRCs, else a run with the same contents made in memory from the
+ * entries (the failure logged); never NULL (an empty run without memory
+ * for a replacement, which is logged too). */
+static const bp__run *ready(const bp__run *r, uint64_t from, uint64_t to, const bp__run_fix *fix) {
   bp__runcheck *c = r->check;
   if (!c) return r;
   int state = atomic_load_explicit(&c->state, memory_order_acquire);
   if (BP__LIKELY(state == BP__RUN_GOOD)) return r;
   if (state == BP__RUN_REPLACED) return c->replacement;
   static const bp__run empty; /* no postings, no slots: nothing found */
+  if (to <= from) return r;
+  uint64_t b0 = (from - BP__RUN_HEADER) / BP__RUN_BLOCK, b1 = (to - 1 - BP__RUN_HEADER) / BP__RUN_BLOCK;
+  bool all = true;
+  for (uint64_t b = b0; b <= b1 && all; b++)
+    all = atomic_load_explicit(&c->done[b / 64], memory_order_acquire) >> (b % 64) & 1;
+  if (all) return r;
   pthread_mutex_lock(&c->lock);
   state = atomic_load_explicit(&c->state, memory_order_acquire);
-  if (state == BP__RUN_UNCHECKED) {
+  bool bad = false;
+  for (uint64_t b = b0; b <= b1 && state == BP__RUN_CHECKING && !bad; b++) {
+    if (atomic_load_explicit(&c->done[b / 64], memory_order_relaxed) >> (b % 64) & 1) continue;
+    if (block_good(r, b)) atomic_fetch_or_explicit(&c->done[b / 64], 1ull << (b % 64), memory_order_release);
+    else bad = true;
+  }
+  if (bad) {
     bp_error saved = *bp_last_error();
-    if (bp__run_check_body(r) == BP_OK) {
-      state = BP__RUN_GOOD;
+    char msg[512];
+    snprintf(msg, sizeof msg, "index run %08" PRIu64 " (events %" PRIu64 "..%" PRIu64 ") fails a block CRC; its "
+             "postings are made again from the index entries", r->ref.no, r->ref.first, r->ref.end - 1);
+    fix->log(fix->log_ctx, msg);
+    bp__run *rep = calloc(1, sizeof *rep);
+    uint8_t *m = NULL;
+    size_t len = 0;
+    if (rep && build(NULL, &r->ref, fix->nnames, fix->at, fix->ctx, NULL, &m, &len) == BP_OK &&
+        !parse(m, len, &r->ref, rep)) {
+      rep->anonymous = true;
+      c->replacement = rep;
+      state = BP__RUN_REPLACED;
+      atomic_store_explicit(&c->state, state, memory_order_release);
     } else {
-      char msg[512];
-      snprintf(msg, sizeof msg, "%s; its postings are made again from the index entries", bp_last_error()->message);
-      log(log_ctx, msg);
-      bp__run *rep = calloc(1, sizeof *rep);
-      uint8_t *m = NULL;
-      size_t len = 0;
-      if (rep && build(NULL, &r->ref, nnames, at, ctx, NULL, &m, &len) == BP_OK && !parse(m, len, &r->ref, rep)) {
-        rep->anonymous = true;
-        c->replacement = rep;
-        state = BP__RUN_REPLACED;
-      } else {
-        if (m) munmap(m, len);
-        free(rep);
-        log(log_ctx, "out of memory for a replacement run: its events are missing from streams until reopened");
-      }
+      if (m) munmap(m, len);
+      free(rep);
+      fix->log(fix->log_ctx, "out of memory for a replacement run: its events are missing from streams");
     }
     bp__set_error(&saved);
-    if (state != BP__RUN_UNCHECKED) atomic_store_explicit(&c->state, state, memory_order_release);
   }
   pthread_mutex_unlock(&c->lock);
-  return state == BP__RUN_GOOD ? r : state == BP__RUN_REPLACED ? c->replacement : &empty;
+  if (state == BP__RUN_REPLACED) return c->replacement;
+  return bad ? &empty : r;
 }
 
 bp_status bp__run_check_body(const bp__run *r) {
-  if (bp__crc32(r->map + BP__RUN_HEADER, r->len - BP__RUN_HEADER) != r->body_crc)
-    return bp__fail(BP_ECORRUPT, "index run %08" PRIu64 " (events %" PRIu64 "..%" PRIu64 "): its body fails its CRC",
-                    r->ref.no, r->ref.first, r->ref.end);
+  for (uint64_t b = 0; b < r->nblocks; b++)
+    if (!block_good(r, b))
+      return bp__fail(BP_ECORRUPT, "index run %08" PRIu64 " (events %" PRIu64 "..%" PRIu64 "): block %" PRIu64
+                      " fails its CRC", r->ref.no, r->ref.first, r->ref.end - 1, b);
   return BP_OK;
 }
 
@@ -333,6 +366,7 @@ void bp__run_unmap(bp__run *r) {
       free(r->check->replacement);
     }
     pthread_mutex_destroy(&r->check->lock);
+    free(r->check->done);
     free(r->check);
   }
   memset(r, 0, sizeof *r);
@@ -351,25 +385,58 @@ static const uint32_t *dir_find(const uint32_t *dir, uint32_t n, uint32_t key) {
   return lo < n && dir[3 * lo] == key ? &dir[3 * lo] : NULL;
 }
 
-bool bp__run_postings(const bp__run *r, int what, uint32_t key, const uint32_t **v, uint32_t *n) {
+/* The directory of a stream kind: where it lies, its entries. */
+static const uint32_t *dir_of(const bp__run *r, int what, uint32_t *n) {
+  switch (what) {
+    case BP__STREAM_ENTITY: *n = r->nent; return r->edir;
+    case BP__STREAM_SCOPE: *n = r->nscope; return r->sdir;
+    case BP__STREAM_KIND: *n = r->nkind; return r->kdir;
+    default: *n = 16; return r->cdir;
+  }
+}
+
+static uint64_t offset_in(const bp__run *r, const void *p) { return (uint64_t)((const uint8_t *)p - r->map); }
+
+bool bp__run_postings(const bp__run *r, int what, uint32_t key, const uint32_t **v, uint32_t *n,
+                      const bp__run_fix *fix) {
+  *v = NULL;
+  *n = 0;
+  uint32_t nd;
+  const uint32_t *d0 = dir_of(r, what, &nd);
+  size_t width = what == BP__STREAM_CATEGORY ? 2 : 3;
+  r = ready(r, offset_in(r, d0), offset_in(r, d0 + width * nd), fix);
+  d0 = dir_of(r, what, &nd);
   const uint32_t *d = NULL;
   uint32_t off = 0, cnt = 0;
-  switch (what) {
-    case BP__STREAM_ENTITY: d = dir_find(r->edir, r->nent, key); break;
-    case BP__STREAM_SCOPE: d = dir_find(r->sdir, r->nscope, key); break;
-    case BP__STREAM_KIND: d = dir_find(r->kdir, r->nkind, key); break;
-    default:
-      if (key < 16) off = r->cdir[2 * key], cnt = r->cdir[2 * key + 1];
-      break;
+  if (what == BP__STREAM_CATEGORY) {
+    if (key < 16 && r->nslots) off = r->cdir[2 * key], cnt = r->cdir[2 * key + 1];
+  } else if ((d = dir_find(d0, nd, key))) {
+    off = d[1], cnt = d[2];
   }
-  if (d) off = d[1], cnt = d[2];
   /* A damaged directory must not send a reader outside the postings. */
-  if (cnt == 0 || off > r->npost || cnt > r->npost - off) {
-    *n = 0;
-    *v = NULL;
-    return false;
-  }
+  if (cnt == 0 || off > r->npost || cnt > r->npost - off) return false;
+  const bp__run *checked = ready(r, offset_in(r, r->post + off), offset_in(r, r->post + off + cnt), fix);
+  if (checked != r) return bp__run_postings(checked, what, key, v, n, fix);
   *v = r->post + off;
   *n = cnt;
   return true;
+}
+
+bool bp__run_find(const bp__run *r, bp_id id, uint64_t h, uint64_t limit, uint64_t *seq, const bp__run_fix *fix) {
+  if (!r->nslots) return false;
+  uint64_t mask = r->nslots - 1;
+  uint32_t want = (uint32_t)(h >> 32);
+  for (uint64_t i = h & mask, probes = 0; probes <= mask; i = (i + 1) & mask, probes++) {
+    const bp__run *checked = ready(r, offset_in(r, &r->slots[2 * i]), offset_in(r, &r->slots[2 * i + 2]), fix);
+    if (checked != r) return bp__run_find(checked, id, h, limit, seq, fix);
+    uint32_t s1 = r->slots[2 * i + 1];
+    if (!s1) return false;
+    /* A slot must not send a reader outside the run's events. */
+    if (r->slots[2 * i] != want || s1 - 1 < r->ref.first || s1 - 1 >= r->ref.end || s1 - 1 >= limit) continue;
+    if (bp_id_eq(fix->at(fix->ctx, s1 - 1)->event_id, id)) {
+      *seq = s1 - 1;
+      return true;
+    }
+  }
+  return false;
 }

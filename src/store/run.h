@@ -17,6 +17,12 @@
  *   postings  u32 sequences; a directory's offset counts u32 from here
  *   id table  (high half of the id's hash, sequence + 1) x nslots, a power
  *             of two, half full or less; 0 marks an empty slot
+ *   block CRCs  the CRC-32 of each 64 KiB block of everything between the
+ *             header and this table; the header holds the table's CRC
+ *
+ * A reader checks a block the first time it reads from it, so that the
+ * first lookup in a run of millions of events costs a block or two, not
+ * the whole file.
  */
 #ifndef BATPAK_STORE_RUN_H
 #define BATPAK_STORE_RUN_H
@@ -27,15 +33,17 @@
 #include <pthread.h>
 
 #define BP__RUN_HEADER 128u
+#define BP__RUN_BLOCK (64u << 10)
 
-/* Whether a run's body was checked against its CRC in this process, shared
- * by every copy of the run (runsets copy runs by value). */
+/* Which blocks of a run were checked in this process, shared by every copy
+ * of the run (runsets copy runs by value). */
 typedef struct bp__runcheck {
-  _Atomic int state;        /* BP__RUN_UNCHECKED, _GOOD or _REPLACED */
+  _Atomic int state;        /* BP__RUN_CHECKING, _GOOD or _REPLACED */
+  _Atomic uint64_t *done;   /* a bit per block: checked */
   pthread_mutex_t lock;
-  struct bp__run *replacement; /* built from the entries when the body failed */
+  struct bp__run *replacement; /* built from the entries when a block failed */
 } bp__runcheck;
-enum { BP__RUN_UNCHECKED, BP__RUN_GOOD, BP__RUN_REPLACED };
+enum { BP__RUN_CHECKING, BP__RUN_GOOD, BP__RUN_REPLACED };
 
 typedef struct bp__run {
   bp__ixrun_ref ref;
@@ -45,7 +53,8 @@ typedef struct bp__run {
   const uint32_t *edir, *sdir, *kdir, *cdir, *post, *slots;
   uint32_t nent, nscope, nkind;
   uint64_t npost, nslots;
-  uint32_t body_crc;
+  const uint32_t *block_crcs;
+  uint64_t nblocks;
   bp__runcheck *check;      /* NULL for a replacement (built here, in memory) */
   bool anonymous;           /* map is anonymous memory, not the file */
 } bp__run;
@@ -65,22 +74,30 @@ bp_status bp__run_build(const char *ixdir, const bp__ixrun_ref *ref, uint32_t nn
  * Errors: BP_ENOTFOUND, BP_ECORRUPT (the message says what), BP_EIO,
  * BP_ENOMEM. */
 bp_status bp__run_map(const char *ixdir, const bp__ixrun_ref *ref, bool trusted, bp__run *out);
-/* The run to read: r once its body has passed its CRC, else a run with the
- * same contents built in memory from the entries (nnames names), the
- * failure logged through log. Never NULL: without memory for a replacement,
- * an empty run (its events then missing from streams, which is logged). */
+/* What a reader needs to replace a damaged run: the entries (nnames names)
+ * and where to log. */
 typedef void (*bp__run_log_fn)(void *ctx, const char *msg);
-const bp__run *bp__run_ready(const bp__run *r, uint32_t nnames, bp__run_entry_fn at, void *ctx, bp__run_log_fn log,
-                             void *log_ctx);
-/* Checks the body's CRC (bp_verify, and before a run is trusted by a merge).
- * Errors: BP_ECORRUPT. */
+typedef struct bp__run_fix {
+  uint32_t nnames;
+  bp__run_entry_fn at;
+  void *ctx;
+  bp__run_log_fn log;
+  void *log_ctx;
+} bp__run_fix;
+/* Checks every block (bp_verify). Errors: BP_ECORRUPT naming the block. */
 bp_status bp__run_check_body(const bp__run *r);
 void bp__run_unmap(bp__run *r);
 void bp__run_path(const char *ixdir, uint64_t no, char *buf, size_t size);
 
 enum { BP__STREAM_ENTITY, BP__STREAM_SCOPE, BP__STREAM_KIND, BP__STREAM_CATEGORY };
-/* The postings of one key in a run; false (and *n 0) when it does not occur. */
-bool bp__run_postings(const bp__run *r, int what, uint32_t key, const uint32_t **v, uint32_t *n);
+/* The postings of one key in a run; false (and *n 0) when it does not occur.
+ * The blocks read are checked first; a run that fails is replaced by one
+ * made in memory from the entries (fix), the failure logged. */
+bool bp__run_postings(const bp__run *r, int what, uint32_t key, const uint32_t **v, uint32_t *n,
+                      const bp__run_fix *fix);
+/* The sequence of event id (its hash h) in the run, below limit, confirmed
+ * against the entries; false when absent. Blocks checked as postings. */
+bool bp__run_find(const bp__run *r, bp_id id, uint64_t h, uint64_t limit, uint64_t *seq, const bp__run_fix *fix);
 
 /* Whether id may be in the run, by its fences. */
 static inline bool bp__run_may_hold(const bp__run *r, bp_id id) {
