@@ -446,21 +446,31 @@ static uint64_t probe_next(id_probe *p, const bp__idslot **slot) {
   }
 }
 
-bool bp__index_frame_hint(const bp__index *ix, bp_id id, uint64_t limit, uint64_t *segment_id, uint64_t *offset) {
-  const bp__ixview *v = view_of(ix);
-  uint64_t h = bp__hash_id(id);
+/* The first slot of the gens, newest first, whose hash half is id's, whose
+ * sequence is below limit and, with check, whose entry holds id. */
+static const bp__idslot *gens_find(const bp__index *ix, const bp__ixview *v, bp_id id, uint64_t h, uint64_t limit,
+                                   bool check, uint64_t *key) {
   for (uint32_t g = v->ngens; g-- > 0;) {
     id_probe p = probe_start(v->gens[g], h);
     const bp__idslot *slot;
     for (uint64_t k; (k = probe_next(&p, &slot));) {
       if (slot_seq1(k) - 1 >= limit) continue;
-      uint64_t where = slot->where;
-      *segment_id = where >> BP__WHERE_OFFSET_BITS;
-      *offset = where & ((1ull << BP__WHERE_OFFSET_BITS) - 1);
-      return where != 0;
+      if (check && !bp_id_eq(bp__index_at(ix, slot_seq1(k) - 1)->event_id, id)) continue;
+      *key = k;
+      return slot;
     }
   }
-  return false;
+  return NULL;
+}
+
+bool bp__index_frame_hint(const bp__index *ix, bp_id id, uint64_t limit, uint64_t *segment_id, uint64_t *offset) {
+  uint64_t key;
+  const bp__idslot *slot = gens_find(ix, view_of(ix), id, bp__hash_id(id), limit, false, &key);
+  if (!slot) return false;
+  uint64_t where = slot->where;
+  *segment_id = where >> BP__WHERE_OFFSET_BITS;
+  *offset = where & ((1ull << BP__WHERE_OFFSET_BITS) - 1);
+  return where != 0;
 }
 
 static const bp__ientry *entry_at(void *ctx, uint64_t seq) { return bp__index_at(ctx, seq); }
@@ -477,16 +487,10 @@ static bp__run_fix fix_of(const bp__index *ix) {
 
 bool bp__index_find_id(const bp__index *ix, bp_id id, uint64_t limit, uint64_t *seq) {
   const bp__ixview *v = view_of(ix);
-  uint64_t h = bp__hash_id(id);
-  for (uint32_t g = v->ngens; g-- > 0;) {
-    id_probe p = probe_start(v->gens[g], h);
-    const bp__idslot *slot;
-    for (uint64_t k; (k = probe_next(&p, &slot));) {
-      if (slot_seq1(k) - 1 < limit && bp_id_eq(bp__index_at(ix, slot_seq1(k) - 1)->event_id, id)) {
-        *seq = slot_seq1(k) - 1;
-        return true;
-      }
-    }
+  uint64_t h = bp__hash_id(id), key;
+  if (gens_find(ix, v, id, h, limit, true, &key)) {
+    *seq = slot_seq1(key) - 1;
+    return true;
   }
   const bp__runset *rs = v->runs;
   bp__run_fix fix = fix_of(ix);

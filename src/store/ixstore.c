@@ -464,6 +464,17 @@ out:
   return rs;
 }
 
+/* What the store knows of its index files, for files just made empty. */
+static void start_counts(bp_store *s) {
+  s->ix_names_written = 1;
+  s->ix_names_bytes = 0;
+  s->ix_names_crc = 0;
+  s->ix_sums_written = 0;
+  s->ix_sums_crc = 0;
+  s->ix_next_run = 1;
+  s->ix_state_count = 0;
+}
+
 bp_status bp__ixstore_create(bp_store *s) {
   int rc = bp__ixdir_remove(s->ixdir);
   if (rc) return bp__fail_errno(BP_EIO, rc, "remove %s", s->ixdir);
@@ -473,13 +484,7 @@ bp_status bp__ixstore_create(bp_store *s) {
   char p[4400];
   file_in(s, BP__IX_SCAN, p, sizeof p);
   if (!st) st = bp__scan_open_file(&s->scan, p, true, 0, &fresh);
-  s->ix_names_written = 1;
-  s->ix_names_bytes = 0;
-  s->ix_names_crc = 0;
-  s->ix_sums_written = 0;
-  s->ix_sums_crc = 0;
-  s->ix_next_run = 1;
-  s->ix_state_count = 0;
+  start_counts(s);
   return st;
 }
 
@@ -675,12 +680,7 @@ static bp_status rebuild_from_memory(bp_store *s) {
   bp__cfile_close(&ef);
   bp__cfile_close(&sf);
   if (st) return st;
-  s->ix_names_written = 1;
-  s->ix_names_bytes = 0;
-  s->ix_names_crc = 0;
-  s->ix_sums_written = 0;
-  s->ix_sums_crc = 0;
-  s->ix_next_run = 1;
+  start_counts(s);
   bp__ixrun_ref refs[BP__IX_MAX_RUNS];
   uint32_t nrefs = 0;
   uint64_t first = 0;

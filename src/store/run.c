@@ -42,6 +42,20 @@ typedef struct counts {
   uint32_t cat[16];
 } counts;
 
+/* Writes the (key, offset, count) directory of the keys below nkeys that
+ * occur (per_key[key] != 0), their postings laid out from *off on; each
+ * count becomes the key's next free posting. */
+static void fill_dir(uint32_t *dir, uint32_t *per_key, uint32_t nkeys, uint32_t *off) {
+  uint32_t j = 0;
+  for (uint32_t key = 0; key < nkeys; key++) {
+    if (!per_key[key]) continue;
+    dir[3 * j] = key, dir[3 * j + 1] = *off, dir[3 * j + 2] = per_key[key], j++;
+    uint32_t k = per_key[key];
+    per_key[key] = *off;
+    *off += k;
+  }
+}
+
 /* Builds the run of ref into its file under ixdir or, with ixdir NULL, into
  * anonymous memory returned in *mem (its length in *mem_len). */
 static bp_status build(const char *ixdir, const bp__ixrun_ref *ref, uint32_t nnames, bp__run_entry_fn at, void *ctx,
@@ -112,30 +126,10 @@ static bp_status build(const char *ixdir, const bp__ixrun_ref *ref, uint32_t nna
   /* Directories, and each key's first posting (counts become cursors). */
   uint32_t *edir = (uint32_t *)(m + l.edir), *sdir = (uint32_t *)(m + l.sdir), *kdir = (uint32_t *)(m + l.kdir);
   uint32_t *cdir = (uint32_t *)(m + l.cdir), *post = (uint32_t *)(m + l.post);
-  uint32_t off = 0, j = 0;
-  for (uint32_t i = 0; i < nnames; i++)
-    if (c.ent[i]) {
-      edir[3 * j] = i, edir[3 * j + 1] = off, edir[3 * j + 2] = c.ent[i], j++;
-      uint32_t k = c.ent[i];
-      c.ent[i] = off;
-      off += k;
-    }
-  j = 0;
-  for (uint32_t i = 0; i < nnames; i++)
-    if (c.scope[i]) {
-      sdir[3 * j] = i, sdir[3 * j + 1] = off, sdir[3 * j + 2] = c.scope[i], j++;
-      uint32_t k = c.scope[i];
-      c.scope[i] = off;
-      off += k;
-    }
-  j = 0;
-  for (uint32_t i = 0; i < 65536; i++)
-    if (c.kind[i]) {
-      kdir[3 * j] = i, kdir[3 * j + 1] = off, kdir[3 * j + 2] = c.kind[i], j++;
-      uint32_t k = c.kind[i];
-      c.kind[i] = off;
-      off += k;
-    }
+  uint32_t off = 0;
+  fill_dir(edir, c.ent, nnames, &off);
+  fill_dir(sdir, c.scope, nnames, &off);
+  fill_dir(kdir, c.kind, 65536, &off);
   for (int i = 0; i < 16; i++) {
     cdir[2 * i] = off, cdir[2 * i + 1] = c.cat[i];
     uint32_t k = c.cat[i];
