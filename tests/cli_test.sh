@@ -45,6 +45,10 @@ for k in 0x10000 -1 0x 12z ''; do
 done
 expect_exit 2 "$B" query "$S" --category 16
 expect_exit 2 "$B" query "$S" --category x
+# --limit stops the walk: exactly N lines, the first N of the full listing.
+[ "$("$B" query "$S" --limit 2 | wc -l)" = 2 ] || fail "query --limit"
+[ "$("$B" query "$S" --limit 2)" = "$("$B" query "$S" | head -2)" ] || fail "query --limit order"
+expect_exit 2 "$B" query "$S" --limit x
 expect_exit 2 "$B" compact "$S" --min-segments 0
 expect_exit 2 "$B" compact "$S" --strategy retention --drop-before-ms 12abc
 "$B" stats "$S" --json | grep -q '"events": 3' || fail "refused numbers changed the store"

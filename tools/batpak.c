@@ -264,16 +264,35 @@ static bp_region region_from(int argc, char **argv, bool *bad) {
   return r;
 }
 
+/* Prints entries as the query finds them, up to a limit (0: none): output
+ * starts at once and `| head` ends the walk (SIGPIPE, or a failed write). */
+typedef struct printer {
+  uint64_t left;
+  bool limited;
+} printer;
+
+static bool print_visit(const bp_entry *e, void *ctx) {
+  printer *p = ctx;
+  print_entry(e);
+  if (ferror(stdout)) return false;
+  return !p->limited || --p->left > 0;
+}
+
 static int cmd_query(const char *dir, int argc, char **argv) {
   bool bad = false;
   bp_region r = region_from(argc, argv, &bad);
-  if (bad) return usage("usage: batpak query DIR [--entity-prefix P] [--scope S] [--kind K | --category C]\n");
+  printer p = {0, false};
+  if (opt(argc, argv, "--limit")) {
+    if (!parse_uint(opt(argc, argv, "--limit"), UINT64_MAX, false, &p.left)) bad = true;
+    p.limited = true;
+  }
+  if (bad)
+    return usage("usage: batpak query DIR [--entity-prefix P] [--scope S] [--kind K | --category C] [--limit N]\n");
   bp_store *s = open_store(dir, OPEN_READ);
   if (!s) return 1;
-  bp_entries e;
-  int rc = print_entries(bp_query(s, &r, &e), &e, "query");
+  bp_status st = p.limited && p.left == 0 ? BP_OK : bp_query_each(s, &r, print_visit, &p);
   bp_close(s);
-  return rc;
+  return st ? fail("query") : 0;
 }
 
 static int cmd_stream(const char *dir, int argc, char **argv) {
@@ -647,7 +666,7 @@ static const struct command {
     {"init", cmd_init, "create an empty store"},
     {"append", cmd_append, "append an event: --entity E --scope S --json-payload JSON [--kind K] [--expect-sequence N]"},
     {"get", cmd_get, "show one event: EVENT_ID (hex or UUID)"},
-    {"query", cmd_query, "list events: [--entity-prefix P] [--scope S] [--kind K | --category C]"},
+    {"query", cmd_query, "list events: [--entity-prefix P] [--scope S] [--kind K | --category C] [--limit N]"},
     {"stream", cmd_stream, "list one entity's events: ENTITY"},
     {"tail", cmd_tail, "print events, and with -f keep printing new ones (region options as query)"},
     {"stats", cmd_stats, "counts and how the store opened"},
