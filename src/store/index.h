@@ -131,7 +131,7 @@ typedef struct bp__gen {
 
 #define BP__MAX_GENS 4
 /* Events a gen takes before it is frozen (persistent index only). */
-#define BP__GEN_EVENTS 32768u
+#define BP__GEN_EVENTS 8192u
 
 typedef struct bp__runset {
   uint32_t n;

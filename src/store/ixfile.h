@@ -20,7 +20,7 @@
 #define BP__IX_SUMS "sums"
 #define BP__IX_HEADER 4096u           /* bytes before a chunk file's first chunk */
 #define BP__IX_EXTENT_CHUNKS 64u      /* chunks per mapping of a chunk file */
-#define BP__IX_MAX_RUNS 48u
+#define BP__IX_MAX_RUNS 64u
 #define BP__IX_NAMES_HEADER 16u
 
 /* A file of fixed-size chunks after a header, mapped an extent at a time.

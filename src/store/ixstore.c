@@ -137,8 +137,11 @@ static bp_status write_state_with(bp_store *s, uint64_t count, const bp__ixrun_r
   }
   rs = segments_of(s, count, &st);
   if (!rs) rs = bp__ixstate_write(s->ixdir, &st);
+  if (!rs) {
+    s->ix_state_count = count;
+    s->ix_state_runs_end = st.nruns ? st.runs[st.nruns - 1].end : 0;
+  }
   bp__ixstate_free(&st);
-  if (!rs) s->ix_state_count = count;
   return rs;
 }
 
@@ -448,6 +451,7 @@ bp_status bp__ixstore_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off) {
   s->ix_sums_crc = st.sums_crc;
   s->ix_next_run = st.next_run_no;
   s->ix_state_count = st.count;
+  s->ix_state_runs_end = st.nruns ? st.runs[st.nruns - 1].end : 0;
   *wm_seg = 0;
   *wm_off = 0;
   if (st.count) {
@@ -473,6 +477,7 @@ static void start_counts(bp_store *s) {
   s->ix_sums_crc = 0;
   s->ix_next_run = 1;
   s->ix_state_count = 0;
+  s->ix_state_runs_end = 0;
 }
 
 bp_status bp__ixstore_create(bp_store *s) {
@@ -572,8 +577,13 @@ static bp_status spill_all(bp_store *s, bool in_open) {
   bool spilled = false;
   while ((st = spill_one(s, in_open)) == BP_OK) spilled = true;
   if (st != BP_ENOTFOUND) return st;
-  bool merged;
-  if ((st = merge_levels(s, in_open, &merged))) return st;
+  st = BP_OK;
+  /* Merges are the index thread's, and only in a session that writes runs
+   * itself: an open does not wait for one, and a short session that only
+   * reads would start one for its close to abandon. */
+  if (spilled && !in_open) s->ix_spilled_here = true;
+  bool merged = false;
+  if (!in_open && s->ix_spilled_here && (st = merge_levels(s, in_open, &merged))) return st;
   if (spilled && !merged && state_count(s) > s->ix_state_count) st = write_state(s, state_count(s));
   return st;
 }
@@ -708,11 +718,20 @@ bp_status bp__ixstore_close(bp_store *s) {
   }
   if (!s->ixon) return BP_OK;
   stop_thread(s);
+  /* Gens the thread had not written yet are written now (a few thousand
+   * events each, at most BP__MAX_GENS): left in memory, every later open
+   * would index them again. A merge in progress is abandoned. */
+  atomic_store(&s->ixcancel, false);
+  bp_status st;
+  while ((st = spill_one(s, false)) == BP_OK) {}
+  if (st != BP_ENOTFOUND)
+    bp__log(s, BP_LOG_WARN, "index run not written at close: %s", bp_last_error()->message);
   /* Everything the index holds is durable in the log by now (the writer
    * sealed or synced its segment): an open that appended nothing writes
    * nothing. */
   uint64_t count = s->ix.count;
-  if (count == s->ix_state_count) return BP_OK; /* names of refused appends are not kept */
+  if (count == s->ix_state_count && bp__index_runs(&s->ix)->end == s->ix_state_runs_end)
+    return BP_OK; /* names of refused appends are not kept */
   /* The index is derived from the log, which holds every event by now: a
    * failure here costs the next open a rebuild, and is no error of close. */
   if (write_state(s, count))

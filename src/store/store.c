@@ -159,6 +159,7 @@ typedef struct seg_look {
   bool sealed;              /* ends in a SIDX trailer */
   bool frames;              /* holds anything after its header */
   uint64_t footer_count;    /* events its trailer announces, when they fit the file */
+  uint64_t footer_at;       /* where its trailer says the frames end (sealed) */
   int64_t created_ns;
 } seg_look;
 
@@ -171,7 +172,8 @@ static bp_status survey(bp_store *s, const uint64_t *ids, size_t n, seg_look **o
     uint64_t count = f.has_trailer ? bp__get_le32(f.trailer + 8) : 0;
     v[i] = (seg_look){true, f.size == 0, f.has_trailer, f.fd >= 0 && f.size > f.frames_start,
                       /* a count whose entries cannot fit the file is not believed */
-                      count * BP__SIDX_ENTRY_SIZE <= f.size ? count : 0, f.created_ns};
+                      count * BP__SIDX_ENTRY_SIZE <= f.size ? count : 0,
+                      f.has_trailer ? bp__get_le64(f.trailer) : 0, f.created_ns};
     bp__segfile_close(&f);
   }
   *out = v;
@@ -334,6 +336,12 @@ static bp_status recover_once(bp_store *s) {
     if (ix == BP_OK) {
       size_t from = 0;
       while (from < n && ids[from] < wm_seg) from++;
+      /* A sealed segment the index covers to its footer has nothing left
+       * to load (reading its footer would cost what the index saves). */
+      if (from < n && ids[from] == wm_seg && look[from].sealed && look[from].footer_at == wm_off) {
+        from++;
+        wm_off = 0;
+      }
       s->ixon = !s->readonly;
       s->ix.freeze = s->ixon;
       st = load_segments(s, ids, look, n, from, wm_off);

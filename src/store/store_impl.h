@@ -187,6 +187,8 @@ struct bp_store {
   uint32_t ix_names_written; /* names in it ("" implied) */
   uint64_t ix_next_run;
   uint64_t ix_state_count;  /* events the last index/state written or read claims */
+  uint64_t ix_state_runs_end; /* where the runs it lists end */
+  bool ix_spilled_here;     /* the index thread wrote a run in this session (it may merge) */
   uint32_t ix_names_crc;    /* CRC-32 of index/names */
   uint32_t ix_sums_written; /* full chunks with their CRCs in index/sums */
   uint32_t ix_sums_crc;     /* CRC-32 of its records */
