@@ -219,6 +219,16 @@ static void collect(int level, const char *msg, void *ctx) {
   snprintf(w->text + used, sizeof w->text - used, "%s\n", msg);
 }
 
+/* A closed store of n events numbered by append_n; their ids (malloc'd). */
+static bp_id *make_store(fixture *f, uint64_t n) {
+  bp_id *ids = calloc(n, sizeof *ids);
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  append_n(s, 0, n, ids);
+  assert_ok(bp_close(s));
+  return ids;
+}
+
 static void flip(const char *dir, const char *file, long at) {
   char p[4300];
   snprintf(p, sizeof p, "%s/%s", dir, file);
@@ -233,11 +243,8 @@ static void flip(const char *dir, const char *file, long at) {
 static void a_damaged_chunk_of_entries_is_read_again_from_the_log(void **state) {
   fixture *f = *state;
   const uint64_t n = 2 * BP__CHUNK_SIZE + 100;
-  bp_id *ids = calloc(n, sizeof *ids);
+  bp_id *ids = make_store(f, n);
   bp_store *s;
-  assert_ok(bp_open(&f->cfg, &s));
-  append_n(s, 0, n, ids);
-  assert_ok(bp_close(s));
   /* Event 1000's clock field: entries start after a 4 KiB header. */
   flip(f->dir, "index/entries", 4096 + 1000 * (long)sizeof(bp__ientry) + offsetof(bp__ientry, clock));
   bp_verify_report rep;
@@ -271,14 +278,11 @@ static void a_damaged_chunk_of_entries_is_read_again_from_the_log(void **state) 
 static void a_damaged_run_is_made_again_from_the_entries(void **state) {
   fixture *f = *state;
   const uint64_t n = 2 * BP__GEN_EVENTS + 10;
-  bp_id *ids = calloc(n, sizeof *ids);
+  bp_id *ids = make_store(f, n);
   bp_store *s;
-  assert_ok(bp_open(&f->cfg, &s));
-  append_n(s, 0, n, ids);
-  assert_ok(bp_close(s));
   assert_true(count_runs(f->dir) >= 1);
   /* The first run's postings begin after its header and directories; a
-   * byte 64 KiB in lies in them (32,768 events make 512 KiB of postings). */
+   * byte 64 KiB in lies in them (a run of 8,192 events has 128 KiB of them). */
   flip(f->dir, "index/run-00000001", 65536);
   warnings w = {0, ""};
   bp_config cfg = f->cfg;
