@@ -8,6 +8,8 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <sys/resource.h>
+#include <sys/syscall.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -596,6 +598,9 @@ bp_status bp__ixstore_drain(bp_store *s) {
 
 static void *index_thread(void *arg) {
   bp_store *s = arg;
+  /* Background work: below the callers' threads (and the query helpers)
+   * when the CPUs are busy, so that it never takes their time. */
+  (void)setpriority(PRIO_PROCESS, (id_t)syscall(SYS_gettid), 10);
   pthread_mutex_lock(&s->ixlock);
   while (!s->ixstop) {
     if (!s->ixwake) {

@@ -659,6 +659,17 @@ static bp_status run_planned(bp_store *s, const bp_region *r, const char *exact_
   }
 
   if (have_source) {
+    if (k->out && best->n > 1) {
+      /* Collected results are copied in large slices, shared with the
+       * helper threads: the stream's pieces (a run's or a gen's each) are
+       * put end to end first. */
+      uint32_t *seqs = malloc(sizeof *seqs * (best->total ? best->total : 1));
+      if (!seqs) return bp__fail(BP_ENOMEM, "query: out of memory");
+      bp__stream_copy(best, 0, best->total, seqs);
+      deliver_list(s, p, seqs, best->total, k);
+      free(seqs);
+      return BP_OK;
+    }
     for (uint32_t i = 0; i < best->n && !k->stop; i++) deliver_list(s, p, best->p[i].v, best->p[i].n, k);
   } else {
     /* No stream narrows it down: filter the scan index, then read entries. */
