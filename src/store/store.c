@@ -364,7 +364,7 @@ static bp_status recover_once(bp_store *s) {
        * crate writes such a checkpoint, not knowing the batch flag. */
       bp__log(s, BP_LOG_INFO, "checkpoint not used: it lists the frames of a batch that a crash cut short (as the "
               "Rust crate writes it); rebuilding the index from the segments");
-      s->checkpoint_damaged = s->ckpt_unusable = true;
+      s->ckpt_unusable = true;
       ck = BP_ECORRUPT;
     }
     if (ck == BP_OK) {
@@ -381,7 +381,7 @@ static bp_status recover_once(bp_store *s) {
       /* events the checkpoint proves were written are gone */
     } else if (ck != BP_ENOTFOUND || bp_last_error()->sys_errno != ENOENT) {
       bp__log(s, BP_LOG_WARN, "checkpoint ignored, rebuilding the index: %s", bp_last_error()->message);
-      s->checkpoint_damaged = s->ckpt_unusable = true;
+      s->ckpt_unusable = true;
     }
     if (!restored && st == BP_OK) {
       /* Start over from an empty index. */
@@ -464,15 +464,11 @@ static bool dir_state_same(const dir_state *a, const dir_state *b) {
 /* Back to the state before recovery, for another attempt. */
 static bp_status recovery_reset(bp_store *s) {
   bp__segments_free(s);
-  bp__index_free(&s->ix);
-  bp__scan_free(&s->scan);
   s->from_sidx = s->scanned = 0;
   s->torn_bytes = s->batch_frames_dropped = 0;
-  s->checkpoint_damaged = false;
+  s->ckpt_unusable = false;
   s->ckpt_evidence.segment = s->ckpt_evidence.upto = 0;
-  bp_status st = bp__index_init(&s->ix);
-  if (!st) st = bp__scan_init(&s->scan, s->cfg.index_layout);
-  return st;
+  return index_reset(s);
 }
 
 /* A read-only open beside a writer may meet a compaction halfway: segments
@@ -596,9 +592,6 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
   }
   if (st) goto fail;
   if ((st = recover(s))) goto fail;
-  /* Segments finished or footers rewritten: the store changed, and close
-   * writes a checkpoint that covers them (so that a later cut is seen). */
-  if (!readonly && s->nfooter_fixes) s->checkpoint_damaged = true;
   if (!readonly && (st = bp__segment_fix_footers(s))) goto fail;
   /* A first build is kept at once: a crash would otherwise waste it. An
    * index.ckpt (the crate's) stays as it is: appends only make it old, and

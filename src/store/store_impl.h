@@ -169,8 +169,7 @@ struct bp_store {
    * every compaction rewrites with a new time (it merges into the lowest id),
    * 0 while there is no segment. Cached projections carry it (project.c). */
   _Atomic int64_t log_epoch;
-  bool checkpoint_damaged;  /* index.ckpt ignored, or segments repaired at open */
-  bool ckpt_unusable;       /* index.ckpt was there and not believed */
+  bool ckpt_unusable;       /* index.ckpt was there and not believed (a read-write open removes it) */
   /* The persistent index (ixstore.c, docs/INDEX.md). ixdir is <dir>/index
    * when cfg.enable_checkpoint is set; ixon says its files are attached for
    * writing (a read-write store), and the index thread then turns frozen
