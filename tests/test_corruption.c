@@ -27,8 +27,8 @@
  * checkpoint on, bp_verify must also report every flip, but for a segment
  * header's created_ns value (no checksum covers it in the format, and any
  * timestamp is a plausible one; no event changes), and but for bytes of
- * index files past the events the index state lists (they carry nothing any
- * open reads).
+ * index files past the events the index state lists and the slack after
+ * each copy of index/state (they carry nothing any open reads).
  *
  * Then every file is cut short at every (5N+2)th length, on the read-only
  * paths: with a checkpoint that covers the file the cut is refused or
@@ -41,6 +41,7 @@
  * byte everywhere (about 300k opens).
  */
 #include "testutil.h"
+#include "store/ixfile.h"
 #include "store/os.h"
 
 #include <dirent.h>
@@ -256,23 +257,57 @@ static void list_files(const char *root, const char *sub, char **files, size_t *
   closedir(d);
 }
 
-/* Where in an index file (docs/INDEX.md) the bytes stop being ones its
- * state covers: entries and scan fields past the events it lists are its
- * own torn tail after a crash (or space allocated ahead), which every open
- * ignores and bp_verify does not judge. SIZE_MAX for other files. */
-static size_t index_covered_end(const char *clean, const char *file) {
+/* The bytes of a file bp_verify must find a flip in: ranges [from, to). */
+typedef struct checked {
+  size_t from[2], to[2];
+  int n;
+} checked;
+
+static bool is_checked(const checked *c, size_t at) {
+  for (int i = 0; i < c->n; i++)
+    if (at >= c->from[i] && at < c->to[i]) return true;
+  return false;
+}
+
+static size_t state_copy_len(const uint8_t *copy) {
+  return 112 + 32 * (size_t)(bp__get_le32(copy + 52) + bp__get_le32(copy + 80)) + 4;
+}
+
+/* Which bytes of a file bp_verify judges. In the index (docs/INDEX.md):
+ * entries and scan fields past the events the state lists are its own torn
+ * tail after a crash (or space allocated ahead), and the slack after each
+ * copy of index/state is unused; every open ignores them. Everything for
+ * other files. */
+static checked checked_bytes(const char *clean, const char *file) {
   bool entries = strcmp(file, "index/entries") == 0, scan = strcmp(file, "index/scan") == 0;
-  if (!entries && !scan) return SIZE_MAX;
-  char p[4400];
-  snprintf(p, sizeof p, "%s/index/state", clean);
-  size_t len;
-  uint8_t *st = tu_read_file(p, &len);
-  assert_non_null(st);
-  uint64_t count = bp__get_le64(st + 16);
-  free(st);
-  /* A scan chunk is at least 14 bytes an event (any layout); its last
-   * chunk filled in part is covered by its own CRC, checked all the same. */
-  return entries ? 4096 + count * 152 : 4096 + (count >> 13) * (14u << 13);
+  bool state = strcmp(file, "index/state") == 0;
+  checked c = {{0, 0}, {SIZE_MAX, 0}, 1};
+  if (!entries && !scan && !state) return c;
+  char ixdir[4400];
+  snprintf(ixdir, sizeof ixdir, "%s/index", clean);
+  bp__ixstate st;
+  assert_ok(bp__ixstate_read(ixdir, &st));
+  if (state) {
+    char p[4400];
+    snprintf(p, sizeof p, "%s/state", ixdir);
+    size_t flen;
+    uint8_t *b = tu_read_file(p, &flen);
+    assert_non_null(b);
+    c.n = 0;
+    for (size_t k = 0; k < 2; k++) {
+      const uint8_t *copy = b + k * st.at.slot_bytes;
+      if (memcmp(copy, "BPXSTAT1", 8) != 0) continue; /* never written */
+      c.from[c.n] = k * st.at.slot_bytes;
+      c.to[c.n++] = k * st.at.slot_bytes + state_copy_len(copy);
+    }
+    free(b);
+  } else {
+    /* A scan chunk is at least 14 bytes an event (any layout); its last
+     * chunk filled in part is covered by its own CRC, checked all the same. */
+    c.to[0] = entries ? 4096 + st.count * 152 : 4096 + (st.count >> 13) * (14u << 13);
+  }
+  bp__ixstate_free(&st);
+  return c;
 }
 
 static void sweep_store(const char *label, const char *clean, const char *work, size_t stride_main) {
@@ -302,7 +337,7 @@ static void sweep_store(const char *label, const char *clean, const char *work, 
       size_t ts_from, ts_to;
       created_ns_range(files[fi], bytes, len, &ts_from, &ts_to);
       free(bytes);
-      size_t covered = index_covered_end(clean, files[fi]);
+      checked covered = checked_bytes(clean, files[fi]);
       /* The index's large files are mostly entries and scan fields of a
        * few kinds of bytes: at most about 800 flips each, spread over the
        * whole file (every chunk, its CRC and the bytes past the events). */
@@ -317,7 +352,7 @@ static void sweep_store(const char *label, const char *clean, const char *work, 
         snprintf(dst, sizeof dst, "%s/%s", work, files[fi]);
         tu_flip_byte(dst, (long)at, 0x5a);
         snprintf(what, sizeof what, "%s, %s: %s byte %zu flipped", label, p->name, files[fi], at);
-        if (main_path && !(at >= ts_from && at < ts_to) && at < covered) {
+        if (main_path && !(at >= ts_from && at < ts_to) && is_checked(&covered, at)) {
           bp_verify_report rep;
           bp_status vst = bp_verify(work, &rep);
           if (vst != BP_ECORRUPT)

@@ -323,6 +323,187 @@ static void an_index_naming_a_missing_segment_fails_the_open(void **state) {
   assert_ok(bp_close(s));
 }
 
+
+/* ------------------------------------------------- the segment left open */
+
+static size_t count_segments(const char *dir) {
+  DIR *d = opendir(dir);
+  assert_non_null(d);
+  size_t n = 0;
+  for (struct dirent *e; (e = readdir(d));) n += bp__has_suffix(e->d_name, ".fbat");
+  closedir(d);
+  return n;
+}
+
+/* Short sessions (open, append one event, close) go on in one segment: each
+ * event lands where the previous session's frames ended, the segment ends
+ * at its last frame (unsealed) after each close, and every session's events
+ * are there. A session that dies without closing leaves space allocated
+ * ahead; the next one cuts it and goes on after the last frame. */
+static void short_sessions_go_on_in_the_newest_segment(void **state) {
+  fixture *f = *state;
+  bp_id ids[8];
+  uint64_t end = 0;
+  for (uint64_t i = 0; i < 6; i++) {
+    bp_store *s;
+    assert_ok(bp_open(&f->cfg, &s));
+    char ent[32];
+    bp_coord c = {entity_of(i, ent, sizeof ent), "scope:short"};
+    bp_append_receipt r;
+    assert_ok(bp_append(s, &c, kind_of(i), "\xa1x", 2, &r));
+    assert_int_equal(r.sequence, i);
+    assert_int_equal(r.disk_pos.segment_id, 1);
+    if (i > 0) assert_int_equal(r.disk_pos.offset, end);
+    end = r.disk_pos.offset + r.disk_pos.length;
+    ids[i] = r.event_id;
+    assert_ok(bp_close(s));
+    char p[4200];
+    snprintf(p, sizeof p, "%s/000001.fbat", f->dir);
+    struct stat sb;
+    assert_int_equal(stat(p, &sb), 0);
+    assert_int_equal((uint64_t)sb.st_size, end);
+  }
+  assert_int_equal(count_segments(f->dir), 1);
+  /* A session that dies after a durable append, with space allocated ahead
+   * (past the first 256 KiB written plainly). */
+  pid_t pid = fork();
+  if (pid == 0) {
+    bp_store *c;
+    if (bp_open(&f->cfg, &c)) _exit(2);
+    static char big[40000];
+    big[0] = (char)0xda;
+    big[1] = (char)(39997 >> 8);
+    big[2] = (char)(39997 & 0xff);
+    memset(big + 3, 'b', sizeof big - 3);
+    bp_coord c0 = {"thing:big", "scope:short"};
+    for (int k = 0; k < 8; k++)
+      if (bp_append(c, &c0, 0x1001, big, sizeof big, NULL)) _exit(3);
+    if (bp_sync(c)) _exit(4);
+    _exit(0);
+  }
+  int ws;
+  assert_int_equal(waitpid(pid, &ws, 0), pid);
+  assert_true(WIFEXITED(ws) && WEXITSTATUS(ws) == 0);
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  bp_store_diagnostics d;
+  bp_diagnostics(s, &d);
+  assert_int_equal(d.event_count, 14);
+  assert_int_equal(d.torn_bytes_dropped, 0);
+  bp_coord c = {"thing:after", "scope:short"};
+  bp_append_receipt r;
+  assert_ok(bp_append(s, &c, 0x1001, "\xa1y", 2, &r));
+  assert_int_equal(r.disk_pos.segment_id, 1);
+  assert_int_equal(r.sequence, 14);
+  assert_ok(bp_close(s));
+  assert_int_equal(count_segments(f->dir), 1);
+  assert_ok(bp_open_readonly(&f->cfg, &s));
+  for (int i = 0; i < 6; i++) {
+    bp_entry e;
+    assert_ok(bp_get_entry(s, ids[i], &e));
+    assert_int_equal(e.global_sequence, (uint64_t)i);
+  }
+  assert_ok(bp_close(s));
+  tu_assert_verifies(f->dir, "after short sessions and a crash");
+}
+
+/* The newest segment, left unsealed by its close, has no trailer to say
+ * where its frames end; the index state does. Damage in one of its frames
+ * (here with index/entries gone, so that the open scans the segment) is
+ * corruption, not a torn tail: the open fails naming the segment, where
+ * without the state's evidence the events after it would silently go.
+ * Zeros over its last frames too. salvage opens what is left. */
+static void damage_in_the_newest_segment_is_not_taken_for_a_torn_tail(void **state) {
+  fixture *f = *state;
+  const uint64_t n = 40;
+  bp_id *ids = make_store(f, n);
+  bp_store *s;
+  assert_ok(bp_open_readonly(&f->cfg, &s));
+  bp_entry e;
+  assert_ok(bp_get_entry(s, ids[20], &e));
+  bp_entry last;
+  assert_ok(bp_get_entry(s, ids[n - 1], &last));
+  assert_ok(bp_close(s));
+  char seg[4200], save[4200];
+  snprintf(seg, sizeof seg, "%s/000001.fbat", f->dir);
+  snprintf(save, sizeof save, "%s.save", f->tmp);
+  tu_copy_dir(f->dir, save);
+  for (int how = 0; how < 2; how++) {
+    tu_remove_tree(f->dir);
+    tu_copy_dir(save, f->dir);
+    if (how == 0) {
+      tu_flip_byte(seg, (long)(e.disk_pos.offset + 12), 0x20);
+    } else {
+      FILE *fp = fopen(seg, "r+b");
+      assert_non_null(fp);
+      static const uint8_t zeros[1 << 16];
+      fseek(fp, (long)e.disk_pos.offset, SEEK_SET);
+      size_t len = (size_t)(last.disk_pos.offset + last.disk_pos.length - e.disk_pos.offset);
+      assert_true(len <= sizeof zeros);
+      assert_int_equal(fwrite(zeros, 1, len, fp), len);
+      fclose(fp);
+    }
+    char ent[4300];
+    snprintf(ent, sizeof ent, "%s/index/entries", f->dir);
+    assert_int_equal(unlink(ent), 0);
+    for (int path = 0; path < 3; path++) {
+      bp_config cfg = f->cfg;
+      cfg.enable_checkpoint = path != 2;
+      bp_status st = path == 0 ? bp_open_readonly(&cfg, &s) : bp_open(&cfg, &s);
+      if (st != BP_ECORRUPT)
+        fail_msg("%s, path %d: the open gave %s, not BP_ECORRUPT", how ? "zeros" : "a flipped byte", path,
+                 bp_status_name(st));
+      if (!strstr(bp_last_error()->message, "000001")) fail_msg("unclear: %s", bp_last_error()->message);
+    }
+    f->cfg.salvage = true;
+    assert_ok(bp_open_readonly(&f->cfg, &s));
+    bp_store_stats stats;
+    bp_stats(s, &stats);
+    assert_true(stats.event_count >= 20 && stats.event_count < n);
+    assert_ok(bp_close(s));
+    f->cfg.salvage = false;
+  }
+  tu_remove_tree(save);
+  free(ids);
+}
+
+/* index/state holds two copies, written in turn. The newer one damaged (a
+ * torn write, a flipped byte): the open takes the older one, which its
+ * files still back, and loads the log after it; every event is right. */
+static void a_damaged_newer_state_copy_falls_back_to_the_older(void **state) {
+  fixture *f = *state;
+  const uint64_t n = 300;
+  bp_id *ids = calloc(n, sizeof *ids);
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  append_n(s, 0, 200, ids);
+  assert_ok(bp_close(s));
+  assert_ok(bp_open(&f->cfg, &s));
+  append_n(s, 200, 100, ids + 200);
+  assert_ok(bp_close(s));
+  bp__ixstate st;
+  char ixdir[4300];
+  snprintf(ixdir, sizeof ixdir, "%s/index", f->dir);
+  assert_ok(bp__ixstate_read(ixdir, &st));
+  assert_int_equal(st.count, n);
+  size_t newer_at = (size_t)st.at.slot * st.at.slot_bytes;
+  bp__ixstate_free(&st);
+  flip(f->dir, "index/state", (long)newer_at + 20);
+  assert_ok(bp__ixstate_read(ixdir, &st));
+  assert_int_equal(st.count, 200);
+  bp__ixstate_free(&st);
+  for (int ro = 0; ro < 2; ro++) {
+    assert_ok(ro ? bp_open_readonly(&f->cfg, &s) : bp_open(&f->cfg, &s));
+    bp_store_diagnostics d;
+    bp_diagnostics(s, &d);
+    assert_int_equal(d.open_path, BP_OPEN_INDEX);
+    check_all(s, ids, n, ro ? "read-only, older state" : "read-write, older state");
+    assert_ok(bp_close(s));
+  }
+  tu_assert_verifies(f->dir, "after the older state copy was used");
+  free(ids);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(runs_are_written_and_merged_while_readers_read, tu_store_setup,
@@ -334,6 +515,11 @@ int main(void) {
       cmocka_unit_test_setup_teardown(a_damaged_run_is_made_again_from_the_entries, tu_store_setup,
                                       tu_store_teardown),
       cmocka_unit_test_setup_teardown(an_index_naming_a_missing_segment_fails_the_open, tu_store_setup,
+                                      tu_store_teardown),
+      cmocka_unit_test_setup_teardown(short_sessions_go_on_in_the_newest_segment, tu_store_setup, tu_store_teardown),
+      cmocka_unit_test_setup_teardown(damage_in_the_newest_segment_is_not_taken_for_a_torn_tail, tu_store_setup,
+                                      tu_store_teardown),
+      cmocka_unit_test_setup_teardown(a_damaged_newer_state_copy_falls_back_to_the_older, tu_store_setup,
                                       tu_store_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -157,13 +157,18 @@ static void crashed_fixture_opens_with_every_event(void **state) {
   assert_int_equal(d.torn_bytes_dropped, 0);
   check_store(s, m, 41);
   assert_ok(bp_close(s));
-  /* The read-write open finished the crashed segment: it now ends in a
-   * sealed footer of ours, which an open without the persistent index uses;
-   * and the open built the persistent index, which the next open uses. */
+  /* The read-write open took the crashed segment, the newest, as its
+   * active one and appended nothing to it: it is left as the crate wrote
+   * it, unsealed, and an open without the persistent index scans it again;
+   * the open built the persistent index, which the next open uses. */
+  char seg10[4200], theirs[4200];
+  snprintf(seg10, sizeof seg10, "%s/000010.fbat", dir);
+  tu_fixture_path("crashed", "000010.fbat", theirs, sizeof theirs);
+  assert_files_equal_from(seg10, theirs, 0, "000010.fbat");
   s = open_copy(dir, false);
   bp_diagnostics(s, &d);
-  assert_int_equal(d.segments_from_sidx, 1);
-  assert_int_equal(d.segments_scanned, 9);
+  assert_int_equal(d.segments_from_sidx, 0);
+  assert_int_equal(d.segments_scanned, 10);
   check_store(s, m, 41);
   assert_ok(bp_close(s));
   s = open_copy(dir, true);
@@ -185,12 +190,14 @@ static void torn_fixture_drops_only_the_torn_frame(void **state) {
   struct json_object *t = tu_field(m, "truncation");
   assert_int_equal(d.torn_bytes_dropped, tu_u64(t, "truncated_to") - tu_u64(tu_field(t, "torn_frame"), "offset"));
   check_store(s, m, 40);
-  /* The store goes on: a new event lands in a new segment, after the 40. */
+  /* The store goes on: a new event lands in the torn segment, cut to its
+   * last whole frame, after the 40. */
   bp_coord c = {"order:42", "scope:beta"};
   bp_append_receipt r;
   assert_ok(bp_append(s, &c, 0x1001, "\xc0", 1, &r));
   assert_int_equal(r.sequence, 40);
-  assert_int_equal(r.disk_pos.segment_id, 11);
+  assert_int_equal(r.disk_pos.segment_id, 10);
+  assert_int_equal(r.disk_pos.offset, tu_u64(tu_field(t, "torn_frame"), "offset"));
   bp_entries st;
   assert_ok(bp_stream(s, "order:42", &st));
   assert_int_equal(st.items[st.len - 1].clock, st.items[st.len - 2].clock + 1);

@@ -271,7 +271,9 @@ static bp_disk_pos child_disk_pos(pid_t pid, int p[2]) {
 }
 
 /* A process that dies without closing leaves its active segment unsealed, with
- * space allocated ahead of the frames. Returns the last frame's position. */
+ * space allocated ahead of the frames (three frames of 100 KB: a segment's
+ * first 256 KiB are written without space ahead). Returns the last frame's
+ * position. */
 static bp_disk_pos crash_with_an_active_segment(fixture *f) {
   int p[2];
   assert_int_equal(pipe(p), 0);
@@ -280,9 +282,17 @@ static bp_disk_pos crash_with_an_active_segment(fixture *f) {
     bp_store *s;
     if (bp_open(&f->cfg, &s)) _exit(2);
     bp_append_receipt r;
+    enum { LEN = 100000 };
+    uint8_t *payload = calloc(1, LEN + 5);
+    if (!payload) _exit(5);
+    payload[0] = 0xdb; /* str 32 */
+    payload[3] = LEN >> 8 & 0xff;
+    payload[4] = LEN & 0xff;
+    payload[2] = LEN >> 16 & 0xff;
+    memset(payload + 5, 'h', LEN);
     for (int i = 0; i < 3; i++) {
       bp_coord c = {"a", "scope"};
-      if (bp_append(s, &c, 0x1001, "\xa5hello", 6, &r)) _exit(3);
+      if (bp_append(s, &c, 0x1001, payload, LEN + 5, &r)) _exit(3);
     }
     if (write(p[1], &r.disk_pos, sizeof r.disk_pos) != (ssize_t)sizeof r.disk_pos) _exit(4);
     _exit(0);

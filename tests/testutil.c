@@ -358,6 +358,16 @@ void tu_drop_index(const char *dir) {
   tu_remove_tree(p);
 }
 
+void tu_seal_newest(const char *dir) {
+  bp_config cfg;
+  bp_config_init(&cfg, dir);
+  cfg.segment_max_bytes = 1;
+  cfg.enable_checkpoint = false;
+  bp_store *s;
+  assert_ok(bp_open(&cfg, &s));
+  assert_ok(bp_close(s));
+}
+
 bp_status tu_write_checkpoint(const char *dir) {
   bp_config cfg;
   bp_config_init(&cfg, dir);

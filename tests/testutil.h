@@ -79,6 +79,10 @@ void tu_assert_verifies(const char *dir, const char *what);
 bp_status tu_write_checkpoint(const char *dir);
 /* Removes dir's persistent index (index/), for opens by the other paths. */
 void tu_drop_index(const char *dir);
+/* Seals the newest segment of the closed store in dir (a close leaves it
+ * unsealed): a read-write open with segment_max_bytes 1, whose close then
+ * owes the segment its rotation. The index is left as it was. */
+void tu_seal_newest(const char *dir);
 /* Reopens the store of cfg and checks that each of the n acknowledged ids
  * reads back (check, when not NULL, also sees each event with its index),
  * that the store holds n events with global sequences 0..n-1, then closes it

@@ -569,10 +569,20 @@ static bp_status commit(compaction *c) {
 }
 
 /* The segments to merge: every one below the active segment, or all of them
- * before the first append since open (the next append starts a new one). */
+ * before the first append since open: the segment the open went on with is
+ * sealed first (the next append starts a new one). */
 static bp_status choose(compaction *c) {
   bp_store *s = c->s;
   pthread_mutex_lock(&s->wlock);
+  if (s->wfd >= 0 && s->wadopted) {
+    bp_status st = bp__writer_seal(s);
+    if (st) {
+      pthread_mutex_unlock(&s->wlock);
+      char why[sizeof bp_last_error()->message];
+      snprintf(why, sizeof why, "%s", bp_last_error()->message);
+      return bp__fail(st, "compaction: %s", why);
+    }
+  }
   pthread_mutex_lock(&s->seg_lock);
   size_t n = s->nsegs;
   c->highest = s->wfd >= 0 ? s->wseg : s->next_segment_id;

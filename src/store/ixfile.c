@@ -171,10 +171,70 @@ void bp__cfile_close(bp__cfile *cf) {
 /* ----------------------------------------------------------- state file */
 
 #define STATE_MAGIC "BPXSTAT1"
+#define STATE_VERSION 2u
 #define STATE_FIXED 112u
 #define STATE_RUN 32u
 #define STATE_SEG 32u
 #define STATE_MAX_SEGS (1u << 24)
+#define STATE_PAGE 4096u
+
+static size_t state_len(uint32_t nruns, uint32_t nsegs) {
+  return STATE_FIXED + (size_t)nruns * STATE_RUN + (size_t)nsegs * STATE_SEG + 4;
+}
+
+/* Decodes one copy of the state from b (avail bytes: the rest of its slot).
+ * NULL, or what is wrong with it. */
+static const char *state_decode(const uint8_t *b, size_t avail, bp__ixstate *st) {
+  memset(st, 0, sizeof *st);
+  if (avail < STATE_FIXED + 4 || memcmp(b, STATE_MAGIC, 8) != 0) return "damaged (magic)";
+  uint32_t nruns = bp__get_le32(b + 52), nsegs = bp__get_le32(b + 80);
+  if (bp__get_le32(b + 8) != STATE_VERSION || nruns > BP__IX_MAX_RUNS || nsegs > STATE_MAX_SEGS)
+    return "version, run or segment count does not fit";
+  size_t len = state_len(nruns, nsegs);
+  if (len > avail) return "longer than its slot";
+  if (bp__get_le32(b + len - 4) != bp__crc32(b, len - 4)) return "damaged (CRC)";
+  st->count = bp__get_le64(b + 16);
+  st->names = bp__get_le64(b + 24);
+  st->names_bytes = bp__get_le64(b + 32);
+  st->epoch = (int64_t)bp__get_le64(b + 40);
+  st->layout = bp__get_le32(b + 48);
+  st->nruns = nruns;
+  st->next_run_no = bp__get_le64(b + 56);
+  st->last_id.hi = bp__get_le64(b + 64);
+  st->last_id.lo = bp__get_le64(b + 72);
+  st->names_crc = bp__get_le32(b + 84);
+  st->sums_crc = bp__get_le32(b + 88);
+  st->tail_crc = bp__get_le32(b + 92);
+  st->scan_tail_crc = bp__get_le32(b + 96);
+  st->at.gen = bp__get_le64(b + 100);
+  const uint8_t *p = b + STATE_FIXED;
+  uint64_t expect_first = 0;
+  for (uint32_t i = 0; i < st->nruns; i++, p += STATE_RUN) {
+    bp__ixrun_ref *r = &st->runs[i];
+    r->no = bp__get_le64(p);
+    r->first = bp__get_le64(p + 8);
+    r->end = bp__get_le64(p + 16);
+    r->level = bp__get_le32(p + 24);
+    if (r->first != expect_first || r->end <= r->first || r->end > st->count || r->no >= st->next_run_no)
+      return "a run does not follow the one before it";
+    expect_first = r->end;
+  }
+  if (!(st->segs = calloc(nsegs ? nsegs : 1, sizeof *st->segs))) return "";
+  st->nsegs = nsegs;
+  uint64_t seq = 0;
+  for (uint32_t i = 0; i < nsegs; i++, p += STATE_SEG) {
+    bp__ixseg *g = &st->segs[i];
+    g->id = bp__get_le64(p);
+    g->first = bp__get_le64(p + 8);
+    g->count = bp__get_le64(p + 16);
+    g->frames_end = bp__get_le64(p + 24);
+    if (g->first != seq || g->count == 0 || (i > 0 && g->id <= st->segs[i - 1].id))
+      return "a segment does not follow the one before it";
+    seq += g->count;
+  }
+  if (seq != st->count) return "its segments do not hold the events it counts";
+  return NULL;
+}
 
 bp_status bp__ixstate_read(const char *ixdir, bp__ixstate *st) {
   memset(st, 0, sizeof *st);
@@ -192,8 +252,8 @@ bp_status bp__ixstate_read(const char *ixdir, bp__ixstate *st) {
     rs = bp__fail_errno(BP_EIO, errno, "stat %s", path);
     goto out;
   }
-  size_t len = (size_t)sb.st_size;
-  if (len < STATE_FIXED + 4 || len > STATE_FIXED + BP__IX_MAX_RUNS * STATE_RUN + (size_t)STATE_MAX_SEGS * STATE_SEG + 4) {
+  size_t len = (size_t)sb.st_size, slot = len / 2;
+  if (len == 0 || len % (2 * STATE_PAGE) != 0 || slot > 2 * state_len(BP__IX_MAX_RUNS, STATE_MAX_SEGS)) {
     rs = bp__fail(BP_ECORRUPT, "%s: %zu bytes is not a state file's size", path, len);
     goto out;
   }
@@ -206,76 +266,83 @@ bp_status bp__ixstate_read(const char *ixdir, bp__ixstate *st) {
     rs = rc > 0 ? bp__fail_errno(BP_EIO, rc, "read %s", path) : bp__fail(BP_ECORRUPT, "%s: cut short", path);
     goto out;
   }
-  if (memcmp(b, STATE_MAGIC, 8) != 0 || bp__get_le32(b + len - 4) != bp__crc32(b, len - 4)) {
-    rs = bp__fail(BP_ECORRUPT, "%s: damaged (magic or CRC)", path);
-    goto out;
-  }
-  st->count = bp__get_le64(b + 16);
-  st->names = bp__get_le64(b + 24);
-  st->names_bytes = bp__get_le64(b + 32);
-  st->epoch = (int64_t)bp__get_le64(b + 40);
-  st->layout = bp__get_le32(b + 48);
-  st->nruns = bp__get_le32(b + 52);
-  st->next_run_no = bp__get_le64(b + 56);
-  st->last_id.hi = bp__get_le64(b + 64);
-  st->last_id.lo = bp__get_le64(b + 72);
-  st->nsegs = bp__get_le32(b + 80);
-  st->names_crc = bp__get_le32(b + 84);
-  st->sums_crc = bp__get_le32(b + 88);
-  st->tail_crc = bp__get_le32(b + 92);
-  st->scan_tail_crc = bp__get_le32(b + 96);
-  if (bp__get_le32(b + 8) != 1 || st->nruns > BP__IX_MAX_RUNS || st->nsegs > STATE_MAX_SEGS ||
-      len != STATE_FIXED + (size_t)st->nruns * STATE_RUN + (size_t)st->nsegs * STATE_SEG + 4) {
-    rs = bp__fail(BP_ECORRUPT, "%s: version, run or segment count does not fit", path);
-    goto out;
-  }
-  const uint8_t *p = b + STATE_FIXED;
-  uint64_t expect_first = 0;
-  for (uint32_t i = 0; i < st->nruns; i++, p += STATE_RUN) {
-    bp__ixrun_ref *r = &st->runs[i];
-    r->no = bp__get_le64(p);
-    r->first = bp__get_le64(p + 8);
-    r->end = bp__get_le64(p + 16);
-    r->level = bp__get_le32(p + 24);
-    if (r->first != expect_first || r->end <= r->first || r->end > st->count || r->no >= st->next_run_no) {
-      rs = bp__fail(BP_ECORRUPT, "%s: run %u does not follow the one before it", path, i);
+  /* Two copies, written in turn: the newer that is whole wins. A write torn
+   * by a crash leaves the other one, which its files still back (nothing it
+   * names is removed until a later state is durable). */
+  bp__ixstate copy[2];
+  const char *why[2];
+  memset(copy, 0, sizeof copy);
+  for (int k = 0; k < 2; k++) {
+    why[k] = state_decode(b + (size_t)k * slot, slot, &copy[k]);
+    if (why[k] && !*why[k]) {
+      bp__ixstate_free(&copy[0]);
+      bp__ixstate_free(&copy[1]);
+      rs = bp__fail(BP_ENOMEM, "out of memory reading %s", path);
       goto out;
     }
-    expect_first = r->end;
   }
-  st->segs = calloc(st->nsegs ? st->nsegs : 1, sizeof *st->segs);
-  if (!st->segs) {
-    rs = bp__fail(BP_ENOMEM, "out of memory reading %s", path);
-    goto out;
+  int pick = !why[0] && (why[1] || copy[0].at.gen >= copy[1].at.gen) ? 0 : !why[1] ? 1 : -1;
+  if (pick < 0) {
+    rs = bp__fail(BP_ECORRUPT, "%s: both copies damaged: %s; %s", path, why[0], why[1]);
+  } else {
+    *st = copy[pick];
+    st->at.slot = (uint32_t)pick;
+    st->at.slot_bytes = slot;
+    copy[pick].segs = NULL;
+    const uint8_t *other = b + (size_t)(pick ^ 1) * slot;
+    bool unused = true;
+    for (size_t i = 0; i < slot && unused; i++) unused = other[i] == 0;
+    st->at.other_damage = why[pick ^ 1] && !unused ? why[pick ^ 1] : NULL;
   }
-  uint64_t seq = 0;
-  for (uint32_t i = 0; i < st->nsegs; i++, p += STATE_SEG) {
-    bp__ixseg *g = &st->segs[i];
-    g->id = bp__get_le64(p);
-    g->first = bp__get_le64(p + 8);
-    g->count = bp__get_le64(p + 16);
-    g->frames_end = bp__get_le64(p + 24);
-    if (g->first != seq || g->count == 0 || (i > 0 && g->id <= st->segs[i - 1].id)) {
-      rs = bp__fail(BP_ECORRUPT, "%s: segment %u does not follow the one before it", path, i);
-      goto out;
-    }
-    seq += g->count;
-  }
-  if (seq != st->count) rs = bp__fail(BP_ECORRUPT, "%s: its segments hold %" PRIu64 " events, not %" PRIu64, path,
-                                      seq, st->count);
+  bp__ixstate_free(&copy[0]);
+  bp__ixstate_free(&copy[1]);
 out:
   free(b);
   bp__os_table.close(fd);
-  if (rs) bp__ixstate_free(st);
   return rs;
 }
 
-bp_status bp__ixstate_write(const char *ixdir, const bp__ixstate *st) {
-  size_t len = STATE_FIXED + (size_t)st->nruns * STATE_RUN + (size_t)st->nsegs * STATE_SEG + 4;
+/* Writes the whole file anew (both slots, the state in the first), through a
+ * temporary file renamed over it: when there is none yet, or the state has
+ * outgrown its slot. */
+static int state_replace(const char *ixdir, const uint8_t *b, size_t len, size_t slot) {
+  char tmp[4200], path[4200];
+  path_in(tmp, sizeof tmp, ixdir, BP__IX_STATE_TMP);
+  path_in(path, sizeof path, ixdir, BP__IX_STATE);
+  int fd = bp__os_table.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
+  if (fd < 0) return errno ? errno : EIO;
+  struct iovec iov = {(void *)b, len};
+  int rc = bp__os_write_all(fd, &iov, 1, 0);
+  if (!rc && bp__os_table.ftruncate(fd, (off_t)(2 * slot)) != 0) rc = errno ? errno : EIO;
+  if (!rc) rc = bp__os_sync(fd, 0);
+  bp__os_table.close(fd);
+  if (!rc && bp__os_table.rename(tmp, path) != 0) rc = errno ? errno : EIO;
+  if (!rc) rc = bp__os_sync_dir(ixdir);
+  if (rc) bp__os_table.unlink(tmp);
+  return rc;
+}
+
+/* Writes over the slot the newest copy is not in, and syncs its data only:
+ * the file keeps its size, so no metadata need reach the disk. */
+static int state_overwrite(const char *ixdir, const uint8_t *b, size_t len, size_t at) {
+  char path[4200];
+  path_in(path, sizeof path, ixdir, BP__IX_STATE);
+  int fd = bp__os_table.open(path, O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+  if (fd < 0) return errno ? errno : EIO;
+  struct iovec iov = {(void *)b, len};
+  int rc = bp__os_write_all(fd, &iov, 1, at);
+  if (!rc) rc = bp__os_sync(fd, 1);
+  bp__os_table.close(fd);
+  return rc;
+}
+
+bp_status bp__ixstate_write(const char *ixdir, const bp__ixstate *st, bp__ixstate_at *at) {
+  size_t len = state_len(st->nruns, st->nsegs);
   uint8_t *b = calloc(1, len);
   if (!b) return bp__fail(BP_ENOMEM, "out of memory writing the index state");
+  uint64_t gen = at->gen + 1;
   memcpy(b, STATE_MAGIC, 8);
-  bp__put_le32(b + 8, 1);
+  bp__put_le32(b + 8, STATE_VERSION);
   bp__put_le64(b + 16, st->count);
   bp__put_le64(b + 24, st->names);
   bp__put_le64(b + 32, st->names_bytes);
@@ -290,6 +357,7 @@ bp_status bp__ixstate_write(const char *ixdir, const bp__ixstate *st) {
   bp__put_le32(b + 88, st->sums_crc);
   bp__put_le32(b + 92, st->tail_crc);
   bp__put_le32(b + 96, st->scan_tail_crc);
+  bp__put_le64(b + 100, gen);
   uint8_t *p = b + STATE_FIXED;
   for (uint32_t i = 0; i < st->nruns; i++, p += STATE_RUN) {
     bp__put_le64(p, st->runs[i].no);
@@ -305,27 +373,22 @@ bp_status bp__ixstate_write(const char *ixdir, const bp__ixstate *st) {
   }
   bp__put_le32(b + len - 4, bp__crc32(b, len - 4));
 
-  char tmp[4200], path[4200];
-  path_in(tmp, sizeof tmp, ixdir, BP__IX_STATE_TMP);
-  path_in(path, sizeof path, ixdir, BP__IX_STATE);
-  bp_status rs = BP_OK;
-  int fd = bp__os_table.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
-  if (fd < 0) {
-    rs = bp__fail_errno(BP_EIO, errno, "create %s", tmp);
+  int rc;
+  bp__ixstate_at next = *at;
+  next.gen = gen;
+  if (len <= at->slot_bytes) {
+    next.slot = at->slot ^ 1;
+    rc = state_overwrite(ixdir, b, len, (uint64_t)next.slot * at->slot_bytes);
   } else {
-    struct iovec iov = {b, len};
-    int rc = bp__os_write_all(fd, &iov, 1, 0);
-    if (!rc) rc = bp__os_sync(fd, 0);
-    bp__os_table.close(fd);
-    if (!rc && bp__os_table.rename(tmp, path) != 0) rc = errno;
-    if (!rc) rc = bp__os_sync_dir(ixdir);
-    if (rc) {
-      rs = bp__fail_errno(BP_EIO, rc, "write %s", path);
-      bp__os_table.unlink(tmp);
-    }
+    /* Room to grow: the segment list lengthens by 32 bytes a segment. */
+    next.slot = 0;
+    next.slot_bytes = (2 * len + STATE_PAGE - 1) / STATE_PAGE * STATE_PAGE;
+    rc = state_replace(ixdir, b, len, next.slot_bytes);
   }
   free(b);
-  return rs;
+  if (rc) return bp__fail_errno(BP_EIO, rc, "write %s/%s", ixdir, BP__IX_STATE);
+  *at = next;
+  return BP_OK;
 }
 
 void bp__ixstate_free(bp__ixstate *st) {
@@ -522,6 +585,21 @@ bp_status bp__ixdir_make(const char *ixdir) {
   if (slash) *slash = '\0';
   int rc = bp__os_sync_dir(slash ? parent : ".");
   return rc ? bp__fail_errno(BP_EIO, rc, "sync %s", parent) : BP_OK;
+}
+
+int bp__ixdir_clear(const char *ixdir, const char *keep) {
+  DIR *d = opendir(ixdir);
+  if (!d) return errno == ENOENT ? 0 : errno;
+  int rc = 0;
+  for (struct dirent *e; (e = readdir(d));) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    if (keep && strcmp(e->d_name, keep) == 0) continue;
+    char p[4400];
+    snprintf(p, sizeof p, "%s/%s", ixdir, e->d_name);
+    if (bp__os_table.unlink(p) != 0 && errno != ENOENT) rc = errno;
+  }
+  closedir(d);
+  return rc;
 }
 
 int bp__ixdir_remove(const char *ixdir) {

@@ -75,6 +75,15 @@ typedef struct bp__ixseg {
   uint64_t id, first, count, frames_end;
 } bp__ixseg;
 
+/* Where the newest copy of the state is in its file, and its number. */
+typedef struct bp__ixstate_at {
+  uint64_t gen;                     /* 0: no state file yet */
+  uint32_t slot;                    /* 0 or 1 */
+  size_t slot_bytes;                /* 0: no file, or one to be replaced */
+  const char *other_damage;         /* read: what is wrong with the other slot's copy,
+                                       NULL when whole or never written (all zeros) */
+} bp__ixstate_at;
+
 /* The state file: what of the index is valid, and of which log. */
 typedef struct bp__ixstate {
   uint64_t count;                   /* entries [0, count) are valid and durable */
@@ -92,15 +101,20 @@ typedef struct bp__ixstate {
   bp__ixrun_ref runs[BP__IX_MAX_RUNS];
   uint32_t nsegs;
   bp__ixseg *segs;                  /* malloc'd */
+  bp__ixstate_at at;                /* filled by bp__ixstate_read */
 } bp__ixstate;
 
-/* Reads index/state. Errors: BP_ENOTFOUND (no state file), BP_ECORRUPT
- * (damaged: CRC, size, impossible values; the message says which), BP_EIO,
- * BP_ENOMEM. */
+/* Reads index/state: the newer of its two copies that is whole. Errors:
+ * BP_ENOTFOUND (no state file), BP_ECORRUPT (both copies damaged: CRC, size,
+ * impossible values; the message says which), BP_EIO, BP_ENOMEM. */
 bp_status bp__ixstate_read(const char *ixdir, bp__ixstate *st);
-/* Replaces index/state atomically (temporary file, fsync, rename, directory
- * fsync). Errors: BP_EIO, BP_ENOMEM. */
-bp_status bp__ixstate_write(const char *ixdir, const bp__ixstate *st);
+/* Makes st the newest state: written over the older copy's slot and its data
+ * synced (no metadata changes), or, when there is no file yet (at->slot_bytes
+ * 0) or st outgrew its slot, a new file with room to grow replaces it
+ * atomically (temporary file, fsync, rename, directory fsync). at is where
+ * the newest copy was, and on success where it is now. Errors: BP_EIO,
+ * BP_ENOMEM. */
+bp_status bp__ixstate_write(const char *ixdir, const bp__ixstate *st, bp__ixstate_at *at);
 void bp__ixstate_free(bp__ixstate *st);
 
 /* Calls fn for each name of the names file, in id order from id 1, up to
@@ -135,5 +149,8 @@ int64_t bp__ixfile_size(const char *ixdir, const char *name);
 bp_status bp__ixdir_make(const char *ixdir);
 /* Removes the index directory and everything in it. Returns 0 or an errno value. */
 int bp__ixdir_remove(const char *ixdir);
+/* Removes every file of the index directory but `keep` (NULL: none).
+ * Returns 0 or an errno value. */
+int bp__ixdir_clear(const char *ixdir, const char *keep);
 
 #endif

@@ -138,7 +138,7 @@ static bp_status write_state_with(bp_store *s, uint64_t count, const bp__ixrun_r
     for (uint32_t i = 0; i < runs->n && runs->runs[i].ref.end <= count; i++) st.runs[st.nruns++] = runs->runs[i].ref;
   }
   rs = segments_of(s, count, &st);
-  if (!rs) rs = bp__ixstate_write(s->ixdir, &st);
+  if (!rs) rs = bp__ixstate_write(s->ixdir, &st, &s->ix_state_at);
   if (!rs) {
     s->ix_state_count = count;
     s->ix_state_runs_end = st.nruns ? st.runs[st.nruns - 1].end : 0;
@@ -362,6 +362,18 @@ static const char *check_last(bp_store *s, const bp__ixstate *st) {
   return same ? NULL : "its last event's frame is not in the log where it says";
 }
 
+void bp__ixstore_evidence(bp_store *s) {
+  char ixdir[4200];
+  snprintf(ixdir, sizeof ixdir, "%s/%s", s->dir, BP__IX_DIR);
+  bp__ixstate st;
+  if (bp__ixstate_read(ixdir, &st) != BP_OK) return;
+  if (st.nsegs && st.epoch == atomic_load(&s->log_epoch)) {
+    s->tail_evidence.segment = st.segs[st.nsegs - 1].id;
+    s->tail_evidence.upto = st.segs[st.nsegs - 1].frames_end;
+  }
+  bp__ixstate_free(&st);
+}
+
 bp_status bp__ixstore_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off) {
   bp__ixstate st;
   bp_status rs = bp__ixstate_read(s->ixdir, &st);
@@ -454,6 +466,7 @@ bp_status bp__ixstore_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off) {
   s->ix_next_run = st.next_run_no;
   s->ix_state_count = st.count;
   s->ix_state_runs_end = st.nruns ? st.runs[st.nruns - 1].end : 0;
+  s->ix_state_at = st.at;
   *wm_seg = 0;
   *wm_off = 0;
   if (st.count) {
@@ -480,10 +493,15 @@ static void start_counts(bp_store *s) {
   s->ix_next_run = 1;
   s->ix_state_count = 0;
   s->ix_state_runs_end = 0;
+  memset(&s->ix_state_at, 0, sizeof s->ix_state_at);
 }
 
 bp_status bp__ixstore_create(bp_store *s) {
-  int rc = bp__ixdir_remove(s->ixdir);
+  /* The old state stays until the new index replaces it: until then it is
+   * still the evidence of where the newest segment's durable frames end
+   * (tail_evidence), for this open's scan and for the next open's, should
+   * this one fail. */
+  int rc = bp__ixdir_clear(s->ixdir, BP__IX_STATE);
   if (rc) return bp__fail_errno(BP_EIO, rc, "remove %s", s->ixdir);
   bp_status st = bp__ixdir_make(s->ixdir);
   bool fresh;

@@ -98,6 +98,19 @@ void bp__segment_sealed(bp_store *s, uint64_t id, uint64_t size) {
   pthread_mutex_unlock(&s->seg_lock);
 }
 
+void bp__segment_unseal(bp_store *s, uint64_t id, uint64_t size) {
+  pthread_mutex_lock(&s->seg_lock);
+  bp__segment *g = find_locked(s, id);
+  if (g) {
+    if (g->map) bp__os_table.munmap((void *)g->map, g->map_size);
+    g->map = NULL;
+    g->map_len = g->map_size = 0;
+    g->sealed = false;
+    g->size = size;
+  }
+  pthread_mutex_unlock(&s->seg_lock);
+}
+
 void bp__segment_map_active(bp_store *s, uint64_t id, int fd, uint64_t reserve) {
   if (reserve > ((uint64_t)1 << 40) || reserve > SIZE_MAX / 2) return; /* an absurd size, or more than this address space */
   size_t len = (size_t)bp__os_page_ceil(reserve);
@@ -232,6 +245,17 @@ bool bp__segment_note_fix(bp_store *s, uint64_t id, uint64_t first, uint64_t cou
   if (!v) return false;
   s->footer_fixes = v;
   v[s->nfooter_fixes++] = (struct bp__footer_fix){id, first, count, frames_end, why};
+  return true;
+}
+
+bool bp__segment_take_newest_fix(bp_store *s, uint64_t *id, uint64_t *first, uint64_t *frames_end) {
+  if (s->nfooter_fixes == 0 || s->nsegs == 0) return false;
+  const struct bp__footer_fix *x = &s->footer_fixes[s->nfooter_fixes - 1];
+  if (x->why != BP__FIX_CRASHED || x->id != s->segs[s->nsegs - 1].id) return false;
+  *id = x->id;
+  *first = x->first;
+  *frames_end = x->frames_end;
+  s->nfooter_fixes--;
   return true;
 }
 
@@ -1014,13 +1038,17 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
     else if (!damage) damage = "the frames run into the SIDX footer";
   }
 
-  if (damage && (f->has_trailer || !may_tear) && !s->cfg.salvage) {
+  bool durable_here = !f->has_trailer && f->id == s->tail_evidence.segment && off < s->tail_evidence.upto;
+  if (damage && (f->has_trailer || !may_tear || durable_here) && !s->cfg.salvage) {
     /* A sealed segment must be intact, and only the newest segment can have
-     * been cut short by a crash: anywhere else, damage is corruption. */
+     * been cut short by a crash, after its durable frames: anywhere else,
+     * damage is corruption. */
     bp__index_rollback(&s->ix, count_before);
     return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " at offset %zu: %s in a %s segment "
                     "(open with salvage to keep the events before it)", f->id, off, damage,
-                    f->has_trailer ? "sealed" : "crashed, not the newest,");
+                    f->has_trailer ? "sealed"
+                    : may_tear     ? "newest, before the end of the frames the index state lists in that"
+                                   : "crashed, not the newest,");
   }
   if (damage) {
     size_t dropped = (claimed && claimed_end >= off ? claimed_end : f->size) - off;
@@ -1038,6 +1066,18 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
     /* Chain heads were advanced by the dropped frames: each is learnt
      * again from its entity's stream, which the rollback cut, when used. */
     for (uint32_t i = 0; i < bp__index_name_count(&s->ix); i++) bp__index_name(&s->ix, i)->head_known = false;
+  }
+  if (!f->has_trailer && f->id == s->tail_evidence.segment && !s->cfg.salvage) {
+    /* The index state saw durable frames up to tail_evidence.upto here: a
+     * scan that keeps less found damage (a flipped byte, zeros written over
+     * frames, a cut), which no crash explains. */
+    uint64_t first, kept = kept_end(s, f, &first);
+    if (kept < s->tail_evidence.upto) {
+      bp__index_rollback(&s->ix, count_before);
+      return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 ": its frames end at offset %" PRIu64 ", yet the index "
+                      "state (intact) lists frames up to offset %" PRIu64 ": damage, not a crash (open with salvage "
+                      "to keep the events before it)", f->id, kept, s->tail_evidence.upto);
+    }
   }
   /* A read-write open seals what it had to scan: a crashed segment (cut to
    * its last kept frame), and a damaged footer of ours. A footer without a

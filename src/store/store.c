@@ -327,6 +327,7 @@ static bp_status recover_once(bp_store *s) {
   seg_look *look = NULL;
   if (!st) st = survey(s, ids, n, &look);
   if (!st && n > 0 && look[0].opened) atomic_store(&s->log_epoch, look[0].created_ns);
+  if (!st && n > 0) bp__ixstore_evidence(s);
 
   bool restored = false;
   if (!st && s->ixdir && n > 0) {
@@ -468,6 +469,7 @@ static bp_status recovery_reset(bp_store *s) {
   s->torn_bytes = s->batch_frames_dropped = 0;
   s->ckpt_unusable = false;
   s->ckpt_evidence.segment = s->ckpt_evidence.upto = 0;
+  s->tail_evidence.segment = s->tail_evidence.upto = 0;
   return index_reset(s);
 }
 
@@ -592,7 +594,20 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
   }
   if (st) goto fail;
   if ((st = recover(s))) goto fail;
-  if (!readonly && (st = bp__segment_fix_footers(s))) goto fail;
+  if (!readonly) {
+    /* With the persistent index, the newest segment, left unsealed by a
+     * close or a crash, takes the next appends: a process that appends a
+     * few events and closes writes those and the index's changes, not a new
+     * segment, a footer and a directory entry each time (nor leaves a file
+     * behind per run). The index state records where its frames end, which
+     * keeps damage in it from passing for a torn tail (segment.c); without
+     * the index, the segment is sealed as before. */
+    uint64_t id, first, frames_end;
+    if (s->ixon && bp__segment_take_newest_fix(s, &id, &first, &frames_end) &&
+        (st = bp__writer_adopt(s, id, first, frames_end)))
+      goto fail;
+    if ((st = bp__segment_fix_footers(s))) goto fail;
+  }
   /* A first build is kept at once: a crash would otherwise waste it. An
    * index.ckpt (the crate's) stays as it is: appends only make it old, and
    * both the crate and this library read the log after its watermark. */
@@ -623,6 +638,7 @@ fail:;
   if (s->ix.chunks) bp__index_free(&s->ix);
   bp__scan_free(&s->scan);
   if (s->lock_fd >= 0) bp__os_table.close(s->lock_fd);
+  if (s->wfd >= 0) bp__os_table.close(s->wfd); /* a segment adopted for appends */
   bp__buf_free(&s->wbuf);
   pthread_mutex_destroy(&s->compact_lock);
   pthread_mutex_destroy(&s->cursor_files_lock);
@@ -721,10 +737,11 @@ bp_status bp_close(bp_store *s) {
   while (atomic_load_explicit(&s->appending, memory_order_acquire) != 0) usleep(50);
   if (!s->readonly) {
     pthread_mutex_lock(&s->wlock);
-    if (s->wfd >= 0) st = bp__writer_seal(s);
+    /* Left unsealed only where the index state will say where it ends. */
+    if (s->wfd >= 0) st = s->ixon ? bp__writer_finish(s) : bp__writer_seal(s);
     pthread_mutex_unlock(&s->wlock);
-    /* Once the segment is sealed (its frames durable), the index's state
-     * may claim every event. Nothing changed, nothing is written. */
+    /* Once the segment's frames are durable, the index's state may claim
+     * every event. Nothing changed, nothing is written. */
     bp_status ix = st ? BP_OK : bp__ixstore_close(s);
     if (!st) st = ix;
   }

@@ -138,6 +138,8 @@ struct bp_store {
   uint64_t wcap;            /* the file's size: space allocated ahead of wsize */
   uint64_t wpop;            /* the mapping is writable (no fault on write) below this */
   uint64_t wflushed;        /* write-back was started (or done) for bytes below this */
+  uint64_t wplain_until;    /* frames below this go through write(), nothing allocated ahead */
+  bool wadopted;            /* the active segment was taken over at open, and nothing appended since */
   pthread_mutex_t hint_lock; /* held to change wfd, wmap and wmap_len, and by hints */
   uint64_t wgen;            /* changes when the mapping or descriptor goes away (hint_lock) */
   uint64_t next_segment_id;
@@ -186,6 +188,7 @@ struct bp_store {
   uint32_t ix_names_written; /* names in it ("" implied) */
   uint64_t ix_next_run;
   uint64_t ix_state_count;  /* events the last index/state written or read claims */
+  bp__ixstate_at ix_state_at; /* where the newest copy of index/state is */
   uint64_t ix_state_runs_end; /* where the runs it lists end */
   bool ix_spilled_here;     /* the index thread wrote a run in this session (it may merge) */
   uint32_t ix_names_crc;    /* CRC-32 of index/names */
@@ -202,6 +205,13 @@ struct bp_store {
   struct {
     uint64_t segment, upto;
   } ckpt_evidence;
+  /* Where an intact index state (index/state, of this log) says the frames
+   * of its newest segment went on to: durable frames, which no crash takes.
+   * A scan that stops short of it in that segment found damage, not a torn
+   * tail (segment.c). 0: none. */
+  struct {
+    uint64_t segment, upto;
+  } tail_evidence;
   uint32_t from_sidx, scanned;
   /* Segments whose SIDX footer a read-write open writes anew once recovery
    * is done (segment.c, bp__segment_fix_footers): a crashed segment (no
@@ -233,6 +243,10 @@ bool bp__segment_parse_name(const char *name, uint64_t *id);
 bp_status bp__segment_add(bp_store *s, uint64_t id, bool sealed, uint64_t size);
 /* Marks a segment sealed with its final size. */
 void bp__segment_sealed(bp_store *s, uint64_t id, uint64_t size);
+/* Segment id becomes the active one again (a read-write open goes on with
+ * it), size bytes long; a mapping made for reading it is dropped (open: no
+ * reader yet). */
+void bp__segment_unseal(bp_store *s, uint64_t id, uint64_t size);
 /* Reads len bytes at off of segment id into buf. Errors: BP_EIO, BP_ECORRUPT. */
 bp_status bp__segment_read(bp_store *s, uint64_t id, uint64_t off, void *buf, size_t len);
 /* The mapping of a segment that is mapped (a sealed one once read, the active
@@ -318,6 +332,11 @@ enum { BP__FIX_CRASHED = 1, BP__FIX_DAMAGED, BP__FIX_STALE };
  * segment); the other fixes only log a failure (loading never relies on
  * them, and the next open tries again). */
 bp_status bp__segment_fix_footers(bp_store *s);
+/* Takes the newest segment out of footer_fixes when it is there as one a
+ * writer left unsealed (a close, or a crash) and no segment follows it: its
+ * frames up to *frames_end (events from *first) are the log's end, which a
+ * read-write open goes on with instead of sealing it. */
+bool bp__segment_take_newest_fix(bp_store *s, uint64_t *id, uint64_t *first, uint64_t *frames_end);
 /* Records a footer to write; false when out of memory. */
 bool bp__segment_note_fix(bp_store *s, uint64_t id, uint64_t first, uint64_t count, uint64_t frames_end, int why);
 /* Fills an index entry from a decoded frame found at (seg, off, len). */
@@ -360,6 +379,9 @@ bp_status bp__open_readonly_unindexed(const bp_config *cfg, bp_store **out);
  * and builds it). BP_ECORRUPT: it proves that events it lists left the log
  * (not with salvage). BP_ENOMEM. */
 bp_status bp__ixstore_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off);
+/* Sets s->tail_evidence from dir/index/state when a copy of it is whole and
+ * made for this log (log_epoch known), whether or not the index is used. */
+void bp__ixstore_evidence(bp_store *s);
 /* Starts index/ afresh for a read-write store about to index its log.
  * Errors: BP_EIO, BP_ENOMEM. */
 bp_status bp__ixstore_create(bp_store *s);
@@ -383,6 +405,15 @@ void bp__ixstore_detach_quietly(bp_store *s);
 
 /* ---- writer (writer.c) ---- */
 bp_status bp__writer_seal(bp_store *s);
+/* At close: the active segment's frames made durable and the space
+ * allocated ahead of them given back, the segment left unsealed for the next
+ * read-write open to go on with (sealed instead when its rotation is due).
+ * Writes nothing when nothing was appended. Errors: BP_EIO. */
+bp_status bp__writer_finish(bp_store *s);
+/* At a read-write open: makes segment id, unsealed, whose kept frames
+ * (events [first, ix.count)) end at frames_end, the active segment again,
+ * cut to frames_end first when the file is longer. Errors: BP_EIO. */
+bp_status bp__writer_adopt(bp_store *s, uint64_t id, uint64_t first, uint64_t frames_end);
 /* fsyncs the active segment; everything appended so far becomes durable (wlock held).
  * Errors: BP_EWRITER, BP_EIO (the writer's restart policy applies). */
 bp_status bp__writer_sync(bp_store *s);

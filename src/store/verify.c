@@ -35,6 +35,12 @@ typedef struct vctx {
   size_t nheads, headcap;
   bool lowest;              /* checking the store's lowest segment */
   bool retention_ran;       /* retired.keys holds keys: retention dropped events */
+  int64_t log_epoch;        /* created_ns of the lowest segment */
+  /* The index state's newest segment and where its durable frames end (and
+   * the log it was made for): frames of that segment, unsealed, must reach
+   * that far; short of it is damage, not a torn tail. */
+  uint64_t tail_seg, tail_upto;
+  int64_t tail_epoch;
 } vctx;
 
 BP__PRINTF(3, 4) static void problem(vctx *v, const char *where, const char *fmt, ...) {
@@ -231,6 +237,7 @@ static void check_segment(vctx *v, const char *dir, uint64_t id) {
     return;
   }
   if (h.segment_id != id) problem(v, where, "header says segment %" PRIu64, h.segment_id);
+  if (v->lowest) v->log_epoch = h.created_ns;
   if (h.flags != 0) problem(v, where, "header flags 0x%x are not defined by format version %u", h.flags, h.version);
   uint64_t first_seq = v->rep->frames;
   size_t end = size;
@@ -337,6 +344,9 @@ static void check_segment(vctx *v, const char *dir, uint64_t id) {
     vf->f.payload = NULL;
     off += BP__FRAME_PREFIX + (size_t)len;
   }
+  if (!sealed && id == v->tail_seg && v->tail_epoch == v->log_epoch && off < v->tail_upto && !v->oom)
+    problem(v, where, "its frames end at offset %zu, yet the index state lists frames up to offset %" PRIu64
+            " (damage, not a crash)", off, v->tail_upto);
   if (sealed) {
     check_footer(v, where, d, size, off < end ? end : off, fr, nfr, first_seq);
   } else if (nfr > 0 && size - off >= BP__SIDX_TRAILER_SIZE) {
@@ -461,6 +471,11 @@ static void check_index(vctx *v, const char *dir) {
     if (!v->oom) problem(v, BP__IX_DIR "/" BP__IX_STATE, "%s", bp_last_error()->message);
     return;
   }
+  /* Harmless while the newer copy is whole, but not what was written (a
+   * crash tearing the write of a copy is the one innocent cause). */
+  if (st.at.other_damage)
+    problem(v, BP__IX_DIR "/" BP__IX_STATE, "the copy in slot %u is damaged (%s); the other one is used",
+            st.at.slot ^ 1, st.at.other_damage);
   if ((rs = bp__ixnames_read(ixdir, st.names_bytes, name_seen, NULL, st.names_crc)))
     index_problem(v, rs, BP__IX_DIR "/" BP__IX_NAMES);
   /* Bytes past what the state counts (in names, sums, entries and scan
@@ -600,7 +615,20 @@ bp_status bp_verify(const char *dir, bp_verify_report *rep) {
   }
   closedir(dp);
   if (n > 1) qsort(ids, n, sizeof *ids, cmp_u64);
-  vctx v = {rep, 0, false, NULL, 0, 0, false, false};
+  vctx v = {rep, 0, false, NULL, 0, 0, false, false, 0, 0, 0, 0};
+  {
+    char ixdir[4200];
+    snprintf(ixdir, sizeof ixdir, "%s/%s", dir, BP__IX_DIR);
+    bp__ixstate st;
+    if (bp__ixstate_read(ixdir, &st) == BP_OK) {
+      if (st.nsegs) {
+        v.tail_seg = st.segs[st.nsegs - 1].id;
+        v.tail_upto = st.segs[st.nsegs - 1].frames_end;
+        v.tail_epoch = st.epoch;
+      }
+      bp__ixstate_free(&st);
+    }
+  }
   bp__retired_keys rk;
   if (bp__retired_load(dir, &rk) == BP_OK) v.retention_ran = rk.n > 0;
   bp__retired_free(&rk);

@@ -353,8 +353,31 @@ static void zero_ahead(bp_store *s, uint64_t end) {
   if (bp__os_write_all(s->wfd, &iov, 1, from) == 0) s->wcap = from + sizeof zeros;
 }
 
+/*
+ * A segment a process starts (or goes on with) takes its first
+ * BP__PLAIN_BYTES of frames through write() at the end of the file, with
+ * nothing allocated ahead: a process that appends a few events and closes
+ * then changes the file's size once, where allocating ahead, mapping and
+ * giving the unused space back at close cost two more journal commits
+ * (about 32 KiB written on ext4 here, twice what the frames cost). Past
+ * that, the mapping and the space ahead pay for themselves.
+ */
+#define BP__PLAIN_BYTES (256u << 10)
+
+static void plain_for_a_while(bp_store *s) { s->wplain_until = s->wsize + BP__PLAIN_BYTES; }
+
 /* Hands len bytes at offset at of the active segment to the operating system. */
 static int segment_write(bp_store *s, const uint8_t *data, size_t len, uint64_t at, hints *h) {
+  if (s->wplain_until) {
+    if (at + len <= s->wplain_until) {
+      struct iovec iov = {(void *)data, len};
+      int rc = bp__os_write_all(s->wfd, &iov, 1, at);
+      if (!rc && at + len > s->wcap) s->wcap = at + len;
+      return rc;
+    }
+    s->wplain_until = 0;
+    if (s->cfg.sync_every_n_events > BP__WRITE_SYNCS) map_segment(s);
+  }
   if (s->wmap && at + len <= s->wmap_len) {
     int rc = reserve_space(s, at + len, h);
     if (rc == 0 && at + len + BP__GROW_AHEAD > s->wcap) {
@@ -427,7 +450,7 @@ static bp_status writer_open_segment(bp_store *s) {
   s->wpop = 0;
   s->wflushed = 0;
   s->wseg_first = s->ix.count;
-  if (s->cfg.sync_every_n_events > BP__WRITE_SYNCS) map_segment(s);
+  plain_for_a_while(s);
   bp__log(s, BP_LOG_DEBUG, "segment %06" PRIu64 " started", id);
   return BP_OK;
 }
@@ -511,8 +534,65 @@ bp_status bp__writer_seal(bp_store *s) {
   return BP_OK;
 }
 
+bp_status bp__writer_finish(bp_store *s) {
+  if (s->wsize >= s->cfg.segment_max_bytes) return bp__writer_seal(s); /* its rotation is due */
+  unmap_segment(s);
+  int rc = 0;
+  bool cut = s->wcap > s->wsize;
+  if (cut && bp__os_table.ftruncate(s->wfd, (off_t)s->wsize) != 0) rc = errno ? errno : EIO;
+  if (!rc && (s->unsynced || cut)) rc = bp__os_sync(s->wfd, s->cfg.sync_mode);
+  if (rc) {
+    /* What the frames need is on disk or in the page cache either way: the
+     * next open finds them (and any space left ahead) as a crash leaves them. */
+    bp_status st = bp__fail_errno(BP_EIO, rc, "close: sync segment %06" PRIu64, s->wseg);
+    close_segment(s);
+    return st;
+  }
+  close_segment(s);
+  atomic_store(&s->durable, s->ix.count);
+  s->unsynced = 0;
+  return BP_OK;
+}
+
+bp_status bp__writer_adopt(bp_store *s, uint64_t id, uint64_t first, uint64_t frames_end) {
+  char path[4096];
+  bp__segment_path(s, id, path, sizeof path);
+  int fd = bp__os_table.open(path, O_RDWR | O_CLOEXEC | O_NOFOLLOW, 0);
+  if (fd < 0) return bp__fail_errno(BP_EIO, errno, "open %s for appends", path);
+  struct stat sb;
+  int rc = bp__os_table.fstat(fd, &sb) != 0 ? (errno ? errno : EIO) : 0;
+  if (!rc && (uint64_t)sb.st_size > frames_end) {
+    /* A torn frame, an interrupted batch or space allocated ahead: none of
+     * it was kept, and new frames must not end up in front of it. */
+    if (bp__os_table.ftruncate(fd, (off_t)frames_end) != 0) rc = errno ? errno : EIO;
+    if (!rc) rc = bp__os_sync(fd, 0);
+  }
+  if (rc) {
+    bp__os_table.close(fd);
+    return bp__fail_errno(BP_EIO, rc, "segment %06" PRIu64 ": cutting it to its last kept frame", id);
+  }
+  bp__segment_unseal(s, id, frames_end);
+  bp__segment_map_active(s, id, fd, s->cfg.segment_max_bytes + BP__MAP_SLACK);
+  bp__segment_readable(s, id, frames_end);
+  pthread_mutex_lock(&s->hint_lock);
+  s->wfd = fd;
+  s->wgen++;
+  pthread_mutex_unlock(&s->hint_lock);
+  s->wseg = id;
+  s->wsize = s->wcap = frames_end;
+  s->wpop = 0;
+  s->wflushed = bp__os_page_floor(frames_end);
+  s->wseg_first = first;
+  s->wadopted = true;
+  plain_for_a_while(s);
+  bp__log(s, BP_LOG_DEBUG, "segment %06" PRIu64 ": appends go on after its %" PRIu64 " events", id,
+          s->ix.count - first);
+  return BP_OK;
+}
+
 static bp_status writer_ensure_segment(bp_store *s) {
   if (s->failed) return bp__fail(BP_EWRITER, "the writer has failed; reopen the store");
+  s->wadopted = false;
   if (s->wfd >= 0 && s->wsize >= s->cfg.segment_max_bytes) {
     bp_status st = bp__writer_seal(s);
     if (st) return st;
