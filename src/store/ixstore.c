@@ -351,14 +351,15 @@ static const char *check_last(bp_store *s, const bp__ixstate *st) {
   if (st->count == 0) return NULL;
   const bp__ientry *e = bp__index_at(&s->ix, st->count - 1);
   if (!bp_id_eq(e->event_id, st->last_id)) return "its last entry is not the event its state names";
-  bp__evread rd;
-  bp__evread_init(&rd);
-  bp_status rs = bp__read_frame(s, st->count - 1, &rd);
-  bool same = !rs && rd.raw && e->length >= BP__FRAME_PREFIX;
+  if (e->length < BP__FRAME_PREFIX) return "its last entry is damaged";
+  uint8_t *raw = malloc(e->length);
+  if (!raw) return "out of memory reading its last event's frame";
+  bool same = bp__segment_read(s, e->segment_id, e->offset, raw, e->length) == BP_OK &&
+              bp__frame_check(raw, e->length, e->segment_id, e->offset) == BP_OK;
   bp__frame fr;
-  if (same) same = bp__frame_decode_body(rd.raw + BP__FRAME_PREFIX, e->length - BP__FRAME_PREFIX, NULL, &fr) == BP_OK &&
+  if (same) same = bp__frame_decode_body(raw + BP__FRAME_PREFIX, e->length - BP__FRAME_PREFIX, NULL, &fr) == BP_OK &&
                    bp_id_eq(fr.header.event_id, e->event_id);
-  bp__evread_free(&rd);
+  free(raw);
   return same ? NULL : "its last event's frame is not in the log where it says";
 }
 

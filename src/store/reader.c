@@ -90,11 +90,8 @@ bp_status bp__read_frame(bp_store *s, uint64_t seq, bp__evread *rd) {
     if (st) return st;
     frame = rd->frame.data;
   }
-  if (bp__get_be32(frame) != len - BP__FRAME_PREFIX)
-    return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame length %u, index says %u", seg, off,
-                    bp__get_be32(frame), len - BP__FRAME_PREFIX);
-  if (bp__crc32(frame + BP__FRAME_PREFIX, len - BP__FRAME_PREFIX) != bp__get_be32(frame + 4))
-    return bp__fail(BP_ECRC, "segment %06" PRIu64 " offset %" PRIu64 ": CRC mismatch", seg, off);
+  bp_status st = bp__frame_check(frame, len, seg, off);
+  if (st) return st;
   rd->raw = frame;
   return BP_OK;
 }

@@ -227,6 +227,15 @@ bp_status bp__segment_read(bp_store *s, uint64_t id, uint64_t off, void *buf, si
   return BP_OK;
 }
 
+bp_status bp__frame_check(const uint8_t *frame, uint32_t len, uint64_t seg, uint64_t off) {
+  if (bp__get_be32(frame) != len - BP__FRAME_PREFIX)
+    return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " offset %" PRIu64 ": frame length %u, index says %u", seg, off,
+                    bp__get_be32(frame), len - BP__FRAME_PREFIX);
+  if (bp__crc32(frame + BP__FRAME_PREFIX, len - BP__FRAME_PREFIX) != bp__get_be32(frame + 4))
+    return bp__fail(BP_ECRC, "segment %06" PRIu64 " offset %" PRIu64 ": CRC mismatch", seg, off);
+  return BP_OK;
+}
+
 void bp__segments_free(bp_store *s) {
   for (size_t i = 0; i < s->nsegs; i++) {
     if (s->segs[i].map) bp__os_table.munmap(s->segs[i].map, s->segs[i].map_size);

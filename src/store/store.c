@@ -5,10 +5,13 @@
  *   1. validate the configuration (nothing is created before this passes);
  *   2. create the directory (0700) and take the lock file (flock, exclusive);
  *   3. list the NNNNNN.fbat segments; anything else is left alone (logged);
- *   4. restore the index from index.ckpt when it is enabled and valid, then
- *      load the segments after its watermark; otherwise load every segment
- *      (its SIDX footer when present and consistent, else a frame scan);
- *   5. the writer starts a new segment, id = highest + 1, at the first append.
+ *   4. map the persistent index (index/) when it is enabled and usable, or
+ *      restore the crate's index.ckpt, then load the segments after what it
+ *      covers; otherwise load every segment (its SIDX footer when present
+ *      and consistent, else a frame scan);
+ *   5. with the persistent index, the writer goes on with the newest segment
+ *      when it is unsealed; otherwise it starts a new one, id = highest + 1,
+ *      at the first append.
  */
 #include "store/store_impl.h"
 
@@ -62,23 +65,6 @@ static bp_status validate(const bp_config *c) {
   if (c->restart_policy.kind == BP_RESTART_BOUNDED && c->restart_policy.within_ms == 0)
     return bp__fail(BP_ECONFIG, "config: restart_policy.within_ms must be above 0 for BP_RESTART_BOUNDED");
   return BP_OK;
-}
-
-void bp__log(bp_store *s, int level, const char *fmt, ...) {
-  if (!s->cfg.log_fn) return;
-  char msg[512];
-  va_list ap;
-  va_start(ap, fmt);
-  vsnprintf(msg, sizeof msg, fmt, ap);
-  va_end(ap);
-  s->cfg.log_fn(level, msg, s->cfg.log_ctx);
-}
-
-int64_t bp__now_us(const bp_store *s) {
-  if (s->cfg.clock) return s->cfg.clock(s->cfg.clock_ctx);
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
 }
 
 /* ---------------------------------------------------------------- open */

@@ -268,6 +268,10 @@ void bp__segment_readable(bp_store *s, uint64_t id, uint64_t upto);
 void bp__segment_release(bp_store *s, uint64_t id);
 /* Unmaps and closes everything. */
 void bp__segments_free(bp_store *s);
+/* Checks a whole frame of len bytes (prefix included) read from segment seg
+ * at offset off: its length field says len, and its CRC holds. Errors:
+ * BP_ECORRUPT (length), BP_ECRC. */
+bp_status bp__frame_check(const uint8_t *frame, uint32_t len, uint64_t seg, uint64_t off);
 
 /* Appends the SIDX footer of entries [first, end) (all in one segment whose
  * frames end at frames_end) to b. Errors: BP_ENOMEM. */
