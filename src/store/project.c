@@ -176,8 +176,16 @@ static void cache_store(bp_store *s, const bp_projection *p, void *ctx, const vo
   free(bytes);
 }
 
-static bp_status project_stream(bp_store *s, const char *entity, const bp_projection *p, void *ctx,
-                                bp_freshness fresh, void *state, const uint32_t *v, uint32_t n);
+/* The stream's items as one array for replay (helpers take slices of it):
+ * its only piece, or a copy of its pieces into *owned. NULL when out of
+ * memory. */
+static const uint32_t *stream_array(const bp__stream *st, uint32_t **owned) {
+  *owned = NULL;
+  if (st->n == 1) return st->p[0].v;
+  if (!(*owned = malloc(sizeof **owned * (st->total ? st->total : 1)))) return NULL;
+  bp__stream_copy(st, 0, st->total, *owned);
+  return *owned;
+}
 
 /* bp_project with the view lock held. */
 static bp_status project_locked(bp_store *s, const char *entity, const bp_projection *p, void *ctx,
@@ -186,32 +194,19 @@ static bp_status project_locked(bp_store *s, const char *entity, const bp_projec
   const bp__name *nm = bp__index_find_name(&s->ix, entity, strlen(entity));
   bp__stream stream = {0};
   if (nm) bp__index_stream(&s->ix, BP__STREAM_ENTITY, nm->id, limit, &stream);
-  /* Replay reads the stream by place (helpers take slices of it): one array,
-   * the stream's only piece or a copy of its pieces. */
-  uint32_t n = (uint32_t)stream.total, *owned = NULL;
-  const uint32_t *v = stream.n == 1 ? stream.p[0].v : NULL;
-  if (stream.n > 1) {
-    if (!(owned = malloc(sizeof *owned * n))) return bp__fail(BP_ENOMEM, "bp_project: out of memory");
-    bp__stream_copy(&stream, 0, n, owned);
-    v = owned;
-  }
-  bp_status rs = project_stream(s, entity, p, ctx, fresh, state, v, n);
-  free(owned);
-  return rs;
-}
-
-/* project_locked over the entity's stream v[0, n). */
-static bp_status project_stream(bp_store *s, const char *entity, const bp_projection *p, void *ctx,
-                                bp_freshness fresh, void *state, const uint32_t *v, uint32_t n) {
-  /* The latest relevant event decides what a cached state must include. */
+  uint32_t n = (uint32_t)stream.total;
+  /* The latest relevant event decides what a cached state must include;
+   * found from the end, piece by piece, so that a cache hit copies nothing. */
   int64_t last = -1;
   for (uint32_t i = n; i-- > 0;)
-    if (relevant(p, bp__index_at(&s->ix, v[i])->kind)) {
+    if (relevant(p, bp__index_at(&s->ix, bp__stream_item(&stream, i))->kind)) {
       last = (int64_t)i;
       break;
     }
   if (last < 0) return bp__fail(BP_ENOTFOUND, "entity %s has no events for projection %s", entity, p->name);
-  uint64_t watermark = v[last];
+  uint64_t watermark = bp__stream_item(&stream, (uint64_t)last);
+  const uint32_t *v = NULL;
+  uint32_t *owned = NULL;
 
   bool cacheable = s->cache && p->encode && p->decode;
   uint8_t *key = NULL;
@@ -233,15 +228,12 @@ static bp_status project_stream(bp_store *s, const char *entity, const bp_projec
         bp_status st = BP_OK;
         if (extend) {
           /* Only the events after the cached watermark. */
-          uint32_t lo = 0, hi = n;
-          while (lo < hi) {
-            uint32_t mid = lo + (hi - lo) / 2;
-            if (v[mid] <= cached_wm) lo = mid + 1;
-            else hi = mid;
-          }
-          st = apply_range(s, p, ctx, state, v, lo, (uint32_t)last + 1);
+          uint32_t lo = (uint32_t)bp__stream_lower_bound(&stream, cached_wm + 1);
+          if (!(v = stream_array(&stream, &owned))) st = bp__fail(BP_ENOMEM, "bp_project: out of memory");
+          if (!st) st = apply_range(s, p, ctx, state, v, lo, (uint32_t)last + 1);
           if (!st) cache_store(s, p, ctx, state, key, klen, watermark);
         }
+        free(owned);
         free(val);
         free(key);
         return st;
@@ -254,9 +246,14 @@ static bp_status project_stream(bp_store *s, const char *entity, const bp_projec
     free(val);
   }
 
+  if (!(v = stream_array(&stream, &owned))) {
+    free(key);
+    return bp__fail(BP_ENOMEM, "bp_project: out of memory");
+  }
   bp_status st = p->init(state, ctx);
   if (!st) st = apply_range(s, p, ctx, state, v, 0, (uint32_t)last + 1);
   if (!st && cacheable) cache_store(s, p, ctx, state, key, klen, watermark);
+  free(owned);
   free(key);
   return st;
 }

@@ -905,10 +905,28 @@ static size_t next_frame_at(const uint8_t *d, size_t from, size_t end) {
 /* Where the frames of a scanned segment that the index kept end: after the
  * last entry of segment id, else at its first frame. */
 static uint64_t kept_end(const bp_store *s, const bp__segfile *f, uint64_t *first) {
-  uint64_t n = s->ix.count, k = n;
-  while (k > 0 && bp__index_at(&s->ix, k - 1)->segment_id == (uint32_t)f->id) k--;
+  uint64_t n = s->ix.count;
+  if (n == 0 || bp__index_at(&s->ix, n - 1)->segment_id != (uint32_t)f->id) {
+    *first = n;
+    return f->frames_start;
+  }
+  /* Where the segment's events begin: from the index state when it lists
+   * the segment (its entries are mapped, and walking back over them would
+   * touch, and check, every chunk of a segment of hundreds of thousands of
+   * events), else by walking back over the entries this open just scanned. */
+  uint64_t k = n;
+  bool listed = false;
+  for (uint32_t i = 0; i < s->ix_nsegs && !listed; i++)
+    if (s->ix_segs[i].id == f->id && s->ix_segs[i].first < n) {
+      /* Taken only where the entries agree (a rebuild may number otherwise). */
+      k = s->ix_segs[i].first;
+      listed = bp__index_at(&s->ix, k)->segment_id == (uint32_t)f->id &&
+               (k == 0 || bp__index_at(&s->ix, k - 1)->segment_id != (uint32_t)f->id);
+      if (!listed) k = n;
+    }
+  if (!listed)
+    while (k > 0 && bp__index_at(&s->ix, k - 1)->segment_id == (uint32_t)f->id) k--;
   *first = k;
-  if (k == n) return f->frames_start;
   const bp__ientry *last = bp__index_at(&s->ix, n - 1);
   return last->offset + last->length;
 }
