@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """plot_scale.py - a log-log chart of `batpak-bench --scale` runs, as SVG.
 
-    plot_scale.py BEFORE.txt AFTER.txt OUT.svg
+    plot_scale.py LABEL=RUN.txt [LABEL=RUN.txt ...] OUT.svg
 
 Each input is the driver's text output (one line per figure: N, metric,
-median, unit, ...). Three panels against the number of events: open + first
-get (warm), heap after open, and bytes written by an open that appends one
-event and closes; one line per run, and SQLite's figure from the second run.
-Only the standard library: any SVG renderer turns it into a PNG.
+median, unit, ...), with the label its line gets in the legend. Three panels
+against the number of events: open + first get (warm), heap after open, and
+bytes written by an open that appends one event and closes; one line per
+run, and SQLite's figure from the last run. Only the standard library: any
+SVG renderer turns it into a PNG.
 """
 import math
 import re
@@ -64,20 +65,26 @@ def panel(x0, y0, w, h, title, series):
     return svg
 
 
+COLOURS = ["#c0392b", "#2471a3", "#27ae60", "#8e44ad"]
+
+
 def main():
-    before, after, out = read(sys.argv[1]), read(sys.argv[2]), sys.argv[3]
+    if len(sys.argv) < 3 or any("=" not in a for a in sys.argv[1:-1]):
+        sys.exit(__doc__)
+    runs = [(a.split("=", 1)[0], read(a.split("=", 1)[1])) for a in sys.argv[1:-1]]
+    out = sys.argv[-1]
     w, h, gap = 300, 240, 90
     svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{3 * (w + gap) + 40}" height="{h + 130}" '
            'font-family="sans-serif">', '<rect width="100%" height="100%" fill="white"/>']
+    legend = [(label, COLOURS[k % len(COLOURS)]) for k, (label, _) in enumerate(runs)] + [("SQLite", "#7f8c8d")]
     for i, (metric, title, _) in enumerate(PANELS):
-        series = [("before", {n: v[0] for n, v in before.get(metric, {}).items()}, "#c0392b"),
-                  ("after", {n: v[0] for n, v in after.get(metric, {}).items()}, "#2471a3"),
-                  ("SQLite", {n: v[1] for n, v in after.get(metric, {}).items()}, "#7f8c8d")]
+        series = [(label, {n: v[0] for n, v in run.get(metric, {}).items()}, COLOURS[k % len(COLOURS)])
+                  for k, (label, run) in enumerate(runs)]
+        series.append(("SQLite", {n: v[1] for n, v in runs[-1][1].get(metric, {}).items()}, "#7f8c8d"))
         svg += panel(70 + i * (w + gap), 40, w, h, title, series)
     y = h + 100
-    for j, (name, colour) in enumerate([("before (index in memory, index.ckpt at close)", "#c0392b"),
-                                        ("after (persistent index)", "#2471a3"), ("SQLite", "#7f8c8d")]):
-        x = 70 + j * 330
+    for j, (name, colour) in enumerate(legend):
+        x = 70 + j * 270
         svg.append(f'<line x1="{x}" y1="{y}" x2="{x + 30}" y2="{y}" stroke="{colour}" stroke-width="3"/>')
         svg.append(f'<text x="{x + 38}" y="{y + 4}" font-size="12">{name}</text>')
     svg.append("</svg>")

@@ -248,6 +248,53 @@ static void query_each_stops_when_the_visitor_says_so(void **state) {
   assert_ok(bp_close(s));
 }
 
+typedef struct seen_entries {
+  bp_entries got;
+  int stop_at; /* 0: never */
+} seen_entries;
+
+static bool keep_entry(const bp_entry *e, void *ctx) {
+  seen_entries *s = ctx;
+  s->got.items = realloc(s->got.items, (s->got.len + 1) * sizeof *s->got.items);
+  s->got.items[s->got.len++] = *e;
+  return s->stop_at == 0 || (int)s->got.len < s->stop_at;
+}
+
+/* bp_stream_each visits what bp_stream returns, in the same order, and only
+ * that entity's events (not those of entities it is a prefix of), and stops
+ * when the visitor says so. */
+static void stream_each_visits_exactly_the_stream(void **state) {
+  fixture *f = *state;
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  const char *names[3] = {"dev:7", "dev:70", "dev:7x"};
+  for (int i = 0; i < 30; i++) {
+    bp_coord c = {names[i % 3], "s"};
+    assert_ok(bp_append(s, &c, 0x1001, "a", 1, NULL));
+  }
+  bp_entries want;
+  assert_ok(bp_stream(s, "dev:7", &want));
+  assert_int_equal(want.len, 10);
+  seen_entries seen = {{NULL, 0}, 0};
+  assert_ok(bp_stream_each(s, "dev:7", keep_entry, &seen));
+  assert_int_equal(seen.got.len, want.len);
+  for (size_t i = 0; i < want.len; i++) {
+    assert_true(bp_id_eq(seen.got.items[i].event_id, want.items[i].event_id));
+    assert_string_equal(seen.got.items[i].entity, "dev:7");
+  }
+  free(seen.got.items);
+  seen = (seen_entries){{NULL, 0}, 3};
+  assert_ok(bp_stream_each(s, "dev:7", keep_entry, &seen));
+  assert_int_equal(seen.got.len, 3);
+  free(seen.got.items);
+  seen = (seen_entries){{NULL, 0}, 0};
+  assert_ok(bp_stream_each(s, "nobody", keep_entry, &seen));
+  assert_int_equal(seen.got.len, 0);
+  assert_status(bp_stream_each(s, NULL, keep_entry, &seen), BP_EINVAL);
+  bp_entries_free(&want);
+  assert_ok(bp_close(s));
+}
+
 /* ---------------------------------------------------------------- cursors */
 
 static void cursor_seek_and_position_resume_exactly(void **state) {
@@ -725,6 +772,7 @@ int main(void) {
       T(random_regions_match_the_model_soaos),
       T(stream_is_exact_while_region_entity_is_a_prefix),
       T(query_each_stops_when_the_visitor_says_so),
+      T(stream_each_visits_exactly_the_stream),
       T(cursor_seek_and_position_resume_exactly),
       T(durable_cursor_resumes_where_it_committed),
       T(durable_cursor_rejects_bad_names_and_damaged_files),

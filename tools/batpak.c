@@ -144,13 +144,6 @@ static void print_entry(const bp_entry *e) {
   }
 }
 
-static int print_entries(bp_status st, bp_entries *r, const char *what) {
-  if (st) return fail(what);
-  for (size_t i = 0; i < r->len; i++) print_entry(&r->items[i]);
-  bp_entries_free(r);
-  return 0;
-}
-
 /* ---------------------------------------------------------------- commands */
 
 static int cmd_init(const char *dir, int argc, char **argv) {
@@ -299,10 +292,11 @@ static int cmd_stream(const char *dir, int argc, char **argv) {
   if (argc < 1) return usage("usage: batpak stream DIR ENTITY\n");
   bp_store *s = open_store(dir, OPEN_READ);
   if (!s) return 1;
-  bp_entries e;
-  int rc = print_entries(bp_stream(s, argv[0], &e), &e, "stream");
+  /* Printed as found, like query: the first line does not wait for the last. */
+  printer p = {0, false};
+  bp_status st = bp_stream_each(s, argv[0], print_visit, &p);
   bp_close(s);
-  return rc;
+  return st ? fail("stream") : 0;
 }
 
 static int cmd_stats(const char *dir, int argc, char **argv) {

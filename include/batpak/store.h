@@ -261,6 +261,10 @@ BP_API bp_status bp_query_each(bp_store *store, const bp_region *region,
                                bool (*visit)(const bp_entry *entry, void *ctx), void *ctx);
 /* The events of exactly this entity, in clock order. */
 BP_API bp_status bp_stream(bp_store *store, const char *entity, bp_entries *out);
+/* bp_stream, calling visit for each entry as it is found (valid during the call)
+ * until it returns false: nothing is collected. */
+BP_API bp_status bp_stream_each(bp_store *store, const char *entity,
+                                bool (*visit)(const bp_entry *entry, void *ctx), void *ctx);
 BP_API bp_status bp_by_scope(bp_store *store, const char *scope, bp_entries *out);
 BP_API bp_status bp_by_fact(bp_store *store, bp_kind kind, bp_entries *out);
 BP_API void bp_entries_free(bp_entries *entries);

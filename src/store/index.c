@@ -541,6 +541,18 @@ void bp__index_stream(const bp__index *ix, int what, uint32_t key, uint64_t limi
   }
 }
 
+bool bp__index_stream_any(const bp__index *ix, int what, uint32_t key, uint64_t limit) {
+  const bp__ixview *v = view_of(ix);
+  bp__run_fix fix = fix_of(ix);
+  /* Runs hold published events only, all below limit: their directories
+   * answer without the postings. */
+  for (uint32_t r = 0; r < v->runs->n; r++)
+    if (v->runs->runs[r].ref.end <= limit && bp__run_count(&v->runs->runs[r], what, key, &fix)) return true;
+  bp__stream st;
+  bp__index_stream(ix, what, key, limit, &st);
+  return st.total > 0;
+}
+
 uint32_t bp__stream_item(const bp__stream *st, uint64_t i) {
   for (uint32_t k = 0; k < st->n; k++) {
     if (i < st->p[k].n) return st->p[k].v[i];

@@ -277,6 +277,9 @@ typedef struct bp__stream {
 } bp__stream;
 void bp__index_stream(const bp__index *ix, int what, uint32_t key, uint64_t limit, bp__stream *out);
 /* Item i of a stream (i < total). */
+/* Whether stream what/key holds any item below limit, reading run
+ * directories rather than postings where it can. */
+bool bp__index_stream_any(const bp__index *ix, int what, uint32_t key, uint64_t limit);
 uint32_t bp__stream_item(const bp__stream *st, uint64_t i);
 /* The place of the first item at or above seq (total when none). */
 uint64_t bp__stream_lower_bound(const bp__stream *st, uint64_t seq);

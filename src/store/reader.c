@@ -735,6 +735,12 @@ bp_status bp_stream(bp_store *s, const char *entity, bp_entries *out) {
   return collect_query(s, NULL, entity, out);
 }
 
+bp_status bp_stream_each(bp_store *s, const char *entity, bool (*visit)(const bp_entry *, void *), void *ctx) {
+  if (!s || !entity || !visit) return bp__fail(BP_EINVAL, "bp_stream_each: NULL argument");
+  qsink k = {visit, ctx, NULL, 0, false, false, false};
+  return run_query(s, NULL, entity, &k);
+}
+
 bp_status bp_by_scope(bp_store *s, const char *scope, bp_entries *out) {
   if (!scope) return bp__fail(BP_EINVAL, "bp_by_scope: scope is NULL");
   bp_region r = bp_region_scope(scope);

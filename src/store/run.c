@@ -416,6 +416,22 @@ bool bp__run_postings(const bp__run *r, int what, uint32_t key, const uint32_t *
   return true;
 }
 
+uint32_t bp__run_count(const bp__run *r, int what, uint32_t key, const bp__run_fix *fix) {
+  uint32_t nd;
+  const uint32_t *d0 = dir_of(r, what, &nd);
+  size_t width = what == BP__STREAM_CATEGORY ? 2 : 3;
+  const bp__run *checked = ready(r, offset_in(r, d0), offset_in(r, d0 + width * nd), fix);
+  if (checked != r) return bp__run_count(checked, what, key, fix);
+  uint32_t cnt = 0;
+  const uint32_t *d;
+  if (what == BP__STREAM_CATEGORY) {
+    if (key < 16 && r->nslots) cnt = r->cdir[2 * key + 1];
+  } else if ((d = dir_find(d0, nd, key))) {
+    cnt = d[2];
+  }
+  return cnt <= r->npost ? cnt : 0;
+}
+
 bool bp__run_find(const bp__run *r, bp_id id, uint64_t h, uint64_t limit, uint64_t *seq, const bp__run_fix *fix) {
   if (!r->nslots) return false;
   uint64_t mask = r->nslots - 1;

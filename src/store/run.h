@@ -97,6 +97,9 @@ bool bp__run_postings(const bp__run *r, int what, uint32_t key, const uint32_t *
                       const bp__run_fix *fix);
 /* The sequence of event id (its hash h) in the run, below limit, confirmed
  * against the entries; false when absent. Blocks checked as postings. */
+/* How many items the run's stream what/key holds, from its directory alone
+ * (checked; the postings are not read). */
+uint32_t bp__run_count(const bp__run *r, int what, uint32_t key, const bp__run_fix *fix);
 bool bp__run_find(const bp__run *r, bp_id id, uint64_t h, uint64_t limit, uint64_t *seq, const bp__run_fix *fix);
 
 /* Whether id may be in the run, by its fences. */

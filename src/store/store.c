@@ -825,11 +825,8 @@ void bp_diagnostics(bp_store *s, bp_store_diagnostics *out) {
   }
   uint32_t names = bp__index_name_count(&s->ix);
   for (uint32_t i = 1; i < names; i++) {
-    bp__stream st;
-    bp__index_stream(&s->ix, BP__STREAM_ENTITY, i, n, &st);
-    if (st.total) out->entity_count++;
-    bp__index_stream(&s->ix, BP__STREAM_SCOPE, i, n, &st);
-    if (st.total) out->scope_count++;
+    out->entity_count += bp__index_stream_any(&s->ix, BP__STREAM_ENTITY, i, n);
+    out->scope_count += bp__index_stream_any(&s->ix, BP__STREAM_SCOPE, i, n);
   }
   bp__view_leave(s);
 }
