@@ -504,6 +504,33 @@ static void a_damaged_newer_state_copy_falls_back_to_the_older(void **state) {
   free(ids);
 }
 
+/* A read-only handle's snapshot of a closed store: the newest segment is
+ * unsealed (the next read-write open appends to it), so the snapshot copies
+ * it; a hard link would let that writer's appends change the snapshot. */
+static void snapshot_from_a_reader_keeps_the_segment_the_writer_goes_on_with(void **state) {
+  fixture *f = *state;
+  bp_id *ids = make_store(f, 50);
+  char dest[4200];
+  snprintf(dest, sizeof dest, "%s/snap", f->tmp);
+  bp_store *s;
+  assert_ok(bp_open_readonly(&f->cfg, &s));
+  assert_ok(bp_snapshot(s, dest));
+  assert_ok(bp_close(s));
+  assert_ok(bp_open(&f->cfg, &s));
+  append_n(s, 50, 5, NULL);
+  assert_ok(bp_close(s));
+  bp_config cfg;
+  bp_config_init(&cfg, dest);
+  assert_ok(bp_open_readonly(&cfg, &s));
+  bp_store_stats st;
+  bp_stats(s, &st);
+  assert_int_equal(st.event_count, 50);
+  check_all(s, ids, 50, "snapshot");
+  assert_ok(bp_close(s));
+  tu_assert_verifies(dest, "snapshot taken by a reader");
+  free(ids);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(runs_are_written_and_merged_while_readers_read, tu_store_setup,
@@ -521,6 +548,8 @@ int main(void) {
                                       tu_store_teardown),
       cmocka_unit_test_setup_teardown(a_damaged_newer_state_copy_falls_back_to_the_older, tu_store_setup,
                                       tu_store_teardown),
+      cmocka_unit_test_setup_teardown(snapshot_from_a_reader_keeps_the_segment_the_writer_goes_on_with,
+                                      tu_store_setup, tu_store_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -55,6 +55,22 @@ static int copy_prefix(const char *from, const char *to, uint64_t size, bool who
   return rc;
 }
 
+/* Whether the segment file at path ends in a SIDX trailer: sealed, so it
+ * never grows again and a hard link to it stays a copy of this moment. The
+ * newest segment of a store closed with the persistent index is not (its
+ * next read-write open appends to it), though a read-only handle reads it as
+ * immutable. */
+static bool ends_sealed(const char *path) {
+  int fd = bp__os_table.open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW, 0);
+  if (fd < 0) return false;
+  struct stat st;
+  uint8_t tail[4];
+  bool sealed = bp__os_table.fstat(fd, &st) == 0 && st.st_size >= 4 &&
+                bp__os_read_all(fd, tail, 4, (uint64_t)st.st_size - 4) == 0 && memcmp(tail, "SIDX", 4) == 0;
+  bp__os_table.close(fd);
+  return sealed;
+}
+
 /* Undoes a snapshot that failed: removes the segment files it may have made
  * (the first n of segs) and dest itself when this call created it. */
 static void remove_partial(const char *dest, const snap_seg *segs, size_t n, bool created) {
@@ -130,8 +146,11 @@ static bp_status snapshot_locked(bp_store *s, const char *dest) {
     snprintf(to, sizeof to, "%s/%06" PRIu64 ".fbat", dest, segs[i].id);
     bool active = !segs[i].whole && segs[i].size > 0;
     int rc = 0;
-    if (segs[i].whole) {
+    if (segs[i].whole && ends_sealed(from)) {
       if (bp__os_table.link(from, to) != 0) rc = copy_prefix(from, to, 0, true);
+    } else if (segs[i].whole) {
+      /* Unsealed, yet not this handle's to append to: copied as it is. */
+      rc = copy_prefix(from, to, 0, true);
     } else {
       /* An unsealed segment: the active one up to its acknowledged frames, an
        * abandoned one (after a writer restart) as it is. */
