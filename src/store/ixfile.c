@@ -391,6 +391,19 @@ bp_status bp__ixstate_write(const char *ixdir, const bp__ixstate *st, bp__ixstat
   return BP_OK;
 }
 
+bool bp__ixstate_tail(const char *ixdir, uint64_t *segment, uint64_t *frames_end, int64_t *epoch) {
+  bp__ixstate st;
+  if (bp__ixstate_read(ixdir, &st) != BP_OK) return false;
+  bool any = st.nsegs > 0;
+  if (any) {
+    *segment = st.segs[st.nsegs - 1].id;
+    *frames_end = st.segs[st.nsegs - 1].frames_end;
+    *epoch = st.epoch;
+  }
+  bp__ixstate_free(&st);
+  return any;
+}
+
 void bp__ixstate_free(bp__ixstate *st) {
   free(st->segs);
   st->segs = NULL;

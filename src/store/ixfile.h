@@ -116,6 +116,10 @@ bp_status bp__ixstate_read(const char *ixdir, bp__ixstate *st);
  * BP_ENOMEM. */
 bp_status bp__ixstate_write(const char *ixdir, const bp__ixstate *st, bp__ixstate_at *at);
 void bp__ixstate_free(bp__ixstate *st);
+/* From index/state (a whole copy): the last segment it lists, where that
+ * segment's frames end, and the log epoch it was made for. false when there
+ * is no usable state or it lists no segment. */
+bool bp__ixstate_tail(const char *ixdir, uint64_t *segment, uint64_t *frames_end, int64_t *epoch);
 
 /* Calls fn for each name of the names file, in id order from id 1, up to
  * `bytes`, once those bytes match want_crc. Errors: BP_ECORRUPT (CRC, or a

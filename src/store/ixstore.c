@@ -366,13 +366,12 @@ static const char *check_last(bp_store *s, const bp__ixstate *st) {
 void bp__ixstore_evidence(bp_store *s) {
   char ixdir[4200];
   snprintf(ixdir, sizeof ixdir, "%s/%s", s->dir, BP__IX_DIR);
-  bp__ixstate st;
-  if (bp__ixstate_read(ixdir, &st) != BP_OK) return;
-  if (st.nsegs && st.epoch == atomic_load(&s->log_epoch)) {
-    s->tail_evidence.segment = st.segs[st.nsegs - 1].id;
-    s->tail_evidence.upto = st.segs[st.nsegs - 1].frames_end;
+  uint64_t seg, upto;
+  int64_t epoch;
+  if (bp__ixstate_tail(ixdir, &seg, &upto, &epoch) && epoch == atomic_load(&s->log_epoch)) {
+    s->tail_evidence.segment = seg;
+    s->tail_evidence.upto = upto;
   }
-  bp__ixstate_free(&st);
 }
 
 bp_status bp__ixstore_load(bp_store *s, uint64_t *wm_seg, uint64_t *wm_off) {

@@ -1065,17 +1065,14 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
     else if (!damage) damage = "the frames run into the SIDX footer";
   }
 
-  bool durable_here = !f->has_trailer && f->id == s->tail_evidence.segment && off < s->tail_evidence.upto;
-  if (damage && (f->has_trailer || !may_tear || durable_here) && !s->cfg.salvage) {
+  if (damage && (f->has_trailer || !may_tear) && !s->cfg.salvage) {
     /* A sealed segment must be intact, and only the newest segment can have
-     * been cut short by a crash, after its durable frames: anywhere else,
-     * damage is corruption. */
+     * been cut short by a crash: anywhere else, damage is corruption. (In
+     * the newest, the index state's evidence decides: below.) */
     bp__index_rollback(&s->ix, count_before);
     return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " at offset %zu: %s in a %s segment "
                     "(open with salvage to keep the events before it)", f->id, off, damage,
-                    f->has_trailer ? "sealed"
-                    : may_tear     ? "newest, before the end of the frames the index state lists in that"
-                                   : "crashed, not the newest,");
+                    f->has_trailer ? "sealed" : "crashed, not the newest,");
   }
   if (damage) {
     size_t dropped = (claimed && claimed_end >= off ? claimed_end : f->size) - off;
@@ -1101,9 +1098,10 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
     uint64_t first, kept = kept_end(s, f, &first);
     if (kept < s->tail_evidence.upto) {
       bp__index_rollback(&s->ix, count_before);
-      return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 ": its frames end at offset %" PRIu64 ", yet the index "
-                      "state (intact) lists frames up to offset %" PRIu64 ": damage, not a crash (open with salvage "
-                      "to keep the events before it)", f->id, kept, s->tail_evidence.upto);
+      return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 ": its frames end at offset %" PRIu64 " (%s), yet the "
+                      "index state (intact) lists frames up to offset %" PRIu64 ": damage, not a crash (open with "
+                      "salvage to keep the events before it)", f->id, kept,
+                      damage ? damage : "an interrupted batch or zeros", s->tail_evidence.upto);
     }
   }
   /* A read-write open seals what it had to scan: a crashed segment (cut to

@@ -619,15 +619,7 @@ bp_status bp_verify(const char *dir, bp_verify_report *rep) {
   {
     char ixdir[4200];
     snprintf(ixdir, sizeof ixdir, "%s/%s", dir, BP__IX_DIR);
-    bp__ixstate st;
-    if (bp__ixstate_read(ixdir, &st) == BP_OK) {
-      if (st.nsegs) {
-        v.tail_seg = st.segs[st.nsegs - 1].id;
-        v.tail_upto = st.segs[st.nsegs - 1].frames_end;
-        v.tail_epoch = st.epoch;
-      }
-      bp__ixstate_free(&st);
-    }
+    (void)bp__ixstate_tail(ixdir, &v.tail_seg, &v.tail_upto, &v.tail_epoch);
   }
   bp__retired_keys rk;
   if (bp__retired_load(dir, &rk) == BP_OK) v.retention_ran = rk.n > 0;
