@@ -123,6 +123,13 @@ unsigned bp__cpu_features(void);
  * it returns 0 and every wait false. */
 bool bp__park_wait(_Atomic uint32_t *word, uint32_t seen);
 unsigned bp__park_wake_all(_Atomic uint32_t *word);
+/* The same across processes, for a word in a shared file mapping (the
+ * store's head file): the kernel keys the wait by file and offset. A wait
+ * gives up after timeout_ms (negative: never). Where there is no shared
+ * futex, the wait only sleeps out its timeout (at most 50 ms at a time) and
+ * the wake does nothing: followers then look every 50 ms. */
+void bp__park_wait_shared(_Atomic uint32_t *word, uint32_t seen, int timeout_ms);
+void bp__park_wake_shared(_Atomic uint32_t *word);
 
 /* An append the library makes itself for the caller (a reactor's reaction, a
  * receipt committed by append): as bp_append_reaction, with a fresh id as its

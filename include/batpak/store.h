@@ -97,12 +97,26 @@ BP_API void bp_config_init(bp_config *cfg, const char *data_dir);
  * Ownership: cfg is only read during the call. *out is freed by bp_close. */
 BP_API bp_status bp_open(const bp_config *cfg, bp_store **out);
 /* Opens for reading only: no lock, no new segment, nothing written, appends
- * fail BP_EREADONLY. Sees the events present when it was opened. Beside a
- * writer in another process it reads one consistent set of segments: when a
+ * fail BP_EREADONLY. Sees the events the writer had published when it was
+ * opened (with no live writer: every whole event in the log), and later ones
+ * through bp_refresh, or by itself once it has a subscription (a thread then
+ * follows the writer) or a cursor reaches the end. Beside a writer in
+ * another process it reads one consistent set of segments: when a
  * compaction changes them under it, it reads them again (BP_EIO if they kept
  * changing through 64 attempts). Reads of such a handle after a compaction by
  * the writer may fail BP_ECORRUPT; they never return another event. */
 BP_API bp_status bp_open_readonly(const bp_config *cfg, bp_store **out);
+/* Brings a read-only handle up to what the writer has published since (the
+ * writer's head file, docs/FORMAT.md), in commit order, as a gap-free
+ * prefix: new events become visible to its readers, cursors and
+ * subscriptions at once. Without a live writer of this library it reads
+ * as far as whole events go. *added (may be NULL): how many events came.
+ * On a read-write handle it does nothing (the writer is always current).
+ * Errors: BP_ECORRUPT (a frame before the writer's head does not check, or
+ * the writer compacted the store since the open: open it again; the handle
+ * stays as it was and keeps serving what it had), BP_EIO, BP_ENOMEM.
+ * Threads: any thread; refreshes of one handle take turns. */
+BP_API bp_status bp_refresh(bp_store *store, uint64_t *added);
 /* Drains queued appends (up to shutdown_drain_limit; the rest fail
  * BP_ESHUTDOWN), writes the SIDX footer, fsyncs, writes the checkpoint and
  * frees the store. Accepts NULL. Returns the first error met; the store is

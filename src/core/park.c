@@ -13,11 +13,15 @@
  * on Linux too with BP__PARK_PORTABLE, for its test). */
 #include "internal.h"
 
-#if defined(__linux__) && !defined(BP__PARK_PORTABLE)
+#if defined(__linux__)
 #include <limits.h>
 #include <linux/futex.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
+#endif
+
+#if defined(__linux__) && !defined(BP__PARK_PORTABLE)
 
 bool bp__park_wait(_Atomic uint32_t *word, uint32_t seen) {
   /* 0 only when a wake took the caller off the futex's queue (the kernel
@@ -50,4 +54,32 @@ unsigned bp__park_wake_all(_Atomic uint32_t *word) {
   pthread_mutex_unlock(&park_lock);
   return 0;
 }
+#endif
+
+#if defined(__linux__)
+void bp__park_wait_shared(_Atomic uint32_t *word, uint32_t seen, int timeout_ms) {
+  struct timespec t, *tp = NULL;
+  if (timeout_ms >= 0) {
+    t.tv_sec = timeout_ms / 1000;
+    t.tv_nsec = (long)(timeout_ms % 1000) * 1000000;
+    tp = &t;
+  }
+  /* Not _PRIVATE: the waker is another process mapping the same file. */
+  (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAIT, seen, tp, NULL, 0);
+}
+
+void bp__park_wake_shared(_Atomic uint32_t *word) {
+  (void)syscall(SYS_futex, (uint32_t *)word, FUTEX_WAKE, INT_MAX, NULL, NULL, 0);
+}
+#else
+#include <time.h>
+
+void bp__park_wait_shared(_Atomic uint32_t *word, uint32_t seen, int timeout_ms) {
+  if (atomic_load(word) != seen) return;
+  int ms = timeout_ms < 0 || timeout_ms > 50 ? 50 : timeout_ms;
+  struct timespec t = {0, (long)ms * 1000000};
+  nanosleep(&t, NULL);
+}
+
+void bp__park_wake_shared(_Atomic uint32_t *word) { (void)word; }
 #endif

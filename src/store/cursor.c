@@ -188,8 +188,22 @@ static size_t poll_seqs(bp_cursor *c, uint64_t *out, size_t max) {
   return got;
 }
 
+/* A read-only handle's cursor that has read everything the handle has asks
+ * the writer's head for more (follow.c): a follower's cursors move on by
+ * themselves. */
+static bp_status follow_at_end(bp_cursor *c) {
+  if (!c->store->readonly) return BP_OK;
+  bp__view_enter(c->store);
+  catch_up(c);
+  bool at_end = c->position >= bp__index_visible(&c->store->ix);
+  bp__view_leave(c->store);
+  return at_end ? bp_refresh(c->store, NULL) : BP_OK;
+}
+
 bp_status bp_cursor_poll(bp_cursor *c, bp_entry *out) {
   if (!c || !out) return bp__fail(BP_EINVAL, "bp_cursor_poll: NULL argument");
+  bp_status fst = follow_at_end(c);
+  if (fst) return fst;
   uint64_t seq;
   bp__view_enter(c->store);
   catch_up(c);
@@ -228,8 +242,10 @@ bp_status bp_cursor_poll_batch(bp_cursor *c, size_t max, bp_entries *out) {
   out->items = NULL;
   out->len = 0;
   if (max == 0) return BP_OK;
+  bp_status st = follow_at_end(c);
+  if (st) return st;
   bp__view_enter(c->store);
-  bp_status st = poll_batch_locked(c, max, out);
+  st = poll_batch_locked(c, max, out);
   bp__view_leave(c->store);
   return st;
 }

@@ -1117,3 +1117,134 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
   }
   return BP_OK;
 }
+
+/* --------------------------------------------------- following a writer */
+
+/* Back to count events, the scan fields of the later ones cleared (a
+ * follow that found damage leaves the index as it was). */
+static void follow_undo(bp_store *s, uint64_t count) {
+  for (uint64_t i = count; i < s->ix.count; i++) (void)bp__scan_set(&s->scan, i, 0, 0, 0, 0);
+  bp__index_rollback(&s->ix, count);
+}
+
+/* Makes segment id, whose frames this handle has indexed up to end, readable
+ * there: registered (a segment the writer made after the open), mapped
+ * with room to grow as the writer's own mapping is, and readable to end.
+ * Without a mapping, reads use pread. */
+static bp_status follow_register(bp_store *s, uint64_t id, int fd, uint64_t end) {
+  pthread_mutex_lock(&s->seg_lock);
+  bp__segment *g = find_locked(s, id);
+  bool known = g != NULL, mapped = g && g->map;
+  if (g && g->size < end) g->size = end;
+  pthread_mutex_unlock(&s->seg_lock);
+  if (!known) {
+    /* "Sealed" here only says that this handle never writes it: a read maps
+     * it lazily at the size known then, and reads past that use pread. */
+    bp_status st = bp__segment_add(s, id, true, end);
+    if (st) return st;
+  }
+  if (!mapped && fd >= 0) {
+    uint64_t reserve = s->cfg.segment_max_bytes > end ? s->cfg.segment_max_bytes : end;
+    bp__segment_map_active(s, id, fd, reserve + BP__MAP_SLACK);
+  }
+  bp__segment_readable(s, id, end);
+  return BP_OK;
+}
+
+bp_status bp__segment_follow(bp_store *s, uint64_t id, uint64_t from, uint64_t upto, uint64_t *end,
+                             int64_t *created_ns) {
+  bp__segfile f;
+  bp_status st = bp__segfile_open(s, id, &f);
+  if (st) return st;
+  *end = from;
+  *created_ns = f.created_ns;
+  bool exact = upto != UINT64_MAX;
+  if (f.fd < 0) {
+    /* Empty, or a header cut short: a writer that died creating it. */
+    bp__segfile_close(&f);
+    if (exact && upto > 0)
+      return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " is empty, yet the writer's head says its frames reach "
+                      "offset %" PRIu64, id, upto);
+    return BP_OK;
+  }
+  size_t limit = f.size;
+  bool sealed = false;
+  if (exact) {
+    if (upto > f.size) {
+      bp__segfile_close(&f);
+      return bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " is %zu bytes, yet the writer's head says its frames "
+                      "reach offset %" PRIu64, id, f.size, upto);
+    }
+    limit = (size_t)upto;
+  } else if (f.has_trailer && f.size >= f.frames_start + BP__SIDX_TRAILER_SIZE) {
+    uint64_t st_off = bp__get_le64(f.trailer);
+    if (st_off >= f.frames_start && st_off <= f.size - BP__SIDX_TRAILER_SIZE) {
+      limit = (size_t)st_off;
+      sealed = true;
+    }
+  }
+  /* Read as the scan goes, never past limit: the writer may be growing the
+   * file, or shortening the space it allocated ahead. */
+  f.incremental = true;
+  f.size = limit;
+  size_t off = from > f.frames_start ? (size_t)from : f.frames_start;
+  uint64_t count0 = s->ix.count, last_closed = count0;
+  size_t closed_end = off;
+  const char *damage = NULL;
+  while (off < limit && !damage) {
+    if (limit - off < BP__FRAME_PREFIX || !have_range(&f, off, off + BP__FRAME_PREFIX)) {
+      damage = "truncated frame header";
+      break;
+    }
+    uint32_t len = bp__get_be32(at(&f, off)), crc = bp__get_be32(at(&f, off) + 4);
+    if (len == 0 && crc == 0) {
+      damage = "zeros";
+      break;
+    }
+    if (len > limit - off - BP__FRAME_PREFIX || !have_range(&f, off, off + BP__FRAME_PREFIX + len)) {
+      damage = "frame runs past the end";
+      break;
+    }
+    const uint8_t *body = at(&f, off) + BP__FRAME_PREFIX;
+    bp__frame fr;
+    if (bp__crc32(body, len) != crc) damage = "CRC mismatch";
+    else if (bp__frame_decode_body(body, len, NULL, &fr) != BP_OK) damage = "undecodable frame";
+    if (damage) break;
+    bp__name *ent, *scp;
+    bp__ientry e;
+    if ((st = bp__index_intern(&s->ix, fr.entity, fr.entity_len, &ent)) ||
+        (st = bp__index_intern(&s->ix, fr.scope, fr.scope_len, &scp)))
+      break;
+    bp__entry_from_frame(&e, &fr, ent->id, scp->id, id, off, len + BP__FRAME_PREFIX);
+    if ((st = bp__recover_entry(s, &e))) break;
+    off += BP__FRAME_PREFIX + (size_t)len;
+    if (!(fr.header.flags & BP_FLAG_BATCH_MEMBER)) {
+      last_closed = s->ix.count;
+      closed_end = off;
+    }
+  }
+  if (!st && damage && (exact || sealed))
+    /* Before the head the writer published whole frames, and a sealed
+     * segment's frames reach its footer: anything else is damage. */
+    st = bp__fail(BP_ECORRUPT, "segment %06" PRIu64 " at offset %zu: %s before %s at offset %zu", id, off, damage,
+                  exact ? "the writer's published head" : "its SIDX footer", limit);
+  if (!st && exact && last_closed < s->ix.count)
+    st = bp__fail(BP_ECORRUPT, "segment %06" PRIu64 ": the writer's head at offset %zu falls inside a batch", id,
+                  limit);
+  if (st) {
+    follow_undo(s, count0);
+    bp__segfile_close(&f);
+    return st;
+  }
+  /* A segment the writer left (a restart, or its crash) ends at its last
+   * whole frame outside a batch, as the next writer's open will find it. */
+  if (last_closed < s->ix.count) follow_undo(s, last_closed);
+  if (s->ix.count > count0 || !exact) st = follow_register(s, id, f.fd, closed_end);
+  bp__segfile_close(&f);
+  if (st) {
+    follow_undo(s, count0);
+    return st;
+  }
+  *end = closed_end;
+  return BP_OK;
+}

@@ -177,9 +177,15 @@ static size_t newest_with_frames(const seg_look *look, size_t n) {
   return 0;
 }
 
-/* Loads segments[from..] (the first from watermark offset wm_off). */
+/* Loads segments[from..] (the first from watermark offset wm_off). A
+ * read-only open beside a live writer reads no further than its head
+ * (s->fpos here): what lies past it is not published yet. */
 static bp_status load_segments(bp_store *s, const uint64_t *ids, const seg_look *look, size_t n, size_t from,
                                uint64_t wm_off) {
+  if (s->head_capped) {
+    while (n > from && ids[n - 1] > s->fpos.segment) n--;
+    if (s->fpos.segment == 0) n = from;
+  }
   if (n - from > 1) {
     /* The id table is sized once for the events the footers announce,
      * rather than doubling segment after segment. */
@@ -193,6 +199,11 @@ static bp_status load_segments(bp_store *s, const uint64_t *ids, const seg_look 
     bp__segfile f;
     bp_status st = bp__segfile_open(s, ids[i], &f);
     if (st) return st;
+    if (s->head_capped && ids[i] == s->fpos.segment && f.size > s->fpos.end && f.fd >= 0) {
+      /* Frames after the head may be a group still being written. */
+      f.size = (size_t)s->fpos.end;
+      f.has_trailer = false;
+    }
     bool sidx;
     st = bp__segment_load(s, &f, i == from ? wm_off : 0, i >= newest, &sidx);
     bp__segfile_close(&f);
@@ -313,6 +324,12 @@ static bp_status recover_once(bp_store *s) {
   seg_look *look = NULL;
   if (!st) st = survey(s, ids, n, &look);
   if (!st && n > 0 && look[0].opened) atomic_store(&s->log_epoch, look[0].created_ns);
+  /* Beside a live writer of this log, what it published is the log. */
+  s->head_capped = false;
+  if (!st && s->readonly && bp__follow_cap(s, &s->fpos.segment, &s->fpos.end)) {
+    bp__head_rec r;
+    s->head_capped = bp__head_read(&s->head, &r) && r.live && (n == 0 || r.epoch == atomic_load(&s->log_epoch));
+  }
   if (!st && n > 0) bp__ixstore_evidence(s);
 
   bool restored = false;
@@ -389,6 +406,7 @@ static bp_status recover_once(bp_store *s) {
   if (!st) {
     bp__index_publish(&s->ix);
     atomic_store(&s->durable, s->ix.count);
+    if (s->readonly) bp__follow_opened(s);
     bp__log(s, BP_LOG_INFO, "opened %s: %" PRIu64 " events in %zu segments", s->dir, s->ix.count, n);
   }
   free(look);
@@ -508,6 +526,7 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
   s->readonly = readonly;
   s->lock_fd = -1;
   s->wfd = -1;
+  s->head.fd = -1;
   s->cache = cache;
   long cpus = sysconf(_SC_NPROCESSORS_ONLN);
   s->spin_slots = cpus > 1 && cfg->sync_every_n_events != 1 ? (uint32_t)(cpus - 1) : 0;
@@ -606,6 +625,11 @@ static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly
     snprintf(ck, sizeof ck, "%s/%s", s->dir, BP__CHECKPOINT_FILE);
     if (bp__os_table.unlink(ck) == 0) bp__os_sync_dir(s->dir);
   }
+  if (!readonly) {
+    bp__head_rec hr;
+    bp__writer_head_record(s, &hr);
+    bp__head_attach_writer(s, &hr);
+  }
   if ((st = bp__ixstore_start(s))) goto fail;
   /* Helpers for large reads: one thread fewer than asked (the caller is
    * one), at most one per CPU; without memory for them, callers work alone. */
@@ -620,6 +644,8 @@ fail:;
   bp_error saved = *bp_last_error();
   s->cache = NULL; /* bp_open_with_cache frees it */
   bp__ixstore_detach_quietly(s);
+  if (s->head.writer) bp__head_detach(&s->head);
+  bp__head_free(&s->head);
   bp__segments_free(s);
   if (s->ix.chunks) bp__index_free(&s->ix);
   bp__scan_free(&s->scan);
@@ -732,6 +758,17 @@ bp_status bp_close(bp_store *s) {
     if (!st) st = ix;
   }
   bp__ixstore_detach_quietly(s);
+  if (s->readonly) {
+    bp__follow_stop(s);
+  } else {
+    /* The final record (what close made durable), then the lock goes. */
+    if (s->head.writer) {
+      bp__head_rec hr;
+      bp__writer_head_record(s, &hr);
+      bp__head_publish(&s->head, &hr);
+    }
+    bp__head_detach(&s->head);
+  }
   bp_error saved = *bp_last_error();
   if (s->helpers) {
     bp__pool_stop(s->helpers);

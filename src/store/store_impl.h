@@ -43,6 +43,11 @@
 #define BP__SIDX_TRAILER_SIZE 16u
 #define BP__SIDX_SEAL_MAGIC "\0bpseal1"     /* 8 bytes: the seal string's start (segment.c) */
 #define BP__SIDX_SEAL_LEN 16u
+#define BP__HEAD_FILE "batpak.head"
+#define BP__HEAD_POLL_MS 50            /* how often a follower looks when it cannot sleep on the head */
+/* Address space mapped past the active segment's limit (writer.c, and
+ * followers mapping a segment a writer grows). */
+#define BP__MAP_SLACK (16u << 20)
 
 typedef struct bp__segment {
   uint64_t id;
@@ -64,6 +69,23 @@ typedef struct bp__remap {
   uint32_t *dropped;        /* increasing, in the numbering before it */
   size_t n;
 } bp__remap;
+
+/* The head file (head.c): one page the writer and followers map. */
+typedef struct bp__head {
+  int fd;                   /* -1: not attached */
+  struct bp__head_page *page;
+  bool writable;            /* mapped writable: a follower can say that it sleeps */
+  bool writer;              /* this handle's writer publishes through it */
+} bp__head;
+
+/* The head's record, read consistently. */
+typedef struct bp__head_rec {
+  int64_t epoch;            /* the log epoch the positions are in */
+  uint64_t count;           /* events published */
+  uint64_t segment, frames_end; /* where the last published frame ends (0, 0: none) */
+  uint64_t durable;         /* events known durable */
+  bool live;                /* its writer holds it now */
+} bp__head_rec;
 
 /* What an append works out for each event before it queues: no lock needed. */
 typedef struct bp__prep {
@@ -213,6 +235,18 @@ struct bp_store {
     uint64_t segment, upto;
   } tail_evidence;
   uint32_t from_sidx, scanned;
+  /* The head file: the writer's, or a follower's view of it. */
+  bp__head head;
+  /* A read-only handle following a writer (follow.c): where the frames it
+   * has indexed end (segment 0: it has none yet), and its thread, which
+   * sleeps on the head's futex and refreshes while subscriptions exist. */
+  struct {
+    uint64_t segment, end;
+  } fpos;
+  bool head_capped;         /* a read-only open reads up to fpos only (a live writer's head) */
+  pthread_t fthread;
+  bool fthread_started;
+  _Atomic bool fstop;
   /* Segments whose SIDX footer a read-write open writes anew once recovery
    * is done (segment.c, bp__segment_fix_footers): a crashed segment (no
    * footer: its torn or zero tail is cut off), a footer of ours that is
@@ -349,6 +383,48 @@ void bp__entry_from_frame(bp__ientry *e, const bp__frame *fr, uint32_t entity, u
 /* Adds one recovered entry to the index and the entity's chain head. */
 bp_status bp__recover_entry(bp_store *s, bp__ientry *e);
 
+/* Indexes the frames of segment id from offset from (0: its first frame):
+ * exactly up to offset upto (a live writer's head), or with upto UINT64_MAX
+ * as far as a writer finished it (to its SIDX footer when sealed, else to its
+ * last whole frame outside a batch). The segment becomes readable up to
+ * there. *end: where the indexed frames end; *created_ns: its header's time.
+ * Nothing is published. Errors: BP_ECORRUPT (damage before upto or before a
+ * footer; the index is left as it was), BP_EIO, BP_ENOMEM. */
+bp_status bp__segment_follow(bp_store *s, uint64_t id, uint64_t from, uint64_t upto, uint64_t *end,
+                             int64_t *created_ns);
+
+/* ---- the head file (head.c) ---- */
+/* The writer maps the head file (created if absent), publishes first and
+ * then takes the lock that says it is live; a failure is logged and the store
+ * goes on without it (followers then read the log to its end). */
+bp_status bp__head_attach_writer(bp_store *s, const bp__head_rec *first);
+/* Publishes r and wakes sleeping followers (the writer, wlock held). */
+void bp__head_publish(bp__head *h, const bp__head_rec *r);
+/* The writer lets go (close): followers see it is no longer live. */
+void bp__head_detach(bp__head *h);
+/* A follower maps the head file if it exists; false when it does not (yet). */
+bool bp__head_attach_reader(bp_store *s);
+/* The record; false when there is none (no file, or never written). */
+bool bp__head_read(const bp__head *h, bp__head_rec *r);
+/* The futex word as seen now, and a sleep until it moves from seen (or
+ * timeout_ms passes; negative: no limit). */
+uint32_t bp__head_wake_seen(const bp__head *h);
+void bp__head_wait(bp__head *h, uint32_t seen, int timeout_ms);
+/* Moves the futex word, waking every sleeper (a follower's own thread at close). */
+void bp__head_nudge(bp__head *h);
+void bp__head_free(bp__head *h);
+
+/* ---- following (follow.c) ---- */
+/* Where a read-only handle stands after its open, and whether the head
+ * bounds what the open may read (a live writer): *seg, *end. */
+bool bp__follow_cap(bp_store *s, uint64_t *seg, uint64_t *end);
+/* Sets fpos from what the open indexed. */
+void bp__follow_opened(bp_store *s);
+/* A subscription was made on a read-only handle: its thread starts. */
+void bp__follow_start(bp_store *s);
+/* Stops the thread and lets go of the head (bp_close). */
+void bp__follow_stop(bp_store *s);
+
 /* ---- checkpoint (checkpoint.c) ---- */
 /* Writes index.ckpt atomically (temporary file, fsync, rename, directory fsync)
  * for the store as it is (nothing may append meanwhile). */
@@ -421,6 +497,9 @@ bp_status bp__writer_adopt(bp_store *s, uint64_t id, uint64_t first, uint64_t fr
 /* fsyncs the active segment; everything appended so far becomes durable (wlock held).
  * Errors: BP_EWRITER, BP_EIO (the writer's restart policy applies). */
 bp_status bp__writer_sync(bp_store *s);
+/* What the head file should say now: the log epoch, the published count,
+ * where the last published frame ends, the durable count (wlock held). */
+void bp__writer_head_record(bp_store *s, bp__head_rec *r);
 void bp__writer_free(bp_store *s);
 
 /* ---- compaction (compact.c) ---- */
@@ -434,6 +513,8 @@ static inline void bp__view_enter(bp_store *s) { pthread_rwlock_rdlock(&s->view_
 static inline void bp__view_leave(bp_store *s) { pthread_rwlock_unlock(&s->view_lock); }
 
 /* ---- subscriptions (sub.c) ---- */
+/* bp_subscribe but for starting a read-only handle's follower (follow.c). */
+bp_subscription *bp__subscribe(bp_store *s, const bp_region *r);
 /* Hands events [from, to), just published, to matching subscriptions. */
 void bp__notify(bp_store *s, uint64_t from, uint64_t to);
 /* Ends every subscription (bp_close). */

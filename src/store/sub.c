@@ -73,7 +73,7 @@ static void sub_unref(bp_subscription *sub) {
   free(sub);
 }
 
-bp_subscription *bp_subscribe(bp_store *s, const bp_region *r) {
+bp_subscription *bp__subscribe(bp_store *s, const bp_region *r) {
   if (!s || !r) {
     bp__fail(BP_EINVAL, "bp_subscribe: NULL argument");
     return NULL;

@@ -134,7 +134,6 @@ static uint64_t mono_ms(void) {
 #define BP__WRITE_SYNCS 1
 #define BP__GROW_STEP (4u << 20)
 #define BP__GROW_AHEAD (1u << 20)
-#define BP__MAP_SLACK (16u << 20)
 
 /* Page hints. Making pages readable or writable ahead of the frames
  * (madvise) and starting write-back (sync_file_range) only save work later;
@@ -612,6 +611,24 @@ static bp_status writer_ensure_segment(bp_store *s) {
   return BP_OK;
 }
 
+void bp__writer_head_record(bp_store *s, bp__head_rec *r) {
+  uint64_t n = s->ix.count;
+  r->epoch = atomic_load(&s->log_epoch);
+  r->count = n;
+  r->durable = atomic_load(&s->durable);
+  r->live = true;
+  if (s->wfd >= 0) {
+    r->segment = s->wseg;
+    r->frames_end = s->wsize;
+  } else if (n > 0) {
+    const bp__ientry *e = bp__index_at(&s->ix, n - 1);
+    r->segment = e->segment_id;
+    r->frames_end = e->offset + e->length;
+  } else {
+    r->segment = r->frames_end = 0;
+  }
+}
+
 void bp__writer_free(bp_store *s) {
   unmap_segment(s);
   close_segment(s);
@@ -948,6 +965,11 @@ static bool commit_group(bp_store *s, bp__req **group, size_t ng, hints *h) {
       bp__segment_readable(s, s->wseg, s->wsize);
       bp__index_publish(&s->ix);
       if (sync_now) atomic_store(&s->durable, s->ix.count);
+      if (s->head.writer) {
+        bp__head_rec hr;
+        bp__writer_head_record(s, &hr);
+        bp__head_publish(&s->head, &hr);
+      }
       bp__notify(s, count0, s->ix.count);
       fsynced = sync_now;
     }
