@@ -81,9 +81,10 @@ static bp_config config_for(const char *dir, uint64_t seg_bytes) {
 
 /* ------------------------------------------------------ the child roles */
 
-/* writer DIR N SEGBYTES: appends until the store holds N events (single
- * appends and batches of three), pausing now and then so that followers
- * follow a live log. */
+/* writer DIR N SEGBYTES MODE: appends until the store holds N events
+ * (single appends and batches of three), pausing now and then so that
+ * followers follow a live log; MODE "compact" merges the sealed segments
+ * once, half-way through what it appends (the numbering stays). */
 static int role_writer(char **argv) {
   const char *dir = argv[0];
   uint64_t n = strtoull(argv[1], NULL, 10);
@@ -97,7 +98,7 @@ static int role_writer(char **argv) {
   }
   bp_store_stats stats;
   bp_stats(s, &stats);
-  uint64_t i = stats.event_count;
+  uint64_t i = stats.event_count, compact_at = strcmp(argv[3], "compact") == 0 ? i + (n - i) / 2 : UINT64_MAX;
   char ent[3][32], scp[3][32];
   uint8_t pay[3][400];
   while (i < n) {
@@ -120,7 +121,20 @@ static int role_writer(char **argv) {
       return 4;
     }
     i += k;
-    if (i % 50 == 0) usleep(2000);
+    if (i % 25 == 0) usleep(10000); /* 4000 events take at least 1.6 s */
+    if (i >= compact_at) {
+      compact_at = UINT64_MAX;
+      bp_compaction_config cc = {.strategy = BP_COMPACT_MERGE};
+      bp_compaction_result res;
+      if (bp_compact(s, &cc, &res)) {
+        fprintf(stderr, "writer: compact: %s\n", bp_last_error()->message);
+        return 6;
+      }
+      if (res.segments_removed == 0) {
+        fprintf(stderr, "writer: the compaction merged nothing\n");
+        return 7;
+      }
+    }
   }
   return bp_close(s) ? 5 : 0;
 }
@@ -193,12 +207,12 @@ static int role_follower(char **argv) {
 
 /* --------------------------------------------------------- the parent's */
 
-static pid_t spawn(const char *role, const char *a, const char *b, const char *c) {
+static pid_t spawn(const char *role, const char *a, const char *b, const char *c, const char *d) {
   fflush(NULL);
   pid_t pid = fork();
   assert_true(pid >= 0);
   if (pid == 0) {
-    execl(self_exe, self_exe, role, a, b, c, (char *)NULL);
+    execl(self_exe, self_exe, role, a, b, c, d, (char *)NULL);
     _exit(127);
   }
   return pid;
@@ -242,7 +256,8 @@ static void read_digest(const char *path, uint64_t *count, uint64_t *h) {
 }
 
 /* One writer appending across segment rotations, killed and restarted
- * mid-way, while four follower processes (one opened before the store had
+ * mid-way, the second merging the sealed segments as it goes, while four
+ * follower processes (one opened before the store had
  * any segment, one killed and restarted) follow: each sees every event
  * exactly once, in order, the same bytes a fresh open reads afterwards. */
 static void four_followers_see_every_event_once_in_order(void **state) {
@@ -254,22 +269,22 @@ static void four_followers_see_every_event_once_in_order(void **state) {
   pid_t fl[4];
   for (int i = 0; i < 4; i++) {
     snprintf(out[i], sizeof out[i], "%s/follower%d.out", f->tmp, i);
-    if (i < 3) fl[i] = spawn("follower", f->dir, ns, out[i]); /* before any segment exists */
+    if (i < 3) fl[i] = spawn("follower", f->dir, ns, out[i], "-"); /* before any segment exists */
   }
   usleep(100000);
-  pid_t w = spawn("writer", f->dir, ns, "65536");
+  pid_t w = spawn("writer", f->dir, ns, "65536", "plain");
   usleep(150000);
-  fl[3] = spawn("follower", f->dir, ns, out[3]); /* beside the live writer */
+  fl[3] = spawn("follower", f->dir, ns, out[3], "-"); /* beside the live writer */
   usleep(100000);
   /* A follower killed mid-way and started again. */
   kill(fl[1], SIGKILL);
   assert_int_equal(reap(fl[1]), 128 + SIGKILL);
-  fl[1] = spawn("follower", f->dir, ns, out[1]);
+  fl[1] = spawn("follower", f->dir, ns, out[1], "-");
   /* The writer killed mid-way (or finished already) and started again. */
   kill(w, SIGKILL);
   int wcode = reap(w);
   assert_true(wcode == 128 + SIGKILL || wcode == 0);
-  w = spawn("writer", f->dir, ns, "65536");
+  w = spawn("writer", f->dir, ns, "65536", "compact");
   assert_int_equal(reap(w), 0);
   for (int i = 0; i < 4; i++) assert_int_equal(reap(fl[i]), 0);
   uint64_t count, want = digest_store(f->dir, &count);
@@ -431,10 +446,72 @@ static void a_readers_subscription_is_woken_by_the_writer(void **state) {
   assert_ok(bp_close(w));
 }
 
+static bool keep_not_e0(const bp_event *ev, void *ctx) {
+  (void)ctx;
+  return strcmp(ev->entity, "e:0") != 0;
+}
+
+/* A reader whose writer compacts away some events reopens the new log by
+ * itself: its cursor goes on after the last event it had, each surviving
+ * event once, in the writer's order, and the strings it handed out before
+ * stay valid. */
+static void a_reader_follows_the_writer_through_a_retention_compaction(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 8192;
+  bp_store *w, *r;
+  assert_ok(bp_open(&f->cfg, &w));
+  append_n(w, 0, 100);
+  assert_ok(bp_open_readonly(&f->cfg, &r));
+  bp_region all = bp_region_all();
+  bp_cursor *c = bp_cursor_open(r, &all);
+  bp_id seen[400];
+  size_t nseen = 0;
+  bp_entry e, first;
+  for (int i = 0; i < 60; i++) {
+    assert_ok(bp_cursor_poll(c, &e));
+    if (i == 0) first = e;
+    seen[nseen++] = e.event_id;
+  }
+  append_n(w, 100, 20);
+  bp_compaction_config cc = {.strategy = BP_COMPACT_RETENTION, .keep = keep_not_e0};
+  bp_compaction_result res;
+  assert_ok(bp_compact(w, &cc, &res));
+  assert_true(res.segments_removed > 0);
+  append_n(w, 120, 20);
+  bp_status st;
+  while ((st = bp_cursor_poll(c, &e)) == BP_OK) {
+    assert_true(nseen < 400);
+    seen[nseen++] = e.event_id;
+  }
+  assert_int_equal(st, BP_ENOTFOUND);
+  assert_string_equal(first.entity, "e:0"); /* the old index's string, still there */
+  bp_entries fin;
+  assert_ok(bp_query(w, &all, &fin));
+  /* Every event of the final log once, in its order; the others seen were
+   * dropped by the compaction after the reader had them. */
+  size_t k = 0;
+  for (size_t i = 0; i < nseen; i++) {
+    for (size_t j = 0; j < i; j++) assert_false(bp_id_eq(seen[i], seen[j]));
+    if (k < fin.len && bp_id_eq(seen[i], fin.items[k].event_id)) k++;
+  }
+  assert_int_equal(k, fin.len);
+  assert_true(fin.len < 140); /* e:0 left the merged segments */
+  /* The reader's own view agrees with the writer's. */
+  bp_entries mine;
+  assert_ok(bp_query(r, &all, &mine));
+  assert_int_equal(mine.len, fin.len);
+  for (size_t i = 0; i < fin.len; i++) assert_true(bp_id_eq(mine.items[i].event_id, fin.items[i].event_id));
+  bp_entries_free(&mine);
+  bp_entries_free(&fin);
+  bp_cursor_close(c);
+  assert_ok(bp_close(r));
+  assert_ok(bp_close(w));
+}
+
 int main(int argc, char **argv) {
   self_exe = argv[0];
-  if (argc >= 2 && strcmp(argv[1], "writer") == 0 && argc == 5) return role_writer(argv + 2);
-  if (argc >= 2 && strcmp(argv[1], "follower") == 0 && argc == 5) return role_follower(argv + 2);
+  if (argc >= 2 && strcmp(argv[1], "writer") == 0 && argc == 6) return role_writer(argv + 2);
+  if (argc >= 2 && strcmp(argv[1], "follower") == 0 && argc == 6) return role_follower(argv + 2);
   char exe[4096];
   ssize_t k = readlink("/proc/self/exe", exe, sizeof exe - 1);
   if (k > 0) {
@@ -446,6 +523,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(a_reader_beside_a_live_writer_reads_no_further_than_its_head, setup, teardown),
       cmocka_unit_test_setup_teardown(a_readers_cursor_moves_on_by_itself, setup, teardown),
       cmocka_unit_test_setup_teardown(a_readers_subscription_is_woken_by_the_writer, setup, teardown),
+      cmocka_unit_test_setup_teardown(a_reader_follows_the_writer_through_a_retention_compaction, setup, teardown),
       cmocka_unit_test_setup_teardown(four_followers_see_every_event_once_in_order, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -42,25 +42,6 @@ static uint64_t next_segment(const bp_store *s, uint64_t id) {
   return best;
 }
 
-bool bp__follow_cap(bp_store *s, uint64_t *seg, uint64_t *end) {
-  bp__head_rec r;
-  if (!bp__head_attach_reader(s) || !bp__head_read(&s->head, &r) || !r.live) return false;
-  *seg = r.segment;
-  *end = r.frames_end;
-  return true;
-}
-
-void bp__follow_opened(bp_store *s) {
-  uint64_t n = s->ix.count;
-  if (n == 0) {
-    s->fpos.segment = s->fpos.end = 0;
-    return;
-  }
-  const bp__ientry *e = bp__index_at(&s->ix, n - 1);
-  s->fpos.segment = e->segment_id;
-  s->fpos.end = e->offset + e->length;
-}
-
 /* Indexes frames up to the head (seg, end), or with seg UINT64_MAX to the
  * end of the log. BP_EAGAIN-like cases (the segments are not where the head
  * says: a compaction replaced them) come back as *moved. */
@@ -104,6 +85,159 @@ static bp_status follow_to(bp_store *s, uint64_t hseg, uint64_t hend, bool *move
   }
 }
 
+/* ------------------------------------------------------------ reopening */
+
+/* What recovery fills in, saved so that a failed reopen leaves the handle
+ * as it was. */
+typedef struct handle_state {
+  bp__index ix;
+  bp__scan scan;
+  bp__segment *segs;
+  size_t nsegs, segcap;
+  uint32_t open_rfds;
+  bp__ixseg *ix_segs;
+  uint32_t ix_nsegs;
+  int64_t log_epoch;
+  uint64_t durable, next_segment_id;
+  struct { uint64_t segment, end; } fpos;
+  bool head_capped;
+} handle_state;
+
+static void state_take(bp_store *s, handle_state *h) {
+  h->ix = s->ix;
+  h->scan = s->scan;
+  h->segs = s->segs;
+  h->nsegs = s->nsegs;
+  h->segcap = s->segcap;
+  h->open_rfds = s->open_rfds;
+  h->ix_segs = s->ix_segs;
+  h->ix_nsegs = s->ix_nsegs;
+  h->log_epoch = atomic_load(&s->log_epoch);
+  h->durable = atomic_load(&s->durable);
+  h->next_segment_id = s->next_segment_id;
+  h->fpos.segment = s->fpos.segment;
+  h->fpos.end = s->fpos.end;
+  h->head_capped = s->head_capped;
+}
+
+static void state_put(bp_store *s, const handle_state *h) {
+  s->ix = h->ix;
+  s->scan = h->scan;
+  s->segs = h->segs;
+  s->nsegs = h->nsegs;
+  s->segcap = h->segcap;
+  s->open_rfds = h->open_rfds;
+  s->ix_segs = h->ix_segs;
+  s->ix_nsegs = h->ix_nsegs;
+  atomic_store(&s->log_epoch, h->log_epoch);
+  atomic_store(&s->durable, h->durable);
+  s->next_segment_id = h->next_segment_id;
+  s->fpos.segment = h->fpos.segment;
+  s->fpos.end = h->fpos.end;
+  s->head_capped = h->head_capped;
+}
+
+/* Frees what the state holds but its index (kept: see reopen). */
+static void state_free_but_index(bp_store *s, handle_state *h) {
+  handle_state now;
+  state_take(s, &now);
+  state_put(s, h);
+  bp__segments_free(s);
+  bp__scan_free(&s->scan);
+  free(s->ix_segs);
+  s->ix_segs = NULL;
+  state_put(s, &now);
+}
+
+/* The positions of the old numbering whose events the new log lacks
+ * (increasing): a compaction keeps the order of what it keeps, so a
+ * position's new value is the old one less the dropped before it. */
+static bp_status dropped_positions(const bp__index *old, const bp__index *now, uint32_t **out, size_t *n) {
+  size_t cap = 0, len = 0;
+  uint32_t *v = NULL;
+  for (uint64_t i = 0; i < old->count; i++) {
+    uint64_t seq;
+    if (bp__index_find_id(now, bp__index_at(old, i)->event_id, now->count, &seq)) continue;
+    if (len == cap) {
+      uint32_t *nv = realloc(v, (cap = cap ? cap * 2 : 256) * sizeof *v);
+      if (!nv) {
+        free(v);
+        return bp__fail(BP_ENOMEM, "out of memory carrying positions over a compaction");
+      }
+      v = nv;
+    }
+    v[len++] = (uint32_t)i;
+  }
+  *out = v;
+  *n = len;
+  return BP_OK;
+}
+
+/* Reads the directory anew into the handle: the writer compacted the store
+ * (the head's epoch moved) or its log went back (it lost events its head had
+ * published). Readers wait meanwhile (the view lock, as for a compaction in
+ * the writer's process); cursors carry their positions over by the events
+ * that stayed (a remap, as a compaction in-process leaves); the strings the
+ * handle gave out stay valid (the old index is kept until bp_close). *from:
+ * the first position in the new numbering this handle had not seen. On
+ * failure the handle is as it was. wlock held. */
+static bp_status reopen_locked(bp_store *s, uint64_t *from) {
+  pthread_rwlock_wrlock(&s->view_lock);
+  handle_state old;
+  state_take(s, &old);
+  s->segs = NULL;
+  s->nsegs = s->segcap = 0;
+  s->open_rfds = 0;
+  s->ix_segs = NULL;
+  s->ix_nsegs = 0;
+  atomic_store(&s->log_epoch, 0);
+  bp_status st = bp__index_init(&s->ix);
+  if (!st && (st = bp__scan_init(&s->scan, s->cfg.index_layout))) bp__index_free(&s->ix);
+  if (st) {
+    state_put(s, &old);
+    pthread_rwlock_unlock(&s->view_lock);
+    return st;
+  }
+  st = bp__recover(s);
+  uint32_t *dropped = NULL;
+  size_t ndropped = 0;
+  bp__grave *g = NULL;
+  if (!st) st = dropped_positions(&old.ix, &s->ix, &dropped, &ndropped);
+  bp__remap *r = NULL;
+  if (!st && !(g = malloc(sizeof *g))) st = bp__fail(BP_ENOMEM, "out of memory reopening %s", s->dir);
+  if (!st && ndropped && !(r = realloc(s->remaps, (s->nremaps + 1) * sizeof *r)))
+    st = bp__fail(BP_ENOMEM, "out of memory reopening %s", s->dir);
+  if (st) {
+    free(dropped);
+    free(g);
+    bp__segments_free(s);
+    bp__index_free(&s->ix);
+    bp__scan_free(&s->scan);
+    free(s->ix_segs);
+    state_put(s, &old);
+    pthread_rwlock_unlock(&s->view_lock);
+    return st;
+  }
+  uint64_t gen = atomic_load(&s->generation) + 1;
+  if (ndropped) {
+    s->remaps = r;
+    r[s->nremaps++] = (bp__remap){gen, dropped, ndropped};
+  } else {
+    free(dropped);
+  }
+  atomic_store(&s->generation, gen);
+  g->ix = old.ix;
+  g->next = s->graves;
+  s->graves = g;
+  state_free_but_index(s, &old);
+  uint64_t seen = old.ix.count - ndropped;
+  *from = seen < s->ix.count ? seen : s->ix.count;
+  pthread_rwlock_unlock(&s->view_lock);
+  bp__log(s, BP_LOG_INFO, "%s: reopened after the writer replaced its log: %" PRIu64 " events (%zu gone)", s->dir,
+          s->ix.count, ndropped);
+  return BP_OK;
+}
+
 static bp_status refresh_locked(bp_store *s, uint64_t *added) {
   uint64_t count0 = s->ix.count;
   bp__head_attach_reader(s);
@@ -125,12 +259,16 @@ static bp_status refresh_locked(bp_store *s, uint64_t *added) {
   }
   if (moved) {
     /* The log is no longer the one this handle numbered (a compaction, or
-     * a writer that lost events its head had published): reopen it. */
+     * a writer that lost events its head had published): reopen it. An
+     * error met on the way stands when the head shows no such change. */
     bp__head_rec again;
-    if (bp__head_read(&s->head, &again) && again.live && again.epoch == epoch && again.count >= count0 && st)
-      return st; /* not moved after all: the error stands */
-    return bp__fail(BP_ECORRUPT, "%s: the writer compacted the store (or its log went back) since this handle "
-                    "opened it: open it again", s->dir);
+    if (st && bp__head_read(&s->head, &again) && again.live && again.epoch == epoch && again.count >= count0)
+      return st;
+    uint64_t from;
+    if ((st = reopen_locked(s, &from))) return st;
+    if (s->ix.count > from) bp__notify(s, from, s->ix.count);
+    *added = s->ix.count > from ? s->ix.count - from : 0;
+    return BP_OK;
   }
   if (s->ix.count > count0) {
     bp__index_publish(&s->ix);
@@ -199,6 +337,12 @@ void bp__follow_stop(bp_store *s) {
   if (started) pthread_join(s->fthread, NULL);
   s->fthread_started = false;
   bp__head_free(&s->head);
+  while (s->graves) {
+    bp__grave *g = s->graves;
+    s->graves = g->next;
+    bp__index_free(&g->ix);
+    free(g);
+  }
 }
 
 bp_subscription *bp_subscribe(bp_store *s, const bp_region *r) {

@@ -39,10 +39,7 @@ typedef struct bp__head_page {
   char magic[8];            /*   0 */
   uint32_t version;         /*   8 */
   uint32_t size;            /*  12 the page's size, 4096 */
-  uint32_t writer_pid;      /*  16 */
-  uint32_t reserved0;       /*  20 */
-  int64_t writer_start_ns;  /*  24 CLOCK_REALTIME at the writer's open */
-  uint64_t writer_session;  /*  32 one more at each writer's open */
+  uint8_t reserved0[24];    /*  16 */
   uint32_t seq;             /*  40 sequence lock: odd while the record changes */
   uint32_t reserved1;       /*  44 */
   int64_t epoch;            /*  48 the log epoch (created_ns of the lowest segment) */
@@ -118,6 +115,7 @@ bp_status bp__head_attach_writer(bp_store *s, const bp__head_rec *first) {
     /* A new file (or one of another version): everything but the futex
      * words, on which followers may already wait, starts from zero. */
     STORE(p->seq, 0);
+    memset(p->reserved0, 0, sizeof p->reserved0);
     memset(p->reserved2, 0, sizeof p->reserved2);
     STORE(p->epoch, 0);
     STORE(p->count, 0);
@@ -129,11 +127,6 @@ bp_status bp__head_attach_writer(bp_store *s, const bp__head_rec *first) {
     __atomic_thread_fence(__ATOMIC_RELEASE);
     memcpy(p->magic, HEAD_MAGIC, 8);
   }
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  STORE(p->writer_pid, (uint32_t)getpid());
-  STORE(p->writer_start_ns, (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec);
-  STORE(p->writer_session, LOAD(p->writer_session) + 1);
   h->writable = true;
   h->writer = true;
   /* The record first, the lock after it: a follower that finds the writer
@@ -151,6 +144,12 @@ bp_status bp__head_attach_writer(bp_store *s, const bp__head_rec *first) {
 void bp__head_publish(bp__head *h, const bp__head_rec *r) {
   bp__head_page *p = h->page;
   if (!p || !h->writer) return;
+  /* Nothing changed (an open after a close, a close after nothing was
+   * appended): the page is not touched, so that such an open writes
+   * nothing, and nobody is woken for nothing. */
+  if (LOAD(p->epoch) == r->epoch && LOAD(p->count) == r->count && LOAD(p->segment) == r->segment &&
+      LOAD(p->frames_end) == r->frames_end && LOAD(p->durable) == r->durable)
+    return;
   uint32_t q = LOAD(p->seq);
   __atomic_store_n(&p->seq, q | 1u, __ATOMIC_RELAXED);
   __atomic_thread_fence(__ATOMIC_RELEASE);
@@ -170,11 +169,8 @@ void bp__head_publish(bp__head *h, const bp__head_rec *r) {
 
 void bp__head_detach(bp__head *h) {
   /* Closing the descriptor releases the writer's lock: followers then know
-   * the record for final (until the next writer). */
-  if (h->writer && h->page) {
-    __atomic_fetch_add(&h->page->wake, 1, __ATOMIC_SEQ_CST);
-    bp__park_wake_shared((_Atomic uint32_t *)&h->page->wake);
-  }
+   * the record for final (until the next writer). They need no wake-up:
+   * nothing was published. */
   head_unmap(h);
   h->writer = false;
 }

@@ -70,6 +70,13 @@ typedef struct bp__remap {
   size_t n;
 } bp__remap;
 
+/* An index a follower replaced when it reopened a compacted log, kept
+ * until bp_close: the names it gave out stay valid that long (follow.c). */
+typedef struct bp__grave {
+  struct bp__grave *next;
+  bp__index ix;
+} bp__grave;
+
 /* The head file (head.c): one page the writer and followers map. */
 typedef struct bp__head {
   int fd;                   /* -1: not attached */
@@ -244,6 +251,7 @@ struct bp_store {
     uint64_t segment, end;
   } fpos;
   bool head_capped;         /* a read-only open reads up to fpos only (a live writer's head) */
+  bp__grave *graves;        /* indexes replaced by reopening (follow.c) */
   pthread_t fthread;
   bool fthread_started;
   _Atomic bool fstop;
@@ -415,11 +423,6 @@ void bp__head_nudge(bp__head *h);
 void bp__head_free(bp__head *h);
 
 /* ---- following (follow.c) ---- */
-/* Where a read-only handle stands after its open, and whether the head
- * bounds what the open may read (a live writer): *seg, *end. */
-bool bp__follow_cap(bp_store *s, uint64_t *seg, uint64_t *end);
-/* Sets fpos from what the open indexed. */
-void bp__follow_opened(bp_store *s);
 /* A subscription was made on a read-only handle: its thread starts. */
 void bp__follow_start(bp_store *s);
 /* Stops the thread and lets go of the head (bp_close). */
@@ -445,6 +448,11 @@ bp_status bp__checkpoint_read_entry(bp__mp_reader *r, bp__ientry *e, uint64_t *s
 bp_status bp__checkpoint_read_entry_general(bp__mp_reader *r, bp__ientry *e, uint64_t *seq);
 /* Appends one entry as every writer lays it out. */
 void bp__checkpoint_put_entry(bp__buf *b, const bp__ientry *e, uint64_t seq);
+
+/* ---- recovery (recover.c) ---- */
+/* Fills the store's empty index and segment table from its directory (see
+ * recover.c). Errors: BP_ECORRUPT, BP_EIO, BP_ENOMEM. */
+bp_status bp__recover(bp_store *s);
 
 /* ---- open (store.c) ---- */
 /* bp_open_readonly without the persistent index (index.ckpt, footers and
