@@ -23,6 +23,13 @@ ID=$("$B" query "$S" --scope t --json | sed 's/.*"event_id":"\([0-9a-f]*\)".*/\1
 "$B" stats "$S" --json | grep -q '"events": 3' || fail "stats"
 "$B" verify "$S" | grep -q intact || fail "verify"
 "$B" tail "$S" | grep -c clock | grep -q 3 || fail "tail"
+# tail -n: the last N events of the region, in order.
+[ "$("$B" tail "$S" -n 1 --json | grep -c '"entity":"user:10"')" = 1 ] || fail "tail -n 1"
+[ "$("$B" tail "$S" -n 1 --json | wc -l)" = 1 ] || fail "tail -n 1 count"
+"$B" tail "$S" -n 1 --scope s --json | grep -q '"clock":1' || fail "tail -n 1 --scope s"
+[ "$("$B" tail "$S" -n all --json | wc -l)" = 3 ] || fail "tail -n all"
+[ "$("$B" tail "$S" -n 0 | wc -l)" = 0 ] || fail "tail -n 0"
+expect_exit 2 "$B" tail "$S" -n x
 
 # CAS through the tool: a stale expectation fails with the library's code.
 expect_exit 1 "$B" append "$S" --entity user:1 --scope s --json-payload 1 --expect-sequence 0

@@ -79,6 +79,12 @@ static bp_config config_for(const char *dir, uint64_t seg_bytes) {
   return c;
 }
 
+static uint64_t count_of(bp_store *s) {
+  bp_store_stats st;
+  bp_stats(s, &st);
+  return st.event_count;
+}
+
 /* ------------------------------------------------------ the child roles */
 
 /* writer DIR N SEGBYTES MODE: appends until the store holds N events
@@ -298,6 +304,140 @@ static void four_followers_see_every_event_once_in_order(void **state) {
   tu_assert_verifies(f->dir, "after following");
 }
 
+/* ------------------------------------------------------- the tool */
+
+/* Runs the batpak tool with stdout to out (NULL: /dev/null); its pid. */
+static pid_t spawn_cli(const char *out, char *const args[]) {
+  fflush(NULL);
+  pid_t pid = fork();
+  assert_true(pid >= 0);
+  if (pid == 0) {
+    int fd = open(out ? out : "/dev/null", O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (fd < 0 || dup2(fd, 1) < 0) _exit(126);
+    execv(BATPAK_CLI, args);
+    _exit(127);
+  }
+  return pid;
+}
+
+static size_t count_lines(const char *path) {
+  size_t len, n = 0;
+  uint8_t *b = tu_read_file(path, &len);
+  for (size_t i = 0; b && i < len; i++) n += b[i] == '\n';
+  free(b);
+  return n;
+}
+
+/* batpak tail -f follows a writer through its crash and restart: every
+ * event printed once, in order, and SIGINT ends it cleanly. */
+static void tail_f_follows_a_writer_through_its_restart(void **state) {
+  fixture *f = *state;
+  const uint64_t n = 1500;
+  char ns[32], out[4200];
+  snprintf(ns, sizeof ns, "%llu", (unsigned long long)n);
+  snprintf(out, sizeof out, "%s/tail.out", f->tmp);
+  assert_int_equal(mkdir(f->dir, 0700), 0);
+  char *args[] = {"batpak", "tail", f->dir, "-f", "-n", "all", "--json", NULL};
+  pid_t t = spawn_cli(out, args);
+  pid_t w = spawn("writer", f->dir, ns, "32768", "plain");
+  usleep(200000);
+  kill(w, SIGKILL);
+  int wcode = reap(w);
+  assert_true(wcode == 128 + SIGKILL || wcode == 0);
+  w = spawn("writer", f->dir, ns, "32768", "plain");
+  assert_int_equal(reap(w), 0);
+  for (int i = 0; i < 500 && count_lines(out) < n; i++) usleep(20000);
+  kill(t, SIGINT);
+  assert_int_equal(reap(t), 0);
+  size_t len;
+  char *text = (char *)tu_read_file(out, &len);
+  assert_non_null(text);
+  uint64_t want = 0;
+  for (char *line = text; line < text + len;) {
+    char *nl = memchr(line, '\n', (size_t)(text + len - line));
+    assert_non_null(nl);
+    *nl = 0;
+    char *g = strstr(line, "\"global_sequence\":");
+    assert_non_null(g);
+    assert_int_equal(strtoull(g + strlen("\"global_sequence\":"), NULL, 10), want);
+    want++;
+    line = nl + 1;
+  }
+  free(text);
+  assert_int_equal(want, n);
+}
+
+/* batpak snapshot copies a store another process is writing (and
+ * compacting): the copy opens, verifies, holds every event that was there
+ * before the call, and is a prefix of the log the writer ends with. */
+static void snapshot_of_a_store_another_process_writes(void **state) {
+  fixture *f = *state;
+  const uint64_t n = 3000;
+  char ns[32], dest[4200];
+  snprintf(ns, sizeof ns, "%llu", (unsigned long long)n);
+  snprintf(dest, sizeof dest, "%s/copy", f->tmp);
+  assert_int_equal(mkdir(f->dir, 0700), 0);
+  pid_t w = spawn("writer", f->dir, ns, "32768", "compact");
+  bp_store *r = NULL;
+  for (int i = 0; i < 500; i++) {
+    usleep(10000);
+    if (bp_open_readonly(&f->cfg, &r) == BP_OK && count_of(r) > 300) break;
+    if (r) bp_close(r);
+    r = NULL;
+  }
+  assert_non_null(r);
+  uint64_t before = count_of(r);
+  assert_ok(bp_close(r));
+  char *args[] = {"batpak", "snapshot", f->dir, dest, NULL};
+  assert_int_equal(reap(spawn_cli(NULL, args)), 0);
+  assert_int_equal(reap(w), 0);
+  tu_assert_verifies(dest, "the snapshot");
+  bp_config dc = config_for(dest, 0);
+  bp_store *d;
+  assert_ok(bp_open_readonly(&dc, &d));
+  bp_region all = bp_region_all();
+  bp_entries got, fin;
+  assert_ok(bp_query(d, &all, &got));
+  assert_ok(bp_open_readonly(&f->cfg, &r));
+  assert_ok(bp_query(r, &all, &fin));
+  assert_true(got.len >= before);
+  assert_true(got.len <= fin.len);
+  for (size_t i = 0; i < got.len; i++) {
+    assert_true(bp_id_eq(got.items[i].event_id, fin.items[i].event_id));
+    assert_true(event_is_right(d, &got.items[i]));
+  }
+  print_message("snapshot: %zu events (%llu before the call, %zu in the end)\n", got.len,
+                (unsigned long long)before, fin.len);
+  bp_entries_free(&got);
+  bp_entries_free(&fin);
+  assert_ok(bp_close(r));
+  assert_ok(bp_close(d));
+}
+
+/* A second writer is refused from another process while the first lives,
+ * and not blocked by it once it was killed. */
+static void a_second_writer_is_refused_until_the_first_dies(void **state) {
+  fixture *f = *state;
+  assert_int_equal(mkdir(f->dir, 0700), 0);
+  pid_t w = spawn("writer", f->dir, "100000", "1048576", "plain");
+  bp_store *r = NULL;
+  for (int i = 0; i < 500; i++) {
+    usleep(10000);
+    if (bp_open_readonly(&f->cfg, &r) == BP_OK && count_of(r) > 10) break;
+    if (r) bp_close(r);
+    r = NULL;
+  }
+  assert_non_null(r);
+  assert_ok(bp_close(r));
+  bp_store *s;
+  assert_status(bp_open(&f->cfg, &s), BP_ELOCKED);
+  kill(w, SIGKILL);
+  assert_int_equal(reap(w), 128 + SIGKILL);
+  assert_ok(bp_open(&f->cfg, &s));
+  assert_true(count_of(s) > 10);
+  assert_ok(bp_close(s));
+}
+
 /* ------------------------------------------------------- one process */
 
 static void append_n(bp_store *s, uint64_t from, uint64_t n) {
@@ -309,12 +449,6 @@ static void append_n(bp_store *s, uint64_t from, uint64_t n) {
     bp_coord c = {ent, scp};
     assert_ok(bp_append(s, &c, 0x1001, pay, len, NULL));
   }
-}
-
-static uint64_t count_of(bp_store *s) {
-  bp_store_stats st;
-  bp_stats(s, &st);
-  return st.event_count;
 }
 
 /* bp_refresh brings a read-only handle up to what the writer published,
@@ -525,6 +659,9 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(a_readers_subscription_is_woken_by_the_writer, setup, teardown),
       cmocka_unit_test_setup_teardown(a_reader_follows_the_writer_through_a_retention_compaction, setup, teardown),
       cmocka_unit_test_setup_teardown(four_followers_see_every_event_once_in_order, setup, teardown),
+      cmocka_unit_test_setup_teardown(tail_f_follows_a_writer_through_its_restart, setup, teardown),
+      cmocka_unit_test_setup_teardown(snapshot_of_a_store_another_process_writes, setup, teardown),
+      cmocka_unit_test_setup_teardown(a_second_writer_is_refused_until_the_first_dies, setup, teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

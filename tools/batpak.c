@@ -15,6 +15,7 @@
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -349,11 +350,24 @@ static int cmd_verify(const char *dir, int argc, char **argv) {
   return st == BP_OK ? 0 : 1;
 }
 
+/* Snapshot progress on a terminal, in MiB, at most every 64 MiB. */
+static void snapshot_progress(uint64_t done, uint64_t total, void *ctx) {
+  uint64_t *shown = ctx;
+  if (!isatty(STDERR_FILENO) || json_out || total < (64u << 20)) return;
+  if (done < total && done - *shown < (64u << 20)) return;
+  *shown = done;
+  fprintf(stderr, "\rbatpak: snapshot: %" PRIu64 " of %" PRIu64 " MiB%s", done >> 20, total >> 20,
+          done >= total ? "\n" : "");
+}
+
+/* snapshot: through a read-only handle, so that it works on a store another
+ * process owns (a live backup) as on one nobody has open. */
 static int cmd_snapshot(const char *dir, int argc, char **argv) {
   if (argc < 1) return usage("usage: batpak snapshot DIR DEST\n");
-  bp_store *s = open_store(dir, OPEN_WRITE);
+  bp_store *s = open_store(dir, OPEN_READ);
   if (!s) return 1;
-  int rc = bp_snapshot(s, argv[0]) ? fail("snapshot") : 0;
+  uint64_t shown = 0;
+  int rc = bp_snapshot_with_progress(s, argv[0], snapshot_progress, &shown) ? fail("snapshot") : 0;
   if (!rc && !json_out) printf("snapshot of %s written to %s\n", dir, argv[0]);
   bp_close(s);
   return rc;
@@ -616,40 +630,101 @@ static int cmd_repair(const char *dir, int argc, char **argv) {
   return 0;
 }
 
+/* Where to start so that at most `last` events of region r lie between
+ * there and count: windows from the end, eight times larger each time,
+ * until one holds enough or reaches the start; the positions of the last
+ * `last` matches kept in a ring. */
+static uint64_t tail_start(bp_store *s, const bp_region *r, uint64_t count, uint64_t last) {
+  if (last == 0) return count;
+  if (last >= count) return 0;
+  uint64_t *ring = malloc(sizeof *ring * last);
+  if (!ring) return 0;
+  uint64_t window = last, start = 0;
+  for (;;) {
+    uint64_t from = count > window ? count - window : 0, seen = 0;
+    bp_cursor *c = bp_cursor_open(s, r);
+    if (!c) break;
+    bp_cursor_seek(c, from);
+    bp_entries b;
+    bool done = false;
+    while (!done && bp_cursor_poll_batch(c, 512, &b) == BP_OK && b.len) {
+      for (size_t i = 0; i < b.len && !done; i++) {
+        if (b.items[i].global_sequence >= count) done = true;
+        else ring[seen++ % last] = b.items[i].global_sequence;
+      }
+      bp_entries_free(&b);
+    }
+    bp_cursor_close(c);
+    if (seen >= last || from == 0) {
+      start = seen >= last ? ring[seen % last] : from;
+      break;
+    }
+    window = window > UINT64_MAX / 8 ? UINT64_MAX : window * 8;
+  }
+  free(ring);
+  return start;
+}
+
 static volatile sig_atomic_t interrupted;
-static void on_sigint(int sig) {
+static void on_signal(int sig) {
   (void)sig;
   interrupted = 1;
 }
 
-/* tail -f: prints events as they are appended by this process's store...
- * a store is owned by one process, so tail follows through a read-only store
- * reopened as the writer's segments grow. */
+/* tail: the last N events of a region (-n N, 10 by default; -n all), and
+ * with -f the new ones as the writer publishes them, through one read-only
+ * handle that follows it (docs/FOLLOWERS.md) across its restarts and
+ * compactions, until interrupted. Waiting, it sleeps in the kernel. */
 static int cmd_tail(const char *dir, int argc, char **argv) {
   bool follow = flag(argc, argv, "-f");
+  const char *n_text = opt(argc, argv, "-n");
+  uint64_t last = 10;
+  if (n_text && strcmp(n_text, "all") == 0) last = UINT64_MAX;
+  else if (n_text && !parse_uint(n_text, UINT64_MAX, false, &last))
+    return usage("batpak tail: -n takes a whole number of events, or all\n");
   bool bad = false;
   bp_region r = region_from(argc, argv, &bad);
-  if (bad) return usage("usage: batpak tail DIR [-f] [--entity-prefix P] [--scope S] [--kind K]\n");
-  uint64_t from = 0;
-  signal(SIGINT, on_sigint);
-  for (;;) {
-    bp_store *s = open_store(dir, OPEN_READ);
-    if (!s) return 1;
-    bp_cursor *c = bp_cursor_open(s, &r);
-    bp_cursor_seek(c, from);
+  if (bad) return usage("usage: batpak tail DIR [-n N|all] [-f] [--entity-prefix P] [--scope S] [--kind K]\n");
+  struct sigaction sa = {0};
+  sa.sa_handler = on_signal; /* no SA_RESTART: poll returns on a signal */
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+  bp_store *s = open_store(dir, OPEN_READ);
+  if (!s) return 1;
+  bp_store_stats stats;
+  bp_stats(s, &stats);
+  bp_cursor *c = bp_cursor_open(s, &r);
+  bp_subscription *sub = follow ? bp_subscribe(s, &r) : NULL;
+  if (!c || (follow && !sub)) {
+    bp_close(s);
+    return fail("tail");
+  }
+  bp_cursor_seek(c, tail_start(s, &r, stats.event_count, last));
+  int fd = sub ? bp_sub_fd(sub) : -1;
+  int rc = 0;
+  while (!interrupted) {
     bp_entries b;
-    while (bp_cursor_poll_batch(c, 512, &b) == BP_OK && b.len) {
+    bp_status st;
+    while ((st = bp_cursor_poll_batch(c, 512, &b)) == BP_OK && b.len) {
       for (size_t i = 0; i < b.len; i++) print_entry(&b.items[i]);
       bp_entries_free(&b);
     }
-    from = bp_cursor_position(c);
-    bp_cursor_close(c);
-    bp_close(s);
     fflush(stdout);
-    if (!follow || interrupted) return 0;
-    usleep(200000);
-    if (interrupted) return 0;
+    if (st) {
+      rc = fail("tail");
+      break;
+    }
+    if (!follow) break;
+    bp_notification note;
+    while (bp_sub_recv(sub, &note, 0) == BP_OK) {} /* wake-ups only: the cursor reads */
+    struct pollfd p = {fd, POLLIN, 0};
+    if (fd >= 0) poll(&p, 1, -1);
+    else if (bp_sub_recv(sub, &note, 1000) == BP_OK) {} /* no descriptor on this platform */
   }
+  if (sub) bp_sub_close(sub);
+  bp_cursor_close(c);
+  bp_close(s);
+  return rc;
 }
 
 static const struct command {
@@ -662,7 +737,7 @@ static const struct command {
     {"get", cmd_get, "show one event: EVENT_ID (hex or UUID)"},
     {"query", cmd_query, "list events: [--entity-prefix P] [--scope S] [--kind K | --category C] [--limit N]"},
     {"stream", cmd_stream, "list one entity's events: ENTITY"},
-    {"tail", cmd_tail, "print events, and with -f keep printing new ones (region options as query)"},
+    {"tail", cmd_tail, "print the last events (-n N, 10 by default, or all), and with -f the new ones as they are published, following the store's writer (region options as query)"},
     {"stats", cmd_stats, "counts and how the store opened"},
     {"verify", cmd_verify, "check frames, footers, hash chains and the checkpoint"},
     {"repair", cmd_repair, "copy what is readable of a damaged store into a new store: DEST"},

@@ -115,7 +115,9 @@ BP_API bp_status bp_open_readonly(const bp_config *cfg, bp_store **out);
  * Errors: BP_ECORRUPT (a frame before the writer's head does not check, or
  * the writer compacted the store since the open: open it again; the handle
  * stays as it was and keeps serving what it had), BP_EIO, BP_ENOMEM.
- * Threads: any thread; refreshes of one handle take turns. */
+ * Threads: any thread, but not from a callback of a query, cursor or
+ * projection of the same handle (a reopen waits for readers to finish);
+ * refreshes of one handle take turns. */
 BP_API bp_status bp_refresh(bp_store *store, uint64_t *added);
 /* Drains queued appends (up to shutdown_drain_limit; the rest fail
  * BP_ESHUTDOWN), writes the SIDX footer, fsyncs, writes the checkpoint and
@@ -511,10 +513,19 @@ BP_API void bp_watcher_close(bp_watcher *watcher);
  * opens as a store holding every event acknowledged before the call, even while
  * appends continue. Sealed segments are hard-linked where the file system
  * allows (they never change), copied otherwise; the active segment is copied up
- * to the last acknowledged frame. Errors: BP_EINVAL (dest_dir), BP_EIO,
- * BP_ENOMEM; on error the files it made are removed, and dest_dir too if it
- * created it. */
+ * to the last acknowledged frame. On a read-only handle (a live backup of a
+ * store another process writes) it first refreshes the handle (bp_refresh),
+ * then copies the events the handle holds, each segment read through a
+ * descriptor opened in one moment; should the writer have compacted the store
+ * in between, it refreshes and starts again (BP_EIO after 8 attempts).
+ * Errors: BP_EINVAL (dest_dir), BP_EIO, BP_ENOMEM, and those of bp_refresh;
+ * on error the files it made are removed, and dest_dir too if it created it. */
 BP_API bp_status bp_snapshot(bp_store *store, const char *dest_dir);
+/* Called as a long operation goes: done of total bytes (total may grow). */
+typedef void (*bp_progress_fn)(uint64_t done, uint64_t total, void *ctx);
+/* bp_snapshot, calling fn (may be NULL) after each piece copied, on the
+ * calling thread. */
+BP_API bp_status bp_snapshot_with_progress(bp_store *store, const char *dest_dir, bp_progress_fn fn, void *ctx);
 
 /* ------------------------------------------------------------ compaction */
 

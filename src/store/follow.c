@@ -25,6 +25,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 /* The lowest segment id above id in the directory, or 0. */
 static uint64_t next_segment(const bp_store *s, uint64_t id) {
@@ -180,9 +181,8 @@ static bp_status dropped_positions(const bp__index *old, const bp__index *now, u
  * that stayed (a remap, as a compaction in-process leaves); the strings the
  * handle gave out stay valid (the old index is kept until bp_close). *from:
  * the first position in the new numbering this handle had not seen. On
- * failure the handle is as it was. wlock held. */
+ * failure the handle is as it was. view_lock (exclusive) and wlock held. */
 static bp_status reopen_locked(bp_store *s, uint64_t *from) {
-  pthread_rwlock_wrlock(&s->view_lock);
   handle_state old;
   state_take(s, &old);
   s->segs = NULL;
@@ -195,7 +195,6 @@ static bp_status reopen_locked(bp_store *s, uint64_t *from) {
   if (!st && (st = bp__scan_init(&s->scan, s->cfg.index_layout))) bp__index_free(&s->ix);
   if (st) {
     state_put(s, &old);
-    pthread_rwlock_unlock(&s->view_lock);
     return st;
   }
   st = bp__recover(s);
@@ -215,7 +214,6 @@ static bp_status reopen_locked(bp_store *s, uint64_t *from) {
     bp__scan_free(&s->scan);
     free(s->ix_segs);
     state_put(s, &old);
-    pthread_rwlock_unlock(&s->view_lock);
     return st;
   }
   uint64_t gen = atomic_load(&s->generation) + 1;
@@ -232,13 +230,12 @@ static bp_status reopen_locked(bp_store *s, uint64_t *from) {
   state_free_but_index(s, &old);
   uint64_t seen = old.ix.count - ndropped;
   *from = seen < s->ix.count ? seen : s->ix.count;
-  pthread_rwlock_unlock(&s->view_lock);
   bp__log(s, BP_LOG_INFO, "%s: reopened after the writer replaced its log: %" PRIu64 " events (%zu gone)", s->dir,
           s->ix.count, ndropped);
   return BP_OK;
 }
 
-static bp_status refresh_locked(bp_store *s, uint64_t *added) {
+static bp_status refresh_locked(bp_store *s, uint64_t *added, bool *reopen) {
   uint64_t count0 = s->ix.count;
   bp__head_attach_reader(s);
   bp__head_rec r;
@@ -264,10 +261,7 @@ static bp_status refresh_locked(bp_store *s, uint64_t *added) {
     bp__head_rec again;
     if (st && bp__head_read(&s->head, &again) && again.live && again.epoch == epoch && again.count >= count0)
       return st;
-    uint64_t from;
-    if ((st = reopen_locked(s, &from))) return st;
-    if (s->ix.count > from) bp__notify(s, from, s->ix.count);
-    *added = s->ix.count > from ? s->ix.count - from : 0;
+    *reopen = true;
     return BP_OK;
   }
   if (s->ix.count > count0) {
@@ -284,9 +278,23 @@ bp_status bp_refresh(bp_store *s, uint64_t *added) {
   if (!s) return bp__fail(BP_EINVAL, "bp_refresh: store is NULL");
   if (!s->readonly) return BP_OK; /* the writer's own handle is always current */
   uint64_t n = 0;
+  bool reopen = false;
   pthread_mutex_lock(&s->wlock);
-  bp_status st = refresh_locked(s, &n);
+  bp_status st = refresh_locked(s, &n, &reopen);
   pthread_mutex_unlock(&s->wlock);
+  if (reopen) {
+    /* In the lock order (view before wlock); readers wait meanwhile. */
+    pthread_rwlock_wrlock(&s->view_lock);
+    pthread_mutex_lock(&s->wlock);
+    uint64_t from;
+    st = reopen_locked(s, &from);
+    if (!st && s->ix.count > from) {
+      bp__notify(s, from, s->ix.count);
+      n = s->ix.count - from;
+    }
+    pthread_mutex_unlock(&s->wlock);
+    pthread_rwlock_unlock(&s->view_lock);
+  }
   if (added) *added = n;
   return st;
 }
@@ -350,3 +358,25 @@ bp_subscription *bp_subscribe(bp_store *s, const bp_region *r) {
   if (sub && s->readonly) bp__follow_start(s);
   return sub;
 }
+
+/* ----------------------------------------------------------- live backup */
+
+#define SNAPSHOT_ATTEMPTS 8
+
+bp_status bp_snapshot_with_progress(bp_store *s, const char *dest, bp_progress_fn fn, void *ctx) {
+  if (!s || !dest || !*dest) return bp__fail(BP_EINVAL, "bp_snapshot: NULL argument");
+  if (!s->readonly) return bp__snapshot(s, dest, fn, ctx);
+  /* A follower copies what it has after catching up: everything the writer
+   * acknowledged before the call. */
+  for (int attempt = 0; attempt < SNAPSHOT_ATTEMPTS; attempt++) {
+    bp_status st = bp_refresh(s, NULL);
+    if (!st) st = bp__snapshot(s, dest, fn, ctx);
+    if (st != BP__ESTALE) return st;
+    bp__log(s, BP_LOG_INFO, "%s", bp_last_error()->message);
+    usleep(1000u << attempt);
+  }
+  return bp__fail(BP_EIO, "bp_snapshot: %s was compacted under each of %d attempts to copy it", s->dir,
+                  SNAPSHOT_ATTEMPTS);
+}
+
+bp_status bp_snapshot(bp_store *s, const char *dest) { return bp_snapshot_with_progress(s, dest, NULL, NULL); }

@@ -401,6 +401,14 @@ bp_status bp__recover_entry(bp_store *s, bp__ientry *e);
 bp_status bp__segment_follow(bp_store *s, uint64_t id, uint64_t from, uint64_t upto, uint64_t *end,
                              int64_t *created_ns);
 
+/* ---- snapshots (snapshot.c) ---- */
+/* An internal status, never returned by the API: a read-only handle's view
+ * is older than the files (a compaction since); refresh and try again. */
+#define BP__ESTALE ((bp_status)1000)
+/* bp_snapshot_with_progress for the view the handle has now. Errors: as
+ * bp_snapshot, and BP__ESTALE (read-only handles). */
+bp_status bp__snapshot(bp_store *s, const char *dest, bp_progress_fn fn, void *ctx);
+
 /* ---- the head file (head.c) ---- */
 /* The writer maps the head file (created if absent), publishes first and
  * then takes the lock that says it is live; a failure is logged and the store
