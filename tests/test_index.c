@@ -531,6 +531,46 @@ static void snapshot_from_a_reader_keeps_the_segment_the_writer_goes_on_with(voi
   free(ids);
 }
 
+/* Sessions that each freeze a gen and close before the index thread
+ * merges anything leave a run each. Past the most a state lists, the
+ * newest events stay indexed in memory instead of failing the open (which
+ * once took "out of memory replacing runs" for an answer), and the first
+ * session whose index thread runs merges the crowd. */
+static void many_short_sessions_never_fill_the_run_table(void **state) {
+  tu_store_fixture *f = *state;
+  enum { SESSIONS = BP__IX_MAX_RUNS + 6 };
+  uint64_t per = BP__GEN_EVENTS + 1, n = 0;
+  bp_id *ids = malloc(sizeof *ids * per * (SESSIONS + 1));
+  size_t most = 0;
+  for (int k = 0; k < SESSIONS; k++) {
+    bp_store *s;
+    assert_ok(bp_open(&f->cfg, &s));
+    bp__ixstore_pause(s); /* no merge in this session */
+    append_n(s, n, per, ids + n);
+    n += per;
+    assert_ok(bp_close(s));
+    size_t runs = count_runs(f->dir);
+    if (runs > most) most = runs;
+    assert_true(runs <= BP__IX_MAX_RUNS);
+  }
+  assert_int_equal(most, BP__IX_MAX_RUNS);
+  bp_store *s;
+  assert_ok(bp_open(&f->cfg, &s));
+  check_all(s, ids, n, "at the most runs");
+  /* A session with its index thread: it merges until there is room. */
+  append_n(s, n, per, ids + n);
+  n += per;
+  for (int i = 0; i < 2000 && count_runs(f->dir) > BP__IX_MAX_RUNS / 2; i++) usleep(5000);
+  assert_ok(bp_close(s));
+  print_message("runs: at most %zu, %zu after a merging session\n", most, count_runs(f->dir));
+  assert_true(count_runs(f->dir) <= BP__IX_MAX_RUNS / 2 + 8);
+  assert_ok(bp_open_readonly(&f->cfg, &s));
+  check_all(s, ids, n, "after the merges");
+  assert_ok(bp_close(s));
+  tu_assert_verifies(f->dir, "after many short sessions");
+  free(ids);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(runs_are_written_and_merged_while_readers_read, tu_store_setup,
@@ -550,6 +590,8 @@ int main(void) {
                                       tu_store_teardown),
       cmocka_unit_test_setup_teardown(snapshot_from_a_reader_keeps_the_segment_the_writer_goes_on_with,
                                       tu_store_setup, tu_store_teardown),
+      cmocka_unit_test_setup_teardown(many_short_sessions_never_fill_the_run_table, tu_store_setup,
+                                      tu_store_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

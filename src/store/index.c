@@ -793,11 +793,14 @@ bp_status bp__index_swap_runs(bp__index *ix, bp__run *covering, uint32_t from, u
   bp__runset *rs = malloc(sizeof *rs);
   bp__dead *d = calloc(1, sizeof *d);
   bp__run *gone = k ? malloc(sizeof *gone * k) : NULL;
-  if (!nv || !rs || !d || (k && !gone) || v->runs->n + 1 > BP__IX_MAX_RUNS || (covering && v->ngens < 2)) {
+  bool full = covering && v->runs->n + 1 > BP__IX_MAX_RUNS, no_gen = covering && v->ngens < 2;
+  if (!nv || !rs || !d || (k && !gone) || full || no_gen) {
     free(nv);
     free(rs);
     free(d);
     free(gone);
+    if (full) return bp__fail(BP_ELIMIT, "index: %u runs already, the most there may be", BP__IX_MAX_RUNS);
+    if (no_gen) return bp__fail(BP_EINVAL, "index: no frozen gen to replace by a run");
     return bp__fail(BP_ENOMEM, "index: out of memory replacing runs");
   }
   const bp__runset *old = v->runs;

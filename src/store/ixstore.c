@@ -544,6 +544,14 @@ static bp_status swap_runs(bp_store *s, bp__run *covering, uint32_t from, uint32
 static bp_status spill_one(bp_store *s, bool in_open) {
   uint64_t first, end;
   if (!bp__index_frozen(&s->ix, &first, &end)) return BP_ENOTFOUND;
+  if (bp__index_runs(&s->ix)->n >= BP__IX_MAX_RUNS) {
+    /* No room for another run until the index thread merges (sessions too
+     * short to merge left this many): the frozen gens stay in memory, and
+     * the store works as well, only with more of its index on the heap. */
+    bp__log(s, BP_LOG_INFO, "index: %u runs, the most a state lists; newer events stay indexed in memory until "
+            "they are merged", BP__IX_MAX_RUNS);
+    return BP_ENOTFOUND;
+  }
   bp__ixrun_ref ref = {s->ix_next_run++, first, end, level_of(end - first)};
   bp_status st = bp__run_build(s->ixdir, &ref, bp__index_name_count(&s->ix), entry_of, s, &s->ixcancel);
   bp__run run;
@@ -560,8 +568,14 @@ static uint64_t state_count(bp_store *s) {
   return c > s->ix_state_count ? c : s->ix_state_count;
 }
 
-/* Merges the newest MERGE_FANOUT runs when they share a level, and again
- * while that makes a full level above. Returns whether anything merged. */
+/* Past this many runs the newest MERGE_FANOUT are merged whatever their
+ * levels: sessions too short to merge (a close abandons a merge) leave runs
+ * of the lowest level behind, and a state lists at most BP__IX_MAX_RUNS. */
+#define RUNS_CROWDED (BP__IX_MAX_RUNS / 2)
+
+/* Merges the newest MERGE_FANOUT runs when they share a level (or when
+ * there are too many runs), and again while that makes a full level above.
+ * Returns whether anything merged. */
 static bp_status merge_levels(bp_store *s, bool in_open, bool *merged_any) {
   *merged_any = false;
   for (;;) {
@@ -569,9 +583,12 @@ static bp_status merge_levels(bp_store *s, bool in_open, bool *merged_any) {
     const bp__runset *rs = bp__index_runs(&s->ix);
     if (rs->n < MERGE_FANOUT) return BP_OK;
     uint32_t from = rs->n - MERGE_FANOUT, level = rs->runs[from].ref.level;
-    for (uint32_t i = from; i < rs->n; i++)
+    bool crowded = rs->n > RUNS_CROWDED;
+    for (uint32_t i = from; i < rs->n && !crowded; i++)
       if (rs->runs[i].ref.level != level) return BP_OK;
-    bp__ixrun_ref ref = {s->ix_next_run++, rs->runs[from].ref.first, rs->runs[rs->n - 1].ref.end, level + 1};
+    /* A crowded merge takes the level its size warrants. */
+    uint32_t merged_level = crowded ? level_of(rs->runs[rs->n - 1].ref.end - rs->runs[from].ref.first) : level + 1;
+    bp__ixrun_ref ref = {s->ix_next_run++, rs->runs[from].ref.first, rs->runs[rs->n - 1].ref.end, merged_level};
     uint64_t gone[MERGE_FANOUT];
     for (uint32_t i = 0; i < MERGE_FANOUT; i++) gone[i] = rs->runs[from + i].ref.no;
     bp_status st = bp__run_build(s->ixdir, &ref, bp__index_name_count(&s->ix), entry_of, s, &s->ixcancel);
@@ -603,7 +620,14 @@ static bp_status spill_all(bp_store *s, bool in_open) {
    * reads would start one for its close to abandon. */
   if (spilled && !in_open) s->ix_spilled_here = true;
   bool merged = false;
-  if (!in_open && s->ix_spilled_here && (st = merge_levels(s, in_open, &merged))) return st;
+  bool crowded = bp__index_runs(&s->ix)->n > RUNS_CROWDED;
+  if (!in_open && (s->ix_spilled_here || crowded) && (st = merge_levels(s, in_open, &merged))) return st;
+  /* Room again: what could not be spilled goes now. */
+  if (merged && crowded) {
+    while ((st = spill_one(s, in_open)) == BP_OK) spilled = true;
+    if (st != BP_ENOTFOUND) return st;
+    st = BP_OK;
+  }
   if (spilled && !merged && state_count(s) > s->ix_state_count) st = write_state(s, state_count(s));
   return st;
 }
