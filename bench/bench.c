@@ -889,10 +889,13 @@ static double sqlite_compact(void *p) {
 
 int run_scale(const char *exe, const char *root, const char *list, int runs, bool json);
 int scale_child(int argc, char **argv);
+int run_follow(const char *exe, const char *root, uint64_t events, int runs, bool json);
+int follow_child(int argc, char **argv);
 
 static void usage(void) {
   puts("usage: batpak-bench [--quick] [--json] [--runs N] [--events N] [--dir DIR] [--only a,b,...]\n"
        "       batpak-bench --scale N[,N...] [--json] [--runs N] [--dir DIR]\n"
+       "       batpak-bench --follow [--json] [--runs N] [--events N] [--dir DIR]\n"
        "  --quick    small data set and 3 runs (well under a minute)\n"
        "  --json     one JSON object per workload and line\n"
        "  --runs N   measured runs per figure (after one warm-up)\n"
@@ -913,7 +916,9 @@ int main(int argc, char **argv) {
   snprintf(opt.dir, sizeof opt.dir, "./bench-data");
   if (argc == 3 && !strcmp(argv[1], "--rss-child")) return rss_child(argv[2]);
   if (argc >= 2 && !strcmp(argv[1], "--scale-child")) return scale_child(argc, argv);
+  if (argc >= 2 && !strcmp(argv[1], "--follow-child")) return follow_child(argc, argv);
   const char *scale = NULL;
+  bool follow = false;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--quick")) { opt.quick = true; opt.runs = 3; opt.events = 20000; opt.durable_events = 300;
       opt.compact_events = 20000; }
@@ -924,6 +929,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--dir") && i + 1 < argc) snprintf(opt.dir, sizeof opt.dir, "%s", argv[++i]);
     else if (!strcmp(argv[i], "--only") && i + 1 < argc) opt.only = argv[++i];
     else if (!strcmp(argv[i], "--scale") && i + 1 < argc) scale = argv[++i];
+    else if (!strcmp(argv[i], "--follow")) follow = true;
     else if (!strcmp(argv[i], "--") ) continue;
     else { usage(); return strcmp(argv[i], "--help") && strcmp(argv[i], "-h") ? 2 : 0; }
   }
@@ -932,12 +938,13 @@ int main(int argc, char **argv) {
   if (opt.events < 1000) opt.events = 1000;
   opt.events -= opt.events % 8;
   mkdir(opt.dir, 0700);
-  if (scale) {
+  if (scale || follow) {
     char exe[4096];
     ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);
     if (len <= 0) die("readlink /proc/self/exe");
     exe[len] = '\0';
-    int rc = run_scale(exe, opt.dir, scale, opt.runs, opt.json);
+    int rc = scale ? run_scale(exe, opt.dir, scale, opt.runs, opt.json)
+                   : run_follow(exe, opt.dir, opt.events, opt.runs, opt.json);
     rm_rf(opt.dir);
     return rc;
   }

@@ -571,6 +571,40 @@ static void many_short_sessions_never_fill_the_run_table(void **state) {
   free(ids);
 }
 
+/* A follower that follows many events maps the writer's index again
+ * instead of keeping them all in its memory; strings it gave out before
+ * stay valid, and its view stays exact. */
+static void a_long_follower_maps_the_writers_index_again(void **state) {
+  tu_store_fixture *f = *state;
+  enum { EVENTS = 360000, STEP = 8192 };
+  bp_id *ids = malloc(sizeof *ids * EVENTS);
+  bp_store *w, *r;
+  assert_ok(bp_open(&f->cfg, &w));
+  append_n(w, 0, 10, ids);
+  assert_ok(bp_open_readonly(&f->cfg, &r));
+  bp_entry first;
+  assert_ok(bp_get_entry(r, ids[0], &first));
+  uint64_t most_in_memory = 0;
+  for (uint64_t n = 10; n < EVENTS;) {
+    uint64_t k = EVENTS - n < STEP ? EVENTS - n : STEP;
+    append_n(w, n, k, ids + n);
+    n += k;
+    uint64_t added;
+    assert_ok(bp_refresh(r, &added));
+    uint64_t in_memory = r->ix.count - bp__index_runs(&r->ix)->end;
+    if (in_memory > most_in_memory) most_in_memory = in_memory;
+  }
+  print_message("follower: at most %llu events indexed in memory, %llu mapped in the end\n",
+                (unsigned long long)most_in_memory, (unsigned long long)bp__index_runs(&r->ix)->end);
+  assert_true(bp__index_runs(&r->ix)->end > 0);
+  assert_true(most_in_memory < (1u << 18) + 64 * 1024);
+  assert_string_equal(first.entity, entity_of(0, (char[32]){0}, 32));
+  check_all(r, ids, EVENTS, "follower");
+  assert_ok(bp_close(r));
+  assert_ok(bp_close(w));
+  free(ids);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test_setup_teardown(runs_are_written_and_merged_while_readers_read, tu_store_setup,
@@ -591,6 +625,8 @@ int main(void) {
       cmocka_unit_test_setup_teardown(snapshot_from_a_reader_keeps_the_segment_the_writer_goes_on_with,
                                       tu_store_setup, tu_store_teardown),
       cmocka_unit_test_setup_teardown(many_short_sessions_never_fill_the_run_table, tu_store_setup,
+                                      tu_store_teardown),
+      cmocka_unit_test_setup_teardown(a_long_follower_maps_the_writers_index_again, tu_store_setup,
                                       tu_store_teardown),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

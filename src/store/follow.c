@@ -182,7 +182,27 @@ static bp_status dropped_positions(const bp__index *old, const bp__index *now, u
  * handle gave out stay valid (the old index is kept until bp_close). *from:
  * the first position in the new numbering this handle had not seen. On
  * failure the handle is as it was. view_lock (exclusive) and wlock held. */
-static bp_status reopen_locked(bp_store *s, uint64_t *from) {
+/* When the old index's names are the first names of the new one (a rebase
+ * of the same log: the writer's names file numbers them as they came),
+ * their strings move to the new index, so that those handed out stay valid
+ * and the old index can go whole. */
+static bool names_carry_over(bp__index *old, bp__index *now) {
+  uint32_t no = bp__index_name_count(old), nn = bp__index_name_count(now);
+  if (no > nn) return false;
+  for (uint32_t i = 0; i < no; i++) {
+    const bp__name *a = bp__index_name(old, i), *b = bp__index_name(now, i);
+    if (a->len != b->len || memcmp(a->str, b->str, a->len) != 0) return false;
+  }
+  for (uint32_t i = 0; i < no; i++) {
+    bp__name *a = bp__index_name(old, i), *b = bp__index_name(now, i);
+    char *str = a->str;
+    a->str = b->str;
+    b->str = str;
+  }
+  return true;
+}
+
+static bp_status reopen_locked(bp_store *s, bool same_log, uint64_t *from) {
   handle_state old;
   state_take(s, &old);
   s->segs = NULL;
@@ -201,7 +221,10 @@ static bp_status reopen_locked(bp_store *s, uint64_t *from) {
   uint32_t *dropped = NULL;
   size_t ndropped = 0;
   bp__grave *g = NULL;
-  if (!st) st = dropped_positions(&old.ix, &s->ix, &dropped, &ndropped);
+  if (!st && !same_log) st = dropped_positions(&old.ix, &s->ix, &dropped, &ndropped);
+  if (!st && same_log && s->ix.count < old.ix.count)
+    st = bp__fail(BP_ECORRUPT, "%s: the log holds %" PRIu64 " events, fewer than the %" PRIu64 " this handle read",
+                  s->dir, s->ix.count, old.ix.count);
   bp__remap *r = NULL;
   if (!st && !(g = malloc(sizeof *g))) st = bp__fail(BP_ENOMEM, "out of memory reopening %s", s->dir);
   if (!st && ndropped && !(r = realloc(s->remaps, (s->nremaps + 1) * sizeof *r)))
@@ -216,26 +239,50 @@ static bp_status reopen_locked(bp_store *s, uint64_t *from) {
     state_put(s, &old);
     return st;
   }
-  uint64_t gen = atomic_load(&s->generation) + 1;
-  if (ndropped) {
-    s->remaps = r;
-    r[s->nremaps++] = (bp__remap){gen, dropped, ndropped};
-  } else {
-    free(dropped);
+  if (!same_log) {
+    uint64_t gen = atomic_load(&s->generation) + 1;
+    if (ndropped) {
+      s->remaps = r;
+      r[s->nremaps++] = (bp__remap){gen, dropped, ndropped};
+    } else {
+      free(dropped);
+    }
+    atomic_store(&s->generation, gen);
   }
-  atomic_store(&s->generation, gen);
-  g->ix = old.ix;
-  g->next = s->graves;
-  s->graves = g;
+  if (same_log && names_carry_over(&old.ix, &s->ix)) {
+    free(g);
+    bp__index_free(&old.ix);
+  } else {
+    g->ix = old.ix;
+    g->next = s->graves;
+    s->graves = g;
+  }
   state_free_but_index(s, &old);
   uint64_t seen = old.ix.count - ndropped;
   *from = seen < s->ix.count ? seen : s->ix.count;
-  bp__log(s, BP_LOG_INFO, "%s: reopened after the writer replaced its log: %" PRIu64 " events (%zu gone)", s->dir,
-          s->ix.count, ndropped);
+  bp__log(s, BP_LOG_INFO, "%s: %s: %" PRIu64 " events (%zu gone)", s->dir,
+          same_log ? "the writer's index mapped again" : "reopened after the writer replaced its log", s->ix.count,
+          ndropped);
   return BP_OK;
 }
 
-static bp_status refresh_locked(bp_store *s, uint64_t *added, bool *reopen) {
+/* A follower keeps what it followed in memory; past this many events
+ * there, it maps the writer's index again when that covers at least half
+ * of them, so that its heap stays bounded however long it follows. */
+#define REBASE_EVENTS (1u << 18)
+
+static bool rebase_due(bp_store *s) {
+  uint64_t mapped = bp__index_runs(&s->ix)->end;
+  if (!s->ixdir || s->ix.count - mapped < REBASE_EVENTS) return false;
+  bp__ixstate st;
+  if (bp__ixstate_read(s->ixdir, &st) != BP_OK) return false;
+  uint64_t end = st.nruns ? st.runs[st.nruns - 1].end : 0;
+  bool due = st.epoch == atomic_load(&s->log_epoch) && end >= mapped + REBASE_EVENTS / 2 && end <= s->ix.count;
+  bp__ixstate_free(&st);
+  return due;
+}
+
+static bp_status refresh_locked(bp_store *s, uint64_t *added, bool *reopen, bool *rebase) {
   uint64_t count0 = s->ix.count;
   bp__head_attach_reader(s);
   bp__head_rec r;
@@ -269,6 +316,7 @@ static bp_status refresh_locked(bp_store *s, uint64_t *added, bool *reopen) {
     atomic_store(&s->durable, live && r.durable < s->ix.count ? r.durable : s->ix.count);
     bp__notify(s, count0, s->ix.count);
     *added = s->ix.count - count0;
+    if (!st && live && rebase_due(s)) *rebase = true;
   }
   return st;
 }
@@ -278,19 +326,24 @@ bp_status bp_refresh(bp_store *s, uint64_t *added) {
   if (!s) return bp__fail(BP_EINVAL, "bp_refresh: store is NULL");
   if (!s->readonly) return BP_OK; /* the writer's own handle is always current */
   uint64_t n = 0;
-  bool reopen = false;
+  bool reopen = false, rebase = false;
   pthread_mutex_lock(&s->wlock);
-  bp_status st = refresh_locked(s, &n, &reopen);
+  bp_status st = refresh_locked(s, &n, &reopen, &rebase);
   pthread_mutex_unlock(&s->wlock);
-  if (reopen) {
+  if (reopen || rebase) {
     /* In the lock order (view before wlock); readers wait meanwhile. */
     pthread_rwlock_wrlock(&s->view_lock);
     pthread_mutex_lock(&s->wlock);
-    uint64_t from;
-    st = reopen_locked(s, &from);
-    if (!st && s->ix.count > from) {
+    uint64_t before = s->ix.count, from;
+    bp_status rst = reopen_locked(s, !reopen, &from);
+    if (reopen) st = rst;
+    else if (rst) bp__log(s, BP_LOG_WARN, "%s: index not mapped again: %s", s->dir, bp_last_error()->message);
+    /* A rebase may find events published since: they are news too. */
+    if (!rst && reopen) from = from < s->ix.count ? from : s->ix.count;
+    if (!rst && !reopen) from = before;
+    if (!rst && s->ix.count > from) {
       bp__notify(s, from, s->ix.count);
-      n = s->ix.count - from;
+      n += s->ix.count - from;
     }
     pthread_mutex_unlock(&s->wlock);
     pthread_rwlock_unlock(&s->view_lock);

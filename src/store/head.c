@@ -33,8 +33,8 @@
 #define HEAD_VERSION 1u
 #define HEAD_SIZE 4096u
 
-/* The page as both sides map it (little-endian hosts: the store's other
- * files of its own are little-endian too). Offsets are part of the format. */
+/* The page as both sides map it, in the machine's byte order (the file
+ * never leaves it). Offsets are part of the format (docs/FORMAT.md). */
 typedef struct bp__head_page {
   char magic[8];            /*   0 */
   uint32_t version;         /*   8 */
