@@ -642,6 +642,45 @@ static void a_reader_follows_the_writer_through_a_retention_compaction(void **st
   assert_ok(bp_close(w));
 }
 
+/* With no writer alive there is no head to tell of a compaction: a reader
+ * whose segment another process compacted in the meantime (a new file under
+ * the same name) notices by the segment header's time, reads the log anew,
+ * and shows exactly the compacted log, never frames of the new file taken
+ * at the old file's offsets. */
+static void a_reader_notices_its_segment_replaced_while_no_writer_lived(void **state) {
+  fixture *f = *state;
+  f->cfg.segment_max_bytes = 2048;
+  bp_store *w, *r;
+  assert_ok(bp_open(&f->cfg, &w));
+  append_n(w, 0, 3); /* all in segment 1 */
+  assert_ok(bp_open_readonly(&f->cfg, &r));
+  assert_int_equal(count_of(r), 3);
+  append_n(w, 3, 60);
+  assert_ok(bp_close(w));
+  assert_ok(bp_open(&f->cfg, &w));
+  bp_compaction_config cc = {.strategy = BP_COMPACT_RETENTION, .keep = keep_not_e0};
+  bp_compaction_result res;
+  assert_ok(bp_compact(w, &cc, &res));
+  assert_true(res.segments_removed > 0);
+  assert_ok(bp_close(w));
+  uint64_t added;
+  assert_ok(bp_refresh(r, &added));
+  bp_region all = bp_region_all();
+  bp_entries mine, fin;
+  assert_ok(bp_query(r, &all, &mine));
+  assert_ok(bp_open_readonly(&f->cfg, &w));
+  assert_ok(bp_query(w, &all, &fin));
+  assert_int_equal(mine.len, fin.len);
+  for (size_t i = 0; i < fin.len; i++) {
+    assert_true(bp_id_eq(mine.items[i].event_id, fin.items[i].event_id));
+    assert_string_not_equal(mine.items[i].entity, "e:0");
+  }
+  bp_entries_free(&mine);
+  bp_entries_free(&fin);
+  assert_ok(bp_close(w));
+  assert_ok(bp_close(r));
+}
+
 int main(int argc, char **argv) {
   self_exe = argv[0];
   if (argc >= 2 && strcmp(argv[1], "writer") == 0 && argc == 6) return role_writer(argv + 2);
@@ -658,6 +697,7 @@ int main(int argc, char **argv) {
       cmocka_unit_test_setup_teardown(a_readers_cursor_moves_on_by_itself, setup, teardown),
       cmocka_unit_test_setup_teardown(a_readers_subscription_is_woken_by_the_writer, setup, teardown),
       cmocka_unit_test_setup_teardown(a_reader_follows_the_writer_through_a_retention_compaction, setup, teardown),
+      cmocka_unit_test_setup_teardown(a_reader_notices_its_segment_replaced_while_no_writer_lived, setup, teardown),
       cmocka_unit_test_setup_teardown(four_followers_see_every_event_once_in_order, setup, teardown),
       cmocka_unit_test_setup_teardown(tail_f_follows_a_writer_through_its_restart, setup, teardown),
       cmocka_unit_test_setup_teardown(snapshot_of_a_store_another_process_writes, setup, teardown),

@@ -25,6 +25,7 @@
 #include <inttypes.h>
 #include <stdio.h>
 #include <sys/stat.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 /* The lowest segment id above id in the directory, or 0. */
@@ -49,6 +50,7 @@ static uint64_t next_segment(const bp_store *s, uint64_t id) {
 static bp_status follow_to(bp_store *s, uint64_t hseg, uint64_t hend, bool *moved) {
   bool live = hseg != UINT64_MAX;
   uint64_t seg = s->fpos.segment, end = s->fpos.end;
+  int64_t expect = s->fpos.created;
   *moved = false;
   for (;;) {
     if (seg == 0) {
@@ -65,16 +67,18 @@ static bp_status follow_to(bp_store *s, uint64_t hseg, uint64_t hend, bool *move
     }
     uint64_t upto = live && seg == hseg ? hend : UINT64_MAX, got;
     int64_t created;
-    bp_status st = bp__segment_follow(s, seg, end, upto, &got, &created);
+    bp_status st = bp__segment_follow(s, seg, end, upto, expect, &got, &created);
     if (st) {
       /* A segment gone or replaced under the follower is the mark of a
        * compaction, which the caller checks against the head. */
-      *moved = live;
+      *moved = live || st == BP__ESTALE;
       return st;
     }
     if (atomic_load(&s->log_epoch) == 0) atomic_store(&s->log_epoch, created);
     s->fpos.segment = seg;
     s->fpos.end = got;
+    s->fpos.created = created;
+    expect = 0; /* segments after it are new to this handle */
     if (upto != UINT64_MAX) return BP_OK;
     uint64_t next = next_segment(s, seg);
     if (next == 0) {
@@ -295,19 +299,38 @@ static bp_status refresh_locked(bp_store *s, uint64_t *added, bool *reopen, bool
   } else if (live && r.count == count0) {
     return BP_OK;
   } else {
+    uint64_t seg0 = s->fpos.segment, end0 = s->fpos.end;
+    int64_t created0 = s->fpos.created;
     st = follow_to(s, live ? r.segment : UINT64_MAX, live ? r.frames_end : UINT64_MAX, &moved);
     if (!st && live && s->ix.count != r.count && !moved)
       st = bp__fail(BP_ECORRUPT, "%s: the writer's head counts %" PRIu64 " events up to segment %06" PRIu64
                     " offset %" PRIu64 ", the log holds %" PRIu64 " there", s->dir, r.count, r.segment,
                     r.frames_end, s->ix.count);
+    if (st || moved) {
+      /* Nothing of a refresh that failed is kept or shown: the handle is
+       * as it was (a reopen, if due, reads everything again). */
+      for (uint64_t i = count0; i < s->ix.count; i++) (void)bp__scan_set(&s->scan, i, 0, 0, 0, 0);
+      bp__index_rollback(&s->ix, count0);
+      s->fpos.segment = seg0;
+      s->fpos.end = end0;
+      s->fpos.created = created0;
+    }
   }
   if (moved) {
     /* The log is no longer the one this handle numbered (a compaction, or
      * a writer that lost events its head had published): reopen it. An
      * error met on the way stands when the head shows no such change. */
     bp__head_rec again;
-    if (st && bp__head_read(&s->head, &again) && again.live && again.epoch == epoch && again.count >= count0)
-      return st;
+    if (st && st != BP__ESTALE && bp__head_read(&s->head, &again) && again.live && again.epoch == epoch &&
+        again.count >= count0) {
+      /* No sign of a new log in the head. During a compaction's renames,
+       * before the writer publishes the new epoch, a segment may be
+       * missing: not an error, the next refresh sees the new epoch. */
+      char intent[4400];
+      snprintf(intent, sizeof intent, "%s/%s", s->dir, BP__COMPACT_INTENT);
+      struct stat sb;
+      return stat(intent, &sb) == 0 ? BP_OK : st;
+    }
     *reopen = true;
     return BP_OK;
   }

@@ -139,15 +139,18 @@ static bool head_cap(bp_store *s, uint64_t *seg, uint64_t *end) {
 }
 
 /* Where the frames a read-only open indexed end: a follower goes on there. */
-static void follow_from_here(bp_store *s) {
+static void follow_from_here(bp_store *s, const uint64_t *ids, const seg_look *look, size_t nids) {
   uint64_t n = s->ix.count;
-  if (n == 0) {
-    s->fpos.segment = s->fpos.end = 0;
-    return;
-  }
+  s->fpos.segment = s->fpos.end = 0;
+  s->fpos.created = 0;
+  if (n == 0) return;
   const bp__ientry *e = bp__index_at(&s->ix, n - 1);
   s->fpos.segment = e->segment_id;
   s->fpos.end = e->offset + e->length;
+  /* The header's time tells this file from one a compaction puts in its
+   * place: a follower checks it before reading on (follow.c). */
+  for (size_t i = 0; i < nids; i++)
+    if (ids[i] == e->segment_id) s->fpos.created = look[i].created_ns;
 }
 
 /* Loads segments[from..] (the first from watermark offset wm_off). A
@@ -379,7 +382,7 @@ static bp_status recover_once(bp_store *s) {
   if (!st) {
     bp__index_publish(&s->ix);
     atomic_store(&s->durable, s->ix.count);
-    if (s->readonly) follow_from_here(s);
+    if (s->readonly) follow_from_here(s, ids, look, n);
     bp__log(s, BP_LOG_INFO, "opened %s: %" PRIu64 " events in %zu segments", s->dir, s->ix.count, n);
   }
   free(look);

@@ -1151,13 +1151,19 @@ static bp_status follow_register(bp_store *s, uint64_t id, int fd, uint64_t end)
   return BP_OK;
 }
 
-bp_status bp__segment_follow(bp_store *s, uint64_t id, uint64_t from, uint64_t upto, uint64_t *end,
-                             int64_t *created_ns) {
+bp_status bp__segment_follow(bp_store *s, uint64_t id, uint64_t from, uint64_t upto, int64_t expect_created,
+                             uint64_t *end, int64_t *created_ns) {
   bp__segfile f;
   bp_status st = bp__segfile_open(s, id, &f);
   if (st) return st;
   *end = from;
   *created_ns = f.created_ns;
+  if (expect_created && f.fd >= 0 && f.created_ns != expect_created) {
+    /* A compaction put another file under this name: the offsets this
+     * handle has mean nothing in it. */
+    bp__segfile_close(&f);
+    return bp__fail(BP__ESTALE, "segment %06" PRIu64 " was replaced (compacted) since this handle read it", id);
+  }
   bool exact = upto != UINT64_MAX;
   if (f.fd < 0) {
     /* Empty, or a header cut short: a writer that died creating it. */

@@ -43,6 +43,9 @@
 #define BP__SIDX_TRAILER_SIZE 16u
 #define BP__SIDX_SEAL_MAGIC "\0bpseal1"     /* 8 bytes: the seal string's start (segment.c) */
 #define BP__SIDX_SEAL_LEN 16u
+/* An internal status, never returned by the API: a read-only handle's view
+ * is older than the files (a compaction since); refresh and try again. */
+#define BP__ESTALE ((bp_status)1000)
 #define BP__HEAD_FILE "batpak.head"
 #define BP__HEAD_POLL_MS 50            /* how often a follower looks when it cannot sleep on the head */
 /* Address space mapped past the active segment's limit (writer.c, and
@@ -249,6 +252,7 @@ struct bp_store {
    * sleeps on the head's futex and refreshes while subscriptions exist. */
   struct {
     uint64_t segment, end;
+    int64_t created;        /* that segment's header time (0: not known) */
   } fpos;
   bool head_capped;         /* a read-only open reads up to fpos only (a live writer's head) */
   bp__grave *graves;        /* indexes replaced by reopening (follow.c) */
@@ -395,16 +399,15 @@ bp_status bp__recover_entry(bp_store *s, bp__ientry *e);
  * exactly up to offset upto (a live writer's head), or with upto UINT64_MAX
  * as far as a writer finished it (to its SIDX footer when sealed, else to its
  * last whole frame outside a batch). The segment becomes readable up to
- * there. *end: where the indexed frames end; *created_ns: its header's time.
- * Nothing is published. Errors: BP_ECORRUPT (damage before upto or before a
- * footer; the index is left as it was), BP_EIO, BP_ENOMEM. */
-bp_status bp__segment_follow(bp_store *s, uint64_t id, uint64_t from, uint64_t upto, uint64_t *end,
-                             int64_t *created_ns);
+ * there. *end: where the indexed frames end; *created_ns: its header's time,
+ * which must be expect_created unless that is 0 (else BP__ESTALE: another
+ * file took the name, and nothing is read). Nothing is published. Errors:
+ * BP_ECORRUPT (damage before upto or before a footer; the index is left as
+ * it was), BP__ESTALE, BP_EIO, BP_ENOMEM. */
+bp_status bp__segment_follow(bp_store *s, uint64_t id, uint64_t from, uint64_t upto, int64_t expect_created,
+                             uint64_t *end, int64_t *created_ns);
 
 /* ---- snapshots (snapshot.c) ---- */
-/* An internal status, never returned by the API: a read-only handle's view
- * is older than the files (a compaction since); refresh and try again. */
-#define BP__ESTALE ((bp_status)1000)
 /* bp_snapshot_with_progress for the view the handle has now. Errors: as
  * bp_snapshot, and BP__ESTALE (read-only handles). */
 bp_status bp__snapshot(bp_store *s, const char *dest, bp_progress_fn fn, void *ctx);
