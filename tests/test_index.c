@@ -560,10 +560,10 @@ static void many_short_sessions_never_fill_the_run_table(void **state) {
   /* A session with its index thread: it merges until there is room. */
   append_n(s, n, per, ids + n);
   n += per;
-  for (int i = 0; i < 2000 && count_runs(f->dir) > BP__IX_MAX_RUNS / 2; i++) usleep(5000);
+  for (int i = 0; i < 2000 && count_runs(f->dir) > BP__IX_MAX_RUNS - 8; i++) usleep(5000);
   assert_ok(bp_close(s));
   print_message("runs: at most %zu, %zu after a merging session\n", most, count_runs(f->dir));
-  assert_true(count_runs(f->dir) <= BP__IX_MAX_RUNS / 2 + 8);
+  assert_true(count_runs(f->dir) <= BP__IX_MAX_RUNS - 8);
   assert_ok(bp_open_readonly(&f->cfg, &s));
   check_all(s, ids, n, "after the merges");
   assert_ok(bp_close(s));

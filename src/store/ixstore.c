@@ -30,11 +30,23 @@ static void file_in(const bp_store *s, const char *name, char *buf, size_t size)
 /* The segments holding events [0, count), from the entries (which are in
  * segment order): one binary search per segment. */
 static bp_status segments_of(bp_store *s, uint64_t count, bp__ixstate *st) {
-  size_t cap = 16;
+  /* The segments a state already listed keep their ranges but for the last
+   * (appends may have gone on in it): only what follows is looked up in the
+   * entries. Finding every segment's end anew touched, and so checked, a
+   * chunk of entries per probe: hundreds of megabytes at each close of a
+   * store of tens of millions of events. */
+  const bp__ixseg *known = s->ix_wsegs ? s->ix_wsegs : s->ix_segs;
+  uint32_t nknown = s->ix_wsegs ? s->ix_nwsegs : s->ix_nsegs;
+  size_t cap = 16 + (size_t)nknown;
   st->nsegs = 0;
   st->segs = malloc(sizeof *st->segs * cap);
   if (!st->segs) return bp__fail(BP_ENOMEM, "out of memory listing the index's segments");
-  for (uint64_t seq = 0; seq < count;) {
+  uint64_t seq = 0;
+  for (uint32_t i = 0; i + 1 < nknown && known[i].first == seq && known[i].first + known[i].count < count; i++) {
+    st->segs[st->nsegs++] = known[i];
+    seq = known[i].first + known[i].count;
+  }
+  while (seq < count) {
     uint32_t id = bp__index_at(&s->ix, seq)->segment_id;
     uint64_t lo = seq + 1, hi = count;
     while (lo < hi) {
@@ -142,6 +154,12 @@ static bp_status write_state_with(bp_store *s, uint64_t count, const bp__ixrun_r
   if (!rs) {
     s->ix_state_count = count;
     s->ix_state_runs_end = st.nruns ? st.runs[st.nruns - 1].end : 0;
+    /* Kept for the next state (segments_of); the list read at open stays
+     * as it is for the readers that repair chunks from it. */
+    free(s->ix_wsegs);
+    s->ix_wsegs = st.segs;
+    s->ix_nwsegs = st.nsegs;
+    st.segs = NULL;
   }
   bp__ixstate_free(&st);
   return rs;
@@ -570,8 +588,12 @@ static uint64_t state_count(bp_store *s) {
 
 /* Past this many runs the newest MERGE_FANOUT are merged whatever their
  * levels: sessions too short to merge (a close abandons a merge) leave runs
- * of the lowest level behind, and a state lists at most BP__IX_MAX_RUNS. */
-#define RUNS_CROWDED (BP__IX_MAX_RUNS / 2)
+ * of the lowest level behind, and a state lists at most BP__IX_MAX_RUNS.
+ * Well above what the levels hold by themselves (MERGE_FANOUT - 1 runs a
+ * level, 42 for two billion events), so that a healthy index never merges
+ * for this reason: every session would start such a merge, and every short
+ * one abandon it at close. */
+#define RUNS_CROWDED (BP__IX_MAX_RUNS - MERGE_FANOUT)
 
 /* Merges the newest MERGE_FANOUT runs when they share a level (or when
  * there are too many runs), and again while that makes a full level above.
@@ -792,6 +814,12 @@ bp_status bp__ixstore_persist(bp_store *s) { return s->ixon ? write_state(s, s->
 void bp__ixstore_detach(bp_store *s) {
   if (!s->ixon) return;
   stop_thread(s);
+  /* The segments the states listed are those of the log before the
+   * compaction: the next state is made from the new index alone. */
+  free(s->ix_wsegs);
+  s->ix_wsegs = NULL;
+  s->ix_nwsegs = 0;
+  s->ix_nsegs = 0;
   s->ix.on_freeze = NULL;
   s->ix.freeze = false;
   s->ixon = false;

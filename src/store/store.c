@@ -214,6 +214,7 @@ fail:;
   pthread_rwlock_destroy(&s->view_lock);
   free(s->footer_fixes);
   free(s->ix_segs);
+  free(s->ix_wsegs);
   bp__retired_free(&s->retired);
   free(s->ixdir);
   free(s->dir);
@@ -363,6 +364,7 @@ bp_status bp_close(bp_store *s) {
   free(s->ixdir);
   s->ixdir = NULL;
   free(s->ix_segs);
+  free(s->ix_wsegs);
   s->ix_segs = NULL;
   free(s->dir);
   s->dir = NULL;

@@ -228,6 +228,8 @@ struct bp_store {
   uint32_t ix_sums_crc;     /* CRC-32 of its records */
   bp__ixseg *ix_segs;       /* the segments of the state read at open (chunk repair) */
   uint32_t ix_nsegs;
+  bp__ixseg *ix_wsegs;      /* the segments of the last state this process wrote */
+  uint32_t ix_nwsegs;
   /* Keys of events retention dropped (retired.c): read by the writer (wlock),
    * replaced by a compaction's swap (wlock and view_lock held). */
   bp__retired_keys retired;
