@@ -52,8 +52,12 @@ def panel(x0, y0, w, h, title, series):
         y = py(10 ** d)
         svg.append(f'<line x1="{x0}" y1="{y}" x2="{x0 + w}" y2="{y}" stroke="#ddd"/>')
         svg.append(f'<text x="{x0 - 6}" y="{y + 4}" text-anchor="end" font-size="11">1e{d}</text>')
+    last_x = None
     for n in xs:
         x = px(n)
+        if last_x is not None and x - last_x < 28:
+            continue  # too close to the previous label (10M and 12M, say)
+        last_x = x
         label = f"{n // 1000000}M" if n >= 1000000 else f"{n // 1000}k"
         svg.append(f'<text x="{x}" y="{y0 + h + 16}" text-anchor="middle" font-size="11">{label}</text>')
     for name, points, colour in series:
@@ -83,8 +87,9 @@ def main():
         series.append(("SQLite", {n: v[1] for n, v in runs[-1][1].get(metric, {}).items()}, "#7f8c8d"))
         svg += panel(70 + i * (w + gap), 40, w, h, title, series)
     y = h + 100
+    step = (3 * (w + gap) - 60) // len(legend)
     for j, (name, colour) in enumerate(legend):
-        x = 70 + j * 270
+        x = 70 + j * step
         svg.append(f'<line x1="{x}" y1="{y}" x2="{x + 30}" y2="{y}" stroke="{colour}" stroke-width="3"/>')
         svg.append(f'<text x="{x + 38}" y="{y + 4}" font-size="12">{name}</text>')
     svg.append("</svg>")
