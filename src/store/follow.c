@@ -92,8 +92,8 @@ static bp_status follow_to(bp_store *s, uint64_t hseg, uint64_t hend, bool *move
 
 /* ------------------------------------------------------------ reopening */
 
-/* What recovery fills in, saved so that a failed reopen leaves the handle
- * as it was. */
+/* What recovery fills in: swapped out before a reopen, so that the
+ * recovery starts from nothing, and back in should it fail. */
 typedef struct handle_state {
   bp__index ix;
   bp__scan scan;
@@ -104,54 +104,42 @@ typedef struct handle_state {
   uint32_t ix_nsegs;
   int64_t log_epoch;
   uint64_t durable, next_segment_id;
-  struct { uint64_t segment, end; } fpos;
+  __typeof__(((bp_store *)0)->fpos) fpos;
   bool head_capped;
 } handle_state;
 
-static void state_take(bp_store *s, handle_state *h) {
-  h->ix = s->ix;
-  h->scan = s->scan;
-  h->segs = s->segs;
-  h->nsegs = s->nsegs;
-  h->segcap = s->segcap;
-  h->open_rfds = s->open_rfds;
-  h->ix_segs = s->ix_segs;
-  h->ix_nsegs = s->ix_nsegs;
-  h->log_epoch = atomic_load(&s->log_epoch);
-  h->durable = atomic_load(&s->durable);
-  h->next_segment_id = s->next_segment_id;
-  h->fpos.segment = s->fpos.segment;
-  h->fpos.end = s->fpos.end;
-  h->head_capped = s->head_capped;
+#define SWAP(a, b)           \
+  do {                       \
+    __typeof__(a) t_ = (a);  \
+    (a) = (b);               \
+    (b) = t_;                \
+  } while (0)
+
+/* Exchanges the handle's recovered state with h's (an empty h: the handle
+ * is left empty, ready for bp__recover). */
+static void state_swap(bp_store *s, handle_state *h) {
+  SWAP(s->ix, h->ix);
+  SWAP(s->scan, h->scan);
+  SWAP(s->segs, h->segs);
+  SWAP(s->nsegs, h->nsegs);
+  SWAP(s->segcap, h->segcap);
+  SWAP(s->open_rfds, h->open_rfds);
+  SWAP(s->ix_segs, h->ix_segs);
+  SWAP(s->ix_nsegs, h->ix_nsegs);
+  SWAP(s->next_segment_id, h->next_segment_id);
+  SWAP(s->fpos, h->fpos);
+  SWAP(s->head_capped, h->head_capped);
+  h->log_epoch = atomic_exchange(&s->log_epoch, h->log_epoch);
+  h->durable = atomic_exchange(&s->durable, h->durable);
 }
 
-static void state_put(bp_store *s, const handle_state *h) {
-  s->ix = h->ix;
-  s->scan = h->scan;
-  s->segs = h->segs;
-  s->nsegs = h->nsegs;
-  s->segcap = h->segcap;
-  s->open_rfds = h->open_rfds;
-  s->ix_segs = h->ix_segs;
-  s->ix_nsegs = h->ix_nsegs;
-  atomic_store(&s->log_epoch, h->log_epoch);
-  atomic_store(&s->durable, h->durable);
-  s->next_segment_id = h->next_segment_id;
-  s->fpos.segment = h->fpos.segment;
-  s->fpos.end = h->fpos.end;
-  s->head_capped = h->head_capped;
-}
-
-/* Frees what the state holds but its index (kept: see reopen). */
-static void state_free_but_index(bp_store *s, handle_state *h) {
-  handle_state now;
-  state_take(s, &now);
-  state_put(s, h);
+/* Frees what the handle holds after recovery but its index (kept or freed
+ * by the caller). */
+static void free_but_index(bp_store *s) {
   bp__segments_free(s);
   bp__scan_free(&s->scan);
   free(s->ix_segs);
   s->ix_segs = NULL;
-  state_put(s, &now);
 }
 
 /* The positions of the old numbering whose events the new log lacks
@@ -208,27 +196,23 @@ static bool names_carry_over(bp__index *old, bp__index *now) {
 
 static bp_status reopen_locked(bp_store *s, bool same_log, uint64_t *from) {
   handle_state old;
-  state_take(s, &old);
-  s->segs = NULL;
-  s->nsegs = s->segcap = 0;
-  s->open_rfds = 0;
-  s->ix_segs = NULL;
-  s->ix_nsegs = 0;
-  atomic_store(&s->log_epoch, 0);
+  memset(&old, 0, sizeof old);
+  state_swap(s, &old);
   bp_status st = bp__index_init(&s->ix);
   if (!st && (st = bp__scan_init(&s->scan, s->cfg.index_layout))) bp__index_free(&s->ix);
   if (st) {
-    state_put(s, &old);
+    state_swap(s, &old);
     return st;
   }
   st = bp__recover(s);
+  uint64_t old_count = old.ix.count;
   uint32_t *dropped = NULL;
   size_t ndropped = 0;
   bp__grave *g = NULL;
   if (!st && !same_log) st = dropped_positions(&old.ix, &s->ix, &dropped, &ndropped);
-  if (!st && same_log && s->ix.count < old.ix.count)
+  if (!st && same_log && s->ix.count < old_count)
     st = bp__fail(BP_ECORRUPT, "%s: the log holds %" PRIu64 " events, fewer than the %" PRIu64 " this handle read",
-                  s->dir, s->ix.count, old.ix.count);
+                  s->dir, s->ix.count, old_count);
   bp__remap *r = NULL;
   if (!st && !(g = malloc(sizeof *g))) st = bp__fail(BP_ENOMEM, "out of memory reopening %s", s->dir);
   if (!st && ndropped && !(r = realloc(s->remaps, (s->nremaps + 1) * sizeof *r)))
@@ -236,11 +220,9 @@ static bp_status reopen_locked(bp_store *s, bool same_log, uint64_t *from) {
   if (st) {
     free(dropped);
     free(g);
-    bp__segments_free(s);
+    free_but_index(s);
     bp__index_free(&s->ix);
-    bp__scan_free(&s->scan);
-    free(s->ix_segs);
-    state_put(s, &old);
+    state_swap(s, &old);
     return st;
   }
   if (!same_log) {
@@ -253,6 +235,11 @@ static bp_status reopen_locked(bp_store *s, bool same_log, uint64_t *from) {
     }
     atomic_store(&s->generation, gen);
   }
+  /* The old state's files and tables go; its index stays (a grave) unless
+   * its names could move to the new one. */
+  state_swap(s, &old);
+  free_but_index(s);
+  state_swap(s, &old);
   if (same_log && names_carry_over(&old.ix, &s->ix)) {
     free(g);
     bp__index_free(&old.ix);
@@ -261,8 +248,7 @@ static bp_status reopen_locked(bp_store *s, bool same_log, uint64_t *from) {
     g->next = s->graves;
     s->graves = g;
   }
-  state_free_but_index(s, &old);
-  uint64_t seen = old.ix.count - ndropped;
+  uint64_t seen = old_count - ndropped;
   *from = seen < s->ix.count ? seen : s->ix.count;
   bp__log(s, BP_LOG_INFO, "%s: %s: %" PRIu64 " events (%zu gone)", s->dir,
           same_log ? "the writer's index mapped again" : "reopened after the writer replaced its log", s->ix.count,
