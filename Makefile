@@ -57,6 +57,15 @@ portable-park: deps
 	cmake --build build-portable -j $(JOBS)
 	cd build-portable && ctest --output-on-failure -j $(JOBS) -L threads
 
+# The library without its optional cache backends (no LMDB, no SQLite): the
+# suite (cache tests skip) and a check that libbatpak.so links neither.
+lean: deps
+	cmake -S . -B build-lean -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBATPAK_WITH_LMDB=OFF -DBATPAK_WITH_SQLITE=OFF -DBATPAK_BUILD_BENCH=OFF
+	cmake --build build-lean -j $(JOBS)
+	cd build-lean && ctest --output-on-failure -j $(JOBS)
+	@if ldd build-lean/libbatpak.so | grep -E 'lmdb|sqlite'; then echo "lean: libbatpak.so links a cache backend" >&2; exit 1; fi
+	@echo "lean: libbatpak.so links neither LMDB nor SQLite"
+
 # libFuzzer targets, each run for FUZZ_SECONDS on its checked-in corpus.
 FUZZ_SECONDS ?= 10
 fuzz:
@@ -66,4 +75,4 @@ fuzz:
 	scripts/run-fuzzers.sh build-fuzz/fuzz $(FUZZ_SECONDS)
 
 clean:
-	rm -rf $(BUILD) build-asan build-tsan build-portable build-fuzz
+	rm -rf $(BUILD) build-asan build-tsan build-portable build-fuzz build-lean

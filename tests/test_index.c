@@ -563,7 +563,8 @@ static void many_short_sessions_never_fill_the_run_table(void **state) {
   for (int i = 0; i < 2000 && count_runs(f->dir) > BP__IX_MAX_RUNS - 8; i++) usleep(5000);
   assert_ok(bp_close(s));
   print_message("runs: at most %zu, %zu after a merging session\n", most, count_runs(f->dir));
-  assert_true(count_runs(f->dir) <= BP__IX_MAX_RUNS - 8);
+  /* Room again (the close may spill the gens frozen meanwhile). */
+  assert_true(count_runs(f->dir) < BP__IX_MAX_RUNS);
   assert_ok(bp_open_readonly(&f->cfg, &s));
   check_all(s, ids, n, "after the merges");
   assert_ok(bp_close(s));

@@ -902,6 +902,7 @@ static bool keep_all_but_second(const bp_event *ev, void *ctx) {
  * a replay now counts one event fewer. */
 static void projection_cache_notices_a_compaction_by_another_handle(void **state) {
   fixture *f = *state;
+  tu_require_features(BP_FEATURE_LMDB_CACHE);
   f->cfg.log_fn = no_log;
   bp_store *s;
   assert_ok(bp_open_with_lmdb_cache(&f->cfg, &s));

@@ -467,6 +467,7 @@ static void check_cache_open(sweep_ctx *c, bp_status st, long k) {
 
 /* Opening each cache, then projections that write it and read it. */
 static void projection_caches_meet_a_failed_allocation_at_every_point(void **state) {
+  tu_require_features(BP_FEATURE_LMDB_CACHE | BP_FEATURE_SQLITE_CACHE);
   tu_store_fixture *f = *state;
   static acked a;
   static const char *names[][3] = {{"SQLite cache open", "bp_project into SQLite", "bp_project from SQLite"},

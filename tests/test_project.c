@@ -90,10 +90,12 @@ static bp_cache *open_backend(int b, const char *dir) {
   switch (b) {
     case BACKEND_CUSTOM: assert_ok(bp_cache_custom(&MEM_VT, &mem, &c)); break;
     case BACKEND_LMDB:
+      tu_require_features(BP_FEATURE_LMDB_CACHE);
       snprintf(path, sizeof path, "%s/lmdb", dir);
       assert_ok(bp_cache_lmdb_open(path, 16u << 20, &c));
       break;
     default:
+      tu_require_features(BP_FEATURE_SQLITE_CACHE);
       snprintf(path, sizeof path, "%s/cache.sqlite", dir);
       assert_ok(bp_cache_sqlite_open(path, &c));
       break;
@@ -171,8 +173,9 @@ static void custom_cache_vtable_is_checked(void **state) {
   assert_status(bp_cache_get(c, "k", 1, &v, &vl), BP_ENOTFOUND);
   bp_cache_free(c);
   char bad[] = "/proc/definitely/not/here";
-  assert_status(bp_cache_lmdb_open(bad, 0, &c), BP_EIO);
-  assert_status(bp_cache_sqlite_open(bad, &c), BP_EIO);
+  uint32_t has = bp_build_features();
+  assert_status(bp_cache_lmdb_open(bad, 0, &c), has & BP_FEATURE_LMDB_CACHE ? BP_EIO : BP_EUNSUPPORTED);
+  assert_status(bp_cache_sqlite_open(bad, &c), has & BP_FEATURE_SQLITE_CACHE ? BP_EIO : BP_EUNSUPPORTED);
 }
 
 /* ---- a counter projection: sums {"amount": n} payloads ---- */
@@ -309,8 +312,38 @@ static void cached_projection_with_sqlite(void **state) { run_cached_projection(
 static void incremental_projection_with_lmdb(void **state) { run_cached_projection(*state, BACKEND_LMDB, true); }
 static void incremental_projection_with_sqlite(void **state) { run_cached_projection(*state, BACKEND_SQLITE, true); }
 
+/* A build without a cache backend says so, and creates nothing: not the
+ * cache's directory or file, not the store's directory. */
+static void caches_left_out_of_the_build_say_so(void **state) {
+  fixture *f = *state;
+  uint32_t has = bp_build_features();
+  if ((has & (BP_FEATURE_LMDB_CACHE | BP_FEATURE_SQLITE_CACHE)) == (BP_FEATURE_LMDB_CACHE | BP_FEATURE_SQLITE_CACHE))
+    skip(); /* both built in: covered by the tests above */
+  char path[4200];
+  bp_cache *c = (bp_cache *)&c;
+  struct stat sb;
+  if (!(has & BP_FEATURE_LMDB_CACHE)) {
+    snprintf(path, sizeof path, "%s/lmdb", f->tmp);
+    assert_status(bp_cache_lmdb_open(path, 0, &c), BP_EUNSUPPORTED);
+    assert_null(c);
+    assert_int_not_equal(stat(path, &sb), 0);
+    bp_store *s = (bp_store *)&s;
+    assert_status(bp_open_with_lmdb_cache(&f->cfg, &s), BP_EUNSUPPORTED);
+    assert_null(s);
+    assert_int_not_equal(stat(f->dir, &sb), 0);
+  }
+  if (!(has & BP_FEATURE_SQLITE_CACHE)) {
+    snprintf(path, sizeof path, "%s/cache.sqlite", f->tmp);
+    c = (bp_cache *)&c;
+    assert_status(bp_cache_sqlite_open(path, &c), BP_EUNSUPPORTED);
+    assert_null(c);
+    assert_int_not_equal(stat(path, &sb), 0);
+  }
+}
+
 static void lmdb_cache_in_the_store_survives_a_reopen(void **state) {
   fixture *f = *state;
+  tu_require_features(BP_FEATURE_LMDB_CACHE);
   bp_store *s;
   assert_ok(bp_open_with_lmdb_cache(&f->cfg, &s));
   for (int i = 0; i < 5; i++) deposit(s, "acct:9", 10, 0x1001);
@@ -520,6 +553,7 @@ int main(void) {
       T(cached_projection_with_sqlite),
       T(incremental_projection_with_lmdb),
       T(incremental_projection_with_sqlite),
+      T(caches_left_out_of_the_build_say_so),
       T(lmdb_cache_in_the_store_survives_a_reopen),
       T(watcher_yields_the_state_after_each_change),
       T(long_replays_decoded_with_helpers_fold_like_the_callers_own),

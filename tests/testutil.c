@@ -382,3 +382,10 @@ bp_status tu_write_checkpoint(const char *dir) {
   if (st) bp__set_error(&err);
   return st;
 }
+
+void tu_require_features(uint32_t bits) {
+  if ((bp_build_features() & bits) != bits) {
+    print_message("skipped: this build lacks features 0x%x\n", (unsigned)(bits & ~bp_build_features()));
+    skip();
+  }
+}

@@ -59,6 +59,10 @@ void tu_flip_byte(const char *path, long at, uint8_t mask);
 
 #endif
 
+/* Skips the calling test unless the library was built with every feature
+ * in bits (BP_FEATURE_*: the optional cache backends). */
+void tu_require_features(uint32_t bits);
+
 /* ---- a store in a fresh temporary directory, for cmocka setup/teardown ---- */
 typedef struct tu_store_fixture {
   char *tmp;          /* the temporary directory (removed by teardown) */

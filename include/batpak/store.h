@@ -429,10 +429,18 @@ typedef struct bp_cache_vtable {
 BP_API bp_status bp_cache_custom(const bp_cache_vtable *vtable, void *ctx, bp_cache **out);
 /* A cache that stores nothing (every get misses). */
 BP_API bp_status bp_cache_noop(bp_cache **out);
+/* The optional parts this build of the library has (bits of BP_FEATURE_*):
+ * the cache backends are build options (BATPAK_WITH_LMDB, BATPAK_WITH_SQLITE,
+ * both on by default), so that programs that use no cache link neither. */
+#define BP_FEATURE_LMDB_CACHE 0x1u
+#define BP_FEATURE_SQLITE_CACHE 0x2u
+BP_API uint32_t bp_build_features(void);
 /* An LMDB environment in directory path (created, mode 0700) with a map of
- * map_size bytes (0: 1 GiB). Errors: BP_EIO (LMDB's message), BP_ENOMEM. */
+ * map_size bytes (0: 1 GiB). Errors: BP_EIO (LMDB's message), BP_ENOMEM,
+ * BP_EUNSUPPORTED (built without LMDB; nothing is created). */
 BP_API bp_status bp_cache_lmdb_open(const char *path, size_t map_size, bp_cache **out);
-/* A SQLite database file at path (created, WAL). Errors: BP_EIO, BP_ENOMEM. */
+/* A SQLite database file at path (created, WAL). Errors: BP_EIO, BP_ENOMEM,
+ * BP_EUNSUPPORTED (built without SQLite; nothing is created). */
 BP_API bp_status bp_cache_sqlite_open(const char *path, bp_cache **out);
 /* The operations, for callers that use a cache directly (the store calls them
  * for projections). Errors: those of the backend; BP_ENOTFOUND from get. */

@@ -1,5 +1,8 @@
-/* cache_lmdb.c - a projection cache in an LMDB environment. */
+/* cache_lmdb.c - a projection cache in an LMDB environment (built with
+ * BATPAK_WITH_LMDB; without it, bp_cache_lmdb_open says so). */
 #include "store/store_impl.h"
+
+#if BATPAK_WITH_LMDB
 
 #include <errno.h>
 #include <lmdb.h>
@@ -113,3 +116,13 @@ bp_status bp_cache_lmdb_open(const char *path, size_t map_size, bp_cache **out) 
   if (st) lmdb_destroy(c);
   return st;
 }
+#else
+
+bp_status bp_cache_lmdb_open(const char *path, size_t map_size, bp_cache **out) {
+  (void)path;
+  (void)map_size;
+  if (out) *out = NULL;
+  return bp__fail(BP_EUNSUPPORTED, "bp_cache_lmdb_open: this build of batpak has no LMDB cache "
+                  "(configure with -DBATPAK_WITH_LMDB=ON)");
+}
+#endif

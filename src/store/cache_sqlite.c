@@ -1,6 +1,8 @@
 /* cache_sqlite.c - a projection cache in a SQLite table. */
 #include "store/store_impl.h"
 
+#if BATPAK_WITH_SQLITE
+
 #include <sqlite3.h>
 
 typedef struct sqlite_cache {
@@ -108,3 +110,12 @@ bp_status bp_cache_sqlite_open(const char *path, bp_cache **out) {
   if (st) sq_destroy(c);
   return st;
 }
+#else
+
+bp_status bp_cache_sqlite_open(const char *path, bp_cache **out) {
+  (void)path;
+  if (out) *out = NULL;
+  return bp__fail(BP_EUNSUPPORTED, "bp_cache_sqlite_open: this build of batpak has no SQLite cache "
+                  "(configure with -DBATPAK_WITH_SQLITE=ON)");
+}
+#endif

@@ -67,6 +67,10 @@ static bp_status validate(const bp_config *c) {
   return BP_OK;
 }
 
+uint32_t bp_build_features(void) {
+  return (BATPAK_WITH_LMDB ? BP_FEATURE_LMDB_CACHE : 0u) | (BATPAK_WITH_SQLITE ? BP_FEATURE_SQLITE_CACHE : 0u);
+}
+
 /* ---------------------------------------------------------------- open */
 
 static bp_status open_store(const bp_config *cfg, bp_cache *cache, bool readonly, bool no_index, bp_store **out) {
@@ -235,6 +239,8 @@ bp_status bp_open_with_lmdb_cache(const bp_config *cfg, bp_store **out) {
   if (out) *out = NULL;
   bp_status st = validate(cfg);
   if (st) return st;
+  if (!(bp_build_features() & BP_FEATURE_LMDB_CACHE)) /* before anything is created */
+    return bp__fail(BP_EUNSUPPORTED, "bp_open_with_lmdb_cache: this build of batpak has no LMDB cache");
   if (bp__os_table.mkdir(cfg->data_dir, 0700) != 0 && errno != EEXIST)
     return bp__fail_errno(BP_EIO, errno, "create directory %s", cfg->data_dir);
   char path[4096];
