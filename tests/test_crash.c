@@ -3,7 +3,8 @@
  * (single events and three-event batches, with frequent segment rotation)
  * and is killed with SIGKILL at a random moment. Each acknowledged append is
  * reported to the parent through a pipe before the kill can matter; the
- * parent then reopens the store and checks what DESIGN.md promises:
+ * parent then reopens the store and checks what the durability contract
+ * promises (docs/ARCHITECTURE.md, invariants):
  *   - the store opens, and opens again for writing;
  *   - every acknowledged append is present exactly once with its payload;
  *   - no batch is partially present;

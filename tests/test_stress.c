@@ -1,6 +1,6 @@
 /*
  * test_stress.c - eight writer threads and eight reader threads on one store
- * for a fixed number of operations (DESIGN.md section 5). Writers append to
+ * for a fixed number of operations (docs/ARCHITECTURE.md, threads). Writers append to
  * their own entity and to a shared one, some in batches, across frequent
  * segment rotations. Readers query, stream, get and poll cursors the whole
  * time and check what must hold at every moment:
