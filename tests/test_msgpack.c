@@ -343,6 +343,105 @@ static void take_int_bytes_agrees_with_element_by_element(void **state) {
   }
 }
 
+/* ---- the public reader (batpak/wire.h) ---- */
+
+static uint8_t *to_mp(const char *json, size_t *len) {
+  uint8_t *mp;
+  assert_ok(bp_json_to_msgpack(json, strlen(json), &mp, len));
+  return mp;
+}
+
+/* Every type the JSON conversion writes is read back by the typed reads,
+ * found by key, and a failed read (wrong type, missing key) leaves the
+ * reader where it was. */
+static void public_reader_reads_every_type_by_key(void **state) {
+  (void)state;
+  size_t len;
+  uint8_t *mp = to_mp("{\"amount\": -40, \"memo\": \"rent\", \"tags\": [1, 2, {\"a\": null}], "
+                      "\"big\": 18446744073709551615, \"pi\": 3.5, \"ok\": true, \"none\": null}", &len);
+  bp_mp_reader r;
+  bp_mp_reader_init(&r, mp, len);
+  int64_t i;
+  uint64_t u;
+  double d;
+  bool b;
+  const char *str;
+  size_t slen;
+  uint32_t n;
+  bp_mp_reader at = r;
+  assert_ok(bp_mp_find_key(&at, "amount"));
+  assert_ok(bp_mp_read_int(&at, &i));
+  assert_int_equal(i, -40);
+  at = r;
+  assert_ok(bp_mp_find_key(&at, "memo"));
+  assert_ok(bp_mp_read_str(&at, &str, &slen));
+  assert_int_equal(slen, 4);
+  assert_memory_equal(str, "rent", 4);
+  at = r;
+  assert_ok(bp_mp_find_key(&at, "big"));
+  bp_mp_reader before = at;
+  assert_status(bp_mp_read_int(&at, &i), BP_ESERIAL); /* past INT64_MAX */
+  assert_ptr_equal(at.pos, before.pos);
+  assert_ok(bp_mp_read_uint(&at, &u));
+  assert_true(u == UINT64_MAX);
+  at = r;
+  assert_ok(bp_mp_find_key(&at, "pi"));
+  assert_ok(bp_mp_read_double(&at, &d));
+  assert_true(d == 3.5);
+  at = r;
+  assert_ok(bp_mp_find_key(&at, "ok"));
+  assert_status(bp_mp_read_str(&at, &str, &slen), BP_ESERIAL);
+  assert_ok(bp_mp_read_bool(&at, &b));
+  assert_true(b);
+  at = r;
+  assert_ok(bp_mp_find_key(&at, "none"));
+  assert_ok(bp_mp_read_nil(&at));
+  at = r;
+  assert_ok(bp_mp_find_key(&at, "tags"));
+  assert_ok(bp_mp_read_array(&at, &n));
+  assert_int_equal(n, 3);
+  assert_ok(bp_mp_read_int(&at, &i));
+  assert_ok(bp_mp_skip(&at));
+  assert_ok(bp_mp_find_key(&at, "a"));
+  assert_ok(bp_mp_read_nil(&at));
+  at = r;
+  assert_status(bp_mp_find_key(&at, "absent"), BP_ENOTFOUND);
+  assert_ptr_equal(at.pos, r.pos);
+  assert_status(bp_mp_find_key(&at, "amount") == BP_OK ? bp_mp_find_key(&at, "x") : BP_OK, BP_ESERIAL);
+  /* The whole document, token by token, to its end. */
+  at = r;
+  assert_ok(bp_mp_skip(&at));
+  assert_true(bp_mp_at_end(&at));
+  bp_mp_value v;
+  assert_status(bp_mp_next(&at, &v), BP_ESERIAL);
+  bp_free(mp);
+}
+
+/* Keys that are not strings (containers, numbers) are stepped over whole,
+ * and every cut of a document fails cleanly, never reading past its end. */
+static void public_reader_steps_over_odd_keys_and_truncation(void **state) {
+  (void)state;
+  /* {[1, 2]: "x", 7: {"k": 1}, "want": 5} written by hand. */
+  static const uint8_t doc[] = {0x83, 0x92, 0x01, 0x02, 0xa1, 'x', 0x07, 0x81, 0xa1, 'k', 0x01,
+                                0xa4, 'w', 'a', 'n', 't', 0x05};
+  bp_mp_reader r;
+  bp_mp_reader_init(&r, doc, sizeof doc);
+  assert_ok(bp_mp_find_key(&r, "want"));
+  int64_t i;
+  assert_ok(bp_mp_read_int(&r, &i));
+  assert_int_equal(i, 5);
+  assert_true(bp_mp_at_end(&r));
+  for (size_t cut = 0; cut < sizeof doc; cut++) {
+    uint8_t *copy = malloc(cut ? cut : 1);
+    memcpy(copy, doc, cut);
+    bp_mp_reader_init(&r, copy, cut);
+    bp_status st = bp_mp_find_key(&r, "want");
+    if (st == BP_OK) st = bp_mp_read_int(&r, &i);
+    assert_true(st == BP_ESERIAL || st == BP_ENOTFOUND);
+    free(copy);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(integers_take_their_smallest_form),
@@ -356,6 +455,8 @@ int main(void) {
       cmocka_unit_test(every_truncation_is_detected),
       cmocka_unit_test(container_counts_larger_than_the_input_are_rejected),
       cmocka_unit_test(byte_arrays_read_from_bin_or_integer_arrays),
+      cmocka_unit_test(public_reader_reads_every_type_by_key),
+      cmocka_unit_test(public_reader_steps_over_odd_keys_and_truncation),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
