@@ -31,6 +31,35 @@ ID=$("$B" query "$S" --scope t --json | sed 's/.*"event_id":"\([0-9a-f]*\)".*/\1
 [ "$("$B" tail "$S" -n 0 | wc -l)" = 0 ] || fail "tail -n 0"
 expect_exit 2 "$B" tail "$S" -n x
 
+# Usage: strict options anywhere, --name=value, version, help, exit codes.
+"$B" -V | grep -q "^batpak " || fail "-V"
+"$B" --version | grep -q "^batpak " || fail "--version"
+[ "$("$B" query --limit=1 "$S" | wc -l)" = 1 ] || fail "an option before the operand, --name=value"
+[ "$("$B" query "$S" --limit 2 --scope s | wc -l)" = 2 ] || fail "options after the operand"
+expect_exit 2 "$B" query "$S" --bogus
+grep -q "unknown option --bogus" "$T/err" || fail "an unknown option is named"
+expect_exit 2 "$B" query "$S" --limit
+grep -q "needs a value" "$T/err" || fail "a missing value is named"
+expect_exit 2 "$B" query "$S" --limit x
+expect_exit 2 "$B" tail "$S" -n
+[ "$("$B" tail "$S" --lines=1 | wc -l)" = 1 ] || fail "tail --lines=1"
+[ "$("$B" tail "$S" -n1 | wc -l)" = 1 ] || fail "tail -n1"
+"$B" verify --help | grep -q -- "--all" || fail "verify --help lists --all"
+"$B" tail --help | grep -q -- "-f, --follow" || fail "tail --help lists -f"
+expect_exit 2 "$B" get "$S"
+expect_exit 2 "$B" stream "$S" a b
+# A directory that is not a store is refused, and left as it was.
+mkdir "$T/plain"
+echo hello > "$T/plain/notes.txt"
+expect_exit 1 "$B" query "$T/plain"
+grep -q "is not a batpak store" "$T/err" || fail "a plain directory is refused"
+expect_exit 1 "$B" append "$T/plain" --entity a --scope b --json-payload 1
+[ "$(ls "$T/plain")" = "notes.txt" ] || fail "a refused directory was changed"
+expect_exit 1 "$B" stats "$T/missing"
+# --json from the commands that used to print only for people.
+"$B" init "$T/j" --json | grep -q '"initialised"' || fail "init --json"
+"$B" snapshot "$S" "$T/snapj" --json | grep -q '"snapshot"' || fail "snapshot --json"
+
 # CAS through the tool: a stale expectation fails with the library's code.
 expect_exit 1 "$B" append "$S" --entity user:1 --scope s --json-payload 1 --expect-sequence 0
 grep -q BP_ESEQUENCE "$T/err" || fail "CAS error message"
@@ -129,7 +158,7 @@ done
 D="$T/damaged"
 cp -r "$FIX/basic" "$D" && chmod -R u+w "$D"
 printf '\377\377\377\377' | dd of="$D/000003.fbat" bs=1 seek=1000 conv=notrunc 2>/dev/null
-expect_exit 1 "$B" verify "$D"
+expect_exit 3 "$B" verify "$D"
 grep -q "CRC mismatch" "$T/out" || fail "verify names the damage"
 expect_exit 1 "$B" export "$D"
 before=$(cat "$D"/* | cksum)

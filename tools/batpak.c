@@ -11,7 +11,9 @@
 #include "jsonline.h"
 
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
+#include <getopt.h>
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <limits.h>
@@ -23,6 +25,14 @@
 #include <unistd.h>
 
 static bool json_out;
+
+/* {"key": "value"} on a line, the value escaped as JSON. */
+static void jl_print_pair(const char *key, const char *value) {
+  struct json_object *o = json_object_new_object();
+  json_object_object_add(o, key, json_object_new_string(value));
+  puts(json_object_to_json_string_ext(o, JSON_C_TO_STRING_PLAIN));
+  json_object_put(o);
+}
 
 static int fail(const char *what) {
   fprintf(stderr, "batpak: %s: %s: %s\n", what, bp_status_name(bp_last_error()->code), bp_last_error()->message);
@@ -153,7 +163,8 @@ static int cmd_init(const char *dir, int argc, char **argv) {
   bp_store *s = open_store(dir, OPEN_WRITE);
   if (!s) return 1;
   if (bp_close(s)) return fail("close");
-  if (!json_out) printf("initialised %s\n", dir);
+  if (json_out) jl_print_pair("initialised", dir);
+  else printf("initialised %s\n", dir);
   return 0;
 }
 
@@ -320,9 +331,19 @@ static int cmd_stats(const char *dir, int argc, char **argv) {
   return 0;
 }
 
+/* The length of a problem's place: "segment 000003" of "segment 000003
+ * offset 1234", "index" of "index entry 6", the whole of anything else. */
+static size_t place_len(const char *where) {
+  const char *sp = strchr(where, ' ');
+  if (!sp) return strlen(where);
+  if (strncmp(where, "segment ", 8) == 0) {
+    const char *sp2 = strchr(sp + 1, ' ');
+    return sp2 ? (size_t)(sp2 - where) : strlen(where);
+  }
+  return (size_t)(sp - where);
+}
+
 static int cmd_verify(const char *dir, int argc, char **argv) {
-  (void)argc;
-  (void)argv;
   bp_verify_report r;
   bp_status st = bp_verify(dir, &r);
   if (st != BP_OK && st != BP_ECORRUPT) return fail("verify");
@@ -344,10 +365,28 @@ static int cmd_verify(const char *dir, int argc, char **argv) {
   } else {
     printf("%" PRIu64 " segments, %" PRIu64 " frames, %" PRIu64 " entities: %s\n", r.segments, r.frames, r.entities,
            st == BP_OK ? "intact" : "PROBLEMS");
-    for (size_t i = 0; i < r.problem_count; i++) printf("  %s: %s\n", r.problems[i].where, r.problems[i].what);
+    /* A damaged frame is reported again by everything that reads past it
+     * (the footer's entries, the chains, the index): the first problem of
+     * each place comes first, the knock-on ones are counted (--all lists
+     * them). A place is what a problem's "where" names before its offset or
+     * number: a segment, the index, an entity. */
+    bool all = flag(argc, argv, "--all");
+    size_t shown = 0;
+    for (size_t i = 0; i < r.problem_count; i++) {
+      bool first = true;
+      size_t klen = place_len(r.problems[i].where);
+      for (size_t j = 0; j < i && first && !all; j++)
+        first = !(place_len(r.problems[j].where) == klen && strncmp(r.problems[j].where, r.problems[i].where, klen) == 0);
+      if (!first) continue;
+      printf("  %s: %s\n", r.problems[i].where, r.problems[i].what);
+      shown++;
+    }
+    if (shown < r.problem_count)
+      printf("%zu problems in all; %zu more follow from those above (--all lists every one)\n", r.problem_count,
+             r.problem_count - shown);
   }
   bp_verify_report_free(&r);
-  return st == BP_OK ? 0 : 1;
+  return st == BP_OK ? 0 : 3;
 }
 
 /* Snapshot progress on a terminal, in MiB, at most every 64 MiB. */
@@ -368,7 +407,8 @@ static int cmd_snapshot(const char *dir, int argc, char **argv) {
   if (!s) return 1;
   uint64_t shown = 0;
   int rc = bp_snapshot_with_progress(s, argv[0], snapshot_progress, &shown) ? fail("snapshot") : 0;
-  if (!rc && !json_out) printf("snapshot of %s written to %s\n", dir, argv[0]);
+  if (!rc && json_out) jl_print_pair("snapshot", argv[0]);
+  else if (!rc) printf("snapshot of %s written to %s\n", dir, argv[0]);
   bp_close(s);
   return rc;
 }
@@ -531,7 +571,8 @@ static int cmd_import(const char *dir, int argc, char **argv) {
   if (imported >= 10000) progress("import", 0, 1);
   free(line);
   if (bp_close(s)) rc = fail("close");
-  if (!rc && !json_out) fprintf(stderr, "imported %" PRIu64 " events\n", imported);
+  if (!rc && json_out) printf("{\"imported\": %" PRIu64 "}\n", imported);
+  else if (!rc) fprintf(stderr, "imported %" PRIu64 " events\n", imported);
   return rc;
 }
 
@@ -676,8 +717,8 @@ static void on_signal(int sig) {
  * handle that follows it (docs/FOLLOWERS.md) across its restarts and
  * compactions, until interrupted. Waiting, it sleeps in the kernel. */
 static int cmd_tail(const char *dir, int argc, char **argv) {
-  bool follow = flag(argc, argv, "-f");
-  const char *n_text = opt(argc, argv, "-n");
+  bool follow = flag(argc, argv, "--follow");
+  const char *n_text = opt(argc, argv, "--lines");
   uint64_t last = 10;
   if (n_text && strcmp(n_text, "all") == 0) last = UINT64_MAX;
   else if (n_text && !parse_uint(n_text, UINT64_MAX, false, &last))
@@ -727,53 +768,235 @@ static int cmd_tail(const char *dir, int argc, char **argv) {
   return rc;
 }
 
+/* ------------------------------------------------------------ arguments */
+
+/* An option of a command: its long name, a short letter (0: none), the name
+ * of its value (NULL: a flag), and what it does (for --help). */
+typedef struct optspec {
+  const char *name;
+  char letter;
+  const char *value;
+  const char *help;
+} optspec;
+
+#define REGION_OPTS                                                                  \
+  {"entity-prefix", 0, "P", "only entities whose name starts with P"},              \
+  {"scope", 0, "S", "only the scope S"},                                             \
+  {"kind", 0, "K", "only the kind K (0xCTTT or decimal)"},                          \
+  {"category", 0, "C", "only kinds of category C (0-15)"}
+
+static const optspec NO_OPTS[] = {{NULL, 0, NULL, NULL}};
+static const optspec APPEND_OPTS[] = {
+    {"entity", 0, "E", "the entity (required)"},
+    {"scope", 0, "S", "the scope (required)"},
+    {"json-payload", 0, "JSON", "the payload as JSON, stored as MessagePack (required)"},
+    {"kind", 0, "K", "the kind (default 0x1001)"},
+    {"expect-sequence", 0, "N", "fail unless the entity's latest clock is N"},
+    {"expect-empty", 0, NULL, "fail unless the entity has no events"},
+    {"idempotency-key", 0, "HEX", "an event id: a repeat with it writes nothing"},
+    {NULL, 0, NULL, NULL}};
+static const optspec QUERY_OPTS[] = {REGION_OPTS, {"limit", 0, "N", "print at most N events"}, {NULL, 0, NULL, NULL}};
+static const optspec TAIL_OPTS[] = {
+    REGION_OPTS,
+    {"lines", 'n', "N", "the last N events (10; 'all' for every one)"},
+    {"follow", 'f', NULL, "then print new events as the writer publishes them, until interrupted"},
+    {NULL, 0, NULL, NULL}};
+static const optspec VERIFY_OPTS[] = {
+    {"all", 0, NULL, "list every problem, not only the first of each place"}, {NULL, 0, NULL, NULL}};
+static const optspec COMPACT_OPTS[] = {
+    {"strategy", 0, "merge|retention|tombstone", "what to do with the events the --drop options match"},
+    {"drop-entity-prefix", 0, "P", "match events of entities starting with P"},
+    {"drop-kind", 0, "K", "match events of kind K"},
+    {"drop-before-ms", 0, "MS", "match events older than MS (Unix milliseconds)"},
+    {"min-segments", 0, "N", "merge only when at least N segments are sealed"},
+    {NULL, 0, NULL, NULL}};
+
 static const struct command {
   const char *name;
   int (*fn)(const char *dir, int argc, char **argv);
+  const char *operands;     /* after DIR */
+  int operands_needed;
+  bool creates;             /* may be given a directory that is not a store yet */
+  const optspec *opts;
   const char *help;
 } commands[] = {
-    {"init", cmd_init, "create an empty store"},
-    {"append", cmd_append, "append an event: --entity E --scope S --json-payload JSON [--kind K] [--expect-sequence N]"},
-    {"get", cmd_get, "show one event: EVENT_ID (hex or UUID)"},
-    {"query", cmd_query, "list events: [--entity-prefix P] [--scope S] [--kind K | --category C] [--limit N]"},
-    {"stream", cmd_stream, "list one entity's events: ENTITY"},
-    {"tail", cmd_tail, "print the last events (-n N, 10 by default, or all), and with -f the new ones as they are published, following the store's writer (region options as query)"},
-    {"stats", cmd_stats, "counts and how the store opened"},
-    {"verify", cmd_verify, "check frames, footers, hash chains and the checkpoint"},
-    {"repair", cmd_repair, "copy what is readable of a damaged store into a new store: DEST"},
-    {"snapshot", cmd_snapshot, "copy the store consistently: DEST"},
-    {"compact", cmd_compact,
-     "merge the sealed segments: [--strategy merge|retention|tombstone] [--drop-entity-prefix P] [--drop-kind K] "
-     "[--drop-before-ms MS] [--min-segments N]; events matching every --drop option are dropped or tombstoned"},
-    {"export", cmd_export, "write every event as JSON lines to standard output"},
-    {"import", cmd_import, "append JSON lines from standard input (as export writes them)"},
+    {"init", cmd_init, "", 0, true, NO_OPTS, "create an empty store"},
+    {"append", cmd_append, "", 0, false, APPEND_OPTS, "append an event"},
+    {"get", cmd_get, "EVENT_ID", 1, false, NO_OPTS, "show one event (id in hex or UUID form)"},
+    {"query", cmd_query, "", 0, false, QUERY_OPTS, "list the events of a region"},
+    {"stream", cmd_stream, "ENTITY", 1, false, NO_OPTS, "list one entity's events"},
+    {"tail", cmd_tail, "", 0, false, TAIL_OPTS,
+     "print the last events, and with -f the new ones as they are published, following the store's writer"},
+    {"stats", cmd_stats, "", 0, false, NO_OPTS, "counts and how the store opened"},
+    {"verify", cmd_verify, "", 0, false, VERIFY_OPTS,
+     "check frames, footers, hash chains, the index and the checkpoint (exit 3 when damaged)"},
+    {"repair", cmd_repair, "DEST", 1, false, NO_OPTS, "copy what is readable of a damaged store into a new store"},
+    {"snapshot", cmd_snapshot, "DEST", 1, false, NO_OPTS,
+     "copy the store consistently, even while another process writes it"},
+    {"compact", cmd_compact, "", 0, false, COMPACT_OPTS,
+     "merge the sealed segments; events matching every --drop option are dropped or tombstoned"},
+    {"export", cmd_export, "", 0, false, NO_OPTS, "write every event as JSON lines to standard output"},
+    {"import", cmd_import, "", 0, true, NO_OPTS, "append JSON lines from standard input (as export writes them)"},
 };
 
+#define EXIT_CODES                                                                          \
+  "exit status: 0 done; 1 the operation failed (the library's code and message on standard\n" \
+  "error); 2 bad usage (the reason on standard error); 3 verify found damage.\n"
+
+static int command_help(const struct command *c, FILE *f) {
+  fprintf(f, "usage: batpak %s DIR%s%s [options]\n\n  %s\n\noptions:\n", c->name, *c->operands ? " " : "",
+          c->operands, c->help);
+  for (const optspec *o = c->opts; o->name; o++) {
+    char left[64];
+    if (o->letter)
+      snprintf(left, sizeof left, "-%c, --%s%s%s", o->letter, o->name, o->value ? " " : "", o->value ? o->value : "");
+    else
+      snprintf(left, sizeof left, "    --%s%s%s", o->name, o->value ? " " : "", o->value ? o->value : "");
+    fprintf(f, "  %-36s %s\n", left, o->help);
+  }
+  fprintf(f, "  %-36s %s\n  %-36s %s\n\n", "    --json", "output JSON (schemas: docs/CLI.md)", "-h, --help",
+          "this text");
+  fputs(EXIT_CODES, f);
+  return f == stdout ? 0 : 2;
+}
+
+/* Whether dir holds a store: a segment, the lock file a writer leaves, or
+ * the crate's checkpoint. Anything else would read as an empty store. */
+static bool is_store(const char *dir) {
+  static const char *const marks[] = {"batpak.lock", "index.ckpt", "000001.fbat"};
+  char p[4200];
+  for (size_t i = 0; i < sizeof marks / sizeof *marks; i++) {
+    snprintf(p, sizeof p, "%s/%s", dir, marks[i]);
+    if (access(p, F_OK) == 0) return true;
+  }
+  DIR *d = opendir(dir);
+  if (!d) return false;
+  bool found = false;
+  for (struct dirent *e; !found && (e = readdir(d));) {
+    size_t n = strlen(e->d_name);
+    found = n > 5 && strcmp(e->d_name + n - 5, ".fbat") == 0;
+  }
+  closedir(d);
+  return found;
+}
+
+/* Parses a command's arguments with getopt_long (options before or after the
+ * operands, --name=value, unknown options and missing values refused) into
+ * the form the command bodies read: the operands after DIR, then each
+ * option as "--name" and, when it takes one, its value. Returns 0, or the
+ * exit status of a usage error (the reason printed). */
+static int parse_args(const struct command *c, int argc, char **argv, const char **dir, int *out_argc,
+                      char ***out_argv) {
+  size_t nopts = 0;
+  while (c->opts[nopts].name) nopts++;
+  struct option *lo = calloc(nopts + 3, sizeof *lo);
+  char shorts[64] = "+h", *sp = shorts + 2;
+  shorts[0] = '-'; /* operands come back in order as option 1 */
+  char **norm = calloc((size_t)argc * 2 + 2, sizeof *norm);
+  if (!lo || !norm) {
+    free(lo);
+    free(norm);
+    fprintf(stderr, "batpak: out of memory\n");
+    return 1;
+  }
+  for (size_t i = 0; i < nopts; i++) {
+    lo[i] = (struct option){c->opts[i].name, c->opts[i].value ? required_argument : no_argument, NULL, 256 + (int)i};
+    if (c->opts[i].letter) {
+      *sp++ = c->opts[i].letter;
+      if (c->opts[i].value) *sp++ = ':';
+    }
+  }
+  lo[nopts] = (struct option){"json", no_argument, NULL, 'j'};
+  lo[nopts + 1] = (struct option){"help", no_argument, NULL, 'h'};
+  *sp = 0;
+  const char *operands[8];
+  int nops = 0, nnorm = 0, rc = 0;
+  opterr = 0;
+  optind = 1;
+  int ch;
+  while (rc == 0 && (ch = getopt_long(argc, argv, shorts, lo, NULL)) != -1) {
+    if (ch == 1) {
+      if (nops == 8) rc = 2;
+      else operands[nops++] = optarg;
+    } else if (ch == 'h') {
+      command_help(c, stdout);
+      rc = -1;
+    } else if (ch == 'j') {
+      json_out = true;
+    } else if (ch >= 256 || (ch > 0 && strchr(shorts + 2, ch))) {
+      size_t i = 0;
+      if (ch >= 256) i = (size_t)(ch - 256);
+      else
+        while (c->opts[i].letter != ch) i++;
+      char *name = malloc(strlen(c->opts[i].name) + 3);
+      if (!name) { rc = 1; break; }
+      sprintf(name, "--%s", c->opts[i].name);
+      norm[nnorm++] = name;
+      if (c->opts[i].value) norm[nnorm++] = optarg;
+    } else if (ch == '?' && (optopt >= 256 || (optopt > 0 && optopt < 128 && strchr(shorts + 2, optopt)))) {
+      fprintf(stderr, "batpak %s: option %s needs a value (batpak %s --help)\n", c->name, argv[optind - 1], c->name);
+      rc = 2;
+    } else {
+      fprintf(stderr, "batpak %s: unknown option %s (batpak %s --help)\n", c->name, argv[optind - 1], c->name);
+      rc = 2;
+    }
+  }
+  free(lo);
+  if (rc == 0 && nops != 1 + c->operands_needed) {
+    fprintf(stderr, "usage: batpak %s DIR%s%s [options]\n", c->name, *c->operands ? " " : "", c->operands);
+    rc = 2;
+  }
+  if (rc == 0 && !c->creates && !is_store(operands[0])) {
+    fprintf(stderr, "batpak %s: %s is not a batpak store (no segment, no batpak.lock, no index.ckpt)\n", c->name,
+            operands[0]);
+    rc = 1;
+  }
+  if (rc) {
+    for (int i = 0; i < nnorm; i++)
+      if (norm[i][0] == '-' && norm[i][1] == '-') free(norm[i]);
+    free(norm);
+    return rc < 0 ? 0 : rc;
+  }
+  /* Operands after DIR first, then the options. */
+  memmove(norm + (nops - 1), norm, sizeof *norm * (size_t)nnorm);
+  for (int i = 1; i < nops; i++) norm[i - 1] = (char *)operands[i];
+  *dir = operands[0];
+  *out_argc = nnorm + nops - 1;
+  *out_argv = norm;
+  return 0;
+}
+
 static int help(FILE *f) {
-  fprintf(f, "batpak %s - inspect and maintain batpak stores\n\nusage: batpak COMMAND DIR [options] [--json]\n\n",
+  fprintf(f, "batpak %s - inspect and maintain batpak stores\n\nusage: batpak COMMAND DIR [operands] [options]\n\n",
           bp_version());
-  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-    fprintf(f, "  %-9s %s\n", commands[i].name, commands[i].help);
-  fprintf(f, "\nbatpak COMMAND --help shows one command. The benchmark driver is batpak-bench.\n");
+  for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
+    char left[40];
+    snprintf(left, sizeof left, "%s%s%s", commands[i].name, *commands[i].operands ? " " : "", commands[i].operands);
+    fprintf(f, "  %-18s %s\n", left, commands[i].help);
+  }
+  fprintf(f, "\nbatpak COMMAND --help lists a command's options; --json gives JSON (docs/CLI.md).\n"
+             "batpak -V, --version prints the version. The benchmark driver is batpak-bench.\n\n" EXIT_CODES);
   return f == stdout ? 0 : 2;
 }
 
 int main(int argc, char **argv) {
   if (argc < 2) return help(stderr);
   if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) return help(stdout);
-  if (!strcmp(argv[1], "--version")) {
+  if (!strcmp(argv[1], "--version") || !strcmp(argv[1], "-V")) {
     printf("batpak %s\n", bp_version());
     return 0;
   }
   for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
     if (strcmp(argv[1], commands[i].name) != 0) continue;
-    if (flag(argc - 2, argv + 2, "--help") || argc < 3) {
-      printf("usage: batpak %s DIR [options] [--json]\n  %s\n", commands[i].name, commands[i].help);
-      return argc < 3 && !flag(argc - 2, argv + 2, "--help") ? 2 : 0;
-    }
-    json_out = flag(argc - 3, argv + 3, "--json");
-    return commands[i].fn(argv[2], argc - 3, argv + 3);
+    const char *dir = NULL;
+    int cargc = 0;
+    char **cargv = NULL;
+    int rc = parse_args(&commands[i], argc - 1, argv + 1, &dir, &cargc, &cargv);
+    if (rc || !cargv) return rc;
+    rc = commands[i].fn(dir, cargc, cargv);
+    free(cargv); /* the option names it holds go with the process */
+    return rc;
   }
-  fprintf(stderr, "batpak: unknown command \"%s\"\n", argv[1]);
-  return help(stderr);
+  fprintf(stderr, "batpak: unknown command \"%s\" (batpak --help lists them)\n", argv[1]);
+  return 2;
 }
