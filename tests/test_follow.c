@@ -338,8 +338,13 @@ static void tail_f_follows_a_writer_through_its_restart(void **state) {
   snprintf(out, sizeof out, "%s/tail.out", f->tmp);
   assert_int_equal(mkdir(f->dir, 0700), 0);
   char *args[] = {"batpak", "tail", f->dir, "-f", "-n", "all", "--json", NULL};
-  pid_t t = spawn_cli(out, args);
   pid_t w = spawn("writer", f->dir, ns, "32768", "plain");
+  /* The tool refuses a directory that is not a store yet: start it once the
+   * writer has made one. */
+  char lock[4300];
+  snprintf(lock, sizeof lock, "%s/batpak.lock", f->dir);
+  for (int i = 0; i < 500 && access(lock, F_OK) != 0; i++) usleep(2000);
+  pid_t t = spawn_cli(out, args);
   usleep(200000);
   kill(w, SIGKILL);
   int wcode = reap(w);
