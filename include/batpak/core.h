@@ -221,6 +221,7 @@ typedef struct bp_region {
   uint8_t category;            /* with BP_FACT_CATEGORY */
   bool has_clock_range;        /* per-entity clock in [clock_min, clock_max] */
   uint32_t clock_min, clock_max;
+  uint64_t reserved[2];         /* for later versions: zero (docs/ABI.md) */
 } bp_region;
 
 BP_API bp_region bp_region_all(void);

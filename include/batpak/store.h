@@ -80,6 +80,7 @@ typedef struct bp_config {
   uint32_t query_threads;            /* threads that share a large query copy or
                                       * projection replay, the caller's included,
                                       * at most one per CPU: 2 */
+  uint64_t reserved[8];         /* for later versions: zero (docs/ABI.md) */
 } bp_config;
 
 /* Fills cfg with the defaults above. data_dir is borrowed: it must outlive bp_open. */
@@ -152,6 +153,7 @@ typedef struct bp_append_receipt { /* written whole by appends, padding included
   bp_id event_id;
   uint64_t sequence;            /* the global sequence */
   bp_disk_pos disk_pos;
+  uint64_t reserved[2];         /* for later versions: zero (docs/ABI.md) */
 } bp_append_receipt;
 
 /* Idempotency: an append whose key names an event already in the log writes
@@ -169,6 +171,7 @@ typedef struct bp_append_options {  /* all-zero = a plain append */
   bp_id correlation_id;             /* nil: the event's own id */
   bp_id causation_id;               /* nil: a root cause */
   uint8_t flags;                    /* BP_FLAG_REQUIRES_ACK, _TRANSACTIONAL, _REPLAY */
+  uint64_t reserved[4];         /* for later versions: zero (docs/ABI.md) */
 } bp_append_options;
 
 typedef struct bp_event_in {
@@ -177,6 +180,7 @@ typedef struct bp_event_in {
   const void *payload;
   size_t len;
   bp_append_options opts;
+  uint64_t reserved[2];         /* for later versions: zero (docs/ABI.md) */
 } bp_event_in;
 
 /* Appends one event. payload (len bytes, may be NULL when len is 0) is copied.
@@ -236,6 +240,7 @@ typedef struct bp_entry {
   bp_hash_chain hash_chain;
   bp_disk_pos disk_pos;
   uint64_t global_sequence;
+  uint64_t reserved[2];         /* for later versions: zero (docs/ABI.md) */
 } bp_entry;
 
 typedef struct bp_entries {
@@ -349,6 +354,7 @@ typedef struct bp_notification {
   const char *entity, *scope;        /* interned: valid until bp_close */
   bp_kind kind;
   uint64_t sequence;                 /* the global sequence */
+  uint64_t reserved[2];         /* for later versions: zero (docs/ABI.md) */
 } bp_notification;
 
 /* Subscribes to events appended from now on that match region (copied; its
@@ -490,6 +496,7 @@ enum { BP_FRESH_CONSISTENT = 0, BP_FRESH_BEST_EFFORT = 1 };
 typedef struct bp_freshness {
   int mode;                           /* BP_FRESH_CONSISTENT or BP_FRESH_BEST_EFFORT */
   uint64_t max_stale_ms;              /* best effort: how old a cached state may be */
+  uint64_t reserved[2];         /* for later versions: zero (docs/ABI.md) */
 } bp_freshness;
 
 /* Projects entity into state: from the cache when freshness allows
@@ -549,11 +556,13 @@ typedef struct bp_compaction_config {
   bool (*keep)(const bp_event *ev, void *ctx);
   void *ctx;
   size_t min_segments;          /* merge only when at least this many are sealed; 0 means 2 */
+  uint64_t reserved[4];         /* for later versions: zero (docs/ABI.md) */
 } bp_compaction_config;
 
 typedef struct bp_compaction_result {
   size_t segments_removed;      /* segment files that no longer exist */
   uint64_t bytes_reclaimed;     /* their bytes minus the merged segment's */
+  uint64_t reserved[4];         /* for later versions: zero (docs/ABI.md) */
 } bp_compaction_result;
 
 /* Merges every segment below the highest (the sealed ones; the active segment
@@ -587,6 +596,7 @@ typedef struct bp_verify_report {
   uint64_t torn_bytes;          /* at the end of unsealed segments: not a problem */
   bp_verify_problem *problems;  /* owned: bp_verify_report_free */
   size_t problem_count;
+  uint64_t reserved[4];         /* for later versions: zero (docs/ABI.md) */
 } bp_verify_report;
 
 /* Checks the store in directory dir (open or closed; read only, no lock):
@@ -613,6 +623,7 @@ BP_API bp_status bp_sync(bp_store *store);
 typedef struct bp_store_stats {
   uint64_t event_count;         /* visible events */
   uint64_t global_sequence;     /* the sequence the next event will get */
+  uint64_t reserved[6];         /* for later versions: zero (docs/ABI.md) */
 } bp_store_stats;
 BP_API void bp_stats(bp_store *store, bp_store_stats *out);
 
@@ -646,6 +657,7 @@ typedef struct bp_store_diagnostics {
   uint64_t queued_appends;       /* appends waiting for the writer */
   uint32_t query_helpers;        /* threads that help with large reads (query_threads - 1) */
   uint64_t helper_chunks;        /* pieces of large reads they did since open */
+  uint64_t reserved[8];         /* for later versions: zero (docs/ABI.md) */
 } bp_store_diagnostics;
 BP_API void bp_diagnostics(bp_store *store, bp_store_diagnostics *out);
 

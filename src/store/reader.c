@@ -39,6 +39,7 @@ static inline void fill_entry(const bp__ientry *e, bp__name *const *names, uint6
   out->disk_pos.offset = e->offset;
   out->disk_pos.length = e->length;
   out->global_sequence = seq;
+  out->reserved[0] = out->reserved[1] = 0;
 }
 
 void bp__entry_from_index(const bp_store *s, uint64_t seq, bp_entry *out) {

@@ -383,6 +383,7 @@ bp_status bp_close(bp_store *s) {
 /* ---------------------------------------------------------------- stats */
 
 void bp_stats(bp_store *s, bp_store_stats *out) {
+  memset(out, 0, sizeof *out);
   bp__view_enter(s);
   uint64_t n = bp__index_visible(&s->ix);
   bp__view_leave(s);

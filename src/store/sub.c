@@ -159,6 +159,7 @@ void bp__notify(bp_store *s, uint64_t from, uint64_t to) {
         n->scope = scope;
         n->kind = e->kind;
         n->sequence = seq;
+        n->reserved[0] = n->reserved[1] = 0;
         if (sub->len++ == 0) fd_raise(sub);
       }
       if (sub->len && sub->waiting) pthread_cond_signal(&sub->ready);
