@@ -889,6 +889,13 @@ static int parse_args(const struct command *c, int argc, char **argv, const char
                       char ***out_argv) {
   size_t nopts = 0;
   while (c->opts[nopts].name) nopts++;
+  /* "--name" of each option, as the command bodies look for them. */
+  static char long_buf[32][40];
+  static const char *long_names[32];
+  for (size_t i = 0; i < nopts && i < 32; i++) {
+    snprintf(long_buf[i], sizeof long_buf[i], "--%s", c->opts[i].name);
+    long_names[i] = long_buf[i];
+  }
   struct option *lo = calloc(nopts + 3, sizeof *lo);
   char shorts[64] = "+h", *sp = shorts + 2;
   shorts[0] = '-'; /* operands come back in order as option 1 */
@@ -928,10 +935,7 @@ static int parse_args(const struct command *c, int argc, char **argv, const char
       if (ch >= 256) i = (size_t)(ch - 256);
       else
         while (c->opts[i].letter != ch) i++;
-      char *name = malloc(strlen(c->opts[i].name) + 3);
-      if (!name) { rc = 1; break; }
-      sprintf(name, "--%s", c->opts[i].name);
-      norm[nnorm++] = name;
+      norm[nnorm++] = (char *)long_names[i];
       if (c->opts[i].value) norm[nnorm++] = optarg;
     } else if (ch == '?' && (optopt >= 256 || (optopt > 0 && optopt < 128 && strchr(shorts + 2, optopt)))) {
       fprintf(stderr, "batpak %s: option %s needs a value (batpak %s --help)\n", c->name, argv[optind - 1], c->name);
@@ -952,8 +956,6 @@ static int parse_args(const struct command *c, int argc, char **argv, const char
     rc = 1;
   }
   if (rc) {
-    for (int i = 0; i < nnorm; i++)
-      if (norm[i][0] == '-' && norm[i][1] == '-') free(norm[i]);
     free(norm);
     return rc < 0 ? 0 : rc;
   }
@@ -994,7 +996,7 @@ int main(int argc, char **argv) {
     int rc = parse_args(&commands[i], argc - 1, argv + 1, &dir, &cargc, &cargv);
     if (rc || !cargv) return rc;
     rc = commands[i].fn(dir, cargc, cargv);
-    free(cargv); /* the option names it holds go with the process */
+    free(cargv);
     return rc;
   }
   fprintf(stderr, "batpak: unknown command \"%s\" (batpak --help lists them)\n", argv[1]);

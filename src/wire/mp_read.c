@@ -42,6 +42,7 @@ static void value_out(const bp__mp_value *v, bp_mp_value *out) {
 bp_status bp_mp_next(bp_mp_reader *r, bp_mp_value *out) {
   bp__mp_reader in = inner(r);
   bp__mp_value v;
+  memset(&v, 0, sizeof v); /* the decoder sets only the fields of the token's type */
   bp_status st = bp__mp_next(&in, &v);
   if (st) return st;
   value_out(&v, out);
