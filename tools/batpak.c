@@ -499,38 +499,49 @@ static bp_status append_preserving(bp_store *dst, const char *entity, const char
 
 /* export: one JSON object per line and event, with everything import needs
  * to rebuild the same events (ids, links, flags, timestamps, payload bytes). */
+/* export: through a cursor, a batch at a time, so that memory stays flat
+ * however many events there are; progress on a terminal. */
 static int cmd_export(const char *dir, int argc, char **argv) {
   (void)argc;
   (void)argv;
   bp_store *s = open_store(dir, OPEN_READ);
   if (!s) return 1;
+  bp_store_stats stats;
+  bp_stats(s, &stats);
   bp_region all = bp_region_all();
-  bp_entries e;
-  if (bp_query(s, &all, &e)) {
+  bp_cursor *c = bp_cursor_open(s, &all);
+  if (!c) {
     bp_close(s);
     return fail("export");
   }
   int rc = 0;
-  for (size_t i = 0; i < e.len && !rc; i++) {
-    bp_event *ev;
-    if (bp_get(s, e.items[i].event_id, &ev)) {
-      rc = fail("export");
-      break;
+  uint64_t done = 0;
+  bp_entries e;
+  while (!rc && done < stats.event_count && bp_cursor_poll_batch(c, 1024, &e) == BP_OK && e.len) {
+    for (size_t i = 0; i < e.len && !rc; i++) {
+      bp_event *ev;
+      if (bp_get(s, e.items[i].event_id, &ev)) {
+        rc = fail("export");
+        break;
+      }
+      jl_event line = {ev->header.event_id, ev->header.correlation_id, ev->header.causation_id,
+                       (char *)ev->entity, (char *)ev->scope, ev->header.kind, (uint8_t)copied_flags(ev->header.flags),
+                       ev->header.timestamp_us, (uint8_t *)ev->payload, ev->payload_len};
+      char *text = jl_format(&line);
+      if (text) {
+        puts(text);
+      } else {
+        fputs("batpak: export: out of memory\n", stderr);
+        rc = 1;
+      }
+      free(text);
+      bp_event_free(ev);
+      progress("export: events", ++done, 100000);
     }
-    jl_event line = {ev->header.event_id, ev->header.correlation_id, ev->header.causation_id,
-                     (char *)ev->entity, (char *)ev->scope, ev->header.kind, (uint8_t)copied_flags(ev->header.flags),
-                     ev->header.timestamp_us, (uint8_t *)ev->payload, ev->payload_len};
-    char *text = jl_format(&line);
-    if (text) {
-      puts(text);
-    } else {
-      fputs("batpak: export: out of memory\n", stderr);
-      rc = 1;
-    }
-    free(text);
-    bp_event_free(ev);
+    bp_entries_free(&e);
   }
-  bp_entries_free(&e);
+  if (done >= 100000) progress("export", 0, 1);
+  bp_cursor_close(c);
   bp_close(s);
   return rc;
 }
