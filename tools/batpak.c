@@ -331,6 +331,16 @@ static int cmd_stats(const char *dir, int argc, char **argv) {
   return 0;
 }
 
+/* Progress of verify and snapshot on a terminal, in MiB, at most every
+ * 64 MiB, for stores of 64 MiB or more. */
+static void bytes_progress(uint64_t done, uint64_t total, void *ctx) {
+  uint64_t *shown = ctx;
+  if (!isatty(STDERR_FILENO) || json_out || total < (64u << 20)) return;
+  if (done < total && done - *shown < (64u << 20)) return;
+  *shown = done;
+  fprintf(stderr, "\rbatpak: %" PRIu64 " of %" PRIu64 " MiB%s", done >> 20, total >> 20, done >= total ? "\n" : "");
+}
+
 /* The length of a problem's place: "segment 000003" of "segment 000003
  * offset 1234", "index" of "index entry 6", the whole of anything else. */
 static size_t place_len(const char *where) {
@@ -345,7 +355,8 @@ static size_t place_len(const char *where) {
 
 static int cmd_verify(const char *dir, int argc, char **argv) {
   bp_verify_report r;
-  bp_status st = bp_verify(dir, &r);
+  uint64_t shown = 0;
+  bp_status st = bp_verify_with_progress(dir, &r, bytes_progress, &shown);
   if (st != BP_OK && st != BP_ECORRUPT) return fail("verify");
   if (json_out) {
     struct json_object *o = json_object_new_object(), *ps = json_object_new_array();
@@ -371,7 +382,7 @@ static int cmd_verify(const char *dir, int argc, char **argv) {
      * them). A place is what a problem's "where" names before its offset or
      * number: a segment, the index, an entity. */
     bool all = flag(argc, argv, "--all");
-    size_t shown = 0;
+    size_t listed = 0;
     for (size_t i = 0; i < r.problem_count; i++) {
       bool first = true;
       size_t klen = place_len(r.problems[i].where);
@@ -379,25 +390,16 @@ static int cmd_verify(const char *dir, int argc, char **argv) {
         first = !(place_len(r.problems[j].where) == klen && strncmp(r.problems[j].where, r.problems[i].where, klen) == 0);
       if (!first) continue;
       printf("  %s: %s\n", r.problems[i].where, r.problems[i].what);
-      shown++;
+      listed++;
     }
-    if (shown < r.problem_count)
+    if (listed < r.problem_count)
       printf("%zu problems in all; %zu more follow from those above (--all lists every one)\n", r.problem_count,
-             r.problem_count - shown);
+             r.problem_count - listed);
   }
   bp_verify_report_free(&r);
   return st == BP_OK ? 0 : 3;
 }
 
-/* Snapshot progress on a terminal, in MiB, at most every 64 MiB. */
-static void snapshot_progress(uint64_t done, uint64_t total, void *ctx) {
-  uint64_t *shown = ctx;
-  if (!isatty(STDERR_FILENO) || json_out || total < (64u << 20)) return;
-  if (done < total && done - *shown < (64u << 20)) return;
-  *shown = done;
-  fprintf(stderr, "\rbatpak: snapshot: %" PRIu64 " of %" PRIu64 " MiB%s", done >> 20, total >> 20,
-          done >= total ? "\n" : "");
-}
 
 /* snapshot: through a read-only handle, so that it works on a store another
  * process owns (a live backup) as on one nobody has open. */
@@ -406,7 +408,7 @@ static int cmd_snapshot(const char *dir, int argc, char **argv) {
   bp_store *s = open_store(dir, OPEN_READ);
   if (!s) return 1;
   uint64_t shown = 0;
-  int rc = bp_snapshot_with_progress(s, argv[0], snapshot_progress, &shown) ? fail("snapshot") : 0;
+  int rc = bp_snapshot_with_progress(s, argv[0], bytes_progress, &shown) ? fail("snapshot") : 0;
   if (!rc && json_out) jl_print_pair("snapshot", argv[0]);
   else if (!rc) printf("snapshot of %s written to %s\n", dir, argv[0]);
   bp_close(s);

@@ -612,6 +612,9 @@ typedef struct bp_verify_report {
  * BP_ENOMEM (the check was cut short: no problems are listed). The report is
  * filled in every case; free it with bp_verify_report_free. */
 BP_API bp_status bp_verify(const char *dir, bp_verify_report *report);
+/* bp_verify, calling fn(done, total, ctx) on the calling thread after each
+ * segment checked (bytes of segment files). */
+BP_API bp_status bp_verify_with_progress(const char *dir, bp_verify_report *report, bp_progress_fn fn, void *ctx);
 BP_API void bp_verify_report_free(bp_verify_report *report);
 
 /* ------------------------------------------------------------ maintenance */

@@ -11,6 +11,8 @@
 #include "store/cursor_file.h"
 #include "store/store_impl.h"
 
+#include <sys/stat.h>
+
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -589,7 +591,17 @@ static int cmp_u64(const void *a, const void *b) {
   return (x > y) - (x < y);
 }
 
-bp_status bp_verify(const char *dir, bp_verify_report *rep) {
+/* The size of segment id's file (0 when it cannot be read). */
+static uint64_t segment_bytes(const char *dir, uint64_t id) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/%06" PRIu64 ".fbat", dir, id);
+  struct stat sb;
+  return stat(path, &sb) == 0 ? (uint64_t)sb.st_size : 0;
+}
+
+bp_status bp_verify(const char *dir, bp_verify_report *rep) { return bp_verify_with_progress(dir, rep, NULL, NULL); }
+
+bp_status bp_verify_with_progress(const char *dir, bp_verify_report *rep, bp_progress_fn fn, void *fn_ctx) {
   if (!dir || !rep) return bp__fail(BP_EINVAL, "bp_verify: NULL argument");
   memset(rep, 0, sizeof *rep);
   DIR *dp = opendir(dir);
@@ -624,9 +636,13 @@ bp_status bp_verify(const char *dir, bp_verify_report *rep) {
   bp__retired_keys rk;
   if (bp__retired_load(dir, &rk) == BP_OK) v.retention_ran = rk.n > 0;
   bp__retired_free(&rk);
+  /* Progress in bytes of segments, the bulk of the work. */
+  uint64_t total = 0, done = 0;
+  for (size_t i = 0; fn && i < n; i++) total += segment_bytes(dir, ids[i]);
   for (size_t i = 0; i < n; i++) {
     v.lowest = i == 0;
     check_segment(&v, dir, ids[i]);
+    if (fn) fn(done += segment_bytes(dir, ids[i]), total, fn_ctx);
   }
   rep->entities = v.nheads;
   check_checkpoint(&v, dir);
