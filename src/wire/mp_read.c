@@ -68,45 +68,55 @@ bp_status bp_mp_read_nil(bp_mp_reader *r) {
   return next_of(r, &v, BP__MP_NIL, "nil");
 }
 
-bp_status bp_mp_read_bool(bp_mp_reader *r, bool *out) {
+/* Reads the next token and converts it into *out with conv; a token conv
+ * refuses fails BP_ESERIAL naming what was expected, and the reader stays. */
+static bp_status read_as(bp_mp_reader *r, bool (*conv)(const bp__mp_value *, void *), void *out, const char *what) {
+  bp__mp_reader in = inner(r);
   bp__mp_value v;
-  bp_status st = next_of(r, &v, BP__MP_BOOL, "a boolean");
-  if (!st) *out = v.b;
-  return st;
+  memset(&v, 0, sizeof v);
+  bp_status st = bp__mp_next(&in, &v);
+  if (st) return st;
+  if (!conv(&v, out))
+    return bp__fail(BP_ESERIAL, "msgpack: %s expected at offset %zu", what, (size_t)(r->pos - r->start));
+  r->pos = in.p;
+  return BP_OK;
 }
 
+static bool as_bool(const bp__mp_value *v, void *out) {
+  if (v->type != BP__MP_BOOL) return false;
+  *(bool *)out = v->b;
+  return true;
+}
+
+static bool as_int(const bp__mp_value *v, void *out) {
+  if (v->type == BP__MP_INT) *(int64_t *)out = v->i;
+  else if (v->type == BP__MP_UINT && v->u <= (uint64_t)INT64_MAX) *(int64_t *)out = (int64_t)v->u;
+  else return false;
+  return true;
+}
+
+static bool as_uint(const bp__mp_value *v, void *out) {
+  if (v->type != BP__MP_UINT) return false;
+  *(uint64_t *)out = v->u;
+  return true;
+}
+
+static bool as_double(const bp__mp_value *v, void *out) {
+  if (v->type == BP__MP_FLOAT) *(double *)out = v->f;
+  else if (v->type == BP__MP_UINT) *(double *)out = (double)v->u;
+  else if (v->type == BP__MP_INT) *(double *)out = (double)v->i;
+  else return false;
+  return true;
+}
+
+bp_status bp_mp_read_bool(bp_mp_reader *r, bool *out) { return read_as(r, as_bool, out, "a boolean"); }
 bp_status bp_mp_read_int(bp_mp_reader *r, int64_t *out) {
-  bp__mp_reader in = inner(r);
-  bp__mp_value v;
-  bp_status st = bp__mp_next(&in, &v);
-  if (st) return st;
-  if (v.type == BP__MP_INT) *out = v.i;
-  else if (v.type == BP__MP_UINT && v.u <= (uint64_t)INT64_MAX) *out = (int64_t)v.u;
-  else return bp__fail(BP_ESERIAL, "msgpack: an integer of int64 range expected at offset %zu",
-                       (size_t)(r->pos - r->start));
-  r->pos = in.p;
-  return BP_OK;
+  return read_as(r, as_int, out, "an integer of int64 range");
 }
-
 bp_status bp_mp_read_uint(bp_mp_reader *r, uint64_t *out) {
-  bp__mp_value v;
-  bp_status st = next_of(r, &v, BP__MP_UINT, "a non-negative integer");
-  if (!st) *out = v.u;
-  return st;
+  return read_as(r, as_uint, out, "a non-negative integer");
 }
-
-bp_status bp_mp_read_double(bp_mp_reader *r, double *out) {
-  bp__mp_reader in = inner(r);
-  bp__mp_value v;
-  bp_status st = bp__mp_next(&in, &v);
-  if (st) return st;
-  if (v.type == BP__MP_FLOAT) *out = v.f;
-  else if (v.type == BP__MP_UINT) *out = (double)v.u;
-  else if (v.type == BP__MP_INT) *out = (double)v.i;
-  else return bp__fail(BP_ESERIAL, "msgpack: a number expected at offset %zu", (size_t)(r->pos - r->start));
-  r->pos = in.p;
-  return BP_OK;
-}
+bp_status bp_mp_read_double(bp_mp_reader *r, double *out) { return read_as(r, as_double, out, "a number"); }
 
 bp_status bp_mp_read_str(bp_mp_reader *r, const char **s, size_t *len) {
   bp__mp_value v;
