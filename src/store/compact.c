@@ -553,11 +553,7 @@ static bp_status commit(compaction *c) {
       if (s->cache && (c->ndropped || c->rewritten) && bp_cache_delete_prefix(s->cache, "", 0) != BP_OK)
         bp__log(s, BP_LOG_WARN, "compaction: projection cache not cleared: %s", bp_last_error()->message);
       /* Followers learn of the new log (its epoch) and reopen it. */
-      if (s->head.writer) {
-        bp__head_rec hr;
-        bp__writer_head_record(s, &hr);
-        bp__head_publish(&s->head, &hr);
-      }
+      bp__writer_publish_head(s);
     }
   }
   pthread_rwlock_unlock(&s->view_lock);

@@ -45,8 +45,8 @@ static uint64_t next_segment(const bp_store *s, uint64_t id) {
 }
 
 /* Indexes frames up to the head (seg, end), or with seg UINT64_MAX to the
- * end of the log. BP_EAGAIN-like cases (the segments are not where the head
- * says: a compaction replaced them) come back as *moved. */
+ * end of the log. When the segments are not where the head says (a
+ * compaction replaced them) *moved says so, with or without an error. */
 static bp_status follow_to(bp_store *s, uint64_t hseg, uint64_t hend, bool *moved) {
   bool live = hseg != UINT64_MAX;
   uint64_t seg = s->fpos.segment, end = s->fpos.end;
@@ -166,14 +166,6 @@ static bp_status dropped_positions(const bp__index *old, const bp__index *now, u
   return BP_OK;
 }
 
-/* Reads the directory anew into the handle: the writer compacted the store
- * (the head's epoch moved) or its log went back (it lost events its head had
- * published). Readers wait meanwhile (the view lock, as for a compaction in
- * the writer's process); cursors carry their positions over by the events
- * that stayed (a remap, as a compaction in-process leaves); the strings the
- * handle gave out stay valid (the old index is kept until bp_close). *from:
- * the first position in the new numbering this handle had not seen. On
- * failure the handle is as it was. view_lock (exclusive) and wlock held. */
 /* When the old index's names are the first names of the new one (a rebase
  * of the same log: the writer's names file numbers them as they came),
  * their strings move to the new index, so that those handed out stay valid
@@ -194,6 +186,14 @@ static bool names_carry_over(bp__index *old, bp__index *now) {
   return true;
 }
 
+/* Reads the directory anew into the handle: the writer compacted the store
+ * (the head's epoch moved) or its log went back (it lost events its head had
+ * published). Readers wait meanwhile (the view lock, as for a compaction in
+ * the writer's process); cursors carry their positions over by the events
+ * that stayed (a remap, as a compaction in-process leaves); the strings the
+ * handle gave out stay valid (the old index is kept until bp_close). *from:
+ * the first position in the new numbering this handle had not seen. On
+ * failure the handle is as it was. view_lock (exclusive) and wlock held. */
 static bp_status reopen_locked(bp_store *s, bool same_log, uint64_t *from) {
   handle_state old;
   memset(&old, 0, sizeof old);
@@ -295,8 +295,7 @@ static bp_status refresh_locked(bp_store *s, uint64_t *added, bool *reopen, bool
     if (st || moved) {
       /* Nothing of a refresh that failed is kept or shown: the handle is
        * as it was (a reopen, if due, reads everything again). */
-      for (uint64_t i = count0; i < s->ix.count; i++) (void)bp__scan_set(&s->scan, i, 0, 0, 0, 0);
-      bp__index_rollback(&s->ix, count0);
+      bp__forget_from(s, count0);
       s->fpos.segment = seg0;
       s->fpos.end = end0;
       s->fpos.created = created0;
@@ -348,7 +347,6 @@ bp_status bp_refresh(bp_store *s, uint64_t *added) {
     if (reopen) st = rst;
     else if (rst) bp__log(s, BP_LOG_WARN, "%s: index not mapped again: %s", s->dir, bp_last_error()->message);
     /* A rebase may find events published since: they are news too. */
-    if (!rst && reopen) from = from < s->ix.count ? from : s->ix.count;
     if (!rst && !reopen) from = before;
     if (!rst && s->ix.count > from) {
       bp__notify(s, from, s->ix.count);

@@ -655,6 +655,11 @@ void bp__segfile_close(bp__segfile *f) {
   f->fd = -1;
 }
 
+void bp__forget_from(bp_store *s, uint64_t count) {
+  for (uint64_t i = count; i < s->ix.count; i++) (void)bp__scan_set(&s->scan, i, 0, 0, 0, 0);
+  bp__index_rollback(&s->ix, count);
+}
+
 bp_status bp__recover_entry(bp_store *s, bp__ientry *e) {
   bp_status st = bp__scan_set(&s->scan, s->ix.count, e->kind, e->clock, e->entity, e->scope);
   if (!st) st = bp__index_push(&s->ix, e);
@@ -902,6 +907,29 @@ static size_t next_frame_at(const uint8_t *d, size_t from, size_t end) {
   return SIZE_MAX;
 }
 
+/* What frame_at says of a frame whose length and CRC are both zero: space
+ * a writer allocated ahead of its frames, where the data ends. */
+static const char FRAME_ZEROS[] = "zeros";
+
+/* Reads and checks the frame at off, none of it past *end (lowered to the
+ * file's size should the file be found shorter as it is read): NULL, with
+ * *fr decoded and *len its body's length, or what is wrong there. With
+ * zeros_end, a zero length and CRC give FRAME_ZEROS instead of being read. */
+static const char *frame_at(bp__segfile *f, size_t off, size_t *end, bool zeros_end, bp__frame *fr,
+                            uint32_t *len) {
+  if (*end - off < BP__FRAME_PREFIX || !have_range(f, off, off + BP__FRAME_PREFIX)) return "truncated frame header";
+  if (*end > f->size) *end = f->size;
+  uint32_t n = bp__get_be32(at(f, off)), crc = bp__get_be32(at(f, off) + 4);
+  if (n == 0 && crc == 0 && zeros_end) return FRAME_ZEROS;
+  if (n > *end - off - BP__FRAME_PREFIX || !have_range(f, off, off + BP__FRAME_PREFIX + n))
+    return "frame runs past the end";
+  const uint8_t *body = at(f, off) + BP__FRAME_PREFIX;
+  if (bp__crc32(body, n) != crc) return "CRC mismatch";
+  if (bp__frame_decode_body(body, n, NULL, fr) != BP_OK) return "undecodable frame";
+  *len = n;
+  return NULL;
+}
+
 /* Where the frames of a scanned segment that the index kept end: after the
  * last entry of segment id, else at its first frame. */
 static uint64_t kept_end(const bp_store *s, const bp__segfile *f, uint64_t *first) {
@@ -996,14 +1024,10 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
   while (off < end && !damage) {
     size_t got = 0;
     for (; got < BATCH && off < end; got++) {
-      if (end - off < BP__FRAME_PREFIX || !have_range(f, off, off + BP__FRAME_PREFIX)) {
-        damage = "truncated frame header";
-        break;
-      }
-      if (end > f->size) end = f->size; /* the file was found shorter */
-      uint32_t len = bp__get_be32(at(f, off));
-      uint32_t crc = bp__get_be32(at(f, off) + 4);
-      if (len == 0 && crc == 0 && !f->has_trailer) {
+      bp__frame fr;
+      uint32_t len;
+      const char *bad = frame_at(f, off, &end, !f->has_trailer, &fr, &len);
+      if (bad == FRAME_ZEROS) {
         /* Space the writer allocated ahead of its frames: the data ends here,
          * provided nothing but zeros follows. */
         if (!may_tear && !tail_all_zero(f, off)) {
@@ -1015,14 +1039,10 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
         end = off;
         break;
       }
-      if (len > end - off - BP__FRAME_PREFIX || !have_range(f, off, off + BP__FRAME_PREFIX + len)) {
-        damage = "frame runs past the end";
+      if (bad) {
+        damage = bad;
         break;
       }
-      const uint8_t *body = at(f, off) + BP__FRAME_PREFIX;
-      if (bp__crc32(body, len) != crc) { damage = "CRC mismatch"; break; }
-      bp__frame fr;
-      if (bp__frame_decode_body(body, len, NULL, &fr) != BP_OK) { damage = "undecodable frame"; break; }
       bp__name *ent, *scp;
       if ((st = bp__index_intern(&s->ix, fr.entity, fr.entity_len, &ent)) ||
           (st = bp__index_intern(&s->ix, fr.scope, fr.scope_len, &scp)))
@@ -1120,13 +1140,6 @@ bp_status bp__segment_load(bp_store *s, bp__segfile *f, uint64_t from_offset, bo
 
 /* --------------------------------------------------- following a writer */
 
-/* Back to count events, the scan fields of the later ones cleared (a
- * follow that found damage leaves the index as it was). */
-static void follow_undo(bp_store *s, uint64_t count) {
-  for (uint64_t i = count; i < s->ix.count; i++) (void)bp__scan_set(&s->scan, i, 0, 0, 0, 0);
-  bp__index_rollback(&s->ix, count);
-}
-
 /* Makes segment id, whose frames this handle has indexed up to end, readable
  * there: registered (a segment the writer made after the open), mapped
  * with room to grow as the writer's own mapping is, and readable to end.
@@ -1198,24 +1211,10 @@ bp_status bp__segment_follow(bp_store *s, uint64_t id, uint64_t from, uint64_t u
   size_t closed_end = off;
   const char *damage = NULL;
   while (off < limit && !damage) {
-    if (limit - off < BP__FRAME_PREFIX || !have_range(&f, off, off + BP__FRAME_PREFIX)) {
-      damage = "truncated frame header";
-      break;
-    }
-    uint32_t len = bp__get_be32(at(&f, off)), crc = bp__get_be32(at(&f, off) + 4);
-    if (len == 0 && crc == 0) {
-      damage = "zeros";
-      break;
-    }
-    if (len > limit - off - BP__FRAME_PREFIX || !have_range(&f, off, off + BP__FRAME_PREFIX + len)) {
-      damage = "frame runs past the end";
-      break;
-    }
-    const uint8_t *body = at(&f, off) + BP__FRAME_PREFIX;
     bp__frame fr;
-    if (bp__crc32(body, len) != crc) damage = "CRC mismatch";
-    else if (bp__frame_decode_body(body, len, NULL, &fr) != BP_OK) damage = "undecodable frame";
-    if (damage) break;
+    uint32_t len;
+    size_t upto_here = limit; /* the limit stays what the head or the footer said, for the message */
+    if ((damage = frame_at(&f, off, &upto_here, true, &fr, &len))) break;
     bp__name *ent, *scp;
     bp__ientry e;
     if ((st = bp__index_intern(&s->ix, fr.entity, fr.entity_len, &ent)) ||
@@ -1238,17 +1237,17 @@ bp_status bp__segment_follow(bp_store *s, uint64_t id, uint64_t from, uint64_t u
     st = bp__fail(BP_ECORRUPT, "segment %06" PRIu64 ": the writer's head at offset %zu falls inside a batch", id,
                   limit);
   if (st) {
-    follow_undo(s, count0);
+    bp__forget_from(s, count0);
     bp__segfile_close(&f);
     return st;
   }
   /* A segment the writer left (a restart, or its crash) ends at its last
    * whole frame outside a batch, as the next writer's open will find it. */
-  if (last_closed < s->ix.count) follow_undo(s, last_closed);
+  if (last_closed < s->ix.count) bp__forget_from(s, last_closed);
   if (s->ix.count > count0 || !exact) st = follow_register(s, id, f.fd, closed_end);
   bp__segfile_close(&f);
   if (st) {
-    follow_undo(s, count0);
+    bp__forget_from(s, count0);
     return st;
   }
   *end = closed_end;

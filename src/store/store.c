@@ -324,11 +324,7 @@ bp_status bp_close(bp_store *s) {
     bp__follow_stop(s);
   } else {
     /* The final record (what close made durable), then the lock goes. */
-    if (s->head.writer) {
-      bp__head_rec hr;
-      bp__writer_head_record(s, &hr);
-      bp__head_publish(&s->head, &hr);
-    }
+    bp__writer_publish_head(s);
     bp__head_detach(&s->head);
   }
   bp_error saved = *bp_last_error();

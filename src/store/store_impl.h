@@ -396,6 +396,13 @@ void bp__entry_from_frame(bp__ientry *e, const bp__frame *fr, uint32_t entity, u
                           uint64_t off, uint32_t len);
 /* Adds one recovered entry to the index and the entity's chain head. */
 bp_status bp__recover_entry(bp_store *s, bp__ientry *e);
+/* Drops the entries from count on and clears their scan fields, so that
+ * the index files are as they were before them (a refused write, a follow
+ * that found damage). */
+void bp__forget_from(bp_store *s, uint64_t count);
+/* Publishes the writer's head record (wlock held): after a commit, a
+ * compaction, a close. Nothing when the writer has no head file. */
+void bp__writer_publish_head(bp_store *s);
 
 /* Indexes the frames of segment id from offset from (0: its first frame):
  * exactly up to offset upto (a live writer's head), or with upto UINT64_MAX

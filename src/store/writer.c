@@ -629,6 +629,13 @@ void bp__writer_head_record(bp_store *s, bp__head_rec *r) {
   }
 }
 
+void bp__writer_publish_head(bp_store *s) {
+  if (!s->head.writer) return;
+  bp__head_rec hr;
+  bp__writer_head_record(s, &hr);
+  bp__head_publish(&s->head, &hr);
+}
+
 void bp__writer_free(bp_store *s) {
   unmap_segment(s);
   close_segment(s);
@@ -883,13 +890,6 @@ static bool group_writes(bp_store *s, bp__req **group, size_t ng) {
   return false;
 }
 
-/* Drops the entries planned from seq on, and their scan fields: cleared, so
- * that a refused write leaves the index files as it found them. */
-static void forget_from(bp_store *s, uint64_t seq) {
-  for (uint64_t i = seq; i < s->ix.count; i++) (void)bp__scan_set(&s->scan, i, 0, 0, 0, 0);
-  bp__index_rollback(&s->ix, seq);
-}
-
 /* Returns whether the group was fsynced. */
 static bool commit_group(bp_store *s, bp__req **group, size_t ng, hints *h) {
   /* A group of pure idempotent repeats touches no segment (no rotation, no new file). */
@@ -915,7 +915,7 @@ static bool commit_group(bp_store *s, bp__req **group, size_t ng, hints *h) {
     uint64_t ix_mark = s->ix.count;
     st = plan_request(s, r, &undo);
     if (st) {
-      forget_from(s, ix_mark);
+      bp__forget_from(s, ix_mark);
       undo_to(&undo, undo_mark);
       s->wbuf.len = buf_mark;
       s->wbuf.oom = false;
@@ -947,7 +947,7 @@ static bool commit_group(bp_store *s, bp__req **group, size_t ng, hints *h) {
       st = bp__fail_errno(BP_EIO, rc, "%s to segment %06" PRIu64 " at offset %" PRIu64 " failed", what,
                           s->wseg, at);
       bp_error err = *bp_last_error();
-      forget_from(s, count0);
+      bp__forget_from(s, count0);
       undo_to(&undo, 0);
       if (!full) writer_failed(s, at, err.message);
       for (size_t i = 0; i < ng; i++)
@@ -965,11 +965,7 @@ static bool commit_group(bp_store *s, bp__req **group, size_t ng, hints *h) {
       bp__segment_readable(s, s->wseg, s->wsize);
       bp__index_publish(&s->ix);
       if (sync_now) atomic_store(&s->durable, s->ix.count);
-      if (s->head.writer) {
-        bp__head_rec hr;
-        bp__writer_head_record(s, &hr);
-        bp__head_publish(&s->head, &hr);
-      }
+      bp__writer_publish_head(s);
       bp__notify(s, count0, s->ix.count);
       fsynced = sync_now;
     }
