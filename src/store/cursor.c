@@ -188,28 +188,32 @@ static size_t poll_seqs(bp_cursor *c, uint64_t *out, size_t max) {
   return got;
 }
 
-/* A read-only handle's cursor that has read everything the handle has asks
- * the writer's head for more (follow.c): a follower's cursors move on by
- * themselves. */
-static bp_status follow_at_end(bp_cursor *c) {
-  if (!c->store->readonly) return BP_OK;
-  bp__view_enter(c->store);
-  catch_up(c);
-  bool at_end = c->position >= bp__index_visible(&c->store->ix);
-  bp__view_leave(c->store);
-  return at_end ? bp_refresh(c->store, NULL) : BP_OK;
-}
-
-bp_status bp_cursor_poll(bp_cursor *c, bp_entry *out) {
-  if (!c || !out) return bp__fail(BP_EINVAL, "bp_cursor_poll: NULL argument");
-  bp_status fst = follow_at_end(c);
-  if (fst) return fst;
+static bool poll_one(bp_cursor *c, bp_entry *out) {
   uint64_t seq;
   bp__view_enter(c->store);
   catch_up(c);
   bool got = poll_seqs(c, &seq, 1) == 1;
   if (got) bp__entry_from_index(c->store, seq, out);
   bp__view_leave(c->store);
+  return got;
+}
+
+/* A read-only handle's cursor that found nothing new asks the writer's head
+ * for more (follow.c) and looks again: a follower's cursors move on by
+ * themselves. True when it is worth looking again. */
+static bool followed(bp_cursor *c, bp_status *st) {
+  *st = BP_OK;
+  if (!c->store->readonly) return false;
+  uint64_t added;
+  *st = bp_refresh(c->store, &added);
+  return *st == BP_OK && added > 0;
+}
+
+bp_status bp_cursor_poll(bp_cursor *c, bp_entry *out) {
+  if (!c || !out) return bp__fail(BP_EINVAL, "bp_cursor_poll: NULL argument");
+  bp_status fst = BP_OK;
+  bool got = poll_one(c, out) || (followed(c, &fst) && poll_one(c, out));
+  if (!got && fst) return fst;
   return got ? BP_OK : bp__fail(BP_ENOTFOUND, "cursor: nothing new");
 }
 
@@ -242,11 +246,17 @@ bp_status bp_cursor_poll_batch(bp_cursor *c, size_t max, bp_entries *out) {
   out->items = NULL;
   out->len = 0;
   if (max == 0) return BP_OK;
-  bp_status st = follow_at_end(c);
-  if (st) return st;
   bp__view_enter(c->store);
-  st = poll_batch_locked(c, max, out);
+  bp_status st = poll_batch_locked(c, max, out);
   bp__view_leave(c->store);
+  bp_status fst = BP_OK;
+  if (!st && out->len == 0 && followed(c, &fst)) {
+    bp__view_enter(c->store);
+    st = poll_batch_locked(c, max, out);
+    bp__view_leave(c->store);
+  } else if (!st && out->len == 0) {
+    st = fst;
+  }
   return st;
 }
 

@@ -162,10 +162,10 @@ static bp_status plan_reader(bp_store *s, snap_seg **out, size_t *n) {
     }
     bool stale = f.fd < 0 || f.size < end || (first && f.created_ns != atomic_load(&s->log_epoch));
     first = false;
-    uint64_t sealed_size;
-    bool whole = !stale && fd_ends_sealed(f.fd, &sealed_size) && f.has_trailer &&
-                 bp__get_le64(f.trailer) == end;
-    segs[m++] = (snap_seg){ids[i], f.fd, whole, whole ? sealed_size : end};
+    /* Sealed, with the frames the handle read: the file whole (its trailer,
+     * read by the open above, says where the frames end). */
+    bool whole = !stale && f.has_trailer && bp__get_le64(f.trailer) == end;
+    segs[m++] = (snap_seg){ids[i], f.fd, whole, whole ? f.size : end};
     f.fd = -1; /* kept open in segs */
     bp__segfile_close(&f);
     if (stale) st = bp__fail(BP__ESTALE, "bp_snapshot: segment %06" PRIu64 " is not the file this handle read "
