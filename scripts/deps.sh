@@ -8,7 +8,8 @@ set -euo pipefail
 packages=(build-essential cmake pkg-config clang
           libcmocka-dev librust-blake3-dev libjson-c-dev zlib1g-dev
           liblmdb-dev libsqlite3-dev sqlite3 python3
-          python3-cffi python3-dev python3-setuptools python3-pip abigail-tools)
+          python3-cffi python3-dev python3-setuptools python3-pip abigail-tools
+          nats-server libnats-dev)
 if [[ "${1:-}" == "--fuzz" ]]; then
   packages+=(libclang-rt-dev)
 fi

@@ -14,7 +14,9 @@ static void status_names_and_messages_are_stable(void **state) {
   assert_string_equal(bp_status_name(BP_EIDEMPOTENCY_REQUIRED), "BP_EIDEMPOTENCY_REQUIRED");
   assert_string_equal(bp_status_name((bp_status)999), "BP_E?");
   assert_int_equal(BP_EIDEMPOTENCY_CONFLICT, 23);
-  for (int c = 0; c <= BP_EIDEMPOTENCY_CONFLICT; c++) {
+  assert_int_equal(BP_EBROKER, 26);
+  assert_string_equal(bp_status_name(BP_EFENCED), "BP_EFENCED");
+  for (int c = 0; c <= BP_EBROKER; c++) {
     assert_non_null(bp_strerror((bp_status)c));
     assert_true(strncmp(bp_status_name((bp_status)c), "BP_", 3) == 0);
   }

@@ -89,7 +89,11 @@ typedef enum bp_status {
   BP_ERECEIPT = 20,               /* a receipt was already consumed, freed or forged */
   BP_EREADONLY = 21,              /* the store was opened read-only */
   BP_EUNSUPPORTED = 22,           /* the operation is not available in this build */
-  BP_EIDEMPOTENCY_CONFLICT = 23   /* an idempotency key already names a different event */
+  BP_EIDEMPOTENCY_CONFLICT = 23,  /* an idempotency key already names a different event */
+  BP_EDIVERGED = 24,              /* replicated frames do not continue this store (a gap, an
+                                   * event changed, a broken chain): nothing was written */
+  BP_EFENCED = 25,                /* another primary publishes into the replication stream */
+  BP_EBROKER = 26                 /* the message broker is unreachable or refused a request */
 } bp_status;
 
 /* The code's enumerator name, e.g. "BP_ECRC"; "BP_E?" for an unknown value. */

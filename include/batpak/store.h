@@ -304,6 +304,46 @@ BP_API bool bp_entry_is_root_cause(const bp_entry *e);
  * Ownership: free *out with bp_events_free. */
 BP_API bp_status bp_walk_ancestors(bp_store *store, bp_id id, size_t limit, bp_events *out);
 
+/* ------------------------------------------------------------ frames */
+
+/* A frame is an event exactly as the log stores it: a 4-byte big-endian body
+ * length, the body's CRC-32 (big-endian) and the MessagePack body
+ * (docs/FORMAT.md, section 3). Replication carries frames, so that a replica
+ * holds the same bytes as its source. */
+
+/* Reads the frame of event id, checking its CRC. *frame (malloc'd: free with
+ * bp_free) receives *len bytes. Errors: those of bp_get. */
+BP_API bp_status bp_get_frame(bp_store *store, bp_id id, void **frame, size_t *len);
+/* Decodes a whole frame of len bytes, after checking its length prefix, its
+ * CRC and that its content hash (and its chain's event hash) is the BLAKE3 of
+ * its payload. Errors: BP_ECRC, BP_ESERIAL (a body that does not decode, or
+ * hashes that do not match; the message says which), BP_EINVAL, BP_ENOMEM.
+ * Ownership: free *out with bp_event_free. */
+BP_API bp_status bp_frame_decode(const void *frame, size_t len, bp_event **out);
+
+typedef struct bp_frame_in {
+  const void *data;             /* a whole frame, as bp_get_frame returns it */
+  size_t len;
+  uint64_t reserved[2];         /* for later versions: zero (docs/ABI.md) */
+} bp_frame_in;
+
+/* Appends n frames of another store exactly as they are (same ids, clocks,
+ * timestamps, hashes and bytes), atomically: every check passes before
+ * anything is written, and they become visible together. Each frame must
+ * decode (bp_frame_decode's checks), be no larger than max_payload_bytes
+ * allows, carry an event id this store does not hold, and continue its
+ * entity: its clock is the entity's next, and its chain's prev_hash is the
+ * entity's last event hash (zeros for an entity's first event). A batch of
+ * the source stays atomic through the flag its frames carry: the last frame
+ * given must not be a batch member (BP_FLAG_BATCH_MEMBER). Any kind is
+ * accepted, the library's own included: the frames are the source's record.
+ * Errors: BP_EDIVERGED (an id already here, a clock or chain that does not
+ * continue; the message names the frame and the entity), BP_ECRC,
+ * BP_ESERIAL, BP_ECOORD, BP_ELIMIT, BP_EINVAL (among others a last frame
+ * that is a batch member), and the write errors of bp_append. On error
+ * nothing was written. outs (n receipts) may be NULL. */
+BP_API bp_status bp_append_frames(bp_store *store, const bp_frame_in *frames, size_t n, bp_append_receipt *outs);
+
 /* ------------------------------------------------------------ cursors */
 
 /* A pull cursor over the events matching a region, in global-sequence order.

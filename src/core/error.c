@@ -35,6 +35,9 @@ static const struct {
   [BP_EREADONLY] = {"BP_EREADONLY", "store is read-only"},
   [BP_EUNSUPPORTED] = {"BP_EUNSUPPORTED", "not supported by this build"},
   [BP_EIDEMPOTENCY_CONFLICT] = {"BP_EIDEMPOTENCY_CONFLICT", "idempotency key already used for another event"},
+  [BP_EDIVERGED] = {"BP_EDIVERGED", "replicated events do not continue this store"},
+  [BP_EFENCED] = {"BP_EFENCED", "another primary publishes into the stream"},
+  [BP_EBROKER] = {"BP_EBROKER", "message broker unreachable or refused the request"},
 };
 
 #define STATUS_COUNT (sizeof status_table / sizeof status_table[0])

@@ -229,6 +229,54 @@ bp_status bp_get(bp_store *s, bp_id id, bp_event **out) {
   return st;
 }
 
+bp_status bp_get_frame(bp_store *s, bp_id id, void **frame, size_t *len) {
+  if (frame) *frame = NULL;
+  if (len) *len = 0;
+  if (!s || !frame || !len) return bp__fail(BP_EINVAL, "bp_get_frame: NULL argument");
+  bp__evread rd;
+  bp__evread_init(&rd);
+  uint64_t seq;
+  bp_status st;
+  bp__view_enter(s);
+  if (!bp__index_find_id(&s->ix, id, bp__index_visible(&s->ix), &seq)) {
+    st = not_found(id);
+  } else if (!(st = bp__read_frame(s, seq, &rd))) {
+    size_t n = bp__index_at(&s->ix, seq)->length;
+    *frame = malloc(n);
+    if (*frame) {
+      memcpy(*frame, rd.raw, n);
+      *len = n;
+    } else {
+      st = bp__fail(BP_ENOMEM, "out of memory for a %zu-byte frame", n);
+    }
+  }
+  bp__view_leave(s);
+  bp__evread_free(&rd);
+  return st;
+}
+
+bp_status bp_frame_decode(const void *frame, size_t len, bp_event **out) {
+  if (out) *out = NULL;
+  if (!frame || !out) return bp__fail(BP_EINVAL, "bp_frame_decode: NULL argument");
+  uint8_t scratch_mem[BP__GET_SCRATCH_BYTES];
+  bp__buf scratch;
+  bp__buf_init_on(&scratch, scratch_mem, sizeof scratch_mem);
+  bp__frame f;
+  bp_status st = bp__frame_check_whole(frame, len, &scratch, &f);
+  if (!st) {
+    bp_event ev = {.header = f.header,
+                   .entity = f.entity,
+                   .scope = f.scope,
+                   .has_hash_chain = f.has_chain,
+                   .hash_chain = f.chain,
+                   .payload = f.payload,
+                   .payload_len = f.payload_len};
+    st = event_copy(&ev, f.entity_len, f.scope_len, out);
+  }
+  bp__buf_free(&scratch);
+  return st;
+}
+
 void bp_event_free(bp_event *ev) { free(ev); }
 
 char *bp_event_payload_json(const bp_event *ev) {

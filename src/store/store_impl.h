@@ -105,10 +105,18 @@ typedef struct bp__prep {
   bp__frame_parts parts;    /* the frame but for what the commit decides */
 } bp__prep;
 
+/* A frame of bp_append_frames, checked and decoded on the caller's thread. */
+typedef struct bp__verbatim {
+  const uint8_t *bytes;
+  uint32_t len;
+  bp__frame fr;             /* entity and scope point into bytes; the payload is not kept */
+} bp__verbatim;
+
 /* One append call waiting in the queue (a single event or a batch). */
 typedef struct bp__req {
   struct bp__req *next;
   const bp_event_in *events;
+  const bp__verbatim *frames; /* bp_append_frames: written as they are (events is NULL) */
   size_t n;
   bp__prep *prep;           /* one per event */
   bp_append_receipt *outs;

@@ -49,6 +49,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <sys/mman.h>
 #include <time.h>
@@ -835,6 +836,98 @@ static bp_status plan_request(bp_store *s, bp__req *req, undo_log *undo) {
   return st;
 }
 
+/* ------------------------------------------------------------- frames */
+
+/* Batches up to this size are worked out exactly; a larger one whose
+ * expectations name an entity it appends to earlier counts as writing
+ * (planning decides), to keep this check linear. */
+#define EXACT_BATCH 64
+
+static bp_status diverged(size_t i, const bp__frame *fr, const char *fmt, ...) BP__PRINTF(3, 4);
+static bp_status diverged(size_t i, const bp__frame *fr, const char *fmt, ...) {
+  char why[160], id[33];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(why, sizeof why, fmt, ap);
+  va_end(ap);
+  bp_id_to_hex(fr->header.event_id, id);
+  return bp__fail(BP_EDIVERGED, "append frames: frame %zu (event %s, entity %.*s): %s", i, id,
+                  (int)(fr->entity_len > 64 ? 64 : fr->entity_len), fr->entity, why);
+}
+
+/* Plans the frames of a bp_append_frames call: each is copied as it is,
+ * once its place is shown to be the one it had in its source: an id not
+ * here yet, its entity's next clock, and a chain continuing its entity's. */
+static bp_status plan_frames(bp_store *s, bp__req *req, undo_log *undo) {
+  bp_status st = BP_OK;
+  for (size_t i = 0; i < req->n && !st; i++) {
+    const bp__verbatim *v = &req->frames[i];
+    const bp__frame *fr = &v->fr;
+    uint64_t seq;
+    if (bp__index_find_id(&s->ix, fr->header.event_id, s->ix.count, &seq)) {
+      st = diverged(i, fr, "the store already holds this event (global sequence %" PRIu64 ")", seq);
+      break;
+    }
+    bp__name *ent, *scp;
+    if ((st = bp__index_intern(&s->ix, fr->entity, fr->entity_len, &ent)) ||
+        (st = bp__index_intern(&s->ix, fr->scope, fr->scope_len, &scp)))
+      break;
+    bp__index_entity_head(&s->ix, ent);
+    uint32_t clock = fr->header.position.sequence;
+    if (clock != ent->next_clock) {
+      st = diverged(i, fr, "its clock is %" PRIu32 ", the entity's next here is %" PRIu32, clock, ent->next_clock);
+      break;
+    }
+    static const uint8_t zeros[32];
+    if (fr->has_chain && memcmp(fr->chain.prev_hash, ent->next_clock ? ent->last_hash : zeros, 32) != 0) {
+      st = diverged(i, fr, "its prev_hash is not the event hash of the entity's last event here");
+      break;
+    }
+    size_t frame_at = s->wbuf.len;
+    bp__buf_append(&s->wbuf, v->bytes, v->len);
+    if (s->wbuf.oom) {
+      st = bp__fail(BP_ENOMEM, "out of memory planning frames");
+      break;
+    }
+    bp__ientry e;
+    bp__entry_from_frame(&e, fr, ent->id, scp->id, s->wseg, s->wsize + frame_at, v->len);
+    seq = s->ix.count;
+    if (!undo_push(undo, ent)) {
+      st = bp__fail(BP_ENOMEM, "out of memory planning frames");
+      break;
+    }
+    if ((st = bp__scan_set(&s->scan, seq, e.kind, e.clock, e.entity, e.scope)) ||
+        (st = bp__index_push(&s->ix, &e)))
+      break;
+    ent->next_clock++;
+    if (e.wall_ms > ent->last_wall_ms) ent->last_wall_ms = e.wall_ms;
+    memcpy(ent->last_hash, e.event_hash, 32);
+    if (req->outs) set_receipt(&req->outs[i], &e, seq);
+  }
+  return st;
+}
+
+/* Whether planning would write a bp_append_frames request: not when a frame
+ * repeats an id here, or when the first frame of an entity does not take its
+ * next clock (a refused request then creates no segment). */
+static bool frames_would_write(bp_store *s, const bp__req *r) {
+  if (r->n > EXACT_BATCH) return true;
+  for (size_t j = 0; j < r->n; j++) {
+    const bp__frame *fr = &r->frames[j].fr;
+    uint64_t seq;
+    if (bp__index_find_id(&s->ix, fr->header.event_id, s->ix.count, &seq)) return false;
+    bool first = true;
+    for (size_t k = 0; k < j && first; k++)
+      first = r->frames[k].fr.entity_len != fr->entity_len ||
+              memcmp(r->frames[k].fr.entity, fr->entity, fr->entity_len) != 0;
+    if (!first) continue;
+    bp__name *ent = bp__index_find_name(&s->ix, fr->entity, fr->entity_len);
+    if (ent) bp__index_entity_head(&s->ix, ent);
+    if (fr->header.position.sequence != (ent ? ent->next_clock : 0)) return false;
+  }
+  return true;
+}
+
 static void finish(bp__req *r, bp_status st) {
   r->status = st;
   if (st) r->err = *bp_last_error();
@@ -853,15 +946,12 @@ static bool expectation_holds(bp_store *s, const bp_event_in *ev, uint32_t earli
   return next != 0 && next - 1 == o->expected_sequence;
 }
 
-/* Batches up to this size are worked out exactly; a larger one whose
- * expectations name an entity it appends to earlier counts as writing
- * (planning decides), to keep this check linear. */
-#define EXACT_BATCH 64
 
 /* Whether a request would write an event if it were planned against the
  * index as it is. A request is all or nothing: one failed expectation and
  * it writes nothing. */
 static bool request_writes(bp_store *s, const bp__req *r) {
+  if (r->frames) return frames_would_write(s, r);
   bool any_new = false;
   for (size_t j = 0; j < r->n; j++) {
     const bp_event_in *ev = &r->events[j];
@@ -913,7 +1003,7 @@ static bool commit_group(bp_store *s, bp__req **group, size_t ng, hints *h) {
     bp__req *r = group[i];
     size_t undo_mark = undo.len, buf_mark = s->wbuf.len;
     uint64_t ix_mark = s->ix.count;
-    st = plan_request(s, r, &undo);
+    st = r->frames ? plan_frames(s, r, &undo) : plan_request(s, r, &undo);
     if (st) {
       bp__forget_from(s, ix_mark);
       undo_to(&undo, undo_mark);
@@ -1189,6 +1279,32 @@ static void free_prep(bp__prep *prep, size_t n, bp__prep *inline_prep) {
   if (prep != inline_prep) free(prep);
 }
 
+/* Queues req and waits until a leader (this thread, or another) committed
+ * or refused it. */
+static bp_status queue_and_wait(bp_store *s, bp__req *req) {
+  pthread_mutex_lock(&s->qlock);
+  while (!s->closing && s->qlen >= s->cfg.writer_queue_capacity) pthread_cond_wait(&s->qspace, &s->qlock);
+  if (s->closing) {
+    pthread_mutex_unlock(&s->qlock);
+    return bp__fail(BP_ESHUTDOWN, "append: the store is closing");
+  }
+  if (s->qtail) s->qtail->next = req;
+  else s->qhead = req;
+  s->qtail = req;
+  s->qlen++;
+  if (s->gather_until && s->qlen >= s->gather_until) pthread_cond_signal(&s->qarrive);
+
+  if (s->leader) {
+    pthread_mutex_unlock(&s->qlock);
+    wait_committed(s, req);
+  } else {
+    lead(s, req);
+    pthread_mutex_unlock(&s->qlock);
+  }
+  if (req->status) bp__set_error(&req->err);
+  return req->status;
+}
+
 static bp_status submit_counted(bp_store *s, const bp_event_in *events, size_t n, bool is_batch,
                                 bool library, bp_append_receipt *outs) {
   if (s->readonly) return bp__fail(BP_EREADONLY, "the store was opened read-only");
@@ -1230,48 +1346,100 @@ static bp_status submit_counted(bp_store *s, const bp_event_in *events, size_t n
   req.prep = prep;
   req.outs = outs;
   req.is_batch = is_batch;
-
-  pthread_mutex_lock(&s->qlock);
-  while (!s->closing && s->qlen >= s->cfg.writer_queue_capacity) pthread_cond_wait(&s->qspace, &s->qlock);
-  if (s->closing) {
-    pthread_mutex_unlock(&s->qlock);
-    free_prep(prep, n, one_prep);
-    return bp__fail(BP_ESHUTDOWN, "append: the store is closing");
-  }
-  if (s->qtail) s->qtail->next = &req;
-  else s->qhead = &req;
-  s->qtail = &req;
-  s->qlen++;
-  if (s->gather_until && s->qlen >= s->gather_until) pthread_cond_signal(&s->qarrive);
-
-  if (s->leader) {
-    pthread_mutex_unlock(&s->qlock);
-    wait_committed(s, &req);
-  } else {
-    lead(s, &req);
-    pthread_mutex_unlock(&s->qlock);
-  }
+  bp_status st = queue_and_wait(s, &req);
   free_prep(prep, n, one_prep);
-  if (req.status) bp__set_error(&req.err);
-  return req.status;
+  return st;
+}
+
+/* bp_coord_validate's rules for a coordinate inside a frame (not NUL-terminated). */
+static bp_status frame_coord_check(const char *p, size_t n, const char *what) {
+  if (n == 0) return bp__fail(BP_ECOORD, "coordinate: %s is empty", what);
+  if (n > BP_MAX_COORD_LEN) return bp__fail(BP_ECOORD, "coordinate: %s is longer than %u bytes", what, BP_MAX_COORD_LEN);
+  size_t bad = bp__utf8_invalid_at((const uint8_t *)p, n);
+  if (bad != SIZE_MAX) return bp__fail(BP_ECOORD, "coordinate: %s is not valid UTF-8 (offset %zu)", what, bad);
+  return BP_OK;
+}
+
+/* Checks and decodes the frames of bp_append_frames on the caller's thread,
+ * then commits them as one request. */
+static bp_status submit_frames_counted(bp_store *s, const bp_frame_in *frames, size_t n, bp_append_receipt *outs) {
+  if (s->readonly) return bp__fail(BP_EREADONLY, "the store was opened read-only");
+  if (n == 0) return BP_OK;
+  bp__verbatim *v = calloc(n, sizeof *v);
+  bp__prep *prep = calloc(n, sizeof *prep);
+  bp_status st = v && prep ? BP_OK : bp__fail(BP_ENOMEM, "out of memory for %zu frames", n);
+  for (size_t i = 0; i < n && !st; i++) {
+    bp__buf scratch;
+    bp__buf_init(&scratch);
+    bp__frame *fr = &v[i].fr;
+    if (!frames[i].data) st = bp__fail(BP_EINVAL, "append frames: frame %zu is NULL", i);
+    else st = bp__frame_check_whole(frames[i].data, frames[i].len, &scratch, fr);
+    bp__buf_free(&scratch);
+    if (st) {
+      st = bp__fail_context("append frames: frame %zu", i);
+      break;
+    }
+    fr->payload = NULL; /* it may have lived in scratch */
+    v[i].bytes = frames[i].data;
+    v[i].len = (uint32_t)frames[i].len;
+    prep[i].id = fr->header.event_id;
+    if ((st = frame_coord_check(fr->entity, fr->entity_len, "entity")) ||
+        (st = frame_coord_check(fr->scope, fr->scope_len, "scope")))
+      st = bp__fail_context("append frames: frame %zu", i);
+    else if (fr->payload_len > s->cfg.max_payload_bytes)
+      st = bp__fail(BP_ELIMIT, "append frames: frame %zu: payload of %zu bytes exceeds max_payload_bytes (%" PRIu64
+                    ")", i, fr->payload_len, s->cfg.max_payload_bytes);
+  }
+  if (!st && (v[n - 1].fr.header.flags & BP_FLAG_BATCH_MEMBER))
+    st = bp__fail(BP_EINVAL, "append frames: the last frame is a member of a batch that continues after it "
+                  "(BP_FLAG_BATCH_MEMBER): give the batch whole");
+  if (!st) {
+    bp__req req;
+    memset(&req, 0, sizeof req);
+    req.frames = v;
+    req.n = n;
+    req.prep = prep;
+    req.outs = outs;
+    req.is_batch = n > 1;
+    st = queue_and_wait(s, &req);
+  }
+  free(v);
+  free(prep);
+  return st;
 }
 
 /* Every append call is counted while it runs (appending), so that bp_close
  * frees the store only after the last caller, committed or refused, has let
  * go of it: a caller still leaves qlock after its append was committed. A
  * call that starts once bp_close has begun is refused at the door. */
-static bp_status submit(bp_store *s, const bp_event_in *events, size_t n, bool is_batch, bool library,
-                        bp_append_receipt *outs) {
+static bool enter_append(bp_store *s) {
   atomic_fetch_add_explicit(&s->appending, 1, memory_order_seq_cst);
   /* Paired with bp_close, which sets shut and then waits for appending to
    * reach 0: either close sees this call counted and waits for it, or this
    * call sees shut and leaves without touching the store's resources. */
   if (atomic_load_explicit(&s->shut, memory_order_seq_cst)) {
     atomic_fetch_sub_explicit(&s->appending, 1, memory_order_release);
-    return bp__fail(BP_ESHUTDOWN, "append: the store is closing or closed");
+    bp__fail(BP_ESHUTDOWN, "append: the store is closing or closed");
+    return false;
   }
+  return true;
+}
+
+static void leave_append(bp_store *s) { atomic_fetch_sub_explicit(&s->appending, 1, memory_order_release); }
+
+static bp_status submit(bp_store *s, const bp_event_in *events, size_t n, bool is_batch, bool library,
+                        bp_append_receipt *outs) {
+  if (!enter_append(s)) return BP_ESHUTDOWN;
   bp_status st = submit_counted(s, events, n, is_batch, library, outs);
-  atomic_fetch_sub_explicit(&s->appending, 1, memory_order_release);
+  leave_append(s);
+  return st;
+}
+
+bp_status bp_append_frames(bp_store *s, const bp_frame_in *frames, size_t n, bp_append_receipt *outs) {
+  if (!s || (!frames && n)) return bp__fail(BP_EINVAL, "append frames: NULL argument");
+  if (!enter_append(s)) return BP_ESHUTDOWN;
+  bp_status st = submit_frames_counted(s, frames, n, outs);
+  leave_append(s);
   return st;
 }
 

@@ -438,6 +438,26 @@ bp_status bp__frame_decode_body(const uint8_t *body, size_t len, bp__buf *scratc
   return bp__frame_decode_general(body, len, scratch, f);
 }
 
+bp_status bp__frame_check_whole(const uint8_t *frame, size_t len, bp__buf *scratch, bp__frame *f) {
+  if (len < BP__FRAME_PREFIX || len - BP__FRAME_PREFIX > UINT32_MAX)
+    return bp__fail(BP_EINVAL, "frame: %zu bytes cannot be a frame", len);
+  uint32_t body = bp__get_be32(frame);
+  if (body != len - BP__FRAME_PREFIX)
+    return bp__fail(BP_EINVAL, "frame: its length prefix says %u body bytes, %zu were given", body,
+                    len - BP__FRAME_PREFIX);
+  if (bp__crc32(frame + BP__FRAME_PREFIX, body) != bp__get_be32(frame + 4))
+    return bp__fail(BP_ECRC, "frame: CRC mismatch");
+  bp_status st = bp__frame_decode_body(frame + BP__FRAME_PREFIX, body, scratch, f);
+  if (st) return st;
+  uint8_t hash[32];
+  bp_compute_hash(f->payload, f->payload_len, hash);
+  if (memcmp(hash, f->header.content_hash, 32) != 0)
+    return bp__fail(BP_ESERIAL, "frame: its content hash is not the BLAKE3 of its payload");
+  if (f->has_chain && memcmp(hash, f->chain.event_hash, 32) != 0)
+    return bp__fail(BP_ESERIAL, "frame: its chain's event hash is not the BLAKE3 of its payload");
+  return BP_OK;
+}
+
 bp_status bp__frame_decode_general(const uint8_t *body, size_t len, bp__buf *scratch, bp__frame *f) {
   bp__mp_reader r;
   bp__mp_reader_init(&r, body, len);

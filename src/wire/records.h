@@ -77,6 +77,12 @@ bp_status bp__frame_encode_parts(bp__buf *b, const bp__frame_parts *p, const bp_
  * validated and skipped (f->payload NULL, f->payload_len set).
  * Errors: BP_ESERIAL (also when payload_size disagrees with the payload). */
 bp_status bp__frame_decode_body(const uint8_t *body, size_t len, bp__buf *scratch, bp__frame *f);
+/* A whole frame of len bytes from outside the log (replication): its length
+ * prefix says len - 8, its CRC holds, its body decodes (into scratch as
+ * bp__frame_decode_body), and its content hash, and its chain's event hash
+ * when it has a chain, are the BLAKE3 of its payload. Errors: BP_EINVAL (too
+ * short, or a prefix that disagrees with len), BP_ECRC, BP_ESERIAL. */
+bp_status bp__frame_check_whole(const uint8_t *frame, size_t len, bp__buf *scratch, bp__frame *f);
 /* The same without the fast path for the canonical layout: every valid
  * encoding, field by field. The fuzz target checks that both agree. */
 bp_status bp__frame_decode_general(const uint8_t *body, size_t len, bp__buf *scratch, bp__frame *f);
