@@ -345,6 +345,54 @@ static void durable_cursor_resumes_where_it_committed(void **state) {
   assert_ok(bp_close(s));
 }
 
+static bool keep_odd(const bp_event *ev, void *ctx) {
+  (void)ctx;
+  return ev->header.position.sequence % 2 == 1;
+}
+
+/* A consumer in another process (a relay) reads through a read-only handle:
+ * its durable cursor lives beside the writer's, and the writer's retention
+ * compaction re-anchors it like any other. */
+static void a_read_only_handle_keeps_a_durable_cursor(void **state) {
+  fixture *f = *state;
+  bp_config cfg = f->cfg;
+  cfg.segment_max_bytes = 4096;
+  bp_store *w, *ro;
+  assert_ok(bp_open(&cfg, &w));
+  bp_coord a = {"e", "s"};
+  char payload[200];
+  memset(payload, 0xa0, sizeof payload);
+  payload[0] = (char)0xd9, payload[1] = (char)197; /* one str8 of 197 bytes */
+  for (int i = 0; i < 60; i++) assert_ok(bp_append(w, &a, 0x1001, payload, sizeof payload, NULL));
+  assert_ok(bp_open_readonly(&cfg, &ro));
+  bp_region all = bp_region_all();
+  bp_cursor *c = bp_cursor_open_durable(ro, "relay", &all);
+  assert_non_null(c);
+  bp_entry e;
+  for (int i = 0; i < 10; i++) assert_ok(bp_cursor_poll(c, &e));
+  assert_ok(bp_cursor_commit(c)); /* anchored on clock 9 (kept) */
+  for (int i = 0; i < 11; i++) assert_ok(bp_cursor_poll(c, &e));
+  bp_id last = e.event_id;       /* clock 20: retention drops it */
+  assert_ok(bp_cursor_commit(c));
+  bp_cursor_close(c);
+  assert_ok(bp_close(ro));
+
+  bp_compaction_config cc = {.strategy = BP_COMPACT_RETENTION, .keep = keep_odd};
+  bp_compaction_result res;
+  assert_ok(bp_compact(w, &cc, &res));
+  assert_true(res.segments_removed > 0);
+  assert_status(bp_get_entry(w, last, &e), BP_ENOTFOUND);
+  assert_ok(bp_open_readonly(&cfg, &ro));
+  c = bp_cursor_open_durable(ro, "relay", &all);
+  assert_non_null(c);
+  /* Right after clock 19, the last kept event before the dropped anchor. */
+  assert_ok(bp_cursor_poll(c, &e));
+  assert_int_equal(e.clock, 21);
+  bp_cursor_close(c);
+  assert_ok(bp_close(ro));
+  assert_ok(bp_close(w));
+}
+
 static void durable_cursor_rejects_bad_names_and_damaged_files(void **state) {
   fixture *f = *state;
   bp_store *s;
@@ -775,6 +823,7 @@ int main(void) {
       T(stream_each_visits_exactly_the_stream),
       T(cursor_seek_and_position_resume_exactly),
       T(durable_cursor_resumes_where_it_committed),
+      T(a_read_only_handle_keeps_a_durable_cursor),
       T(durable_cursor_rejects_bad_names_and_damaged_files),
       T(cursors_never_skip_or_repeat_while_threads_append),
       T(ancestors_follow_the_stream_even_with_equal_payloads),

@@ -359,8 +359,13 @@ BP_API bp_cursor *bp_cursor_open(bp_store *store, const bp_region *region);
  * directory (cursors/NAME), where bp_cursor_commit saved it. A consumer that
  * restarts resumes where it committed (at-least-once, never a skipped event).
  * name: 1..128 characters of [A-Za-z0-9._-], not starting with '.'.
+ * On a read-only handle too (a consumer in another process, such as a relay):
+ * the file is the consumer's, in the store's cursors/ directory, and a
+ * writer's retention compaction re-anchors it like its own. Should such a
+ * commit race that compaction and name an event it drops, the cursor starts
+ * over at its next open (at-least-once still: nothing is skipped).
  * Returns NULL on failure (BP_EINVAL for a bad name, BP_ECORRUPT for a damaged
- * cursor file, BP_EIO, BP_EREADONLY when the store is read-only). */
+ * cursor file, BP_EIO). */
 BP_API bp_cursor *bp_cursor_open_durable(bp_store *store, const char *name, const bp_region *region);
 /* The next matching entry. Errors: BP_ENOTFOUND when there is nothing new. */
 BP_API bp_status bp_cursor_poll(bp_cursor *cursor, bp_entry *out);

@@ -280,10 +280,6 @@ bp_cursor *bp_cursor_open_durable(bp_store *s, const char *name, const bp_region
              name ? name : "(null)");
     return NULL;
   }
-  if (s && s->readonly) {
-    bp__fail(BP_EREADONLY, "durable cursors need a writable store");
-    return NULL;
-  }
   bp_cursor *c = cursor_new(s, r);
   if (!c) return NULL;
   size_t plen = strlen(s->dir) + strlen(CURSOR_DIR) + strlen(name) + 3;
