@@ -7,6 +7,9 @@
  * with the library's message, and the exit status is 1 (2 for bad usage).
  */
 #include <batpak.h>
+#if BATPAK_HAVE_NATS
+#include <batpak/replication.h>
+#endif
 
 #include "jsonline.h"
 
@@ -781,6 +784,174 @@ static int cmd_tail(const char *dir, int argc, char **argv) {
   return rc;
 }
 
+/* ------------------------------------------------------------ replication */
+
+#if BATPAK_HAVE_NATS
+/* The broker options shared by relay and follow, from the command line. */
+static int nats_options_from(int argc, char **argv, const char *cmd, bp_nats_options *o) {
+  bp_nats_options_init(o);
+  o->urls = opt(argc, argv, "--nats");
+  o->stream = opt(argc, argv, "--stream");
+  if (!o->urls || !o->stream) {
+    fprintf(stderr, "batpak %s: --nats URLS and --stream NAME are required (batpak %s --help)\n", cmd, cmd);
+    return 2;
+  }
+  const char *v;
+  uint64_t n;
+  if ((v = opt(argc, argv, "--subject-prefix"))) o->subject_prefix = v;
+  if ((v = opt(argc, argv, "--durable"))) o->durable = v;
+  if ((v = opt(argc, argv, "--replicas"))) {
+    if (!parse_uint(v, 5, false, &n) || n == 0) return usage("batpak relay: --replicas takes 1 to 5\n");
+    o->replicas = (uint32_t)n;
+  }
+  if ((v = opt(argc, argv, "--max-pending"))) {
+    if (!parse_uint(v, 1u << 20, false, &n) || n == 0) return usage("batpak relay: --max-pending takes 1 to 1048576\n");
+    o->max_pending = (uint32_t)n;
+  }
+  if ((v = opt(argc, argv, "--connect-wait-ms"))) {
+    if (!parse_uint(v, UINT32_MAX, false, &n)) {
+      fprintf(stderr, "batpak %s: --connect-wait-ms takes milliseconds\n", cmd);
+      return 2;
+    }
+    o->connect_wait_ms = (uint32_t)n;
+  }
+  o->creds_file = opt(argc, argv, "--creds");
+  o->user = opt(argc, argv, "--user");
+  o->password = opt(argc, argv, "--password");
+  o->token = opt(argc, argv, "--token");
+  o->tls_ca_file = opt(argc, argv, "--tls-ca");
+  o->tls_cert_file = opt(argc, argv, "--tls-cert");
+  o->tls_key_file = opt(argc, argv, "--tls-key");
+  o->tls_required = flag(argc, argv, "--tls");
+  o->log_fn = log_to_stderr;
+  return 0;
+}
+
+static void stop_on_signals(void) {
+  struct sigaction sa = {0};
+  sa.sa_handler = on_signal;
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGTERM, &sa, NULL);
+}
+
+/* relay: publishes the store's events (a region of them) to a JetStream
+ * stream through a read-only handle, so that it runs beside the process
+ * that writes the store; until interrupted, or with --exit-when-idle once
+ * the stream has acknowledged everything. */
+static int cmd_relay(const char *dir, int argc, char **argv) {
+  bp_nats_options o;
+  int rc = nats_options_from(argc, argv, "relay", &o);
+  if (rc) return rc;
+  bool bad = false;
+  bp_region r = region_from(argc, argv, &bad);
+  if (bad) return usage("batpak relay: bad region option (batpak relay --help)\n");
+  bool exit_idle = flag(argc, argv, "--exit-when-idle");
+  stop_on_signals();
+  bp_store *s = open_store(dir, OPEN_READ);
+  if (!s) return 1;
+  bp_relay *relay;
+  if (bp_relay_open(s, &r, &o, &relay)) {
+    rc = fail("relay");
+    bp_close(s);
+    return rc;
+  }
+  uint64_t total = 0;
+  while (!interrupted) {
+    uint64_t n = 0;
+    bp_status st = bp_relay_pump(relay, exit_idle ? 200 : 1000, &n);
+    total += n;
+    if (st == BP_EBROKER) {
+      log_to_stderr(BP_LOG_WARN, bp_last_error()->message, NULL);
+      continue; /* the pump waited out its time: go on trying */
+    }
+    if (st) {
+      rc = fail("relay");
+      break;
+    }
+    if (n) progress("relay: events", total, 1);
+    bp_relay_stats rs;
+    bp_relay_get_stats(relay, &rs);
+    if (exit_idle && n == 0 && rs.behind_events == 0) break;
+  }
+  if (total) progress("relay", 0, 1);
+  bp_relay_stats rs;
+  bp_relay_get_stats(relay, &rs);
+  if (json_out)
+    printf("{\"published\": %" PRIu64 ", \"stream_sequence\": %" PRIu64 ", \"behind_events\": %" PRIu64 "}\n", total,
+           rs.stream_sequence, rs.behind_events);
+  else if (!rc)
+    fprintf(stderr, "relayed %" PRIu64 " events to stream %s (its last sequence: %" PRIu64 ")\n", total, o.stream,
+            rs.stream_sequence);
+  bp_relay_close(relay);
+  bp_close(s);
+  return rc;
+}
+
+/* follow: keeps the replica DEST (created if missing) from a stream the
+ * relay fills, until interrupted, or with --exit-when-idle once the
+ * consumer has nothing pending. Other processes may read DEST meanwhile. */
+static int cmd_follow(const char *dir, int argc, char **argv) {
+  bp_nats_options o;
+  int rc = nats_options_from(argc, argv, "follow", &o);
+  if (rc) return rc;
+  bool exit_idle = flag(argc, argv, "--exit-when-idle");
+  stop_on_signals();
+  bp_store *s = open_store(dir, OPEN_WRITE);
+  if (!s) return 1;
+  bp_follower *f;
+  if (bp_follower_open(s, &o, &f)) {
+    rc = fail("follow");
+    bp_close(s);
+    return rc;
+  }
+  uint64_t total = 0;
+  int64_t wait_ms = 100;
+  while (!interrupted) {
+    uint64_t n = 0;
+    bp_status st = bp_follower_pump(f, exit_idle ? 200 : 1000, &n);
+    total += n;
+    if (st == BP_EBROKER) {
+      /* The broker's trouble: nats.c reconnects; wait a little longer each time. */
+      log_to_stderr(BP_LOG_WARN, bp_last_error()->message, NULL);
+      usleep((useconds_t)wait_ms * 1000);
+      wait_ms = wait_ms * 2 > 2000 ? 2000 : wait_ms * 2;
+      continue;
+    }
+    wait_ms = 100;
+    if (st) {
+      rc = fail("follow");
+      break;
+    }
+    if (n) progress("follow: events", total, 1);
+    if (exit_idle && n == 0) {
+      bp_follower_stats fs;
+      bp_follower_get_stats(f, &fs);
+      if (fs.pending == 0) break;
+    }
+  }
+  if (total) progress("follow", 0, 1);
+  bp_follower_stats fs;
+  bp_follower_get_stats(f, &fs);
+  if (json_out)
+    printf("{\"applied\": %" PRIu64 ", \"duplicates\": %" PRIu64 ", \"stream_sequence\": %" PRIu64 "}\n", total,
+           fs.duplicates, fs.stream_sequence);
+  else if (!rc)
+    fprintf(stderr, "applied %" PRIu64 " events from stream %s (%" PRIu64 " repeats skipped)\n", total, o.stream,
+            fs.duplicates);
+  bp_follower_close(f);
+  bp_close(s);
+  return rc;
+}
+#else
+static int no_nats(const char *dir, int argc, char **argv) {
+  (void)dir, (void)argc, (void)argv;
+  fputs("batpak: this build has no replication (libbatpak-nats was not built: BATPAK_WITH_NATS, nats.c)\n", stderr);
+  return 1;
+}
+#define cmd_relay no_nats
+#define cmd_follow no_nats
+#endif
+
 /* ------------------------------------------------------------ arguments */
 
 /* An option of a command: its long name, a short letter (0: none), the name
@@ -814,6 +985,27 @@ static const optspec TAIL_OPTS[] = {
     {"lines", 'n', "N", "the last N events (10; 'all' for every one)"},
     {"follow", 'f', NULL, "then print new events as the writer publishes them, until interrupted"},
     {NULL, 0, NULL, NULL}};
+#define NATS_OPTS                                                                          \
+  {"nats", 0, "URLS", "the NATS servers, comma-separated (required)"},                    \
+  {"stream", 0, "NAME", "the JetStream stream (required)"},                                \
+  {"subject-prefix", 0, "P", "subjects are P.<scope>.<entity> (batpak)"},                  \
+  {"durable", 0, "NAME", "the durable cursor or consumer (relay.STREAM, batpak-follower)"}, \
+  {"exit-when-idle", 0, NULL, "exit 0 once nothing is left to do"},                        \
+  {"connect-wait-ms", 0, "MS", "keep trying to reach a server this long (10000)"},         \
+  {"creds", 0, "FILE", "NATS user credentials (JWT and NKey seed)"},                       \
+  {"user", 0, "U", "user name"},                                                           \
+  {"password", 0, "P", "password"},                                                        \
+  {"token", 0, "T", "authentication token"},                                               \
+  {"tls", 0, NULL, "require TLS"},                                                         \
+  {"tls-ca", 0, "FILE", "trusted CA certificates (PEM)"},                                  \
+  {"tls-cert", 0, "FILE", "client certificate chain (PEM; with --tls-key)"},               \
+  {"tls-key", 0, "FILE", "client private key (PEM)"}
+static const optspec RELAY_OPTS[] = {
+    NATS_OPTS, REGION_OPTS,
+    {"replicas", 0, "N", "replicas of the stream when the relay creates it (1)"},
+    {"max-pending", 0, "N", "publishes awaiting acknowledgement at once (4096)"},
+    {NULL, 0, NULL, NULL}};
+static const optspec FOLLOW_OPTS[] = {NATS_OPTS, {NULL, 0, NULL, NULL}};
 static const optspec VERIFY_OPTS[] = {
     {"all", 0, NULL, "list every problem, not only the first of each place"}, {NULL, 0, NULL, NULL}};
 static const optspec COMPACT_OPTS[] = {
@@ -850,6 +1042,10 @@ static const struct command {
      "merge the sealed segments; events matching every --drop option are dropped or tombstoned"},
     {"export", cmd_export, "", 0, false, NO_OPTS, "write every event as JSON lines to standard output"},
     {"import", cmd_import, "", 0, true, NO_OPTS, "append JSON lines from standard input (as export writes them)"},
+    {"relay", cmd_relay, "", 0, false, RELAY_OPTS,
+     "publish the store's events to a NATS JetStream stream, beside the store's writer"},
+    {"follow", cmd_follow, "", 0, true, FOLLOW_OPTS,
+     "keep the replica DIR from a JetStream stream a relay fills (created if missing)"},
 };
 
 #define EXIT_CODES                                                                          \

@@ -113,6 +113,15 @@ typedef struct bp_error {
  * Ownership: thread-local storage of the library; valid until the next
  * library call on this thread. Threads: any. */
 BP_API const bp_error *bp_last_error(void);
+/* Records code and a printf-style message as the calling thread's last
+ * error (sys_errno 0) and returns code: for code built on the library
+ * (custom caches, projections, the replication library) whose failures
+ * callers read through bp_last_error like the library's own. */
+BP_API bp_status bp_set_error(bp_status code, const char *fmt, ...)
+#if defined(__GNUC__) || defined(__clang__)
+    __attribute__((format(printf, 2, 3)))
+#endif
+    ;
 
 /* Frees memory the library allocated for the caller (JSON text, MessagePack
  * buffers). Accepts NULL. */

@@ -84,6 +84,14 @@ bp_status bp__fail(bp_status code, const char *fmt, ...) {
   return code;
 }
 
+bp_status bp_set_error(bp_status code, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  record(code, 0, fmt, ap);
+  va_end(ap);
+  return code;
+}
+
 bp_status bp__fail_errno(bp_status code, int err, const char *fmt, ...) {
   /* A call that failed for want of memory is reported as that, whatever
    * kind of step it was: the caller can free memory and try again. */
