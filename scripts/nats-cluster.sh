@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# nats-cluster.sh start DIR | stop DIR - a three-node JetStream cluster of
-# Debian's nats-server on loopback, for the replication tests and benchmarks
-# (issue #26): free ports, configuration and data under DIR, one pid file per
-# node. `start` prints the client URLs (comma-separated) once every node
-# answers its health check with JetStream on, and fails (stopping what it
-# started) otherwise; `stop` ends the nodes and waits for them.
+# nats-cluster.sh start DIR | stop DIR | kill DIR N | restart DIR N
+# A three-node JetStream cluster of Debian's nats-server on loopback, for the
+# replication tests and benchmarks: free ports, configuration and data under
+# DIR, one pid file per node. `start` prints the client URLs (comma-separated)
+# once every node answers its health check with JetStream on, and fails
+# (stopping what it started) otherwise; `stop` ends the nodes and waits for
+# them; `kill` ends node N (0-2) at once (SIGKILL, as a crash would);
+# `restart` starts node N again on its ports and data and waits for its
+# health check.
 set -euo pipefail
 cmd=${1:-}
 dir=${2:-}
-[[ -n $cmd && -n $dir ]] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+[[ -n $cmd && -n $dir ]] || { echo "usage: $0 start|stop DIR, or kill|restart DIR N" >&2; exit 2; }
 
 stop() {
   for pidf in "$dir"/n*.pid; do
@@ -21,8 +24,31 @@ stop() {
   done
 }
 
+healthy() { # healthy PORT: JetStream answers on the monitoring port
+  python3 - "$1" <<'PY' 2>/dev/null
+import sys, urllib.request
+with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz?js-enabled-only=true", timeout=1) as r:
+    sys.exit(0 if r.status == 200 else 1)
+PY
+}
+
 if [[ $cmd == stop ]]; then stop; exit 0; fi
-[[ $cmd == start ]] || { echo "usage: $0 start|stop DIR" >&2; exit 2; }
+if [[ $cmd == kill || $cmd == restart ]]; then
+  n=${3:-}
+  [[ $n =~ ^[012]$ && -f $dir/n$n.conf ]] || { echo "$0 $cmd: no node '$n' in $dir" >&2; exit 2; }
+  if [[ $cmd == kill ]]; then
+    [[ -f $dir/n$n.pid ]] && kill -9 "$(cat "$dir/n$n.pid")" 2>/dev/null || true
+    rm -f "$dir/n$n.pid"
+    exit 0
+  fi
+  nats-server -c "$dir/n$n.conf" >> "$dir/n$n.log" 2>&1 &
+  echo $! > "$dir/n$n.pid"
+  port=$(sed -n 's/^http: 127.0.0.1:\([0-9]*\)$/\1/p' "$dir/n$n.conf")
+  for _ in $(seq 100); do healthy "$port" && exit 0; sleep 0.1; done
+  echo "node n$n did not come back (see $dir/n$n.log)" >&2
+  exit 1
+fi
+[[ $cmd == start ]] || { echo "usage: $0 start|stop DIR, or kill|restart DIR N" >&2; exit 2; }
 command -v nats-server >/dev/null || { echo "nats-server is not installed (apt-get install nats-server)" >&2; exit 1; }
 mkdir -p "$dir"
 # Nine free loopback ports (client, cluster, monitoring for each node).
@@ -57,15 +83,16 @@ trap 'stop' ERR
 for i in 0 1 2; do
   ok=0
   for _ in $(seq 100); do
-    if python3 - "${ports[6 + i]}" <<'PY' 2>/dev/null
-import sys, urllib.request
-with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/healthz?js-enabled-only=true", timeout=1) as r:
-    sys.exit(0 if r.status == 200 else 1)
-PY
-    then ok=1; break; fi
+    if healthy "${ports[6 + i]}"; then ok=1; break; fi
     sleep 0.1
   done
   [[ $ok == 1 ]] || { echo "node n$i did not come up (see $dir/n$i.log)" >&2; stop; exit 1; }
 done
 echo "${urls%,}" > "$dir/urls"
+# A test that owns the cluster may die before it stops it (a timeout kills
+# it): with BATPAK_CLUSTER_OWNER=PID, a watchdog stops the nodes once PID is gone.
+if [[ -n ${BATPAK_CLUSTER_OWNER:-} ]]; then
+  ( while kill -0 "$BATPAK_CLUSTER_OWNER" 2>/dev/null && [[ -d $dir ]]; do sleep 1; done; stop ) >/dev/null 2>&1 &
+  disown
+fi
 echo "${urls%,}"

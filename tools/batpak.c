@@ -849,16 +849,25 @@ static int cmd_relay(const char *dir, int argc, char **argv) {
   stop_on_signals();
   bp_store *s = open_store(dir, OPEN_READ);
   if (!s) return 1;
-  bp_relay *relay;
-  if (bp_relay_open(s, &r, &o, &relay)) {
-    rc = fail("relay");
+  /* Brokers that are away when the relay starts are waited for (unless
+   * told to exit), as they are once it runs. */
+  bp_relay *relay = NULL;
+  int64_t wait_ms = 100;
+  bp_status st;
+  while ((st = bp_relay_open(s, &r, &o, &relay)) == BP_EBROKER && !exit_idle && !interrupted) {
+    log_to_stderr(BP_LOG_WARN, bp_last_error()->message, NULL);
+    usleep((useconds_t)wait_ms * 1000);
+    wait_ms = wait_ms * 2 > 2000 ? 2000 : wait_ms * 2;
+  }
+  if (st) {
+    rc = interrupted ? 0 : fail("relay");
     bp_close(s);
     return rc;
   }
   uint64_t total = 0;
   while (!interrupted) {
     uint64_t n = 0;
-    bp_status st = bp_relay_pump(relay, exit_idle ? 200 : 1000, &n);
+    st = bp_relay_pump(relay, exit_idle ? 200 : 1000, &n);
     total += n;
     if (st == BP_EBROKER) {
       log_to_stderr(BP_LOG_WARN, bp_last_error()->message, NULL);
@@ -898,17 +907,27 @@ static int cmd_follow(const char *dir, int argc, char **argv) {
   stop_on_signals();
   bp_store *s = open_store(dir, OPEN_WRITE);
   if (!s) return 1;
-  bp_follower *f;
-  if (bp_follower_open(s, &o, &f)) {
-    rc = fail("follow");
+  /* A follower may start before its relay has made the stream, or while
+   * the brokers are away: it waits for them (unless told to exit). */
+  bp_follower *f = NULL;
+  int64_t wait_ms = 100;
+  bp_status st;
+  while ((st = bp_follower_open(s, &o, &f)) == BP_ENOTFOUND || st == BP_EBROKER) {
+    if (exit_idle || interrupted) break;
+    log_to_stderr(BP_LOG_WARN, bp_last_error()->message, NULL);
+    usleep((useconds_t)wait_ms * 1000);
+    wait_ms = wait_ms * 2 > 2000 ? 2000 : wait_ms * 2;
+  }
+  if (st) {
+    rc = interrupted ? 0 : fail("follow");
     bp_close(s);
     return rc;
   }
   uint64_t total = 0;
-  int64_t wait_ms = 100;
+  wait_ms = 100;
   while (!interrupted) {
     uint64_t n = 0;
-    bp_status st = bp_follower_pump(f, exit_idle ? 200 : 1000, &n);
+    st = bp_follower_pump(f, exit_idle ? 200 : 1000, &n);
     total += n;
     if (st == BP_EBROKER) {
       /* The broker's trouble: nats.c reconnects; wait a little longer each time. */

@@ -64,13 +64,14 @@ typedef struct bp_relay bp_relay;
  * when it is absent, and finds where to resume: right after the event the
  * stream's last message carries. A stream whose last message is not an event
  * of this store belongs to another primary: BP_EFENCED. A purged stream
- * (no message, but a last sequence) resumes from the durable cursor.
+ * (no message, but a last sequence) does not say what it held: the relay
+ * publishes nothing into it (BP_EBROKER, retried) until it is deleted.
  * store may be read-only (a relay beside the writer's process) or
  * read-write; region (copied; NULL: every event) selects what is relayed.
  * Errors: BP_EBROKER (no server answered: the message names the URLs and
  * nats.c's reason; or the broker refused a request), BP_EFENCED, BP_EINVAL
  * (a missing or malformed option, named), BP_ECONFIG (the stream exists and
- * does not take PREFIX.>), BP_EDIVERGED (a purged stream), those of
+ * does not take PREFIX.>, or its subjects overlap another stream's), those of
  * bp_cursor_open_durable, BP_ENOMEM. Nothing is published by the open. */
 BP_API bp_status bp_relay_open(bp_store *store, const bp_region *region, const bp_nats_options *opts,
                                bp_relay **out);

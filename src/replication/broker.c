@@ -4,12 +4,14 @@
  */
 #include "replication/broker.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 void bp_nats_options_init(bp_nats_options *o) {
   if (!o) return;
@@ -105,6 +107,10 @@ bp_status bp__broker_opts_copy(const bp_nats_options *in, const char *durable_de
   if (in->fetch_batch < 1 || in->fetch_batch > 1u << 16)
     return bp_set_error(BP_EINVAL, "replication: fetch_batch must be 1 to 65536, not %" PRIu32, in->fetch_batch);
   if (in->ack_wait_ms < 10) return bp_set_error(BP_EINVAL, "replication: ack_wait_ms must be at least 10");
+  /* nats.c reads a credentials file only when it connects, and then says
+   * little: a missing one is named here. */
+  if (in->creds_file && access(in->creds_file, R_OK) != 0)
+    return bp_set_error(BP_EINVAL, "replication: credentials file %s: %s", in->creds_file, strerror(errno));
   if ((in->tls_cert_file == NULL) != (in->tls_key_file == NULL))
     return bp_set_error(BP_EINVAL, "replication: a client certificate needs both tls_cert_file and tls_key_file");
   out->o = *in;

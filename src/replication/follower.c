@@ -29,6 +29,7 @@ struct bp_follower {
   bp_id last_id;                /* the replica's last event, or the last one held */
   bool has_last;
   bp_follower_stats stats;
+  uint64_t start_seq;           /* where a consumer made again starts (0: the beginning) */
   bp_status fatal;
   bp_error fatal_err;
 };
@@ -194,8 +195,8 @@ static void acknowledge(bp_follower *f) {
   f->ack_point = NULL;
 }
 
-/* Why a fetch failed: the stream or the consumer gone is final. */
-static bp_status fetch_failed(bp_follower *f, natsStatus s, jsErrCode jerr) {
+/* BP_ENOTFOUND when the stream or the consumer is gone (final), else BP_OK. */
+static bp_status gone(bp_follower *f) {
   jsStreamInfo *si = NULL;
   jsErrCode e2 = 0;
   natsStatus s2 = js_GetStreamInfo(&si, f->b.js, f->b.opts.stream, NULL, &e2);
@@ -210,7 +211,7 @@ static bp_status fetch_failed(bp_follower *f, natsStatus s, jsErrCode jerr) {
     return bp_set_error(BP_ENOTFOUND, "follower: consumer %s of stream %s no longer exists (the stream was reset or "
                         "the consumer deleted); open the follower again to start a new one",
                         f->b.opts.durable, f->b.opts.stream);
-  return bp__broker_fail(&f->b, s, jerr, "follower: fetch");
+  return BP_OK;
 }
 
 bp_status bp_follower_pump(bp_follower *f, int timeout_ms, uint64_t *applied) {
@@ -225,9 +226,12 @@ bp_status bp_follower_pump(bp_follower *f, int timeout_ms, uint64_t *applied) {
   jsErrCode jerr = 0;
   natsStatus s = natsSubscription_Fetch(&list, f->sub, (int)f->b.opts.o.fetch_batch,
                                         timeout_ms < 0 ? INT32_MAX : timeout_ms, &jerr);
-  if (s == NATS_TIMEOUT) return BP_OK;
   if (s != NATS_OK) {
-    bp_status st = fetch_failed(f, s, jerr);
+    /* A pull from a consumer that was deleted (with its stream, say) may
+     * just time out: a fetch that brought nothing asks whether both are
+     * still there. */
+    bp_status st = gone(f);
+    if (!st && s != NATS_TIMEOUT) st = bp__broker_fail(&f->b, s, jerr, "follower: fetch");
     if (st == BP_ENOTFOUND) {
       f->fatal = st;
       f->fatal_err = *bp_last_error();
@@ -239,6 +243,10 @@ bp_status bp_follower_pump(bp_follower *f, int timeout_ms, uint64_t *applied) {
   for (; i < list.Count && !st; i++) {
     natsMsg *m = list.Msgs[i];
     uint64_t seq = meta_seq(m);
+    if (f->nheld && seq <= f->stats.stream_sequence) {
+      /* A redelivery of a message held for its batch's end: it is here. */
+      continue;
+    }
     bp_event *ev = NULL;
     msg_kind kind = MSG_NEW;
     st = check_message(f, m, seq, &ev, &kind);
@@ -328,6 +336,29 @@ static bp_status replica_last(bp_follower *f) {
   return st;
 }
 
+/* A consumer left by an earlier follower may have delivered messages it
+ * never acknowledged (a source batch held whole, then a crash): they would
+ * come again only after the acknowledgement wait, behind newer ones. So a
+ * consumer whose deliveries ran ahead of its acknowledgements is made again
+ * from its acknowledged floor: the follower then sees the stream in order
+ * from the first message it has not confirmed. */
+static bp_status rewind_consumer(bp_follower *f) {
+  jsConsumerInfo *ci = NULL;
+  jsErrCode jerr = 0;
+  natsStatus s = js_GetConsumerInfo(&ci, f->b.js, f->b.opts.stream, f->b.opts.durable, NULL, &jerr);
+  if (s != NATS_OK) return jerr == JSConsumerNotFoundErr ? BP_OK : bp__broker_fail(&f->b, s, jerr, "follower: consumer info");
+  uint64_t floor = ci->AckFloor.Stream, delivered = ci->Delivered.Stream;
+  jsConsumerInfo_Destroy(ci);
+  if (delivered == floor) return BP_OK; /* bound as it is */
+  f->start_seq = floor + 1;
+  s = js_DeleteConsumer(f->b.js, f->b.opts.stream, f->b.opts.durable, NULL, &jerr);
+  if (s != NATS_OK && jerr != JSConsumerNotFoundErr)
+    return bp__broker_fail(&f->b, s, jerr, "follower: make the consumer again from its acknowledged floor");
+  bp__broker_log(&f->b, BP_LOG_INFO, "follower: consumer %s made again from stream sequence %" PRIu64,
+                 f->b.opts.durable, floor + 1);
+  return BP_OK;
+}
+
 bp_status bp_follower_open(bp_store *replica, const bp_nats_options *opts, bp_follower **out) {
   if (out) *out = NULL;
   if (!replica || !out) return bp_set_error(BP_EINVAL, "bp_follower_open: NULL argument");
@@ -347,6 +378,7 @@ bp_status bp_follower_open(bp_store *replica, const bp_nats_options *opts, bp_fo
     jsStreamInfo_Destroy(si);
     if (s != NATS_OK) st = bp__broker_fail(&f->b, s, jerr, "follower: find the stream");
   }
+  if (!st) st = rewind_consumer(f);
   if (!st) {
     char filter[200];
     snprintf(filter, sizeof filter, "%s.>", f->b.opts.prefix);
@@ -355,7 +387,8 @@ bp_status bp_follower_open(bp_store *replica, const bp_nats_options *opts, bp_fo
     so.Stream = f->b.opts.stream;
     so.Config.Durable = f->b.opts.durable;
     so.Config.AckPolicy = js_AckAll;
-    so.Config.DeliverPolicy = js_DeliverAll;
+    so.Config.DeliverPolicy = f->start_seq > 1 ? js_DeliverByStartSequence : js_DeliverAll;
+    so.Config.OptStartSeq = f->start_seq > 1 ? f->start_seq : 0;
     so.Config.AckWait = (int64_t)30 * 1000000000;
     so.Config.MaxAckPending = 1 << 20;
     so.Config.FilterSubject = filter;

@@ -3,10 +3,11 @@
  *
  * Where to resume is read from the stream itself: its last message carries
  * the last event it holds, so the relay starts right after that event in the
- * store (the stream is what counts; the durable cursor, committed after each
- * acknowledged window, is the position others can inspect, and the one used
- * when a purged stream no longer says). Publishes are asynchronous, in
- * windows of max_pending, each message with
+ * store. The durable cursor, committed after each acknowledged window, is
+ * the relay's record of progress in the store (what its lag is counted
+ * from, kept across retention like any durable cursor); the stream has the
+ * last word. Publishes are asynchronous, in windows of max_pending, each
+ * message with
  *   - Nats-Msg-Id: the event id, which JetStream drops as a duplicate inside
  *     its window (a publish whose acknowledgement was lost, sent again);
  *   - Nats-Expected-Last-Sequence: the stream sequence the previous message
@@ -37,7 +38,9 @@ struct bp_relay {
   uint64_t stream_last;         /* the stream's last sequence, holding last_id */
   bp_id last_id;                /* the event of the stream's last message (Batpak-Prev-Id of the next) */
   bool has_last;
-  uint64_t committed_pos;       /* the cursor's position at its last commit */
+  int64_t backoff_ms;           /* the wait before the next window after one failed */
+  bool lost;                    /* a window failed: the cursor is past what the stream holds
+                                 * until locate puts it back */
   bp_relay_stats stats;
   bp_status fatal;              /* once fenced, every pump says so */
   bp_error fatal_err;
@@ -88,6 +91,9 @@ static bp_status create_stream(bp_relay *r) {
   jsErrCode jerr = 0;
   natsStatus s = js_AddStream(&si, r->b.js, &sc, NULL, &jerr);
   jsStreamInfo_Destroy(si);
+  if (s != NATS_OK && jerr == JSStreamSubjectOverlapErr)
+    return bp_set_error(BP_ECONFIG, "relay: stream %s cannot be created: its subjects %s overlap another stream's "
+                        "(choose another subject prefix)", r->b.opts.stream, subject);
   if (s != NATS_OK && jerr != JSStreamNameExistErr) return bp__broker_fail(&r->b, s, jerr, "relay: create the stream");
   bp__broker_log(&r->b, BP_LOG_INFO, "relay: created stream %s (subjects %s, %" PRIu32 " replicas)", r->b.opts.stream,
                  subject, r->b.opts.o.replicas);
@@ -100,13 +106,6 @@ static bool takes_prefix(const jsStreamConfig *c, const char *prefix) {
   for (int i = 0; c && i < c->SubjectsLen; i++)
     if (strcmp(c->Subjects[i], want) == 0 || strcmp(c->Subjects[i], ">") == 0) return true;
   return false;
-}
-
-/* The entry at global sequence pos if it is in the region (the event a
- * committed cursor anchors on). Leaves the cursor at pos + 1. */
-static bool entry_at(bp_relay *r, uint64_t pos, bp_entry *e) {
-  bp_cursor_seek(r->cursor, pos);
-  return bp_cursor_poll(r->cursor, e) == BP_OK && e->global_sequence == pos;
 }
 
 /* Where to go on, from the stream's state. BP_EBROKER is worth retrying. */
@@ -139,16 +138,12 @@ static bp_status locate(bp_relay *r) {
     return BP_OK;
   }
   if (msgs == 0) {
-    /* Purged: the stream no longer says what it held. The durable cursor
-     * does: resume after the event it was committed on. */
-    bp_entry e;
-    r->has_last = r->committed_pos > 0 && entry_at(r, r->committed_pos - 1, &e);
-    if (r->has_last) r->last_id = e.event_id;
-    r->stream_last = last;
-    bp_cursor_seek(r->cursor, r->committed_pos);
-    bp__broker_log(&r->b, BP_LOG_WARN, "relay: stream %s was purged (last sequence %" PRIu64 "); resuming from the "
-                   "durable cursor at %" PRIu64, r->b.opts.stream, last, r->committed_pos);
-    return BP_OK;
+    /* No message but a last sequence: purged, or a broker answering that
+     * has not caught up. Either way the stream does not say what it holds,
+     * and nothing is published until it does (a purged stream is deleted to
+     * be relayed again from the start). */
+    return bp_set_error(BP_EBROKER, "relay: stream %s reports no message but a last sequence of %" PRIu64
+                        " (purged? delete it to relay from the start)", r->b.opts.stream, last);
   }
   natsMsg *m = NULL;
   s = js_GetMsg(&m, r->b.js, r->b.opts.stream, last, NULL, &jerr);
@@ -183,13 +178,18 @@ static void sleep_ms(int64_t ms) {
 }
 
 /* locate, retried with doubling waits until deadline_ms (< 0: for ever)
- * while the broker is the trouble. */
+ * while the broker is the trouble. Until it succeeds the relay is lost:
+ * nothing is published from a position the stream has not confirmed. */
 static bp_status resync(bp_relay *r, int64_t deadline_ms) {
   int64_t wait = 100;
+  r->lost = true;
   for (;;) {
     bp_status st = locate(r);
     if (st != BP_EBROKER) {
-      if (!st) r->stats.resumes++;
+      if (!st) {
+        r->stats.resumes++;
+        r->lost = false;
+      }
       return st;
     }
     int64_t now = bp__mono_ms();
@@ -286,10 +286,12 @@ static size_t publish_window(bp_relay *r, const bp_entries *es, bp_status *st) {
     jsPubOptions po;
     jsPubOptions_Init(&po);
     po.MaxWait = r->b.opts.o.ack_wait_ms;
-    /* 0 means "no expectation" to nats.c: a stream's very first message
-     * cannot carry one. */
-    po.ExpectLastSeq = r->stream_last + i;
-    natsStatus s = js_PublishMsgAsync(r->b.js, &m, &po);
+    /* Set here rather than through po.ExpectLastSeq, where 0 means "no
+     * expectation": a stream's first message expects an empty stream. */
+    char expect[24];
+    snprintf(expect, sizeof expect, "%" PRIu64, r->stream_last + i);
+    natsStatus s = natsMsgHeader_Set(m, "Nats-Expected-Last-Sequence", expect);
+    if (s == NATS_OK) s = js_PublishMsgAsync(r->b.js, &m, &po);
     if (s != NATS_OK) {
       natsMsg_Destroy(m);
       send_err = s;
@@ -309,7 +311,6 @@ static size_t publish_window(bp_relay *r, const bp_entries *es, bp_status *st) {
   pthread_mutex_lock(&r->lock);
   uint64_t acks = r->acks, dups = r->dups, fails = r->fails;
   natsStatus first_status = r->first_status;
-  jsErrCode first_jerr = r->first_jerr;
   char text[160];
   snprintf(text, sizeof text, "%s", r->first_text);
   pthread_mutex_unlock(&r->lock);
@@ -323,7 +324,6 @@ static size_t publish_window(bp_relay *r, const bp_entries *es, bp_status *st) {
                    " duplicates%s%s%s%s): finding the stream's last message", acks, es->len, fails, dups,
                    text[0] ? "; first: " : "", text, send_err != NATS_OK ? "; publish: " : "",
                    send_err != NATS_OK ? natsStatus_GetText(send_err) : "");
-    (void)first_jerr;
   }
   (void)sent;
   return 0; /* the caller locates: how far the stream got is its to say */
@@ -346,6 +346,10 @@ bp_status bp_relay_pump(bp_relay *r, int timeout_ms, uint64_t *published) {
   uint64_t total = 0;
   bool waited = false;
   for (;;) {
+    if (r->lost) { /* an earlier failure left the position unconfirmed */
+      bp_status st = resync(r, deadline);
+      if (st) return st;
+    }
     bp_entries es;
     bp_status st = bp_cursor_poll_batch(r->cursor, r->b.opts.o.max_pending, &es);
     if (st) return st;
@@ -364,6 +368,7 @@ bp_status bp_relay_pump(bp_relay *r, int timeout_ms, uint64_t *published) {
     }
     size_t took = publish_window(r, &es, &st);
     if (took == es.len) {
+      r->backoff_ms = 50;
       r->stream_last += took;
       r->last_id = es.items[es.len - 1].event_id;
       r->has_last = true;
@@ -372,11 +377,21 @@ bp_status bp_relay_pump(bp_relay *r, int timeout_ms, uint64_t *published) {
       bp_entries_free(&es);
       st = bp_cursor_commit(r->cursor);
       if (st) return st;
-      r->committed_pos = bp_cursor_position(r->cursor);
       continue;
     }
     bp_entries_free(&es);
-    if (!st) st = resync(r, deadline);
+    r->lost = true;
+    /* A stream that is not taking messages (its leader being elected, a
+     * broker gone) is given time before the next window: publishing again
+     * at once only loads the brokers that are electing. */
+    if (!st) {
+      int64_t now = bp__mono_ms();
+      if (deadline >= 0 && now >= deadline) return bp_set_error(BP_EBROKER, "relay: stream %s took no message "
+                                                               "before the timeout", r->b.opts.stream);
+      sleep_ms(deadline >= 0 && deadline - now < r->backoff_ms ? deadline - now : r->backoff_ms);
+      r->backoff_ms = r->backoff_ms * 2 > 2000 ? 2000 : r->backoff_ms * 2;
+      st = resync(r, deadline);
+    }
     if (st == BP_EFENCED || st == BP_ELIMIT || st == BP_ECONFIG) {
       r->fatal = st;
       r->fatal_err = *bp_last_error();
@@ -440,7 +455,6 @@ bp_status bp_relay_open(bp_store *store, const bp_region *region, const bp_nats_
   if (!st && !(r->cursor = bp_cursor_open_durable(store, r->b.opts.durable, &r->region))) st = bp_last_error()->code;
   if (!st && !(r->wake = bp_subscribe(store, &r->region))) st = bp_last_error()->code;
   if (!st) {
-    r->committed_pos = bp_cursor_position(r->cursor);
     st = bp__broker_connect(&r->b, "batpak-relay", ack_handler, r);
   }
   if (!st) st = resync(r, bp__mono_ms() + r->b.opts.o.connect_wait_ms);
@@ -451,6 +465,7 @@ bp_status bp_relay_open(bp_store *store, const bp_region *region, const bp_nats_
     return st;
   }
   r->stats.resumes = 0;
+  r->backoff_ms = 50;
   *out = r;
   return BP_OK;
 }
