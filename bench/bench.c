@@ -891,11 +891,15 @@ int run_scale(const char *exe, const char *root, const char *list, int runs, boo
 int scale_child(int argc, char **argv);
 int run_follow(const char *exe, const char *root, uint64_t events, int runs, bool json);
 int follow_child(int argc, char **argv);
+#if BATPAK_HAVE_NATS
+int run_replication(const char *urls, const char *root, uint64_t events, int runs, int replicas, bool json);
+#endif
 
 static void usage(void) {
   puts("usage: batpak-bench [--quick] [--json] [--runs N] [--events N] [--dir DIR] [--only a,b,...]\n"
        "       batpak-bench --scale N[,N...] [--json] [--runs N] [--dir DIR]\n"
        "       batpak-bench --follow [--json] [--runs N] [--events N] [--dir DIR]\n"
+       "       batpak-bench --replication URLS [--replicas N] [--json] [--runs N] [--events N] [--dir DIR]\n"
        "  --quick    small data set and 3 runs (well under a minute)\n"
        "  --json     one JSON object per workload and line\n"
        "  --runs N   measured runs per figure (after one warm-up)\n"
@@ -917,7 +921,8 @@ int main(int argc, char **argv) {
   if (argc == 3 && !strcmp(argv[1], "--rss-child")) return rss_child(argv[2]);
   if (argc >= 2 && !strcmp(argv[1], "--scale-child")) return scale_child(argc, argv);
   if (argc >= 2 && !strcmp(argv[1], "--follow-child")) return follow_child(argc, argv);
-  const char *scale = NULL;
+  const char *scale = NULL, *replication = NULL;
+  int replicas = 3;
   bool follow = false;
   for (int i = 1; i < argc; i++) {
     if (!strcmp(argv[i], "--quick")) { opt.quick = true; opt.runs = 3; opt.events = 20000; opt.durable_events = 300;
@@ -930,6 +935,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(argv[i], "--only") && i + 1 < argc) opt.only = argv[++i];
     else if (!strcmp(argv[i], "--scale") && i + 1 < argc) scale = argv[++i];
     else if (!strcmp(argv[i], "--follow")) follow = true;
+    else if (!strcmp(argv[i], "--replication") && i + 1 < argc) replication = argv[++i];
+    else if (!strcmp(argv[i], "--replicas") && i + 1 < argc) replicas = atoi(argv[++i]);
     else if (!strcmp(argv[i], "--") ) continue;
     else { usage(); return strcmp(argv[i], "--help") && strcmp(argv[i], "-h") ? 2 : 0; }
   }
@@ -938,6 +945,16 @@ int main(int argc, char **argv) {
   if (opt.events < 1000) opt.events = 1000;
   opt.events -= opt.events % 8;
   mkdir(opt.dir, 0700);
+  if (replication) {
+#if BATPAK_HAVE_NATS
+    int rc = run_replication(replication, opt.dir, opt.events, opt.runs, replicas, opt.json);
+    rm_rf(opt.dir);
+    return rc;
+#else
+    fputs("batpak-bench: built without libbatpak-nats (nats.c)\n", stderr);
+    return 2;
+#endif
+  }
   if (scale || follow) {
     char exe[4096];
     ssize_t len = readlink("/proc/self/exe", exe, sizeof exe - 1);

@@ -34,6 +34,7 @@
 static char *cluster_dir;
 static char urls[512];
 
+static int run(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 static int run(const char *fmt, ...) {
   char cmd[2048];
   va_list ap;

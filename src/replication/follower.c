@@ -65,7 +65,8 @@ static bool header_is_token(natsMsg *m, const char *key, const char *text, size_
   return same;
 }
 
-typedef enum { MSG_NEW, MSG_HELD_ALREADY } msg_kind;
+/* New; in the replica already; or held already for this pump's append. */
+typedef enum { MSG_NEW, MSG_HELD_ALREADY, MSG_PENDING_ALREADY } msg_kind;
 
 /* Checks message m (stream sequence seq) against its frame, its subject and
  * the replica; *ev receives the decoded frame. */
@@ -124,6 +125,15 @@ static bp_status check_message(bp_follower *f, natsMsg *m, uint64_t seq, bp_even
     return BP_OK;
   }
   if (st != BP_ENOTFOUND) return st;
+  /* Or held, not yet appended: the same again is skipped, another is not. */
+  for (size_t k = 0; k < f->nheld; k++) {
+    const char *held_id = bp__header(f->held[k], BP__HDR_MSG_ID);
+    if (!held_id || strcmp(held_id, id_hex) != 0) continue;
+    bool same = natsMsg_GetDataLength(f->held[k]) == len && memcmp(natsMsg_GetData(f->held[k]), data, (size_t)len) == 0;
+    if (!same) return refuse(f, seq, m, "the replica holds event %s with other bytes", id);
+    *kind = MSG_PENDING_ALREADY;
+    return BP_OK;
+  }
   /* New: it must follow the last event. */
   char want[33];
   if (f->has_last) bp_id_to_hex(f->last_id, want);
@@ -214,39 +224,14 @@ static bp_status gone(bp_follower *f) {
   return BP_OK;
 }
 
-bp_status bp_follower_pump(bp_follower *f, int timeout_ms, uint64_t *applied) {
-  uint64_t done = 0;
-  if (applied) *applied = 0;
-  if (!f) return bp_set_error(BP_EINVAL, "bp_follower_pump: NULL follower");
-  if (f->fatal) {
-    bp_set_error(f->fatal, "%s", f->fatal_err.message);
-    return f->fatal;
-  }
-  natsMsgList list = {0};
-  jsErrCode jerr = 0;
-  natsStatus s = natsSubscription_Fetch(&list, f->sub, (int)f->b.opts.o.fetch_batch,
-                                        timeout_ms < 0 ? INT32_MAX : timeout_ms, &jerr);
-  if (s != NATS_OK) {
-    /* A pull from a consumer that was deleted (with its stream, say) may
-     * just time out: a fetch that brought nothing asks whether both are
-     * still there. */
-    bp_status st = gone(f);
-    if (!st && s != NATS_TIMEOUT) st = bp__broker_fail(&f->b, s, jerr, "follower: fetch");
-    if (st == BP_ENOTFOUND) {
-      f->fatal = st;
-      f->fatal_err = *bp_last_error();
-    }
-    return st;
-  }
+/* Checks and holds the messages of list (taking them from it); *complete
+ * becomes the number of held messages that end with a whole source batch. */
+static bp_status take(bp_follower *f, natsMsgList *list, size_t *complete) {
   bp_status st = BP_OK;
-  int i = 0;
-  for (; i < list.Count && !st; i++) {
-    natsMsg *m = list.Msgs[i];
+  for (int i = 0; i < list->Count && !st; i++) {
+    natsMsg *m = list->Msgs[i];
     uint64_t seq = meta_seq(m);
-    if (f->nheld && seq <= f->stats.stream_sequence) {
-      /* A redelivery of a message held for its batch's end: it is here. */
-      continue;
-    }
+    if (f->nheld && seq <= f->stats.stream_sequence) continue; /* a redelivery of a held message */
     bp_event *ev = NULL;
     msg_kind kind = MSG_NEW;
     st = check_message(f, m, seq, &ev, &kind);
@@ -254,8 +239,12 @@ bp_status bp_follower_pump(bp_follower *f, int timeout_ms, uint64_t *applied) {
     bp_id id = ev ? ev->header.event_id : (bp_id){0, 0};
     bp_event_free(ev);
     if (st) break;
-    list.Msgs[i] = NULL; /* ours now */
     f->stats.stream_sequence = seq;
+    if (kind == MSG_PENDING_ALREADY) { /* acknowledged with the held one, once appended */
+      f->stats.duplicates++;
+      continue;
+    }
+    list->Msgs[i] = NULL; /* ours now */
     if (kind == MSG_HELD_ALREADY) {
       f->stats.duplicates++;
       if (f->ack_point) natsMsg_Destroy(f->ack_point);
@@ -268,13 +257,78 @@ bp_status bp_follower_pump(bp_follower *f, int timeout_ms, uint64_t *applied) {
     }
     f->last_id = id;
     f->has_last = true;
-    if (!member) st = apply_held(f, f->nheld, &done);
+    if (!member) *complete = f->nheld;
   }
-  natsMsgList_Destroy(&list);
-  if (st) {
-    /* What came before the failing message is appended (and acknowledged);
-     * nothing after it, and the follower stops. */
-    bp_error err = *bp_last_error();
+  natsMsgList_Destroy(list);
+  return st;
+}
+
+/* Up to batch messages: those there now, or (wait_ms != 0, nothing there)
+ * the first to come within wait_ms. A pull for a whole batch would be held
+ * by the server until the batch filled or the wait ran out. */
+static natsStatus fetch(bp_follower *f, int batch, int wait_ms, natsMsgList *list, jsErrCode *jerr) {
+  (void)jerr;
+  jsFetchRequest fr;
+  jsFetchRequest_Init(&fr);
+  fr.Batch = batch;
+  fr.NoWait = true;
+  memset(list, 0, sizeof *list);
+  natsStatus s = natsSubscription_FetchRequest(list, f->sub, &fr);
+  if (s == NATS_OK && list->Count > 0) return s;
+  natsMsgList_Destroy(list);
+  if (s != NATS_OK && s != NATS_NOT_FOUND && s != NATS_TIMEOUT) return s;
+  if (wait_ms == 0) return NATS_TIMEOUT;
+  jsFetchRequest_Init(&fr);
+  fr.Batch = 1;
+  fr.Expires = (int64_t)(wait_ms < 0 ? INT32_MAX : wait_ms) * 1000000;
+  s = natsSubscription_FetchRequest(list, f->sub, &fr);
+  if (s == NATS_NOT_FOUND || (s == NATS_OK && list->Count == 0)) s = NATS_TIMEOUT;
+  return s;
+}
+
+bp_status bp_follower_pump(bp_follower *f, int timeout_ms, uint64_t *applied) {
+  uint64_t done = 0;
+  if (applied) *applied = 0;
+  if (!f) return bp_set_error(BP_EINVAL, "bp_follower_pump: NULL follower");
+  if (f->fatal) {
+    bp_set_error(f->fatal, "%s", f->fatal_err.message);
+    return f->fatal;
+  }
+  bp_status st = BP_OK;
+  size_t complete = 0, fetched = 0, batch = f->b.opts.o.fetch_batch;
+  int wait = timeout_ms;
+  while (!st && fetched < batch) {
+    natsMsgList list;
+    jsErrCode jerr = 0;
+    natsStatus s = fetch(f, (int)(batch - fetched), wait, &list, &jerr);
+    wait = 0; /* having waited once, take what follows without waiting */
+    if (s == NATS_TIMEOUT && fetched > 0) break;
+    if (s != NATS_OK) {
+      /* A pull from a consumer that was deleted (with its stream, say) may
+       * just time out: a fetch that brought nothing asks whether both are
+       * still there. */
+      st = gone(f);
+      if (!st && s != NATS_TIMEOUT) st = bp__broker_fail(&f->b, s, jerr, "follower: fetch");
+      if (st == BP_ENOTFOUND) {
+        f->fatal = st;
+        f->fatal_err = *bp_last_error();
+      }
+      if (!fetched) return st;
+      break;
+    }
+    fetched += (size_t)list.Count;
+    st = take(f, &list, &complete);
+  }
+  /* One append, one fsync and one acknowledgement for the whole pump (up
+   * to its last whole batch), also when a later message failed: what came
+   * before the failing message is kept, nothing after it. */
+  bp_error err = *bp_last_error();
+  bp_status ast = apply_held(f, complete, &done);
+  if (ast && !st) {
+    st = ast;
+    err = *bp_last_error();
+  }
+  if (st && st != BP_EBROKER) {
     for (size_t k = 0; k < f->nheld; k++) natsMsg_Destroy(f->held[k]);
     f->nheld = 0;
     acknowledge(f);
@@ -283,6 +337,7 @@ bp_status bp_follower_pump(bp_follower *f, int timeout_ms, uint64_t *applied) {
     bp_set_error(st, "%s", err.message);
   } else {
     acknowledge(f);
+    if (st) bp_set_error(st, "%s", err.message);
   }
   if (applied) *applied = done;
   return st;
