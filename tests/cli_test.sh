@@ -183,4 +183,16 @@ expect_exit 1 "$B" repair "$D" "$D/sub/new"
 grep -q "inside the store" "$T/err" || fail "repair into its source"
 [ "$(cat "$D"/* | cksum)" = "$before" ] || fail "repair into itself changed the store"
 [ ! -e "$D/sub" ] || fail "repair created a directory in its source"
+# relay and follow: usage errors are refused before any connection (the
+# commands themselves run against a cluster in test_replication).
+if ! "$B" relay "$T/basic" 2>&1 | grep -q "has no replication"; then
+  "$B" relay --help | grep -q -- "--exit-when-idle" || fail "relay --help lists --exit-when-idle"
+  expect_exit 2 "$B" relay "$T/basic" --stream S
+  grep -q -- "--nats URLS" "$T/err" || fail "relay without --nats names it"
+  expect_exit 2 "$B" follow "$T/replica" --nats nats://127.0.0.1:1
+  expect_exit 2 "$B" relay "$T/basic" --nats nats://127.0.0.1:1 --stream S --replicas 7
+  expect_exit 1 "$B" relay "$T/basic" --nats nats://127.0.0.1:1 --stream S --connect-wait-ms 200 --exit-when-idle
+  grep -q "BP_EBROKER.*nats://127.0.0.1:1" "$T/err" || fail "an unreachable broker is named: $(cat "$T/err")"
+  [ ! -e "$T/replica" ] || fail "follow without --stream created its directory"
+fi
 echo "cli: all checks passed"
