@@ -248,7 +248,8 @@ static void *follower_thread(void *arg) {
   options(&o, c->urls, "BENCHLAG", c->replicas);
   bp_follower *f;
   bp_status st;
-  while ((st = bp_follower_open(c->rep, &o, &f)) == BP_ENOTFOUND) nats_Sleep(20); /* until the relay made it */
+  /* Until the relay has made the stream (and the cluster answers). */
+  while ((st = bp_follower_open(c->rep, &o, &f)) == BP_ENOTFOUND || st == BP_EBROKER) nats_Sleep(20);
   if (st) die("lag follower open");
   uint64_t k;
   while (!atomic_load(&c->stop))
