@@ -827,6 +827,14 @@ static int nats_options_from(int argc, char **argv, const char *cmd, bp_nats_opt
   return 0;
 }
 
+/* Logs what the broker said and sleeps, doubling *wait_ms up to 2 s: how
+ * relay and follow wait out brokers that are away. */
+static void broker_backoff(int64_t *wait_ms) {
+  log_to_stderr(BP_LOG_WARN, bp_last_error()->message, NULL);
+  usleep((useconds_t)*wait_ms * 1000);
+  *wait_ms = *wait_ms * 2 > 2000 ? 2000 : *wait_ms * 2;
+}
+
 static void stop_on_signals(void) {
   struct sigaction sa = {0};
   sa.sa_handler = on_signal;
@@ -854,11 +862,8 @@ static int cmd_relay(const char *dir, int argc, char **argv) {
   bp_relay *relay = NULL;
   int64_t wait_ms = 100;
   bp_status st;
-  while ((st = bp_relay_open(s, &r, &o, &relay)) == BP_EBROKER && !exit_idle && !interrupted) {
-    log_to_stderr(BP_LOG_WARN, bp_last_error()->message, NULL);
-    usleep((useconds_t)wait_ms * 1000);
-    wait_ms = wait_ms * 2 > 2000 ? 2000 : wait_ms * 2;
-  }
+  while ((st = bp_relay_open(s, &r, &o, &relay)) == BP_EBROKER && !exit_idle && !interrupted)
+    broker_backoff(&wait_ms);
   if (st) {
     rc = interrupted ? 0 : fail("relay");
     bp_close(s);
@@ -912,12 +917,8 @@ static int cmd_follow(const char *dir, int argc, char **argv) {
   bp_follower *f = NULL;
   int64_t wait_ms = 100;
   bp_status st;
-  while ((st = bp_follower_open(s, &o, &f)) == BP_ENOTFOUND || st == BP_EBROKER) {
-    if (exit_idle || interrupted) break;
-    log_to_stderr(BP_LOG_WARN, bp_last_error()->message, NULL);
-    usleep((useconds_t)wait_ms * 1000);
-    wait_ms = wait_ms * 2 > 2000 ? 2000 : wait_ms * 2;
-  }
+  while (((st = bp_follower_open(s, &o, &f)) == BP_ENOTFOUND || st == BP_EBROKER) && !exit_idle && !interrupted)
+    broker_backoff(&wait_ms);
   if (st) {
     rc = interrupted ? 0 : fail("follow");
     bp_close(s);
@@ -929,11 +930,8 @@ static int cmd_follow(const char *dir, int argc, char **argv) {
     uint64_t n = 0;
     st = bp_follower_pump(f, exit_idle ? 200 : 1000, &n);
     total += n;
-    if (st == BP_EBROKER) {
-      /* The broker's trouble: nats.c reconnects; wait a little longer each time. */
-      log_to_stderr(BP_LOG_WARN, bp_last_error()->message, NULL);
-      usleep((useconds_t)wait_ms * 1000);
-      wait_ms = wait_ms * 2 > 2000 ? 2000 : wait_ms * 2;
+    if (st == BP_EBROKER) { /* the broker's trouble: nats.c reconnects meanwhile */
+      broker_backoff(&wait_ms);
       continue;
     }
     wait_ms = 100;

@@ -159,6 +159,18 @@ static bp_status event_copy(const bp_event *src, size_t el, size_t sl, bp_event 
   return BP_OK;
 }
 
+/* A decoded frame as one allocation. */
+static bp_status event_from_frame(const bp__frame *f, bp_event **out) {
+  bp_event ev = {.header = f->header,
+                 .entity = f->entity,
+                 .scope = f->scope,
+                 .has_hash_chain = f->has_chain,
+                 .hash_chain = f->chain,
+                 .payload = f->payload,
+                 .payload_len = f->payload_len};
+  return event_copy(&ev, f->entity_len, f->scope_len, out);
+}
+
 /* Reads event seq into one allocation (view lock held); rd is scratch. */
 static bp_status event_at(bp_store *s, uint64_t seq, bp__evread *rd, bp_event **out) {
   bp_status st = bp__read_event(s, seq, rd);
@@ -191,14 +203,7 @@ static bool get_by_hint(bp_store *s, bp_id id, bp__evread *rd, bp_event **out, b
   bp__frame f;
   if (!bp__frame_decode_canonical(frame + BP__FRAME_PREFIX, body, &rd->scratch, &f)) return false;
   if (!bp_id_eq(f.header.event_id, id)) return false;
-  bp_event ev = {.header = f.header,
-                 .entity = f.entity,
-                 .scope = f.scope,
-                 .has_hash_chain = f.has_chain,
-                 .hash_chain = f.chain,
-                 .payload = f.payload,
-                 .payload_len = f.payload_len};
-  *st = event_copy(&ev, f.entity_len, f.scope_len, out);
+  *st = event_from_frame(&f, out);
   return true;
 }
 
@@ -263,16 +268,7 @@ bp_status bp_frame_decode(const void *frame, size_t len, bp_event **out) {
   bp__buf_init_on(&scratch, scratch_mem, sizeof scratch_mem);
   bp__frame f;
   bp_status st = bp__frame_check_whole(frame, len, &scratch, &f);
-  if (!st) {
-    bp_event ev = {.header = f.header,
-                   .entity = f.entity,
-                   .scope = f.scope,
-                   .has_hash_chain = f.has_chain,
-                   .hash_chain = f.chain,
-                   .payload = f.payload,
-                   .payload_len = f.payload_len};
-    st = event_copy(&ev, f.entity_len, f.scope_len, out);
-  }
+  if (!st) st = event_from_frame(&f, out);
   bp__buf_free(&scratch);
   return st;
 }
