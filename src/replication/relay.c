@@ -283,15 +283,14 @@ static size_t publish_window(bp_relay *r, const bp_entries *es, bp_status *st) {
     natsMsg *m;
     const bp_id *prev = i > 0 ? &es->items[i - 1].event_id : r->has_last ? &r->last_id : NULL;
     if ((*st = build_message(r, e, prev, &m))) break;
-    jsPubOptions po;
-    jsPubOptions_Init(&po);
-    po.MaxWait = r->b.opts.o.ack_wait_ms;
-    /* Set here rather than through po.ExpectLastSeq, where 0 means "no
-     * expectation": a stream's first message expects an empty stream. */
+    /* Set here rather than through jsPubOptions.ExpectLastSeq, where 0
+     * means "no expectation": a stream's first message expects an empty
+     * stream. No per-message wait either (nats.c would keep a timer entry
+     * for each): the window's wait below bounds them all. */
     char expect[24];
     snprintf(expect, sizeof expect, "%" PRIu64, r->stream_last + i);
     natsStatus s = natsMsgHeader_Set(m, "Nats-Expected-Last-Sequence", expect);
-    if (s == NATS_OK) s = js_PublishMsgAsync(r->b.js, &m, &po);
+    if (s == NATS_OK) s = js_PublishMsgAsync(r->b.js, &m, NULL);
     if (s != NATS_OK) {
       natsMsg_Destroy(m);
       send_err = s;
@@ -301,7 +300,7 @@ static size_t publish_window(bp_relay *r, const bp_entries *es, bp_status *st) {
   }
   jsPubOptions po;
   jsPubOptions_Init(&po);
-  po.MaxWait = (int64_t)r->b.opts.o.ack_wait_ms * 2;
+  po.MaxWait = r->b.opts.o.ack_wait_ms;
   natsStatus s = js_PublishAsyncComplete(r->b.js, &po);
   if (s != NATS_OK) {
     /* Acknowledgements that did not come are failures: stop waiting for them. */
