@@ -125,6 +125,9 @@ typedef struct sweep_ctx {
   long count;
   char dest[4300];
   char pristine[4300]; /* a copy of the store to restore before each run, or "" */
+  bp_store *src;        /* bp_append_frames: where the frames come from */
+  void *frame;          /* the next frame to append (NULL: make one) */
+  size_t frame_len;
 } sweep_ctx;
 
 typedef struct sweep_op {
@@ -249,6 +252,30 @@ static bp_status run_append(sweep_ctx *c) {
   return st;
 }
 
+/* A frame of another store (an entity of its own, so that it continues
+ * nothing here), made with allocations working. */
+static void make_frame(sweep_ctx *c) {
+  if (c->frame) return;
+  char entity[32];
+  snprintf(entity, sizeof entity, "replicated:%zu", c->a->n);
+  bp_coord co = {entity, "s"};
+  bp_append_receipt r;
+  assert_ok(bp_append(c->src, &co, 0x1001, "\xa1z", 2, &r));
+  assert_ok(bp_get_frame(c->src, r.event_id, &c->frame, &c->frame_len));
+}
+
+static bp_status run_append_frames(sweep_ctx *c) {
+  bp_frame_in in = {.data = c->frame, .len = c->frame_len};
+  bp_append_receipt r;
+  bp_status st = bp_append_frames(c->s, &in, 1, &r);
+  if (st == BP_OK) {
+    c->a->ids[c->a->n++] = r.event_id;
+    bp_free(c->frame);
+    c->frame = NULL;
+  }
+  return st;
+}
+
 static void check_append(sweep_ctx *c, bp_status st, long k) {
   (void)st;
   /* The store goes on. */
@@ -256,7 +283,7 @@ static void check_append(sweep_ctx *c, bp_status st, long k) {
                                        bp_last_error()->message);
 }
 
-/* Appends (single, batch, JSON), each followed by an append that must work. */
+/* Appends (single, batch, JSON, frames), each followed by an append that must work. */
 static void appends_meet_a_failed_allocation_at_every_point(void **state) {
   tu_store_fixture *f = *state;
   static acked a;
@@ -268,6 +295,16 @@ static void appends_meet_a_failed_allocation_at_every_point(void **state) {
                           {"bp_append_batch", run_append, check_append},
                           {"bp_append_json", run_append, check_append}};
   for (c.kind = 0; c.kind < 3; c.kind++) sweep(&ops[c.kind], &c);
+  /* A replica's append, from frames of another store. */
+  char src[4300];
+  snprintf(src, sizeof src, "%s/frames-source", f->tmp);
+  bp_config scfg;
+  bp_config_init(&scfg, src);
+  assert_ok(bp_open(&scfg, &c.src));
+  const sweep_op frames = {"bp_append_frames", run_append_frames, check_append, BP_OK, make_frame};
+  sweep(&frames, &c);
+  bp_free(c.frame);
+  assert_ok(bp_close(c.src));
   assert_ok(bp_close(c.s));
   assert_all_there(f, &a, "after the append sweeps");
 }
