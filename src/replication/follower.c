@@ -263,26 +263,16 @@ static bp_status take(bp_follower *f, natsMsgList *list, size_t *complete) {
   return st;
 }
 
-/* Up to batch messages: those there now, or (wait_ms != 0, nothing there)
- * the first to come within wait_ms. A pull for a whole batch would be held
- * by the server until the batch filled or the wait ran out. */
+/* Up to batch messages: those there now, or (nothing there) the first to
+ * come within wait_ms. nats.c's simple fetch does exactly that: a request
+ * that does not wait, then, when it brought nothing, one that does. */
 static natsStatus fetch(bp_follower *f, int batch, int wait_ms, natsMsgList *list, jsErrCode *jerr) {
-  (void)jerr;
-  jsFetchRequest fr;
-  jsFetchRequest_Init(&fr);
-  fr.Batch = batch;
-  fr.NoWait = true;
   memset(list, 0, sizeof *list);
-  natsStatus s = natsSubscription_FetchRequest(list, f->sub, &fr);
-  if (s == NATS_OK && list->Count > 0) return s;
-  natsMsgList_Destroy(list);
-  if (s != NATS_OK && s != NATS_NOT_FOUND && s != NATS_TIMEOUT) return s;
-  if (wait_ms == 0) return NATS_TIMEOUT;
-  jsFetchRequest_Init(&fr);
-  fr.Batch = 1;
-  fr.Expires = (int64_t)(wait_ms < 0 ? INT32_MAX : wait_ms) * 1000000;
-  s = natsSubscription_FetchRequest(list, f->sub, &fr);
-  if (s == NATS_NOT_FOUND || (s == NATS_OK && list->Count == 0)) s = NATS_TIMEOUT;
+  natsStatus s = natsSubscription_Fetch(list, f->sub, batch, wait_ms <= 0 ? 1 : wait_ms, jerr);
+  if (s == NATS_NOT_FOUND || (s == NATS_OK && list->Count == 0)) {
+    natsMsgList_Destroy(list);
+    s = NATS_TIMEOUT;
+  }
   return s;
 }
 
