@@ -603,16 +603,33 @@ static void an_unreachable_broker_is_named_and_retried(void **state) {
   assert_ok(bp_close(s));
 }
 
+/* The server of the credentials test, stopped by its teardown whatever happens. */
+static pid_t tls_server;
+
+static int stop_tls_server(void **state) {
+  if (tls_server > 0) {
+    kill(tls_server, SIGTERM);
+    waitpid(tls_server, NULL, 0);
+    tls_server = 0;
+  }
+  return tu_store_teardown(state);
+}
+
 static void credentials_and_tls_options_reach_nats(void **state) {
   tu_store_fixture *fx = *state;
-  /* A single server that wants a password and TLS, with a CA made here. */
+  /* A single server that wants a password and mutual TLS, with a CA, a
+   * server certificate and a client certificate made here. */
   char *d = fx->tmp;
   int rc = run("cd %s && openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=batpak-test-ca "
                "-keyout ca.key -out ca.pem >/dev/null 2>&1 && "
                "openssl req -newkey rsa:2048 -nodes -subj /CN=127.0.0.1 -keyout server.key -out server.csr "
                ">/dev/null 2>&1 && printf 'subjectAltName=IP:127.0.0.1\\n' > ext && "
                "openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
-               "-extfile ext -out server.pem >/dev/null 2>&1", d);
+               "-extfile ext -out server.pem >/dev/null 2>&1 && "
+               "openssl req -newkey rsa:2048 -nodes -subj /CN=relay -keyout client.key -out client.csr "
+               ">/dev/null 2>&1 && printf 'extendedKeyUsage=clientAuth\\n' > cext && "
+               "openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+               "-extfile cext -out client.pem >/dev/null 2>&1", d);
   if (rc != 0) skip();
   int port = 0;
   FILE *p = popen("python3 -c 'import socket; s=socket.socket(); s.bind((\"127.0.0.1\",0)); "
@@ -625,15 +642,15 @@ static void credentials_and_tls_options_reach_nats(void **state) {
   FILE *cf = fopen(conf, "w");
   fprintf(cf, "listen: 127.0.0.1:%d\njetstream { store_dir: \"%s/js\" }\n"
               "authorization { user: relay, password: s3cret }\n"
-              "tls { cert_file: \"%s/server.pem\", key_file: \"%s/server.key\" }\n", port, d, d, d);
+              "tls { cert_file: \"%s/server.pem\", key_file: \"%s/server.key\", ca_file: \"%s/ca.pem\", "
+              "verify: true }\n", port, d, d, d, d);
   fclose(cf);
-  const char *argv[] = {"/usr/sbin/nats-server", "-c", conf, NULL};
-  const char *server = access(argv[0], X_OK) == 0 ? argv[0] : "nats-server";
-  pid_t pid = fork();
-  if (pid == 0) {
+  tls_server = fork();
+  if (tls_server == 0) {
     int null = open("/dev/null", O_WRONLY);
     dup2(null, STDERR_FILENO);
-    execlp(server, server, "-c", conf, (char *)NULL);
+    execlp("nats-server", "nats-server", "-c", conf, (char *)NULL);
+    execl("/usr/sbin/nats-server", "nats-server", "-c", conf, (char *)NULL);
     _exit(127);
   }
   char url[64];
@@ -644,9 +661,10 @@ static void credentials_and_tls_options_reach_nats(void **state) {
   options(&o, "SECURE");
   o.urls = url;
   o.replicas = 1;
-  o.connect_wait_ms = 3000;
-  char ca[4300], path[4300];
+  char ca[4300], cert[4300], key[4300], path[4300];
   snprintf(ca, sizeof ca, "%s/ca.pem", d);
+  snprintf(cert, sizeof cert, "%s/client.pem", d);
+  snprintf(key, sizeof key, "%s/client.key", d);
   /* A credentials file that is not there: named, nothing connected. */
   snprintf(path, sizeof path, "%s/missing.creds", d);
   o.creds_file = path;
@@ -654,26 +672,33 @@ static void credentials_and_tls_options_reach_nats(void **state) {
   assert_status(bp_relay_open(s, NULL, &o, &r), BP_EINVAL);
   assert_non_null(strstr(bp_last_error()->message, "missing.creds"));
   o.creds_file = NULL;
+  /* A client certificate without its key: refused before connecting. */
+  o.tls_cert_file = cert;
+  assert_status(bp_relay_open(s, NULL, &o, &r), BP_EINVAL);
+  o.tls_key_file = key;
   /* TLS without the CA: the server's certificate is not trusted. */
   o.user = "relay";
   o.password = "s3cret";
   o.connect_wait_ms = 300;
   assert_status(bp_relay_open(s, NULL, &o, &r), BP_EBROKER);
-  /* The CA, a wrong password: refused by the server. */
+  /* The CA but no client certificate: the server wants one. */
   o.tls_ca_file = ca;
+  o.tls_cert_file = o.tls_key_file = NULL;
+  assert_status(bp_relay_open(s, NULL, &o, &r), BP_EBROKER);
+  /* Certificates right, a wrong password: refused by the server. */
+  o.tls_cert_file = cert;
+  o.tls_key_file = key;
   o.password = "wrong";
   assert_status(bp_relay_open(s, NULL, &o, &r), BP_EBROKER);
   assert_non_null(strstr(bp_last_error()->message, "uthorization"));
   /* Everything right. */
   o.password = "s3cret";
-  o.connect_wait_ms = 3000;
+  o.connect_wait_ms = 5000;
   assert_ok(bp_relay_open(s, NULL, &o, &r));
   uint64_t n;
   assert_ok(bp_relay_pump(r, 0, &n));
   assert_int_equal(n, 2);
   bp_relay_close(r);
-  kill(pid, SIGTERM);
-  waitpid(pid, NULL, 0);
   assert_ok(bp_close(s));
 }
 
@@ -836,7 +861,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(a_stream_deleted_or_reset_under_the_follower_stops_it, tu_store_setup,
                                       tu_store_teardown),
       cmocka_unit_test_setup_teardown(an_unreachable_broker_is_named_and_retried, tu_store_setup, tu_store_teardown),
-      cmocka_unit_test_setup_teardown(credentials_and_tls_options_reach_nats, tu_store_setup, tu_store_teardown),
+      cmocka_unit_test_setup_teardown(credentials_and_tls_options_reach_nats, tu_store_setup, stop_tls_server),
       cmocka_unit_test_setup_teardown(a_stale_primary_is_fenced_and_a_promoted_replica_relays_onward, tu_store_setup,
                                       tu_store_teardown),
       cmocka_unit_test_setup_teardown(every_event_arrives_once_through_crashes_of_relay_follower_and_broker,
