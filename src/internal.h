@@ -28,8 +28,9 @@
 #endif
 
 /* Records a failure for bp_last_error() on this thread and returns code, so
- * that `return bp__fail(BP_EINVAL, "...")` reads as one step. */
-bp_status bp__fail(bp_status code, const char *fmt, ...) BP__PRINTF(2, 3);
+ * that `return bp__fail(BP_EINVAL, "...")` reads as one step: the public
+ * bp_set_error (core.h), by the name the library's own code uses. */
+#define bp__fail bp_set_error
 /* The same with the errno of a failed OS call, which is appended to the
  * message. ENOMEM makes the error BP_ENOMEM, whatever code says. */
 bp_status bp__fail_errno(bp_status code, int err, const char *fmt, ...) BP__PRINTF(3, 4);

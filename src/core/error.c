@@ -76,14 +76,6 @@ BP__PRINTF(3, 0) static bp_status record(bp_status code, int err, const char *fm
   return code;
 }
 
-bp_status bp__fail(bp_status code, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  record(code, 0, fmt, ap);
-  va_end(ap);
-  return code;
-}
-
 bp_status bp_set_error(bp_status code, const char *fmt, ...) {
   va_list ap;
   va_start(ap, fmt);

@@ -144,7 +144,7 @@ bp_status bp__broker_fail(const bp__broker *b, natsStatus s, jsErrCode jerr, con
   if (s == NATS_NO_MEMORY) st = BP_ENOMEM;
   else if (jerr == JSStreamNotFoundErr || jerr == JSConsumerNotFoundErr) st = BP_ENOTFOUND;
   else if (s == NATS_MAX_PAYLOAD) st = BP_ELIMIT;
-  return bp_set_error(st, "%s (stream %s at %s): %s%s%s", what, b->opts.stream, b->urls_for_messages, text, extra,
+  return bp_set_error(st, "%s (stream %s at %s): %s%s%s", what, b->opts.stream, b->opts.urls, text, extra,
                       code);
 }
 
@@ -208,14 +208,9 @@ static bp_status apply_options(bp__broker *b, natsOptions *no, const char *clien
 bp_status bp__broker_connect(bp__broker *b, const char *client_name, jsPubAckHandler ack, void *ack_ctx) {
   b->nc = NULL;
   b->js = NULL;
+  /* apply_options cuts its copy of the URLs into pieces. */
   char *for_parsing = strdup(b->opts.urls);
-  b->urls_for_messages = strdup(b->opts.urls);
-  if (!for_parsing || !b->urls_for_messages) {
-    free(for_parsing);
-    free(b->urls_for_messages);
-    b->urls_for_messages = NULL;
-    return bp_set_error(BP_ENOMEM, "replication: out of memory");
-  }
+  if (!for_parsing) return bp_set_error(BP_ENOMEM, "replication: out of memory");
   natsOptions *no = NULL;
   natsStatus s = natsOptions_Create(&no);
   bp_status st = s == NATS_OK ? BP_OK : bp_set_error(BP_ENOMEM, "replication: nats options: %s", natsStatus_GetText(s));
@@ -278,6 +273,4 @@ void bp__broker_close(bp__broker *b) {
   }
   b->js = NULL;
   b->nc = NULL;
-  free(b->urls_for_messages);
-  b->urls_for_messages = NULL;
 }

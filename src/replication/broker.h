@@ -33,7 +33,6 @@ typedef struct bp__broker {
   bp__broker_opts opts;
   natsConnection *nc;
   jsCtx *js;
-  char *urls_for_messages;  /* the URLs as given, for error messages */
 } bp__broker;
 
 /* Checks and copies opts (NULL fields take defaults; durable_default is

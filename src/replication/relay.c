@@ -48,7 +48,6 @@ struct bp_relay {
   pthread_mutex_t lock;
   uint64_t acks, dups, fails;
   natsStatus first_status;
-  jsErrCode first_jerr;
   char first_text[160];
   char *subject;                /* scratch for one subject */
   size_t subject_cap;
@@ -65,7 +64,6 @@ static void ack_handler(jsCtx *js, natsMsg *msg, jsPubAck *pa, jsPubAckErr *pae,
   } else {
     if (r->fails++ == 0 && pae) {
       r->first_status = pae->Err;
-      r->first_jerr = pae->ErrCode;
       snprintf(r->first_text, sizeof r->first_text, "%s", pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
     }
   }
@@ -272,11 +270,9 @@ static size_t publish_window(bp_relay *r, const bp_entries *es, bp_status *st) {
   pthread_mutex_lock(&r->lock);
   r->acks = r->dups = r->fails = 0;
   r->first_status = NATS_OK;
-  r->first_jerr = 0;
   r->first_text[0] = '\0';
   pthread_mutex_unlock(&r->lock);
   *st = BP_OK;
-  size_t sent = 0;
   natsStatus send_err = NATS_OK;
   for (size_t i = 0; i < es->len; i++) {
     const bp_entry *e = &es->items[i];
@@ -296,7 +292,6 @@ static size_t publish_window(bp_relay *r, const bp_entries *es, bp_status *st) {
       send_err = s;
       break;
     }
-    sent++;
   }
   jsPubOptions po;
   jsPubOptions_Init(&po);
@@ -324,7 +319,6 @@ static size_t publish_window(bp_relay *r, const bp_entries *es, bp_status *st) {
                    text[0] ? "; first: " : "", text, send_err != NATS_OK ? "; publish: " : "",
                    send_err != NATS_OK ? natsStatus_GetText(send_err) : "");
   }
-  (void)sent;
   return 0; /* the caller locates: how far the stream got is its to say */
 }
 
