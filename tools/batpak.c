@@ -762,6 +762,11 @@ static int cmd_tail(const char *dir, int argc, char **argv) {
   while (!interrupted) {
     bp_entries b;
     bp_status st;
+    /* Wake-ups are taken before the cursor reads, never after: one that
+     * came between an empty read and the wait would be taken without its
+     * event being read, and the wait would then sleep past that event. */
+    bp_notification note;
+    while (follow && bp_sub_recv(sub, &note, 0) == BP_OK) {}
     while ((st = bp_cursor_poll_batch(c, 512, &b)) == BP_OK && b.len) {
       for (size_t i = 0; i < b.len; i++) print_entry(&b.items[i]);
       bp_entries_free(&b);
@@ -772,8 +777,6 @@ static int cmd_tail(const char *dir, int argc, char **argv) {
       break;
     }
     if (!follow) break;
-    bp_notification note;
-    while (bp_sub_recv(sub, &note, 0) == BP_OK) {} /* wake-ups only: the cursor reads */
     struct pollfd p = {fd, POLLIN, 0};
     if (fd >= 0) poll(&p, 1, -1);
     else if (bp_sub_recv(sub, &note, 1000) == BP_OK) {} /* no descriptor on this platform */
